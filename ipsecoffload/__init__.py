@@ -1,0 +1,16 @@
+"""ipsecoffload: in software, what a NIC does for Windows IPsec Offload Version 2.
+
+The public API, re-exported from the modules that own it.
+"""
+from . import ndis
+from .batch import PacketBatch, PacketBatchBuilder
+from .layout import IcvSpace, IvSource, Reason
+from .miniport import Miniport, OffloadState, default_capabilities
+from .saconfig import SaConfig
+from .send import SendResult
+
+__version__ = "0.1.0"
+
+__all__ = ["IcvSpace", "IvSource", "Miniport", "OffloadState", "PacketBatch",
+           "PacketBatchBuilder", "Reason", "SaConfig", "SendResult", "default_capabilities",
+           "ndis", "__version__"]

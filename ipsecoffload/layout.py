@@ -1,0 +1,118 @@
+"""numpy dtypes of the kernels' C structs and the codes they share (see _fastpath.pxd).
+
+The compiled kernels and their pure-Python twin both read these layouts; a test checks
+them against the C structs (``_fastpath.struct_sizes``).
+"""
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+
+SA_RECORD_DTYPE = np.dtype([
+    ("handle", np.uint64), ("spi", np.uint32), ("seq_hi", np.uint32),
+    ("in_use", np.uint8), ("inbound", np.uint8), ("ipv6", np.uint8), ("esn", np.uint8),
+    ("suite", np.uint8), ("integ", np.uint8), ("iv_len", np.uint8), ("icv_len", np.uint8),
+    ("align", np.uint8), ("udp_encap", np.uint8), ("reserved", np.uint8, (6,)),
+], align=True)
+
+NB_PLAN_DTYPE = np.dtype([
+    ("out_len", np.int64), ("body_off", np.int64), ("body_len", np.int64), ("sn64", np.uint64),
+    ("slot", np.int32), ("nsegs", np.int32), ("ip_off", np.int32), ("ip_hdr_len", np.int32),
+    ("esp_off", np.int32), ("hdr_len", np.int32), ("tcp_off", np.int32), ("mss", np.int32),
+    ("status", np.uint32), ("ipv6", np.uint8), ("lso", np.uint8), ("next_header", np.uint8),
+    ("reason", np.uint8),
+], align=True)
+
+# A handle is (serial << HANDLE_SLOT_BITS) | slot: the kernels find the slot without a
+# dictionary, and the record's stored handle proves the handle is not stale (spec §4.10).
+HANDLE_SLOT_BITS = 20
+HANDLE_SLOT_MASK = (1 << HANDLE_SLOT_BITS) - 1
+
+
+class Suite(enum.IntEnum):
+    NONE = 0
+    AES_GCM = 1
+    AES_GMAC = 2
+    AES_CBC_HMAC = 3
+    NULL_HMAC = 4
+
+
+class Integrity(enum.IntEnum):
+    AEAD = 0
+    HMAC_MD5_96 = 1
+    HMAC_SHA1_96 = 2
+    HMAC_SHA256_128 = 3
+
+
+class IcvSpace(enum.IntEnum):
+    """Where a non-LSO frame keeps room for the ESP ICV (spec §9 G4)."""
+    AUTO = 0  # reserved if the trailer sits before icv_len bytes, else appended
+    RESERVED = 1  # the stack left icv_len bytes after the trailer; the ICV overwrites them
+    APPEND = 2  # the frame ends at the trailer; the ICV is appended, lengths patched
+
+
+class IvSource(enum.IntEnum):
+    """Who supplies the ESP IV of non-LSO frames (spec §9 G5). LSO segments always get NIC IVs."""
+    NIC = 0  # fresh per packet: 64-bit SN for GCM/GMAC, random for CBC
+    PACKET = 1  # keep the bytes the stack put in the IV slot
+
+
+class Config(enum.IntFlag):
+    """Offload configuration bits handed to classify."""
+    ESP_IPV4 = 1
+    ESP_IPV6 = 2
+    LSO_V1 = 4
+    LSO_V2_IPV4 = 8
+    LSO_V2_IPV6 = 16
+    LSO_WITH_IPSEC = 32
+
+
+class Reason(enum.IntEnum):
+    """Why a NET_BUFFER passed unchanged, was processed, or failed (counted per batch)."""
+    OK = 0
+    PASS_NO_HANDLE = 1
+    PASS_DISABLED = 2
+    TUNNEL_HANDLE = 3
+    UNKNOWN_HANDLE = 4
+    INBOUND_HANDLE = 5
+    IP_VERSION_MISMATCH = 6
+    MALFORMED_IP = 7
+    BAD_ESP_OFFSET = 8
+    AH_NOT_SUPPORTED = 9
+    BAD_TRAILER = 10
+    BAD_ALIGNMENT = 11
+    SEQ_EXHAUSTED = 12
+    LSO_DISABLED = 13
+    LSO_BAD_PARAMS = 14
+    NBL_FAILED = 15
+
+
+class JobPost(enum.IntEnum):
+    NONE = 0
+    UDP6_CHECKSUM = 1
+
+
+STATUS_SUCCESS = 0x00000000
+STATUS_FAILURE = 0xC0000001
+STATUS_INVALID_PACKET = 0xC001000F
+
+# The NDIS_STATUS each reason completes its NBL with (spec §6.1; §2.2 for INVALID_PACKET).
+REASON_STATUS = {
+    Reason.OK: STATUS_SUCCESS,
+    Reason.PASS_NO_HANDLE: STATUS_SUCCESS,
+    Reason.PASS_DISABLED: STATUS_SUCCESS,
+    Reason.TUNNEL_HANDLE: STATUS_FAILURE,
+    Reason.UNKNOWN_HANDLE: STATUS_FAILURE,
+    Reason.INBOUND_HANDLE: STATUS_FAILURE,
+    Reason.IP_VERSION_MISMATCH: STATUS_FAILURE,
+    Reason.MALFORMED_IP: STATUS_INVALID_PACKET,
+    Reason.BAD_ESP_OFFSET: STATUS_INVALID_PACKET,
+    Reason.AH_NOT_SUPPORTED: STATUS_FAILURE,
+    Reason.BAD_TRAILER: STATUS_INVALID_PACKET,
+    Reason.BAD_ALIGNMENT: STATUS_INVALID_PACKET,
+    Reason.SEQ_EXHAUSTED: STATUS_FAILURE,
+    Reason.LSO_DISABLED: STATUS_FAILURE,
+    Reason.LSO_BAD_PARAMS: STATUS_FAILURE,
+    Reason.NBL_FAILED: STATUS_FAILURE,  # replaced by the failing sibling's status
+}

@@ -1,0 +1,243 @@
+"""Miniport: the NIC object users hold — capabilities, offload parameters, the IPsecOV2 SA
+OIDs, and MiniportSendNetBufferLists (spec §1.2, §3, §4.9, §6)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from collections import Counter
+from typing import Callable, Iterable, Optional, Sequence, Union
+
+from . import ndis
+from .batch import PacketBatch
+from .crypto import CryptoBackend, default_backend
+from .layout import HANDLE_SLOT_MASK, Config, IcvSpace, IvSource, Reason
+from .ndis import NdisStatus
+from .sa import SaRejected, SaTable
+from .send import SendResult, load_kernels, run_send
+
+Auth, Enc = ndis.AuthenticationAlgorithm, ndis.EncryptionAlgorithm
+
+
+def default_capabilities(capacity: int = 4096) -> ndis.NdisIpsecOffloadV2:
+    """What this emulator supports (spec §3): ESP, transport and single-layer tunnel, ESN,
+    UDP-ESP, LSO with IPsec; AES-GCM, AES-GMAC, AES-CBC + HMAC and NULL + HMAC."""
+    return ndis.NdisIpsecOffloadV2(
+        encapsulation=ndis.NDIS_ENCAPSULATION_IEEE_802_3 | ndis.NDIS_ENCAPSULATION_NULL,
+        ipv6_supported=True, ipv4_options=True, ipv6_non_ipsec_extension_headers=True,
+        ah=False, esp=True, ah_esp_combined=False, transport=True, tunnel=True,
+        transport_tunnel_combined=False, lso_supported=True, extended_sequence_numbers=True,
+        udp_esp=ndis.UdpEspEncapsulation.TRANSPORT | ndis.UdpEspEncapsulation.TUNNEL,
+        authentication_algorithms=int(Auth.MD5 | Auth.SHA_1 | Auth.SHA_256 | Auth.AES_GCM_128
+                                      | Auth.AES_GCM_192 | Auth.AES_GCM_256),
+        encryption_algorithms=int(Enc.NONE | Enc.AES_GCM_128 | Enc.AES_GCM_192 | Enc.AES_GCM_256
+                                  | Enc.AES_CBC_128 | Enc.AES_CBC_192 | Enc.AES_CBC_256),
+        sa_offload_capacity=capacity)
+
+
+@dataclasses.dataclass
+class OffloadState:
+    """What OID_TCP_OFFLOAD_PARAMETERS has switched on (spec §2.5); on by default."""
+    esp_ipv4: bool = True
+    esp_ipv6: bool = True
+    ah_ipv4: bool = True
+    ah_ipv6: bool = True
+    lso_v1: bool = True
+    lso_v2_ipv4: bool = True
+    lso_v2_ipv6: bool = True
+
+
+class Miniport:
+    """An emulated IPsecOV2 NIC.
+
+    ``iv_source`` and ``icv_space`` are the spec §9 G5 and G4 policies; ``random_source``
+    (``n -> n bytes``) feeds CBC IVs and can be replaced for reproducible output.
+    """
+
+    def __init__(self, capabilities: Optional[ndis.NdisIpsecOffloadV2] = None, *,
+                 iv_source: Union[str, IvSource] = "nic",
+                 icv_space: Union[str, IcvSpace] = "auto", strict_salt: bool = False,
+                 random_source: Callable[[int], bytes] = os.urandom,
+                 backend: Optional[CryptoBackend] = None, pure_python: Optional[bool] = None):
+        self.capabilities = capabilities or default_capabilities()
+        self.iv_source = _policy(IvSource, iv_source, "iv_source")
+        self.icv_space = _policy(IcvSpace, icv_space, "icv_space")
+        self.strict_salt = strict_salt
+        self.random_source = random_source
+        self.backend = backend or default_backend()
+        self.kernels = load_kernels(pure_python)
+        self.offload = OffloadState()
+        self.sas = SaTable(max(1, self.capabilities.sa_offload_capacity))
+        self.counters: Counter = Counter()
+        self._counter_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return (f"Miniport({len(self.sas)} SAs, iv_source={self.iv_source.name.lower()}, "
+                f"icv_space={self.icv_space.name.lower()}, kernels={self.kernels.__name__})")
+
+    # -- OIDs ----------------------------------------------------------------------------
+    def set_information(self, oid: int, info) -> NdisStatus:
+        """An NDIS set request (direct OIDs included)."""
+        handlers = {
+            ndis.OID_TCP_TASK_IPSEC_OFFLOAD_V2_ADD_SA: self.add_sa,
+            ndis.OID_TCP_TASK_IPSEC_OFFLOAD_V2_ADD_SA_EX: self.add_sa_ex,
+            ndis.OID_TCP_TASK_IPSEC_OFFLOAD_V2_DELETE_SA: self.delete_sa,
+            ndis.OID_TCP_TASK_IPSEC_OFFLOAD_V2_UPDATE_SA: self.update_sa,
+            ndis.OID_TCP_OFFLOAD_PARAMETERS: self.set_offload_parameters,
+        }
+        handler = handlers.get(oid)
+        return handler(info) if handler else NdisStatus.INVALID_OID
+
+    def query_information(self, oid: int) -> tuple[NdisStatus, object]:
+        if oid == ndis.OID_TCP_OFFLOAD_HARDWARE_CAPABILITIES:
+            return NdisStatus.SUCCESS, dataclasses.replace(self.capabilities)
+        if oid == ndis.OID_TCP_OFFLOAD_CURRENT_CONFIG:
+            return NdisStatus.SUCCESS, self.current_config()
+        return NdisStatus.INVALID_OID, None
+
+    def current_config(self) -> ndis.NdisIpsecOffloadV2:
+        """The capabilities as the offload parameters leave them switched on."""
+        on = self.offload
+        esp = on.esp_ipv4 or on.esp_ipv6
+        return dataclasses.replace(
+            self.capabilities, esp=self.capabilities.esp and esp,
+            ah=self.capabilities.ah and (on.ah_ipv4 or on.ah_ipv6),
+            ipv6_supported=self.capabilities.ipv6_supported and on.esp_ipv6)
+
+    def set_offload_parameters(self, params: ndis.NdisOffloadParameters) -> NdisStatus:
+        """OID_TCP_OFFLOAD_PARAMETERS: IPsecV2 applies to both IP versions, IPsecV2IPv4 to
+        IPv4 only, 0 leaves a setting as it is (spec §2.5)."""
+        values = (params.ipsec_v2, params.ipsec_v2_ipv4, params.lso_v1, params.lso_v2_ipv4,
+                  params.lso_v2_ipv6)
+        if not all(0 <= v <= 4 for v in values[:2]) or not all(0 <= v <= 2 for v in values[2:]):
+            return NdisStatus.INVALID_PARAMETER
+        on = self.offload
+        for value, versions in ((params.ipsec_v2, ("ipv4", "ipv6")),
+                                (params.ipsec_v2_ipv4, ("ipv4",))):
+            if value == ndis.OffloadIpsecV2.NO_CHANGE:
+                continue
+            esp = value in (ndis.OffloadIpsecV2.ESP_ENABLED, ndis.OffloadIpsecV2.AH_AND_ESP_ENABLED)
+            ah = value in (ndis.OffloadIpsecV2.AH_ENABLED, ndis.OffloadIpsecV2.AH_AND_ESP_ENABLED)
+            for version in versions:
+                setattr(on, f"esp_{version}", esp)
+                setattr(on, f"ah_{version}", ah)
+        for value, name in ((params.lso_v1, "lso_v1"), (params.lso_v2_ipv4, "lso_v2_ipv4"),
+                            (params.lso_v2_ipv6, "lso_v2_ipv6")):
+            if value != ndis.OffloadLso.NO_CHANGE:
+                setattr(on, name, value == ndis.OffloadLso.ENABLED)
+        return NdisStatus.SUCCESS
+
+    def add_sa(self, entries: ndis.IpsecOffloadV2AddSa) -> NdisStatus:
+        """OID_TCP_TASK_IPSEC_OFFLOAD_V2_ADD_SA over the Next-linked list (spec §4.9):
+        SUCCESS if any entry was offloaded; each failed entry gets handle 0."""
+        statuses = [self._add_one(entry) for entry in entries.entries()]
+        if any(s == NdisStatus.SUCCESS for s in statuses):
+            return NdisStatus.SUCCESS
+        return statuses[0]
+
+    def add_sa_ex(self, entry: Union[ndis.IpsecOffloadV2AddSaEx, bytes]) -> NdisStatus:
+        """OID_TCP_TASK_IPSEC_OFFLOAD_V2_ADD_SA_EX: one bundle; raw OID bytes are accepted."""
+        if isinstance(entry, (bytes, bytearray, memoryview)):
+            try:
+                entry = ndis.IpsecOffloadV2AddSaEx.from_bytes(entry)
+            except ValueError:
+                return NdisStatus.INVALID_LENGTH
+        return self._add_one(entry)
+
+    def _add_one(self, entry) -> NdisStatus:
+        entry.offload_handle = 0
+        try:
+            entry.offload_handle = self.sas.add(entry, self.current_config(), self.strict_salt)
+        except SaRejected as rejected:
+            self._count(f"add_sa_rejected.{rejected.status.name}")
+            return rejected.status
+        self._count("sa_added")
+        return NdisStatus.SUCCESS
+
+    def delete_sa(self, entries: ndis.IpsecOffloadV2DeleteSa) -> NdisStatus:
+        """OID_..._DELETE_SA over the Next list; an unknown handle is ignored (spec §4.9)."""
+        for entry in entries.entries():
+            if self.sas.delete(entry.offload_handle):
+                self._count("sa_deleted")
+        return NdisStatus.SUCCESS
+
+    def update_sa(self, entry: ndis.IpsecOffloadV2UpdateSa) -> NdisStatus:
+        """OID_..._UPDATE_SA: new ESN high-order bits (spec §4.9)."""
+        if not self.capabilities.extended_sequence_numbers or not self.sas.update_seq_hi(
+                entry.offload_handle, entry.operation, entry.spi,
+                entry.sequence_number_high_order):
+            return NdisStatus.INVALID_PARAMETER
+        return NdisStatus.SUCCESS
+
+    def halt(self) -> None:
+        """MiniportHaltEx: the NIC deletes every SA by itself (spec §1.1)."""
+        self.sas.clear()
+
+    # -- send ----------------------------------------------------------------------------
+    def config_bits(self) -> int:
+        on, caps = self.offload, self.capabilities
+        bits = 0
+        if caps.esp and on.esp_ipv4:
+            bits |= Config.ESP_IPV4
+        if caps.esp and caps.ipv6_supported and on.esp_ipv6:
+            bits |= Config.ESP_IPV6
+        for flag, enabled in ((Config.LSO_V1, on.lso_v1), (Config.LSO_V2_IPV4, on.lso_v2_ipv4),
+                              (Config.LSO_V2_IPV6, on.lso_v2_ipv6),
+                              (Config.LSO_WITH_IPSEC, caps.lso_supported)):
+            if enabled:
+                bits |= flag
+        return bits
+
+    def send(self, nbls: Union[PacketBatch, Sequence[ndis.NetBufferList]]) -> SendResult:
+        """MiniportSendNetBufferLists over a chain of NBLs (spec §6).
+
+        Given ``NetBufferList`` objects, each is completed in place (``status``, LSO
+        completion info in slot 2). The frames that leave are in ``result.wire``.
+        """
+        given_nbls = not isinstance(nbls, PacketBatch)
+        batch = PacketBatch.from_nbls(nbls) if given_nbls else nbls
+        result = run_send(batch, self.sas.snapshot(), config=self.config_bits(),
+                          icv_space=self.icv_space, iv_source=self.iv_source,
+                          kernels=self.kernels, backend=self.backend,
+                          random_source=self.random_source)
+        if given_nbls:
+            for nbl, status, lso_done in zip(nbls, result.status, result.lso_complete):
+                nbl.status = int(status)
+                if nbl.get_info(ndis.NblInfo.TCP_LARGE_SEND):
+                    nbl.info[ndis.NblInfo.TCP_LARGE_SEND] = int(lso_done)
+        self._account(result)
+        return result
+
+    def _account(self, result: SendResult) -> None:
+        with self._counter_lock:
+            for name, n in result.reason_counts().items():
+                self.counters[f"nb.{name}"] += n
+            for name, n in result.status_counts().items():
+                self.counters[f"nbl.{name}"] += n
+            self.counters["frames_out"] += result.wire.num_buffers
+            self.counters["bytes_out"] += int(result.wire.nb_len.sum())
+
+    def _count(self, name: str) -> None:
+        with self._counter_lock:
+            self.counters[name] += 1
+
+    def sa_record(self, handle: int) -> Optional[dict]:
+        """The compiled record of an offloaded SA (no keys), for inspection."""
+        record = self.sas.record(handle)
+        if record is None:
+            return None
+        return {name: (int(record[name]) if name != "reserved" else None)
+                for name in record.dtype.names if name != "reserved"}
+
+
+def _policy(enum_cls, value, name: str):
+    if isinstance(value, enum_cls):
+        return value
+    try:
+        return enum_cls[str(value).upper()]
+    except KeyError:
+        allowed = ", ".join(repr(m.name.lower()) for m in enum_cls)
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}") from None
+
+
+__all__ = ["Miniport", "OffloadState", "default_capabilities", "Reason", "HANDLE_SLOT_MASK"]

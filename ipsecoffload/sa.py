@@ -1,0 +1,279 @@
+"""The miniport's table of offloaded SAs: OID semantics (spec §4.9), opaque handles, and the
+compiled per-SA record array the kernels read.
+
+Thread safety: OIDs run on the direct path, concurrently with sends (spec §1.2 item 8).
+Every change builds a new record array and key tuple and publishes both in one reference
+assignment; a send takes that pair once per batch and sees one consistent table.
+"""
+from __future__ import annotations
+
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import numpy as np
+
+from . import ndis
+from .crypto.keys import SaKeys
+from .layout import HANDLE_SLOT_BITS, HANDLE_SLOT_MASK, SA_RECORD_DTYPE, Integrity, Suite
+from .ndis import AuthenticationAlgorithm as Auth
+from .ndis import EncryptionAlgorithm as Enc
+from .ndis import NdisStatus
+
+MAX_CAPACITY = 1 << HANDLE_SLOT_BITS
+
+_GCM_KEY_BYTES = {Enc.AES_GCM_128: 16, Enc.AES_GCM_192: 24, Enc.AES_GCM_256: 32}
+_GMAC_KEY_BYTES = {Auth.AES_GCM_128: 16, Auth.AES_GCM_192: 24, Auth.AES_GCM_256: 32}
+_CBC_KEY_BYTES = {Enc.AES_CBC_128: 16, Enc.AES_CBC_192: 24, Enc.AES_CBC_256: 32}
+# HMAC transforms: (integrity code, ICV bytes, RFC key bytes) — spec §8.7
+_HMACS = {Auth.MD5: (Integrity.HMAC_MD5_96, 12, 16),
+          Auth.SHA_1: (Integrity.HMAC_SHA1_96, 12, 20),
+          Auth.SHA_256: (Integrity.HMAC_SHA256_128, 16, 32)}
+# AdditionalInfo carries the GCM ICV length, in bytes or bits (spec §9 G2); 0 means 16.
+_ICV_FROM_ADDITIONAL_INFO = {0: 16, 8: 8, 12: 12, 16: 16, 64: 8, 96: 12, 128: 16}
+
+
+class SaRejected(Exception):
+    """One ADD_SA entry cannot be offloaded; carries the NDIS_STATUS and the reason."""
+
+    def __init__(self, status: NdisStatus, reason: str):
+        super().__init__(reason)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class TableSnapshot:
+    records: np.ndarray  # SA_RECORD_DTYPE, read-only
+    keys: tuple  # SaKeys or None per slot
+    records_bytes: np.ndarray  # the same memory as uint8, for the kernels
+
+
+def _single_bit(owner: str, value: int) -> None:
+    if value & (value - 1):
+        raise SaRejected(NdisStatus.INVALID_DATA, f"{owner} holds more than one algorithm bit")
+
+
+def _key(blob: bytes, info: ndis.IpsecOffloadV2AlgorithmInfo, owner: str) -> bytes:
+    """spec §4.6: a key is blob[KeyOffsetBytes : KeyOffsetBytes + KeyLength]."""
+    start, length = info.key_offset_bytes, info.key_length
+    if start < 0 or length < 0 or start + length > len(blob):
+        raise SaRejected(NdisStatus.INVALID_DATA,
+                         f"{owner} key range [{start}, {start + length}) lies outside the "
+                         f"{len(blob)}-byte key material")
+    return blob[start:start + length]
+
+
+def compile_sa(sa: ndis.IpsecOffloadV2SecurityAssociation, blob: bytes,
+               caps: ndis.NdisIpsecOffloadV2, strict_salt: bool) -> tuple[dict, SaKeys]:
+    """Validate one ESP SecAssoc and choose its variant once (style: 'choose the variant once').
+
+    Returns the record fields and the keys; raises SaRejected with the spec's status.
+    """
+    if sa.operation == ndis.IpsecOperation.AH:
+        raise SaRejected(NdisStatus.NOT_SUPPORTED, "AH is not offered (capabilities.ah is False)")
+    if sa.operation != ndis.IpsecOperation.ESP:
+        raise SaRejected(NdisStatus.INVALID_DATA, f"Operation {sa.operation} is neither AH nor ESP")
+    if not caps.esp:
+        raise SaRejected(NdisStatus.NOT_SUPPORTED, "ESP is not enabled in the capabilities")
+    if sa.spi == 0:
+        raise SaRejected(NdisStatus.INVALID_DATA, "SPI 0 is never valid (RFC 4303)")
+    esn = bool(sa.flags & ndis.IPSEC_OFFLOAD_V2_ESN_SA)
+    if esn and not caps.extended_sequence_numbers:
+        raise SaRejected(NdisStatus.NOT_SUPPORTED, "ESN is not enabled in the capabilities")
+    enc, auth = sa.encryption_algorithm, sa.authentication_algorithm
+    _single_bit("EncryptionAlgorithm.Identifier", enc.identifier)
+    if enc.identifier and not enc.identifier & caps.encryption_algorithms:
+        raise SaRejected(NdisStatus.NOT_SUPPORTED,
+                         f"encryption algorithm {Enc(enc.identifier)!r} is not enabled")
+
+    if enc.identifier in _GCM_KEY_BYTES:
+        # Combined mode: only EncryptionAlgorithm counts (spec §4.2)
+        key, salt = _aes_key_and_salt(_key(blob, enc, "EncryptionAlgorithm"),
+                                      _GCM_KEY_BYTES[Enc(enc.identifier)], strict_salt,
+                                      "EncryptionAlgorithm")
+        icv = _ICV_FROM_ADDITIONAL_INFO.get(enc.additional_info)
+        if icv is None:
+            raise SaRejected(NdisStatus.INVALID_DATA,
+                             f"EncryptionAlgorithm.AdditionalInfo {enc.additional_info} is not an "
+                             f"ICV length (8, 12, 16 bytes or 64, 96, 128 bits)")
+        return (dict(suite=Suite.AES_GCM, integ=Integrity.AEAD, iv_len=8, icv_len=icv,
+                     align=4, esn=esn),
+                SaKeys(Suite.AES_GCM, Integrity.AEAD, icv, esn, enc_key=key, salt=salt))
+
+    _single_bit("AuthenticationAlgorithm.Identifier", auth.identifier)
+    if auth.identifier and not auth.identifier & caps.authentication_algorithms:
+        raise SaRejected(NdisStatus.NOT_SUPPORTED,
+                         f"authentication algorithm {Auth(auth.identifier)!r} is not enabled")
+    if not auth.identifier:
+        # spec §1.1 / §9 G14: no IPsec packet without integrity
+        raise SaRejected(NdisStatus.NOT_SUPPORTED, "ESP without integrity is not offloaded")
+    if enc.identifier in (0, Enc.NONE) and auth.identifier in _GMAC_KEY_BYTES:
+        # ESP-GMAC (RFC 4543): the key travels in AuthenticationAlgorithm (spec §9 G3)
+        key, salt = _aes_key_and_salt(_key(blob, auth, "AuthenticationAlgorithm"),
+                                      _GMAC_KEY_BYTES[Auth(auth.identifier)], strict_salt,
+                                      "AuthenticationAlgorithm")
+        if auth.additional_info not in (0, 16, 128):
+            raise SaRejected(NdisStatus.INVALID_DATA, "AES-GMAC only has a 16-byte ICV")
+        return (dict(suite=Suite.AES_GMAC, integ=Integrity.AEAD, iv_len=8, icv_len=16, align=4,
+                     esn=esn),
+                SaKeys(Suite.AES_GMAC, Integrity.AEAD, 16, esn, enc_key=key, salt=salt))
+    if auth.identifier not in _HMACS:
+        raise SaRejected(NdisStatus.NOT_SUPPORTED,
+                         f"authentication algorithm {Auth(auth.identifier)!r} cannot go with "
+                         f"encryption {enc.identifier:#x}")
+    integ, icv, rfc_key_len = _HMACS[Auth(auth.identifier)]
+    auth_key = _key(blob, auth, "AuthenticationAlgorithm")
+    if not auth_key:
+        raise SaRejected(NdisStatus.INVALID_DATA, "AuthenticationAlgorithm.KeyLength is 0")
+    if len(auth_key) != rfc_key_len:
+        warnings.warn(f"HMAC key of {len(auth_key)} bytes; the RFC length is {rfc_key_len}",
+                      stacklevel=3)
+    if enc.identifier in (0, Enc.NONE):
+        return (dict(suite=Suite.NULL_HMAC, integ=integ, iv_len=0, icv_len=icv, align=4,
+                     esn=esn),
+                SaKeys(Suite.NULL_HMAC, integ, icv, esn, auth_key=auth_key))
+    if enc.identifier in _CBC_KEY_BYTES:
+        key = _key(blob, enc, "EncryptionAlgorithm")
+        want = _CBC_KEY_BYTES[Enc(enc.identifier)]
+        if len(key) != want:
+            raise SaRejected(NdisStatus.INVALID_DATA,
+                             f"EncryptionAlgorithm.KeyLength is {len(key)}; "
+                             f"{Enc(enc.identifier).name} takes {want}")
+        return (dict(suite=Suite.AES_CBC_HMAC, integ=integ, iv_len=16, icv_len=icv, align=16,
+                     esn=esn),
+                SaKeys(Suite.AES_CBC_HMAC, integ, icv, esn, enc_key=key, auth_key=auth_key))
+    raise SaRejected(NdisStatus.NOT_SUPPORTED,
+                     f"encryption algorithm {Enc(enc.identifier)!r} is not offloaded")
+
+
+def _aes_key_and_salt(material: bytes, key_bytes: int, strict_salt: bool,
+                      owner: str) -> tuple[bytes, bytes]:
+    """spec §4.6 / §9 G1: key || 4-byte salt; a bare key gets a zero salt and a warning."""
+    if len(material) == key_bytes + 4:
+        return material[:key_bytes], material[key_bytes:]
+    if len(material) == key_bytes:
+        if strict_salt:
+            raise SaRejected(NdisStatus.NOT_SUPPORTED,
+                             f"{owner}: key without the 4-byte salt (strict_salt is on)")
+        warnings.warn(f"{owner}: AES-GCM/GMAC key without a salt; using a zero salt",
+                      stacklevel=4)
+        return material, bytes(4)
+    raise SaRejected(NdisStatus.INVALID_DATA,
+                     f"{owner}.KeyLength is {len(material)}; expected {key_bytes + 4} "
+                     f"(key || salt) or {key_bytes}")
+
+
+class SaTable:
+    """Offloaded SA bundles by handle. Handles are never reused (spec §4.10)."""
+
+    def __init__(self, capacity: int):
+        if not 1 <= capacity <= MAX_CAPACITY:
+            raise ValueError(f"capacity must be between 1 and {MAX_CAPACITY}, got {capacity}")
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._serial = 0
+        self._free = list(range(capacity - 1, -1, -1))
+        self._sa_info: dict[int, tuple[int, int]] = {}  # handle -> (spi, operation)
+        self._publish(np.zeros(capacity, SA_RECORD_DTYPE), (None,) * capacity)
+
+    def _publish(self, records: np.ndarray, keys: tuple) -> None:
+        records.flags.writeable = False
+        self._snapshot = TableSnapshot(records, keys, records.view(np.uint8))
+
+    def snapshot(self) -> TableSnapshot:
+        return self._snapshot
+
+    def __len__(self) -> int:
+        return len(self._sa_info)
+
+    def handles(self) -> list[int]:
+        return list(self._sa_info)
+
+    def add(self, entry: Union[ndis.IpsecOffloadV2AddSa, ndis.IpsecOffloadV2AddSaEx],
+            caps: ndis.NdisIpsecOffloadV2, strict_salt: bool = False) -> int:
+        """Offload one bundle; returns its handle or raises SaRejected (spec §4.9 step 1)."""
+        header = entry.header
+        minimum = (ndis.SIZEOF_ADD_SA_EX_REV1 if isinstance(entry, ndis.IpsecOffloadV2AddSaEx)
+                   else ndis.SIZEOF_ADD_SA_REV1)[8]
+        if header.type != ndis.NDIS_OBJECT_TYPE_DEFAULT or header.revision < 1 \
+                or header.size < minimum:
+            raise SaRejected(NdisStatus.INVALID_DATA,
+                             f"bad NDIS_OBJECT_HEADER (type {header.type:#x}, revision "
+                             f"{header.revision}, size {header.size:#x}; need 0x80, >=1, "
+                             f">={minimum:#x})")
+        if entry.num_ext_hdrs not in (1, 2) or len(entry.sec_assoc) < entry.num_ext_hdrs:
+            raise SaRejected(NdisStatus.INVALID_DATA,
+                             f"NumExtHdrs {entry.num_ext_hdrs} is not 1 or 2")
+        if entry.num_ext_hdrs == 2:
+            raise SaRejected(NdisStatus.NOT_SUPPORTED, "AH+ESP bundles are not offered")
+        ipv6 = bool(entry.flags & ndis.IPSEC_OFFLOAD_V2_IPV6)
+        if ipv6 and not caps.ipv6_supported:
+            raise SaRejected(NdisStatus.NOT_SUPPORTED, "IPv6 is not enabled in the capabilities")
+        udp = entry.udp_esp_encapsulation
+        if udp not in (ndis.UdpEspEncapsulation.NONE, ndis.UdpEspEncapsulation.TRANSPORT,
+                       ndis.UdpEspEncapsulation.TUNNEL) or (udp and not udp & caps.udp_esp):
+            raise SaRejected(NdisStatus.NOT_SUPPORTED,
+                             f"UdpEspEncapsulation {udp:#x} is not offered")
+        sa = entry.sec_assoc[0]
+        fields, keys = compile_sa(sa, bytes(entry.key_data), caps, strict_salt)
+        with self._lock:
+            if not self._free or len(self._sa_info) >= caps.sa_offload_capacity:
+                raise SaRejected(NdisStatus.RESOURCES, "SA capacity exhausted")
+            slot = self._free.pop()
+            self._serial += 1
+            handle = (self._serial << HANDLE_SLOT_BITS) | slot
+            records = self._snapshot.records.copy()
+            record = records[slot]
+            record["handle"], record["spi"] = handle, sa.spi
+            record["seq_hi"] = sa.sequence_number_high_order
+            record["in_use"] = 1
+            record["inbound"] = bool(entry.flags & ndis.IPSEC_OFFLOAD_V2_INBOUND)
+            record["ipv6"] = ipv6
+            record["udp_encap"] = 1 if udp else 0
+            for name, value in fields.items():
+                record[name] = value
+            key_list = list(self._snapshot.keys)
+            key_list[slot] = keys
+            self._sa_info[handle] = (sa.spi, sa.operation)
+            self._publish(records, tuple(key_list))
+        return handle
+
+    def delete(self, handle: int) -> bool:
+        """Forget a bundle; returns False when the handle names none (spec §4.9 DELETE_SA)."""
+        with self._lock:
+            if self._sa_info.pop(handle, None) is None:
+                return False
+            slot = handle & HANDLE_SLOT_MASK
+            records = self._snapshot.records.copy()
+            records[slot] = np.zeros((), SA_RECORD_DTYPE)
+            key_list = list(self._snapshot.keys)
+            key_list[slot] = None
+            self._free.append(slot)
+            self._publish(records, tuple(key_list))
+        return True
+
+    def update_seq_hi(self, handle: int, operation: int, spi: int, seq_hi: int) -> bool:
+        """UPDATE_SA (spec §4.9): new ESN high-order bits for the bundle's SA."""
+        with self._lock:
+            info = self._sa_info.get(handle)
+            slot = handle & HANDLE_SLOT_MASK
+            if info is None or info != (spi, operation) \
+                    or not self._snapshot.records[slot]["esn"] or not 0 <= seq_hi <= 0xFFFFFFFF:
+                return False
+            records = self._snapshot.records.copy()
+            records[slot]["seq_hi"] = seq_hi
+            self._publish(records, self._snapshot.keys)
+        return True
+
+    def clear(self) -> None:
+        """Delete every SA (adapter halt, spec §1.1)."""
+        with self._lock:
+            self._sa_info.clear()
+            self._free = list(range(self.capacity - 1, -1, -1))
+            self._publish(np.zeros(self.capacity, SA_RECORD_DTYPE), (None,) * self.capacity)
+
+    def record(self, handle: int) -> Optional[np.void]:
+        if handle not in self._sa_info:
+            return None
+        return self._snapshot.records[handle & HANDLE_SLOT_MASK]

@@ -1,0 +1,198 @@
+"""SaConfig: one outbound ESP SA as a user describes it (design §7 names), validated, and
+its translation into the IPSEC_OFFLOAD_V2_ADD_SA entry the miniport takes (spec §4)."""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Optional
+
+from . import ndis
+from .ndis import AuthenticationAlgorithm as Auth
+from .ndis import EncryptionAlgorithm as Enc
+
+# name -> (NDIS bit, key bytes as the user gives them)
+ENCRYPTIONS = {
+    "aes-gcm-128": (Enc.AES_GCM_128, 16 + 4), "aes-gcm-192": (Enc.AES_GCM_192, 24 + 4),
+    "aes-gcm-256": (Enc.AES_GCM_256, 32 + 4),
+    "aes-cbc-128": (Enc.AES_CBC_128, 16), "aes-cbc-192": (Enc.AES_CBC_192, 24),
+    "aes-cbc-256": (Enc.AES_CBC_256, 32),
+    "null": (Enc.NONE, 0),
+}
+# name -> (NDIS bit, key bytes, ICV bytes); GMAC keys are AES key || 4-byte salt
+INTEGRITIES = {
+    "hmac-md5-96": (Auth.MD5, 16, 12), "hmac-sha1-96": (Auth.SHA_1, 20, 12),
+    "hmac-sha256-128": (Auth.SHA_256, 32, 16),
+    "aes-gmac-128": (Auth.AES_GCM_128, 16 + 4, 16), "aes-gmac-192": (Auth.AES_GCM_192, 24 + 4, 16),
+    "aes-gmac-256": (Auth.AES_GCM_256, 32 + 4, 16),
+}
+GCM_ICV_LENGTHS = (8, 12, 16)
+
+
+def _choices(names) -> str:
+    return ", ".join(repr(n) for n in names)
+
+
+@dataclass(frozen=True)
+class SaConfig:
+    """An outbound ESP SA. Keys are bytes and never appear in repr or error messages."""
+    spi: int
+    encryption: str
+    key: bytes = field(default=b"", repr=False)
+    integrity: Optional[str] = None
+    auth_key: bytes = field(default=b"", repr=False)
+    icv_len: Optional[int] = None  # AES-GCM only: 8, 12 or 16 (default 16)
+    mode: str = "transport"
+    tunnel_src: Optional[str] = None
+    tunnel_dst: Optional[str] = None
+    udp_encap: Optional[tuple[int, int]] = None  # (source port, destination port)
+    esn: bool = False
+    seq: int = 1  # the sequence number of the first packet
+    src: Optional[str] = None  # SA endpoints for ADD_SA; None = wildcard (spec §4.8)
+    dst: Optional[str] = None
+    name: str = ""
+
+    def __post_init__(self):
+        where = f"SA {self.name!r}: " if self.name else "SA: "
+
+        def bad(field_name: str, message: str) -> ValueError:
+            return ValueError(f"{where}{field_name} {message}")
+
+        if not isinstance(self.spi, int) or not 1 <= self.spi <= 0xFFFFFFFF:
+            raise bad("spi", f"must be an integer from 1 to 0xFFFFFFFF, got {self.spi!r}")
+        if self.encryption not in ENCRYPTIONS:
+            raise bad("encryption", f"must be one of {_choices(ENCRYPTIONS)}, "
+                                    f"got {self.encryption!r}")
+        for name in ("key", "auth_key"):
+            if not isinstance(getattr(self, name), (bytes, bytearray)):
+                raise bad(name, "must be bytes")
+        gcm = self.encryption.startswith("aes-gcm")
+        if gcm:
+            if self.integrity is not None:
+                raise bad("integrity", "must be null with AES-GCM (it carries its own ICV)")
+            if self.icv_len not in (None, *GCM_ICV_LENGTHS):
+                raise bad("icv_len", f"must be one of 8, 12, 16 for AES-GCM, got {self.icv_len!r}")
+        else:
+            if self.integrity not in INTEGRITIES:
+                raise bad("integrity", f"must be one of {_choices(INTEGRITIES)} with "
+                                       f"{self.encryption!r} (every ESP SA needs integrity), "
+                                       f"got {self.integrity!r}")
+            if self.integrity.startswith("aes-gmac") and self.encryption != "null":
+                raise bad("integrity", "AES-GMAC goes only with encryption 'null'")
+            implied = INTEGRITIES[self.integrity][2]
+            if self.icv_len not in (None, implied):
+                raise bad("icv_len", f"is fixed at {implied} by {self.integrity!r}, "
+                                     f"got {self.icv_len!r}")
+        want = ENCRYPTIONS[self.encryption][1]
+        if len(self.key) != want:
+            what = "AES key || 4-byte salt" if gcm else ("empty" if not want else "the AES key")
+            raise bad("key", f"must be {want} bytes ({what}) for {self.encryption!r}, "
+                             f"got {len(self.key)} bytes")
+        if not gcm:
+            want = INTEGRITIES[self.integrity][1]
+            if len(self.auth_key) != want:
+                what = ("AES key || 4-byte salt" if self.integrity.startswith("aes-gmac")
+                        else "the HMAC key")
+                raise bad("auth_key", f"must be {want} bytes ({what}) for {self.integrity!r}, "
+                                      f"got {len(self.auth_key)} bytes")
+        elif self.auth_key:
+            raise bad("auth_key", "must be empty with AES-GCM")
+        if self.mode not in ("transport", "tunnel"):
+            raise bad("mode", f"must be 'transport' or 'tunnel', got {self.mode!r}")
+        if self.mode == "tunnel":
+            if not self.tunnel_src or not self.tunnel_dst:
+                raise bad("tunnel", "needs both src and dst addresses in tunnel mode")
+            versions = {_address(self.tunnel_src, bad, "tunnel.src").version,
+                        _address(self.tunnel_dst, bad, "tunnel.dst").version}
+            if len(versions) != 1:
+                raise bad("tunnel", "src and dst must be of the same IP version")
+        elif self.tunnel_src or self.tunnel_dst:
+            raise bad("tunnel", "is only for mode 'tunnel'")
+        for name in ("src", "dst"):
+            if getattr(self, name) is not None:
+                _address(getattr(self, name), bad, name)
+        if self.udp_encap is not None:
+            if (len(self.udp_encap) != 2
+                    or not all(isinstance(p, int) and 1 <= p <= 0xFFFF for p in self.udp_encap)):
+                raise bad("udp_encap", f"must be (sport, dport) with ports 1-65535, "
+                                       f"got {self.udp_encap!r}")
+        limit = 2**64 - 1 if self.esn else 2**32 - 1
+        if not isinstance(self.seq, int) or not 1 <= self.seq <= limit:
+            raise bad("seq", f"must be from 1 to {limit} ({'with' if self.esn else 'without'} "
+                             f"ESN), got {self.seq!r}")
+
+    # -- derived ---------------------------------------------------------------------
+    @property
+    def gcm(self) -> bool:
+        return self.encryption.startswith("aes-gcm")
+
+    @property
+    def iv_len(self) -> int:
+        if self.gcm or (self.integrity or "").startswith("aes-gmac"):
+            return 8
+        return 16 if self.encryption.startswith("aes-cbc") else 0
+
+    @property
+    def icv(self) -> int:
+        """ICV bytes on the wire."""
+        if self.gcm:
+            return self.icv_len or 16
+        return INTEGRITIES[self.integrity][2]
+
+    @property
+    def align(self) -> int:
+        """ESP padding alignment: lcm(cipher block, 4) (spec §8.1)."""
+        return 16 if self.encryption.startswith("aes-cbc") else 4
+
+    @property
+    def tunnel_ipv6(self) -> Optional[bool]:
+        if self.mode != "tunnel":
+            return None
+        return ipaddress.ip_address(self.tunnel_src).version == 6
+
+    def add_sa_entry(self, ipv6: bool, inbound: bool = False) -> ndis.IpsecOffloadV2AddSa:
+        """The ADD_SA entry for this SA; keys in the blob, encryption key first (spec §4.6)."""
+        enc_bit = ENCRYPTIONS[self.encryption][0]
+        enc = ndis.IpsecOffloadV2AlgorithmInfo(identifier=int(enc_bit), key_length=len(self.key),
+                                               key_offset_bytes=0,
+                                               additional_info=self.icv if self.gcm else 0)
+        auth = ndis.IpsecOffloadV2AlgorithmInfo()
+        if not self.gcm:
+            gmac = self.integrity.startswith("aes-gmac")
+            auth = ndis.IpsecOffloadV2AlgorithmInfo(
+                identifier=int(INTEGRITIES[self.integrity][0]), key_length=len(self.auth_key),
+                key_offset_bytes=len(self.key), additional_info=16 if gmac else 0)
+        sa = ndis.IpsecOffloadV2SecurityAssociation(
+            flags=ndis.IPSEC_OFFLOAD_V2_ESN_SA if self.esn else 0,
+            operation=ndis.IpsecOperation.ESP, spi=self.spi,
+            authentication_algorithm=auth, encryption_algorithm=enc,
+            sequence_number_high_order=(self.seq >> 32) if self.esn else 0)
+        if self.mode == "tunnel":
+            src, dst = self.tunnel_src, self.tunnel_dst
+        else:
+            src, dst = self.src, self.dst
+        size = 16 if ipv6 else 4
+        flags = (ndis.IPSEC_OFFLOAD_V2_IPV6 if ipv6 else 0) | (
+            ndis.IPSEC_OFFLOAD_V2_INBOUND if inbound else 0)
+        udp = ndis.UdpEspEncapsulation.NONE
+        if self.udp_encap:
+            udp = (ndis.UdpEspEncapsulation.TUNNEL if self.mode == "tunnel"
+                   else ndis.UdpEspEncapsulation.TRANSPORT)
+        return ndis.IpsecOffloadV2AddSa(
+            num_ext_hdrs=1, flags=flags,
+            src_address=_packed(src, size), dest_address=_packed(dst, size),
+            udp_esp_encapsulation=int(udp), sec_assoc=[sa],
+            key_data=bytes(self.key) + bytes(self.auth_key))
+
+
+def _address(text: str, bad, name: str):
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise bad(name, f"is not an IP address: {text!r}") from None
+
+
+def _packed(address: Optional[str], size: int) -> bytes:
+    if address is None:
+        return bytes(size)
+    packed = ipaddress.ip_address(address).packed
+    return packed if len(packed) == size else bytes(size)
