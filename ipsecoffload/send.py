@@ -28,7 +28,13 @@ def load_kernels(pure: Optional[bool] = None) -> ModuleType:
     if pure:
         from . import _pykernels
         return _pykernels
-    from . import _fastpath
+    try:
+        from . import _fastpath
+    except ImportError as error:
+        raise ImportError(
+            "ipsecoffload's compiled kernels are not built: install the package with "
+            "'python -m pip install -e .' (or set IPSECOFFLOAD_PURE=1 for the slow "
+            "pure-Python kernels)") from error
     return _fastpath
 
 
