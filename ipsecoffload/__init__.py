@@ -8,9 +8,10 @@ from .layout import IcvSpace, IvSource, Reason
 from .miniport import Miniport, OffloadState, default_capabilities
 from .saconfig import SaConfig
 from .send import SendResult
+from .stack import HostStack, StackSa
 
 __version__ = "0.1.0"
 
-__all__ = ["IcvSpace", "IvSource", "Miniport", "OffloadState", "PacketBatch",
-           "PacketBatchBuilder", "Reason", "SaConfig", "SendResult", "default_capabilities",
-           "ndis", "__version__"]
+__all__ = ["HostStack", "IcvSpace", "IvSource", "Miniport", "OffloadState", "PacketBatch",
+           "PacketBatchBuilder", "Reason", "SaConfig", "SendResult", "StackSa",
+           "default_capabilities", "ndis", "__version__"]

@@ -138,6 +138,9 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, int32_t nb_count, uint
     if handle == 0 and tunnel_handle == 0:
         passthrough(p, flen, REASON_PASS_NO_HANDLE)
         return 0
+    if not (cfg & (CFG_ESP_IPV4 | CFG_ESP_IPV6)):  # spec §6.1 step 1 precedes step 2 (G21)
+        passthrough(p, flen, REASON_PASS_DISABLED)
+        return 0
     if tunnel_handle != 0:  # spec §9 G13; transport-over-tunnel is not offered (caps)
         fail(p, STATUS_FAILURE, REASON_TUNNEL_HANDLE)
         return 0
@@ -233,6 +236,9 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, int32_t nb_count, uint
         if text_len % align != 0:
             fail(p, STATUS_INVALID_PACKET, REASON_BAD_ALIGNMENT)
             return 0
+        if tend + icv - l2 - (40 if p.ipv6 else 0) > 0xFFFF:  # an appended ICV overflows
+            fail(p, STATUS_INVALID_PACKET, REASON_MALFORMED_IP)  # the IP length field
+            return 0
         if sn64 == 0:  # the counter wrapped: SN 0 is never sent (spec §8.1)
             fail(p, STATUS_FAILURE, REASON_SEQ_EXHAUSTED)
             return 0
@@ -264,6 +270,10 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, int32_t nb_count, uint
         return 0
     L = pay_end - p.tcp_off - thl
     n = 1 if L == 0 else (L + p.mss - 1) // p.mss
+    if lso_segment_len(p.tcp_off + thl, thl, L if L < p.mss else p.mss, align, icv) - l2 - (
+            40 if p.ipv6 else 0) > 0xFFFF:  # a full segment would overflow the IP length field
+        fail(p, STATUS_FAILURE, REASON_LSO_BAD_PARAMS)
+        return 0
     # Segment i carries SN0 + i (spec §9 G6): all of them must exist
     if sn64 == 0 or (not rec.esn and sn64 + <uint64_t>(n - 1) > UINT32_MAX) or (
             rec.esn and sn64 > UINT64_MAX - <uint64_t>(n - 1)):
@@ -307,7 +317,7 @@ def classify(const uint8_t[::1] arena, const int64_t[::1] nb_off, const int64_t[
     for i in range(n_nb):
         if nb_nbl[i] < 0 or nb_nbl[i] >= n_nbl:
             raise ValueError("nb_nbl names an NBL outside the batch")
-        if nb_off[i] < 0 or nb_len[i] < 0 or nb_off[i] + nb_len[i] > arena.shape[0]:
+        if nb_off[i] < 0 or nb_len[i] < 0 or nb_off[i] > arena.shape[0] - nb_len[i]:
             raise ValueError("a NET_BUFFER lies outside the arena")
     cdef const uint8_t* base = &arena[0] if arena.shape[0] else NULL
     cdef const SaRecord* recs = <const SaRecord*>&records[0] if nrec else NULL
@@ -333,6 +343,27 @@ def classify(const uint8_t[::1] arena, const int64_t[::1] nb_off, const int64_t[
 
 
 # -- emit ----------------------------------------------------------------------------
+
+cdef int64_t ipv6_final_dst(const uint8_t* ip, int64_t ext_end) noexcept nogil:
+    """Offset from the IPv6 header of the destination a TCP pseudo-header names (spec §8.10,
+    RFC 8200 §8.1): with a routing header that has segments left, the final destination (last
+    address of type 0/2, Segment List[0] of an SRH, type 4); else the header's destination.
+    Walks hop-by-hop, routing and destination-options headers ending by ext_end."""
+    cdef int64_t off = 40, hlen, dst = 24
+    cdef uint8_t nh = ip[6]
+    while off + 8 <= ext_end and (nh == 0 or nh == 43 or nh == 60):
+        hlen = (<int64_t>ip[off + 1] + 1) * 8
+        if off + hlen > ext_end:
+            break
+        if nh == 43 and ip[off + 3] != 0 and hlen >= 24:
+            if ip[off + 2] == 0 or ip[off + 2] == 2:
+                dst = off + 8 + ((hlen - 8) // 16 - 1) * 16
+            elif ip[off + 2] == 4:
+                dst = off + 8
+        nh = ip[off]
+        off += hlen
+    return dst
+
 
 cdef int patch_segment(uint8_t* o, int64_t seg_len, const NbPlan* p, const SaRecord* rec,
                        int64_t i, int64_t chunk, int64_t osize) except -1 nogil:
@@ -360,7 +391,7 @@ cdef int patch_segment(uint8_t* o, int64_t seg_len, const NbPlan* p, const SaRec
         st16(o + p.esp_off - 2, 0)
     if p.lso:
         tcp = o + p.tcp_off
-        thl = p.hdr_len - p.tcp_off
+        thl = <int64_t>p.hdr_len - p.tcp_off
         tcp_len = thl + chunk
         check(p.tcp_off, tcp_len, osize)
         st32(tcp + 4, ld32(tcp + 4) + <uint32_t>(i * p.mss))
@@ -373,7 +404,10 @@ cdef int patch_segment(uint8_t* o, int64_t seg_len, const NbPlan* p, const SaRec
         # spec §8.10 / G23: ignore the seeded partial sum, compute from scratch
         st16(tcp + 16, 0)
         if p.ipv6:
-            s = csum_add(0, ip + 8, 32) + (<uint64_t>tcp_len >> 16) + (tcp_len & 0xFFFF) + 6
+            check(p.ip_off, <int64_t>p.esp_off - p.ip_off, osize)
+            s = (csum_add(0, ip + 8, 16) + csum_add(0, ip + ipv6_final_dst(ip, <int64_t>p.esp_off
+                                                                         - p.ip_off), 16)
+                 + (<uint64_t>tcp_len >> 16) + (tcp_len & 0xFFFF) + 6)
         else:
             s = csum_add(0, ip + 12, 8) + 6 + <uint64_t>tcp_len
         st16(tcp + 16, ~csum_fold(csum_add(s, tcp, tcp_len)) & 0xFFFF)
@@ -414,7 +448,7 @@ cdef int emit_nb(const uint8_t* frame, int64_t flen, const NbPlan* p, const SaRe
         out_nbl[frame_idx] = nbl
         return 0
     icv = rec.icv_len
-    thl = p.hdr_len - p.tcp_off
+    thl = <int64_t>p.hdr_len - p.tcp_off
     for i in range(p.nsegs):
         o = out + out_pos
         if p.lso:
@@ -463,26 +497,38 @@ cdef int emit_nb(const uint8_t* frame, int64_t flen, const NbPlan* p, const SaRe
 
 
 cdef bint plan_is_consistent(const NbPlan* p, const SaRecord* rec, int64_t flen) noexcept nogil:
-    """Everything emit will touch for this plan lies inside the frame and its out_len."""
-    cdef int64_t text_off = p.esp_off + 8 + rec.iv_len, thl, full, rem, n, size
-    if (p.ip_off < 0 or p.ip_hdr_len < 20 or p.esp_off < p.ip_off + p.ip_hdr_len
-            or (rec.udp_encap and p.esp_off < p.ip_off + p.ip_hdr_len + 8)
-            or p.body_len < 0 or rec.align == 0 or p.ipv6 != rec.ipv6):
+    """Everything emit will touch for this plan lies inside the frame and its out_len, and
+    every field it writes can hold its value. All sums in 64 bits: no field may wrap."""
+    cdef int64_t ip_end = <int64_t>p.ip_off + p.ip_hdr_len
+    cdef int64_t text_off = <int64_t>p.esp_off + 8 + rec.iv_len, thl, full, rem, n, size, big
+    if (p.ip_off < 0 or p.ip_hdr_len < 20 or p.esp_off < ip_end
+            or (rec.udp_encap and p.esp_off < ip_end + 8)
+            or (p.ipv6 and p.ip_hdr_len != 40) or p.sn64 > UINT64_MAX - <uint64_t>(p.nsegs - 1)
+            or p.body_off < 0 or p.body_len < 0 or p.body_off > flen
+            or p.body_len > flen - p.body_off
+            or rec.align == 0 or p.ipv6 != rec.ipv6):
         return False
     if not p.lso:
-        return (p.nsegs == 1 and p.hdr_len == text_off and p.body_off == text_off
-                and p.body_off + p.body_len <= flen and p.out_len == text_off + p.body_len + rec.icv_len)
-    thl = p.hdr_len - p.tcp_off
-    if (p.tcp_off != text_off or thl < 20 or thl > 60 or p.mss <= 0
-            or p.body_off != p.hdr_len or p.body_off + p.body_len > flen):
-        return False
-    full = p.body_len // p.mss
-    rem = p.body_len - full * p.mss
-    n = 1 if p.body_len == 0 else full + (1 if rem else 0)
-    size = full * lso_segment_len(p.hdr_len, thl, p.mss, rec.align, rec.icv_len)
-    if rem or p.body_len == 0:
-        size += lso_segment_len(p.hdr_len, thl, rem, rec.align, rec.icv_len)
-    return p.nsegs == n and p.out_len == size
+        if not (p.nsegs == 1 and p.hdr_len == text_off and p.body_off == text_off
+                and p.out_len == text_off + p.body_len + rec.icv_len):
+            return False
+        big = p.out_len
+    else:
+        thl = <int64_t>p.hdr_len - p.tcp_off
+        if (p.tcp_off != text_off or thl < 20 or thl > 60 or p.mss <= 0
+                or p.body_off != p.hdr_len):
+            return False
+        full = p.body_len // p.mss
+        rem = p.body_len - full * p.mss
+        n = 1 if p.body_len == 0 else full + (1 if rem else 0)
+        size = full * lso_segment_len(p.hdr_len, thl, p.mss, rec.align, rec.icv_len)
+        if rem or p.body_len == 0:
+            size += lso_segment_len(p.hdr_len, thl, rem, rec.align, rec.icv_len)
+        if p.nsegs != n or p.out_len != size:
+            return False
+        big = lso_segment_len(p.hdr_len, thl, p.mss if p.body_len > p.mss else p.body_len,
+                              rec.align, rec.icv_len)
+    return big - p.ip_off - (40 if p.ipv6 else 0) <= 0xFFFF  # the IP length field holds it
 
 
 def emit(const uint8_t[::1] arena, const int64_t[::1] nb_off, const int64_t[::1] nb_len,
@@ -500,6 +546,7 @@ def emit(const uint8_t[::1] arena, const int64_t[::1] nb_off, const int64_t[::1]
     cdef const NbPlan* plan0 = <const NbPlan*>&plans[0] if n_nb else NULL
     cdef const SaRecord* recs = <const SaRecord*>&records[0] if nrec else NULL
     cdef const NbPlan* p
+    cdef const SaRecord* rec
     cdef int64_t need = 0, frames = 0, jobs = 0
     if plans.shape[0] != n_nb * sizeof(NbPlan) or records.shape[0] % sizeof(SaRecord):
         raise ValueError("plans / records buffer size does not match the struct layout")
@@ -515,13 +562,19 @@ def emit(const uint8_t[::1] arena, const int64_t[::1] nb_off, const int64_t[::1]
     # Validate the plan against the buffers before any write: the layout must fit exactly.
     for i in range(n_nb):
         p = plan0 + i
-        if nb_off[i] < 0 or nb_len[i] < 0 or nb_off[i] + nb_len[i] > arena.shape[0]:
+        if nb_off[i] < 0 or nb_len[i] < 0 or nb_off[i] > arena.shape[0] - nb_len[i]:
             raise ValueError("a NET_BUFFER lies outside the arena")
         if p.nsegs < 0 or p.out_len < 0:
             raise ValueError("corrupt plan")
         if p.nsegs and p.slot >= 0:
             if p.slot >= nrec or not plan_is_consistent(p, recs + p.slot, nb_len[i]):
                 raise ValueError(f"plan {i} is inconsistent with its frame or SA record")
+            rec = recs + p.slot
+            if (rec.iv_len and rec.suite != SUITE_AES_GCM and rec.suite != SUITE_AES_GMAC
+                    and (p.lso or iv_source == IV_SOURCE_NIC)
+                    and (jobs + p.nsegs) * rec.iv_len > rand.shape[0]):
+                raise ValueError(f"rand holds {rand.shape[0]} bytes; plan {i} needs "
+                                 f"{(jobs + p.nsegs) * rec.iv_len} for its random IVs")
         elif p.nsegs and (p.nsegs != 1 or p.out_len != nb_len[i]):
             raise ValueError(f"plan {i} is inconsistent with its frame")
         if nb_out_pos[i] != need or nb_frame[i] != frames or nb_job[i] != jobs:
@@ -571,9 +624,11 @@ def finalize(uint8_t[::1] out, const uint8_t[::1] records, const int32_t[::1] jo
         if job_post[j] == JOB_POST_UDP6_CHECKSUM:
             if job_slot[j] < 0 or job_slot[j] >= nrec:
                 raise ValueError("job names an SA slot outside the record table")
+            if job_icv[j] < 0 or job_icv[j] > osize:
+                raise ValueError("job reaches outside the output arena")
             end = job_icv[j] + recs[job_slot[j]].icv_len
-            if job_ip[j] < 0 or job_ip[j] + 40 > osize or job_udp[j] < job_ip[j] + 40 \
-                    or end > osize or end < job_udp[j] + 8:
+            if job_ip[j] < 0 or job_ip[j] > osize - 40 or job_udp[j] < job_ip[j] + 40 \
+                    or end > osize or job_udp[j] > end - 8:
                 raise ValueError("job reaches outside the output arena")
     with nogil:
         for j in range(n):

@@ -36,6 +36,27 @@ def _lso_segment_len(hdr_len: int, thl: int, chunk: int, align: int, icv: int) -
     return hdr_len + chunk + _pad(thl + chunk + 2, align) + 2 + icv
 
 
+def _buffers(**args) -> None:
+    """What the compiled kernels' typed memoryviews (``const T[::1]`` / ``T[::1]``) demand:
+    a 1-D C-contiguous buffer of exactly that item type (TypeError if not a buffer at all,
+    ValueError otherwise), writable unless const. Each value: (array, dtype, writable)."""
+    for name, (value, dtype, writable) in args.items():
+        try:
+            view = memoryview(value)
+        except TypeError:
+            raise TypeError(f"{name} must be a buffer of {np.dtype(dtype).name}, "
+                            f"got {type(value).__name__}") from None
+        try:
+            same = np.dtype(view.format) == np.dtype(dtype)
+        except TypeError:
+            same = False
+        if not same or view.ndim != 1 or not view.c_contiguous:
+            raise ValueError(f"{name} must be a 1-D contiguous {np.dtype(dtype).name} buffer, "
+                             f"got format {view.format!r} with {view.ndim} dimension(s)")
+        if writable and view.readonly:
+            raise ValueError(f"{name} is read-only")
+
+
 def _records(records: np.ndarray) -> np.ndarray:
     if len(records) % SA_RECORD_DTYPE.itemsize:
         raise ValueError("plans / records buffer size does not match the struct layout")
@@ -57,6 +78,8 @@ def _classify_one(frame: bytes, nb_count: int, handle: int, tunnel_handle: int, 
 
     if handle == 0 and tunnel_handle == 0:
         return passthrough(Reason.PASS_NO_HANDLE)
+    if not config & (Config.ESP_IPV4 | Config.ESP_IPV6):  # spec §6.1 step 1 precedes step 2 (G21)
+        return passthrough(Reason.PASS_DISABLED)
     if tunnel_handle != 0:
         return fail(STATUS_FAILURE, Reason.TUNNEL_HANDLE)
     if flen < l2 + 1:
@@ -124,6 +147,8 @@ def _classify_one(frame: bytes, nb_count: int, handle: int, tunnel_handle: int, 
             return fail(STATUS_INVALID_PACKET, Reason.BAD_TRAILER)
         if text_len % align:
             return fail(STATUS_INVALID_PACKET, Reason.BAD_ALIGNMENT)
+        if trailer_end + icv - l2 - (40 if ipv6 else 0) > 0xFFFF:  # an appended ICV overflows
+            return fail(STATUS_INVALID_PACKET, Reason.MALFORMED_IP)  # the IP length field
         if sn64 == 0:
             return fail(STATUS_FAILURE, Reason.SEQ_EXHAUSTED)
         return {**plan, "slot": slot, "hdr_len": text_off, "body_off": text_off,
@@ -144,6 +169,9 @@ def _classify_one(frame: bytes, nb_count: int, handle: int, tunnel_handle: int, 
         return fail(STATUS_FAILURE, Reason.LSO_BAD_PARAMS)
     payload = payload_end - tcp_off - thl
     nsegs = max(1, -(-payload // mss))
+    if _lso_segment_len(tcp_off + thl, thl, min(payload, mss), align, icv) - l2 - (
+            40 if ipv6 else 0) > 0xFFFF:  # a full segment would overflow the IP length field
+        return fail(STATUS_FAILURE, Reason.LSO_BAD_PARAMS)
     last_sn = sn64 + nsegs - 1
     if sn64 == 0 or last_sn > (2**64 - 1 if rec["esn"] else 2**32 - 1):
         return fail(STATUS_FAILURE, Reason.SEQ_EXHAUSTED)
@@ -157,6 +185,16 @@ def _classify_one(frame: bytes, nb_count: int, handle: int, tunnel_handle: int, 
 def classify(arena, nb_off, nb_len, nb_nbl, nb_count, offload_handle, tunnel_handle,
              next_header, pad_length, ah_off4, esp_off4, lso_info, l2_len, records, config,
              icv_space, plans, nbl_status):
+    _buffers(arena=(arena, np.uint8, False), nb_off=(nb_off, np.int64, False),
+             nb_len=(nb_len, np.int64, False), nb_nbl=(nb_nbl, np.int32, False),
+             nb_count=(nb_count, np.int32, False),
+             offload_handle=(offload_handle, np.uint64, False),
+             tunnel_handle=(tunnel_handle, np.uint64, False),
+             next_header=(next_header, np.uint8, False), pad_length=(pad_length, np.uint8, False),
+             ah_off4=(ah_off4, np.uint8, False), esp_off4=(esp_off4, np.uint8, False),
+             lso_info=(lso_info, np.uint64, False), l2_len=(l2_len, np.uint16, False),
+             records=(records, np.uint8, False), plans=(plans, np.uint8, True),
+             nbl_status=(nbl_status, np.uint32, True))
     n_nb, n_nbl = len(nb_off), len(nbl_status)
     if not len(nb_len) == len(nb_nbl) == n_nb:
         raise ValueError("nb_off, nb_len and nb_nbl differ in length")
@@ -170,7 +208,7 @@ def classify(arena, nb_off, nb_len, nb_nbl, nb_count, offload_handle, tunnel_han
     for i in range(n_nb):
         if not 0 <= nb_nbl[i] < n_nbl:
             raise ValueError("nb_nbl names an NBL outside the batch")
-        if nb_off[i] < 0 or nb_len[i] < 0 or nb_off[i] + nb_len[i] > len(arena):
+        if nb_off[i] < 0 or nb_len[i] < 0 or int(nb_off[i]) + int(nb_len[i]) > len(arena):
             raise ValueError("a NET_BUFFER lies outside the arena")
     nbl_status[:] = 0
     for i in range(n_nb):
@@ -192,6 +230,25 @@ def classify(arena, nb_off, nb_len, nb_nbl, nb_count, offload_handle, tunnel_han
             out[i]["reason"] = Reason.NBL_FAILED
             out[i]["nsegs"] = 0
             out[i]["out_len"] = 0
+
+
+def _ipv6_final_dst(ip: bytes, ext_end: int) -> int:
+    """Offset from the IPv6 header of the destination a TCP pseudo-header names (spec §8.10,
+    RFC 8200 §8.1): with a routing header that has segments left, the final destination (last
+    address of type 0/2, Segment List[0] of an SRH, type 4); else the header's destination.
+    Walks hop-by-hop, routing and destination-options headers ending by ext_end."""
+    off, dst, nh = 40, 24, ip[6]
+    while off + 8 <= ext_end and nh in (0, 43, 60):
+        hlen = (ip[off + 1] + 1) * 8
+        if off + hlen > ext_end:
+            break
+        if nh == 43 and ip[off + 3] != 0 and hlen >= 24:
+            if ip[off + 2] in (0, 2):
+                dst = off + 8 + ((hlen - 8) // 16 - 1) * 16
+            elif ip[off + 2] == 4:
+                dst = off + 8
+        nh, off = ip[off], off + hlen
+    return dst
 
 
 def _patch_segment(seg: bytearray, p, rec, i: int, chunk: int) -> None:
@@ -222,22 +279,103 @@ def _patch_segment(seg: bytearray, p, rec, i: int, chunk: int) -> None:
         seg[tcp + 13] = flags
         struct.pack_into("!H", seg, tcp + 16, 0)
         if p["ipv6"]:
-            pseudo = bytes(seg[ip + 8:ip + 40]) + struct.pack("!IxxxB", tcp_len, 6)
+            dst = ip + _ipv6_final_dst(bytes(seg[ip:esp]), esp - ip)
+            pseudo = (bytes(seg[ip + 8:ip + 24]) + bytes(seg[dst:dst + 16])
+                      + struct.pack("!IxxxB", tcp_len, 6))
         else:
             pseudo = bytes(seg[ip + 12:ip + 20]) + struct.pack("!xBH", 6, tcp_len)
         csum = _checksum(pseudo + bytes(seg[tcp:tcp + tcp_len]))
         struct.pack_into("!H", seg, tcp + 16, ~csum & 0xFFFF)
 
 
+def _plan_is_consistent(p, rec, flen: int) -> bool:
+    """Everything emit will touch for this plan lies inside the frame and its out_len, and
+    every field it writes can hold its value."""
+    ip_off, ihl, esp = int(p["ip_off"]), int(p["ip_hdr_len"]), int(p["esp_off"])
+    nsegs, out_len, hdr_len = int(p["nsegs"]), int(p["out_len"]), int(p["hdr_len"])
+    body_off, body_len = int(p["body_off"]), int(p["body_len"])
+    align, icv = int(rec["align"]), int(rec["icv_len"])
+    text_off = esp + 8 + int(rec["iv_len"])
+    if (ip_off < 0 or ihl < 20 or esp < ip_off + ihl
+            or (rec["udp_encap"] and esp < ip_off + ihl + 8)
+            or (p["ipv6"] and ihl != 40) or int(p["sn64"]) > 2**64 - 1 - (nsegs - 1)
+            or body_off < 0 or body_len < 0 or body_off > flen or body_len > flen - body_off
+            or align == 0 or p["ipv6"] != rec["ipv6"]):
+        return False
+    if not p["lso"]:
+        if not (nsegs == 1 and hdr_len == text_off and body_off == text_off
+                and out_len == text_off + body_len + icv):
+            return False
+        big = out_len
+    else:
+        tcp_off, mss = int(p["tcp_off"]), int(p["mss"])
+        thl = hdr_len - tcp_off
+        if tcp_off != text_off or thl < 20 or thl > 60 or mss <= 0 or body_off != hdr_len:
+            return False
+        full, rem = divmod(body_len, mss)
+        n = 1 if body_len == 0 else full + (1 if rem else 0)
+        size = full * _lso_segment_len(hdr_len, thl, mss, align, icv)
+        if rem or body_len == 0:
+            size += _lso_segment_len(hdr_len, thl, rem, align, icv)
+        if nsegs != n or out_len != size:
+            return False
+        big = _lso_segment_len(hdr_len, thl, min(mss, body_len), align, icv)
+    return big - ip_off - (40 if p["ipv6"] else 0) <= 0xFFFF  # the IP length field holds it
+
+
 def emit(arena, nb_off, nb_len, nb_nbl, plans, records, iv_source, rand, nb_out_pos, nb_frame,
          nb_job, out, out_off, out_len, out_nbl, job_slot, job_esp, job_text, job_text_len,
          job_icv, job_seq_hi, job_post, job_udp, job_ip):
-    recs = _records(records)
-    if len(plans) != len(nb_off) * NB_PLAN_DTYPE.itemsize:
+    _buffers(arena=(arena, np.uint8, False), nb_off=(nb_off, np.int64, False),
+             nb_len=(nb_len, np.int64, False), nb_nbl=(nb_nbl, np.int32, False),
+             plans=(plans, np.uint8, False), records=(records, np.uint8, False),
+             rand=(rand, np.uint8, False), nb_out_pos=(nb_out_pos, np.int64, False),
+             nb_frame=(nb_frame, np.int64, False), nb_job=(nb_job, np.int64, False),
+             out=(out, np.uint8, True), out_off=(out_off, np.int64, True),
+             out_len=(out_len, np.int64, True), out_nbl=(out_nbl, np.int32, True),
+             job_slot=(job_slot, np.int32, True), job_esp=(job_esp, np.int64, True),
+             job_text=(job_text, np.int64, True), job_text_len=(job_text_len, np.int64, True),
+             job_icv=(job_icv, np.int64, True), job_seq_hi=(job_seq_hi, np.uint32, True),
+             job_post=(job_post, np.uint8, True), job_udp=(job_udp, np.int64, True),
+             job_ip=(job_ip, np.int64, True))
+    n_nb, n_frames, n_jobs = len(nb_off), len(out_off), len(job_slot)
+    if len(plans) != n_nb * NB_PLAN_DTYPE.itemsize or len(records) % SA_RECORD_DTYPE.itemsize:
         raise ValueError("plans / records buffer size does not match the struct layout")
+    recs = _records(records)
+    if any(len(a) != n_nb for a in (nb_len, nb_nbl, nb_out_pos, nb_frame, nb_job)):
+        raise ValueError("per-buffer arrays differ in length")
+    if len(out_len) != n_frames or len(out_nbl) != n_frames:
+        raise ValueError("output frame arrays differ in length")
+    if any(len(a) != n_jobs for a in (job_esp, job_text, job_text_len, job_icv, job_seq_hi,
+                                      job_post, job_udp, job_ip)):
+        raise ValueError("job arrays differ in length")
     plan = np.asarray(plans).view(NB_PLAN_DTYPE)
-    need = sum(int(p["out_len"]) for p in plan)
-    if need > len(out) or sum(int(p["nsegs"]) for p in plan) != len(out_off):
+    # Validate the plan against the buffers before any write: the layout must fit exactly.
+    need = frames = jobs = 0
+    for i, p in enumerate(plan):
+        if nb_off[i] < 0 or nb_len[i] < 0 or int(nb_off[i]) + int(nb_len[i]) > len(arena):
+            raise ValueError("a NET_BUFFER lies outside the arena")
+        nsegs, slot = int(p["nsegs"]), int(p["slot"])
+        if nsegs < 0 or p["out_len"] < 0:
+            raise ValueError("corrupt plan")
+        if nsegs and slot >= 0:
+            if slot >= len(recs) or not _plan_is_consistent(p, recs[slot], int(nb_len[i])):
+                raise ValueError(f"plan {i} is inconsistent with its frame or SA record")
+            rec = recs[slot]
+            if (rec["iv_len"] and rec["suite"] not in (Suite.AES_GCM, Suite.AES_GMAC)
+                    and (p["lso"] or iv_source == IvSource.NIC)
+                    and (jobs + nsegs) * int(rec["iv_len"]) > len(rand)):
+                raise ValueError(f"rand holds {len(rand)} bytes; plan {i} needs "
+                                 f"{(jobs + nsegs) * int(rec['iv_len'])} for its random IVs")
+        elif nsegs and (nsegs != 1 or p["out_len"] != nb_len[i]):
+            raise ValueError(f"plan {i} is inconsistent with its frame")
+        if nb_out_pos[i] != need or nb_frame[i] != frames or nb_job[i] != jobs:
+            raise ValueError("nb_out_pos / nb_frame / nb_job disagree with the plan")
+        need += int(p["out_len"])
+        frames += nsegs
+        if slot >= 0:
+            jobs += nsegs
+    if need > len(out) or frames != n_frames or jobs != n_jobs:
         raise ValueError("output arena or tables too small for the plan")
     for i, p in enumerate(plan):
         if not p["nsegs"]:
@@ -288,8 +426,26 @@ def emit(arena, nb_off, nb_len, nb_nbl, plans, records, iv_source, rand, nb_out_
 
 def finalize(out, records, job_slot, job_icv, job_post, job_udp, job_ip):
     """After sealing: the UDP checksum of UDP-encapsulated ESP over IPv6 (spec §6.7, G25)."""
-    recs = _records(records)
-    for j in range(len(job_slot)):
+    _buffers(out=(out, np.uint8, True), records=(records, np.uint8, False),
+             job_slot=(job_slot, np.int32, False), job_icv=(job_icv, np.int64, False),
+             job_post=(job_post, np.uint8, False), job_udp=(job_udp, np.int64, False),
+             job_ip=(job_ip, np.int64, False))
+    n, osize = len(job_slot), len(out)
+    recs = np.asarray(records)[:len(records) - len(records) % SA_RECORD_DTYPE.itemsize].view(
+        SA_RECORD_DTYPE)
+    if any(len(a) != n for a in (job_icv, job_post, job_udp, job_ip)):
+        raise ValueError("job arrays differ in length")
+    for j in range(n):
+        if job_post[j] == JobPost.UDP6_CHECKSUM:
+            if not 0 <= job_slot[j] < len(recs):
+                raise ValueError("job names an SA slot outside the record table")
+            if not 0 <= job_icv[j] <= osize:
+                raise ValueError("job reaches outside the output arena")
+            end = int(job_icv[j]) + int(recs[int(job_slot[j])]["icv_len"])
+            if (job_ip[j] < 0 or job_ip[j] > osize - 40 or job_udp[j] < int(job_ip[j]) + 40
+                    or end > osize or job_udp[j] > end - 8):
+                raise ValueError("job reaches outside the output arena")
+    for j in range(n):
         if job_post[j] != JobPost.UDP6_CHECKSUM:
             continue
         udp, ip = int(job_udp[j]), int(job_ip[j])

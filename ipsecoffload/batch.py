@@ -161,14 +161,14 @@ class PacketBatchBuilder:
 
     def add_nbl(self, frames: Sequence[bytes], **oob: int) -> int:
         """Append one NBL holding ``frames``; returns its index."""
+        unknown = set(oob) - set(NBL_FIELDS)
+        if unknown:  # checked before anything is appended: a refused NBL leaves no trace
+            raise TypeError(f"unknown NBL field(s): {', '.join(sorted(unknown))}")
         index = self._n_nbl
         for frame in frames:
             self._chunks.append(bytes(frame))
             self._lengths.append(len(frame))
             self._nbl_of.append(index)
-        unknown = set(oob) - set(NBL_FIELDS)
-        if unknown:
-            raise TypeError(f"unknown NBL field(s): {', '.join(sorted(unknown))}")
         for name, values in self._fields.items():
             values.append(oob.get(name, 14 if name == "l2_len" else 0))
         self._n_nbl += 1

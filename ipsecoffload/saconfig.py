@@ -107,9 +107,10 @@ class SaConfig:
                 raise bad("tunnel", "src and dst must be of the same IP version")
         elif self.tunnel_src or self.tunnel_dst:
             raise bad("tunnel", "is only for mode 'tunnel'")
-        for name in ("src", "dst"):
-            if getattr(self, name) is not None:
-                _address(getattr(self, name), bad, name)
+        endpoints = {name: _address(getattr(self, name), bad, name)
+                     for name in ("src", "dst") if getattr(self, name) is not None}
+        if len({a.version for a in endpoints.values()}) > 1:
+            raise bad("src/dst", "must be of the same IP version")
         if self.udp_encap is not None:
             if (len(self.udp_encap) != 2
                     or not all(isinstance(p, int) and 1 <= p <= 0xFFFF for p in self.udp_encap)):

@@ -1,0 +1,752 @@
+"""HostStack: what Windows TCP/IP does before the miniport (design §1).
+
+From plain IP packets (bytes starting at the IP header) and an outbound SA it builds the
+IPsecOV2 frames the miniport expects — headers, SPI, sequence number, IV slot, ESP padding
+and trailer, room for the ICV (spec §6.2, §6.6, §6.7), or an LSO super-packet (spec §6.8) —
+with their out-of-band info (spec §5), keeps each SA's sequence number, and drives the
+miniport's ADD_SA / DELETE_SA / UPDATE_SA OIDs (spec §1.2).
+
+The stack does no crypto: the IV slot and the ICV are left for the NIC.
+"""
+from __future__ import annotations
+
+import ipaddress
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterable, NamedTuple, Optional, Sequence
+
+import numpy as np
+
+from . import ndis
+from .batch import NBL_FIELDS, PacketBatch, PacketBatchBuilder
+from .ndis import NdisStatus
+from .saconfig import SaConfig
+from .send import SendResult
+
+IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_IPV6 = 4, 6, 17, 41
+IPPROTO_ESP = 50
+IPV6_FRAGMENT = 44
+# IPv6 extension headers that come before ESP in transport mode: hop-by-hop, routing,
+# destination options (spec §6.2; RFC 4303 §3.1.1)
+IPV6_HEADERS_BEFORE_ESP = (0, 43, 60)
+ETHERTYPES = {4: 0x0800, 6: 0x86DD}
+ETHERNET_HEADER_LEN = 14
+UDP_HEADER_LEN = 8
+MAX_ESP_OFFSET = 255 * 4  # EspHeaderOffset is 8 bits of 4-byte units (spec §5.2)
+MAX_LSO_MSS = (1 << 20) - 1  # 20-bit MSS field (spec §5.4)
+MAX_LSO_TCP_OFFSET = (1 << 10) - 1  # 10-bit TcpHeaderOffset field (spec §5.4)
+TCP_SYN, TCP_RST, TCP_URG = 0x02, 0x04, 0x20
+DF_POLICIES = ("copy", "set", "clear")
+
+
+class SequenceNumberExhausted(ValueError):
+    """The SA has no sequence numbers left for the packets asked for (spec §8.1: an SN
+    never wraps; a new SA is needed)."""
+
+
+def _sa_label(config: SaConfig) -> str:
+    return f"SA {config.name!r} (SPI {config.spi:#010x})" if config.name \
+        else f"SA SPI {config.spi:#010x}"
+
+
+def _sequence_limit(config: SaConfig) -> int:
+    """The last usable sequence number (spec §8.1)."""
+    return 2**64 - 1 if config.esn else 2**32 - 1
+
+
+class EspLayout(NamedTuple):
+    """What framing needs of an SA, derived once (style: choose the variant once)."""
+    spi: int
+    iv_len: int  # IV slot bytes after the SN
+    icv: int  # ICV bytes reserved after the trailer
+    align: int  # ESP padding alignment (spec §8.1)
+
+    @classmethod
+    def of(cls, config: SaConfig) -> "EspLayout":
+        return cls(spi=config.spi, iv_len=config.iv_len, icv=config.icv, align=config.align)
+
+
+class StackSa:
+    """The stack's view of one outbound SA.
+
+    ``next_seq`` is the 64-bit sequence number the next packet gets; ``handles`` maps the
+    IP version of a bundle (``True`` = IPv6) to the offload handle the miniport returned.
+    """
+
+    def __init__(self, config: SaConfig):
+        self.config = config
+        self.layout = EspLayout.of(config)
+        self.next_seq = config.seq
+        self.handles: dict[bool, int] = {}
+        self.removed = False
+        # ESN high-order word each bundle's miniport record holds (spec §4.9 UPDATE_SA)
+        self._nic_seq_hi: dict[bool, int] = {}
+        self._owner: Optional[HostStack] = None
+        self._tunnel_endpoints: Optional[tuple[bytes, bytes]] = None
+        if config.mode == "tunnel":
+            self._tunnel_endpoints = (ipaddress.ip_address(config.tunnel_src).packed,
+                                      ipaddress.ip_address(config.tunnel_dst).packed)
+
+    def __repr__(self) -> str:
+        handles = {("ipv6" if v6 else "ipv4"): f"{h:#x}" for v6, h in self.handles.items()}
+        return (f"StackSa({_sa_label(self.config)}, mode={self.config.mode}, "
+                f"next_seq={self.next_seq}, handles={handles}"
+                f"{', removed' if self.removed else ''})")
+
+
+# -- parsing the plain packets ----------------------------------------------------------------
+@dataclass(frozen=True)
+class IpPacket:
+    """A plain IP packet as the stack sees it."""
+    data: bytes  # the packet, trimmed to the length its IP header gives
+    version: int  # 4 or 6
+    l4_offset: int  # first byte after the IP header, IPv4 options and walked IPv6 headers
+    protocol: int  # the protocol found at l4_offset (the ESP trailer's Next Header)
+    next_header_at: int  # offset of the byte that names ``protocol``
+    fragment: bool  # IPv4 MF or fragment offset set, or an IPv6 fragment header
+
+    @property
+    def tos(self) -> int:
+        """IPv4 TOS byte or IPv6 Traffic Class: DSCP and ECN."""
+        if self.version == 4:
+            return self.data[1]
+        return ((self.data[0] & 0x0F) << 4) | (self.data[1] >> 4)
+
+    @property
+    def flow_label(self) -> int:
+        if self.version == 4:
+            return 0
+        return ((self.data[1] & 0x0F) << 16) | (self.data[2] << 8) | self.data[3]
+
+    @property
+    def dont_fragment(self) -> bool:
+        return self.version == 4 and bool(self.data[6] & 0x40)
+
+
+def parse_ip_packet(packet: bytes) -> IpPacket:
+    """Parse a plain IPv4 or IPv6 packet; ValueError if it is not one."""
+    if not isinstance(packet, (bytes, bytearray, memoryview)):
+        raise TypeError(f"a packet must be bytes, got {type(packet).__name__}")
+    data = bytes(packet)
+    if not data:
+        raise ValueError("empty packet")
+    version = data[0] >> 4
+    if version == 4:
+        return _parse_ipv4(data)
+    if version == 6:
+        return _parse_ipv6(data)
+    raise ValueError(f"IP version {version} in the first byte; only 4 and 6 are packets")
+
+
+def _parse_ipv4(data: bytes) -> IpPacket:
+    if len(data) < 20:
+        raise ValueError(f"IPv4 packet of {len(data)} bytes is shorter than its 20-byte header")
+    ihl = (data[0] & 0x0F) * 4
+    total = struct.unpack_from("!H", data, 2)[0]
+    if ihl < 20 or total < ihl or total > len(data):
+        raise ValueError(f"IPv4 header length {ihl} / total length {total} do not fit a "
+                         f"{len(data)}-byte packet")
+    flags_offset = struct.unpack_from("!H", data, 6)[0]
+    return IpPacket(data=data[:total], version=4, l4_offset=ihl, protocol=data[9],
+                    next_header_at=9, fragment=bool(flags_offset & 0x3FFF))
+
+
+def _parse_ipv6(data: bytes) -> IpPacket:
+    if len(data) < 40:
+        raise ValueError(f"IPv6 packet of {len(data)} bytes is shorter than its 40-byte header")
+    end = 40 + struct.unpack_from("!H", data, 4)[0]
+    if end > len(data):
+        raise ValueError(f"IPv6 payload length {end - 40} exceeds the {len(data) - 40} bytes "
+                         f"after the header (jumbograms are not supported)")
+    data = data[:end]
+    next_header_at, offset = 6, 40
+    while data[next_header_at] in IPV6_HEADERS_BEFORE_ESP:
+        if offset + 2 > end:
+            raise ValueError(f"IPv6 extension header at byte {offset} is truncated")
+        length = (data[offset + 1] + 1) * 8
+        if offset + length > end:
+            raise ValueError(f"IPv6 extension header at byte {offset} ({length} bytes) runs "
+                             f"past the packet end ({end})")
+        next_header_at, offset = offset, offset + length
+    protocol = data[next_header_at]
+    return IpPacket(data=data, version=6, l4_offset=offset, protocol=protocol,
+                    next_header_at=next_header_at, fragment=protocol == IPV6_FRAGMENT)
+
+
+# -- header pieces ----------------------------------------------------------------------------
+def _ones_complement_sum(data: bytes) -> int:
+    """RFC 1071 sum, folded to 16 bits, not inverted (spec §8.10)."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def _set_ipv4_checksum(datagram: bytearray) -> None:
+    ihl = (datagram[0] & 0x0F) * 4
+    struct.pack_into("!H", datagram, 10, 0)
+    struct.pack_into("!H", datagram, 10, ~_ones_complement_sum(bytes(datagram[:ihl])) & 0xFFFF)
+
+
+def _set_ip_length(datagram: bytearray, length: int) -> None:
+    """IPv4 Total Length (checksum recomputed) or IPv6 Payload Length, ``length`` being the
+    whole datagram's bytes; 0 leaves the length to the segmenter (spec §6.8)."""
+    if datagram[0] >> 4 == 4:
+        if length > 0xFFFF:
+            raise ValueError(f"an IPv4 datagram of {length} bytes exceeds 65535 "
+                             f"(IPsec is never offloaded for sends needing fragmentation)")
+        struct.pack_into("!H", datagram, 2, length)
+        _set_ipv4_checksum(datagram)
+    else:
+        payload = max(0, length - 40)
+        if payload > 0xFFFF:
+            raise ValueError(f"an IPv6 payload of {payload} bytes exceeds 65535")
+        struct.pack_into("!H", datagram, 4, payload)
+
+
+def _udp_header(ports: tuple[int, int], length: int) -> bytes:
+    """RFC 3948 UDP header; checksum 0 — the NIC computes it for IPv6 (spec §6.7)."""
+    return struct.pack("!HHHH", ports[0], ports[1], length, 0)
+
+
+def _pad_length(payload_len: int, align: int) -> int:
+    """Smallest pad with payload + pad + 2 a multiple of align (spec §8.1)."""
+    return -(payload_len + 2) % align
+
+
+def _esp_packet(layout: EspLayout, sn: int, iv: bytes, payload: bytes,
+                next_header: int) -> tuple[bytes, int]:
+    """ESP header, IV slot, payload, trailer and the reserved ICV bytes (spec §6.2, §8.1);
+    returns the bytes and the pad length."""
+    pad = _pad_length(len(payload), layout.align)
+    trailer = bytes(range(1, pad + 1)) + bytes((pad, next_header))
+    return (struct.pack("!II", layout.spi, sn & 0xFFFFFFFF) + iv + payload + trailer
+            + bytes(layout.icv)), pad
+
+
+def _tcp_pseudo_header_seed(packet: IpPacket) -> int:
+    """The partial pseudo-header sum (addresses and protocol, no length) that Windows leaves
+    in the TCP checksum field of an LSO packet (spec §6.8). The IPv6 destination is the
+    header's, not a routing header's final one: the NIC ignores the seed (spec §9 G23)."""
+    addresses = packet.data[12:20] if packet.version == 4 else packet.data[8:40]
+    return _ones_complement_sum(addresses + struct.pack("!H", IPPROTO_TCP))
+
+
+class _Nbl(NamedTuple):
+    """One NBL the stack hands to the miniport, before packing into a batch."""
+    frame: bytes
+    oob: dict  # PacketBatchBuilder fields
+    bundle: Optional[bool]  # IP version key of the SA bundle used (None: no IPsec)
+    first_sn: int
+    last_sn: int
+
+
+# -- results ----------------------------------------------------------------------------------
+def _concat_batches(batches: Sequence[PacketBatch]) -> PacketBatch:
+    arena_sizes = [len(b.arena) for b in batches]
+    nbl_counts = [len(b) for b in batches]
+    arena_base = np.cumsum([0] + arena_sizes[:-1]).astype(np.int64)
+    nbl_base = np.cumsum([0] + nbl_counts[:-1]).astype(np.int32)
+    fields = {name: np.concatenate([getattr(b, name) for b in batches]).astype(dtype)
+              for name, dtype in NBL_FIELDS.items()}
+    return PacketBatch(
+        np.concatenate([b.arena for b in batches]).astype(np.uint8),
+        np.concatenate([b.nb_off + base for b, base in zip(batches, arena_base)]),
+        np.concatenate([b.nb_len for b in batches]),
+        np.concatenate([b.nb_nbl + base for b, base in zip(batches, nbl_base)]).astype(np.int32),
+        n_nbl=sum(nbl_counts), **fields)
+
+
+def concat_results(results: Sequence[SendResult]) -> SendResult:
+    """One SendResult for several miniport sends made in order (NBL order kept)."""
+    if not results:
+        raise ValueError("concat_results needs at least one SendResult")
+    if len(results) == 1:
+        return results[0]
+    per_slot: dict[int, int] = {}
+    for result in results:
+        for slot, count in result.segments_per_slot.items():
+            per_slot[slot] = per_slot.get(slot, 0) + count
+    return SendResult(
+        wire=_concat_batches([r.wire for r in results]),
+        status=np.concatenate([r.status for r in results]).astype(np.uint32),
+        reasons=np.concatenate([r.reasons for r in results]).astype(np.uint8),
+        lso_complete=np.concatenate([r.lso_complete for r in results]).astype(np.uint64),
+        segments_per_slot=per_slot)
+
+
+def _to_batch(nbls: Iterable[_Nbl]) -> PacketBatch:
+    builder = PacketBatchBuilder()
+    for nbl in nbls:
+        builder.add_nbl([nbl.frame], **nbl.oob)
+    return builder.build()
+
+
+def _split_by_seq_hi(nbls: list[_Nbl]) -> list[list[_Nbl]]:
+    """Consecutive runs of NBLs whose first SN has the same ESN high-order word."""
+    parts: list[list[_Nbl]] = []
+    for nbl in nbls:
+        if parts and parts[-1][0].first_sn >> 32 == nbl.first_sn >> 32:
+            parts[-1].append(nbl)
+        else:
+            parts.append([nbl])
+    return parts or [[]]
+
+
+# -- the stack --------------------------------------------------------------------------------
+class HostStack:
+    """The host TCP/IP stack in front of a ``Miniport``.
+
+    ``link``: ``"ethernet"`` puts a 14-byte Ethernet header before each IP packet,
+    ``"raw"`` none. ``ttl`` is the TTL / Hop Limit of the outer header of tunnel-mode
+    packets; ``ipv4_id`` the Identification the next outer IPv4 header gets (then +1 per
+    header, modulo 2**16); ``tunnel_df`` sets the outer DF bit: ``"copy"`` it from an inner
+    IPv4 packet (clear for inner IPv6), or always ``"set"`` / ``"clear"`` it (RFC 4301
+    §8.1's per-SA choices; spec §8.9). Transport-mode packets keep their own TTL and ID.
+
+    The stack is thread-safe: one lock orders sequence-number assignment and sends.
+    """
+
+    def __init__(self, miniport, *, link: str = "ethernet",
+                 src_mac: bytes = b"\x02\0\0\0\0\x01", dst_mac: bytes = b"\x02\0\0\0\0\x02",
+                 ttl: int = 64, ipv4_id: int = 0, tunnel_df: str = "copy"):
+        if link not in ("ethernet", "raw"):
+            raise ValueError(f"link must be 'ethernet' or 'raw', got {link!r}")
+        for name, mac in (("src_mac", src_mac), ("dst_mac", dst_mac)):
+            if not isinstance(mac, (bytes, bytearray)) or len(mac) != 6:
+                raise ValueError(f"{name} must be 6 bytes, got {mac!r}")
+        if not isinstance(ttl, int) or not 1 <= ttl <= 255:
+            raise ValueError(f"ttl must be an integer from 1 to 255, got {ttl!r}")
+        if tunnel_df not in DF_POLICIES:
+            raise ValueError(f"tunnel_df must be one of {', '.join(map(repr, DF_POLICIES))}, "
+                             f"got {tunnel_df!r}")
+        self.miniport = miniport
+        self.link = link
+        self.src_mac, self.dst_mac = bytes(src_mac), bytes(dst_mac)
+        self.ttl = ttl
+        self.tunnel_df = tunnel_df
+        self.next_ipv4_id = ipv4_id
+        self.sas: list[StackSa] = []
+        self._lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        return f"HostStack(link={self.link}, {len(self.sas)} SAs, ttl={self.ttl})"
+
+    @property
+    def next_ipv4_id(self) -> int:
+        """Identification of the next outer IPv4 header the stack builds."""
+        return self._next_ipv4_id
+
+    @next_ipv4_id.setter
+    def next_ipv4_id(self, value: int) -> None:
+        if not isinstance(value, int) or not 0 <= value <= 0xFFFF:
+            raise ValueError(f"ipv4_id must be an integer from 0 to 65535, got {value!r}")
+        self._next_ipv4_id = value
+
+    @property
+    def l2_length(self) -> int:
+        return ETHERNET_HEADER_LEN if self.link == "ethernet" else 0
+
+    # -- SA management (spec §1.2, §4.9) ----------------------------------------------------
+    def add_sa(self, config: SaConfig) -> StackSa:
+        """Register an outbound SA. Its bundle is offloaded now when the SA has one IP
+        version (tunnel, or transport with endpoints), else the first time a packet of a
+        version needs it."""
+        if not isinstance(config, SaConfig):
+            raise TypeError(f"add_sa takes a SaConfig, got {type(config).__name__}")
+        if config.mode == "transport" and len(_endpoint_versions(config)) > 1:
+            raise ValueError(f"{_sa_label(config)}: src and dst must be of one IP version")
+        sa = StackSa(config)
+        with self._lock:
+            versions = _bundle_versions(config)
+            if len(versions) == 1:
+                self._ensure_bundle(sa, next(iter(versions)))
+            sa._owner = self
+            self.sas.append(sa)
+        return sa
+
+    def remove_sa(self, sa: StackSa) -> None:
+        """One DELETE_SA request naming every bundle this SA added (spec §4.5)."""
+        with self._lock:
+            self._check_sa(sa)
+            head = None
+            for handle in reversed(list(sa.handles.values())):
+                head = ndis.IpsecOffloadV2DeleteSa(next=head, offload_handle=handle)
+            if head is not None:
+                status = self.miniport.delete_sa(head)
+                if status != NdisStatus.SUCCESS:
+                    raise RuntimeError(f"DELETE_SA for {_sa_label(sa.config)} failed: "
+                                       f"{_status_name(status)}")
+            sa.handles.clear()
+            sa._nic_seq_hi.clear()
+            sa.removed = True
+            sa._owner = None
+            self.sas.remove(sa)
+
+    def _check_sa(self, sa: StackSa) -> None:
+        if not isinstance(sa, StackSa):
+            raise TypeError(f"expected a StackSa from add_sa, got {type(sa).__name__}")
+        if sa._owner is not self:
+            raise ValueError(f"{_sa_label(sa.config)} is not registered with this stack"
+                             f"{' (it was removed)' if sa.removed else ''}")
+
+    def _ensure_bundle(self, sa: StackSa, ipv6: bool) -> int:
+        """ADD_SA for this IP version unless done (the IPv6 flag is per bundle, spec §4.3)."""
+        handle = sa.handles.get(ipv6)
+        if handle:
+            return handle
+        entry = sa.config.add_sa_entry(ipv6)
+        status = self.miniport.add_sa(entry)
+        if status != NdisStatus.SUCCESS or not entry.offload_handle:
+            raise RuntimeError(f"ADD_SA ({'IPv6' if ipv6 else 'IPv4'}) for "
+                               f"{_sa_label(sa.config)} refused: {_status_name(status)}")
+        sa.handles[ipv6] = entry.offload_handle
+        sa._nic_seq_hi[ipv6] = entry.sec_assoc[0].sequence_number_high_order
+        return entry.offload_handle
+
+    def _sync_seq_hi(self, sa: StackSa, bundles: Iterable[bool], seq_hi: int) -> None:
+        """UPDATE_SA for each ESN bundle whose record holds another high word (spec §4.9)."""
+        for ipv6 in sorted(bundles):
+            if sa._nic_seq_hi.get(ipv6) == seq_hi:
+                continue
+            status = self.miniport.update_sa(ndis.IpsecOffloadV2UpdateSa(
+                offload_handle=sa.handles[ipv6], operation=ndis.IpsecOperation.ESP,
+                spi=sa.config.spi, sequence_number_high_order=seq_hi))
+            if status != NdisStatus.SUCCESS:
+                raise RuntimeError(f"UPDATE_SA for {_sa_label(sa.config)} refused: "
+                                   f"{_status_name(status)}")
+            sa._nic_seq_hi[ipv6] = seq_hi
+
+    # -- sequence numbers (spec §8.1, §6.8) -----------------------------------------------------
+    def _check_room(self, sa: StackSa, count: int) -> int:
+        """The first of ``count`` consecutive SNs; SequenceNumberExhausted if the SA cannot
+        give them all."""
+        first = sa.next_seq
+        limit = _sequence_limit(sa.config)
+        if first + count - 1 > limit:
+            raise SequenceNumberExhausted(
+                f"{_sa_label(sa.config)} is out of sequence numbers: {count} needed from "
+                f"{first}, the last one is {limit}{'' if sa.config.esn else ' (no ESN)'}; "
+                f"a new SA is required")
+        return first
+
+    def _frame_with_sns(self, sa: StackSa, count: int,
+                        make: Callable[[int], list[_Nbl]]) -> list[_Nbl]:
+        """``make(first_sn)`` frames NBLs using ``count`` SNs; the SNs (and outer IPv4 IDs)
+        are taken only if every frame could be built."""
+        first = self._check_room(sa, count)
+        next_ipv4_id = self._next_ipv4_id
+        try:
+            nbls = make(first)
+        except Exception:
+            self._next_ipv4_id = next_ipv4_id
+            raise
+        sa.next_seq = first + count
+        return nbls
+
+    # -- framing ------------------------------------------------------------------------------
+    def _link_header(self, version: int) -> bytes:
+        if self.link == "raw":
+            return b""
+        return self.dst_mac + self.src_mac + struct.pack("!H", ETHERTYPES[version])
+
+    def _take_ipv4_id(self) -> int:
+        ident = self._next_ipv4_id
+        self._next_ipv4_id = (ident + 1) & 0xFFFF
+        return ident
+
+    def _outer_header(self, inner: IpPacket, sa: StackSa, protocol: int) -> bytearray:
+        """The tunnel-mode outer header, lengths still 0 (spec §6.6, §8.9, RFC 6040 normal
+        mode: DSCP and ECN copied)."""
+        src, dst = sa._tunnel_endpoints
+        if len(src) == 4:
+            df = {"copy": inner.dont_fragment, "set": True, "clear": False}[self.tunnel_df]
+            return bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, inner.tos, 0,
+                                         self._take_ipv4_id(), 0x4000 if df else 0, self.ttl,
+                                         protocol, 0, src, dst))
+        first_word = (6 << 28) | (inner.tos << 20) | inner.flow_label
+        return bytearray(struct.pack("!IHBB16s16s", first_word, 0, protocol, self.ttl,
+                                     src, dst))
+
+    def _esp_nbl(self, sa: StackSa, packet: IpPacket, bundle: bool, sn: int,
+                 iv: bytes) -> _Nbl:
+        """One non-LSO frame: transport (spec §6.2) or tunnel (spec §6.6), with or without
+        UDP encapsulation (spec §6.7)."""
+        config = sa.config
+        outer_protocol = IPPROTO_UDP if config.udp_encap else IPPROTO_ESP
+        if config.mode == "tunnel":
+            header = self._outer_header(packet, sa, outer_protocol)
+            payload = packet.data
+            next_header = IPPROTO_IPIP if packet.version == 4 else IPPROTO_IPV6
+        else:
+            header = bytearray(packet.data[:packet.l4_offset])
+            header[packet.next_header_at] = outer_protocol
+            payload = packet.data[packet.l4_offset:]
+            next_header = packet.protocol
+        esp, pad = _esp_packet(sa.layout, sn, iv, payload, next_header)
+        udp = _udp_header(config.udp_encap, UDP_HEADER_LEN + len(esp)) if config.udp_encap \
+            else b""
+        datagram = header + udp + esp
+        _set_ip_length(datagram, len(datagram))
+        esp_offset = len(header) + len(udp)
+        return _Nbl(frame=self._link_header(datagram[0] >> 4) + bytes(datagram),
+                    oob=self._ipsec_oob(sa, bundle, next_header, pad, esp_offset),
+                    bundle=bundle, first_sn=sn, last_sn=sn)
+
+    def _ipsec_oob(self, sa: StackSa, bundle: bool, next_header: int, pad: int,
+                   esp_offset: int, lso_info: int = 0) -> dict:
+        """Slot 1 handle, slot 12 header info (spec §5.1, §5.2), slot 2 LSO info."""
+        if esp_offset % 4 or esp_offset > MAX_ESP_OFFSET:
+            raise ValueError(f"ESP would start {esp_offset} bytes after the IP header; "
+                             f"EspHeaderOffset holds multiples of 4 up to {MAX_ESP_OFFSET}")
+        return dict(offload_handle=sa.handles[bundle], next_header=next_header,
+                    pad_length=pad, esp_off4=esp_offset // 4, lso_info=lso_info,
+                    l2_len=self.l2_length)
+
+    def _plain_nbl(self, packet: bytes) -> _Nbl:
+        """No IPsec: the packet as given, handle 0 (spec §6.1 step 2)."""
+        version = _ip_version(packet)
+        return _Nbl(frame=self._link_header(version) + bytes(packet),
+                    oob=dict(l2_len=self.l2_length), bundle=None, first_sn=0, last_sn=0)
+
+    # -- validation ---------------------------------------------------------------------------
+    def _parse_for(self, sa: StackSa, packet: bytes) -> tuple[IpPacket, bool]:
+        """The parsed packet and the IP version of the bundle that will carry it."""
+        parsed = parse_ip_packet(packet)
+        config = sa.config
+        if config.mode == "transport" and parsed.fragment:
+            raise ValueError("IPsec is never offloaded for IP fragments (spec §1.1); "
+                             "a transport-mode packet must not be a fragment")
+        bundle = config.tunnel_ipv6 if config.mode == "tunnel" else parsed.version == 6
+        if bundle not in _bundle_versions(config):
+            raise ValueError(f"{_sa_label(config)} has IPv{4 if bundle else 6} endpoints; "
+                             f"it cannot carry an IPv{parsed.version} packet in transport mode")
+        return parsed, bundle
+
+    def _check_ivs(self, sa: Optional[StackSa], ivs, count: int) -> list[bytes]:
+        if ivs is None:
+            return [bytes(sa.layout.iv_len)] * count if sa is not None else [b""] * count
+        if sa is None:
+            raise ValueError("ivs are only for IPsec packets (sa is None)")
+        ivs = list(ivs)
+        if len(ivs) != count:
+            raise ValueError(f"ivs has {len(ivs)} entries for {count} packets")
+        want = sa.layout.iv_len
+        for i, iv in enumerate(ivs):
+            if not isinstance(iv, (bytes, bytearray)) or len(iv) != want:
+                raise ValueError(f"ivs[{i}] must be {want} bytes for "
+                                 f"{sa.config.encryption}/{sa.config.integrity}")
+        return [bytes(iv) for iv in ivs]
+
+    # -- non-LSO packets --------------------------------------------------------------------------
+    def _prepare(self, packets: Sequence[bytes], sa: Optional[StackSa], ivs) -> list[_Nbl]:
+        """Validate every packet, offload missing bundles, frame, take the SNs: no SN is
+        consumed when any packet is refused."""
+        if isinstance(packets, (bytes, bytearray, memoryview)):
+            raise TypeError("packets must be a sequence of packets, not one bytes object")
+        packets = list(packets)
+        if sa is None:
+            self._check_ivs(None, ivs, len(packets))
+            return [self._plain_nbl(p) for p in packets]
+        self._check_sa(sa)
+        parsed = [self._parse_for(sa, p) for p in packets]
+        ivs = self._check_ivs(sa, ivs, len(parsed))
+        for bundle in sorted({bundle for _, bundle in parsed}):
+            self._ensure_bundle(sa, bundle)
+        return self._frame_with_sns(sa, len(parsed), lambda first: [
+            self._esp_nbl(sa, packet, bundle, first + i, iv)
+            for i, ((packet, bundle), iv) in enumerate(zip(parsed, ivs))])
+
+    def build(self, packets: Sequence[bytes], sa: Optional[StackSa], *,
+              ivs: Optional[Sequence[bytes]] = None) -> PacketBatch:
+        """One NBL per packet. ``sa`` None: no IPsec. ``ivs``: per-packet IV slot bytes
+        (default zeros; the NIC writes the IV unless ``Miniport(iv_source="packet")``).
+        ESN: only ``send`` keeps the miniport's high-order word in step."""
+        with self._lock:
+            return _to_batch(self._prepare(packets, sa, ivs))
+
+    def send(self, packets: Sequence[bytes], sa: Optional[StackSa], *,
+             ivs: Optional[Sequence[bytes]] = None) -> SendResult:
+        """``build`` then ``miniport.send``; with ESN, UPDATE_SA wherever the high word of
+        the SNs changes. Raises before sending anything if the SA lacks SNs."""
+        with self._lock:
+            return self._transmit(sa, self._prepare(packets, sa, ivs))
+
+    def _transmit(self, sa: Optional[StackSa], nbls: list[_Nbl]) -> SendResult:
+        esn = sa is not None and sa.config.esn
+        results = []
+        for part in (_split_by_seq_hi(nbls) if esn else [nbls]):
+            bundles = {nbl.bundle for nbl in part}
+            if esn and part:
+                self._sync_seq_hi(sa, bundles, part[0].first_sn >> 32)
+            results.append(self.miniport.send(_to_batch(part)))
+            if esn and part:
+                # an LSO super-packet may end in the next high word: the NIC carried into
+                # it for its segments only (spec §6.8); the record must follow
+                self._sync_seq_hi(sa, bundles, part[-1].last_sn >> 32)
+        return concat_results(results)
+
+    # -- LSO super-packets (spec §6.8) ----------------------------------------------------------
+    def build_lso(self, packet: bytes, sa: Optional[StackSa], mss: int, *,
+                  lso_version: int = 2, pad_length: int = 0) -> PacketBatch:
+        """One LSO super-packet NBL: transport-mode ESP (UDP-encapsulated too) over TCP."""
+        with self._lock:
+            return _to_batch([self._prepare_lso(packet, sa, mss, lso_version, pad_length)])
+
+    def send_lso(self, packet: bytes, sa: Optional[StackSa], mss: int, *,
+                 lso_version: int = 2, pad_length: int = 0) -> SendResult:
+        """``build_lso`` then ``miniport.send``. With ESN the super-packet goes whole even
+        when its segments cross into the next high word (the NIC carries, spec §6.8)."""
+        with self._lock:
+            return self._transmit(sa, [self._prepare_lso(packet, sa, mss, lso_version,
+                                                         pad_length)])
+
+    def _prepare_lso(self, packet: bytes, sa: Optional[StackSa], mss: int, lso_version: int,
+                     pad_length: int) -> _Nbl:
+        _check_lso_args(mss, lso_version, pad_length, sa)
+        if sa is not None:
+            self._check_sa(sa)
+            if sa.config.mode == "tunnel":
+                raise ValueError("LSO is never combined with tunnel-mode IPsec (spec §6.6)")
+            parsed, bundle = self._parse_for(sa, packet)
+        else:
+            parsed, bundle = parse_ip_packet(packet), None
+            if parsed.fragment:
+                raise ValueError("an LSO packet must not be an IP fragment (spec §6.8)")
+        tcp_len = _check_lso_tcp(parsed)
+        if sa is None:
+            return self._plain_lso_nbl(parsed, tcp_len, mss, lso_version)
+        payload_len = len(parsed.data) - parsed.l4_offset - tcp_len
+        segments = max(1, -(-payload_len // mss))  # one SN per segment (spec §6.8, §9 G6)
+        self._ensure_bundle(sa, bundle)
+        return self._frame_with_sns(sa, segments, lambda first: [self._lso_nbl(
+            sa, parsed, bundle, tcp_len, mss, lso_version, pad_length, first,
+            first + segments - 1)])[0]
+
+    @staticmethod
+    def _lso_datagram(parsed: IpPacket, tcp_len: int, lso_version: int, protocol: int,
+                      udp: bytes, esp_header: bytes, junk: bytes) -> bytearray:
+        """IP header (protocol rewritten) | [UDP] | [ESP header, IV slot] | TCP header
+        (checksum seeded) | TCP payload | junk, lengths as LSOv1/v2 want them (spec §6.8)."""
+        header = bytearray(parsed.data[:parsed.l4_offset])
+        header[parsed.next_header_at] = protocol
+        tcp = bytearray(parsed.data[parsed.l4_offset:parsed.l4_offset + tcp_len])
+        struct.pack_into("!H", tcp, 16, _tcp_pseudo_header_seed(parsed))
+        datagram = (header + udp + esp_header + tcp
+                    + parsed.data[parsed.l4_offset + tcp_len:] + junk)
+        # LSOv2: IPv4 Total Length / IPv6 Payload Length 0; LSOv1: the IPv4 total length of
+        # the large packet (IPv6 still 0). The UDP length follows the same rule.
+        whole = lso_version == 1 and parsed.version == 4
+        if udp:
+            udp_length = len(datagram) - parsed.l4_offset if whole else 0
+            struct.pack_into("!H", datagram, parsed.l4_offset + 4, udp_length & 0xFFFF)
+        _set_ip_length(datagram, len(datagram) if whole else 0)
+        return datagram
+
+    def _lso_nbl(self, sa: StackSa, parsed: IpPacket, bundle: bool, tcp_len: int, mss: int,
+                 lso_version: int, pad_length: int, first_sn: int, last_sn: int) -> _Nbl:
+        config = sa.config
+        udp = _udp_header(config.udp_encap, 0) if config.udp_encap else b""
+        esp_header = (struct.pack("!II", sa.layout.spi, first_sn & 0xFFFFFFFF)
+                      + bytes(sa.layout.iv_len))
+        junk = bytes(range(1, pad_length + 1))  # discardable padding (spec §6.8, §9 G7)
+        datagram = self._lso_datagram(parsed, tcp_len, lso_version,
+                                      IPPROTO_UDP if udp else IPPROTO_ESP, udp, esp_header,
+                                      junk)
+        esp_offset = parsed.l4_offset + len(udp)
+        tcp_offset = self.l2_length + esp_offset + len(esp_header)
+        lso_info = _lso_info(lso_version, mss, tcp_offset, parsed.version)
+        return _Nbl(frame=self._link_header(parsed.version) + bytes(datagram),
+                    oob=self._ipsec_oob(sa, bundle, IPPROTO_TCP, pad_length, esp_offset,
+                                        lso_info),
+                    bundle=bundle, first_sn=first_sn, last_sn=last_sn)
+
+    def _plain_lso_nbl(self, parsed: IpPacket, tcp_len: int, mss: int,
+                       lso_version: int) -> _Nbl:
+        datagram = self._lso_datagram(parsed, tcp_len, lso_version, parsed.protocol, b"", b"",
+                                      b"")
+        tcp_offset = self.l2_length + parsed.l4_offset
+        return _Nbl(frame=self._link_header(parsed.version) + bytes(datagram),
+                    oob=dict(lso_info=_lso_info(lso_version, mss, tcp_offset, parsed.version),
+                             l2_len=self.l2_length),
+                    bundle=None, first_sn=0, last_sn=0)
+
+
+# -- helpers without state ----------------------------------------------------------------------
+def _status_name(status: int) -> str:
+    try:
+        return NdisStatus(int(status)).name
+    except ValueError:
+        return f"{int(status):#010x}"
+
+
+def _ip_version(packet: bytes) -> int:
+    if not isinstance(packet, (bytes, bytearray, memoryview)):
+        raise TypeError(f"a packet must be bytes, got {type(packet).__name__}")
+    version = packet[0] >> 4 if len(packet) else 0
+    if version not in (4, 6):
+        raise ValueError(f"not an IPv4 or IPv6 packet (version {version})")
+    return version
+
+
+def _endpoint_versions(config: SaConfig) -> set[int]:
+    return {ipaddress.ip_address(a).version for a in (config.src, config.dst) if a}
+
+
+def _bundle_versions(config: SaConfig) -> set[bool]:
+    """IP versions (True = IPv6) this SA may need a bundle for: the outer one for tunnel
+    SAs (spec §6.6), its endpoints' for transport SAs that name them, else both."""
+    if config.mode == "tunnel":
+        return {config.tunnel_ipv6}
+    versions = _endpoint_versions(config)
+    if versions:
+        return {v == 6 for v in versions}
+    return {False, True}
+
+
+def _check_lso_args(mss: int, lso_version: int, pad_length: int,
+                    sa: Optional[StackSa]) -> None:
+    if not isinstance(mss, int) or not 1 <= mss <= MAX_LSO_MSS:
+        raise ValueError(f"mss must be an integer from 1 to {MAX_LSO_MSS}, got {mss!r}")
+    if lso_version not in (1, 2):
+        raise ValueError(f"lso_version must be 1 or 2, got {lso_version!r}")
+    if not isinstance(pad_length, int) or not 0 <= pad_length <= 255:
+        raise ValueError(f"pad_length must be from 0 to 255, got {pad_length!r}")
+    if sa is None and pad_length:
+        raise ValueError("pad_length is ESP padding; it needs an SA")
+
+
+def _check_lso_tcp(parsed: IpPacket) -> int:
+    """The TCP header length; ValueError unless the packet is TCP fit for LSO (spec §6.8:
+    URG, RST, SYN clear, urgent pointer 0)."""
+    if parsed.protocol != IPPROTO_TCP:
+        raise ValueError(f"LSO needs a TCP packet; this one carries protocol {parsed.protocol}")
+    tcp = parsed.data[parsed.l4_offset:]
+    if len(tcp) < 20:
+        raise ValueError(f"TCP header truncated ({len(tcp)} bytes)")
+    tcp_len = (tcp[12] >> 4) * 4
+    if tcp_len < 20 or tcp_len > len(tcp):
+        raise ValueError(f"TCP data offset {tcp_len} does not fit the {len(tcp)}-byte segment")
+    if tcp[13] & (TCP_SYN | TCP_RST | TCP_URG) or struct.unpack_from("!H", tcp, 18)[0]:
+        raise ValueError("LSO packets never carry SYN, RST or URG (spec §6.8)")
+    return tcp_len
+
+
+def _lso_info(lso_version: int, mss: int, tcp_offset: int, ip_version: int) -> int:
+    """Slot 2 value (spec §5.4)."""
+    if tcp_offset > MAX_LSO_TCP_OFFSET:
+        raise ValueError(f"the TCP header starts {tcp_offset} bytes into the frame; "
+                         f"TcpHeaderOffset holds at most {MAX_LSO_TCP_OFFSET}")
+    if lso_version == 1:
+        return ndis.LsoV1Transmit(mss=mss, tcp_header_offset=tcp_offset).value
+    return ndis.LsoV2Transmit(
+        mss=mss, tcp_header_offset=tcp_offset,
+        ip_version=(ndis.NDIS_TCP_LARGE_SEND_OFFLOAD_IPV6 if ip_version == 6
+                    else ndis.NDIS_TCP_LARGE_SEND_OFFLOAD_IPV4)).value
+
+
+__all__ = ["EspLayout", "HostStack", "IpPacket", "SequenceNumberExhausted", "StackSa", "concat_results",
+           "parse_ip_packet"]
