@@ -238,9 +238,10 @@ def encrypt_capture(input_path, output_path, policies: Sequence[SaPolicy], *,
         summary = EncryptSummary(input=os.fspath(input_path), output=output_path,
                                  linktype=reader.linktype, mss=mss)
         encryptor = CaptureEncryptor(policies, summary, miniport)
+        writer = PcapWriter(output_path, reader.linktype, nanosecond=reader.nanosecond,
+                            snaplen=max(reader.snaplen, DEFAULT_SNAPLEN))
         try:
-            with PcapWriter(output_path, reader.linktype, nanosecond=reader.nanosecond,
-                            snaplen=max(reader.snaplen, DEFAULT_SNAPLEN)) as writer:
+            with writer:
                 for records in reader.batches(batch_size):
                     for frame, ts_ns in encryptor.process(records):
                         writer.write(frame, ts_ns=ts_ns)

@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Optional, Sequence
 
+from . import bench
 from .capture import CLEAR, DEFAULT_BATCH, EncryptSummary, SaStats, encrypt_capture
 from .pcap import LINKTYPE_ETHERNET, PcapError
 from .safile import SaFileError, SaPolicy, load_sa_file, wireshark_esp_sa
@@ -67,8 +68,9 @@ def _min_time(text: str) -> float:
 
 
 def _os_error(error: OSError) -> str:
-    where = f" {os.fsdecode(error.filename)!r}" if error.filename is not None else ""
-    return f"cannot use{where}: {error.strerror or error}"
+    if error.filename is None:
+        return str(error)
+    return f"{os.fsdecode(error.filename)!r}: {error.strerror or error}"
 
 
 class _Progress:
@@ -205,8 +207,6 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from . import bench
-
     rows = bench.run(args.sizes, args.batch, min_time=args.min_time)
     if args.json:
         print(json.dumps([row.as_dict() for row in rows]))
@@ -260,19 +260,20 @@ def build_parser() -> argparse.ArgumentParser:
     wireshark.add_argument("--sa", metavar="SA.json", required=True, help="the SA file")
     wireshark.set_defaults(run=cmd_wireshark_sa)
 
-    bench = commands.add_parser(
+    benchmark = commands.add_parser(
         "bench", help="send-path throughput per packet size, with reference figures",
         description="Miniport send-path throughput per packet size, with the same run's "
                     "reference figures: the cipher's own speed (limit) and a Python loop of "
                     "one encrypt call per packet (naive).")
-    bench.add_argument("--json", action="store_true", help="a JSON list of rows")
-    bench.add_argument("--sizes", type=_sizes, default=[64, 512, 1400, 9000],
-                       help="comma-separated IP packet sizes (default: 64,512,1400,9000)")
-    bench.add_argument("--batch", metavar="N", type=_positive, default=256,
-                       help="packets per send (default: 256)")
-    bench.add_argument("--min-time", metavar="SECONDS", type=_min_time, default=0.3,
-                       help="time each measurement for at least this long (default: 0.3)")
-    bench.set_defaults(run=cmd_bench)
+    sizes = ",".join(map(str, bench.DEFAULT_SIZES))
+    benchmark.add_argument("--json", action="store_true", help="a JSON list of rows")
+    benchmark.add_argument("--sizes", type=_sizes, default=list(bench.DEFAULT_SIZES),
+                           help=f"comma-separated IP packet sizes (default: {sizes})")
+    benchmark.add_argument("--batch", metavar="N", type=_positive, default=bench.DEFAULT_BATCH,
+                           help=f"packets per send (default: {bench.DEFAULT_BATCH})")
+    benchmark.add_argument("--min-time", metavar="SECONDS", type=_min_time, default=0.3,
+                           help="time each measurement for at least this long (default: 0.3)")
+    benchmark.set_defaults(run=cmd_bench)
     return parser
 
 
