@@ -6,6 +6,8 @@ from . import ndis
 from .batch import PacketBatch, PacketBatchBuilder
 from .layout import IcvSpace, IvSource, Reason
 from .miniport import Miniport, OffloadState, default_capabilities
+from .capture import encrypt_capture
+from .safile import SaFileError, SaPolicy, Selector, load_sa_file, save_sa_file
 from .saconfig import SaConfig
 from .send import SendResult
 from .stack import HostStack, StackSa
@@ -13,5 +15,6 @@ from .stack import HostStack, StackSa
 __version__ = "0.1.0"
 
 __all__ = ["HostStack", "IcvSpace", "IvSource", "Miniport", "OffloadState", "PacketBatch",
-           "PacketBatchBuilder", "Reason", "SaConfig", "SendResult", "StackSa",
-           "default_capabilities", "ndis", "__version__"]
+           "PacketBatchBuilder", "Reason", "SaConfig", "SaFileError", "SaPolicy", "Selector",
+           "SendResult", "StackSa", "default_capabilities", "encrypt_capture", "load_sa_file",
+           "ndis", "save_sa_file", "__version__"]
