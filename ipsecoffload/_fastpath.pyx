@@ -119,6 +119,59 @@ cdef int64_t lso_segment_len(int64_t hdr_len, int64_t thl, int64_t chunk, int64_
     return hdr_len + chunk + esp_pad(thl + chunk + 2, align) + 2 + icv
 
 
+cdef bint lso_enabled(int lso_kind, bint ipv6, int cfg) noexcept nogil:
+    if lso_kind == 1:
+        return (cfg & CFG_LSO_V1) != 0
+    return (cfg & (CFG_LSO_V2_IPV6 if ipv6 else CFG_LSO_V2_IPV4)) != 0
+
+
+cdef int plan_without_ipsec(const uint8_t* frame, int64_t flen, int32_t nb_count, uint64_t lso,
+                            int32_t l2, int cfg, NbPlan* p, uint8_t reason) except -1 nogil:
+    """No IPsec work: the frame leaves unchanged, but an LSO request is still honoured
+    (spec §6.1 step 1): plain TCP segmentation, no ESP."""
+    cdef int64_t thl, L, n, ihl
+    cdef int version
+    if lso == 0:
+        passthrough(p, flen, reason)
+        return 0
+    p.lso = 2 if (lso >> 30) & 1 else 1
+    if flen < l2 + 1:
+        fail(p, STATUS_INVALID_PACKET, REASON_MALFORMED_IP)
+        return 0
+    version = frame[l2] >> 4
+    if version != 4 and version != 6:
+        fail(p, STATUS_INVALID_PACKET, REASON_MALFORMED_IP)
+        return 0
+    p.ipv6 = version == 6
+    if not lso_enabled(p.lso, p.ipv6, cfg):
+        fail(p, STATUS_FAILURE, REASON_LSO_DISABLED)
+        return 0
+    ihl = 40 if p.ipv6 else (frame[l2] & 0xF) * 4
+    p.ip_hdr_len = <int32_t>ihl
+    p.mss = <int32_t>(lso & 0xFFFFF)
+    p.tcp_off = <int32_t>((lso >> 20) & 0x3FF)
+    if (nb_count != 1 or p.mss == 0 or ihl < 20 or p.tcp_off < l2 + ihl
+            or p.tcp_off + 20 > flen or (p.lso == 2 and <int>((lso >> 31) & 1) != p.ipv6)):
+        fail(p, STATUS_FAILURE, REASON_LSO_BAD_PARAMS)
+        return 0
+    thl = (frame[p.tcp_off + 12] >> 4) * 4
+    if thl < 20 or p.tcp_off + thl > flen:
+        fail(p, STATUS_FAILURE, REASON_LSO_BAD_PARAMS)
+        return 0
+    L = flen - p.tcp_off - thl
+    n = 1 if L == 0 else (L + p.mss - 1) // p.mss
+    p.hdr_len = <int32_t>(p.tcp_off + thl)
+    if p.hdr_len + (L if L < p.mss else p.mss) - l2 - (40 if p.ipv6 else 0) > 0xFFFF:
+        fail(p, STATUS_FAILURE, REASON_LSO_BAD_PARAMS)
+        return 0
+    p.reason = reason
+    p.body_off = p.hdr_len
+    p.body_len = L
+    p.nsegs = <int32_t>n
+    p.out_len = n * p.hdr_len + L
+    return 0
+
+
 cdef int classify_one(const uint8_t* frame, int64_t flen, int32_t nb_count, uint64_t handle,
                       uint64_t tunnel_handle, uint8_t nh, uint8_t padl, uint8_t ah4, uint8_t esp4,
                       uint64_t lso, int32_t l2, const SaRecord* recs, int64_t nrec, int cfg,
@@ -136,11 +189,9 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, int32_t nb_count, uint
     p.ip_off = l2
     p.next_header = nh
     if handle == 0 and tunnel_handle == 0:
-        passthrough(p, flen, REASON_PASS_NO_HANDLE)
-        return 0
+        return plan_without_ipsec(frame, flen, nb_count, lso, l2, cfg, p, REASON_PASS_NO_HANDLE)
     if not (cfg & (CFG_ESP_IPV4 | CFG_ESP_IPV6)):  # spec §6.1 step 1 precedes step 2 (G21)
-        passthrough(p, flen, REASON_PASS_DISABLED)
-        return 0
+        return plan_without_ipsec(frame, flen, nb_count, lso, l2, cfg, p, REASON_PASS_DISABLED)
     if tunnel_handle != 0:  # spec §9 G13; transport-over-tunnel is not offered (caps)
         fail(p, STATUS_FAILURE, REASON_TUNNEL_HANDLE)
         return 0
@@ -153,9 +204,8 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, int32_t nb_count, uint
         fail(p, STATUS_INVALID_PACKET, REASON_MALFORMED_IP)
         return 0
     p.ipv6 = version == 6
-    if not (cfg & (CFG_ESP_IPV6 if p.ipv6 else CFG_ESP_IPV4)):
-        passthrough(p, flen, REASON_PASS_DISABLED)  # spec §9 G21
-        return 0
+    if not (cfg & (CFG_ESP_IPV6 if p.ipv6 else CFG_ESP_IPV4)):  # spec §9 G21
+        return plan_without_ipsec(frame, flen, nb_count, lso, l2, cfg, p, REASON_PASS_DISABLED)
     slot = handle & SLOT_MASK
     if slot >= <uint64_t>nrec or not recs[slot].in_use or recs[slot].handle != handle:
         fail(p, STATUS_FAILURE, REASON_UNKNOWN_HANDLE)
@@ -370,7 +420,7 @@ cdef int patch_segment(uint8_t* o, int64_t seg_len, const NbPlan* p, const SaRec
     """Header patches of one output segment (spec §6.3, §6.7, §6.8); o is its first byte."""
     cdef uint8_t* ip = o + p.ip_off
     cdef uint8_t* tcp
-    cdef int64_t thl, tcp_len
+    cdef int64_t thl, tcp_len, ext_end
     cdef uint64_t s
     cdef uint32_t ident
     cdef uint8_t flags
@@ -385,7 +435,7 @@ cdef int patch_segment(uint8_t* o, int64_t seg_len, const NbPlan* p, const SaRec
             st16(ip + 4, ident & (0x7FFF if p.lso == 2 else 0xFFFF))
         st16(ip + 10, 0)
         st16(ip + 10, ~csum_fold(csum_add(0, ip, p.ip_hdr_len)) & 0xFFFF)
-    if rec.udp_encap:  # RFC 3948: IPv4 sends checksum 0; IPv6 is finished after sealing
+    if rec != NULL and rec.udp_encap:  # RFC 3948: IPv4 sends checksum 0; IPv6 is finished after sealing
         check(p.esp_off - 8, 8, osize)
         st16(o + p.esp_off - 4, <uint32_t>(seg_len - (p.esp_off - 8)))
         st16(o + p.esp_off - 2, 0)
@@ -404,9 +454,9 @@ cdef int patch_segment(uint8_t* o, int64_t seg_len, const NbPlan* p, const SaRec
         # spec §8.10 / G23: ignore the seeded partial sum, compute from scratch
         st16(tcp + 16, 0)
         if p.ipv6:
-            check(p.ip_off, <int64_t>p.esp_off - p.ip_off, osize)
-            s = (csum_add(0, ip + 8, 16) + csum_add(0, ip + ipv6_final_dst(ip, <int64_t>p.esp_off
-                                                                         - p.ip_off), 16)
+            ext_end = (<int64_t>p.esp_off if p.esp_off else p.tcp_off) - p.ip_off  # ESP, else TCP
+            check(p.ip_off, ext_end, osize)
+            s = (csum_add(0, ip + 8, 16) + csum_add(0, ip + ipv6_final_dst(ip, ext_end), 16)
                  + (<uint64_t>tcp_len >> 16) + (tcp_len & 0xFFFF) + 6)
         else:
             s = csum_add(0, ip + 12, 8) + 6 + <uint64_t>tcp_len
@@ -440,14 +490,15 @@ cdef int emit_nb(const uint8_t* frame, int64_t flen, const NbPlan* p, const SaRe
     cdef int64_t i, chunk, pad, seg_len, thl, body_done, k, icv
     cdef uint8_t* o
     cdef uint64_t sn
-    if p.slot < 0:  # passthrough: the frame leaves unchanged
+    if p.slot < 0 and not p.lso:  # passthrough: the frame leaves unchanged
         check(out_pos, flen, osize)
         memcpy(out + out_pos, frame, flen)
         out_off[frame_idx] = out_pos
         out_len[frame_idx] = flen
         out_nbl[frame_idx] = nbl
         return 0
-    icv = rec.icv_len
+    # rec is NULL for plain LSO without IPsec: segments carry no ESP trailer, ICV or job
+    icv = rec.icv_len if rec != NULL else 0
     thl = <int64_t>p.hdr_len - p.tcp_off
     for i in range(p.nsegs):
         o = out + out_pos
@@ -456,44 +507,61 @@ cdef int emit_nb(const uint8_t* frame, int64_t flen, const NbPlan* p, const SaRe
             chunk = p.body_len - body_done
             if chunk > p.mss:
                 chunk = p.mss
-            pad = esp_pad(thl + chunk + 2, rec.align)
-            seg_len = p.hdr_len + chunk + pad + 2 + icv
+            pad = esp_pad(thl + chunk + 2, rec.align) if rec != NULL else 0
+            seg_len = p.hdr_len + chunk + (pad + 2 + icv if rec != NULL else 0)
             check(out_pos, seg_len, osize)
             check(0, p.hdr_len, flen)
             check(p.body_off + body_done, chunk, flen)
             memcpy(o, frame, p.hdr_len)
             memcpy(o + p.hdr_len, frame + p.body_off + body_done, chunk)
-            for k in range(pad):  # spec §8.1: pad bytes 1, 2, 3, ...
-                o[p.hdr_len + chunk + k] = <uint8_t>(k + 1)
-            o[p.hdr_len + chunk + pad] = <uint8_t>pad
-            o[p.hdr_len + chunk + pad + 1] = p.next_header
+            if rec != NULL:
+                for k in range(pad):  # spec §8.1: pad bytes 1, 2, 3, ...
+                    o[p.hdr_len + chunk + k] = <uint8_t>(k + 1)
+                o[p.hdr_len + chunk + pad] = <uint8_t>pad
+                o[p.hdr_len + chunk + pad + 1] = p.next_header
         else:
             chunk = p.body_len
             seg_len = p.hdr_len + chunk + icv
             check(out_pos, seg_len, osize)
             check(0, p.hdr_len + chunk, flen)
             memcpy(o, frame, p.hdr_len + chunk)
-        memset(o + seg_len - icv, 0, icv)
-        sn = p.sn64 + <uint64_t>i
         patch_segment(o, seg_len, p, rec, i, chunk, osize - out_pos)
-        write_esp_fields(o, p, rec, sn, p.lso != 0 or iv_source == IV_SOURCE_NIC, rand,
-                         rand_size, job, osize - out_pos)
         out_off[frame_idx] = out_pos
         out_len[frame_idx] = seg_len
         out_nbl[frame_idx] = nbl
-        job_slot[job] = p.slot
-        job_esp[job] = out_pos + p.esp_off
-        job_text[job] = out_pos + p.esp_off + 8 + rec.iv_len
-        job_text_len[job] = seg_len - icv - (p.esp_off + 8 + rec.iv_len)
-        job_icv[job] = out_pos + seg_len - icv
-        job_seq_hi[job] = <uint32_t>(sn >> 32)
-        job_post[job] = JOB_POST_UDP6_CHECKSUM if (rec.udp_encap and p.ipv6) else JOB_POST_NONE
-        job_udp[job] = out_pos + p.esp_off - 8
-        job_ip[job] = out_pos + p.ip_off
         out_pos += seg_len
         frame_idx += 1
+        if rec == NULL:
+            continue
+        memset(o + seg_len - icv, 0, icv)
+        sn = p.sn64 + <uint64_t>i
+        write_esp_fields(o, p, rec, sn, p.lso != 0 or iv_source == IV_SOURCE_NIC, rand,
+                         rand_size, job, osize - (o - out))
+        job_slot[job] = p.slot
+        job_esp[job] = (o - out) + p.esp_off
+        job_text[job] = (o - out) + p.esp_off + 8 + rec.iv_len
+        job_text_len[job] = seg_len - icv - (p.esp_off + 8 + rec.iv_len)
+        job_icv[job] = (o - out) + seg_len - icv
+        job_seq_hi[job] = <uint32_t>(sn >> 32)
+        job_post[job] = JOB_POST_UDP6_CHECKSUM if (rec.udp_encap and p.ipv6) else JOB_POST_NONE
+        job_udp[job] = (o - out) + p.esp_off - 8
+        job_ip[job] = (o - out) + p.ip_off
         job += 1
     return 0
+
+
+cdef bint plain_lso_is_consistent(const NbPlan* p, int64_t flen) noexcept nogil:
+    """A plain-LSO plan (no SA) stays inside its frame and its out_len (see plan_without_ipsec)."""
+    cdef int64_t thl = <int64_t>p.hdr_len - p.tcp_off, n
+    if (p.ip_off < 0 or p.ip_hdr_len < 20 or (p.ipv6 and p.ip_hdr_len != 40)
+            or p.tcp_off < <int64_t>p.ip_off + p.ip_hdr_len or thl < 20 or thl > 60
+            or p.mss <= 0 or p.body_off != p.hdr_len or p.body_len < 0
+            or p.body_len > flen - p.body_off):
+        return False
+    n = 1 if p.body_len == 0 else (p.body_len + p.mss - 1) // p.mss
+    return (p.nsegs == n and p.out_len == n * p.hdr_len + p.body_len
+            and p.hdr_len + (p.body_len if p.body_len < p.mss else p.mss) - p.ip_off
+            - (40 if p.ipv6 else 0) <= 0xFFFF)
 
 
 cdef bint plan_is_consistent(const NbPlan* p, const SaRecord* rec, int64_t flen) noexcept nogil:
@@ -575,10 +643,13 @@ def emit(const uint8_t[::1] arena, const int64_t[::1] nb_off, const int64_t[::1]
                     and (jobs + p.nsegs) * rec.iv_len > rand.shape[0]):
                 raise ValueError(f"rand holds {rand.shape[0]} bytes; plan {i} needs "
                                  f"{(jobs + p.nsegs) * rec.iv_len} for its random IVs")
-        elif p.nsegs and (p.nsegs != 1 or p.out_len != nb_len[i]):
+        elif p.nsegs and not (plain_lso_is_consistent(p, nb_len[i]) if p.lso
+                              else p.nsegs == 1 and p.out_len == nb_len[i]):
             raise ValueError(f"plan {i} is inconsistent with its frame")
         if nb_out_pos[i] != need or nb_frame[i] != frames or nb_job[i] != jobs:
             raise ValueError("nb_out_pos / nb_frame / nb_job disagree with the plan")
+        if p.out_len > out.shape[0] - need:  # per plan, so that the running total cannot wrap
+            raise ValueError("output arena or tables too small for the plan")
         need += p.out_len
         frames += p.nsegs
         if p.slot >= 0:
@@ -637,6 +708,10 @@ def finalize(uint8_t[::1] out, const uint8_t[::1] records, const int32_t[::1] jo
             udp = &out[job_udp[j]]
             ulen = job_icv[j] + recs[job_slot[j]].icv_len - job_udp[j]
             st16(udp + 6, 0)
-            s = csum_add(0, &out[job_ip[j] + 8], 32) + (<uint64_t>ulen >> 16) + (ulen & 0xFFFF) + 17
+            # pseudo-header: source, and the final destination past any routing header (§8.10)
+            s = (csum_add(0, &out[job_ip[j] + 8], 16)
+                 + csum_add(0, &out[job_ip[j] + ipv6_final_dst(&out[job_ip[j]],
+                                                               job_udp[j] - job_ip[j])], 16)
+                 + (<uint64_t>ulen >> 16) + (ulen & 0xFFFF) + 17)
             c = ~csum_fold(csum_add(s, udp, ulen)) & 0xFFFF
             st16(udp + 6, c if c else 0xFFFF)  # RFC 768: a computed 0 is sent as all ones

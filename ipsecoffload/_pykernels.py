@@ -57,6 +57,12 @@ def _buffers(**args) -> None:
             raise ValueError(f"{name} is read-only")
 
 
+def _lso_enabled(lso_kind: int, ipv6: bool, config: int) -> bool:
+    if lso_kind == 1:
+        return bool(config & Config.LSO_V1)
+    return bool(config & (Config.LSO_V2_IPV6 if ipv6 else Config.LSO_V2_IPV4))
+
+
 def _records(records: np.ndarray) -> np.ndarray:
     if len(records) % SA_RECORD_DTYPE.itemsize:
         raise ValueError("plans / records buffer size does not match the struct layout")
@@ -76,10 +82,38 @@ def _classify_one(frame: bytes, nb_count: int, handle: int, tunnel_handle: int, 
     def passthrough(reason):
         return {**plan, "slot": -1, "reason": reason, "nsegs": 1, "out_len": flen}
 
+    def without_ipsec(reason):
+        """No IPsec work: unchanged, but an LSO request is still honoured (spec §6.1 step 1)."""
+        if lso == 0:
+            return passthrough(reason)
+        plan["lso"] = 2 if (lso >> 30) & 1 else 1
+        if flen < l2 + 1 or frame[l2] >> 4 not in (4, 6):
+            return fail(STATUS_INVALID_PACKET, Reason.MALFORMED_IP)
+        ipv6 = frame[l2] >> 4 == 6
+        plan["ipv6"] = int(ipv6)
+        if not _lso_enabled(plan["lso"], ipv6, config):
+            return fail(STATUS_FAILURE, Reason.LSO_DISABLED)
+        ihl = 40 if ipv6 else (frame[l2] & 0xF) * 4
+        mss, tcp_off = lso & 0xFFFFF, (lso >> 20) & 0x3FF
+        plan.update(ip_hdr_len=ihl, mss=mss, tcp_off=tcp_off)
+        if (nb_count != 1 or mss == 0 or ihl < 20 or tcp_off < l2 + ihl or tcp_off + 20 > flen
+                or (plan["lso"] == 2 and (lso >> 31) & 1 != int(ipv6))):
+            return fail(STATUS_FAILURE, Reason.LSO_BAD_PARAMS)
+        thl = (frame[tcp_off + 12] >> 4) * 4
+        if thl < 20 or tcp_off + thl > flen:
+            return fail(STATUS_FAILURE, Reason.LSO_BAD_PARAMS)
+        payload = flen - tcp_off - thl
+        nsegs = max(1, -(-payload // mss))
+        plan["hdr_len"] = tcp_off + thl
+        if plan["hdr_len"] + min(payload, mss) - l2 - (40 if ipv6 else 0) > 0xFFFF:
+            return fail(STATUS_FAILURE, Reason.LSO_BAD_PARAMS)
+        return {**plan, "reason": reason, "body_off": plan["hdr_len"], "body_len": payload,
+                "nsegs": nsegs, "out_len": nsegs * plan["hdr_len"] + payload}
+
     if handle == 0 and tunnel_handle == 0:
-        return passthrough(Reason.PASS_NO_HANDLE)
+        return without_ipsec(Reason.PASS_NO_HANDLE)
     if not config & (Config.ESP_IPV4 | Config.ESP_IPV6):  # spec §6.1 step 1 precedes step 2 (G21)
-        return passthrough(Reason.PASS_DISABLED)
+        return without_ipsec(Reason.PASS_DISABLED)
     if tunnel_handle != 0:
         return fail(STATUS_FAILURE, Reason.TUNNEL_HANDLE)
     if flen < l2 + 1:
@@ -89,8 +123,8 @@ def _classify_one(frame: bytes, nb_count: int, handle: int, tunnel_handle: int, 
         return fail(STATUS_INVALID_PACKET, Reason.MALFORMED_IP)
     ipv6 = version == 6
     plan["ipv6"] = int(ipv6)
-    if not config & (Config.ESP_IPV6 if ipv6 else Config.ESP_IPV4):
-        return passthrough(Reason.PASS_DISABLED)
+    if not config & (Config.ESP_IPV6 if ipv6 else Config.ESP_IPV4):  # spec §9 G21
+        return without_ipsec(Reason.PASS_DISABLED)
     slot = handle & HANDLE_SLOT_MASK
     if slot >= len(recs) or not recs[slot]["in_use"] or int(recs[slot]["handle"]) != handle:
         return fail(STATUS_FAILURE, Reason.UNKNOWN_HANDLE)
@@ -264,7 +298,7 @@ def _patch_segment(seg: bytearray, p, rec, i: int, chunk: int) -> None:
             struct.pack_into("!H", seg, ip + 4, ident & (0x7FFF if p["lso"] == 2 else 0xFFFF))
         struct.pack_into("!H", seg, ip + 10, 0)
         struct.pack_into("!H", seg, ip + 10, ~_checksum(bytes(seg[ip:ip + ihl])) & 0xFFFF)
-    if rec["udp_encap"]:
+    if rec is not None and rec["udp_encap"]:
         struct.pack_into("!HH", seg, esp - 4, len(seg) - (esp - 8), 0)
     if p["lso"]:
         tcp, mss = int(p["tcp_off"]), int(p["mss"])
@@ -279,7 +313,8 @@ def _patch_segment(seg: bytearray, p, rec, i: int, chunk: int) -> None:
         seg[tcp + 13] = flags
         struct.pack_into("!H", seg, tcp + 16, 0)
         if p["ipv6"]:
-            dst = ip + _ipv6_final_dst(bytes(seg[ip:esp]), esp - ip)
+            ext_end = (esp if esp else tcp) - ip  # extension headers end at ESP, else TCP
+            dst = ip + _ipv6_final_dst(bytes(seg[ip:ip + ext_end]), ext_end)
             pseudo = (bytes(seg[ip + 8:ip + 24]) + bytes(seg[dst:dst + 16])
                       + struct.pack("!IxxxB", tcp_len, 6))
         else:
@@ -321,6 +356,20 @@ def _plan_is_consistent(p, rec, flen: int) -> bool:
             return False
         big = _lso_segment_len(hdr_len, thl, min(mss, body_len), align, icv)
     return big - ip_off - (40 if p["ipv6"] else 0) <= 0xFFFF  # the IP length field holds it
+
+
+def _plain_lso_is_consistent(p, flen: int) -> bool:
+    """A plain-LSO plan (no SA) stays inside its frame and its out_len."""
+    ip_off, ihl, tcp_off = int(p["ip_off"]), int(p["ip_hdr_len"]), int(p["tcp_off"])
+    hdr_len, mss, body_len = int(p["hdr_len"]), int(p["mss"]), int(p["body_len"])
+    thl = hdr_len - tcp_off
+    if (ip_off < 0 or ihl < 20 or (p["ipv6"] and ihl != 40) or tcp_off < ip_off + ihl
+            or not 20 <= thl <= 60 or mss <= 0 or int(p["body_off"]) != hdr_len
+            or body_len < 0 or body_len > flen - hdr_len):
+        return False
+    n = max(1, -(-body_len // mss))
+    return (int(p["nsegs"]) == n and int(p["out_len"]) == n * hdr_len + body_len
+            and hdr_len + min(body_len, mss) - ip_off - (40 if p["ipv6"] else 0) <= 0xFFFF)
 
 
 def emit(arena, nb_off, nb_len, nb_nbl, plans, records, iv_source, rand, nb_out_pos, nb_frame,
@@ -367,10 +416,13 @@ def emit(arena, nb_off, nb_len, nb_nbl, plans, records, iv_source, rand, nb_out_
                     and (jobs + nsegs) * int(rec["iv_len"]) > len(rand)):
                 raise ValueError(f"rand holds {len(rand)} bytes; plan {i} needs "
                                  f"{(jobs + nsegs) * int(rec['iv_len'])} for its random IVs")
-        elif nsegs and (nsegs != 1 or p["out_len"] != nb_len[i]):
+        elif nsegs and not (_plain_lso_is_consistent(p, int(nb_len[i])) if p["lso"]
+                            else nsegs == 1 and p["out_len"] == nb_len[i]):
             raise ValueError(f"plan {i} is inconsistent with its frame")
         if nb_out_pos[i] != need or nb_frame[i] != frames or nb_job[i] != jobs:
             raise ValueError("nb_out_pos / nb_frame / nb_job disagree with the plan")
+        if p["out_len"] > len(out) - need:  # per plan, as in the compiled kernel
+            raise ValueError("output arena or tables too small for the plan")
         need += int(p["out_len"])
         frames += nsegs
         if slot >= 0:
@@ -382,13 +434,24 @@ def emit(arena, nb_off, nb_len, nb_nbl, plans, records, iv_source, rand, nb_out_
             continue
         frame = bytes(arena[int(nb_off[i]):int(nb_off[i] + nb_len[i])])
         pos, fi, job = int(nb_out_pos[i]), int(nb_frame[i]), int(nb_job[i])
-        if p["slot"] < 0:
+        if p["slot"] < 0 and not p["lso"]:
             out[pos:pos + len(frame)] = np.frombuffer(frame, np.uint8)
             out_off[fi], out_len[fi], out_nbl[fi] = pos, len(frame), nb_nbl[i]
             continue
-        rec = recs[int(p["slot"])]
-        iv_len, icv, hdr_len = int(rec["iv_len"]), int(rec["icv_len"]), int(p["hdr_len"])
+        hdr_len = int(p["hdr_len"])
         thl = hdr_len - int(p["tcp_off"])
+        if p["slot"] < 0:  # plain LSO without IPsec: TCP segments, nothing else
+            for s in range(int(p["nsegs"])):
+                start = int(p["body_off"]) + s * int(p["mss"])
+                chunk = min(int(p["mss"]), int(p["body_len"]) - s * int(p["mss"]))
+                seg = bytearray(frame[:hdr_len] + frame[start:start + chunk])
+                _patch_segment(seg, p, None, s, chunk)
+                out[pos:pos + len(seg)] = np.frombuffer(bytes(seg), np.uint8)
+                out_off[fi], out_len[fi], out_nbl[fi] = pos, len(seg), nb_nbl[i]
+                pos, fi = pos + len(seg), fi + 1
+            continue
+        rec = recs[int(p["slot"])]
+        iv_len, icv = int(rec["iv_len"]), int(rec["icv_len"])
         for s in range(int(p["nsegs"])):
             if p["lso"]:
                 start = int(p["body_off"]) + s * int(p["mss"])
@@ -451,7 +514,9 @@ def finalize(out, records, job_slot, job_icv, job_post, job_udp, job_ip):
         udp, ip = int(job_udp[j]), int(job_ip[j])
         end = int(job_icv[j]) + int(recs[int(job_slot[j])]["icv_len"])
         out[udp + 6:udp + 8] = 0
-        pseudo = bytes(out[ip + 8:ip + 40]) + struct.pack("!IxxxB", end - udp, 17)
+        dst = ip + _ipv6_final_dst(bytes(out[ip:udp]), udp - ip)  # spec §8.10
+        pseudo = (bytes(out[ip + 8:ip + 24]) + bytes(out[dst:dst + 16])
+                  + struct.pack("!IxxxB", end - udp, 17))
         csum = ~_checksum(pseudo + bytes(out[udp:end])) & 0xFFFF
         out[udp + 6:udp + 8] = np.frombuffer(struct.pack("!H", csum or 0xFFFF), np.uint8)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import struct
 import threading
-import warnings
 
 import numpy as np
 import pytest

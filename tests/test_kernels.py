@@ -315,8 +315,11 @@ def nbls(draw, damage: bool = True):
         # the buffers of one NBL share its OOB info: same next header and pad length
         frames, oob = [], {}
         nh, size = draw(st.sampled_from([6, 17, 4, 41, 59])), draw(st.integers(0, 90))
+        # good frames: payload bytes >= 0x80 never look like (pad length, next header), so
+        # the icv_space=auto probe (spec §9 G4) cannot mistake payload for a trailer
+        byte = st.integers(0, 255) if damage else st.integers(0x80, 0xFF)
         for _ in range(draw(st.sampled_from([1, 1, 2, 3]))):
-            payload = draw(st.binary(min_size=size, max_size=size))
+            payload = bytes(draw(st.lists(byte, min_size=size, max_size=size)))
             frame, oob = esp_frame(sa, ipv6=ipv6, payload=payload, seq=seq, l2=l2, nh=nh,
                                    icv_room=draw(st.booleans()))
             frames.append(frame)
@@ -508,6 +511,8 @@ CORRUPTIONS = {
     "ip_off_plus_ip_hdr_len_past_int32": _fields(ip_off=lambda p: 2**31 - 16,
                                                  ip_hdr_len=lambda p: 2**31 - 16),
     "esp_off_int32_max": _set("esp_off", 2**31 - 1),
+    # no frame, but a size that makes the running output position wrap past 2**63
+    "nsegs_zero_out_len_huge": _fields(nsegs=lambda p: 0, out_len=lambda p: 2**63 - 1),
     "ip_hdr_len_19": _set("ip_hdr_len", 19),
     "ipv6_flag_flipped": lambda plan, b, t: plan[0].__setitem__("ipv6", 1 - int(plan[0]["ipv6"])),
 }
