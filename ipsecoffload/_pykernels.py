@@ -9,6 +9,7 @@ import struct
 
 import numpy as np
 
+from .inet import ones_complement_sum as _checksum
 from .layout import (HANDLE_SLOT_MASK, NB_PLAN_DTYPE, REASON_STATUS, SA_RECORD_DTYPE,
                      STATUS_FAILURE, STATUS_INVALID_PACKET, Config, IcvSpace, IvSource,
                      JobPost, Reason, Suite)
@@ -20,16 +21,6 @@ BOUNDS_CHECKED = True  # Python slicing never reaches outside a buffer
 def _pad(unpadded: int, align: int) -> int:
     """Pad bytes so that payload + pad + 2 is a multiple of align (spec §8.1)."""
     return -unpadded % align
-
-
-def _checksum(data: bytes) -> int:
-    """RFC 1071 one's-complement sum, folded, not yet inverted."""
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
 
 
 def _lso_segment_len(hdr_len: int, thl: int, chunk: int, align: int, icv: int) -> int:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .capture import EncryptSummary, encrypt_capture
+from .inet import internet_checksum
 from .packetinfo import ICMP, TCP, UDP
 from .pcap import LINKTYPE_ETHERNET, PcapWriter
 from .safile import SaPolicy, Selector, save_sa_file, wireshark_esp_sa
@@ -61,15 +62,6 @@ def demo_policies() -> list:
 
 
 # -- packets --------------------------------------------------------------------------------
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def _ip_packet(src: str, dst: str, proto: int, l4: bytearray, checksum_at: Optional[int],
                ident: int) -> bytes:
     s, d = ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed
@@ -78,11 +70,11 @@ def _ip_packet(src: str, dst: str, proto: int, l4: bytearray, checksum_at: Optio
             pseudo = s + d + struct.pack("!BBH", 0, proto, len(l4))
         else:
             pseudo = s + d + struct.pack("!I3xB", len(l4), proto)
-        struct.pack_into("!H", l4, checksum_at, _checksum(pseudo + bytes(l4)) or 0xFFFF)
+        struct.pack_into("!H", l4, checksum_at, internet_checksum(pseudo + bytes(l4)) or 0xFFFF)
     if len(s) == 4:
         header = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), ident & 0xFFFF,
                                        0x4000, 64, proto, 0, s, d))
-        struct.pack_into("!H", header, 10, _checksum(bytes(header)))
+        struct.pack_into("!H", header, 10, internet_checksum(bytes(header)))
         return bytes(header) + bytes(l4)
     return struct.pack("!IHBB16s16s", 6 << 28, len(l4), proto, 64, s, d) + bytes(l4)
 
@@ -108,7 +100,7 @@ class _Flow:
 
 def _echo(src: str, dst: str, ident: int, payload: bytes) -> bytes:
     icmp = bytearray(struct.pack("!BBHHH", 8, 0, 0, 7, ident) + payload)
-    struct.pack_into("!H", icmp, 2, _checksum(bytes(icmp)))
+    struct.pack_into("!H", icmp, 2, internet_checksum(bytes(icmp)))
     return _ip_packet(src, dst, ICMP, icmp, None, ident)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import ndis
 from .batch import NBL_FIELDS, PacketBatch, PacketBatchBuilder
+from .inet import ones_complement_sum
 from .ndis import NdisStatus
 from .saconfig import SaConfig
 from .send import SendResult
@@ -87,6 +88,8 @@ class StackSa:
         if config.mode == "tunnel":
             self._tunnel_endpoints = (ipaddress.ip_address(config.tunnel_src).packed,
                                       ipaddress.ip_address(config.tunnel_dst).packed)
+        # Derived once: the per-packet checks must not parse addresses again
+        self.bundle_versions = _bundle_versions(config)
 
     def __repr__(self) -> str:
         handles = {("ipv6" if v6 else "ipv4"): f"{h:#x}" for v6, h in self.handles.items()}
@@ -175,20 +178,10 @@ def _parse_ipv6(data: bytes) -> IpPacket:
 
 
 # -- header pieces ----------------------------------------------------------------------------
-def _ones_complement_sum(data: bytes) -> int:
-    """RFC 1071 sum, folded to 16 bits, not inverted (spec §8.10)."""
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
 def _set_ipv4_checksum(datagram: bytearray) -> None:
     ihl = (datagram[0] & 0x0F) * 4
     struct.pack_into("!H", datagram, 10, 0)
-    struct.pack_into("!H", datagram, 10, ~_ones_complement_sum(bytes(datagram[:ihl])) & 0xFFFF)
+    struct.pack_into("!H", datagram, 10, ~ones_complement_sum(bytes(datagram[:ihl])) & 0xFFFF)
 
 
 def _set_ip_length(datagram: bytearray, length: int) -> None:
@@ -232,7 +225,7 @@ def _tcp_pseudo_header_seed(packet: IpPacket) -> int:
     in the TCP checksum field of an LSO packet (spec §6.8). The IPv6 destination is the
     header's, not a routing header's final one: the NIC ignores the seed (spec §9 G23)."""
     addresses = packet.data[12:20] if packet.version == 4 else packet.data[8:40]
-    return _ones_complement_sum(addresses + struct.pack("!H", IPPROTO_TCP))
+    return ones_complement_sum(addresses + struct.pack("!H", IPPROTO_TCP))
 
 
 class _Nbl(NamedTuple):
@@ -520,8 +513,11 @@ class HostStack:
         if config.mode == "transport" and parsed.fragment:
             raise ValueError("IPsec is never offloaded for IP fragments (spec §1.1); "
                              "a transport-mode packet must not be a fragment")
-        bundle = config.tunnel_ipv6 if config.mode == "tunnel" else parsed.version == 6
-        if bundle not in _bundle_versions(config):
+        if config.mode == "tunnel":
+            bundle = len(sa._tunnel_endpoints[0]) == 16
+        else:
+            bundle = parsed.version == 6
+        if bundle not in sa.bundle_versions:
             raise ValueError(f"{_sa_label(config)} has IPv{4 if bundle else 6} endpoints; "
                              f"it cannot carry an IPv{parsed.version} packet in transport mode")
         return parsed, bundle
