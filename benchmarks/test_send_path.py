@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ipsecoffload import bench
+from ipsecoffload.cli import bench
 from ipsecoffload.crypto import JobTable
-from ipsecoffload.layout import NB_PLAN_DTYPE
+from ipsecoffload.datapath.layout import NB_PLAN_DTYPE
 
 SIZES = [64, 512, 1400, 9000]
 BATCH = 256

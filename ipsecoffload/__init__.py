@@ -3,14 +3,14 @@
 The public API, re-exported from the modules that own it.
 """
 from . import ndis
-from .batch import PacketBatch, PacketBatchBuilder
-from .layout import IcvSpace, IvSource, Reason
-from .miniport import Miniport, OffloadState, default_capabilities
-from .capture import encrypt_capture
-from .safile import SaFileError, SaPolicy, Selector, load_sa_file, save_sa_file
-from .saconfig import SaConfig
-from .send import SendResult
-from .stack import HostStack, StackSa
+from .datapath.batch import PacketBatch, PacketBatchBuilder
+from .datapath.layout import IcvSpace, IvSource, Reason
+from .control.miniport import Miniport, OffloadState, default_capabilities
+from .io.capture import encrypt_capture
+from .io.safile import SaFileError, SaPolicy, Selector, load_sa_file, save_sa_file
+from .host.saconfig import SaConfig
+from .datapath.tx import SendResult
+from .host.stack import HostStack, StackSa
 
 __version__ = "0.1.0"
 

@@ -3,7 +3,7 @@ spec §4.9, §6.1): a packet fault completes its NBL with a status and sends not
 the rest of the batch goes on; API misuse raises before any work; keys never show.
 
 Frames are built here by a small helper (what the host stack hands over, spec §6.2), so the
-tests do not depend on ipsecoffload.stack.
+tests do not depend on ipsecoffload.host.stack.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ipsecoffload import Miniport, PacketBatchBuilder, Reason, SaConfig, default_capabilities, ndis
-from ipsecoffload.layout import HANDLE_SLOT_MASK
+from ipsecoffload.datapath.layout import HANDLE_SLOT_MASK
 from ipsecoffload.ndis import AuthenticationAlgorithm as Auth
 from ipsecoffload.ndis import EncryptionAlgorithm as Enc
 from ipsecoffload.ndis import NdisStatus

@@ -19,9 +19,9 @@ from scapy.layers.ipsec import ESP, SecurityAssociation
 from scapy.layers.l2 import ARP, Ether
 
 import ipsecoffload
-from ipsecoffload.cli import _Progress, main
-from ipsecoffload.pcap import LINKTYPE_ETHERNET, LINKTYPE_RAW, read_pcap, write_pcap
-from ipsecoffload.safile import load_sa_file, wireshark_esp_sa
+from ipsecoffload.cli.main import _Progress, main
+from ipsecoffload.io.pcap import LINKTYPE_ETHERNET, LINKTYPE_RAW, read_pcap, write_pcap
+from ipsecoffload.io.safile import load_sa_file, wireshark_esp_sa
 
 REPO = Path(ipsecoffload.__file__).resolve().parents[1]
 T0_NS = 1_700_000_000 * 10**9

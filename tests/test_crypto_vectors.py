@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ipsecoffload.crypto import JobTable, SaKeys
 from ipsecoffload.crypto.reference import ReferenceBackend, seal_one
-from ipsecoffload.layout import Integrity, Suite
+from ipsecoffload.datapath.layout import Integrity, Suite
 
 VECTORS = Path(__file__).parent / "vectors" / "wycheproof"
 GUARD = bytes(range(0xA0, 0xB0))  # bytes around every ESP packet: sealing must not touch them

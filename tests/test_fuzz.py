@@ -15,12 +15,13 @@ import struct
 import numpy as np
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ipsecoffload import Miniport, PacketBatchBuilder, SaConfig, _fastpath, _pykernels, ndis
+from ipsecoffload import Miniport, PacketBatchBuilder, SaConfig, _fastpath, ndis
+from ipsecoffload.datapath import twin as _pykernels
 from ipsecoffload.crypto import JobTable
 from ipsecoffload.crypto.reference import ReferenceBackend
-from ipsecoffload.layout import (NB_PLAN_DTYPE, SA_RECORD_DTYPE, Config, IcvSpace, IvSource,
+from ipsecoffload.datapath.layout import (NB_PLAN_DTYPE, SA_RECORD_DTYPE, Config, IcvSpace, IvSource,
                                  JobPost, Reason)
-from ipsecoffload.send import _exclusive_cumsum, run_send
+from ipsecoffload.datapath.tx import _exclusive_cumsum, run_send
 
 FUZZ = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

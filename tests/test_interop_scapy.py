@@ -39,7 +39,7 @@ from scapy.layers.l2 import Ether  # noqa: E402
 from scapy.packet import Raw  # noqa: E402
 
 from ipsecoffload import Miniport, SaConfig  # noqa: E402
-from ipsecoffload.stack import HostStack  # noqa: E402
+from ipsecoffload.host.stack import HostStack  # noqa: E402
 
 NAT_T_PORT = 4500  # scapy binds ESP under UDP only on port 4500 (RFC 3948)
 TUNNEL_ENDPOINTS = {4: ("203.0.113.1", "203.0.113.2"),

@@ -1,5 +1,5 @@
 """The compiled kernels (ipsecoffload._fastpath) against their pure-Python twin
-(ipsecoffload._pykernels): the struct layouts, the argument checks, emit's refusal of
+(ipsecoffload.datapath.twin): the struct layouts, the argument checks, emit's refusal of
 corrupt plans, and a hypothesis test that runs whole batches of good, damaged and random
 frames through both and demands the same bytes.
 
@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
-from ipsecoffload import Miniport, PacketBatchBuilder, SaConfig, _fastpath, _pykernels, ndis
+from ipsecoffload import Miniport, PacketBatchBuilder, SaConfig, _fastpath, ndis
+from ipsecoffload.datapath import twin as _pykernels
 from ipsecoffload.crypto import JobTable
 from ipsecoffload.crypto.reference import ReferenceBackend
-from ipsecoffload.layout import (NB_PLAN_DTYPE, SA_RECORD_DTYPE, Config, IcvSpace, IvSource,
+from ipsecoffload.datapath.layout import (NB_PLAN_DTYPE, SA_RECORD_DTYPE, Config, IcvSpace, IvSource,
                                  Reason)
-from ipsecoffload.send import _exclusive_cumsum, run_send
+from ipsecoffload.datapath.tx import _exclusive_cumsum, run_send
 
 KERNELS = [_fastpath, _pykernels]
 KERNEL_IDS = ["compiled", "python"]

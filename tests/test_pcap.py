@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 try:
-    from ipsecoffload import pcap
+    from ipsecoffload.io import pcap
 except Exception:  # the package __init__ may not exist or import yet
     _path = Path(__file__).resolve().parents[1] / "ipsecoffload" / "pcap.py"
     _spec = importlib.util.spec_from_file_location("_ipsecoffload_pcap_standalone", _path)

@@ -7,10 +7,10 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import (ICMPv6EchoRequest, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment,
                                 IPv6ExtHdrHopByHop, IPv6ExtHdrRouting)
 
-from ipsecoffload.packetinfo import MalformedPacket, parse_packet
-from ipsecoffload.safile import (SaFileError, SaPolicy, Selector, load_sa_file, save_sa_file,
+from ipsecoffload.host.packetinfo import MalformedPacket, parse_packet
+from ipsecoffload.io.safile import (SaFileError, SaPolicy, Selector, load_sa_file, save_sa_file,
                                  wireshark_esp_sa)
-from ipsecoffload.saconfig import SaConfig
+from ipsecoffload.host.saconfig import SaConfig
 
 GCM_KEY = "00112233445566778899aabbccddeeff" + "cafebabe"
 CBC_KEY = "a0" * 32

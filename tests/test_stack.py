@@ -1,4 +1,4 @@
-"""Tests for ipsecoffload.stack: the host stack model in front of the miniport.
+"""Tests for ipsecoffload.host.stack: the host stack model in front of the miniport.
 
 Frame layouts (spec §6.2, §6.6, §6.7, §8.1, §8.9), OOB values (spec §5), bundles per IP
 version, sequence numbers and ESN (spec §4.9, §8.1), LSO super-packets (spec §6.8), and end
@@ -20,7 +20,7 @@ from scapy.layers.ipsec import ESP, IPSecIntegrityError, SecurityAssociation
 from scapy.packet import Raw
 
 from ipsecoffload import HostStack, Miniport, SaConfig, StackSa, default_capabilities, ndis
-from ipsecoffload.stack import SequenceNumberExhausted, concat_results, parse_ip_packet
+from ipsecoffload.host.stack import SequenceNumberExhausted, concat_results, parse_ip_packet
 
 GCM_KEY = bytes(range(1, 17)) + b"\xca\xfe\xba\xbe"  # AES-128 key || salt
 GMAC_KEY = bytes(range(101, 117)) + b"\x01\x02\x03\x04"

@@ -10,7 +10,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from .keys import SaKeys
+from ..crypto.keys import SaKeys
 
 
 @dataclass
@@ -46,7 +46,7 @@ class CryptoBackend(Protocol):
 
 
 def default_backend() -> CryptoBackend:
-    from .reference import ReferenceBackend
+    from ..crypto.reference import ReferenceBackend
     return ReferenceBackend()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..layout import Integrity, Suite
+from ..datapath.layout import Integrity, Suite
 
 _HASHES = {Integrity.HMAC_MD5_96: hashes.MD5, Integrity.HMAC_SHA1_96: hashes.SHA1,
            Integrity.HMAC_SHA256_128: hashes.SHA256}

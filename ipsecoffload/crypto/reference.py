@@ -8,9 +8,9 @@ from typing import Sequence
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from ..layout import Suite
-from . import JobTable
-from .keys import SaKeys
+from ..datapath.layout import Suite
+from ..crypto import JobTable
+from ..crypto.keys import SaKeys
 
 
 class ReferenceBackend:

@@ -11,7 +11,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from . import ndis
+from .. import ndis
 
 # Per-NBL OOB arrays: name -> dtype. Raw slot values where the kernels decode the bits
 # themselves (LSO, checksum), decoded fields where the design names them (§3).

@@ -18,12 +18,12 @@ from typing import Callable, Iterable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from . import ndis
-from .batch import NBL_FIELDS, PacketBatch, PacketBatchBuilder
-from .inet import ones_complement_sum
-from .ndis import NdisStatus
-from .saconfig import SaConfig
-from .send import SendResult
+from .. import ndis
+from ..datapath.batch import NBL_FIELDS, PacketBatch, PacketBatchBuilder
+from ..inet import ones_complement_sum
+from ..ndis import NdisStatus
+from ..host.saconfig import SaConfig
+from ..datapath.tx import SendResult
 
 IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_IPV6 = 4, 6, 17, 41
 IPPROTO_ESP = 50

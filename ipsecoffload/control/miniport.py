@@ -8,13 +8,13 @@ import threading
 from collections import Counter
 from typing import Callable, Iterable, Optional, Sequence, Union
 
-from . import ndis
-from .batch import PacketBatch
-from .crypto import CryptoBackend, default_backend
-from .layout import HANDLE_SLOT_MASK, Config, IcvSpace, IvSource, Reason
-from .ndis import NdisStatus
-from .sa import SaRejected, SaTable
-from .send import SendResult, load_kernels, run_send
+from .. import ndis
+from ..datapath.batch import PacketBatch
+from ..crypto import CryptoBackend, default_backend
+from ..datapath.layout import HANDLE_SLOT_MASK, Config, IcvSpace, IvSource, Reason
+from ..ndis import NdisStatus
+from ..control.satable import SaRejected, SaTable
+from ..datapath.tx import SendResult, load_kernels, run_send
 
 Auth, Enc = ndis.AuthenticationAlgorithm, ndis.EncryptionAlgorithm
 

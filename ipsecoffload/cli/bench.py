@@ -16,10 +16,10 @@ from typing import Callable, Sequence
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .batch import PacketBatch
-from .miniport import Miniport
-from .saconfig import SaConfig
-from .stack import HostStack
+from ..datapath.batch import PacketBatch
+from ..control.miniport import Miniport
+from ..host.saconfig import SaConfig
+from ..host.stack import HostStack
 
 DEFAULT_SIZES = (64, 512, 1400, 9000)
 DEFAULT_BATCH = 256

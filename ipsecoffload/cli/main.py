@@ -12,10 +12,10 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from . import bench
-from .capture import CLEAR, DEFAULT_BATCH, EncryptSummary, SaStats, encrypt_capture
-from .pcap import LINKTYPE_ETHERNET, PcapError
-from .safile import SaFileError, SaPolicy, load_sa_file, wireshark_esp_sa
+from ..cli import bench
+from ..io.capture import CLEAR, DEFAULT_BATCH, EncryptSummary, SaStats, encrypt_capture
+from ..io.pcap import LINKTYPE_ETHERNET, PcapError
+from ..io.safile import SaFileError, SaPolicy, load_sa_file, wireshark_esp_sa
 
 PROG = "ipsecoffload"
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -183,7 +183,7 @@ def cmd_wireshark_sa(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import DEMO_KEY_NOTE, DEMO_MSS, run_demo
+    from ..cli.demo import DEMO_KEY_NOTE, DEMO_MSS, run_demo
 
     result = _with_progress("demo", lambda progress: run_demo(args.out, progress=progress))
     _print_warnings(result.summary)

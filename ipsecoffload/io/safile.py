@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Optional, Sequence, Union
 
-from .packetinfo import ICMP, ICMPV6, TCP, UDP, MalformedPacket, PacketInfo, parse_packet
-from .saconfig import SaConfig
+from ..host.packetinfo import ICMP, ICMPV6, TCP, UDP, MalformedPacket, PacketInfo, parse_packet
+from ..host.saconfig import SaConfig
 
 __all__ = ["SaFileError", "Selector", "SaPolicy", "load_sa_file", "parse_sa_list",
            "save_sa_file", "policy_to_dict", "wireshark_esp_sa"]

@@ -9,8 +9,8 @@ import struct
 
 import numpy as np
 
-from .inet import ones_complement_sum as _checksum
-from .layout import (HANDLE_SLOT_MASK, NB_PLAN_DTYPE, REASON_STATUS, SA_RECORD_DTYPE,
+from ..inet import ones_complement_sum as _checksum
+from ..datapath.layout import (HANDLE_SLOT_MASK, NB_PLAN_DTYPE, REASON_STATUS, SA_RECORD_DTYPE,
                      STATUS_FAILURE, STATUS_INVALID_PACKET, Config, IcvSpace, IvSource,
                      JobPost, Reason, Suite)
 

@@ -14,12 +14,12 @@ from typing import Optional, Union
 
 import numpy as np
 
-from . import ndis
-from .crypto.keys import SaKeys
-from .layout import HANDLE_SLOT_BITS, HANDLE_SLOT_MASK, SA_RECORD_DTYPE, Integrity, Suite
-from .ndis import AuthenticationAlgorithm as Auth
-from .ndis import EncryptionAlgorithm as Enc
-from .ndis import NdisStatus
+from .. import ndis
+from ..crypto.keys import SaKeys
+from ..datapath.layout import HANDLE_SLOT_BITS, HANDLE_SLOT_MASK, SA_RECORD_DTYPE, Integrity, Suite
+from ..ndis import AuthenticationAlgorithm as Auth
+from ..ndis import EncryptionAlgorithm as Enc
+from ..ndis import NdisStatus
 
 MAX_CAPACITY = 1 << HANDLE_SLOT_BITS
 

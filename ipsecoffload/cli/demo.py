@@ -14,12 +14,12 @@ import struct
 from dataclasses import dataclass
 from typing import Optional
 
-from .capture import EncryptSummary, encrypt_capture
-from .inet import internet_checksum
-from .packetinfo import ICMP, TCP, UDP
-from .pcap import LINKTYPE_ETHERNET, PcapWriter
-from .safile import SaPolicy, Selector, save_sa_file, wireshark_esp_sa
-from .saconfig import ENCRYPTIONS, INTEGRITIES, SaConfig
+from ..io.capture import EncryptSummary, encrypt_capture
+from ..inet import internet_checksum
+from ..host.packetinfo import ICMP, TCP, UDP
+from ..io.pcap import LINKTYPE_ETHERNET, PcapWriter
+from ..io.safile import SaPolicy, Selector, save_sa_file, wireshark_esp_sa
+from ..host.saconfig import ENCRYPTIONS, INTEGRITIES, SaConfig
 
 DEMO_MSS = 1400
 DEMO_KEY_NOTE = "demo keys: fixed and public, never use them for real traffic"

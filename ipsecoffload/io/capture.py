@@ -14,12 +14,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
-from .miniport import Miniport
-from .packetinfo import TCP, MalformedPacket, parse_packet
-from .pcap import (DEFAULT_SNAPLEN, LINKTYPE_ETHERNET, PcapError, PcapReader,
+from ..control.miniport import Miniport
+from ..host.packetinfo import TCP, MalformedPacket, parse_packet
+from ..io.pcap import (DEFAULT_SNAPLEN, LINKTYPE_ETHERNET, PcapError, PcapReader,
                    PcapTruncatedWarning, PcapWriter, l2_length)
-from .safile import SaPolicy
-from .stack import HostStack, SequenceNumberExhausted
+from ..io.safile import SaPolicy
+from ..host.stack import HostStack, SequenceNumberExhausted
 
 DEFAULT_BATCH = 256
 _IP_ETHERTYPES = (b"\x08\x00", b"\x86\xdd")

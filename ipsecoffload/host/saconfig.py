@@ -6,9 +6,9 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Optional
 
-from . import ndis
-from .ndis import AuthenticationAlgorithm as Auth
-from .ndis import EncryptionAlgorithm as Enc
+from .. import ndis
+from ..ndis import AuthenticationAlgorithm as Auth
+from ..ndis import EncryptionAlgorithm as Enc
 
 # name -> (NDIS bit, key bytes as the user gives them)
 ENCRYPTIONS = {

@@ -12,11 +12,11 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .batch import PacketBatch
-from .crypto import CryptoBackend, JobTable
-from .layout import NB_PLAN_DTYPE, IcvSpace, IvSource, Reason, Suite
-from .ndis import NdisStatus
-from .sa import TableSnapshot
+from ..datapath.batch import PacketBatch
+from ..crypto import CryptoBackend, JobTable
+from ..datapath.layout import NB_PLAN_DTYPE, IcvSpace, IvSource, Reason, Suite
+from ..ndis import NdisStatus
+from ..control.satable import TableSnapshot
 
 _LSO_TYPE_BIT = 1 << 30  # spec §5.4
 
@@ -26,10 +26,10 @@ def load_kernels(pure: Optional[bool] = None) -> ModuleType:
     if pure is None:
         pure = os.environ.get("IPSECOFFLOAD_PURE", "") not in ("", "0")
     if pure:
-        from . import _pykernels
+        from . import twin as _pykernels
         return _pykernels
     try:
-        from . import _fastpath
+        from .. import _fastpath
     except ImportError as error:
         raise ImportError(
             "ipsecoffload's compiled kernels are not built: install the package with "
