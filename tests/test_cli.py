@@ -25,7 +25,8 @@ from ipsecoffload.io.safile import load_sa_file, wireshark_esp_sa
 
 REPO = Path(ipsecoffload.__file__).resolve().parents[1]
 T0_NS = 1_700_000_000 * 10**9
-BENCH_KEYS = {"size", "pps", "gbps", "limit_gbps", "naive_pps", "ratio_limit", "ratio_naive"}
+BENCH_KEYS = {"size", "path", "suite", "pps", "gbps", "limit_gbps", "naive_pps", "ratio_limit",
+              "ratio_naive"}
 
 GCM_KEY = "00112233445566778899aabbccddeeff" + "01020304"
 CBC_KEY = "a5" * 32
@@ -518,7 +519,34 @@ def test_bench_json(capsys):
     assert (code, err) == (0, "")
     [row] = json.loads(out)
     assert set(row) == BENCH_KEYS and row["size"] == 64
-    assert all(row[key] > 0 for key in BENCH_KEYS)
+    assert (row["path"], row["suite"]) == ("send", "aes-gcm-128")
+    assert all(row[key] > 0 for key in BENCH_KEYS - {"path", "suite"})
+
+
+@pytest.mark.parametrize("args,path,suite,size", [
+    (("--path", "lso", "--sizes", "3000", "--mss", "1000"), "lso", "aes-gcm-128", 3000),
+    (("--encryption", "aes-cbc-128", "--integrity", "hmac-sha256-128"), "send",
+     "aes-cbc-128+hmac-sha256-128", 64),
+    (("--encryption", "null", "--integrity", "aes-gmac-128"), "send", "null+aes-gmac-128", 64),
+])
+def test_bench_paths_and_suites(capsys, args, path, suite, size):
+    sizes = () if "--sizes" in args else ("--sizes", "64")
+    code, out, err = run_cli(capsys, "bench", "--json", "--batch", "4", "--min-time", "0.01",
+                             *sizes, *args)
+    assert (code, err) == (0, "")
+    [row] = json.loads(out)
+    assert (row["path"], row["suite"], row["size"]) == (path, suite, size)
+    assert all(row[key] > 0 for key in BENCH_KEYS - {"path", "suite"})
+
+
+@pytest.mark.parametrize("args", [("--min-time", "inf"), ("--min-time", "nan"),
+                                  ("--min-time", "61"), ("--batch", "100000000"),
+                                  ("--encryption", "aes-ctr-128"),
+                                  ("--encryption", "aes-cbc-128"),
+                                  ("--path", "lso", "--mss", "0")])
+def test_bench_refuses_runaway_or_unknown_arguments(capsys, args):
+    code, out, err = run_cli(capsys, "bench", "--sizes", "64", *args)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
 
 
 def test_bench_table(capsys):

@@ -18,9 +18,15 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ipsecoffload.crypto import JobTable, SaKeys
+from ipsecoffload import _fastpath
+from ipsecoffload.crypto import SaKeys
 from ipsecoffload.crypto.reference import ReferenceBackend, seal_one
-from ipsecoffload.datapath.layout import Integrity, Suite
+from ipsecoffload.datapath.layout import CRYPTO_OP_DTYPE, OpKind, OpStatus, Integrity, Suite
+from ipsecoffload.datapath.tx import run_ops
+
+# The reference backend (the oracle) and every compiled backend that serves GCM/GMAC.
+GCM_BACKENDS = [ReferenceBackend()] + ([_fastpath.GcmBatchedBackend()]
+                                       if hasattr(_fastpath, "GcmBatchedBackend") else [])
 
 VECTORS = Path(__file__).parent / "vectors" / "wycheproof"
 GUARD = bytes(range(0xA0, 0xB0))  # bytes around every ESP packet: sealing must not touch them
@@ -115,9 +121,18 @@ def test_gcm_esp_layout(group, case, icv_len):
     assert _guards_intact(arena)
 
 
+class _KeyTable:
+    """What run_ops reads of an SA table: the key context per key row."""
+
+    def __init__(self, keys):
+        self.keys = tuple(keys)
+
+
+@pytest.mark.parametrize("backend", GCM_BACKENDS, ids=lambda b: b.name)
 @pytest.mark.parametrize("icv_len", [16, 12, 8])
-def test_gcm_esp_layout_batch_through_the_backend(icv_len):
-    """Every ESP-layout case in one arena, sealed by ReferenceBackend.seal from a JobTable."""
+def test_gcm_esp_layout_batch_through_the_backend(icv_len, backend):
+    """Every ESP-layout case in one arena, one op each, sealed through the op table by
+    run_ops (one backend call per key context)."""
     arena, jobs, keys = bytearray(), [], []
     for slot, (_, case) in enumerate(GCM_ESP):
         iv, msg = _h(case, "iv"), _h(case, "msg")
@@ -127,12 +142,16 @@ def test_gcm_esp_layout_batch_through_the_backend(icv_len):
         text = base + esp + 16
         jobs.append((slot, base + esp, text, len(msg), text + len(msg)))
         keys.append(_gcm_keys(case, icv_len))
-    table = JobTable.empty(len(jobs))
+    ops = np.zeros(len(jobs), CRYPTO_OP_DTYPE)
     for j, (slot, esp, text, text_len, icv) in enumerate(jobs):
-        table.slot[j], table.esp[j], table.text[j] = slot, esp, text
-        table.text_len[j], table.icv[j] = text_len, icv
+        ops[j]["auth_off"], ops[j]["text_off"], ops[j]["text_len"] = esp, text, text_len
+        ops[j]["icv_off"], ops[j]["key_row"], ops[j]["kind"] = icv, slot, OpKind.ESP_SEAL
+        ops[j]["suite"], ops[j]["iv_len"], ops[j]["icv_len"] = Suite.AES_GCM, 8, icv_len
+        ops[j]["nonce"] = np.frombuffer(keys[slot].salt + bytes(arena[esp + 8:text]), np.uint8)
     out = np.frombuffer(arena, np.uint8).copy()
-    ReferenceBackend().seal(out, table, tuple(keys))
+    run_ops(out, ops.view(np.uint8), _KeyTable(keys), {Suite.AES_GCM: backend}, _fastpath,
+            "seal")
+    assert np.all(ops["status"] == OpStatus.DONE)
     for (slot, esp, text, text_len, icv), (_, case) in zip(jobs, GCM_ESP):
         assert out[text:icv + icv_len].tobytes() == (_h(case, "ct")
                                                      + _h(case, "tag")[:icv_len])

@@ -1,29 +1,42 @@
-"""Send-path throughput with its references from the same run (design §8).
+"""Throughput with its references from the same run (docs/benchmarks.md).
 
-- limit: ``AESGCM.encrypt_into`` over one 1 MiB buffer, the cipher's own speed here;
-- naive: a plain Python loop of one ``encrypt_into`` per packet of the same size;
-- ours: ``Miniport.send`` over prebuilt frames (classify .. complete), one core.
+- limit: the suite's raw cipher over one 1 MiB buffer (``AESGCM.encrypt_into``; for CBC +
+  HMAC one CBC encryption and one HMAC of 1 MiB; for GMAC one tag over 1 MiB);
+- naive: a plain Python loop of one such call per packet of the same size (for CBC + HMAC a
+  new CBC encryptor and one HMAC per packet);
+- ours: ``Miniport.send`` over prebuilt frames (path ``send``) or over one LSO super-packet
+  (path ``lso``), batch of ``batch`` packets, one core.
 
-Used by ``ipsecoffload bench`` and by the pytest-benchmark suites in benchmarks/.
+Every row carries ``size, path, suite, pps, gbps, limit_gbps, naive_pps, ratio_limit,
+ratio_naive``. Used by ``ipsecoffload bench`` and by the pytest-benchmark suites in
+benchmarks/.
 """
 from __future__ import annotations
 
+import hmac
+import math
 import os
 import struct
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..datapath.batch import PacketBatch
 from ..control.miniport import Miniport
-from ..host.saconfig import SaConfig
+from ..datapath.batch import PacketBatch
+from ..host.saconfig import ENCRYPTIONS, INTEGRITIES, SaConfig
 from ..host.stack import HostStack
 
 DEFAULT_SIZES = (64, 512, 1400, 9000)
+DEFAULT_LSO_SIZE = 64000
+DEFAULT_MSS = 1448
 DEFAULT_BATCH = 256
-_KEY = bytes(range(16)) + b"salt"
+MAX_BATCH = 65536
+MAX_MIN_TIME = 60.0
+PATHS = ("send", "lso")
+_HASHLIB = {"hmac-md5-96": "md5", "hmac-sha1-96": "sha1", "hmac-sha256-128": "sha256"}
 
 
 def tcp_packet(size: int, *, ipv6: bool = False, seq: int = 1, sport: int = 40000,
@@ -42,17 +55,61 @@ def tcp_packet(size: int, *, ipv6: bool = False, seq: int = 1, sport: int = 4000
     return bytes(ip) + tcp
 
 
-def prepared_send(size: int, batch: int = DEFAULT_BATCH,
-                  encryption: str = "aes-gcm-128") -> tuple[Miniport, PacketBatch]:
+@dataclass(frozen=True)
+class Suite:
+    """A suite by its SA-file names (design §7): ``aes-gcm-128``, ``aes-cbc-128`` +
+    ``hmac-sha256-128``, ``null`` + ``aes-gmac-128``, ..."""
+    encryption: str = "aes-gcm-128"
+    integrity: Optional[str] = None
+
+    def __post_init__(self):
+        if self.encryption not in ENCRYPTIONS:
+            raise ValueError(f"unknown encryption {self.encryption!r}; one of "
+                             f"{', '.join(ENCRYPTIONS)}")
+        if self.integrity is not None and self.integrity not in INTEGRITIES:
+            raise ValueError(f"unknown integrity {self.integrity!r}; one of "
+                             f"{', '.join(INTEGRITIES)}")
+        if not self.aead and self.integrity is None:
+            raise ValueError(f"{self.encryption} needs an integrity algorithm")
+
+    @property
+    def aead(self) -> bool:
+        return self.encryption.startswith("aes-gcm")
+
+    @property
+    def gmac(self) -> bool:
+        return (self.integrity or "").startswith("aes-gmac")
+
+    @property
+    def name(self) -> str:
+        return self.encryption if self.aead else f"{self.encryption}+{self.integrity}"
+
+    def sa_config(self, spi: int = 0x1000) -> SaConfig:
+        key = bytes(range(ENCRYPTIONS[self.encryption][1]))
+        auth_key = bytes(range(1, 1 + INTEGRITIES[self.integrity][1])) if self.integrity else b""
+        return SaConfig(spi=spi, encryption=self.encryption, key=key,
+                        integrity=None if self.aead else self.integrity, auth_key=auth_key)
+
+
+def prepared_send(size: int, batch: int = DEFAULT_BATCH, encryption: str = "aes-gcm-128",
+                  integrity: Optional[str] = None) -> tuple[Miniport, PacketBatch]:
     """A miniport with one transport SA and a batch of prebuilt frames of ``size``-byte packets."""
+    if integrity is None and not encryption.startswith("aes-gcm"):
+        integrity = "hmac-sha256-128"
     miniport = Miniport()
     stack = HostStack(miniport)
-    key = _KEY if encryption.startswith("aes-gcm") else bytes(int(encryption[-3:]) // 8)
-    integrity = None if encryption.startswith("aes-gcm") else "hmac-sha256-128"
-    sa = stack.add_sa(SaConfig(spi=0x1000, encryption=encryption, key=key, integrity=integrity,
-                               auth_key=b"" if integrity is None else bytes(32)))
-    frames = stack.build([tcp_packet(size)] * batch, sa)
-    return miniport, frames
+    sa = stack.add_sa(Suite(encryption, integrity).sa_config())
+    return miniport, stack.build([tcp_packet(size)] * batch, sa)
+
+
+def prepared_lso(payload: int, mss: int = DEFAULT_MSS, suite: Suite = Suite()
+                 ) -> tuple[Miniport, PacketBatch, int]:
+    """A miniport, one LSO super-packet of ``payload`` TCP bytes, and its segment count."""
+    miniport = Miniport()
+    stack = HostStack(miniport)
+    sa = stack.add_sa(suite.sa_config())
+    frames = stack.build_lso(tcp_packet(payload + 40), sa, mss)
+    return miniport, frames, max(1, -(-payload // mss))
 
 
 def _rate(run: Callable[[], None], min_time: float) -> float:
@@ -67,36 +124,62 @@ def _rate(run: Callable[[], None], min_time: float) -> float:
             return calls / elapsed
 
 
-def limit_bytes_per_second(min_time: float = 0.3) -> float:
-    aead, nonce, aad = AESGCM(_KEY[:16]), bytes(12), bytes(8)
-    data = memoryview(bytearray(1 << 20))
-    out = bytearray((1 << 20) + 16)
-    return _rate(lambda: aead.encrypt_into(nonce, data, aad, out), min_time) * (1 << 20)
+def _naive_call(suite: Suite) -> Callable[[int, bytearray, bytearray], None]:
+    """What a plain program does for one packet of this suite."""
+    if suite.aead:
+        aead, aad = AESGCM(bytes(int(suite.encryption[-3:]) // 8)), bytes(8)
+        return lambda i, packet, out: aead.encrypt_into(i.to_bytes(12, "big"), packet, aad, out)
+    if suite.gmac:
+        aead = AESGCM(bytes(int(suite.integrity[-3:]) // 8))
+        return lambda i, packet, out: aead.encrypt(i.to_bytes(12, "big"), b"", packet)
+    digest = _HASHLIB[suite.integrity]
+    auth_key = bytes(INTEGRITIES[suite.integrity][1])
+    if suite.encryption == "null":
+        return lambda i, packet, out: hmac.new(auth_key, packet, digest).digest()
+    key = bytes(ENCRYPTIONS[suite.encryption][1])
+
+    def cbc_hmac(i: int, packet: bytearray, out: bytearray) -> None:
+        encryptor = Cipher(algorithms.AES(key), modes.CBC(i.to_bytes(16, "big"))).encryptor()
+        ct = encryptor.update(packet) + encryptor.finalize()
+        hmac.new(auth_key, ct, digest).digest()
+    return cbc_hmac
 
 
-def naive_packets_per_second(size: int, batch: int = DEFAULT_BATCH,
-                             min_time: float = 0.3) -> float:
-    """One encrypt_into per packet in a Python loop: what a plain program gets."""
-    aead, aad = AESGCM(_KEY[:16]), bytes(8)
+def limit_bytes_per_second(min_time: float = 0.3, suite: Suite = Suite()) -> float:
+    """The suite's raw cipher over one 1 MiB buffer."""
+    size = 1 << 20
+    data = bytearray(size)
+    out = bytearray(size + 16)
+    call = _naive_call(suite)
+    return _rate(lambda: call(1, data, out), min_time) * size
+
+
+def naive_packets_per_second(size: int, batch: int = DEFAULT_BATCH, min_time: float = 0.3,
+                             suite: Suite = Suite()) -> float:
+    """One call per packet in a Python loop: what a plain program gets."""
+    size = -(-size // 16) * 16 if suite.encryption.startswith("aes-cbc") else size
     packets = [bytearray(os.urandom(size)) for _ in range(batch)]
     outs = [bytearray(size + 16) for _ in range(batch)]
+    call = _naive_call(suite)
 
     def run() -> None:
         for i, packet in enumerate(packets):
-            aead.encrypt_into(i.to_bytes(12, "big"), packet, aad, outs[i])
+            call(i + 1, packet, outs[i])
     return _rate(run, min_time) * batch
 
 
-def send_packets_per_second(size: int, batch: int = DEFAULT_BATCH,
-                            min_time: float = 0.3) -> float:
-    miniport, frames = prepared_send(size, batch)
+def send_packets_per_second(size: int, batch: int = DEFAULT_BATCH, min_time: float = 0.3,
+                            suite: Suite = Suite()) -> float:
+    miniport, frames = prepared_send(size, batch, suite.encryption, suite.integrity)
     return _rate(lambda: miniport.send(frames), min_time) * batch
 
 
 @dataclass
 class BenchRow:
-    size: int  # plain IP packet bytes in
-    pps: float
+    size: int  # plain IP packet bytes in (lso: the TCP payload of one super-packet)
+    path: str
+    suite: str
+    pps: float  # packets (lso: segments) per second
     gbps: float  # IP bytes in
     limit_gbps: float
     naive_pps: float
@@ -107,25 +190,56 @@ class BenchRow:
         return asdict(self)
 
 
-def run(sizes: Sequence[int] = DEFAULT_SIZES, batch: int = DEFAULT_BATCH,
-        min_time: float = 0.3) -> list[BenchRow]:
-    """One row per size; every figure comes from this one run (design §8)."""
-    limit_gbps = limit_bytes_per_second(min_time) * 8 / 1e9
+def check_arguments(sizes: Sequence[int], batch: int, min_time: float, path: str,
+                    mss: int) -> None:
+    """ValueError naming the argument when a run could not finish or would run away."""
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
+    if not 1 <= batch <= MAX_BATCH:
+        raise ValueError(f"batch must be between 1 and {MAX_BATCH}, got {batch}")
+    if not (math.isfinite(min_time) and 0 < min_time <= MAX_MIN_TIME):
+        raise ValueError(f"min_time must be a number of seconds in (0, {MAX_MIN_TIME:g}], "
+                         f"got {min_time}")
+    if not 1 <= mss <= 9000:
+        raise ValueError(f"mss must be between 1 and 9000, got {mss}")
+    limit = 60000 if path == "send" else 262144
+    for size in sizes:
+        if not 60 <= size <= limit:
+            raise ValueError(f"size {size} is outside 60..{limit} for path {path}")
+
+
+def run(sizes: Optional[Sequence[int]] = None, batch: int = DEFAULT_BATCH,
+        min_time: float = 0.3, *, path: str = "send", encryption: str = "aes-gcm-128",
+        integrity: Optional[str] = None, mss: int = DEFAULT_MSS) -> list[BenchRow]:
+    """One row per size; every figure comes from this one run."""
+    if sizes is None:
+        sizes = DEFAULT_SIZES if path == "send" else (DEFAULT_LSO_SIZE,)
+    suite = Suite(encryption, integrity)
+    check_arguments(sizes, batch, min_time, path, mss)
+    limit_gbps = limit_bytes_per_second(min_time, suite) * 8 / 1e9
     rows = []
     for size in sizes:
-        pps = send_packets_per_second(size, batch, min_time)
-        naive = naive_packets_per_second(size, batch, min_time)
-        gbps = pps * size * 8 / 1e9
-        rows.append(BenchRow(size=size, pps=pps, gbps=gbps, limit_gbps=limit_gbps,
-                             naive_pps=naive, ratio_limit=gbps / limit_gbps,
-                             ratio_naive=pps / naive))
+        if path == "send":
+            pps = send_packets_per_second(size, batch, min_time, suite)
+            naive = naive_packets_per_second(size, batch, min_time, suite)
+            gbps = pps * size * 8 / 1e9
+        else:
+            miniport, frames, segments = prepared_lso(size, mss, suite)
+            supers = _rate(lambda: miniport.send(frames), min_time)
+            pps = supers * segments
+            gbps = supers * (size + 40) * 8 / 1e9
+            naive = naive_packets_per_second(mss + 40, batch, min_time, suite)
+        rows.append(BenchRow(size=size, path=path, suite=suite.name, pps=pps, gbps=gbps,
+                             limit_gbps=limit_gbps, naive_pps=naive,
+                             ratio_limit=gbps / limit_gbps, ratio_naive=pps / naive))
     return rows
 
 
 def format_table(rows: Sequence[BenchRow]) -> str:
-    lines = [f"{'size':>6} {'Mpps':>8} {'Gbit/s':>8} {'limit':>8} {'naive Mpps':>11} "
-             f"{'ours/limit':>11} {'ours/naive':>11}"]
+    lines = [f"{'path':>5} {'suite':<28} {'size':>6} {'Mpps':>8} {'Gbit/s':>8} {'limit':>8} "
+             f"{'naive Mpps':>11} {'ours/limit':>11} {'ours/naive':>11}"]
     for r in rows:
-        lines.append(f"{r.size:>6} {r.pps / 1e6:>8.3f} {r.gbps:>8.2f} {r.limit_gbps:>8.2f} "
-                     f"{r.naive_pps / 1e6:>11.3f} {r.ratio_limit:>11.3f} {r.ratio_naive:>11.3f}")
+        lines.append(f"{r.path:>5} {r.suite:<28} {r.size:>6} {r.pps / 1e6:>8.3f} {r.gbps:>8.2f} "
+                     f"{r.limit_gbps:>8.2f} {r.naive_pps / 1e6:>11.3f} {r.ratio_limit:>11.3f} "
+                     f"{r.ratio_naive:>11.3f}")
     return "\n".join(lines)

@@ -8,10 +8,13 @@ import threading
 from collections import Counter
 from typing import Callable, Iterable, Optional, Sequence, Union
 
+import numpy as np
+
 from .. import ndis
 from ..datapath.batch import PacketBatch
-from ..crypto import CryptoBackend, default_backend
-from ..datapath.layout import HANDLE_SLOT_MASK, Config, IcvSpace, IvSource, Reason
+from ..crypto import CryptoBackend, backends_for
+from ..datapath.layout import (COUNTERS, HANDLE_SLOT_MASK, REASON_COUNT, STATUS_COUNTER_NAMES,
+                               Config, IcvSpace, IvSource, Reason)
 from ..ndis import NdisStatus
 from ..control.satable import SaRejected, SaTable
 from ..datapath.tx import SendResult, load_kernels, run_send
@@ -64,11 +67,14 @@ class Miniport:
         self.icv_space = _policy(IcvSpace, icv_space, "icv_space")
         self.strict_salt = strict_salt
         self.random_source = random_source
-        self.backend = backend or default_backend()
         self.kernels = load_kernels(pure_python)
+        self.backends = backends_for(self.kernels, backend)
+        self.backend = backend or self.backends[1]
         self.offload = OffloadState()
         self.sas = SaTable(max(1, self.capabilities.sa_offload_capacity))
-        self.counters: Counter = Counter()
+        self._oid_counts: Counter = Counter()
+        # datapath counters: COUNTERS from tx_plan, then frames and bytes out
+        self._send_counts = np.zeros(COUNTERS + 2, np.int64)
         self._counter_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -175,18 +181,16 @@ class Miniport:
 
     # -- send ----------------------------------------------------------------------------
     def config_bits(self) -> int:
+        """The Config bits of the current capabilities and offload parameters (plain ints:
+        this runs once per send)."""
         on, caps = self.offload, self.capabilities
-        bits = 0
-        if caps.esp and on.esp_ipv4:
-            bits |= Config.ESP_IPV4
-        if caps.esp and caps.ipv6_supported and on.esp_ipv6:
-            bits |= Config.ESP_IPV6
-        for flag, enabled in ((Config.LSO_V1, on.lso_v1), (Config.LSO_V2_IPV4, on.lso_v2_ipv4),
-                              (Config.LSO_V2_IPV6, on.lso_v2_ipv6),
-                              (Config.LSO_WITH_IPSEC, caps.lso_supported)):
-            if enabled:
-                bits |= flag
-        return bits
+        esp = bool(caps.esp)
+        return ((int(Config.ESP_IPV4) if esp and on.esp_ipv4 else 0)
+                | (int(Config.ESP_IPV6) if esp and caps.ipv6_supported and on.esp_ipv6 else 0)
+                | (int(Config.LSO_V1) if on.lso_v1 else 0)
+                | (int(Config.LSO_V2_IPV4) if on.lso_v2_ipv4 else 0)
+                | (int(Config.LSO_V2_IPV6) if on.lso_v2_ipv6 else 0)
+                | (int(Config.LSO_WITH_IPSEC) if caps.lso_supported else 0))
 
     def send(self, nbls: Union[PacketBatch, Sequence[ndis.NetBufferList]]) -> SendResult:
         """MiniportSendNetBufferLists over a chain of NBLs (spec §6).
@@ -198,7 +202,7 @@ class Miniport:
         batch = PacketBatch.from_nbls(nbls) if given_nbls else nbls
         result = run_send(batch, self.sas.snapshot(), config=self.config_bits(),
                           icv_space=self.icv_space, iv_source=self.iv_source,
-                          kernels=self.kernels, backend=self.backend,
+                          kernels=self.kernels, backends=self.backends,
                           random_source=self.random_source)
         if given_nbls:
             for nbl, status, lso_done in zip(nbls, result.status, result.lso_complete):
@@ -210,24 +214,46 @@ class Miniport:
 
     def _account(self, result: SendResult) -> None:
         with self._counter_lock:
-            for name, n in result.reason_counts().items():
-                self.counters[f"nb.{name}"] += n
-            for name, n in result.status_counts().items():
-                self.counters[f"nbl.{name}"] += n
-            self.counters["frames_out"] += result.wire.num_buffers
-            self.counters["bytes_out"] += int(result.wire.nb_len.sum())
+            counts = self._send_counts
+            counts[:COUNTERS] += result.counters
+            counts[COUNTERS] += len(result.wire.table)
+            counts[COUNTERS + 1] += len(result.wire.arena)
+
+    @property
+    def counters(self) -> Counter:
+        """Counts per NET_BUFFER reason (``nb.NAME``), NBL status (``nbl.NAME``), frames and
+        bytes out, and OID outcomes (a snapshot)."""
+        with self._counter_lock:
+            counts = self._send_counts.tolist()
+            out = Counter(self._oid_counts)
+        for i in range(REASON_COUNT):
+            if counts[i]:
+                out[f"nb.{Reason(i).name}"] = counts[i]
+        for i, name in enumerate(STATUS_COUNTER_NAMES):
+            if counts[REASON_COUNT + i]:
+                out[f"nbl.{name}"] = counts[REASON_COUNT + i]
+        for i, name in enumerate(("frames_out", "bytes_out")):
+            if counts[COUNTERS + i]:
+                out[name] = counts[COUNTERS + i]
+        return out
 
     def _count(self, name: str) -> None:
         with self._counter_lock:
-            self.counters[name] += 1
+            self._oid_counts[name] += 1
 
     def sa_record(self, handle: int) -> Optional[dict]:
         """The compiled record of an offloaded SA (no keys), for inspection."""
         record = self.sas.record(handle)
         if record is None:
             return None
-        return {name: (int(record[name]) if name != "reserved" else None)
-                for name in record.dtype.names if name != "reserved"}
+        fields = {name: int(record[name]) for name in ("handle", "in_use", "inbound", "ipv6",
+                                                        "n_xf")}
+        xf = record["xf"][0]
+        fields.update({name: int(xf[name]) for name in xf.dtype.names if name != "salt"})
+        if record["n_xf"] > 1:
+            ah = record["xf"][1]
+            fields["ah"] = {name: int(ah[name]) for name in ah.dtype.names if name != "salt"}
+        return fields
 
 
 def _policy(enum_cls, value, name: str):

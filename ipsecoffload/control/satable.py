@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Union
 
 import numpy as np
 
 from .. import ndis
 from ..crypto.keys import SaKeys
-from ..datapath.layout import HANDLE_SLOT_BITS, HANDLE_SLOT_MASK, SA_RECORD_DTYPE, Integrity, Suite
+from ..datapath.layout import (HANDLE_SLOT_BITS, HANDLE_SLOT_MASK, PROTO_ESP, SA_RECORD_DTYPE,
+                               Integrity, Suite)
 from ..ndis import AuthenticationAlgorithm as Auth
 from ..ndis import EncryptionAlgorithm as Enc
 from ..ndis import NdisStatus
@@ -45,8 +46,8 @@ class SaRejected(Exception):
 @dataclass(frozen=True)
 class TableSnapshot:
     records: np.ndarray  # SA_RECORD_DTYPE, read-only
-    keys: tuple  # SaKeys or None per slot
-    records_bytes: np.ndarray  # the same memory as uint8, for the kernels
+    keys: tuple = field(repr=False)  # SaKeys or None per key row (slot * 2 + layer)
+    records_bytes: np.ndarray = field(repr=False)  # the same memory as uint8, for the kernels
 
 
 def _single_bit(owner: str, value: int) -> None:
@@ -175,7 +176,7 @@ class SaTable:
         self._serial = 0
         self._free = list(range(capacity - 1, -1, -1))
         self._sa_info: dict[int, tuple[int, int]] = {}  # handle -> (spi, operation)
-        self._publish(np.zeros(capacity, SA_RECORD_DTYPE), (None,) * capacity)
+        self._publish(np.zeros(capacity, SA_RECORD_DTYPE), (None,) * (2 * capacity))
 
     def _publish(self, records: np.ndarray, keys: tuple) -> None:
         records.flags.writeable = False
@@ -225,16 +226,21 @@ class SaTable:
             handle = (self._serial << HANDLE_SLOT_BITS) | slot
             records = self._snapshot.records.copy()
             record = records[slot]
-            record["handle"], record["spi"] = handle, sa.spi
-            record["seq_hi"] = sa.sequence_number_high_order
+            record["handle"] = handle
             record["in_use"] = 1
             record["inbound"] = bool(entry.flags & ndis.IPSEC_OFFLOAD_V2_INBOUND)
             record["ipv6"] = ipv6
-            record["udp_encap"] = 1 if udp else 0
+            record["n_xf"] = 1
+            xf = record["xf"][0]
+            xf["spi"], xf["seq_hi"] = sa.spi, sa.sequence_number_high_order
+            xf["key_row"] = 2 * slot
+            xf["proto"] = PROTO_ESP
+            xf["udp_encap"] = 1 if udp else 0
+            xf["salt"] = np.frombuffer(keys.salt.ljust(4, b"\0"), np.uint8)
             for name, value in fields.items():
-                record[name] = value
+                xf[name] = value
             key_list = list(self._snapshot.keys)
-            key_list[slot] = keys
+            key_list[2 * slot] = keys
             self._sa_info[handle] = (sa.spi, sa.operation)
             self._publish(records, tuple(key_list))
         return handle
@@ -248,7 +254,7 @@ class SaTable:
             records = self._snapshot.records.copy()
             records[slot] = np.zeros((), SA_RECORD_DTYPE)
             key_list = list(self._snapshot.keys)
-            key_list[slot] = None
+            key_list[2 * slot] = key_list[2 * slot + 1] = None
             self._free.append(slot)
             self._publish(records, tuple(key_list))
         return True
@@ -259,10 +265,11 @@ class SaTable:
             info = self._sa_info.get(handle)
             slot = handle & HANDLE_SLOT_MASK
             if info is None or info != (spi, operation) \
-                    or not self._snapshot.records[slot]["esn"] or not 0 <= seq_hi <= 0xFFFFFFFF:
+                    or not self._snapshot.records[slot]["xf"][0]["esn"] \
+                    or not 0 <= seq_hi <= 0xFFFFFFFF:
                 return False
             records = self._snapshot.records.copy()
-            records[slot]["seq_hi"] = seq_hi
+            records[slot]["xf"][0]["seq_hi"] = seq_hi
             self._publish(records, self._snapshot.keys)
         return True
 
@@ -271,7 +278,7 @@ class SaTable:
         with self._lock:
             self._sa_info.clear()
             self._free = list(range(self.capacity - 1, -1, -1))
-            self._publish(np.zeros(self.capacity, SA_RECORD_DTYPE), (None,) * self.capacity)
+            self._publish(np.zeros(self.capacity, SA_RECORD_DTYPE), (None,) * (2 * self.capacity))
 
     def record(self, handle: int) -> Optional[np.void]:
         if handle not in self._sa_info:

@@ -1,53 +1,53 @@
-"""Crypto backends behind one batch interface (design §5).
+"""Crypto backends behind one op-table interface (docs/architecture.md).
 
-emit() writes a JobTable: one row per protected segment, naming its SA slot and where its
-ESP header, text and ICV sit in the output arena. A backend seals every row in place.
+tx_emit writes the op table (``layout.CRYPTO_OP_DTYPE``): one row per protected segment,
+naming its kind, pass, suite, key context and where its header, text and ICV sit in the
+output arena. The pipeline groups the ops by (pass, kind, suite, key context) and hands each
+group to one backend call: ``backend.seal(arena, op_bytes, idx, keys)`` (``open`` on
+receive), which processes the rows ``idx`` in place and sets their status.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol, Sequence
+import os
+from typing import Optional, Protocol
 
 import numpy as np
 
-from ..crypto.keys import SaKeys
-
-
-@dataclass
-class JobTable:
-    """Struct of arrays, one entry per protected segment (offsets into the output arena)."""
-    slot: np.ndarray  # int32 SA slot
-    esp: np.ndarray  # int64 ESP header (SPI, SN); the IV follows it
-    text: np.ndarray  # int64 first byte encrypted (after the IV)
-    text_len: np.ndarray  # int64 payload + padding + pad length + next header
-    icv: np.ndarray  # int64 where the ICV goes
-    seq_hi: np.ndarray  # uint32 high-order ESN word of this segment's SN
-    post: np.ndarray  # uint8 layout.JobPost: work left after sealing
-    udp: np.ndarray  # int64 UDP header (UDP-encapsulated SAs)
-    ip: np.ndarray  # int64 IP header
-
-    @classmethod
-    def empty(cls, n: int) -> "JobTable":
-        return cls(slot=np.zeros(n, np.int32), esp=np.zeros(n, np.int64),
-                   text=np.zeros(n, np.int64), text_len=np.zeros(n, np.int64),
-                   icv=np.zeros(n, np.int64), seq_hi=np.zeros(n, np.uint32),
-                   post=np.zeros(n, np.uint8), udp=np.zeros(n, np.int64),
-                   ip=np.zeros(n, np.int64))
-
-    def __len__(self) -> int:
-        return len(self.slot)
+from ..datapath.layout import Suite
+from .keys import SaKeys
 
 
 class CryptoBackend(Protocol):
     name: str
 
-    def seal(self, arena: np.ndarray, jobs: JobTable, keys: Sequence[SaKeys | None]) -> None:
-        """Encrypt and write the ICV of every job, in place in ``arena``."""
+    def seal(self, arena: np.ndarray, ops: np.ndarray, idx: np.ndarray, keys: SaKeys) -> None:
+        """Encrypt and write the ICV of the ops ``idx`` (all sharing ``keys``), in place."""
+
+
+BACKEND_NAMES = ("batched", "reference")
+
+
+def backends_for(kernels, backend: Optional[CryptoBackend] = None) -> dict[int, CryptoBackend]:
+    """Suite -> backend. One given backend serves every suite; otherwise the compiled batched
+    backends when the kernels are compiled (IPSECOFFLOAD_BACKEND=reference forces the
+    reference backend), else the reference backend."""
+    if backend is None:
+        choice = os.environ.get("IPSECOFFLOAD_BACKEND", "batched")
+        if choice not in BACKEND_NAMES:
+            raise ValueError(f"IPSECOFFLOAD_BACKEND must be one of {', '.join(BACKEND_NAMES)}, "
+                             f"got {choice!r}")
+        if choice == "batched" and hasattr(kernels, "GcmBatchedBackend"):
+            gcm, cbc = kernels.GcmBatchedBackend(), kernels.CbcHmacBackend()
+            return {Suite.AES_GCM: gcm, Suite.AES_GMAC: gcm, Suite.AES_CBC_HMAC: cbc,
+                    Suite.NULL_HMAC: cbc}
+        from .reference import ReferenceBackend
+        backend = ReferenceBackend()
+    return {suite: backend for suite in Suite}
 
 
 def default_backend() -> CryptoBackend:
-    from ..crypto.reference import ReferenceBackend
+    from .reference import ReferenceBackend
     return ReferenceBackend()
 
 
-__all__ = ["CryptoBackend", "JobTable", "SaKeys", "default_backend"]
+__all__ = ["BACKEND_NAMES", "CryptoBackend", "SaKeys", "backends_for", "default_backend"]

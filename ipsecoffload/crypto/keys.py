@@ -1,7 +1,12 @@
-"""Key material and cipher objects of one offloaded SA. Never shows a key."""
+"""Key context of one SA transform: what the backends need, built once at ADD_SA time.
+Never shows a key."""
 from __future__ import annotations
 
+import threading
+from typing import Optional
+
 from cryptography.hazmat.primitives import hashes, hmac
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..datapath.layout import Integrity, Suite
@@ -11,24 +16,65 @@ _HASHES = {Integrity.HMAC_MD5_96: hashes.MD5, Integrity.HMAC_SHA1_96: hashes.SHA
 
 
 class SaKeys:
-    """Keys of one SA plus the cipher objects built from them once, at ADD_SA time."""
+    """Keys of one transform plus the cipher objects and tables built from them.
 
-    __slots__ = ("suite", "integrity", "icv_len", "esn", "salt", "enc_key", "aead",
-                 "_hmac")
+    ``ecb_encryptor()`` / ``ecb_decryptor()``: AES-ECB contexts (one per thread: a context
+    is stateless between calls in ECB but not safe to share between threads);
+    ``ghash_key``: the GHASH key table of GCM/GMAC (built on first use); ``hmac_template``:
+    the keyed HMAC contexts of CBC/NULL + HMAC; ``aead`` and ``hmac()`` serve the reference
+    backend.
+    """
+
+    __slots__ = ("suite", "integrity", "icv_len", "esn", "salt", "aead", "hmac_template",
+                 "_enc_key", "_hmac", "_local", "_ghash_key", "_lock")
 
     def __init__(self, suite: Suite, integrity: Integrity, icv_len: int, esn: bool, *,
                  enc_key: bytes = b"", salt: bytes = b"", auth_key: bytes = b""):
         self.suite, self.integrity, self.icv_len, self.esn = suite, integrity, icv_len, esn
         self.salt = salt
-        self.enc_key = enc_key
+        self._enc_key = enc_key
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._ghash_key = None
         # GCM and GMAC: one AESGCM object (GMAC keys travel in enc_key too).
         self.aead = AESGCM(enc_key) if suite in (Suite.AES_GCM, Suite.AES_GMAC) else None
         self._hmac = (hmac.HMAC(auth_key, _HASHES[integrity]())
                       if integrity in _HASHES else None)
+        self.hmac_template: Optional[object] = None
+        if integrity in _HASHES:
+            from .hmac_ctx import HmacTemplate
+            self.hmac_template = HmacTemplate(int(integrity), auth_key)
+
+    @property
+    def enc_key(self) -> bytes:
+        return self._enc_key
 
     def hmac(self) -> hmac.HMAC:
         """A fresh HMAC context (a copy of the keyed template)."""
         return self._hmac.copy()
+
+    def ecb_encryptor(self):
+        ctx = getattr(self._local, "enc", None)
+        if ctx is None:
+            ctx = self._local.enc = Cipher(algorithms.AES(self._enc_key), modes.ECB()).encryptor()
+        return ctx
+
+    def ecb_decryptor(self):
+        ctx = getattr(self._local, "dec", None)
+        if ctx is None:
+            ctx = self._local.dec = Cipher(algorithms.AES(self._enc_key), modes.ECB()).decryptor()
+        return ctx
+
+    @property
+    def ghash_key(self):
+        """GCM/GMAC: the compiled GHASH key of H = E_K(0^128) (NIST SP 800-38D §6.4)."""
+        if self._ghash_key is None:
+            with self._lock:
+                if self._ghash_key is None:
+                    from .. import _fastpath
+                    h = self.ecb_encryptor().update(bytes(16))
+                    self._ghash_key = _fastpath.ghash_key_context(h)
+        return self._ghash_key
 
     def __repr__(self) -> str:
         return (f"SaKeys(suite={self.suite.name}, integrity={self.integrity.name}, "

@@ -1,32 +1,51 @@
-"""The reference backend: one `cryptography` call per job. Plain, always available, and the
-oracle every faster backend is checked against (design §5)."""
+"""The reference backend: one `cryptography` call per op, written plainly. Always available,
+and the oracle every faster backend is checked against (docs/architecture.md)."""
 from __future__ import annotations
 
+import hmac as std_hmac
 import struct
-from typing import Sequence
 
 import numpy as np
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from ..datapath.layout import Suite
-from ..crypto import JobTable
-from ..crypto.keys import SaKeys
+from ..datapath.layout import CRYPTO_OP_DTYPE, OpStatus, Suite
+from .keys import SaKeys
 
 
 class ReferenceBackend:
     name = "reference"
 
-    def seal(self, arena: np.ndarray, jobs: JobTable, keys: Sequence[SaKeys | None]) -> None:
+    def seal(self, arena: np.ndarray, ops: np.ndarray, idx, keys: SaKeys) -> None:
+        """Seal the ops ``idx`` of ``ops`` (CRYPTO_OP_DTYPE rows, or their bytes) in place."""
+        table = _ops(ops)
         buf = memoryview(arena)
-        for j in range(len(jobs)):
-            sa = keys[int(jobs.slot[j])]
-            seal_one(buf, sa, int(jobs.esp[j]), int(jobs.text[j]), int(jobs.text_len[j]),
-                     int(jobs.icv[j]), int(jobs.seq_hi[j]))
+        for j in np.asarray(idx).tolist():
+            op = table[j]
+            seal_one(buf, keys, int(op["auth_off"]), int(op["text_off"]), int(op["text_len"]),
+                     int(op["icv_off"]), int(op["seq_hi"]))
+            op["status"] = OpStatus.DONE
+
+    def open(self, arena: np.ndarray, ops: np.ndarray, idx, keys: SaKeys) -> None:
+        """Verify and decrypt the ops ``idx`` in place; a bad ICV leaves the text as it was."""
+        table = _ops(ops)
+        buf = memoryview(arena)
+        for j in np.asarray(idx).tolist():
+            op = table[j]
+            ok = open_one(buf, keys, int(op["auth_off"]), int(op["text_off"]),
+                          int(op["text_len"]), int(op["icv_off"]), int(op["seq_hi"]))
+            op["status"] = OpStatus.DONE if ok else OpStatus.AUTH_FAILED
+
+
+def _ops(ops: np.ndarray) -> np.ndarray:
+    ops = np.asarray(ops)
+    return ops if ops.dtype == CRYPTO_OP_DTYPE else ops.view(CRYPTO_OP_DTYPE)
 
 
 def seal_one(buf: memoryview, sa: SaKeys, esp: int, text: int, text_len: int, icv: int,
              seq_hi: int) -> None:
-    """Encrypt one ESP packet in place and write its ICV (spec §8.1, §8.4-8.7)."""
+    """Encrypt one ESP packet in place and write its ICV (RFC 4303 §3.3, RFC 4106, RFC 4543,
+    RFC 3602; the ESN high word per RFC 4303 §2.2.1)."""
     spi_sn = bytes(buf[esp:esp + 8])
     esn_hi = struct.pack("!I", seq_hi) if sa.esn else b""
     iv = bytes(buf[esp + 8:text])
@@ -34,11 +53,9 @@ def seal_one(buf: memoryview, sa: SaKeys, esp: int, text: int, text_len: int, ic
     if sa.suite == Suite.AES_GCM:
         # RFC 4106: nonce = salt || IV; AAD = SPI || [SN_hi] || SN
         aad = spi_sn[:4] + esn_hi + spi_sn[4:]
-        if sa.icv_len == 16:
-            sa.aead.encrypt_into(sa.salt + iv, buf[text:end], aad, buf[text:end + 16])
-        else:
-            sealed = sa.aead.encrypt(sa.salt + iv, bytes(buf[text:end]), aad)
-            buf[text:end + sa.icv_len] = sealed[:text_len + sa.icv_len]
+        sealed = sa.aead.encrypt(sa.salt + iv, bytes(buf[text:end]), aad)
+        buf[text:end] = sealed[:text_len]
+        buf[icv:icv + sa.icv_len] = sealed[text_len:text_len + sa.icv_len]
         return
     if sa.suite == Suite.AES_GMAC:
         # RFC 4543: everything is AAD, the plaintext is empty, the ICV is the whole tag
@@ -48,8 +65,50 @@ def seal_one(buf: memoryview, sa: SaKeys, esp: int, text: int, text_len: int, ic
     if sa.suite == Suite.AES_CBC_HMAC:
         encryptor = Cipher(algorithms.AES(sa.enc_key), modes.CBC(iv)).encryptor()
         buf[text:end] = encryptor.update(bytes(buf[text:end])) + encryptor.finalize()
-    # Encrypt-then-MAC over SPI..ciphertext, the ESN high word appended (spec §8.1)
+    # Encrypt-then-MAC over SPI..ciphertext, the ESN high word appended
     mac = sa.hmac()
     mac.update(bytes(buf[esp:end]))
     mac.update(esn_hi)
     buf[icv:icv + sa.icv_len] = mac.finalize()[:sa.icv_len]
+
+
+def open_one(buf: memoryview, sa: SaKeys, esp: int, text: int, text_len: int, icv: int,
+             seq_hi: int) -> bool:
+    """Verify one ESP packet's ICV and decrypt it in place; False (text untouched) if the
+    ICV is wrong. Tags are compared in constant time."""
+    spi_sn = bytes(buf[esp:esp + 8])
+    esn_hi = struct.pack("!I", seq_hi) if sa.esn else b""
+    iv = bytes(buf[esp + 8:text])
+    end = text + text_len
+    got = bytes(buf[icv:icv + sa.icv_len])
+    if sa.suite in (Suite.AES_GCM, Suite.AES_GMAC):
+        header = spi_sn[:4] + esn_hi + spi_sn[4:]
+        if sa.suite == Suite.AES_GMAC:
+            want = sa.aead.encrypt(sa.salt + iv, b"", header + iv + bytes(buf[text:end]))
+            return std_hmac.compare_digest(want[:16], got)
+        if sa.icv_len == 16:
+            try:
+                plain = sa.aead.decrypt(sa.salt + iv, bytes(buf[text:end]) + got, header)
+            except InvalidTag:
+                return False
+            buf[text:end] = plain
+            return True
+        # a truncated tag: decrypt with the GCM keystream (CTR from inc32(J0), NIST SP 800-38D
+        # §7.2), then recompute the tag over the plaintext
+        decryptor = Cipher(algorithms.AES(sa.enc_key),
+                           modes.CTR(sa.salt + iv + b"\x00\x00\x00\x02")).decryptor()
+        plain = decryptor.update(bytes(buf[text:end])) + decryptor.finalize()
+        want = sa.aead.encrypt(sa.salt + iv, plain, header)[text_len:text_len + sa.icv_len]
+        if not std_hmac.compare_digest(want, got):
+            return False
+        buf[text:end] = plain
+        return True
+    mac = sa.hmac()
+    mac.update(bytes(buf[esp:end]))
+    mac.update(esn_hi)
+    if not std_hmac.compare_digest(mac.finalize()[:sa.icv_len], got):
+        return False
+    if sa.suite == Suite.AES_CBC_HMAC:
+        decryptor = Cipher(algorithms.AES(sa.enc_key), modes.CBC(iv)).decryptor()
+        buf[text:end] = decryptor.update(bytes(buf[text:end])) + decryptor.finalize()
+    return True

@@ -1,17 +1,21 @@
-"""PacketBatch: a chain of NET_BUFFER_LISTs as one arena plus parallel arrays (design §3).
+"""PacketBatch: a chain of NET_BUFFER_LISTs as one arena plus typed tables
+(docs/architecture.md).
 
 Frames live back to back in one ``uint8`` arena; each NET_BUFFER is an (offset, length)
 pair in it and names the NET_BUFFER_LIST it belongs to. The out-of-band (OOB) info of each
-NBL (spec §5) is kept decoded, one array per field. Kernels read these arrays directly; the
-``NetBufferList`` dataclasses convert to and from a batch at the edges only.
+NBL is one packed struct array (``layout.NBL_OOB_DTYPE``), the same memory the compiled
+stages read; each field is also an attribute (a view: writes go through). The
+``NetBufferList`` dataclasses convert to and from a batch at the edges only. ``WireFrames``
+are what leaves the NIC.
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
 from .. import ndis
+from .layout import NBL_OOB_DTYPE, WIRE_FRAME_DTYPE
 
 # Per-NBL OOB arrays: name -> dtype. Raw slot values where the kernels decode the bits
 # themselves (LSO, checksum), decoded fields where the design names them (§3).
@@ -30,14 +34,14 @@ NBL_FIELDS = {
 
 
 class PacketBatch:
-    """Frames in one arena plus per-NET_BUFFER and per-NBL arrays.
+    """Frames in one arena plus per-NET_BUFFER arrays and the per-NBL OOB table.
 
     ``nb_off``, ``nb_len``, ``nb_nbl`` have one entry per NET_BUFFER (frame); ``nb_nbl`` is
-    non-decreasing: the buffers of an NBL are consecutive. Every name in ``NBL_FIELDS`` is
-    an array with one entry per NBL.
+    non-decreasing: the buffers of an NBL are consecutive. ``oob`` has one NBL_OOB_DTYPE
+    row per NBL; every name in ``NBL_FIELDS`` is a view of its column.
     """
 
-    __slots__ = ("arena", "nb_off", "nb_len", "nb_nbl", *NBL_FIELDS)
+    __slots__ = ("arena", "nb_off", "nb_len", "nb_nbl", "oob", "oob_bytes")
 
     def __init__(self, arena, nb_off, nb_len, nb_nbl, n_nbl: int | None = None, **nbl_fields):
         self.arena = _as_array(arena, np.uint8, "arena")
@@ -48,20 +52,29 @@ class PacketBatch:
             raise ValueError("nb_off, nb_len and nb_nbl must have the same length")
         if n_nbl is None:
             n_nbl = int(self.nb_nbl[-1]) + 1 if len(self.nb_nbl) else 0
-        for name, dtype in NBL_FIELDS.items():
-            value = nbl_fields.pop(name, None)
-            if value is None:
-                array = np.zeros(n_nbl, dtype)
-            else:
-                array = np.broadcast_to(np.asarray(value, dtype=dtype), (n_nbl,)).copy()
-            setattr(self, name, array)
-        if nbl_fields:
-            raise TypeError(f"unknown NBL field(s): {', '.join(sorted(nbl_fields))}; "
+        oob = nbl_fields.pop("oob", None)
+        unknown = set(nbl_fields) - set(NBL_FIELDS)
+        if unknown:
+            raise TypeError(f"unknown NBL field(s): {', '.join(sorted(unknown))}; "
                             f"allowed: {', '.join(NBL_FIELDS)}")
+        if oob is not None:
+            oob = np.asarray(oob)
+            if oob.dtype != NBL_OOB_DTYPE or oob.shape != (n_nbl,):
+                raise ValueError(f"oob must be {n_nbl} rows of NBL_OOB_DTYPE")
+            self._set_oob(oob.copy())
+        else:
+            self._set_oob(np.zeros(n_nbl, NBL_OOB_DTYPE))
+        for name, value in nbl_fields.items():
+            if value is not None:
+                self.oob[name] = _oob_values(name, value, n_nbl)
         self._check()
 
+    def _set_oob(self, oob: np.ndarray) -> None:
+        self.oob = oob
+        self.oob_bytes = oob.view(np.uint8)
+
     def _check(self) -> None:
-        n_nbl = len(self.status)
+        n_nbl = len(self.oob)
         if len(self.nb_nbl) and (int(self.nb_nbl.min()) < 0 or int(self.nb_nbl.max()) >= n_nbl):
             raise ValueError("nb_nbl names an NBL outside the batch")
         if len(self.nb_nbl) > 1 and bool(np.any(np.diff(self.nb_nbl) < 0)):
@@ -69,11 +82,17 @@ class PacketBatch:
         if len(self.nb_off) and (int(self.nb_off.min()) < 0 or int(self.nb_len.min()) < 0
                                  or int((self.nb_off + self.nb_len).max()) > len(self.arena)):
             raise ValueError("a NET_BUFFER lies outside the arena")
+        counts = np.bincount(self.nb_nbl, minlength=n_nbl)[:n_nbl]
+        self.oob["nb_count"] = counts
+        first = np.zeros(n_nbl, np.int64)
+        if n_nbl > 1:
+            np.cumsum(counts[:-1], out=first[1:])
+        self.oob["first_nb"] = first
 
     # -- sizes -------------------------------------------------------------------------
     def __len__(self) -> int:
         """Number of NET_BUFFER_LISTs."""
-        return len(self.status)
+        return len(self.oob)
 
     @property
     def num_buffers(self) -> int:
@@ -81,7 +100,7 @@ class PacketBatch:
 
     def nb_count(self) -> np.ndarray:
         """NET_BUFFERs per NBL."""
-        return np.bincount(self.nb_nbl, minlength=len(self)).astype(np.int32)
+        return self.oob["nb_count"].copy()
 
     # -- frames ------------------------------------------------------------------------
     def frame(self, i: int) -> bytes:
@@ -147,6 +166,118 @@ class PacketBatch:
                 info={slot: v for slot, v in info.items() if v},
                 status=int(self.status[k]), l2_length=int(self.l2_len[k])))
         return nbls
+
+
+def _nbl_field(name: str) -> property:
+    def get(self) -> np.ndarray:
+        return self.oob[name]
+
+    def set(self, value) -> None:
+        self.oob[name] = _oob_values(name, value, len(self.oob))
+    return property(get, set, doc=f"OOB column {name!r} (a view of ``oob``)")
+
+
+for _name in NBL_FIELDS:
+    setattr(PacketBatch, _name, _nbl_field(_name))
+
+
+def _oob_values(name: str, value, n_nbl: int) -> np.ndarray:
+    return np.broadcast_to(np.asarray(value, dtype=NBL_FIELDS[name]), (n_nbl,))
+
+
+class WireFrames:
+    """The frames that left the NIC, in order: ``len()`` and iteration both count frames.
+
+    ``table`` (``layout.WIRE_FRAME_DTYPE``: offset, length, source NBL and NET_BUFFER of each
+    frame) indexes ``arena``; ``nb_off``/``nb_len``/``nb_nbl``/``nb_src`` are its columns.
+    ``oob`` is the sent batch's OOB table with the completion status, so the per-NBL fields
+    read as on a PacketBatch.
+    """
+
+    __slots__ = ("arena", "table", "_oob", "_oob_bytes", "_status")
+
+    def __init__(self, arena: np.ndarray, table: np.ndarray, oob: Optional[np.ndarray] = None,
+                 *, oob_bytes: Optional[np.ndarray] = None,
+                 status: Optional[np.ndarray] = None):
+        self.arena, self.table = arena, table
+        self._oob, self._oob_bytes, self._status = oob, oob_bytes, status
+
+    @property
+    def oob(self) -> np.ndarray:
+        if self._oob is None:
+            oob = self._oob_bytes.view(NBL_OOB_DTYPE)
+            if self._status is not None:
+                oob["status"] = self._status
+            self._oob = oob
+        return self._oob
+
+    @property
+    def nb_off(self) -> np.ndarray:
+        return self.table["off"]
+
+    @property
+    def nb_len(self) -> np.ndarray:
+        return self.table["len"]
+
+    @property
+    def nb_nbl(self) -> np.ndarray:
+        return self.table["nbl"]
+
+    @property
+    def nb_src(self) -> np.ndarray:
+        return self.table["nb"]
+
+    @classmethod
+    def concat(cls, parts: Sequence["WireFrames"]) -> "WireFrames":
+        """One WireFrames for several sends in order (NBL indices renumbered)."""
+        arenas, tables, oobs = [], [], []
+        byte_base = nbl_base = 0
+        for part in parts:
+            table = part.table.copy()
+            table["off"] += byte_base
+            table["nbl"] += nbl_base
+            arenas.append(part.arena)
+            tables.append(table)
+            oobs.append(part.oob)
+            byte_base += len(part.arena)
+            nbl_base += len(part.oob)
+        return cls(np.concatenate(arenas) if arenas else np.zeros(0, np.uint8),
+                   np.concatenate(tables) if tables else np.zeros(0, WIRE_FRAME_DTYPE),
+                   np.concatenate(oobs) if oobs else np.zeros(0, NBL_OOB_DTYPE))
+
+    @property
+    def num_buffers(self) -> int:
+        return len(self.table)
+
+    @property
+    def num_nbls(self) -> int:
+        return len(self.oob)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def frame(self, i: int) -> bytes:
+        off, length = int(self.table[i]["off"]), int(self.table[i]["len"])
+        return self.arena[off:off + length].tobytes()
+
+    def frames(self) -> list[bytes]:
+        arena = self.arena
+        return [arena[off:off + n].tobytes()
+                for off, n in zip(self.nb_off.tolist(), self.nb_len.tolist())]
+
+    def frames_of(self, nbl: int) -> list[bytes]:
+        return [self.frame(int(i)) for i in np.flatnonzero(self.nb_nbl == nbl)]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.frames())
+
+    def __repr__(self) -> str:
+        return (f"WireFrames({len(self.table)} frames from {len(self.oob)} NBLs, "
+                f"{int(self.nb_len.sum()) if len(self.table) else 0} bytes)")
+
+
+for _name in NBL_FIELDS:
+    setattr(WireFrames, _name, property(lambda self, _n=_name: self.oob[_n]))
 
 
 class PacketBatchBuilder:

@@ -9,19 +9,46 @@ import enum
 
 import numpy as np
 
-SA_RECORD_DTYPE = np.dtype([
-    ("handle", np.uint64), ("spi", np.uint32), ("seq_hi", np.uint32),
-    ("in_use", np.uint8), ("inbound", np.uint8), ("ipv6", np.uint8), ("esn", np.uint8),
+NBL_OOB_DTYPE = np.dtype([
+    ("offload_handle", np.uint64), ("tunnel_handle", np.uint64), ("lso_info", np.uint64),
+    ("checksum_info", np.uint64), ("status", np.uint32), ("first_nb", np.int32),
+    ("nb_count", np.int32), ("l2_len", np.uint16), ("next_header", np.uint8),
+    ("pad_length", np.uint8), ("ah_off4", np.uint8), ("esp_off4", np.uint8),
+    ("reserved", np.uint8, (6,)),
+], align=True)
+
+TRANSFORM_DTYPE = np.dtype([
+    ("spi", np.uint32), ("seq_hi", np.uint32), ("key_row", np.int32), ("proto", np.uint8),
     ("suite", np.uint8), ("integ", np.uint8), ("iv_len", np.uint8), ("icv_len", np.uint8),
-    ("align", np.uint8), ("udp_encap", np.uint8), ("reserved", np.uint8, (6,)),
+    ("align", np.uint8), ("esn", np.uint8), ("udp_encap", np.uint8), ("salt", np.uint8, (4,)),
+], align=True)
+
+SA_RECORD_DTYPE = np.dtype([
+    ("handle", np.uint64), ("in_use", np.uint8), ("inbound", np.uint8), ("ipv6", np.uint8),
+    ("n_xf", np.uint8), ("reserved", np.uint8, (4,)), ("xf", TRANSFORM_DTYPE, (2,)),
 ], align=True)
 
 NB_PLAN_DTYPE = np.dtype([
     ("out_len", np.int64), ("body_off", np.int64), ("body_len", np.int64), ("sn64", np.uint64),
-    ("slot", np.int32), ("nsegs", np.int32), ("ip_off", np.int32), ("ip_hdr_len", np.int32),
-    ("esp_off", np.int32), ("hdr_len", np.int32), ("tcp_off", np.int32), ("mss", np.int32),
-    ("status", np.uint32), ("ipv6", np.uint8), ("lso", np.uint8), ("next_header", np.uint8),
-    ("reason", np.uint8),
+    ("out_pos", np.int64), ("frame0", np.int64), ("op0", np.int64), ("rand_off", np.int64),
+    ("slot", np.int32), ("nsegs", np.int32), ("nbl", np.int32), ("ip_off", np.int32),
+    ("ip_hdr_len", np.int32), ("esp_off", np.int32), ("hdr_len", np.int32),
+    ("tcp_off", np.int32), ("mss", np.int32), ("status", np.uint32), ("ipv6", np.uint8),
+    ("lso", np.uint8), ("next_header", np.uint8), ("reason", np.uint8), ("fresh_iv", np.uint8),
+    ("reserved", np.uint8, (3,)),
+], align=True)
+
+WIRE_FRAME_DTYPE = np.dtype([
+    ("off", np.int64), ("len", np.int64), ("nbl", np.int32), ("nb", np.int32),
+], align=True)
+
+CRYPTO_OP_DTYPE = np.dtype([
+    ("auth_off", np.int64), ("text_off", np.int64), ("text_len", np.int64),
+    ("icv_off", np.int64), ("ip_off", np.int64), ("key_row", np.int32), ("frame", np.int32),
+    ("seq_hi", np.uint32), ("kind", np.uint8), ("pass_no", np.uint8), ("suite", np.uint8),
+    ("integ", np.uint8), ("iv_len", np.uint8), ("icv_len", np.uint8), ("esn", np.uint8),
+    ("fixup", np.uint8), ("status", np.uint8), ("reserved", np.uint8, (3,)),
+    ("nonce", np.uint8, (12,)), ("reserved2", np.uint8, (4,)),
 ], align=True)
 
 # A handle is (serial << HANDLE_SLOT_BITS) | slot: the kernels find the slot without a
@@ -88,9 +115,27 @@ class Reason(enum.IntEnum):
     NBL_FAILED = 15
 
 
-class JobPost(enum.IntEnum):
+class OpKind(enum.IntEnum):
+    NONE = 0
+    ESP_SEAL = 1
+    ESP_OPEN = 2
+    AH_SIGN = 3
+    AH_VERIFY = 4
+
+
+class OpStatus(enum.IntEnum):
+    PENDING = 0
+    DONE = 1
+    AUTH_FAILED = 2
+
+
+class Fixup(enum.IntEnum):
     NONE = 0
     UDP6_CHECKSUM = 1
+
+
+PROTO_ESP = 50
+PROTO_AH = 51
 
 
 STATUS_SUCCESS = 0x00000000
@@ -116,3 +161,8 @@ REASON_STATUS = {
     Reason.LSO_BAD_PARAMS: STATUS_FAILURE,
     Reason.NBL_FAILED: STATUS_FAILURE,  # replaced by the failing sibling's status
 }
+
+# The counters tx_plan fills per batch: one per Reason, then these NBL status counts.
+REASON_COUNT = len(Reason)
+STATUS_COUNTER_NAMES = ("SUCCESS", "FAILURE", "INVALID_PACKET", "OTHER")
+COUNTERS = REASON_COUNT + len(STATUS_COUNTER_NAMES)

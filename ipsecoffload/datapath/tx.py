@@ -1,33 +1,30 @@
-"""The send pipeline (design §4): classify -> plan -> emit -> seal -> finalize -> complete.
+"""The send pipeline (docs/architecture.md):
+tx_classify -> tx_plan -> tx_emit -> seal (backends, one call per op group) -> tx_fixup.
 
-It orders the stages and owns the buffers; the per-packet work happens in the kernels
-(compiled, or their pure-Python twin) and in the crypto backend.
+It orders the stages and allocates their buffers; every per-packet decision and byte is the
+stages' (compiled, or their pure-Python twin) and the crypto backends'.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..datapath.batch import PacketBatch
-from ..crypto import CryptoBackend, JobTable
-from ..datapath.layout import NB_PLAN_DTYPE, IcvSpace, IvSource, Reason, Suite
 from ..ndis import NdisStatus
-from ..control.satable import TableSnapshot
-
-_LSO_TYPE_BIT = 1 << 30  # spec §5.4
+from .batch import PacketBatch, WireFrames
+from .layout import (COUNTERS, CRYPTO_OP_DTYPE, NB_PLAN_DTYPE, NBL_OOB_DTYPE, REASON_COUNT, STATUS_COUNTER_NAMES,
+                     WIRE_FRAME_DTYPE, Reason)
 
 
 def load_kernels(pure: Optional[bool] = None) -> ModuleType:
-    """The compiled kernels, or their Python twin when ``pure`` (or IPSECOFFLOAD_PURE=1)."""
+    """The compiled stages, or their Python twin when ``pure`` (or IPSECOFFLOAD_PURE=1)."""
     if pure is None:
         pure = os.environ.get("IPSECOFFLOAD_PURE", "") not in ("", "0")
     if pure:
-        from . import twin as _pykernels
-        return _pykernels
+        from . import twin
+        return twin
     try:
         from .. import _fastpath
     except ImportError as error:
@@ -38,101 +35,94 @@ def load_kernels(pure: Optional[bool] = None) -> ModuleType:
     return _fastpath
 
 
-def _exclusive_cumsum(values: np.ndarray) -> np.ndarray:
-    out = np.zeros(len(values), dtype=np.int64)
-    if len(values) > 1:
-        np.cumsum(values[:-1], out=out[1:])
-    return out
-
-
-@dataclass
 class SendResult:
-    """What left the NIC, and how each NET_BUFFER_LIST completed (spec §6.1 step 5)."""
-    wire: PacketBatch  # output frames in order; wire.nb_nbl names the source NBL
-    status: np.ndarray  # uint32 NDIS_STATUS per NBL
-    reasons: np.ndarray  # uint8 layout.Reason per input NET_BUFFER
-    lso_complete: np.ndarray  # uint64 slot-2 value per NBL after completion (0 if no LSO)
-    segments_per_slot: dict = field(default_factory=dict)  # SA slot -> protected frames
+    """What left the NIC, and how each NET_BUFFER_LIST completed."""
+
+    __slots__ = ("wire", "status", "lso_complete", "counters", "_reasons", "_per_slot", "_plans")
+
+    def __init__(self, wire: WireFrames, status: np.ndarray, lso_complete: np.ndarray,
+                 counters: np.ndarray, plans: Optional[np.ndarray] = None, *,
+                 reasons: Optional[np.ndarray] = None,
+                 segments_per_slot: Optional[dict] = None):
+        self.wire = wire  # output frames in order; wire.nb_nbl names the source NBL
+        self.status = status  # uint32 NDIS_STATUS per NBL
+        self.lso_complete = lso_complete  # uint64 slot-2 value per NBL after completion
+        self.counters = counters  # int64: REASON_COUNT reason counts, then status counts
+        self._plans = plans
+        self._reasons = reasons
+        self._per_slot = segments_per_slot
+
+    @property
+    def reasons(self) -> np.ndarray:
+        """uint8 layout.Reason per input NET_BUFFER."""
+        if self._reasons is None:
+            self._reasons = self._plans["reason"].copy()
+        return self._reasons
+
+    @property
+    def segments_per_slot(self) -> dict[int, int]:
+        """SA slot -> protected frames sent."""
+        if self._per_slot is None:
+            plans = self._plans
+            sending = plans[(plans["slot"] >= 0) & (plans["nsegs"] > 0)]
+            counts = np.bincount(sending["slot"], weights=sending["nsegs"]) if len(sending) \
+                else np.zeros(0)
+            self._per_slot = {int(s): int(c) for s, c in enumerate(counts) if c}
+        return self._per_slot
 
     def reason_counts(self) -> dict[str, int]:
-        counts = np.bincount(self.reasons, minlength=len(Reason))
-        return {Reason(i).name: int(c) for i, c in enumerate(counts) if c}
+        return {Reason(i).name: int(c) for i, c in enumerate(self.counters[:REASON_COUNT]) if c}
 
     def status_counts(self) -> dict[str, int]:
         values, counts = np.unique(self.status, return_counts=True)
         return {NdisStatus(int(v)).name: int(c) for v, c in zip(values, counts)}
 
+    @classmethod
+    def concat(cls, results: Sequence["SendResult"]) -> "SendResult":
+        """One SendResult for several sends made in order (NBL order kept)."""
+        if not results:
+            raise ValueError("SendResult.concat needs at least one SendResult")
+        if len(results) == 1:
+            return results[0]
+        per_slot: dict[int, int] = {}
+        for result in results:
+            for slot, count in result.segments_per_slot.items():
+                per_slot[slot] = per_slot.get(slot, 0) + count
+        return cls(WireFrames.concat([r.wire for r in results]),
+                   np.concatenate([r.status for r in results]).astype(np.uint32),
+                   np.concatenate([r.lso_complete for r in results]).astype(np.uint64),
+                   np.sum([r.counters for r in results], axis=0),
+                   reasons=np.concatenate([r.reasons for r in results]).astype(np.uint8),
+                   segments_per_slot=per_slot)
 
-def run_send(batch: PacketBatch, table: TableSnapshot, *, config: int, icv_space: IcvSpace,
-             iv_source: IvSource, kernels: ModuleType, backend: CryptoBackend,
+    def __repr__(self) -> str:
+        return f"SendResult({len(self.status)} NBLs, {self.wire!r})"
+
+
+def run_send(batch: PacketBatch, table, *, config: int, icv_space: int, iv_source: int,
+             kernels: ModuleType, backends: Mapping[int, object],
              random_source: Callable[[int], bytes]) -> SendResult:
-    n_nb = batch.num_buffers
-    plans = np.zeros(n_nb * NB_PLAN_DTYPE.itemsize, np.uint8)
-    status = np.zeros(len(batch), np.uint32)
-    kernels.classify(batch.arena, batch.nb_off, batch.nb_len, batch.nb_nbl, batch.nb_count(),
-                     batch.offload_handle, batch.tunnel_handle, batch.next_header,
-                     batch.pad_length, batch.ah_off4, batch.esp_off4, batch.lso_info,
-                     batch.l2_len, table.records_bytes, int(config), int(icv_space), plans,
-                     status)
-
-    # plan: where each buffer's output goes, and which jobs it owns
-    plan = plans.view(NB_PLAN_DTYPE)
-    nsegs = plan["nsegs"].astype(np.int64)
-    protected = np.where(plan["slot"] >= 0, nsegs, 0)
-    nb_out_pos = _exclusive_cumsum(plan["out_len"])
-    nb_frame = _exclusive_cumsum(nsegs)
-    nb_job = _exclusive_cumsum(protected)
-    n_frames, n_jobs = int(nsegs.sum()), int(protected.sum())
-    out = np.empty(int(plan["out_len"].sum()), np.uint8)
-    out_off = np.empty(n_frames, np.int64)
-    out_len = np.empty(n_frames, np.int64)
-    out_nbl = np.empty(n_frames, np.int32)
-    jobs = JobTable.empty(n_jobs)
-    rand = _random_ivs(plan, table, n_jobs, random_source)
-
-    kernels.emit(batch.arena, batch.nb_off, batch.nb_len, batch.nb_nbl, plans,
-                 table.records_bytes, int(iv_source), rand, nb_out_pos, nb_frame, nb_job, out,
-                 out_off, out_len, out_nbl, jobs.slot, jobs.esp, jobs.text, jobs.text_len,
-                 jobs.icv, jobs.seq_hi, jobs.post, jobs.udp, jobs.ip)
-    backend.seal(out, jobs, table.keys)
-    kernels.finalize(out, table.records_bytes, jobs.slot, jobs.icv, jobs.post, jobs.udp,
-                     jobs.ip)
-
-    wire = PacketBatch(out, out_off, out_len, out_nbl, n_nbl=len(batch),
-                       **{name: getattr(batch, name) for name in
-                          ("offload_handle", "tunnel_handle", "next_header", "pad_length",
-                           "ah_off4", "esp_off4", "lso_info", "checksum_info", "l2_len")},
-                       status=status)
-    per_slot = np.bincount(jobs.slot, minlength=0) if n_jobs else np.zeros(0, np.int64)
-    return SendResult(wire=wire, status=status, reasons=plan["reason"].copy(),
-                      lso_complete=_lso_completion(batch, plan, status),
-                      segments_per_slot={int(s): int(c) for s, c in enumerate(per_slot) if c})
+    out, frames, ops, plans, status, lso_done, counters = kernels.tx_run(
+        batch, table, int(config), int(icv_space), int(iv_source), backends, random_source)
+    wire = WireFrames(out, frames.view(WIRE_FRAME_DTYPE), oob_bytes=batch.oob_bytes.copy(),
+                      status=status)
+    return SendResult(wire, status, lso_done, counters, plans.view(NB_PLAN_DTYPE))
 
 
-def _random_ivs(plan: np.ndarray, table: TableSnapshot, n_jobs: int,
-                random_source: Callable[[int], bytes]) -> np.ndarray:
-    """Random IV bytes, one 16-byte slice per job, when any job needs a CBC IV (spec §8.6)."""
-    slots = plan["slot"][plan["slot"] >= 0]
-    if not n_jobs or not np.any(table.records["suite"][slots] == Suite.AES_CBC_HMAC):
+def run_ops(arena: np.ndarray, op_bytes: np.ndarray, table, backends: Mapping[int, object],
+            kernels: ModuleType, direction: str) -> None:
+    """Each op group (pass, kind, suite, key context) through its backend, passes in order."""
+    kernels.run_op_groups(arena, op_bytes, table.keys, backends, direction)
+
+
+def _random_bytes(random_source: Callable[[int], bytes], n: int) -> np.ndarray:
+    """Random IV bytes for the NIC-drawn IVs (RFC 3602 §2.2: unpredictable CBC IVs)."""
+    if not n:
         return np.zeros(0, np.uint8)
-    need = 16 * n_jobs
-    data = random_source(need)
-    if len(data) != need:
-        raise ValueError(f"random_source returned {len(data)} bytes, {need} were asked for")
+    data = random_source(n)
+    if len(data) != n:
+        raise ValueError(f"random_source returned {len(data)} bytes, {n} were asked for")
     return np.frombuffer(data, np.uint8)
 
 
-def _lso_completion(batch: PacketBatch, plan: np.ndarray, status: np.ndarray) -> np.ndarray:
-    """spec §6.8 Completion: LSOv1 reports the TCP payload sent; LSOv2 keeps only its type."""
-    done = np.zeros(len(batch), np.uint64)
-    lso = batch.lso_info
-    if not np.any(lso):
-        return done
-    v2 = (lso & np.uint64(_LSO_TYPE_BIT)) != 0
-    payload = np.zeros(len(batch), np.uint64)
-    lso_nb = plan["lso"] != 0
-    np.add.at(payload, batch.nb_nbl[lso_nb], plan["body_len"][lso_nb].astype(np.uint64))
-    payload[status != 0] = 0
-    done[:] = np.where(v2, np.uint64(_LSO_TYPE_BIT), payload & np.uint64((1 << 30) - 1))
-    done[lso == 0] = 0
-    return done
+__all__ = ["SendResult", "load_kernels", "run_ops", "run_send", "STATUS_COUNTER_NAMES"]

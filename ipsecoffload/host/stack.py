@@ -19,7 +19,7 @@ from typing import Callable, Iterable, NamedTuple, Optional, Sequence
 import numpy as np
 
 from .. import ndis
-from ..datapath.batch import NBL_FIELDS, PacketBatch, PacketBatchBuilder
+from ..datapath.batch import PacketBatch, PacketBatchBuilder
 from ..inet import ones_complement_sum
 from ..ndis import NdisStatus
 from ..host.saconfig import SaConfig
@@ -238,37 +238,9 @@ class _Nbl(NamedTuple):
 
 
 # -- results ----------------------------------------------------------------------------------
-def _concat_batches(batches: Sequence[PacketBatch]) -> PacketBatch:
-    arena_sizes = [len(b.arena) for b in batches]
-    nbl_counts = [len(b) for b in batches]
-    arena_base = np.cumsum([0] + arena_sizes[:-1]).astype(np.int64)
-    nbl_base = np.cumsum([0] + nbl_counts[:-1]).astype(np.int32)
-    fields = {name: np.concatenate([getattr(b, name) for b in batches]).astype(dtype)
-              for name, dtype in NBL_FIELDS.items()}
-    return PacketBatch(
-        np.concatenate([b.arena for b in batches]).astype(np.uint8),
-        np.concatenate([b.nb_off + base for b, base in zip(batches, arena_base)]),
-        np.concatenate([b.nb_len for b in batches]),
-        np.concatenate([b.nb_nbl + base for b, base in zip(batches, nbl_base)]).astype(np.int32),
-        n_nbl=sum(nbl_counts), **fields)
-
-
 def concat_results(results: Sequence[SendResult]) -> SendResult:
     """One SendResult for several miniport sends made in order (NBL order kept)."""
-    if not results:
-        raise ValueError("concat_results needs at least one SendResult")
-    if len(results) == 1:
-        return results[0]
-    per_slot: dict[int, int] = {}
-    for result in results:
-        for slot, count in result.segments_per_slot.items():
-            per_slot[slot] = per_slot.get(slot, 0) + count
-    return SendResult(
-        wire=_concat_batches([r.wire for r in results]),
-        status=np.concatenate([r.status for r in results]).astype(np.uint32),
-        reasons=np.concatenate([r.reasons for r in results]).astype(np.uint8),
-        lso_complete=np.concatenate([r.lso_complete for r in results]).astype(np.uint64),
-        segments_per_slot=per_slot)
+    return SendResult.concat(results)
 
 
 def _to_batch(nbls: Iterable[_Nbl]) -> PacketBatch:

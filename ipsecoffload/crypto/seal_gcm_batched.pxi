@@ -1,0 +1,188 @@
+# Batched AES-GCM (RFC 4106) and AES-GMAC (RFC 4543) for a group of ops sharing one key:
+# the counter blocks of the whole group are filled in C, ONE AES-ECB update_into call (OpenSSL
+# through cryptography) turns them into keystream and tag masks, then one compiled pass XORs
+# and computes GHASH (crypto/ghash.h). NIST SP 800-38D §7.1: J0 = nonce || 0^31 || 1, the
+# text uses inc32(J0) onwards, T = MSB_t(GHASH_H(A, C) XOR E_K(J0)). Included by _fastpath.pyx.
+
+# Keystream bytes per ECB call: large enough that the call cost vanishes, small enough to
+# stay in L2 between the AES pass and the XOR + GHASH pass.
+cdef enum:
+    GCM_CHUNK_BYTES = 65536
+
+
+cdef inline void gcm_counter_blocks(uint8_t* dst, const uint8_t nonce[12],
+                                    int64_t nblocks) noexcept nogil:
+    """J0, inc32(J0), ... : nblocks counter blocks starting at counter 1."""
+    cdef int64_t b
+    cdef uint32_t ctr
+    for b in range(nblocks):
+        memcpy(dst + 16 * b, nonce, 12)
+        ctr = <uint32_t>(b + 1)
+        dst[16 * b + 12] = <uint8_t>(ctr >> 24)
+        dst[16 * b + 13] = <uint8_t>(ctr >> 16)
+        dst[16 * b + 14] = <uint8_t>(ctr >> 8)
+        dst[16 * b + 15] = <uint8_t>ctr
+
+
+cdef inline int64_t gcm_blocks_of(const CryptoOp* op) noexcept nogil:
+    """Counter blocks an op needs: J0 (tag mask), then the text's keystream (GCM only)."""
+    if op.suite == SUITE_AES_GMAC:
+        return 1
+    return 1 + (op.text_len + 15) // 16
+
+
+cdef int gcm_check_ops(const uint8_t[::1] arena, const CryptoOp* op0, int64_t n_ops,
+                       const int32_t[::1] idx, bint want_gmac_ok) except -1:
+    """Every op of the group lies inside the arena and is a GCM/GMAC ESP op."""
+    cdef Py_ssize_t i
+    cdef int64_t size = arena.shape[0], j
+    cdef const CryptoOp* op
+    for i in range(idx.shape[0]):
+        j = idx[i]
+        if j < 0 or j >= n_ops:
+            raise ValueError(f"idx[{i}] = {j} names no op")
+        op = op0 + j
+        if op.suite != SUITE_AES_GCM and op.suite != SUITE_AES_GMAC:
+            raise ValueError(f"op {j} is not AES-GCM or AES-GMAC (suite {op.suite})")
+        if op.iv_len != 8 or op.icv_len not in (8, 12, 16) or (
+                op.suite == SUITE_AES_GMAC and op.icv_len != 16):
+            raise ValueError(f"op {j} has IV {op.iv_len} / ICV {op.icv_len} bytes")
+        if (op.auth_off < 0 or op.text_len < 0 or op.text_len > 0x7FFFFFFF
+                or op.text_off != op.auth_off + 16 or op.text_off > size - op.text_len
+                or op.icv_off < 0 or op.icv_off > size - op.icv_len):
+            raise ValueError(f"op {j} reaches outside the arena")
+    return 0
+
+
+cdef inline void gcm_aad_header(uint8_t* aad, int64_t* aad_len, const uint8_t* esp,
+                                const CryptoOp* op) noexcept nogil:
+    """RFC 4106 §5 / RFC 4543 §3.2: SPI || [SN high word] || SN low word."""
+    memcpy(aad, esp, 4)
+    if op.esn:
+        aad[4] = <uint8_t>(op.seq_hi >> 24)
+        aad[5] = <uint8_t>(op.seq_hi >> 16)
+        aad[6] = <uint8_t>(op.seq_hi >> 8)
+        aad[7] = <uint8_t>op.seq_hi
+        memcpy(aad + 8, esp + 4, 4)
+        aad_len[0] = 12
+    else:
+        memcpy(aad + 4, esp + 4, 4)
+        aad_len[0] = 8
+
+
+cdef void gcm_finish_op(uint8_t* arena, CryptoOp* op, const uint8_t* ks, int path,
+                        const ipo_ghash_key* key, uint8_t* scratch, bint seal) noexcept nogil:
+    """XOR + GHASH of one op with its keystream ``ks`` (J0's block first); the tag goes to the
+    ICV (seal) or is compared with it in constant time (open)."""
+    cdef uint8_t aad[12]
+    cdef uint8_t tag[16]
+    cdef int64_t aad_len, k
+    cdef uint8_t diff = 0
+    cdef uint8_t* esp = arena + op.auth_off
+    gcm_aad_header(aad, &aad_len, esp, op)
+    if op.suite == SUITE_AES_GMAC:
+        # Everything after the header is AAD: IV || payload || trailer; the text is empty.
+        if op.esn:
+            memcpy(scratch, aad, 12)
+            memcpy(scratch + 12, esp + 8, 8 + op.text_len)
+            ipo_gcm_seal_xor_ghash(path, key, scratch, 20 + op.text_len, NULL, 0, NULL, ks,
+                                   tag)
+        else:
+            ipo_gcm_seal_xor_ghash(path, key, esp, 16 + op.text_len, NULL, 0, NULL, ks, tag)
+    elif seal:
+        ipo_gcm_seal_xor_ghash(path, key, aad, aad_len, arena + op.text_off, op.text_len,
+                               ks + 16, ks, tag)
+    else:
+        ipo_gcm_open_ghash_xor(path, key, aad, aad_len, arena + op.text_off, op.text_len,
+                               ks + 16, ks, tag)
+    if seal:
+        memcpy(arena + op.icv_off, tag, op.icv_len)
+        op.status = OP_DONE
+        return
+    for k in range(op.icv_len):
+        diff |= tag[k] ^ arena[op.icv_off + k]
+    op.status = OP_DONE if diff == 0 else OP_AUTH_FAILED
+
+
+cdef class GcmBatchedBackend:
+    """AES-GCM and AES-GMAC over a group of ops that share one key context."""
+    cdef readonly str name
+
+    def __init__(self):
+        self.name = "gcm-batched"
+
+    def __repr__(self):
+        return f"GcmBatchedBackend(ghash={ghash_default_path()})"
+
+    def seal(self, uint8_t[::1] arena, uint8_t[::1] ops, const int32_t[::1] idx, object keys):
+        self._run(arena, ops, idx, keys, True)
+
+    def open(self, uint8_t[::1] arena, uint8_t[::1] ops, const int32_t[::1] idx, object keys):
+        self._run(arena, ops, idx, keys, False)
+
+    cdef _run(self, uint8_t[::1] arena, uint8_t[::1] ops, const int32_t[::1] idx, object keys,
+              bint seal):
+        cdef int64_t n_ops = ops.shape[0] // sizeof(CryptoOp)
+        if ops.shape[0] % sizeof(CryptoOp):
+            raise ValueError("ops buffer size does not match the CryptoOp layout")
+        cdef Py_ssize_t n = idx.shape[0]
+        if n == 0:
+            return
+        cdef CryptoOp* op0 = <CryptoOp*>&ops[0]
+        gcm_check_ops(arena, op0, n_ops, idx, True)
+        cdef const uint8_t[::1] key_bytes = keys.ghash_key
+        if key_bytes.shape[0] < <Py_ssize_t>sizeof(ipo_ghash_key):
+            raise ValueError("the key context holds no GHASH key")
+        cdef const ipo_ghash_key* key = <const ipo_ghash_key*>&key_bytes[0]
+        cdef int path = ghash_active_path()
+        encryptor = keys.ecb_encryptor()
+        cdef int64_t max_blocks = 0, blocks, scratch_len = 0, i
+        for i in range(n):
+            blocks = gcm_blocks_of(op0 + idx[i])
+            if blocks > max_blocks:
+                max_blocks = blocks
+            if op0[idx[i]].suite == SUITE_AES_GMAC and op0[idx[i]].text_len + 20 > scratch_len:
+                scratch_len = op0[idx[i]].text_len + 20
+        cdef int64_t chunk_blocks = GCM_CHUNK_BYTES // 16
+        if max_blocks > chunk_blocks:
+            chunk_blocks = max_blocks
+        ctr_arr = np.empty(chunk_blocks * 16, np.uint8)
+        ks_arr = np.empty(chunk_blocks * 16 + 16, np.uint8)
+        scratch_arr = np.empty(scratch_len if scratch_len else 1, np.uint8)
+        cdef uint8_t[::1] ctr = ctr_arr
+        cdef uint8_t[::1] ks = ks_arr
+        cdef uint8_t[::1] scratch = scratch_arr
+        cdef uint8_t* base = &arena[0]
+        cdef Py_ssize_t start = 0, end
+        cdef int64_t used
+        while start < n:
+            # the ops [start, end) whose keystream fits one chunk
+            used = 0
+            end = start
+            with nogil:
+                while end < n:
+                    blocks = gcm_blocks_of(op0 + idx[end])
+                    if used + blocks > chunk_blocks:
+                        break
+                    gcm_counter_blocks(&ctr[used * 16], op0[idx[end]].nonce, blocks)
+                    used += blocks
+                    end += 1
+            encryptor.update_into(ctr_arr[:used * 16], ks_arr)
+            used = 0
+            with nogil:
+                for i in range(start, end):
+                    gcm_finish_op(base, op0 + idx[i], &ks[used * 16], path, key, &scratch[0],
+                                  seal)
+                    used += gcm_blocks_of(op0 + idx[i])
+            start = end
+
+
+def ghash_key_context(const uint8_t[::1] h):
+    """The GHASH key (precomputed powers of H = E_K(0^128)) as bytes for a key context."""
+    if h.shape[0] != 16:
+        raise ValueError("H must be 16 bytes")
+    out = np.zeros(sizeof(ipo_ghash_key), np.uint8)
+    cdef uint8_t[::1] view = out
+    ipo_ghash_key_init(<ipo_ghash_key*>&view[0], &h[0])
+    out.flags.writeable = False
+    return out

@@ -1,0 +1,198 @@
+"""Twin of the compiled tx_classify (datapath/tx_classify.pxi): steps 1-3 of the send
+procedure per NET_BUFFER (docs/send-path.md)."""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from ..layout import (HANDLE_SLOT_MASK, SA_RECORD_DTYPE, NB_PLAN_DTYPE, NBL_OOB_DTYPE, STATUS_FAILURE,
+                      STATUS_INVALID_PACKET, Config, IcvSpace, IvSource, Reason, Suite)
+from .common import _buffers, _lso_enabled, _lso_segment_len, _records, xf0
+
+def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int,
+                  iv_source: int) -> dict:
+    """Steps 1-3 of the send procedure for one NET_BUFFER; returns the plan's fields."""
+    nb_count, handle, tunnel_handle = int(oob["nb_count"]), int(oob["offload_handle"]), \
+        int(oob["tunnel_handle"])
+    nh, padl, ah4, esp4 = (int(oob["next_header"]), int(oob["pad_length"]), int(oob["ah_off4"]),
+                           int(oob["esp_off4"]))
+    lso, l2 = int(oob["lso_info"]), int(oob["l2_len"])
+    flen = len(frame)
+    plan = dict(slot=-1, ip_off=l2, next_header=nh, nbl=nbl)
+
+    def fail(status, reason):
+        return {**plan, "status": status, "reason": reason, "nsegs": 0, "out_len": 0}
+
+    def passthrough(reason):
+        return {**plan, "slot": -1, "reason": reason, "nsegs": 1, "out_len": flen}
+
+    def without_ipsec(reason):
+        """No IPsec work: unchanged, but an LSO request is still honoured (spec §6.1 step 1)."""
+        if lso == 0:
+            return passthrough(reason)
+        plan["lso"] = 2 if (lso >> 30) & 1 else 1
+        if flen < l2 + 1 or frame[l2] >> 4 not in (4, 6):
+            return fail(STATUS_INVALID_PACKET, Reason.MALFORMED_IP)
+        ipv6 = frame[l2] >> 4 == 6
+        plan["ipv6"] = int(ipv6)
+        if not _lso_enabled(plan["lso"], ipv6, config):
+            return fail(STATUS_FAILURE, Reason.LSO_DISABLED)
+        ihl = 40 if ipv6 else (frame[l2] & 0xF) * 4
+        mss, tcp_off = lso & 0xFFFFF, (lso >> 20) & 0x3FF
+        plan.update(ip_hdr_len=ihl, mss=mss, tcp_off=tcp_off)
+        if (nb_count != 1 or mss == 0 or ihl < 20 or tcp_off < l2 + ihl or tcp_off + 20 > flen
+                or (plan["lso"] == 2 and (lso >> 31) & 1 != int(ipv6))):
+            return fail(STATUS_FAILURE, Reason.LSO_BAD_PARAMS)
+        thl = (frame[tcp_off + 12] >> 4) * 4
+        if thl < 20 or tcp_off + thl > flen:
+            return fail(STATUS_FAILURE, Reason.LSO_BAD_PARAMS)
+        payload = flen - tcp_off - thl
+        nsegs = max(1, -(-payload // mss))
+        plan["hdr_len"] = tcp_off + thl
+        if plan["hdr_len"] + min(payload, mss) - l2 - (40 if ipv6 else 0) > 0xFFFF:
+            return fail(STATUS_FAILURE, Reason.LSO_BAD_PARAMS)
+        return {**plan, "reason": reason, "body_off": plan["hdr_len"], "body_len": payload,
+                "nsegs": nsegs, "out_len": nsegs * plan["hdr_len"] + payload}
+
+    if handle == 0 and tunnel_handle == 0:
+        return without_ipsec(Reason.PASS_NO_HANDLE)
+    if not config & (Config.ESP_IPV4 | Config.ESP_IPV6):  # spec §6.1 step 1 precedes step 2 (G21)
+        return without_ipsec(Reason.PASS_DISABLED)
+    if tunnel_handle != 0:
+        return fail(STATUS_FAILURE, Reason.TUNNEL_HANDLE)
+    if flen < l2 + 1:
+        return fail(STATUS_INVALID_PACKET, Reason.MALFORMED_IP)
+    version = frame[l2] >> 4
+    if version not in (4, 6):
+        return fail(STATUS_INVALID_PACKET, Reason.MALFORMED_IP)
+    ipv6 = version == 6
+    plan["ipv6"] = int(ipv6)
+    if not config & (Config.ESP_IPV6 if ipv6 else Config.ESP_IPV4):  # spec §9 G21
+        return without_ipsec(Reason.PASS_DISABLED)
+    slot = handle & HANDLE_SLOT_MASK
+    if slot >= len(recs) or not recs[slot]["in_use"] or int(recs[slot]["handle"]) != handle:
+        return fail(STATUS_FAILURE, Reason.UNKNOWN_HANDLE)
+    sa = recs[slot]
+    rec = xf0(sa)
+    if sa["inbound"]:
+        return fail(STATUS_FAILURE, Reason.INBOUND_HANDLE)
+    if bool(sa["ipv6"]) != ipv6:
+        return fail(STATUS_FAILURE, Reason.IP_VERSION_MISMATCH)
+    lso_kind = 0 if lso == 0 else (2 if (lso >> 30) & 1 else 1)
+    plan["lso"] = lso_kind
+
+    if ipv6:
+        if flen < l2 + 40:
+            return fail(STATUS_INVALID_PACKET, Reason.MALFORMED_IP)
+        ip_hdr_len = 40
+        ip_end = flen if lso_kind else l2 + 40 + struct.unpack_from("!H", frame, l2 + 4)[0]
+    else:
+        if flen < l2 + 20:
+            return fail(STATUS_INVALID_PACKET, Reason.MALFORMED_IP)
+        ip_hdr_len = (frame[l2] & 0xF) * 4
+        total = struct.unpack_from("!H", frame, l2 + 2)[0]
+        if ip_hdr_len < 20 or l2 + ip_hdr_len > flen or (not lso_kind and total < ip_hdr_len):
+            return fail(STATUS_INVALID_PACKET, Reason.MALFORMED_IP)
+        ip_end = flen if lso_kind else l2 + total
+    plan["ip_hdr_len"] = ip_hdr_len
+    if ip_end > flen:
+        return fail(STATUS_INVALID_PACKET, Reason.MALFORMED_IP)
+
+    if ah4:
+        return fail(STATUS_FAILURE, Reason.AH_NOT_SUPPORTED)
+    esp = l2 + 4 * esp4
+    text_off = esp + 8 + int(rec["iv_len"])
+    min_esp = l2 + ip_hdr_len + (8 if rec["udp_encap"] else 0)
+    if esp4 == 0 or esp < min_esp or text_off > ip_end:
+        return fail(STATUS_INVALID_PACKET, Reason.BAD_ESP_OFFSET)
+    plan["esp_off"] = esp
+    sn64 = struct.unpack_from("!I", frame, esp + 4)[0]
+    if rec["esn"]:
+        sn64 |= int(rec["seq_hi"]) << 32
+    plan["sn64"] = sn64
+    icv, align = int(rec["icv_len"]), int(rec["align"])
+
+    if not lso_kind:
+        def trailer_at(end):
+            return end >= text_off + 2 and frame[end - 1] == nh and frame[end - 2] == padl
+        if icv_space != IcvSpace.APPEND and trailer_at(ip_end - icv):
+            trailer_end = ip_end - icv
+        elif icv_space != IcvSpace.RESERVED and trailer_at(ip_end):
+            trailer_end = ip_end
+        else:
+            return fail(STATUS_INVALID_PACKET, Reason.BAD_TRAILER)
+        text_len = trailer_end - text_off
+        if padl + 2 > text_len:
+            return fail(STATUS_INVALID_PACKET, Reason.BAD_TRAILER)
+        if text_len % align:
+            return fail(STATUS_INVALID_PACKET, Reason.BAD_ALIGNMENT)
+        if trailer_end + icv - l2 - (40 if ipv6 else 0) > 0xFFFF:  # an appended ICV overflows
+            return fail(STATUS_INVALID_PACKET, Reason.MALFORMED_IP)  # the IP length field
+        if sn64 == 0:
+            return fail(STATUS_FAILURE, Reason.SEQ_EXHAUSTED)
+        fresh = int(iv_source == IvSource.NIC and int(rec["iv_len"]) != 0)
+        return {**plan, "slot": slot, "fresh_iv": fresh, "hdr_len": text_off, "body_off": text_off,
+                "body_len": text_len, "nsegs": 1, "out_len": trailer_end + icv,
+                "reason": Reason.OK, "status": 0}
+
+    enabled = {1: Config.LSO_V1, 2: Config.LSO_V2_IPV6 if ipv6 else Config.LSO_V2_IPV4}
+    if not config & Config.LSO_WITH_IPSEC or not config & enabled[lso_kind]:
+        return fail(STATUS_FAILURE, Reason.LSO_DISABLED)
+    mss, tcp_off = lso & 0xFFFFF, (lso >> 20) & 0x3FF
+    plan.update(mss=mss, tcp_off=tcp_off)
+    payload_end = flen - padl
+    if (nb_count != 1 or mss == 0 or nh != 6 or tcp_off != text_off
+            or (lso_kind == 2 and (lso >> 31) & 1 != int(ipv6)) or tcp_off + 20 > payload_end):
+        return fail(STATUS_FAILURE, Reason.LSO_BAD_PARAMS)
+    thl = (frame[tcp_off + 12] >> 4) * 4
+    if thl < 20 or tcp_off + thl > payload_end:
+        return fail(STATUS_FAILURE, Reason.LSO_BAD_PARAMS)
+    payload = payload_end - tcp_off - thl
+    nsegs = max(1, -(-payload // mss))
+    if _lso_segment_len(tcp_off + thl, thl, min(payload, mss), align, icv) - l2 - (
+            40 if ipv6 else 0) > 0xFFFF:  # a full segment would overflow the IP length field
+        return fail(STATUS_FAILURE, Reason.LSO_BAD_PARAMS)
+    last_sn = sn64 + nsegs - 1
+    if sn64 == 0 or last_sn > (2**64 - 1 if rec["esn"] else 2**32 - 1):
+        return fail(STATUS_FAILURE, Reason.SEQ_EXHAUSTED)
+    hdr_len = tcp_off + thl
+    chunks = [min(mss, payload - i * mss) for i in range(nsegs)]
+    out_len = sum(_lso_segment_len(hdr_len, thl, c, align, icv) for c in chunks)
+    return {**plan, "slot": slot, "fresh_iv": int(int(rec["iv_len"]) != 0), "hdr_len": hdr_len,
+            "body_off": hdr_len, "body_len": payload,
+            "nsegs": nsegs, "out_len": out_len, "reason": Reason.OK, "status": 0}
+
+
+def tx_classify(batch, records, config, icv_space, iv_source, plans):
+    arena, nb_off, nb_len, nb_nbl = batch.arena, batch.nb_off, batch.nb_len, batch.nb_nbl
+    _buffers(arena=(arena, np.uint8, False), nb_off=(nb_off, np.int64, False),
+             nb_len=(nb_len, np.int64, False), nb_nbl=(nb_nbl, np.int32, False),
+             oob_bytes=(batch.oob_bytes, np.uint8, False),
+             records=(records, np.uint8, False), plans=(plans, np.uint8, True))
+    n_nb = len(nb_off)
+    if not len(nb_len) == len(nb_nbl) == n_nb:
+        raise ValueError("nb_off, nb_len and nb_nbl differ in length")
+    if len(batch.oob_bytes) % NBL_OOB_DTYPE.itemsize:
+        raise ValueError("oob buffer size does not match the NblOob layout")
+    oob = np.asarray(batch.oob_bytes).view(NBL_OOB_DTYPE)
+    n_nbl = len(oob)
+    if len(plans) != n_nb * NB_PLAN_DTYPE.itemsize or len(records) % SA_RECORD_DTYPE.itemsize:
+        raise ValueError("plans / records buffer size does not match the struct layout")
+    recs = _records(records)
+    out = np.asarray(plans).view(NB_PLAN_DTYPE)
+    for i in range(n_nb):
+        if not 0 <= nb_nbl[i] < n_nbl:
+            raise ValueError("nb_nbl names an NBL outside the batch")
+        if i and nb_nbl[i] < nb_nbl[i - 1]:
+            raise ValueError("nb_nbl must be non-decreasing (an NBL's buffers are consecutive)")
+        if nb_off[i] < 0 or nb_len[i] < 0 or int(nb_off[i]) + int(nb_len[i]) > len(arena):
+            raise ValueError("a NET_BUFFER lies outside the arena")
+    for i in range(n_nb):
+        k = int(nb_nbl[i])
+        frame = bytes(arena[int(nb_off[i]):int(nb_off[i] + nb_len[i])])
+        fields = _classify_one(frame, oob[k], k, recs, int(config), int(icv_space),
+                               int(iv_source))
+        out[i] = np.zeros((), NB_PLAN_DTYPE)
+        for name, value in fields.items():
+            out[i][name] = value

@@ -1,0 +1,133 @@
+"""Twin of the compiled tx_emit (datapath/tx_emit.pxi): segments, header patches, ESP
+fields, one WireFrame per output frame and one CryptoOp per protected segment."""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from ..layout import (CRYPTO_OP_DTYPE, NB_PLAN_DTYPE, SA_RECORD_DTYPE, WIRE_FRAME_DTYPE, Fixup,
+                      OpKind, Suite)
+from .common import (_buffers, _pad, _patch_segment, _plain_lso_is_consistent,
+                     _plan_is_consistent, _records, xf0)
+from .tx_plan import random_iv
+
+
+def tx_emit(batch, records, plans, rand, out, frames, ops):
+    arena, nb_off, nb_len = batch.arena, batch.nb_off, batch.nb_len
+    _buffers(arena=(arena, np.uint8, False), nb_off=(nb_off, np.int64, False),
+             nb_len=(nb_len, np.int64, False), records=(records, np.uint8, False),
+             plans=(plans, np.uint8, False), rand=(rand, np.uint8, False),
+             out=(out, np.uint8, True), frames=(frames, np.uint8, True),
+             ops=(ops, np.uint8, True))
+    n_nb = len(nb_off)
+    if len(plans) != n_nb * NB_PLAN_DTYPE.itemsize or len(records) % SA_RECORD_DTYPE.itemsize:
+        raise ValueError("plans / records buffer size does not match the struct layout")
+    if len(frames) % WIRE_FRAME_DTYPE.itemsize or len(ops) % CRYPTO_OP_DTYPE.itemsize:
+        raise ValueError("frames / ops buffer size does not match the struct layout")
+    if len(nb_len) != n_nb:
+        raise ValueError("per-buffer arrays differ in length")
+    recs = _records(records)
+    plan = np.asarray(plans).view(NB_PLAN_DTYPE)
+    ftab = np.asarray(frames).view(WIRE_FRAME_DTYPE)
+    otab = np.asarray(ops).view(CRYPTO_OP_DTYPE)
+    # Validate the plans against the buffers before any write: the layout must fit exactly.
+    need = nframes = nops = nrand = 0
+    for i, p in enumerate(plan):
+        if nb_off[i] < 0 or nb_len[i] < 0 or int(nb_off[i]) + int(nb_len[i]) > len(arena):
+            raise ValueError("a NET_BUFFER lies outside the arena")
+        nsegs, slot = int(p["nsegs"]), int(p["slot"])
+        if nsegs < 0 or p["out_len"] < 0:
+            raise ValueError("corrupt plan")
+        if nsegs and slot >= 0:
+            if (slot >= len(recs) or not recs[slot]["in_use"]
+                    or not _plan_is_consistent(p, recs[slot], int(nb_len[i]))):
+                raise ValueError(f"plan {i} is inconsistent with its frame or SA record")
+            if random_iv(p, recs):
+                if int(p["rand_off"]) != nrand:
+                    raise ValueError("rand_off disagrees with the plans")
+                nrand += nsegs * int(xf0(recs[slot])["iv_len"])
+                if nrand > len(rand):
+                    raise ValueError(f"rand holds {len(rand)} bytes; plan {i} needs "
+                                     f"{nrand} for its random IVs")
+        elif nsegs and not (_plain_lso_is_consistent(p, int(nb_len[i])) if p["lso"]
+                            else nsegs == 1 and p["out_len"] == nb_len[i]):
+            raise ValueError(f"plan {i} is inconsistent with its frame")
+        if p["out_pos"] != need or p["frame0"] != nframes or p["op0"] != nops:
+            raise ValueError("out_pos / frame0 / op0 disagree with the plans")
+        if p["out_len"] > len(out) - need:  # per plan, as in the compiled stage
+            raise ValueError("output arena or tables too small for the plans")
+        need += int(p["out_len"])
+        nframes += nsegs
+        if slot >= 0:
+            nops += nsegs
+    if nframes != len(ftab) or nops != len(otab):
+        raise ValueError("output arena or tables too small for the plans")
+    for i, p in enumerate(plan):
+        if not p["nsegs"]:
+            continue
+        frame = bytes(arena[int(nb_off[i]):int(nb_off[i] + nb_len[i])])
+        pos, fi, oi = int(p["out_pos"]), int(p["frame0"]), int(p["op0"])
+        nbl = int(p["nbl"])
+
+        def put(seg: bytes) -> None:
+            nonlocal pos, fi
+            out[pos:pos + len(seg)] = np.frombuffer(bytes(seg), np.uint8)
+            ftab[fi] = (pos, len(seg), nbl, i)
+            pos, fi = pos + len(seg), fi + 1
+
+        if p["slot"] < 0 and not p["lso"]:
+            put(frame)
+            continue
+        hdr_len = int(p["hdr_len"])
+        thl = hdr_len - int(p["tcp_off"])
+        if p["slot"] < 0:  # plain LSO without IPsec: TCP segments, nothing else
+            for s in range(int(p["nsegs"])):
+                start = int(p["body_off"]) + s * int(p["mss"])
+                chunk = min(int(p["mss"]), int(p["body_len"]) - s * int(p["mss"]))
+                seg = bytearray(frame[:hdr_len] + frame[start:start + chunk])
+                _patch_segment(seg, p, None, s, chunk)
+                put(seg)
+            continue
+        rec = xf0(recs[int(p["slot"])])
+        iv_len, icv = int(rec["iv_len"]), int(rec["icv_len"])
+        for s in range(int(p["nsegs"])):
+            if p["lso"]:
+                start = int(p["body_off"]) + s * int(p["mss"])
+                chunk = min(int(p["mss"]), int(p["body_len"]) - s * int(p["mss"]))
+                pad = _pad(thl + chunk + 2, int(rec["align"]))
+                seg = bytearray(frame[:hdr_len] + frame[start:start + chunk]
+                                + bytes(range(1, pad + 1)) + bytes([pad, p["next_header"]]))
+            else:
+                chunk = int(p["body_len"])
+                seg = bytearray(frame[:hdr_len + chunk])
+            seg += bytes(icv)
+            _patch_segment(seg, p, rec, s, chunk)
+            sn = int(p["sn64"]) + s
+            esp = int(p["esp_off"])
+            struct.pack_into("!I", seg, esp + 4, sn & 0xFFFFFFFF)
+            if iv_len and p["fresh_iv"]:
+                if rec["suite"] in (Suite.AES_GCM, Suite.AES_GMAC):
+                    struct.pack_into("!Q", seg, esp + 8, sn)
+                else:
+                    r = int(p["rand_off"]) + s * iv_len
+                    seg[esp + 8:esp + 8 + iv_len] = bytes(rand[r:r + iv_len])
+            otab[oi] = np.zeros((), CRYPTO_OP_DTYPE)
+            op = otab[oi]
+            op["auth_off"] = pos + esp
+            op["text_off"] = pos + esp + 8 + iv_len
+            op["text_len"] = len(seg) - icv - (esp + 8 + iv_len)
+            op["icv_off"] = pos + len(seg) - icv
+            op["ip_off"] = pos + int(p["ip_off"])
+            op["key_row"] = rec["key_row"]
+            op["frame"] = fi
+            op["seq_hi"] = sn >> 32
+            op["kind"] = OpKind.ESP_SEAL
+            for name in ("suite", "integ", "iv_len", "icv_len", "esn"):
+                op[name] = rec[name]
+            op["fixup"] = Fixup.UDP6_CHECKSUM if rec["udp_encap"] and p["ipv6"] else Fixup.NONE
+            if rec["suite"] in (Suite.AES_GCM, Suite.AES_GMAC):
+                op["nonce"] = np.frombuffer(bytes(rec["salt"]) + bytes(seg[esp + 8:esp + 16]),
+                                            np.uint8)
+            put(seg)
+            oi += 1

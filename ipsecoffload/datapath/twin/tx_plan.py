@@ -1,0 +1,75 @@
+"""Twin of the compiled tx_plan (datapath/tx_plan.pxi): NBL-level outcome, output layout,
+completion values and counters."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..layout import (COUNTERS, NB_PLAN_DTYPE, NBL_OOB_DTYPE, REASON_COUNT, SA_RECORD_DTYPE,
+                      STATUS_FAILURE, STATUS_INVALID_PACKET, Reason, Suite)
+from .common import _buffers, _records, xf0
+
+LSO_TYPE_BIT = 1 << 30
+
+
+def random_iv(p, recs) -> bool:
+    """The NIC draws this plan's IVs at random (CBC); GCM and GMAC IVs are the SN."""
+    slot = int(p["slot"])
+    return (slot >= 0 and bool(p["fresh_iv"])
+            and int(xf0(recs[slot])["suite"]) not in (Suite.AES_GCM, Suite.AES_GMAC))
+
+
+def tx_plan(batch, records, plans, nbl_status, lso_done, counters):
+    _buffers(oob_bytes=(batch.oob_bytes, np.uint8, False), records=(records, np.uint8, False),
+             plans=(plans, np.uint8, True), nbl_status=(nbl_status, np.uint32, True),
+             lso_done=(lso_done, np.uint64, True), counters=(counters, np.int64, True))
+    if (len(plans) % NB_PLAN_DTYPE.itemsize or len(records) % SA_RECORD_DTYPE.itemsize
+            or len(batch.oob_bytes) % NBL_OOB_DTYPE.itemsize):
+        raise ValueError("plans / records / oob buffer size does not match the struct layout")
+    oob = np.asarray(batch.oob_bytes).view(NBL_OOB_DTYPE)
+    n_nbl = len(oob)
+    if len(nbl_status) != n_nbl or len(lso_done) != n_nbl:
+        raise ValueError("nbl_status and lso_done need one entry per NBL")
+    if len(counters) != COUNTERS:
+        raise ValueError(f"counters needs {COUNTERS} entries")
+    recs = _records(records)
+    plan = np.asarray(plans).view(NB_PLAN_DTYPE)
+    for i, p in enumerate(plan):
+        if (not 0 <= p["nbl"] < n_nbl or p["nsegs"] < 0 or p["out_len"] < 0
+                or p["reason"] >= REASON_COUNT or (p["slot"] >= 0 and p["slot"] >= len(recs))):
+            raise ValueError(f"plan {i} is corrupt")
+    nbl_status[:] = 0
+    counters[:] = 0
+    payload = [0] * n_nbl
+    for p in plan:
+        if p["status"] and not nbl_status[p["nbl"]]:
+            nbl_status[p["nbl"]] = p["status"]
+    out_bytes = frames = ops = rand_bytes = 0
+    for p in plan:
+        k = int(p["nbl"])
+        if nbl_status[k] and not p["status"]:
+            p["status"] = nbl_status[k]
+            p["reason"] = Reason.NBL_FAILED
+            p["nsegs"] = 0
+            p["out_len"] = 0
+        counters[int(p["reason"])] += 1
+        p["out_pos"], p["frame0"], p["op0"], p["rand_off"] = out_bytes, frames, ops, rand_bytes
+        out_bytes += int(p["out_len"])
+        frames += int(p["nsegs"])
+        if p["slot"] >= 0:
+            ops += int(p["nsegs"])
+            if random_iv(p, recs):
+                rand_bytes += int(p["nsegs"]) * int(xf0(recs[int(p["slot"])])["iv_len"])
+        lso = int(oob[k]["lso_info"])
+        if p["lso"] and not p["status"] and lso and not lso & LSO_TYPE_BIT:
+            payload[k] += int(p["body_len"])  # LSOv1 reports the TCP payload sent
+    for k in range(n_nbl):
+        lso, status = int(oob[k]["lso_info"]), int(nbl_status[k])
+        if not lso:
+            lso_done[k] = 0
+        elif lso & LSO_TYPE_BIT:
+            lso_done[k] = LSO_TYPE_BIT  # LSOv2 completion keeps only its type
+        else:
+            lso_done[k] = 0 if status else payload[k] & (LSO_TYPE_BIT - 1)
+        bucket = {0: 0, STATUS_FAILURE: 1, STATUS_INVALID_PACKET: 2}.get(status, 3)
+        counters[REASON_COUNT + bucket] += 1
+    return out_bytes, frames, ops, rand_bytes

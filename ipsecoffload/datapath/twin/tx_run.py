@@ -1,0 +1,43 @@
+"""Twin of the compiled tx_run (datapath/tx_run.pxi): the send stages in order."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..layout import COUNTERS, CRYPTO_OP_DTYPE, NB_PLAN_DTYPE, WIRE_FRAME_DTYPE
+from .op_groups import op_groups
+from .tx_classify import tx_classify
+from .tx_emit import tx_emit
+from .tx_fixup import tx_fixup
+from .tx_plan import tx_plan
+
+
+def tx_run(batch, table, config, icv_space, iv_source, backends, random_source):
+    records = table.records_bytes
+    plans = np.empty(len(batch.nb_off) * NB_PLAN_DTYPE.itemsize, np.uint8)
+    tx_classify(batch, records, config, icv_space, iv_source, plans)
+    n_nbl = len(batch.oob_bytes) // batch.oob.dtype.itemsize
+    status = np.empty(n_nbl, np.uint32)
+    lso_done = np.empty(n_nbl, np.uint64)
+    counters = np.empty(COUNTERS, np.int64)
+    out_bytes, n_frames, n_ops, rand_bytes = tx_plan(batch, records, plans, status, lso_done,
+                                                     counters)
+    out = np.empty(out_bytes, np.uint8)
+    frames = np.empty(n_frames * WIRE_FRAME_DTYPE.itemsize, np.uint8)
+    ops = np.empty(n_ops * CRYPTO_OP_DTYPE.itemsize, np.uint8)
+    rand = b""
+    if rand_bytes:
+        rand = random_source(rand_bytes)
+        if len(rand) != rand_bytes:
+            raise ValueError(f"random_source returned {len(rand)} bytes, {rand_bytes} were "
+                             f"asked for")
+    tx_emit(batch, records, plans, np.frombuffer(rand, np.uint8), out, frames, ops)
+    if n_ops:
+        run_op_groups(out, ops, table.keys, backends, "seal")
+        tx_fixup(out, ops)
+    return out, frames, ops, plans, status, lso_done, counters
+
+
+def run_op_groups(arena, ops, keys, backends, direction):
+    order, groups = op_groups(ops)
+    for start, end, _pass, _kind, suite, key_row in groups.tolist():
+        getattr(backends[suite], direction)(arena, ops, order[start:end], keys[key_row])

@@ -1,0 +1,277 @@
+# tx_classify: spec steps of MiniportSendNetBufferLists before any write (docs/send-path.md):
+# offload state, handles, IP header, ESP offset, trailer, LSO checks. Included by _fastpath.pyx.
+
+cdef inline void fail(NbPlan* p, uint32_t status, uint8_t reason) noexcept nogil:
+    p.status = status
+    p.reason = reason
+    p.nsegs = 0
+    p.out_len = 0
+
+
+cdef inline void passthrough(NbPlan* p, int64_t flen, uint8_t reason) noexcept nogil:
+    p.slot = -1
+    p.reason = reason
+    p.nsegs = 1
+    p.out_len = flen
+
+
+cdef int64_t lso_segment_len(int64_t hdr_len, int64_t thl, int64_t chunk, int64_t align,
+                             int64_t icv) noexcept nogil:
+    return hdr_len + chunk + esp_pad(thl + chunk + 2, align) + 2 + icv
+
+
+cdef bint lso_enabled(int lso_kind, bint ipv6, int cfg) noexcept nogil:
+    if lso_kind == 1:
+        return (cfg & CFG_LSO_V1) != 0
+    return (cfg & (CFG_LSO_V2_IPV6 if ipv6 else CFG_LSO_V2_IPV4)) != 0
+
+
+cdef int plan_without_ipsec(const uint8_t* frame, int64_t flen, int32_t nb_count, uint64_t lso,
+                            int32_t l2, int cfg, NbPlan* p, uint8_t reason) except -1 nogil:
+    """No IPsec work: the frame leaves unchanged, but an LSO request is still honoured
+    (spec §6.1 step 1): plain TCP segmentation, no ESP."""
+    cdef int64_t thl, L, n, ihl
+    cdef int version
+    if lso == 0:
+        passthrough(p, flen, reason)
+        return 0
+    p.lso = 2 if (lso >> 30) & 1 else 1
+    if flen < l2 + 1:
+        fail(p, STATUS_INVALID_PACKET, REASON_MALFORMED_IP)
+        return 0
+    version = frame[l2] >> 4
+    if version != 4 and version != 6:
+        fail(p, STATUS_INVALID_PACKET, REASON_MALFORMED_IP)
+        return 0
+    p.ipv6 = version == 6
+    if not lso_enabled(p.lso, p.ipv6, cfg):
+        fail(p, STATUS_FAILURE, REASON_LSO_DISABLED)
+        return 0
+    ihl = 40 if p.ipv6 else (frame[l2] & 0xF) * 4
+    p.ip_hdr_len = <int32_t>ihl
+    p.mss = <int32_t>(lso & 0xFFFFF)
+    p.tcp_off = <int32_t>((lso >> 20) & 0x3FF)
+    if (nb_count != 1 or p.mss == 0 or ihl < 20 or p.tcp_off < l2 + ihl
+            or p.tcp_off + 20 > flen or (p.lso == 2 and <int>((lso >> 31) & 1) != p.ipv6)):
+        fail(p, STATUS_FAILURE, REASON_LSO_BAD_PARAMS)
+        return 0
+    thl = (frame[p.tcp_off + 12] >> 4) * 4
+    if thl < 20 or p.tcp_off + thl > flen:
+        fail(p, STATUS_FAILURE, REASON_LSO_BAD_PARAMS)
+        return 0
+    L = flen - p.tcp_off - thl
+    n = 1 if L == 0 else (L + p.mss - 1) // p.mss
+    p.hdr_len = <int32_t>(p.tcp_off + thl)
+    if p.hdr_len + (L if L < p.mss else p.mss) - l2 - (40 if p.ipv6 else 0) > 0xFFFF:
+        fail(p, STATUS_FAILURE, REASON_LSO_BAD_PARAMS)
+        return 0
+    p.reason = reason
+    p.body_off = p.hdr_len
+    p.body_len = L
+    p.nsegs = <int32_t>n
+    p.out_len = n * p.hdr_len + L
+    return 0
+
+
+cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int32_t nbl,
+                      const SaRecord* recs, int64_t nrec, int cfg, int icv_space, int iv_source,
+                      NbPlan* p) except -1 nogil:
+    """Steps 1-3 of the send procedure for one NET_BUFFER (docs/send-path.md): fills *p."""
+    cdef int32_t nb_count = oob.nb_count, l2 = oob.l2_len
+    cdef uint64_t handle = oob.offload_handle, tunnel_handle = oob.tunnel_handle
+    cdef uint64_t lso = oob.lso_info
+    cdef uint8_t nh = oob.next_header, padl = oob.pad_length, ah4 = oob.ah_off4
+    cdef uint8_t esp4 = oob.esp_off4
+    cdef const Transform* xf
+    cdef int64_t ip_end, ihl, tot, esp, text_off, tend, text_len, pay_end, thl, L, n
+    cdef int64_t full, rem, icv, align
+    cdef uint64_t slot, sn64
+    cdef bint ok_res, ok_app
+    cdef const SaRecord* rec
+    cdef int version, lso_kind
+
+    memset(p, 0, sizeof(NbPlan))
+    p.slot = -1
+    p.nbl = nbl
+    p.ip_off = l2
+    p.next_header = nh
+    if handle == 0 and tunnel_handle == 0:
+        return plan_without_ipsec(frame, flen, nb_count, lso, l2, cfg, p, REASON_PASS_NO_HANDLE)
+    if not (cfg & (CFG_ESP_IPV4 | CFG_ESP_IPV6)):  # spec §6.1 step 1 precedes step 2 (G21)
+        return plan_without_ipsec(frame, flen, nb_count, lso, l2, cfg, p, REASON_PASS_DISABLED)
+    if tunnel_handle != 0:  # spec §9 G13; transport-over-tunnel is not offered (caps)
+        fail(p, STATUS_FAILURE, REASON_TUNNEL_HANDLE)
+        return 0
+    if l2 < 0 or flen < l2 + 1:
+        fail(p, STATUS_INVALID_PACKET, REASON_MALFORMED_IP)
+        return 0
+    check(l2, 1, flen)
+    version = frame[l2] >> 4
+    if version != 4 and version != 6:
+        fail(p, STATUS_INVALID_PACKET, REASON_MALFORMED_IP)
+        return 0
+    p.ipv6 = version == 6
+    if not (cfg & (CFG_ESP_IPV6 if p.ipv6 else CFG_ESP_IPV4)):  # spec §9 G21
+        return plan_without_ipsec(frame, flen, nb_count, lso, l2, cfg, p, REASON_PASS_DISABLED)
+    slot = handle & SLOT_MASK
+    if slot >= <uint64_t>nrec or not recs[slot].in_use or recs[slot].handle != handle:
+        fail(p, STATUS_FAILURE, REASON_UNKNOWN_HANDLE)
+        return 0
+    rec = &recs[slot]
+    xf = &rec.xf[0]
+    if rec.inbound:
+        fail(p, STATUS_FAILURE, REASON_INBOUND_HANDLE)
+        return 0
+    if rec.ipv6 != p.ipv6:
+        fail(p, STATUS_FAILURE, REASON_IP_VERSION_MISMATCH)
+        return 0
+    lso_kind = 0
+    if lso != 0:
+        lso_kind = 2 if (lso >> 30) & 1 else 1
+    p.lso = lso_kind
+
+    # IP header; with LSO the NET_BUFFER length is the datagram's end (spec §6.8)
+    if p.ipv6:
+        if flen < l2 + 40:
+            fail(p, STATUS_INVALID_PACKET, REASON_MALFORMED_IP)
+            return 0
+        p.ip_hdr_len = 40
+        check(l2 + 4, 2, flen)
+        ip_end = flen if lso_kind else l2 + 40 + ld16(frame + l2 + 4)
+    else:
+        if flen < l2 + 20:
+            fail(p, STATUS_INVALID_PACKET, REASON_MALFORMED_IP)
+            return 0
+        ihl = (frame[l2] & 0xF) * 4
+        check(l2 + 2, 2, flen)
+        tot = ld16(frame + l2 + 2)
+        if ihl < 20 or l2 + ihl > flen or (not lso_kind and tot < ihl):
+            fail(p, STATUS_INVALID_PACKET, REASON_MALFORMED_IP)
+            return 0
+        p.ip_hdr_len = <int32_t>ihl
+        ip_end = flen if lso_kind else l2 + tot
+    if ip_end > flen:
+        fail(p, STATUS_INVALID_PACKET, REASON_MALFORMED_IP)
+        return 0
+
+    if ah4 != 0:
+        fail(p, STATUS_FAILURE, REASON_AH_NOT_SUPPORTED)
+        return 0
+    esp = l2 + 4 * <int64_t>esp4
+    text_off = esp + 8 + xf.iv_len
+    if esp4 == 0 or esp < l2 + p.ip_hdr_len + (8 if xf.udp_encap else 0) or text_off > ip_end:
+        fail(p, STATUS_INVALID_PACKET, REASON_BAD_ESP_OFFSET)
+        return 0
+    p.esp_off = <int32_t>esp
+    check(esp + 4, 4, flen)
+    sn64 = ld32(frame + esp + 4)
+    if xf.esn:
+        sn64 |= <uint64_t>xf.seq_hi << 32
+    p.sn64 = sn64
+    icv = xf.icv_len
+    align = xf.align
+
+    if not lso_kind:
+        # The stack framed the trailer; find it from the IP length (spec §6.3 step 2, G4)
+        tend = ip_end - icv
+        ok_res = False
+        ok_app = False
+        if icv_space != ICV_SPACE_APPEND and tend >= text_off + 2:
+            check(tend - 2, 2, flen)
+            ok_res = frame[tend - 1] == nh and frame[tend - 2] == padl
+        if icv_space != ICV_SPACE_RESERVED and not ok_res and ip_end >= text_off + 2:
+            check(ip_end - 2, 2, flen)
+            ok_app = frame[ip_end - 1] == nh and frame[ip_end - 2] == padl
+            if ok_app:
+                tend = ip_end
+        if not ok_res and not ok_app:
+            fail(p, STATUS_INVALID_PACKET, REASON_BAD_TRAILER)
+            return 0
+        text_len = tend - text_off
+        if padl + 2 > text_len:
+            fail(p, STATUS_INVALID_PACKET, REASON_BAD_TRAILER)
+            return 0
+        if text_len % align != 0:
+            fail(p, STATUS_INVALID_PACKET, REASON_BAD_ALIGNMENT)
+            return 0
+        if tend + icv - l2 - (40 if p.ipv6 else 0) > 0xFFFF:  # an appended ICV overflows
+            fail(p, STATUS_INVALID_PACKET, REASON_MALFORMED_IP)  # the IP length field
+            return 0
+        if sn64 == 0:  # the counter wrapped: SN 0 is never sent (spec §8.1)
+            fail(p, STATUS_FAILURE, REASON_SEQ_EXHAUSTED)
+            return 0
+        p.slot = <int32_t>slot
+        p.fresh_iv = iv_source == IV_SOURCE_NIC and xf.iv_len != 0
+        p.hdr_len = <int32_t>text_off
+        p.body_off = text_off
+        p.body_len = text_len
+        p.nsegs = 1
+        p.out_len = tend + icv
+        return 0
+
+    # LSO: the checks of spec §6.1 step 3, then the segment plan of §6.8
+    if not (cfg & CFG_LSO_WITH_IPSEC) or (lso_kind == 1 and not (cfg & CFG_LSO_V1)) or (
+            lso_kind == 2 and not (cfg & (CFG_LSO_V2_IPV6 if p.ipv6 else CFG_LSO_V2_IPV4))):
+        fail(p, STATUS_FAILURE, REASON_LSO_DISABLED)
+        return 0
+    p.mss = <int32_t>(lso & 0xFFFFF)
+    p.tcp_off = <int32_t>((lso >> 20) & 0x3FF)
+    pay_end = flen - padl  # spec §9 G7: the discardable pad is dropped
+    if (nb_count != 1 or p.mss == 0 or nh != 6 or p.tcp_off != text_off
+            or (lso_kind == 2 and <int>((lso >> 31) & 1) != p.ipv6)
+            or p.tcp_off + 20 > pay_end):
+        fail(p, STATUS_FAILURE, REASON_LSO_BAD_PARAMS)
+        return 0
+    check(p.tcp_off + 12, 1, flen)
+    thl = (frame[p.tcp_off + 12] >> 4) * 4
+    if thl < 20 or p.tcp_off + thl > pay_end:
+        fail(p, STATUS_FAILURE, REASON_LSO_BAD_PARAMS)
+        return 0
+    L = pay_end - p.tcp_off - thl
+    n = 1 if L == 0 else (L + p.mss - 1) // p.mss
+    if lso_segment_len(p.tcp_off + thl, thl, L if L < p.mss else p.mss, align, icv) - l2 - (
+            40 if p.ipv6 else 0) > 0xFFFF:  # a full segment would overflow the IP length field
+        fail(p, STATUS_FAILURE, REASON_LSO_BAD_PARAMS)
+        return 0
+    # Segment i carries SN0 + i (spec §9 G6): all of them must exist
+    if sn64 == 0 or (not xf.esn and sn64 + <uint64_t>(n - 1) > UINT32_MAX) or (
+            xf.esn and sn64 > UINT64_MAX - <uint64_t>(n - 1)):
+        fail(p, STATUS_FAILURE, REASON_SEQ_EXHAUSTED)
+        return 0
+    p.slot = <int32_t>slot
+    p.fresh_iv = xf.iv_len != 0  # LSO segments always get NIC IVs (G5)
+    p.hdr_len = <int32_t>(p.tcp_off + thl)
+    p.body_off = p.hdr_len
+    p.body_len = L
+    p.nsegs = <int32_t>n
+    full = L // p.mss
+    rem = L - full * p.mss
+    p.out_len = full * lso_segment_len(p.hdr_len, thl, p.mss, align, icv)
+    if rem or L == 0:
+        p.out_len += lso_segment_len(p.hdr_len, thl, rem, align, icv)
+    return 0
+
+
+cdef void tx_classify_run(BatchView b, const SaRecord* recs, int64_t nrec, int config,
+                          int icv_space, int iv_source, NbPlan* plans) noexcept nogil:
+    cdef int64_t i
+    cdef const int64_t* nb_off = b.c_nb_off
+    cdef int32_t k
+    for i in range(b.n_nb):
+        k = b.c_nb_nbl[i]
+        classify_one(b.c_arena + nb_off[i] if b.c_arena != NULL else NULL, b.c_nb_len[i],
+                     b.c_oob + k, k, recs, nrec, config, icv_space, iv_source, plans + i)
+
+
+def tx_classify(batch, const uint8_t[::1] records, int config, int icv_space, int iv_source,
+                uint8_t[::1] plans):
+    """Plan every NET_BUFFER of ``batch`` (arena, nb_off, nb_len, nb_nbl, oob_bytes) into
+    ``plans`` (NB_PLAN_DTYPE bytes). NBL-level failure and positions are tx_plan's."""
+    cdef BatchView b = BatchView(batch)
+    cdef int64_t nrec = records.shape[0] // sizeof(SaRecord)
+    if plans.shape[0] != b.n_nb * sizeof(NbPlan) or records.shape[0] % sizeof(SaRecord):
+        raise ValueError("plans / records buffer size does not match the struct layout")
+    cdef const SaRecord* recs = <const SaRecord*>&records[0] if nrec else NULL
+    cdef NbPlan* plan0 = <NbPlan*>&plans[0] if b.n_nb else NULL
+    with nogil:
+        tx_classify_run(b, recs, nrec, config, icv_space, iv_source, plan0)

@@ -1,0 +1,297 @@
+# tx_emit: segments, header patches, ESP fields and one crypto op per protected segment.
+# Included by _fastpath.pyx.
+
+cdef int64_t ipv6_final_dst(const uint8_t* ip, int64_t ext_end) noexcept nogil:
+    """Offset from the IPv6 header of the destination a TCP pseudo-header names (spec §8.10,
+    RFC 8200 §8.1): with a routing header that has segments left, the final destination (last
+    address of type 0/2, Segment List[0] of an SRH, type 4); else the header's destination.
+    Walks hop-by-hop, routing and destination-options headers ending by ext_end."""
+    cdef int64_t off = 40, hlen, dst = 24
+    cdef uint8_t nh = ip[6]
+    while off + 8 <= ext_end and (nh == 0 or nh == 43 or nh == 60):
+        hlen = (<int64_t>ip[off + 1] + 1) * 8
+        if off + hlen > ext_end:
+            break
+        if nh == 43 and ip[off + 3] != 0 and hlen >= 24:
+            if ip[off + 2] == 0 or ip[off + 2] == 2:
+                dst = off + 8 + ((hlen - 8) // 16 - 1) * 16
+            elif ip[off + 2] == 4:
+                dst = off + 8
+        nh = ip[off]
+        off += hlen
+    return dst
+
+
+cdef int patch_segment(uint8_t* o, int64_t seg_len, const NbPlan* p, const Transform* rec,
+                       int64_t i, int64_t chunk, int64_t osize) except -1 nogil:
+    """Header patches of one output segment (spec §6.3, §6.7, §6.8); o is its first byte."""
+    cdef uint8_t* ip = o + p.ip_off
+    cdef uint8_t* tcp
+    cdef int64_t thl, tcp_len, ext_end
+    cdef uint64_t s
+    cdef uint32_t ident
+    cdef uint8_t flags
+    if p.ipv6:
+        check(p.ip_off + 4, 2, osize)
+        st16(ip + 4, <uint32_t>(seg_len - p.ip_off - 40))
+    else:
+        check(p.ip_off, p.ip_hdr_len, osize)
+        st16(ip + 2, <uint32_t>(seg_len - p.ip_off))
+        if p.lso:  # spec §6.8 / G16: LSOv2 IDs stay in 15 bits
+            ident = ld16(ip + 4) + <uint32_t>i
+            st16(ip + 4, ident & (0x7FFF if p.lso == 2 else 0xFFFF))
+        st16(ip + 10, 0)
+        st16(ip + 10, ~csum_fold(csum_add(0, ip, p.ip_hdr_len)) & 0xFFFF)
+    if rec != NULL and rec.udp_encap:  # RFC 3948: IPv4 sends checksum 0; IPv6 is finished after sealing
+        check(p.esp_off - 8, 8, osize)
+        st16(o + p.esp_off - 4, <uint32_t>(seg_len - (p.esp_off - 8)))
+        st16(o + p.esp_off - 2, 0)
+    if p.lso:
+        tcp = o + p.tcp_off
+        thl = <int64_t>p.hdr_len - p.tcp_off
+        tcp_len = thl + chunk
+        check(p.tcp_off, tcp_len, osize)
+        st32(tcp + 4, ld32(tcp + 4) + <uint32_t>(i * p.mss))
+        flags = tcp[13]
+        if i != p.nsegs - 1:
+            flags &= ~0x09  # FIN, PSH only on the last segment
+        if i != 0:
+            flags &= ~0x80  # CWR only on the first (G17)
+        tcp[13] = flags
+        # spec §8.10 / G23: ignore the seeded partial sum, compute from scratch
+        st16(tcp + 16, 0)
+        if p.ipv6:
+            ext_end = (<int64_t>p.esp_off if p.esp_off else p.tcp_off) - p.ip_off  # ESP, else TCP
+            check(p.ip_off, ext_end, osize)
+            s = (csum_add(0, ip + 8, 16) + csum_add(0, ip + ipv6_final_dst(ip, ext_end), 16)
+                 + (<uint64_t>tcp_len >> 16) + (tcp_len & 0xFFFF) + 6)
+        else:
+            s = csum_add(0, ip + 12, 8) + 6 + <uint64_t>tcp_len
+        st16(tcp + 16, ~csum_fold(csum_add(s, tcp, tcp_len)) & 0xFFFF)
+    return 0
+
+
+cdef int write_esp_fields(uint8_t* o, const NbPlan* p, const Transform* xf, uint64_t sn,
+                          const uint8_t* rand, int64_t rand_size, int64_t rand_pos,
+                          int64_t osize) except -1 nogil:
+    """ESP SN (low word) and the IV: the 64-bit SN for GCM/GMAC (RFC 4106 §3.1), random for
+    CBC (RFC 3602 §2.2); the frame's own IV when the stack supplies it (docs/spec-gaps.md G5)."""
+    check(p.esp_off + 4, 4 + xf.iv_len, osize)
+    st32(o + p.esp_off + 4, <uint32_t>sn)
+    if not p.fresh_iv or xf.iv_len == 0:
+        return 0
+    if xf.suite == SUITE_AES_GCM or xf.suite == SUITE_AES_GMAC:
+        st64(o + p.esp_off + 8, sn)
+    else:
+        check(rand_pos, xf.iv_len, rand_size)
+        memcpy(o + p.esp_off + 8, rand + rand_pos, xf.iv_len)
+    return 0
+
+
+cdef int emit_nb(const uint8_t* frame, int64_t flen, int32_t nb, const NbPlan* p,
+                 const Transform* xf, const uint8_t* rand, int64_t rand_size, uint8_t* out,
+                 int64_t osize, WireFrame* frames, CryptoOp* ops) except -1 nogil:
+    cdef int64_t i, chunk, pad, seg_len, thl, body_done, k, icv, pos = p.out_pos
+    cdef int64_t fi = p.frame0, oi = p.op0, base
+    cdef uint8_t* o
+    cdef uint64_t sn
+    cdef CryptoOp* op
+    if p.slot < 0 and not p.lso:  # passthrough: the frame leaves unchanged
+        check(pos, flen, osize)
+        memcpy(out + pos, frame, flen)
+        frames[fi].off = pos
+        frames[fi].len = flen
+        frames[fi].nbl = p.nbl
+        frames[fi].nb = nb
+        return 0
+    # xf is NULL for plain LSO without IPsec: segments carry no ESP trailer, ICV or op
+    icv = xf.icv_len if xf != NULL else 0
+    thl = <int64_t>p.hdr_len - p.tcp_off
+    for i in range(p.nsegs):
+        o = out + pos
+        if p.lso:
+            body_done = i * p.mss
+            chunk = p.body_len - body_done
+            if chunk > p.mss:
+                chunk = p.mss
+            pad = esp_pad(thl + chunk + 2, xf.align) if xf != NULL else 0
+            seg_len = p.hdr_len + chunk + (pad + 2 + icv if xf != NULL else 0)
+            check(pos, seg_len, osize)
+            check(0, p.hdr_len, flen)
+            check(p.body_off + body_done, chunk, flen)
+            memcpy(o, frame, p.hdr_len)
+            memcpy(o + p.hdr_len, frame + p.body_off + body_done, chunk)
+            if xf != NULL:
+                for k in range(pad):  # RFC 4303 §2.4: pad bytes 1, 2, 3, ...
+                    o[p.hdr_len + chunk + k] = <uint8_t>(k + 1)
+                o[p.hdr_len + chunk + pad] = <uint8_t>pad
+                o[p.hdr_len + chunk + pad + 1] = p.next_header
+        else:
+            chunk = p.body_len
+            seg_len = p.hdr_len + chunk + icv
+            check(pos, seg_len, osize)
+            check(0, p.hdr_len + chunk, flen)
+            memcpy(o, frame, p.hdr_len + chunk)
+        patch_segment(o, seg_len, p, xf, i, chunk, osize - pos)
+        frames[fi].off = pos
+        frames[fi].len = seg_len
+        frames[fi].nbl = p.nbl
+        frames[fi].nb = nb
+        fi += 1
+        if xf == NULL:
+            pos += seg_len
+            continue
+        memset(o + seg_len - icv, 0, icv)
+        sn = p.sn64 + <uint64_t>i
+        write_esp_fields(o, p, xf, sn, rand, rand_size, p.rand_off + i * xf.iv_len, osize - pos)
+        op = ops + oi
+        memset(op, 0, sizeof(CryptoOp))
+        base = pos + p.esp_off
+        op.auth_off = base
+        op.text_off = base + 8 + xf.iv_len
+        op.text_len = seg_len - icv - (p.esp_off + 8 + xf.iv_len)
+        op.icv_off = pos + seg_len - icv
+        op.ip_off = pos + p.ip_off
+        op.key_row = xf.key_row
+        op.frame = <int32_t>(fi - 1)
+        op.seq_hi = <uint32_t>(sn >> 32)
+        op.kind = OP_ESP_SEAL
+        op.suite = xf.suite
+        op.integ = xf.integ
+        op.iv_len = xf.iv_len
+        op.icv_len = xf.icv_len
+        op.esn = xf.esn
+        op.fixup = FIXUP_UDP6_CHECKSUM if (xf.udp_encap and p.ipv6) else FIXUP_NONE
+        if xf.suite == SUITE_AES_GCM or xf.suite == SUITE_AES_GMAC:
+            memcpy(op.nonce, xf.salt, 4)
+            memcpy(op.nonce + 4, o + p.esp_off + 8, 8)
+        pos += seg_len
+        oi += 1
+    return 0
+
+
+cdef bint plain_lso_is_consistent(const NbPlan* p, int64_t flen) noexcept nogil:
+    """A plain-LSO plan (no SA) stays inside its frame and its out_len (see plan_without_ipsec)."""
+    cdef int64_t thl = <int64_t>p.hdr_len - p.tcp_off, n
+    if (p.ip_off < 0 or p.ip_hdr_len < 20 or (p.ipv6 and p.ip_hdr_len != 40)
+            or p.tcp_off < <int64_t>p.ip_off + p.ip_hdr_len or thl < 20 or thl > 60
+            or p.mss <= 0 or p.body_off != p.hdr_len or p.body_len < 0
+            or p.body_len > flen - p.body_off):
+        return False
+    n = 1 if p.body_len == 0 else (p.body_len + p.mss - 1) // p.mss
+    return (p.nsegs == n and p.out_len == n * p.hdr_len + p.body_len
+            and p.hdr_len + (p.body_len if p.body_len < p.mss else p.mss) - p.ip_off
+            - (40 if p.ipv6 else 0) <= 0xFFFF)
+
+
+cdef bint plan_is_consistent(const NbPlan* p, const SaRecord* sa, int64_t flen) noexcept nogil:
+    """Everything emit will touch for this plan lies inside the frame and its out_len, and
+    every field it writes can hold its value. All sums in 64 bits: no field may wrap."""
+    cdef const Transform* rec = &sa.xf[0]
+    cdef int64_t ip_end = <int64_t>p.ip_off + p.ip_hdr_len
+    cdef int64_t text_off = <int64_t>p.esp_off + 8 + rec.iv_len, thl, full, rem, n, size, big
+    if (p.ip_off < 0 or p.ip_hdr_len < 20 or p.esp_off < ip_end
+            or (rec.udp_encap and p.esp_off < ip_end + 8)
+            or (p.ipv6 and p.ip_hdr_len != 40) or p.sn64 > UINT64_MAX - <uint64_t>(p.nsegs - 1)
+            or p.body_off < 0 or p.body_len < 0 or p.body_off > flen
+            or p.body_len > flen - p.body_off
+            or rec.align == 0 or p.ipv6 != sa.ipv6):
+        return False
+    if not p.lso:
+        if not (p.nsegs == 1 and p.hdr_len == text_off and p.body_off == text_off
+                and p.out_len == text_off + p.body_len + rec.icv_len):
+            return False
+        big = p.out_len
+    else:
+        thl = <int64_t>p.hdr_len - p.tcp_off
+        if (p.tcp_off != text_off or thl < 20 or thl > 60 or p.mss <= 0
+                or p.body_off != p.hdr_len):
+            return False
+        full = p.body_len // p.mss
+        rem = p.body_len - full * p.mss
+        n = 1 if p.body_len == 0 else full + (1 if rem else 0)
+        size = full * lso_segment_len(p.hdr_len, thl, p.mss, rec.align, rec.icv_len)
+        if rem or p.body_len == 0:
+            size += lso_segment_len(p.hdr_len, thl, rem, rec.align, rec.icv_len)
+        if p.nsegs != n or p.out_len != size:
+            return False
+        big = lso_segment_len(p.hdr_len, thl, p.mss if p.body_len > p.mss else p.body_len,
+                              rec.align, rec.icv_len)
+    return big - p.ip_off - (40 if p.ipv6 else 0) <= 0xFFFF  # the IP length field holds it
+
+
+cdef int tx_emit_check(BatchView b, const SaRecord* recs, int64_t nrec,
+                       const NbPlan* plan0, int64_t rand_size, int64_t out_size,
+                       int64_t n_frames, int64_t n_ops) except -1:
+    """Validate the plans against the buffers before any write: the layout must fit exactly."""
+    cdef int64_t i, need = 0, nframes = 0, nops = 0, nrand = 0, flen
+    cdef const NbPlan* p
+    for i in range(b.n_nb):
+        p = plan0 + i
+        flen = b.c_nb_len[i]
+        if p.nsegs < 0 or p.out_len < 0:
+            raise ValueError("corrupt plan")
+        if p.nsegs and p.slot >= 0:
+            if p.slot >= nrec or not recs[p.slot].in_use \
+                    or not plan_is_consistent(p, recs + p.slot, flen):
+                raise ValueError(f"plan {i} is inconsistent with its frame or SA record")
+            if random_iv(p, recs):
+                if p.rand_off != nrand:
+                    raise ValueError("rand_off disagrees with the plans")
+                nrand += p.nsegs * <int64_t>recs[p.slot].xf[0].iv_len
+                if nrand > rand_size:
+                    raise ValueError(f"rand holds {rand_size} bytes; plan {i} needs "
+                                     f"{nrand} for its random IVs")
+        elif p.nsegs and not (plain_lso_is_consistent(p, flen) if p.lso
+                              else p.nsegs == 1 and p.out_len == flen):
+            raise ValueError(f"plan {i} is inconsistent with its frame")
+        if p.out_pos != need or p.frame0 != nframes or p.op0 != nops:
+            raise ValueError("out_pos / frame0 / op0 disagree with the plans")
+        if p.out_len > out_size - need:  # per plan, so that the running total cannot wrap
+            raise ValueError("output arena or tables too small for the plans")
+        need += p.out_len
+        nframes += p.nsegs
+        if p.slot >= 0:
+            nops += p.nsegs
+    if nframes != n_frames or nops != n_ops:
+        raise ValueError("output arena or tables too small for the plans")
+    return 0
+
+
+cdef int tx_emit_run(BatchView b, const SaRecord* recs, const NbPlan* plan0,
+                     const uint8_t* rand, int64_t rand_size, uint8_t* out, int64_t out_size,
+                     WireFrame* frames, CryptoOp* ops) except -1 nogil:
+    cdef int64_t i
+    cdef const NbPlan* p
+    for i in range(b.n_nb):
+        p = plan0 + i
+        if p.nsegs == 0:
+            continue
+        emit_nb(b.c_arena + b.c_nb_off[i], b.c_nb_len[i], <int32_t>i, p,
+                &recs[p.slot].xf[0] if p.slot >= 0 else NULL, rand, rand_size, out, out_size,
+                frames, ops)
+    return 0
+
+
+def tx_emit(batch, const uint8_t[::1] records, const uint8_t[::1] plans,
+            const uint8_t[::1] rand, uint8_t[::1] out, uint8_t[::1] frames, uint8_t[::1] ops):
+    """Write every planned segment into ``out``, one WireFrame per output frame into
+    ``frames`` and one CryptoOp per protected segment into ``ops`` (both as struct bytes)."""
+    cdef BatchView b = BatchView(batch)
+    cdef int64_t nrec = records.shape[0] // sizeof(SaRecord)
+    cdef int64_t n_frames = frames.shape[0] // sizeof(WireFrame)
+    cdef int64_t n_ops = ops.shape[0] // sizeof(CryptoOp)
+    if plans.shape[0] != b.n_nb * sizeof(NbPlan) or records.shape[0] % sizeof(SaRecord):
+        raise ValueError("plans / records buffer size does not match the struct layout")
+    if frames.shape[0] % sizeof(WireFrame) or ops.shape[0] % sizeof(CryptoOp):
+        raise ValueError("frames / ops buffer size does not match the struct layout")
+    cdef const NbPlan* plan0 = <const NbPlan*>&plans[0] if b.n_nb else NULL
+    cdef const SaRecord* recs = <const SaRecord*>&records[0] if nrec else NULL
+    tx_emit_check(b, recs, nrec, plan0, rand.shape[0], out.shape[0], n_frames, n_ops)
+    cdef uint8_t* obase = &out[0] if out.shape[0] else NULL
+    cdef const uint8_t* rbase = &rand[0] if rand.shape[0] else NULL
+    cdef WireFrame* fbase = <WireFrame*>&frames[0] if n_frames else NULL
+    cdef CryptoOp* obase_ops = <CryptoOp*>&ops[0] if n_ops else NULL
+    with nogil:
+        tx_emit_run(b, recs, plan0, rbase, rand.shape[0], obase, out.shape[0], fbase,
+                    obase_ops)

@@ -1,0 +1,62 @@
+# tx_run: the whole send path in one compiled call — tx_classify, tx_plan, tx_emit, the
+# backends (one call per op group) and tx_fixup — over one validated view of the batch, so
+# that no per-batch bookkeeping runs in Python between the stages. Included by _fastpath.pyx.
+
+def tx_run(batch, table, int config, int icv_space, int iv_source, backends, random_source):
+    """Send ``batch`` through the stages with the SA table snapshot ``table`` (records_bytes,
+    keys). Returns (out, frames, ops, plans, nbl_status, lso_done, counters) as numpy arrays
+    (frames, ops and plans as struct bytes)."""
+    cdef BatchView b = BatchView(batch)
+    cdef const uint8_t[::1] records = table.records_bytes
+    cdef int64_t nrec = records.shape[0] // sizeof(SaRecord)
+    if records.shape[0] % sizeof(SaRecord):
+        raise ValueError("records buffer size does not match the SaRecord layout")
+    cdef const SaRecord* recs = <const SaRecord*>&records[0] if nrec else NULL
+    plans_arr = np.empty(b.n_nb * sizeof(NbPlan), np.uint8)
+    status_arr = np.empty(b.n_nbl, np.uint32)
+    lso_arr = np.empty(b.n_nbl, np.uint64)
+    counters_arr = np.empty(N_COUNTERS, np.int64)
+    cdef uint8_t[::1] plans = plans_arr
+    cdef uint32_t[::1] status = status_arr
+    cdef uint64_t[::1] lso_done = lso_arr
+    cdef int64_t[::1] counters = counters_arr
+    cdef NbPlan* plan0 = <NbPlan*>&plans[0] if b.n_nb else NULL
+    cdef TxTotals t
+    with nogil:
+        tx_classify_run(b, recs, nrec, config, icv_space, iv_source, plan0)
+        t = tx_plan_run(b, recs, plan0, b.n_nb, &status[0] if b.n_nbl else NULL,
+                        &lso_done[0] if b.n_nbl else NULL, &counters[0])
+    out_arr = np.empty(t.out_bytes, np.uint8)
+    frames_arr = np.empty(t.frames * sizeof(WireFrame), np.uint8)
+    ops_arr = np.empty(t.ops * sizeof(CryptoOp), np.uint8)
+    cdef const uint8_t[::1] rand
+    if t.rand_bytes:
+        rand_bytes = random_source(t.rand_bytes)
+        if len(rand_bytes) != t.rand_bytes:
+            raise ValueError(f"random_source returned {len(rand_bytes)} bytes, "
+                             f"{t.rand_bytes} were asked for")
+        rand = rand_bytes
+    else:
+        rand = b""
+    cdef uint8_t[::1] out = out_arr
+    cdef uint8_t[::1] frames = frames_arr
+    cdef uint8_t[::1] ops = ops_arr
+    tx_emit_check(b, recs, nrec, plan0, rand.shape[0], t.out_bytes, t.frames, t.ops)
+    cdef CryptoOp* op0 = <CryptoOp*>&ops[0] if t.ops else NULL
+    with nogil:
+        tx_emit_run(b, recs, plan0, &rand[0] if rand.shape[0] else NULL, rand.shape[0],
+                    &out[0] if t.out_bytes else NULL, t.out_bytes,
+                    <WireFrame*>&frames[0] if t.frames else NULL, op0)
+    if t.ops:
+        run_op_groups(out_arr, ops_arr, table.keys, backends, "seal")
+        tx_fixup_check(op0, t.ops, t.out_bytes)
+        with nogil:
+            tx_fixup_run(&out[0], op0, t.ops)
+    return out_arr, frames_arr, ops_arr, plans_arr, status_arr, lso_arr, counters_arr
+
+
+def run_op_groups(arena, ops, keys, backends, str direction):
+    """Each op group (pass, kind, suite, key context) through its backend, passes in order."""
+    order, groups = op_groups(ops)
+    for start, end, _pass, _kind, suite, key_row in groups.tolist():
+        getattr(backends[suite], direction)(arena, ops, order[start:end], keys[key_row])
