@@ -220,11 +220,44 @@ def cmd_bench(args) -> int:
     return EXIT_OK
 
 
+class _Version(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
+
+
+def version_text() -> str:
+    """What --version prints: the package, the kernels in use, cryptography and OpenSSL, and
+    the GHASH path of the batched AES-GCM backend on this CPU."""
+    import cryptography
+    from cryptography.hazmat.backends.openssl import backend as openssl
+
+    from .. import __version__
+    from ..datapath.tx import load_kernels
+    try:
+        kernels = load_kernels()
+        compiled = kernels.__name__.endswith("_fastpath")
+        kind = ("compiled Cython kernels" + (" (bounds-checked)" if kernels.BOUNDS_CHECKED
+                                               else "")) if compiled else "pure-Python twin"
+    except ImportError:
+        compiled, kind = False, "compiled kernels not built"
+    ghash = "none (reference backend)"
+    if compiled and hasattr(kernels, "ghash_default_path"):
+        try:
+            ghash = kernels.ghash_default_path()
+        except ValueError as error:
+            ghash = f"unusable: {error}"
+    return (f"ipsecoffload {__version__}; {kind}; cryptography {cryptography.__version__} "
+            f"({openssl.openssl_version_text()}); GHASH path: {ghash}")
+
+
 # -- parser ----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="In software, what a NIC does for Windows IPsec "
                                             "Offload Version 2: offloaded ESP SAs, the send "
                                             "path, LSO.")
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="the package, kernels, cryptography/OpenSSL and GHASH path")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
