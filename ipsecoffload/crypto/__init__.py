@@ -36,12 +36,15 @@ def backends_for(kernels, backend: Optional[CryptoBackend] = None) -> dict[int, 
         if choice not in BACKEND_NAMES:
             raise ValueError(f"IPSECOFFLOAD_BACKEND must be one of {', '.join(BACKEND_NAMES)}, "
                              f"got {choice!r}")
-        if choice == "batched" and hasattr(kernels, "GcmBatchedBackend"):
-            gcm, cbc = kernels.GcmBatchedBackend(), kernels.CbcHmacBackend()
-            return {Suite.AES_GCM: gcm, Suite.AES_GMAC: gcm, Suite.AES_CBC_HMAC: cbc,
-                    Suite.NULL_HMAC: cbc}
         from .reference import ReferenceBackend
-        backend = ReferenceBackend()
+        chosen: dict[int, CryptoBackend] = {suite: ReferenceBackend() for suite in Suite}
+        if choice == "batched" and hasattr(kernels, "GcmBatchedBackend"):
+            gcm = kernels.GcmBatchedBackend()
+            chosen[Suite.AES_GCM] = chosen[Suite.AES_GMAC] = gcm
+        if choice == "batched" and hasattr(kernels, "CbcHmacBackend"):
+            cbc = kernels.CbcHmacBackend()
+            chosen[Suite.AES_CBC_HMAC] = chosen[Suite.NULL_HMAC] = cbc
+        return chosen
     return {suite: backend for suite in Suite}
 
 
