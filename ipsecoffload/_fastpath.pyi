@@ -1,33 +1,64 @@
-"""Type stubs of the compiled kernels (ipsecoffload/_fastpath.pyx); _pykernels.py is the twin."""
+"""Type stubs of the compiled stages and backends (ipsecoffload/_fastpath.pyx); the package
+ipsecoffload/datapath/twin/ is the pure-Python twin of every stage."""
+from typing import Any, Callable, Mapping, Protocol
+
 import numpy as np
 import numpy.typing as npt
 
+U8 = npt.NDArray[np.uint8]
+
+class _Batch(Protocol):
+    arena: U8
+    nb_off: npt.NDArray[np.int64]
+    nb_len: npt.NDArray[np.int64]
+    nb_nbl: npt.NDArray[np.int32]
+    oob_bytes: U8
+
+class _Table(Protocol):
+    records_bytes: U8
+    keys: tuple[Any, ...]
+
 STRUCT_SIZES: dict[str, int]
 BOUNDS_CHECKED: bool
+COUNTERS: int
+GHASH_PATHS: tuple[str, ...]
 
 def struct_offsets() -> dict[str, dict[str, int]]: ...
-def classify(arena: npt.NDArray[np.uint8], nb_off: npt.NDArray[np.int64],
-             nb_len: npt.NDArray[np.int64], nb_nbl: npt.NDArray[np.int32],
-             nb_count: npt.NDArray[np.int32], offload_handle: npt.NDArray[np.uint64],
-             tunnel_handle: npt.NDArray[np.uint64], next_header: npt.NDArray[np.uint8],
-             pad_length: npt.NDArray[np.uint8], ah_off4: npt.NDArray[np.uint8],
-             esp_off4: npt.NDArray[np.uint8], lso_info: npt.NDArray[np.uint64],
-             l2_len: npt.NDArray[np.uint16], records: npt.NDArray[np.uint8], config: int,
-             icv_space: int, plans: npt.NDArray[np.uint8],
-             nbl_status: npt.NDArray[np.uint32]) -> None: ...
-def emit(arena: npt.NDArray[np.uint8], nb_off: npt.NDArray[np.int64],
-         nb_len: npt.NDArray[np.int64], nb_nbl: npt.NDArray[np.int32],
-         plans: npt.NDArray[np.uint8], records: npt.NDArray[np.uint8], iv_source: int,
-         rand: npt.NDArray[np.uint8], nb_out_pos: npt.NDArray[np.int64],
-         nb_frame: npt.NDArray[np.int64], nb_job: npt.NDArray[np.int64],
-         out: npt.NDArray[np.uint8], out_off: npt.NDArray[np.int64],
-         out_len: npt.NDArray[np.int64], out_nbl: npt.NDArray[np.int32],
-         job_slot: npt.NDArray[np.int32], job_esp: npt.NDArray[np.int64],
-         job_text: npt.NDArray[np.int64], job_text_len: npt.NDArray[np.int64],
-         job_icv: npt.NDArray[np.int64], job_seq_hi: npt.NDArray[np.uint32],
-         job_post: npt.NDArray[np.uint8], job_udp: npt.NDArray[np.int64],
-         job_ip: npt.NDArray[np.int64]) -> None: ...
-def finalize(out: npt.NDArray[np.uint8], records: npt.NDArray[np.uint8],
-             job_slot: npt.NDArray[np.int32], job_icv: npt.NDArray[np.int64],
-             job_post: npt.NDArray[np.uint8], job_udp: npt.NDArray[np.int64],
-             job_ip: npt.NDArray[np.int64]) -> None: ...
+def tx_classify(batch: _Batch, records: U8, config: int, icv_space: int, iv_source: int,
+                plans: U8) -> None: ...
+def tx_plan(batch: _Batch, records: U8, plans: U8, nbl_status: npt.NDArray[np.uint32],
+            lso_done: npt.NDArray[np.uint64],
+            counters: npt.NDArray[np.int64]) -> tuple[int, int, int, int]: ...
+def tx_emit(batch: _Batch, records: U8, plans: U8, rand: U8, out: U8, frames: U8,
+            ops: U8) -> None: ...
+def tx_fixup(out: U8, ops: U8) -> None: ...
+def tx_run(batch: _Batch, table: _Table, config: int, icv_space: int, iv_source: int,
+           backends: Mapping[int, Any], random_source: Callable[[int], bytes]
+           ) -> tuple[U8, U8, U8, U8, npt.NDArray[np.uint32], npt.NDArray[np.uint64],
+                      npt.NDArray[np.int64]]: ...
+def op_groups(ops: U8) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]: ...
+def run_op_groups(arena: U8, ops: U8, keys: tuple[Any, ...], backends: Mapping[int, Any],
+                  direction: str) -> None: ...
+
+def ghash_cpu_paths() -> tuple[str, ...]: ...
+def ghash_selftest(name: str) -> bool: ...
+def ghash_usable_paths() -> tuple[str, ...]: ...
+def ghash_default_path() -> str: ...
+def ghash_digest(path: str, h: U8 | bytes, aad: U8 | bytes, data: U8 | bytes) -> bytes: ...
+def gcm_seal_raw(path: str, h: bytes, aad: bytes, text: bytes, ks: bytes,
+                 ekj0: bytes) -> tuple[bytes, bytes]: ...
+def gcm_open_raw(path: str, h: bytes, aad: bytes, text: bytes, ks: bytes,
+                 ekj0: bytes) -> tuple[bytes, bytes]: ...
+def ghash_key_context(h: U8 | bytes) -> U8: ...
+
+class GcmBatchedBackend:
+    name: str
+    def seal(self, arena: U8, ops: U8, idx: npt.NDArray[np.int32], keys: Any) -> None: ...
+    def open(self, arena: U8, ops: U8, idx: npt.NDArray[np.int32], keys: Any) -> None: ...
+
+class CbcHmacBackend:
+    name: str
+    def seal(self, arena: U8, ops: U8, idx: npt.NDArray[np.int32], keys: Any) -> None: ...
+    def open(self, arena: U8, ops: U8, idx: npt.NDArray[np.int32], keys: Any) -> None: ...
+
+def __getattr__(name: str) -> int: ...  # the cpdef enum codes (REASON_OK, SUITE_AES_GCM, ...)

@@ -21,7 +21,12 @@ include "datapath/tx_plan.pxi"
 include "datapath/tx_emit.pxi"
 include "datapath/tx_fixup.pxi"
 include "datapath/tx_run.pxi"
-#TMP include "crypto/ghash.pxi"
+include "crypto/ghash.pxi"
 include "crypto/op_groups.pxi"
-#TMP include "crypto/seal_gcm_batched.pxi"
-#TMP include "crypto/seal_cbc_hmac.pxi"
+include "crypto/seal_gcm_batched.pxi"
+include "crypto/seal_cbc_hmac.pxi"
+
+# Every cpdef enum code is also a module attribute (REASON_OK, SUITE_AES_GCM, ...).
+for _code_enum in (Suite, Integrity, IcvSpace, IvSource, Config, Reason, OpKind, OpStatus, Fixup,
+                   IpProto, StatusCounter):
+    globals().update({_member.name: int(_member) for _member in _code_enum})

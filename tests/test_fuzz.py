@@ -1,33 +1,39 @@
-"""Hypothesis fuzzing of the send kernels: random frames and random out-of-band values through
-run_send (classify -> emit -> seal -> finalize), and corrupted plans and job tables straight
-into emit and finalize.
+"""Hypothesis fuzzing of the send stages: random frames and random out-of-band values through
+run_send (tx_classify -> tx_plan -> tx_emit -> seal -> tx_fixup, one compiled tx_run), random
+arrays and OOB tables straight into every stage, and corrupted plans and op tables straight
+into tx_plan, tx_emit, tx_fixup and op_groups, on the compiled stages and their twin.
 
 What must hold whatever the input: no exception from a packet fault (statuses instead), the
-output sizes add up, and a corrupt plan is refused with ValueError before anything is
+output sizes add up, and a corrupt plan or op is refused with ValueError before anything is
 written. CI reruns this file on the bounds-checked build (IPSECOFFLOAD_BOUNDS_CHECK=1),
-where a kernel access outside a buffer raises IndexError instead of corrupting memory, so
+where a stage access outside a buffer raises IndexError instead of corrupting memory, so
 any such access fails a test there; on the normal build it would crash or go unnoticed.
 """
 from __future__ import annotations
 
 import struct
+from types import SimpleNamespace
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from ipsecoffload import Miniport, PacketBatchBuilder, SaConfig, _fastpath, ndis
-from ipsecoffload.datapath import twin as _pykernels
-from ipsecoffload.crypto import JobTable
+from ipsecoffload.crypto import backends_for
 from ipsecoffload.crypto.reference import ReferenceBackend
-from ipsecoffload.datapath.layout import (NB_PLAN_DTYPE, SA_RECORD_DTYPE, Config, IcvSpace, IvSource,
-                                 JobPost, Reason)
-from ipsecoffload.datapath.tx import _exclusive_cumsum, run_send
+from ipsecoffload.datapath import twin
+from ipsecoffload.datapath.layout import (COUNTERS, CRYPTO_OP_DTYPE, NB_PLAN_DTYPE, NBL_OOB_DTYPE,
+                                          SA_RECORD_DTYPE, WIRE_FRAME_DTYPE, Config, Fixup,
+                                          IcvSpace, IvSource, OpKind, OpStatus, Reason, Suite)
+from ipsecoffload.datapath.tx import run_send
 
 FUZZ = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 ALL_CONFIG = int(Config.ESP_IPV4 | Config.ESP_IPV6 | Config.LSO_V1 | Config.LSO_V2_IPV4
                  | Config.LSO_V2_IPV6 | Config.LSO_WITH_IPSEC)
 PASSED = (Reason.PASS_NO_HANDLE, Reason.PASS_DISABLED)
+KERNELS = (_fastpath, twin)
+BACKENDS = backends_for(twin, ReferenceBackend())  # the same backend on both
+POSITION_FIELDS = ("out_pos", "frame0", "op0", "rand_off")
 
 
 def test_report_the_build(request, record_testsuite_property):
@@ -169,23 +175,6 @@ def batches(draw):
     return builder.build()
 
 
-class Recorder:
-    """Passes through to the compiled kernels, keeping a copy of the plans."""
-
-    def __init__(self, module):
-        self.module = module
-
-    def classify(self, *args):
-        self.module.classify(*args)
-        self.plans = args[16].copy()
-
-    def emit(self, *args):
-        self.module.emit(*args)
-
-    def finalize(self, *args):
-        self.module.finalize(*args)
-
-
 def _ip_length_matches(frame: bytes, l2: int) -> bool:
     version = frame[l2] >> 4
     if version == 4:
@@ -193,20 +182,46 @@ def _ip_length_matches(frame: bytes, l2: int) -> bool:
     return struct.unpack_from("!H", frame, l2 + 4)[0] == len(frame) - l2 - 40
 
 
+def _exclusive_cumsum(values) -> np.ndarray:
+    values = np.asarray(values, np.int64)
+    out = np.zeros(len(values), np.int64)
+    if len(values) > 1:
+        np.cumsum(values[:-1], out=out[1:])
+    return out
+
+
+def _xf(slot: int):
+    return TABLE.records[slot]["xf"][0]
+
+
 @FUZZ
 @given(batch=batches(),
        config=st.sampled_from([ALL_CONFIG, ALL_CONFIG]) | st.integers(0, 63),
        icv_space=st.sampled_from(list(IcvSpace)), iv_source=st.sampled_from(list(IvSource)))
 def test_fuzz_run_send(batch, config, icv_space, iv_source):
-    rec = Recorder(_fastpath)
     result = run_send(batch, TABLE, config=config, icv_space=icv_space, iv_source=iv_source,
-                      kernels=rec, backend=ReferenceBackend(), random_source=random_bytes)
-    plan = rec.plans.view(NB_PLAN_DTYPE)
+                      kernels=_fastpath, backends=BACKENDS, random_source=random_bytes)
+    # the same call without the wrapper, for the plans and the op table
+    out, frames, ops, plans, status, lso_done, counters = _fastpath.tx_run(
+        batch, TABLE, int(config), int(icv_space), int(iv_source), BACKENDS, random_bytes)
+    assert out.tobytes() == result.wire.arena.tobytes()
+    assert frames.tobytes() == result.wire.table.tobytes()
+    assert np.array_equal(status, result.status) and np.array_equal(counters, result.counters)
+    assert np.array_equal(lso_done, result.lso_complete) and len(counters) == COUNTERS
+    plan = plans.view(NB_PLAN_DTYPE)
+    op_table = ops.view(CRYPTO_OP_DTYPE)
     wire = result.wire
     # the output arena is exactly the planned frames, back to back
     assert len(wire.arena) == int(plan["out_len"].sum()) == int(wire.nb_len.sum())
     assert np.array_equal(wire.nb_off, _exclusive_cumsum(wire.nb_len))
     assert wire.num_buffers == int(plan["nsegs"].sum())
+    assert np.array_equal(plan["out_pos"], _exclusive_cumsum(plan["out_len"]))
+    assert np.array_equal(plan["frame0"], _exclusive_cumsum(plan["nsegs"]))
+    protected = np.where(plan["slot"] >= 0, plan["nsegs"], 0)
+    assert np.array_equal(plan["op0"], _exclusive_cumsum(protected))
+    assert len(op_table) == int(protected.sum())
+    assert np.all(op_table["status"] == OpStatus.DONE)
+    assert np.all(op_table["kind"] == OpKind.ESP_SEAL)
     assert len(result.status) == len(batch) and len(result.reasons) == batch.num_buffers
     frame_index = 0
     for i in range(batch.num_buffers):
@@ -214,7 +229,7 @@ def test_fuzz_run_send(batch, config, icv_space, iv_source):
         reason, p = Reason(int(result.reasons[i])), plan[i]
         mine = range(frame_index, frame_index + int(p["nsegs"]))
         frame_index += int(p["nsegs"])
-        assert all(int(wire.nb_nbl[f]) == k for f in mine)
+        assert all(int(wire.nb_nbl[f]) == k and int(wire.nb_src[f]) == i for f in mine)
         assert sum(int(wire.nb_len[f]) for f in mine) == int(p["out_len"])
         if result.status[k]:  # a failed NBL sends nothing
             assert int(p["nsegs"]) == 0 and reason not in PASSED + (Reason.OK,)
@@ -224,17 +239,22 @@ def test_fuzz_run_send(batch, config, icv_space, iv_source):
                 assert [wire.frame(f) for f in mine] == [batch.frame(i)]
             continue
         assert reason == Reason.OK and int(p["slot"]) >= 0
-        icv = int(TABLE.records[int(p["slot"])]["icv_len"])
+        xf = _xf(int(p["slot"]))
+        icv = int(xf["icv_len"])
         l2 = int(batch.l2_len[k])
         if not p["lso"]:
             assert len(mine) == 1 and int(p["out_len"]) <= int(batch.nb_len[i]) + icv
         else:
             mss, body = int(p["mss"]), int(p["body_len"])
             assert len(mine) == max(1, -(-body // mss))
-        for f in mine:  # every protected frame carries its own length in its IP header
+        for s, f in enumerate(mine):  # every protected frame carries its own length
             frame = wire.frame(f)
             assert _ip_length_matches(frame, l2)
             assert int(wire.nb_len[f]) <= l2 + (40 if p["ipv6"] else 0) + 0xFFFF
+            op = op_table[int(p["op0"]) + s]  # and its op: its ICV ends the frame
+            assert int(op["frame"]) == f and int(op["key_row"]) == int(xf["key_row"])
+            assert int(op["icv_off"]) + icv == int(wire.nb_off[f]) + int(wire.nb_len[f])
+            assert int(op["auth_off"]) == int(wire.nb_off[f]) + int(p["esp_off"])
 
 
 @settings(max_examples=50, deadline=None)
@@ -255,14 +275,57 @@ def test_fuzz_miniport_send_counts_every_buffer(frames, esp_off4):
                                                   ndis.NdisStatus.INVALID_PACKET}
 
 
-# -- emit with corrupted plans -----------------------------------------------------------------
+def _good_batch(draw_sizes):
+    builder = PacketBatchBuilder()
+    for (sa, ipv6), handle, (payload, lso) in zip(SAS, HANDLES, draw_sizes):
+        body = bytes(range(256)) * 3
+        if lso:
+            tcp = struct.pack("!HHIIBBHHH", 1, 2, 3, 4, 5 << 4, 0x18, 0, 0, 0)
+            frame, esp_off4 = _frame_start(sa, ipv6, tcp + body[:payload], 14)
+            tcp_off = 14 + esp_off4 * 4 + 8 + sa.iv_len
+            builder.add_nbl([frame], offload_handle=handle, esp_off4=esp_off4, next_header=6,
+                            lso_info=(1 << 30) | (int(ipv6) << 31) | (tcp_off << 20) | 200)
+        else:
+            text = body[:payload]
+            pad = -(len(text) + 2) % sa.align
+            frame, esp_off4 = _frame_start(sa, ipv6, text + bytes(range(1, pad + 1))
+                                           + bytes([pad, 17]) + bytes(sa.icv), 14)
+            builder.add_nbl([frame], offload_handle=handle, esp_off4=esp_off4, next_header=17,
+                            pad_length=pad)
+    builder.add_nbl([b"\x45" + bytes(40)])  # a passthrough buffer
+    for ipv6 in (False, True):  # LSO without IPsec: TCP segments only
+        frames, oob = _plain_lso(ipv6, draw_sizes[0][0])
+        builder.add_nbl(frames, **oob)
+    return builder.build()
 
-PLAN_FIELDS = list(NB_PLAN_DTYPE.names)
-BIG = 1 << 22  # larger outputs are not allocated: emit must then refuse the plan anyway
+
+PLAIN_LSO = (len(SAS) + 1, len(SAS) + 2)  # their plan indices
+
+
+def _plain_lso(ipv6: bool, payload: int):
+    """A plain-LSO frame (no handle) and its OOB; the IPv6 one has a hop-by-hop header."""
+    tcp = struct.pack("!HHIIBBHHH", 1, 2, 3, 4, 5 << 4, 0x18, 0, 0, 0)
+    body = tcp + (bytes(range(256)) * 3)[:payload]
+    ext = bytes([6, 0]) + bytes(6) if ipv6 else b""
+    if ipv6:
+        ip = struct.pack("!IHBB", 6 << 28, len(ext) + len(body), 0, 64) + bytes(32)
+    else:
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 1, 0, 64, 6, 0, bytes(4),
+                         bytes(4))
+    tcp_off = 14 + len(ip) + len(ext)
+    lso = 200 | (tcp_off << 20) | (1 << 30) | (int(ipv6) << 31)
+    return [bytes(14) + ip + ext + body], dict(lso_info=lso)
+
+
+# -- tx_plan and tx_emit with corrupted plans ------------------------------------------------
+
+PLAN_FIELDS = list(NB_PLAN_DTYPE.names)  # the reserved bytes too: never read
+BIG = 1 << 22  # larger outputs are not allocated: tx_emit must then refuse the plan anyway
+POISON = 0x5A
 
 
 def _limits(dtype) -> tuple[int, int]:
-    info = np.iinfo(dtype)
+    info = np.iinfo(dtype.base)
     return int(info.min), int(info.max)
 
 
@@ -284,121 +347,213 @@ def corruptions(draw):
     return out
 
 
-def _emit_args(batch, plans, rand_len=None):
-    """emit's arguments as run_send builds them, for whatever the plans say (sizes capped)."""
+def _apply(plan, target, corruption, names=None) -> None:
+    for name, how, value in corruption:
+        if names is not None and name not in names:
+            continue
+        lo, hi = _limits(NB_PLAN_DTYPE.fields[name][0])
+        if name == "reserved":
+            plan[target][name][0] = min(max(int(plan[target][name][0]) + value
+                                            if how == "delta" else value, lo), hi)
+            continue
+        new = int(plan[target][name]) + value if how == "delta" else value
+        plan[target][name] = min(max(new, lo), hi)
+
+
+def _random_iv_bytes(p) -> int:
+    slot = int(p["slot"])
+    if slot < 0 or slot >= len(TABLE.records) or not p["fresh_iv"]:
+        return 0
+    xf = _xf(slot)
+    if int(xf["suite"]) in (Suite.AES_GCM, Suite.AES_GMAC):
+        return 0
+    return int(p["nsegs"]) * int(xf["iv_len"])
+
+
+def _wrap64(value: int) -> int:
+    return (value + 2**63) % 2**64 - 2**63
+
+
+def _relayout(plans) -> None:
+    """Positions as tx_plan lays them out for the plans' own (corrupt) fields."""
+    out = frames = ops = rand = 0
+    for p in plans.view(NB_PLAN_DTYPE):
+        p["out_pos"], p["frame0"], p["op0"], p["rand_off"] = (_wrap64(out), _wrap64(frames),
+                                                              _wrap64(ops), _wrap64(rand))
+        out += int(p["out_len"])
+        frames += int(p["nsegs"])
+        if p["slot"] >= 0:
+            ops += int(p["nsegs"])
+        rand += _random_iv_bytes(p)
+
+
+def _emit_args(batch, plans):
+    """tx_emit's arguments for whatever the plans say (sizes capped), outputs poisoned."""
     plan = plans.view(NB_PLAN_DTYPE)
     nsegs = np.clip(plan["nsegs"].astype(np.int64), 0, None)
     protected = np.where(plan["slot"] >= 0, nsegs, 0)
-    n_frames, n_jobs = int(nsegs.sum()), int(protected.sum())
+    n_frames, n_ops = min(int(nsegs.sum()), BIG // 64), min(int(protected.sum()), BIG // 64)
     need = int(np.clip(plan["out_len"], 0, None).astype(object).sum())
-    n_frames, n_jobs = min(n_frames, BIG // 64), min(n_jobs, BIG // 64)
-    jobs = JobTable.empty(n_jobs)
-    rand = np.frombuffer(random_bytes(16 * n_jobs if rand_len is None else rand_len), np.uint8)
-    with np.errstate(over="ignore"):
-        out_pos = _exclusive_cumsum(plan["out_len"])
-    return [batch.arena, batch.nb_off, batch.nb_len, batch.nb_nbl, plans, TABLE.records_bytes,
-            int(IvSource.NIC), rand, out_pos, _exclusive_cumsum(plan["nsegs"].astype(np.int64)),
-            _exclusive_cumsum(protected), np.full(min(need, BIG), 0x5A, np.uint8),
-            np.zeros(n_frames, np.int64), np.zeros(n_frames, np.int64),
-            np.zeros(n_frames, np.int32), jobs.slot, jobs.esp, jobs.text, jobs.text_len,
-            jobs.icv, jobs.seq_hi, jobs.post, jobs.udp, jobs.ip]
+    rand = sum(max(0, _random_iv_bytes(p)) for p in plan)
+    return dict(batch=batch, records=TABLE.records_bytes, plans=plans,
+                rand=np.frombuffer(random_bytes(min(rand, BIG)), np.uint8),
+                out=np.full(min(need, BIG), POISON, np.uint8),
+                frames=np.full(n_frames * WIRE_FRAME_DTYPE.itemsize, POISON, np.uint8),
+                ops=np.full(n_ops * CRYPTO_OP_DTYPE.itemsize, POISON, np.uint8))
 
 
-def _good_batch(draw_sizes):
-    builder = PacketBatchBuilder()
-    for (sa, ipv6), handle, (payload, lso) in zip(SAS, HANDLES, draw_sizes):
-        body = bytes(range(256)) * 3
-        if lso:
-            tcp = struct.pack("!HHIIBBHHH", 1, 2, 3, 4, 5 << 4, 0x18, 0, 0, 0)
-            frame, esp_off4 = _frame_start(sa, ipv6, tcp + body[:payload], 14)
-            tcp_off = 14 + esp_off4 * 4 + 8 + sa.iv_len
-            builder.add_nbl([frame], offload_handle=handle, esp_off4=esp_off4, next_header=6,
-                            lso_info=(1 << 30) | (int(ipv6) << 31) | (tcp_off << 20) | 200)
-        else:
-            text = body[:payload]
-            pad = -(len(text) + 2) % sa.align
-            frame, esp_off4 = _frame_start(sa, ipv6, text + bytes(range(1, pad + 1))
-                                           + bytes([pad, 17]) + bytes(sa.icv), 14)
-            builder.add_nbl([frame], offload_handle=handle, esp_off4=esp_off4, next_header=17,
-                            pad_length=pad)
-    builder.add_nbl([b"\x45" + bytes(40)])  # a passthrough buffer
-    return builder.build()
+def _outcome(call, outputs: dict):
+    """None if ``call`` refused with ValueError (and wrote nothing), else copies of the
+    outputs after it."""
+    before = {name: np.array(value, copy=True) for name, value in outputs.items()}
+    try:
+        result = call()
+    except ValueError:
+        for name, value in outputs.items():
+            assert np.array_equal(value, before[name]), f"{name} written before a refusal"
+        return None
+    return result, {name: np.array(value, copy=True) for name, value in outputs.items()}
+
+
+def _same_outcomes(outcomes) -> None:
+    a, b = outcomes
+    assert (a is None) == (b is None)
+    if a is not None:
+        assert a[0] == b[0]
+        for name in a[1]:
+            assert a[1][name].tobytes() == b[1][name].tobytes(), name
 
 
 @FUZZ
 @given(sizes=st.lists(st.tuples(st.integers(0, 700), st.booleans()), min_size=len(SAS),
                       max_size=len(SAS)),
-       target=st.integers(0, len(SAS)), corruption=corruptions())
-def test_fuzz_emit_with_corrupt_plans(sizes, target, corruption):
-    """A plan changed after classify: emit either refuses it (ValueError, nothing written)
-    or, if it is still self-consistent, both twins write the same bytes."""
+       target=st.integers(0, len(SAS) + 2), corruption=corruptions(), relayout=st.booleans(),
+       iv_source=st.sampled_from(list(IvSource)))
+def test_fuzz_emit_with_corrupt_plans(sizes, target, corruption, relayout, iv_source):
+    """A plan changed after tx_plan, straight into tx_emit (with positions laid out for the
+    corrupt fields, or left as tx_plan set them), and straight into tx_plan: each stage
+    either refuses it (ValueError, nothing written) or, if it is still self-consistent,
+    both twins write the same bytes."""
     batch = _good_batch(sizes)
     plans = np.zeros(batch.num_buffers * NB_PLAN_DTYPE.itemsize, np.uint8)
-    status = np.zeros(len(batch), np.uint32)
-    _fastpath.classify(batch.arena, batch.nb_off, batch.nb_len, batch.nb_nbl, batch.nb_count(),
-                       batch.offload_handle, batch.tunnel_handle, batch.next_header,
-                       batch.pad_length, batch.ah_off4, batch.esp_off4, batch.lso_info,
-                       batch.l2_len, TABLE.records_bytes, ALL_CONFIG, 0, plans, status)
-    assert not status.any()
+    _fastpath.tx_classify(batch, TABLE.records_bytes, ALL_CONFIG, 0, int(iv_source), plans)
     plan = plans.view(NB_PLAN_DTYPE)
-    for name, how, value in corruption:
-        lo, hi = _limits(NB_PLAN_DTYPE.fields[name][0])
-        new = int(plan[target][name]) + value if how == "delta" else value
-        plan[target][name] = min(max(new, lo), hi)
-    outcomes = []
-    for module in (_fastpath, _pykernels):
+    assert all(plan[i]["lso"] and plan[i]["slot"] < 0 and plan[i]["nsegs"] for i in PLAIN_LSO)
+    status = np.zeros(len(batch), np.uint32)
+    lso_done = np.zeros(len(batch), np.uint64)
+    counters = np.zeros(COUNTERS, np.int64)
+    _fastpath.tx_plan(batch, TABLE.records_bytes, plans, status, lso_done, counters)
+    assert not status.any()
+    _apply(plan, target, corruption)
+    if relayout:  # then the corrupted positions again: they stay corrupt
+        _relayout(plans)
+        _apply(plan, target, corruption, POSITION_FIELDS)
+    emitted = []
+    for module in KERNELS:
         args = _emit_args(batch, plans.copy())
-        before = [np.array(a, copy=True) for a in args[11:]]
-        try:
-            module.emit(*args)
-        except ValueError:
-            for a, b in zip(args[11:], before):
-                assert np.array_equal(a, b)  # refused before any write
-            outcomes.append(None)
-        else:
-            outcomes.append([np.array(a, copy=True) for a in args[11:]])
-    assert (outcomes[0] is None) == (outcomes[1] is None)
-    if outcomes[0] is not None:
-        for a, b in zip(*outcomes):
-            assert np.array_equal(a, b)
+        outputs = {name: args[name] for name in ("out", "frames", "ops", "plans")}
+        emitted.append(_outcome(lambda: module.tx_emit(**args), outputs))
+    _same_outcomes(emitted)
+    if int(plan["out_len"].astype(object).sum()) > 2**63 - 1:
+        # Known library bug, reported: tx_plan does not check the sum of the out_len fields
+        # (test_kernels.py, test_plan_refuses_sizes_past_int64). Not compared until fixed.
+        return
+    planned = []
+    for module in KERNELS:
+        args = dict(batch=batch, records=TABLE.records_bytes, plans=plans.copy(),
+                    nbl_status=np.full(len(batch), 7, np.uint32),
+                    lso_done=np.full(len(batch), 7, np.uint64),
+                    counters=np.full(COUNTERS, 7, np.int64))
+        outputs = {name: args[name] for name in ("plans", "nbl_status", "lso_done",
+                                                 "counters")}
+        planned.append(_outcome(lambda: tuple(module.tx_plan(**args)), outputs))
+    _same_outcomes(planned)
 
 
-# -- finalize with random job tables -----------------------------------------------------------
+# -- tx_fixup and op_groups with random op tables ---------------------------------------------
+
+offsets = st.integers(-50, 350) | st.integers(-2**63, 2**63 - 1)
+
 
 @FUZZ
 @given(size=st.integers(0, 300),
-       jobs=st.lists(st.tuples(st.integers(-2, len(TABLE.records) + 1),
-                               st.integers(-50, 350) | st.integers(-2**63, 2**63 - 1),
-                               st.sampled_from([int(JobPost.UDP6_CHECKSUM), 0, 7]),
-                               st.integers(-50, 350) | st.integers(-2**63, 2**63 - 1),
-                               st.integers(-50, 350) | st.integers(-2**63, 2**63 - 1)),
-                     max_size=6))
-def test_fuzz_finalize(size, jobs):
-    """Random job tables: finalize refuses what reaches outside the arena (ValueError,
-    nothing written) and otherwise both twins write the same checksums."""
+       ops=st.lists(st.tuples(st.integers(0, 255) | st.sampled_from([0, 8, 12, 16]), offsets,
+                              st.sampled_from([int(Fixup.UDP6_CHECKSUM), int(Fixup.NONE), 7,
+                                               255]),
+                              offsets, offsets),
+                    max_size=6))
+def test_fuzz_fixup(size, ops):
+    """Random op tables: tx_fixup refuses what reaches outside the arena or names an unknown
+    fixup (ValueError, nothing written) and otherwise both twins write the same checksums."""
     outcomes = []
-    for module in (_fastpath, _pykernels):
+    for module in KERNELS:
         out = np.frombuffer(random_bytes(size), np.uint8).copy()
-        columns = list(zip(*jobs)) if jobs else [()] * 5
-        args = [out, TABLE.records_bytes, np.array(columns[0], np.int32),
-                np.array(columns[1], np.int64), np.array(columns[2], np.uint8),
-                np.array(columns[3], np.int64), np.array(columns[4], np.int64)]
+        table = np.zeros(len(ops), CRYPTO_OP_DTYPE)
+        for op, (icv_len, icv_off, fixup, auth_off, ip_off) in zip(table, ops):
+            op["icv_len"], op["icv_off"], op["fixup"] = icv_len, icv_off, fixup
+            op["auth_off"], op["ip_off"] = auth_off, ip_off
+        op_bytes = table.view(np.uint8)
+        outcomes.append(_outcome(lambda: module.tx_fixup(out, op_bytes),
+                                 {"out": out, "ops": op_bytes}))
+    _same_outcomes(outcomes)
+
+
+@FUZZ
+@given(data=st.binary(max_size=40 * CRYPTO_OP_DTYPE.itemsize + 3))
+def test_fuzz_op_groups(data):
+    """Random op-table bytes: both refuse a size that is no whole table, else both group
+    alike (a stable sort by pass, kind, suite and key row)."""
+    ops = np.frombuffer(data, np.uint8)
+    outcomes = []
+    for module in KERNELS:
         try:
-            module.finalize(*args)
+            outcomes.append(module.op_groups(ops))
         except ValueError:
-            assert out.tobytes() == random_bytes(size)
             outcomes.append(None)
-        else:
-            outcomes.append(out.tobytes())
-    assert outcomes[0] == outcomes[1]
+    assert (outcomes[0] is None) == (outcomes[1] is None)
+    assert (outcomes[0] is None) == bool(len(data) % CRYPTO_OP_DTYPE.itemsize)
+    if outcomes[0] is not None:
+        (order_c, groups_c), (order_p, groups_p) = outcomes
+        assert order_c.tobytes() == order_p.tobytes() and order_c.dtype == order_p.dtype
+        assert groups_c.tobytes() == groups_p.tobytes() and groups_c.shape == groups_p.shape
+        table = ops.view(CRYPTO_OP_DTYPE)
+        keys = [(int(op["pass_no"]), int(op["kind"]), int(op["suite"]),
+                 int(op["key_row"]) & 0xFFFFFFFF) for op in table]
+        assert order_c.tolist() == sorted(range(len(keys)), key=lambda i: keys[i])
+        assert len(groups_c) == len(set(keys))
 
 
-# -- classify straight from random arrays ------------------------------------------------------
+# -- the stages straight from random arrays --------------------------------------------------
+
+def _stages(module, batch, config, icv_space, iv_source):
+    """tx_classify -> tx_plan -> tx_emit -> seal -> tx_fixup, each output kept."""
+    n_nb, n_nbl = len(batch.nb_off), len(batch.oob_bytes) // NBL_OOB_DTYPE.itemsize
+    plans = np.full(n_nb * NB_PLAN_DTYPE.itemsize, 0xA5, np.uint8)
+    module.tx_classify(batch, TABLE.records_bytes, config, icv_space, iv_source, plans)
+    classified = plans.copy()
+    status = np.full(n_nbl, 7, np.uint32)
+    lso_done = np.full(n_nbl, 7, np.uint64)
+    counters = np.full(COUNTERS, 7, np.int64)
+    sizes = tuple(module.tx_plan(batch, TABLE.records_bytes, plans, status, lso_done,
+                                 counters))
+    out_bytes, n_frames, n_ops, rand_bytes = sizes
+    out = np.full(out_bytes, 0xA5, np.uint8)
+    frames = np.full(n_frames * WIRE_FRAME_DTYPE.itemsize, 0xA5, np.uint8)
+    ops = np.full(n_ops * CRYPTO_OP_DTYPE.itemsize, 0xA5, np.uint8)
+    module.tx_emit(batch, TABLE.records_bytes, plans,
+                   np.frombuffer(random_bytes(rand_bytes), np.uint8), out, frames, ops)
+    if n_ops:
+        module.run_op_groups(out, ops, TABLE.keys, BACKENDS, "seal")
+        module.tx_fixup(out, ops)
+    return dict(classified=classified, plans=plans, status=status, lso_done=lso_done,
+                counters=counters, out=out, frames=frames, ops=ops), sizes
+
 
 @FUZZ
 @given(data=st.data())
-def test_fuzz_classify_random_arrays(data):
-    """Random buffers and OOB arrays straight into both classify twins: same plans."""
+def test_fuzz_stages_random_arrays(data):
+    """Random buffers and OOB tables straight into both twins' stages: same plans, layout,
+    statuses, completions, counters, bytes, frame and op tables."""
     n_nbl = data.draw(st.integers(0, 5))
     counts = [data.draw(st.integers(1, 3)) for _ in range(n_nbl)]
     nb_nbl = np.repeat(np.arange(n_nbl, dtype=np.int32), counts)
@@ -408,36 +563,50 @@ def test_fuzz_classify_random_arrays(data):
     nb_off = np.array(cuts[0::2], np.int64)
     nb_len = np.array(cuts[1::2], np.int64) - nb_off
 
-    def per_nbl(dtype, strategy):
-        return np.array([data.draw(strategy) for _ in range(n_nbl)], dtype)
+    def per_nbl(strategy):
+        return [data.draw(strategy) for _ in range(n_nbl)]
     handles = st.sampled_from(HANDLES + [0]) | st.integers(0, 2**64 - 1)
-    arrays = [arena, nb_off, nb_len, nb_nbl, np.array(counts, np.int32),
-              per_nbl(np.uint64, handles),
-              per_nbl(np.uint64, st.sampled_from([0, 0, 0]) | handles),
-              per_nbl(np.uint8, st.integers(0, 255)), per_nbl(np.uint8, st.integers(0, 255)),
-              per_nbl(np.uint8, st.sampled_from([0, 0, 1])),
-              per_nbl(np.uint8, st.integers(0, 255)),
-              per_nbl(np.uint64, st.sampled_from([0, 0]) | st.integers(0, 2**64 - 1)),
-              per_nbl(np.uint16, st.sampled_from([0, 14]) | st.integers(0, 0xFFFF))]
+    oob = np.zeros(n_nbl, NBL_OOB_DTYPE)
+    oob["offload_handle"] = per_nbl(handles)
+    oob["tunnel_handle"] = per_nbl(st.sampled_from([0, 0, 0]) | handles)
+    oob["next_header"] = per_nbl(st.integers(0, 255))
+    oob["pad_length"] = per_nbl(st.integers(0, 255))
+    oob["ah_off4"] = per_nbl(st.sampled_from([0, 0, 1]))
+    oob["esp_off4"] = per_nbl(st.integers(0, 255))
+    oob["lso_info"] = per_nbl(st.sampled_from([0, 0]) | st.integers(0, 2**64 - 1))
+    oob["checksum_info"] = per_nbl(st.sampled_from([0]) | st.integers(0, 2**64 - 1))
+    oob["l2_len"] = per_nbl(st.sampled_from([0, 14]) | st.integers(0, 0xFFFF))
+    oob["nb_count"] = [c if data.draw(st.integers(0, 9)) else data.draw(
+        st.integers(-2**31, 2**31 - 1)) for c in counts]
+    oob["first_nb"] = _exclusive_cumsum(counts)
+    batch = SimpleNamespace(arena=arena, nb_off=nb_off, nb_len=nb_len, nb_nbl=nb_nbl,
+                            oob_bytes=oob.view(np.uint8), oob=oob)
     config = data.draw(st.integers(0, 63))
     icv_space = data.draw(st.integers(0, 2))
-    results = []
-    for module in (_fastpath, _pykernels):
-        plans = np.full(n_nb * NB_PLAN_DTYPE.itemsize, 0xA5, np.uint8)
-        status = np.full(n_nbl, 7, np.uint32)
-        module.classify(*arrays, TABLE.records_bytes, config, icv_space, plans, status)
-        results.append((plans, status))
-    assert results[0][0].tobytes() == results[1][0].tobytes()
-    assert np.array_equal(results[0][1], results[1][1])
-    plan = results[0][0].view(NB_PLAN_DTYPE)
+    iv_source = data.draw(st.integers(0, 1))
+    (c, sizes), (p, sizes_p) = [_stages(module, batch, config, icv_space, iv_source)
+                                for module in KERNELS]
+    assert sizes == sizes_p
+    for name in c:
+        assert c[name].tobytes() == p[name].tobytes(), name
+    plan = c["plans"].view(NB_PLAN_DTYPE)
+    classified = c["classified"].view(NB_PLAN_DTYPE)
     for i in range(n_nb):
         p = plan[i]
         assert p["nsegs"] >= 0 and p["out_len"] >= 0
+        assert classified[i]["nbl"] == nb_nbl[i] and p["reason"] < len(Reason)
         if p["nsegs"] and p["slot"] < 0 and not p["lso"]:  # sent as it is
             assert p["nsegs"] == 1 and p["out_len"] == nb_len[i]
-        assert (p["status"] == 0) == (results[0][1][nb_nbl[i]] == 0)
+        assert (p["status"] == 0) == (c["status"][nb_nbl[i]] == 0)
+    assert int(c["counters"][:len(Reason)].sum()) == n_nb
+    assert int(c["counters"][len(Reason):].sum()) == n_nbl
+    wire = c["frames"].view(WIRE_FRAME_DTYPE)
+    assert int(wire["len"].sum()) == len(c["out"]) == sizes[0]
+    assert np.array_equal(wire["off"], _exclusive_cumsum(wire["len"]))
+    assert np.all(c["ops"].view(CRYPTO_OP_DTYPE)["status"] == OpStatus.DONE)
 
 
 def test_sa_record_dtype_is_what_the_table_publishes():
     assert TABLE.records.dtype == SA_RECORD_DTYPE
     assert len(TABLE.records_bytes) == len(TABLE.records) * SA_RECORD_DTYPE.itemsize
+    assert not TABLE.records.flags.writeable  # the stages read it as const

@@ -20,6 +20,9 @@ from ..control.satable import SaRejected, SaTable
 from ..datapath.tx import SendResult, load_kernels, run_send
 
 Auth, Enc = ndis.AuthenticationAlgorithm, ndis.EncryptionAlgorithm
+_ESP_IPV4, _ESP_IPV6, _LSO_V1 = int(Config.ESP_IPV4), int(Config.ESP_IPV6), int(Config.LSO_V1)
+_LSO_V2_IPV4, _LSO_V2_IPV6 = int(Config.LSO_V2_IPV4), int(Config.LSO_V2_IPV6)
+_LSO_WITH_IPSEC = int(Config.LSO_WITH_IPSEC)
 
 
 def default_capabilities(capacity: int = 4096) -> ndis.NdisIpsecOffloadV2:
@@ -73,8 +76,8 @@ class Miniport:
         self.offload = OffloadState()
         self.sas = SaTable(max(1, self.capabilities.sa_offload_capacity))
         self._oid_counts: Counter = Counter()
-        # datapath counters: COUNTERS from tx_plan, then frames and bytes out
-        self._send_counts = np.zeros(COUNTERS + 2, np.int64)
+        self._send_counts = np.zeros(COUNTERS, np.int64)  # tx_plan's counters, summed
+        self._frames_out = self._bytes_out = 0
         self._counter_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -184,13 +187,12 @@ class Miniport:
         """The Config bits of the current capabilities and offload parameters (plain ints:
         this runs once per send)."""
         on, caps = self.offload, self.capabilities
-        esp = bool(caps.esp)
-        return ((int(Config.ESP_IPV4) if esp and on.esp_ipv4 else 0)
-                | (int(Config.ESP_IPV6) if esp and caps.ipv6_supported and on.esp_ipv6 else 0)
-                | (int(Config.LSO_V1) if on.lso_v1 else 0)
-                | (int(Config.LSO_V2_IPV4) if on.lso_v2_ipv4 else 0)
-                | (int(Config.LSO_V2_IPV6) if on.lso_v2_ipv6 else 0)
-                | (int(Config.LSO_WITH_IPSEC) if caps.lso_supported else 0))
+        esp = caps.esp
+        return ((_ESP_IPV4 if esp and on.esp_ipv4 else 0)
+                | (_ESP_IPV6 if esp and caps.ipv6_supported and on.esp_ipv6 else 0)
+                | (_LSO_V1 if on.lso_v1 else 0) | (_LSO_V2_IPV4 if on.lso_v2_ipv4 else 0)
+                | (_LSO_V2_IPV6 if on.lso_v2_ipv6 else 0)
+                | (_LSO_WITH_IPSEC if caps.lso_supported else 0))
 
     def send(self, nbls: Union[PacketBatch, Sequence[ndis.NetBufferList]]) -> SendResult:
         """MiniportSendNetBufferLists over a chain of NBLs (spec §6).
@@ -214,17 +216,16 @@ class Miniport:
 
     def _account(self, result: SendResult) -> None:
         with self._counter_lock:
-            counts = self._send_counts
-            counts[:COUNTERS] += result.counters
-            counts[COUNTERS] += len(result.wire.table)
-            counts[COUNTERS + 1] += len(result.wire.arena)
+            self._send_counts[:COUNTERS] += result.counters
+            self._frames_out += result.wire.num_buffers
+            self._bytes_out += len(result.wire.arena)
 
     @property
     def counters(self) -> Counter:
         """Counts per NET_BUFFER reason (``nb.NAME``), NBL status (``nbl.NAME``), frames and
         bytes out, and OID outcomes (a snapshot)."""
         with self._counter_lock:
-            counts = self._send_counts.tolist()
+            counts = self._send_counts.tolist() + [self._frames_out, self._bytes_out]
             out = Counter(self._oid_counts)
         for i in range(REASON_COUNT):
             if counts[i]:

@@ -47,7 +47,7 @@ cdef void op_merge_sort(int32_t* order, int32_t* tmp, const uint64_t* keys,
         memcpy(order, src, n * sizeof(int32_t))
 
 
-def op_groups(const uint8_t[::1] ops):
+def op_groups(const uint8_t[::1] ops not None):
     """The op table's groups: ``(order, groups)`` where ``order`` (int32) lists op indices
     group by group and each row of ``groups`` (int64) is (start, end, pass, kind, suite,
     key_row) over ``order``."""

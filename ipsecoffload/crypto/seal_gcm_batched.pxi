@@ -10,18 +10,31 @@ cdef enum:
     GCM_CHUNK_BYTES = 65536
 
 
-cdef inline void gcm_counter_blocks(uint8_t* dst, const uint8_t nonce[12],
-                                    int64_t nblocks) noexcept nogil:
-    """J0, inc32(J0), ... : nblocks counter blocks starting at counter 1."""
-    cdef int64_t b
-    cdef uint32_t ctr
-    for b in range(nblocks):
-        memcpy(dst + 16 * b, nonce, 12)
-        ctr = <uint32_t>(b + 1)
-        dst[16 * b + 12] = <uint8_t>(ctr >> 24)
-        dst[16 * b + 13] = <uint8_t>(ctr >> 16)
-        dst[16 * b + 14] = <uint8_t>(ctr >> 8)
-        dst[16 * b + 15] = <uint8_t>ctr
+cdef extern from *:
+    """
+    #include <string.h>
+    /* J0, inc32(J0), ...: n counter blocks from counter 1, two 8-byte stores each. */
+    static inline void ipo_gcm_counter_blocks(uint8_t* dst, const uint8_t* nonce, int64_t n) {
+        uint64_t lo, hi;
+        uint32_t tail;
+        int64_t b;
+        memcpy(&lo, nonce, 8);
+        memcpy(&tail, nonce + 8, 4);
+        for (b = 0; b < n; b++) {
+            uint32_t c = (uint32_t)(b + 1);
+            uint32_t be = (c >> 24) | ((c >> 8) & 0xFF00u) | ((c << 8) & 0xFF0000u) | (c << 24);
+            hi = (uint64_t)tail | ((uint64_t)be << 32);  /* little-endian byte order */
+            memcpy(dst + 16 * b, &lo, 8);
+            memcpy(dst + 16 * b + 8, &hi, 8);
+        }
+    }
+    #if !(defined(__x86_64__) || defined(_M_X64) || defined(__i386__) || defined(__aarch64__) \
+          || (defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__))
+    #error "ipo_gcm_counter_blocks assumes a little-endian CPU"
+    #endif
+    """
+    void gcm_counter_blocks "ipo_gcm_counter_blocks" (uint8_t* dst, const uint8_t* nonce,
+                                                      int64_t n) noexcept nogil
 
 
 cdef inline int64_t gcm_blocks_of(const CryptoOp* op) noexcept nogil:
@@ -146,12 +159,11 @@ cdef class GcmBatchedBackend:
         cdef int64_t chunk_blocks = GCM_CHUNK_BYTES // 16
         if max_blocks > chunk_blocks:
             chunk_blocks = max_blocks
-        ctr_arr = np.empty(chunk_blocks * 16, np.uint8)
-        ks_arr = np.empty(chunk_blocks * 16 + 16, np.uint8)
-        scratch_arr = np.empty(scratch_len if scratch_len else 1, np.uint8)
-        cdef uint8_t[::1] ctr = ctr_arr
+        # counter blocks become keystream in place: OpenSSL's ECB allows in == out
+        ks_arr = np.empty(chunk_blocks * 16 + 16 + scratch_len, np.uint8)
         cdef uint8_t[::1] ks = ks_arr
-        cdef uint8_t[::1] scratch = scratch_arr
+        cdef uint8_t* ctr = &ks[0]
+        cdef uint8_t* scratch = &ks[chunk_blocks * 16 + 16]
         cdef uint8_t* base = &arena[0]
         cdef Py_ssize_t start = 0, end
         cdef int64_t used
@@ -164,15 +176,14 @@ cdef class GcmBatchedBackend:
                     blocks = gcm_blocks_of(op0 + idx[end])
                     if used + blocks > chunk_blocks:
                         break
-                    gcm_counter_blocks(&ctr[used * 16], op0[idx[end]].nonce, blocks)
+                    gcm_counter_blocks(ctr + used * 16, op0[idx[end]].nonce, blocks)
                     used += blocks
                     end += 1
-            encryptor.update_into(ctr_arr[:used * 16], ks_arr)
+            encryptor.update_into(ks_arr[:used * 16], ks_arr)
             used = 0
             with nogil:
                 for i in range(start, end):
-                    gcm_finish_op(base, op0 + idx[i], &ks[used * 16], path, key, &scratch[0],
-                                  seal)
+                    gcm_finish_op(base, op0 + idx[i], &ks[used * 16], path, key, scratch, seal)
                     used += gcm_blocks_of(op0 + idx[i])
             start = end
 

@@ -194,13 +194,22 @@ class WireFrames:
     read as on a PacketBatch.
     """
 
-    __slots__ = ("arena", "table", "_oob", "_oob_bytes", "_status")
+    __slots__ = ("arena", "_table", "_table_bytes", "_oob", "_oob_bytes", "_status")
 
-    def __init__(self, arena: np.ndarray, table: np.ndarray, oob: Optional[np.ndarray] = None,
-                 *, oob_bytes: Optional[np.ndarray] = None,
-                 status: Optional[np.ndarray] = None):
-        self.arena, self.table = arena, table
+    def __init__(self, arena: np.ndarray, table: Optional[np.ndarray] = None,
+                 oob: Optional[np.ndarray] = None, *, table_bytes: Optional[np.ndarray] = None,
+                 oob_bytes: Optional[np.ndarray] = None, status: Optional[np.ndarray] = None):
+        self.arena = arena
+        self._table, self._table_bytes = table, table_bytes
         self._oob, self._oob_bytes, self._status = oob, oob_bytes, status
+
+    @property
+    def table(self) -> np.ndarray:
+        """One WIRE_FRAME_DTYPE row per frame (viewed on first use: a structured view costs
+        microseconds, which a send of small packets does not spend unasked)."""
+        if self._table is None:
+            self._table = self._table_bytes.view(WIRE_FRAME_DTYPE)
+        return self._table
 
     @property
     def oob(self) -> np.ndarray:
@@ -247,14 +256,16 @@ class WireFrames:
 
     @property
     def num_buffers(self) -> int:
-        return len(self.table)
+        if self._table is None:
+            return len(self._table_bytes) // WIRE_FRAME_DTYPE.itemsize
+        return len(self._table)
 
     @property
     def num_nbls(self) -> int:
         return len(self.oob)
 
     def __len__(self) -> int:
-        return len(self.table)
+        return self.num_buffers
 
     def frame(self, i: int) -> bytes:
         off, length = int(self.table[i]["off"]), int(self.table[i]["len"])

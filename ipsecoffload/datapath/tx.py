@@ -38,32 +38,40 @@ def load_kernels(pure: Optional[bool] = None) -> ModuleType:
 class SendResult:
     """What left the NIC, and how each NET_BUFFER_LIST completed."""
 
-    __slots__ = ("wire", "status", "lso_complete", "counters", "_reasons", "_per_slot", "_plans")
+    __slots__ = ("wire", "status", "lso_complete", "counters", "_reasons", "_per_slot",
+                 "_plans", "_plan_bytes")
 
     def __init__(self, wire: WireFrames, status: np.ndarray, lso_complete: np.ndarray,
                  counters: np.ndarray, plans: Optional[np.ndarray] = None, *,
-                 reasons: Optional[np.ndarray] = None,
+                 plan_bytes: Optional[np.ndarray] = None, reasons: Optional[np.ndarray] = None,
                  segments_per_slot: Optional[dict] = None):
         self.wire = wire  # output frames in order; wire.nb_nbl names the source NBL
         self.status = status  # uint32 NDIS_STATUS per NBL
         self.lso_complete = lso_complete  # uint64 slot-2 value per NBL after completion
         self.counters = counters  # int64: REASON_COUNT reason counts, then status counts
-        self._plans = plans
+        self._plans, self._plan_bytes = plans, plan_bytes
         self._reasons = reasons
         self._per_slot = segments_per_slot
+
+    @property
+    def plans(self) -> np.ndarray:
+        """The NB_PLAN_DTYPE row of every input NET_BUFFER (viewed on first use)."""
+        if self._plans is None:
+            self._plans = self._plan_bytes.view(NB_PLAN_DTYPE)
+        return self._plans
 
     @property
     def reasons(self) -> np.ndarray:
         """uint8 layout.Reason per input NET_BUFFER."""
         if self._reasons is None:
-            self._reasons = self._plans["reason"].copy()
+            self._reasons = self.plans["reason"].copy()
         return self._reasons
 
     @property
     def segments_per_slot(self) -> dict[int, int]:
         """SA slot -> protected frames sent."""
         if self._per_slot is None:
-            plans = self._plans
+            plans = self.plans
             sending = plans[(plans["slot"] >= 0) & (plans["nsegs"] > 0)]
             counts = np.bincount(sending["slot"], weights=sending["nsegs"]) if len(sending) \
                 else np.zeros(0)
@@ -104,9 +112,8 @@ def run_send(batch: PacketBatch, table, *, config: int, icv_space: int, iv_sourc
              random_source: Callable[[int], bytes]) -> SendResult:
     out, frames, ops, plans, status, lso_done, counters = kernels.tx_run(
         batch, table, int(config), int(icv_space), int(iv_source), backends, random_source)
-    wire = WireFrames(out, frames.view(WIRE_FRAME_DTYPE), oob_bytes=batch.oob_bytes.copy(),
-                      status=status)
-    return SendResult(wire, status, lso_done, counters, plans.view(NB_PLAN_DTYPE))
+    wire = WireFrames(out, table_bytes=frames, oob_bytes=batch.oob_bytes.copy(), status=status)
+    return SendResult(wire, status, lso_done, counters, plan_bytes=plans)
 
 
 def run_ops(arena: np.ndarray, op_bytes: np.ndarray, table, backends: Mapping[int, object],

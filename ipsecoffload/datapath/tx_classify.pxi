@@ -263,8 +263,8 @@ cdef void tx_classify_run(BatchView b, const SaRecord* recs, int64_t nrec, int c
                      b.c_oob + k, k, recs, nrec, config, icv_space, iv_source, plans + i)
 
 
-def tx_classify(batch, const uint8_t[::1] records, int config, int icv_space, int iv_source,
-                uint8_t[::1] plans):
+def tx_classify(batch, const uint8_t[::1] records not None, int config, int icv_space, int iv_source,
+                uint8_t[::1] plans not None):
     """Plan every NET_BUFFER of ``batch`` (arena, nb_off, nb_len, nb_nbl, oob_bytes) into
     ``plans`` (NB_PLAN_DTYPE bytes). NBL-level failure and positions are tx_plan's."""
     cdef BatchView b = BatchView(batch)

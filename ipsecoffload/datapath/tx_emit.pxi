@@ -173,7 +173,7 @@ cdef int emit_nb(const uint8_t* frame, int64_t flen, int32_t nb, const NbPlan* p
 cdef bint plain_lso_is_consistent(const NbPlan* p, int64_t flen) noexcept nogil:
     """A plain-LSO plan (no SA) stays inside its frame and its out_len (see plan_without_ipsec)."""
     cdef int64_t thl = <int64_t>p.hdr_len - p.tcp_off, n
-    if (p.ip_off < 0 or p.ip_hdr_len < 20 or (p.ipv6 and p.ip_hdr_len != 40)
+    if (p.esp_off != 0 or p.ip_off < 0 or p.ip_hdr_len < 20 or (p.ipv6 and p.ip_hdr_len != 40)
             or p.tcp_off < <int64_t>p.ip_off + p.ip_hdr_len or thl < 20 or thl > 60
             or p.mss <= 0 or p.body_off != p.hdr_len or p.body_len < 0
             or p.body_len > flen - p.body_off):
@@ -229,7 +229,7 @@ cdef int tx_emit_check(BatchView b, const SaRecord* recs, int64_t nrec,
     for i in range(b.n_nb):
         p = plan0 + i
         flen = b.c_nb_len[i]
-        if p.nsegs < 0 or p.out_len < 0:
+        if p.nsegs < 0 or p.out_len < 0 or (p.nsegs == 0 and p.out_len != 0):
             raise ValueError("corrupt plan")
         if p.nsegs and p.slot >= 0:
             if p.slot >= nrec or not recs[p.slot].in_use \
@@ -273,8 +273,8 @@ cdef int tx_emit_run(BatchView b, const SaRecord* recs, const NbPlan* plan0,
     return 0
 
 
-def tx_emit(batch, const uint8_t[::1] records, const uint8_t[::1] plans,
-            const uint8_t[::1] rand, uint8_t[::1] out, uint8_t[::1] frames, uint8_t[::1] ops):
+def tx_emit(batch, const uint8_t[::1] records not None, const uint8_t[::1] plans not None,
+            const uint8_t[::1] rand not None, uint8_t[::1] out not None, uint8_t[::1] frames not None, uint8_t[::1] ops not None):
     """Write every planned segment into ``out``, one WireFrame per output frame into
     ``frames`` and one CryptoOp per protected segment into ``ops`` (both as struct bytes)."""
     cdef BatchView b = BatchView(batch)

@@ -42,7 +42,7 @@ cdef void tx_fixup_run(uint8_t* out, const CryptoOp* op0, int64_t n) noexcept no
         st16(udp + 6, c if c else 0xFFFF)  # RFC 768: a computed 0 is sent as all ones
 
 
-def tx_fixup(uint8_t[::1] out, const uint8_t[::1] ops):
+def tx_fixup(uint8_t[::1] out not None, const uint8_t[::1] ops not None):
     """Run every op's fixup over the sealed output arena."""
     cdef int64_t n = ops.shape[0] // sizeof(CryptoOp)
     if ops.shape[0] % sizeof(CryptoOp):

@@ -18,9 +18,11 @@ COUNTERS = N_COUNTERS
 
 cdef extern from *:
     """
+    #define IPO_MAX_OUTPUT ((int64_t)1 << 48)
     #define IPO_LSO_TYPE_BIT ((uint64_t)1 << 30)
     #define IPO_LSO_V1_PAYLOAD_MASK (((uint64_t)1 << 30) - 1)
     """
+    const int64_t MAX_OUTPUT "IPO_MAX_OUTPUT"  # bytes one batch may produce: sums cannot wrap
     const uint64_t LSO_TYPE_BIT "IPO_LSO_TYPE_BIT"
     const uint64_t LSO_V1_PAYLOAD_MASK "IPO_LSO_V1_PAYLOAD_MASK"
 
@@ -42,13 +44,15 @@ ctypedef struct TxTotals:
 
 
 cdef int tx_plan_check(BatchView b, const NbPlan* plan0, int64_t n_nb, int64_t nrec) except -1:
-    cdef int64_t i
+    cdef int64_t i, total = 0
     cdef const NbPlan* p
     for i in range(n_nb):
         p = plan0 + i
         if p.nbl < 0 or p.nbl >= b.n_nbl or p.nsegs < 0 or p.out_len < 0 \
-                or p.reason >= REASON_COUNT or (p.slot >= 0 and p.slot >= nrec):
+                or (p.nsegs == 0 and p.out_len != 0) or p.reason >= REASON_COUNT \
+                or (p.slot >= 0 and p.slot >= nrec) or p.out_len > MAX_OUTPUT - total:
             raise ValueError(f"plan {i} is corrupt")
+        total += p.out_len
     return 0
 
 
@@ -111,8 +115,8 @@ cdef TxTotals tx_plan_run(BatchView b, const SaRecord* recs, NbPlan* plan0, int6
     return t
 
 
-def tx_plan(batch, const uint8_t[::1] records, uint8_t[::1] plans, uint32_t[::1] nbl_status,
-            uint64_t[::1] lso_done, int64_t[::1] counters):
+def tx_plan(batch, const uint8_t[::1] records not None, uint8_t[::1] plans not None, uint32_t[::1] nbl_status not None,
+            uint64_t[::1] lso_done not None, int64_t[::1] counters not None):
     """Returns (output bytes, frames, crypto ops, random IV bytes) and fills ``nbl_status``,
     ``lso_done`` (slot TcpLargeSendNetBufferListInfo after completion) and ``counters``
     (REASON_COUNT reason counts, then STATUS_COUNTERS NBL status counts)."""

@@ -56,7 +56,29 @@ def tx_run(batch, table, int config, int icv_space, int iv_source, backends, ran
 
 
 def run_op_groups(arena, ops, keys, backends, str direction):
-    """Each op group (pass, kind, suite, key context) through its backend, passes in order."""
-    order, groups = op_groups(ops)
-    for start, end, _pass, _kind, suite, key_row in groups.tolist():
-        getattr(backends[suite], direction)(arena, ops, order[start:end], keys[key_row])
+    """Each op group (pass, kind, suite, key context) through its backend, passes in order.
+    The common case, ops already in group order (one SA, or SAs in runs), needs no sort."""
+    cdef const uint8_t[::1] op_bytes = ops
+    cdef int64_t n = op_bytes.shape[0] // sizeof(CryptoOp), i, start = 0
+    if op_bytes.shape[0] % sizeof(CryptoOp):
+        raise ValueError("ops buffer size does not match the CryptoOp layout")
+    if n == 0:
+        return
+    cdef const CryptoOp* op0 = <const CryptoOp*>&op_bytes[0]
+    cdef bint in_order = True
+    with nogil:
+        for i in range(1, n):
+            if op_group_key(op0 + i) < op_group_key(op0 + i - 1):
+                in_order = False
+                break
+    if not in_order:
+        order, groups = op_groups(ops)
+        for start_, end, _pass, _kind, suite, key_row in groups.tolist():
+            getattr(backends[suite], direction)(arena, ops, order[start_:end], keys[key_row])
+        return
+    order = np.arange(n, dtype=np.int32)
+    for i in range(1, n + 1):
+        if i == n or op_group_key(op0 + i) != op_group_key(op0 + start):
+            getattr(backends[op0[start].suite], direction)(arena, ops, order[start:i],
+                                                           keys[op0[start].key_row])
+            start = i

@@ -76,6 +76,9 @@ cdef class BatchView:
     cdef int64_t arena_size, n_nb, n_nbl
 
     def __init__(self, batch):
+        for name in ("arena", "nb_off", "nb_len", "nb_nbl", "oob_bytes"):
+            if getattr(batch, name) is None:
+                raise TypeError(f"batch.{name} must be an array, not None")
         self.arena = batch.arena
         self.nb_off = batch.nb_off
         self.nb_len = batch.nb_len

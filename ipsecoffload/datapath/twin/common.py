@@ -36,7 +36,9 @@ def _buffers(**args) -> None:
             raise ValueError(f"{name} must be a 1-D contiguous {np.dtype(dtype).name} buffer, "
                              f"got format {view.format!r} with {view.ndim} dimension(s)")
         if writable and view.readonly:
-            raise ValueError(f"{name} is read-only")
+            # as Cython: a read-only numpy array is a ValueError, another object a BufferError
+            error = ValueError if isinstance(value, np.ndarray) else BufferError
+            raise error(f"{name} is read-only")
 
 
 def _lso_enabled(lso_kind: int, ipv6: bool, config: int) -> bool:
@@ -154,7 +156,8 @@ def _plain_lso_is_consistent(p, flen: int) -> bool:
     ip_off, ihl, tcp_off = int(p["ip_off"]), int(p["ip_hdr_len"]), int(p["tcp_off"])
     hdr_len, mss, body_len = int(p["hdr_len"]), int(p["mss"]), int(p["body_len"])
     thl = hdr_len - tcp_off
-    if (ip_off < 0 or ihl < 20 or (p["ipv6"] and ihl != 40) or tcp_off < ip_off + ihl
+    if (int(p["esp_off"]) != 0 or ip_off < 0 or ihl < 20 or (p["ipv6"] and ihl != 40)
+            or tcp_off < ip_off + ihl
             or not 20 <= thl <= 60 or mss <= 0 or int(p["body_off"]) != hdr_len
             or body_len < 0 or body_len > flen - hdr_len):
         return False
@@ -163,3 +166,10 @@ def _plain_lso_is_consistent(p, flen: int) -> bool:
             and hdr_len + min(body_len, mss) - ip_off - (40 if p["ipv6"] else 0) <= 0xFFFF)
 
 
+
+
+def _c_ints(**values) -> None:
+    """What a C ``int`` argument of the compiled stages accepts."""
+    for name, value in values.items():
+        if not -2**31 <= int(value) < 2**31:
+            raise OverflowError(f"{name} = {value} does not fit a C int")

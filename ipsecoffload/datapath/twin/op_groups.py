@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..layout import CRYPTO_OP_DTYPE
+from .common import _buffers
 
 
 def op_groups(ops):
+    _buffers(ops=(ops, np.uint8, False))
     if len(ops) % CRYPTO_OP_DTYPE.itemsize:
         raise ValueError("ops buffer size does not match the CryptoOp layout")
     table = np.asarray(ops).view(CRYPTO_OP_DTYPE)

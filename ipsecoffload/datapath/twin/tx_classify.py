@@ -8,7 +8,7 @@ import numpy as np
 
 from ..layout import (HANDLE_SLOT_MASK, SA_RECORD_DTYPE, NB_PLAN_DTYPE, NBL_OOB_DTYPE, STATUS_FAILURE,
                       STATUS_INVALID_PACKET, Config, IcvSpace, IvSource, Reason, Suite)
-from .common import _buffers, _lso_enabled, _lso_segment_len, _records, xf0
+from .common import _buffers, _c_ints, _lso_enabled, _lso_segment_len, _records, xf0
 
 def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int,
                   iv_source: int) -> dict:
@@ -165,6 +165,7 @@ def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int
 
 
 def tx_classify(batch, records, config, icv_space, iv_source, plans):
+    _c_ints(config=config, icv_space=icv_space, iv_source=iv_source)
     arena, nb_off, nb_len, nb_nbl = batch.arena, batch.nb_off, batch.nb_len, batch.nb_nbl
     _buffers(arena=(arena, np.uint8, False), nb_off=(nb_off, np.int64, False),
              nb_len=(nb_len, np.int64, False), nb_nbl=(nb_nbl, np.int32, False),

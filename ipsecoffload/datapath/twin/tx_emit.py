@@ -37,7 +37,7 @@ def tx_emit(batch, records, plans, rand, out, frames, ops):
         if nb_off[i] < 0 or nb_len[i] < 0 or int(nb_off[i]) + int(nb_len[i]) > len(arena):
             raise ValueError("a NET_BUFFER lies outside the arena")
         nsegs, slot = int(p["nsegs"]), int(p["slot"])
-        if nsegs < 0 or p["out_len"] < 0:
+        if nsegs < 0 or p["out_len"] < 0 or (nsegs == 0 and p["out_len"] != 0):
             raise ValueError("corrupt plan")
         if nsegs and slot >= 0:
             if (slot >= len(recs) or not recs[slot]["in_use"]

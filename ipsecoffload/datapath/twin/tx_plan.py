@@ -9,6 +9,7 @@ from ..layout import (COUNTERS, NB_PLAN_DTYPE, NBL_OOB_DTYPE, REASON_COUNT, SA_R
 from .common import _buffers, _records, xf0
 
 LSO_TYPE_BIT = 1 << 30
+MAX_OUTPUT = 1 << 48  # bytes one batch may produce (as the compiled stage)
 
 
 def random_iv(p, recs) -> bool:
@@ -33,10 +34,14 @@ def tx_plan(batch, records, plans, nbl_status, lso_done, counters):
         raise ValueError(f"counters needs {COUNTERS} entries")
     recs = _records(records)
     plan = np.asarray(plans).view(NB_PLAN_DTYPE)
+    total = 0
     for i, p in enumerate(plan):
         if (not 0 <= p["nbl"] < n_nbl or p["nsegs"] < 0 or p["out_len"] < 0
-                or p["reason"] >= REASON_COUNT or (p["slot"] >= 0 and p["slot"] >= len(recs))):
+                or (p["nsegs"] == 0 and p["out_len"] != 0) or p["reason"] >= REASON_COUNT
+                or (p["slot"] >= 0 and p["slot"] >= len(recs))
+                or int(p["out_len"]) > MAX_OUTPUT - total):
             raise ValueError(f"plan {i} is corrupt")
+        total += int(p["out_len"])
     nbl_status[:] = 0
     counters[:] = 0
     payload = [0] * n_nbl

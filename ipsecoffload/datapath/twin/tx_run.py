@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..layout import COUNTERS, CRYPTO_OP_DTYPE, NB_PLAN_DTYPE, WIRE_FRAME_DTYPE
+from ..layout import COUNTERS, CRYPTO_OP_DTYPE, NB_PLAN_DTYPE, NBL_OOB_DTYPE, WIRE_FRAME_DTYPE
 from .op_groups import op_groups
 from .tx_classify import tx_classify
 from .tx_emit import tx_emit
@@ -15,7 +15,7 @@ def tx_run(batch, table, config, icv_space, iv_source, backends, random_source):
     records = table.records_bytes
     plans = np.empty(len(batch.nb_off) * NB_PLAN_DTYPE.itemsize, np.uint8)
     tx_classify(batch, records, config, icv_space, iv_source, plans)
-    n_nbl = len(batch.oob_bytes) // batch.oob.dtype.itemsize
+    n_nbl = len(batch.oob_bytes) // NBL_OOB_DTYPE.itemsize
     status = np.empty(n_nbl, np.uint32)
     lso_done = np.empty(n_nbl, np.uint64)
     counters = np.empty(COUNTERS, np.int64)
