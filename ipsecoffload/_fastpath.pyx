@@ -14,6 +14,10 @@ from libc.string cimport memcpy, memset
 
 import numpy as np
 
+cimport numpy as cnp
+
+cnp.import_array()
+
 include "datapath/wire.pxi"
 include "datapath/structs.pxi"
 include "datapath/tx_classify.pxi"

@@ -44,13 +44,12 @@ cdef inline int64_t gcm_blocks_of(const CryptoOp* op) noexcept nogil:
     return 1 + (op.text_len + 15) // 16
 
 
-cdef int gcm_check_ops(const uint8_t[::1] arena, const CryptoOp* op0, int64_t n_ops,
-                       const int32_t[::1] idx, bint want_gmac_ok) except -1:
+cdef int gcm_check_ops(int64_t size, const CryptoOp* op0, int64_t n_ops, const int32_t* idx,
+                       int64_t n) except -1:
     """Every op of the group lies inside the arena and is a GCM/GMAC ESP op."""
-    cdef Py_ssize_t i
-    cdef int64_t size = arena.shape[0], j
+    cdef int64_t i, j
     cdef const CryptoOp* op
-    for i in range(idx.shape[0]):
+    for i in range(n):
         j = idx[i]
         if j < 0 or j >= n_ops:
             raise ValueError(f"idx[{i}] = {j} names no op")
@@ -127,26 +126,55 @@ cdef class GcmBatchedBackend:
     def __repr__(self):
         return f"GcmBatchedBackend(ghash={ghash_default_path()})"
 
-    def seal(self, uint8_t[::1] arena, uint8_t[::1] ops, const int32_t[::1] idx, object keys):
+    def seal(self, arena, ops, idx, keys):
+        """Seal the ops ``idx`` (int32) of ``ops`` (CryptoOp bytes) in ``arena`` (uint8)."""
         self._run(arena, ops, idx, keys, True)
 
-    def open(self, uint8_t[::1] arena, uint8_t[::1] ops, const int32_t[::1] idx, object keys):
+    def open(self, arena, ops, idx, keys):
+        """Verify and decrypt the ops ``idx``; each gets OP_DONE or OP_AUTH_FAILED."""
         self._run(arena, ops, idx, keys, False)
 
-    cdef _run(self, uint8_t[::1] arena, uint8_t[::1] ops, const int32_t[::1] idx, object keys,
-              bint seal):
-        cdef int64_t n_ops = ops.shape[0] // sizeof(CryptoOp)
-        if ops.shape[0] % sizeof(CryptoOp):
+    cdef _run(self, arena, ops, idx, object keys, bint seal):
+        # numpy arrays as tx_run makes them: their pointers as is; else typed memoryviews
+        cdef uint8_t[::1] arena_mv
+        cdef uint8_t[::1] ops_mv
+        cdef const int32_t[::1] idx_mv
+        cdef uint8_t* base
+        cdef int64_t size, ops_size, n
+        cdef const int32_t* ix
+        cdef CryptoOp* op0
+        if plain_array(arena, cnp.NPY_UINT8, True):
+            base, size = <uint8_t*>array_data(arena), array_len(arena)
+        else:
+            arena_mv = arena
+            size = arena_mv.shape[0]
+            base = &arena_mv[0] if size else NULL
+        if plain_array(ops, cnp.NPY_UINT8, True):
+            op0, ops_size = <CryptoOp*>array_data(ops), array_len(ops)
+        else:
+            ops_mv = ops
+            ops_size = ops_mv.shape[0]
+            op0 = <CryptoOp*>&ops_mv[0] if ops_size else NULL
+        if plain_array(idx, cnp.NPY_INT32, False):
+            ix, n = <const int32_t*>array_data(idx), array_len(idx)
+        else:
+            idx_mv = idx
+            n = idx_mv.shape[0]
+            ix = &idx_mv[0] if n else NULL
+        if ops_size % sizeof(CryptoOp):
             raise ValueError("ops buffer size does not match the CryptoOp layout")
-        cdef Py_ssize_t n = idx.shape[0]
         if n == 0:
             return
-        cdef CryptoOp* op0 = <CryptoOp*>&ops[0]
-        gcm_check_ops(arena, op0, n_ops, idx, True)
-        cdef const uint8_t[::1] key_bytes = keys.ghash_key
-        if key_bytes.shape[0] < <Py_ssize_t>sizeof(ipo_ghash_key):
+        gcm_check_ops(size, op0, ops_size // sizeof(CryptoOp), ix, n)
+        self._group(base, op0, ix, n, keys, seal)
+
+    cdef _group(self, uint8_t* base, CryptoOp* op0, const int32_t* idx, int64_t n,
+                object keys, bint seal):
+        key_arr = keys.ghash_key
+        if not plain_array(key_arr, cnp.NPY_UINT8, False) \
+                or array_len(key_arr) < <int64_t>sizeof(ipo_ghash_key):
             raise ValueError("the key context holds no GHASH key")
-        cdef const ipo_ghash_key* key = <const ipo_ghash_key*>&key_bytes[0]
+        cdef const ipo_ghash_key* key = <const ipo_ghash_key*>array_data(key_arr)
         cdef int path = ghash_active_path()
         encryptor = keys.ecb_encryptor()
         cdef int64_t max_blocks = 0, blocks, scratch_len = 0, i
@@ -156,17 +184,19 @@ cdef class GcmBatchedBackend:
                 max_blocks = blocks
             if op0[idx[i]].suite == SUITE_AES_GMAC and op0[idx[i]].text_len + 20 > scratch_len:
                 scratch_len = op0[idx[i]].text_len + 20
+        cdef int64_t total_blocks = 0
+        for i in range(n):
+            total_blocks += gcm_blocks_of(op0 + idx[i])
         cdef int64_t chunk_blocks = GCM_CHUNK_BYTES // 16
+        if total_blocks < chunk_blocks:
+            chunk_blocks = total_blocks
         if max_blocks > chunk_blocks:
             chunk_blocks = max_blocks
         # counter blocks become keystream in place: OpenSSL's ECB allows in == out
         ks_arr = np.empty(chunk_blocks * 16 + 16 + scratch_len, np.uint8)
-        cdef uint8_t[::1] ks = ks_arr
-        cdef uint8_t* ctr = &ks[0]
-        cdef uint8_t* scratch = &ks[chunk_blocks * 16 + 16]
-        cdef uint8_t* base = &arena[0]
-        cdef Py_ssize_t start = 0, end
-        cdef int64_t used
+        cdef uint8_t* ks = <uint8_t*>array_data(ks_arr)
+        cdef uint8_t* scratch = ks + chunk_blocks * 16 + 16
+        cdef int64_t start = 0, end, used
         while start < n:
             # the ops [start, end) whose keystream fits one chunk
             used = 0
@@ -176,14 +206,14 @@ cdef class GcmBatchedBackend:
                     blocks = gcm_blocks_of(op0 + idx[end])
                     if used + blocks > chunk_blocks:
                         break
-                    gcm_counter_blocks(ctr + used * 16, op0[idx[end]].nonce, blocks)
+                    gcm_counter_blocks(ks + used * 16, op0[idx[end]].nonce, blocks)
                     used += blocks
                     end += 1
             encryptor.update_into(ks_arr[:used * 16], ks_arr)
             used = 0
             with nogil:
                 for i in range(start, end):
-                    gcm_finish_op(base, op0 + idx[i], &ks[used * 16], path, key, scratch, seal)
+                    gcm_finish_op(base, op0 + idx[i], ks + used * 16, path, key, scratch, seal)
                     used += gcm_blocks_of(op0 + idx[i])
             start = end
 

@@ -90,7 +90,7 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
     cdef const SaRecord* rec
     cdef int version, lso_kind
 
-    memset(p, 0, sizeof(NbPlan))
+    zero16n(p, sizeof(NbPlan) // 16)
     p.slot = -1
     p.nbl = nbl
     p.ip_off = l2

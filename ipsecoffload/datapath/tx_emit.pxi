@@ -141,11 +141,11 @@ cdef int emit_nb(const uint8_t* frame, int64_t flen, int32_t nb, const NbPlan* p
         if xf == NULL:
             pos += seg_len
             continue
-        memset(o + seg_len - icv, 0, icv)
+        zero_icv(o + seg_len - icv, icv)
         sn = p.sn64 + <uint64_t>i
         write_esp_fields(o, p, xf, sn, rand, rand_size, p.rand_off + i * xf.iv_len, osize - pos)
         op = ops + oi
-        memset(op, 0, sizeof(CryptoOp))
+        zero16n(op, sizeof(CryptoOp) // 16)
         base = pos + p.esp_off
         op.auth_off = base
         op.text_off = base + 8 + xf.iv_len

@@ -16,16 +16,15 @@ def tx_run(batch, table, int config, int icv_space, int iv_source, backends, ran
     status_arr = np.empty(b.n_nbl, np.uint32)
     lso_arr = np.empty(b.n_nbl, np.uint64)
     counters_arr = np.empty(N_COUNTERS, np.int64)
-    cdef uint8_t[::1] plans = plans_arr
-    cdef uint32_t[::1] status = status_arr
-    cdef uint64_t[::1] lso_done = lso_arr
-    cdef int64_t[::1] counters = counters_arr
-    cdef NbPlan* plan0 = <NbPlan*>&plans[0] if b.n_nb else NULL
+    # arrays made here: their data pointers are taken as is (docs/architecture.md)
+    cdef NbPlan* plan0 = <NbPlan*>array_data(plans_arr) if b.n_nb else NULL
+    cdef uint32_t* status = <uint32_t*>array_data(status_arr) if b.n_nbl else NULL
+    cdef uint64_t* lso_done = <uint64_t*>array_data(lso_arr) if b.n_nbl else NULL
+    cdef int64_t* counters = <int64_t*>array_data(counters_arr)
     cdef TxTotals t
     with nogil:
         tx_classify_run(b, recs, nrec, config, icv_space, iv_source, plan0)
-        t = tx_plan_run(b, recs, plan0, b.n_nb, &status[0] if b.n_nbl else NULL,
-                        &lso_done[0] if b.n_nbl else NULL, &counters[0])
+        t = tx_plan_run(b, recs, plan0, b.n_nb, status, lso_done, counters)
     out_arr = np.empty(t.out_bytes, np.uint8)
     frames_arr = np.empty(t.frames * sizeof(WireFrame), np.uint8)
     ops_arr = np.empty(t.ops * sizeof(CryptoOp), np.uint8)
@@ -38,20 +37,18 @@ def tx_run(batch, table, int config, int icv_space, int iv_source, backends, ran
         rand = rand_bytes
     else:
         rand = b""
-    cdef uint8_t[::1] out = out_arr
-    cdef uint8_t[::1] frames = frames_arr
-    cdef uint8_t[::1] ops = ops_arr
+    cdef uint8_t* out = <uint8_t*>array_data(out_arr) if t.out_bytes else NULL
+    cdef WireFrame* frames = <WireFrame*>array_data(frames_arr) if t.frames else NULL
+    cdef CryptoOp* op0 = <CryptoOp*>array_data(ops_arr) if t.ops else NULL
     tx_emit_check(b, recs, nrec, plan0, rand.shape[0], t.out_bytes, t.frames, t.ops)
-    cdef CryptoOp* op0 = <CryptoOp*>&ops[0] if t.ops else NULL
     with nogil:
         tx_emit_run(b, recs, plan0, &rand[0] if rand.shape[0] else NULL, rand.shape[0],
-                    &out[0] if t.out_bytes else NULL, t.out_bytes,
-                    <WireFrame*>&frames[0] if t.frames else NULL, op0)
+                    out, t.out_bytes, frames, op0)
     if t.ops:
         run_op_groups(out_arr, ops_arr, table.keys, backends, "seal")
         tx_fixup_check(op0, t.ops, t.out_bytes)
         with nogil:
-            tx_fixup_run(&out[0], op0, t.ops)
+            tx_fixup_run(out, op0, t.ops)
     return out_arr, frames_arr, ops_arr, plans_arr, status_arr, lso_arr, counters_arr
 
 

@@ -8,6 +8,10 @@ cdef extern from "ipo_config.h":
     const uint64_t UINT32_MAX "IPO_UINT32_MAX"
     const uint64_t UINT64_MAX "IPO_UINT64_MAX"
 
+cdef extern from "ipo_config.h":
+    void zero16n "ipo_zero16n" (void* p, size_t n16) noexcept nogil
+    void zero_icv "ipo_zero_icv" (void* p, size_t n) noexcept nogil
+
 BOUNDS_CHECKED = bool(IPO_BOUNDS_CHECK)
 
 cdef inline uint16_t ld16(const uint8_t* p) noexcept nogil:
@@ -30,15 +34,10 @@ cdef inline void st64(uint8_t* p, uint64_t v) noexcept nogil:
     st32(p, <uint32_t>(v >> 32))
     st32(p + 4, <uint32_t>v)
 
-cdef inline uint64_t csum_add(uint64_t s, const uint8_t* p, int64_t n) noexcept nogil:
-    """One's-complement sum of big-endian 16-bit words; an odd tail byte is zero-padded."""
-    cdef int64_t i = 0
-    while i + 1 < n:
-        s += (<uint64_t>p[i] << 8) | p[i + 1]
-        i += 2
-    if i < n:
-        s += <uint64_t>p[i] << 8
-    return s
+cdef extern from "ipo_config.h":
+    # One's-complement sum of big-endian 16-bit words added to s, not folded; an odd tail byte
+    # is zero-padded (RFC 1071).
+    uint64_t csum_add "ipo_csum_add" (uint64_t s, const uint8_t* p, int64_t n) noexcept nogil
 
 cdef inline uint16_t csum_fold(uint64_t s) noexcept nogil:
     while s >> 16:
@@ -60,9 +59,32 @@ cdef inline int check(int64_t off, int64_t n, int64_t size) except -1 nogil:
 
 
 
+cdef inline bint plain_array(object a, int typenum, bint writable) noexcept:
+    """A 1-D, C-contiguous, aligned, native-order numpy array of exactly that type (and
+    writable when asked): its data pointer can be taken as is, without the cost of a
+    typed-memoryview acquisition; anything else goes through a typed memoryview."""
+    cdef cnp.ndarray arr
+    if type(a) is not cnp.ndarray:
+        return False
+    arr = <cnp.ndarray>a
+    return (cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_NDIM(arr) == 1
+            and cnp.PyArray_ISCARRAY_RO(arr) and cnp.PyArray_ISNOTSWAPPED(arr)
+            and (not writable or cnp.PyArray_ISWRITEABLE(arr)))
+
+
+cdef inline void* array_data(object a) noexcept:
+    return cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef inline int64_t array_len(object a) noexcept:
+    return cnp.PyArray_DIM(<cnp.ndarray>a, 0)
+
+
 cdef class BatchView:
-    """A validated C view of a batch (arena, nb_off, nb_len, nb_nbl, oob_bytes): the
-    memoryviews stay alive with it; the stages read the raw pointers."""
+    """A validated C view of a batch (arena, nb_off, nb_len, nb_nbl, oob_bytes): the arrays
+    (or the memoryviews of other buffers) stay alive with it; the stages read the raw
+    pointers."""
+    cdef object keep
     cdef const uint8_t[::1] arena
     cdef const int64_t[::1] nb_off
     cdef const int64_t[::1] nb_len
@@ -76,25 +98,50 @@ cdef class BatchView:
     cdef int64_t arena_size, n_nb, n_nbl
 
     def __init__(self, batch):
-        for name in ("arena", "nb_off", "nb_len", "nb_nbl", "oob_bytes"):
-            if getattr(batch, name) is None:
+        arena, nb_off, nb_len = batch.arena, batch.nb_off, batch.nb_len
+        nb_nbl, oob_bytes = batch.nb_nbl, batch.oob_bytes
+        self.keep = (arena, nb_off, nb_len, nb_nbl, oob_bytes)
+        for name, value in zip(("arena", "nb_off", "nb_len", "nb_nbl", "oob_bytes"), self.keep):
+            if value is None:
                 raise TypeError(f"batch.{name} must be an array, not None")
-        self.arena = batch.arena
-        self.nb_off = batch.nb_off
-        self.nb_len = batch.nb_len
-        self.nb_nbl = batch.nb_nbl
-        self.oob_bytes = batch.oob_bytes
-        cdef int64_t n_nb = self.nb_off.shape[0], i, size = self.arena.shape[0]
-        if self.nb_len.shape[0] != n_nb or self.nb_nbl.shape[0] != n_nb:
-            raise ValueError("nb_off, nb_len and nb_nbl differ in length")
-        if self.oob_bytes.shape[0] % sizeof(NblOob):
+        cdef int64_t n_nb, i, size, n_oob
+        if plain_array(arena, cnp.NPY_UINT8, False):
+            self.c_arena, size = <const uint8_t*>array_data(arena), array_len(arena)
+        else:
+            self.arena = arena
+            size = self.arena.shape[0]
+            self.c_arena = &self.arena[0] if size else NULL
+        if plain_array(nb_off, cnp.NPY_INT64, False):
+            self.c_nb_off, n_nb = <const int64_t*>array_data(nb_off), array_len(nb_off)
+        else:
+            self.nb_off = nb_off
+            n_nb = self.nb_off.shape[0]
+            self.c_nb_off = &self.nb_off[0] if n_nb else NULL
+        if plain_array(nb_len, cnp.NPY_INT64, False) and array_len(nb_len) == n_nb:
+            self.c_nb_len = <const int64_t*>array_data(nb_len)
+        else:
+            self.nb_len = nb_len
+            if self.nb_len.shape[0] != n_nb:
+                raise ValueError("nb_off, nb_len and nb_nbl differ in length")
+            self.c_nb_len = &self.nb_len[0] if n_nb else NULL
+        if plain_array(nb_nbl, cnp.NPY_INT32, False) and array_len(nb_nbl) == n_nb:
+            self.c_nb_nbl = <const int32_t*>array_data(nb_nbl)
+        else:
+            self.nb_nbl = nb_nbl
+            if self.nb_nbl.shape[0] != n_nb:
+                raise ValueError("nb_off, nb_len and nb_nbl differ in length")
+            self.c_nb_nbl = &self.nb_nbl[0] if n_nb else NULL
+        if plain_array(oob_bytes, cnp.NPY_UINT8, False):
+            self.c_oob, n_oob = <const NblOob*>array_data(oob_bytes), array_len(oob_bytes)
+        else:
+            self.oob_bytes = oob_bytes
+            n_oob = self.oob_bytes.shape[0]
+            self.c_oob = <const NblOob*>&self.oob_bytes[0] if n_oob else NULL
+        if n_oob % sizeof(NblOob):
             raise ValueError("oob buffer size does not match the NblOob layout")
-        self.n_nb, self.n_nbl, self.arena_size = n_nb, self.oob_bytes.shape[0] // sizeof(NblOob), size
-        self.c_arena = &self.arena[0] if size else NULL
-        self.c_nb_off = &self.nb_off[0] if n_nb else NULL
-        self.c_nb_len = &self.nb_len[0] if n_nb else NULL
-        self.c_nb_nbl = &self.nb_nbl[0] if n_nb else NULL
-        self.c_oob = <const NblOob*>&self.oob_bytes[0] if self.n_nbl else NULL
+        self.n_nb, self.n_nbl, self.arena_size = n_nb, n_oob // sizeof(NblOob), size
+        if self.n_nbl == 0:
+            self.c_oob = NULL
         cdef const int64_t* off = self.c_nb_off
         cdef const int64_t* ln = self.c_nb_len
         cdef const int32_t* nbl = self.c_nb_nbl
