@@ -1,4 +1,4 @@
-"""Internet checksum helpers shared by the Python-side packet builders (spec §8.10)."""
+"""Internet checksum helpers shared by the Python-side packet builders (docs/protocol.md)."""
 from __future__ import annotations
 
 import struct

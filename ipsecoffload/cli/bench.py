@@ -57,7 +57,7 @@ def tcp_packet(size: int, *, ipv6: bool = False, seq: int = 1, sport: int = 4000
 
 @dataclass(frozen=True)
 class Suite:
-    """A suite by its SA-file names (design §7): ``aes-gcm-128``, ``aes-cbc-128`` +
+    """A suite by its SA-file names (docs/architecture.md): ``aes-gcm-128``, ``aes-cbc-128`` +
     ``hmac-sha256-128``, ``null`` + ``aes-gmac-128``, ..."""
     encryption: str = "aes-gcm-128"
     integrity: Optional[str] = None

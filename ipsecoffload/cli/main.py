@@ -1,4 +1,4 @@
-"""The ``ipsecoffload`` command line (design §7): demo, encrypt, wireshark-sa, bench.
+"""The ``ipsecoffload`` command line (docs/architecture.md): demo, encrypt, wireshark-sa, bench.
 
 Results go to stdout; progress (only when stderr is a terminal), warnings and errors to
 stderr. Unusable input exits with status 2 and one line on stderr.

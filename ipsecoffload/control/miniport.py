@@ -1,5 +1,5 @@
 """Miniport: the NIC object users hold — capabilities, offload parameters, the IPsecOV2 SA
-OIDs, and MiniportSendNetBufferLists (spec §1.2, §3, §4.9, §6)."""
+OIDs, and MiniportSendNetBufferLists (docs/protocol.md)."""
 from __future__ import annotations
 
 import dataclasses
@@ -26,7 +26,7 @@ _LSO_WITH_IPSEC = int(Config.LSO_WITH_IPSEC)
 
 
 def default_capabilities(capacity: int = 4096) -> ndis.NdisIpsecOffloadV2:
-    """What this emulator supports (spec §3): ESP, transport and single-layer tunnel, ESN,
+    """What this emulator supports (docs/protocol.md): ESP, transport and single-layer tunnel, ESN,
     UDP-ESP, LSO with IPsec; AES-GCM, AES-GMAC, AES-CBC + HMAC and NULL + HMAC."""
     return ndis.NdisIpsecOffloadV2(
         encapsulation=ndis.NDIS_ENCAPSULATION_IEEE_802_3 | ndis.NDIS_ENCAPSULATION_NULL,
@@ -43,7 +43,7 @@ def default_capabilities(capacity: int = 4096) -> ndis.NdisIpsecOffloadV2:
 
 @dataclasses.dataclass
 class OffloadState:
-    """What OID_TCP_OFFLOAD_PARAMETERS has switched on (spec §2.5); on by default."""
+    """What OID_TCP_OFFLOAD_PARAMETERS has switched on (docs/protocol.md); on by default."""
     esp_ipv4: bool = True
     esp_ipv6: bool = True
     ah_ipv4: bool = True
@@ -56,7 +56,7 @@ class OffloadState:
 class Miniport:
     """An emulated IPsecOV2 NIC.
 
-    ``iv_source`` and ``icv_space`` are the spec §9 G5 and G4 policies; ``random_source``
+    ``iv_source`` and ``icv_space`` are the docs/spec-gaps.md G5 and G4 policies; ``random_source``
     (``n -> n bytes``) feeds CBC IVs and can be replaced for reproducible output.
     """
 
@@ -115,7 +115,7 @@ class Miniport:
 
     def set_offload_parameters(self, params: ndis.NdisOffloadParameters) -> NdisStatus:
         """OID_TCP_OFFLOAD_PARAMETERS: IPsecV2 applies to both IP versions, IPsecV2IPv4 to
-        IPv4 only, 0 leaves a setting as it is (spec §2.5)."""
+        IPv4 only, 0 leaves a setting as it is (docs/protocol.md)."""
         values = (params.ipsec_v2, params.ipsec_v2_ipv4, params.lso_v1, params.lso_v2_ipv4,
                   params.lso_v2_ipv6)
         if not all(0 <= v <= 4 for v in values[:2]) or not all(0 <= v <= 2 for v in values[2:]):
@@ -137,7 +137,7 @@ class Miniport:
         return NdisStatus.SUCCESS
 
     def add_sa(self, entries: ndis.IpsecOffloadV2AddSa) -> NdisStatus:
-        """OID_TCP_TASK_IPSEC_OFFLOAD_V2_ADD_SA over the Next-linked list (spec §4.9):
+        """OID_TCP_TASK_IPSEC_OFFLOAD_V2_ADD_SA over the Next-linked list (docs/protocol.md):
         SUCCESS if any entry was offloaded; each failed entry gets handle 0."""
         statuses = [self._add_one(entry) for entry in entries.entries()]
         if any(s == NdisStatus.SUCCESS for s in statuses):
@@ -164,14 +164,14 @@ class Miniport:
         return NdisStatus.SUCCESS
 
     def delete_sa(self, entries: ndis.IpsecOffloadV2DeleteSa) -> NdisStatus:
-        """OID_..._DELETE_SA over the Next list; an unknown handle is ignored (spec §4.9)."""
+        """OID_..._DELETE_SA over the Next list; an unknown handle is ignored (docs/protocol.md)."""
         for entry in entries.entries():
             if self.sas.delete(entry.offload_handle):
                 self._count("sa_deleted")
         return NdisStatus.SUCCESS
 
     def update_sa(self, entry: ndis.IpsecOffloadV2UpdateSa) -> NdisStatus:
-        """OID_..._UPDATE_SA: new ESN high-order bits (spec §4.9)."""
+        """OID_..._UPDATE_SA: new ESN high-order bits (docs/protocol.md)."""
         if not self.capabilities.extended_sequence_numbers or not self.sas.update_seq_hi(
                 entry.offload_handle, entry.operation, entry.spi,
                 entry.sequence_number_high_order):
@@ -179,7 +179,7 @@ class Miniport:
         return NdisStatus.SUCCESS
 
     def halt(self) -> None:
-        """MiniportHaltEx: the NIC deletes every SA by itself (spec §1.1)."""
+        """MiniportHaltEx: the NIC deletes every SA by itself (docs/protocol.md)."""
         self.sas.clear()
 
     # -- send ----------------------------------------------------------------------------
@@ -195,7 +195,7 @@ class Miniport:
                 | (_LSO_WITH_IPSEC if caps.lso_supported else 0))
 
     def send(self, nbls: Union[PacketBatch, Sequence[ndis.NetBufferList]]) -> SendResult:
-        """MiniportSendNetBufferLists over a chain of NBLs (spec §6).
+        """MiniportSendNetBufferLists over a chain of NBLs (docs/send-path.md).
 
         Given ``NetBufferList`` objects, each is completed in place (``status``, LSO
         completion info in slot 2). The frames that leave are in ``result.wire``.

@@ -1,7 +1,7 @@
-"""The miniport's table of offloaded SAs: OID semantics (spec §4.9), opaque handles, and the
+"""The miniport's table of offloaded SAs: OID semantics (docs/protocol.md), opaque handles, and the
 compiled per-SA record array the kernels read.
 
-Thread safety: OIDs run on the direct path, concurrently with sends (spec §1.2 item 8).
+Thread safety: OIDs run on the direct path, concurrently with sends (docs/protocol.md item 8).
 Every change builds a new record array and key tuple and publishes both in one reference
 assignment; a send takes that pair once per batch and sees one consistent table.
 """
@@ -27,11 +27,11 @@ MAX_CAPACITY = 1 << HANDLE_SLOT_BITS
 _GCM_KEY_BYTES = {Enc.AES_GCM_128: 16, Enc.AES_GCM_192: 24, Enc.AES_GCM_256: 32}
 _GMAC_KEY_BYTES = {Auth.AES_GCM_128: 16, Auth.AES_GCM_192: 24, Auth.AES_GCM_256: 32}
 _CBC_KEY_BYTES = {Enc.AES_CBC_128: 16, Enc.AES_CBC_192: 24, Enc.AES_CBC_256: 32}
-# HMAC transforms: (integrity code, ICV bytes, RFC key bytes) — spec §8.7
+# HMAC transforms: (integrity code, ICV bytes, RFC key bytes) — docs/protocol.md
 _HMACS = {Auth.MD5: (Integrity.HMAC_MD5_96, 12, 16),
           Auth.SHA_1: (Integrity.HMAC_SHA1_96, 12, 20),
           Auth.SHA_256: (Integrity.HMAC_SHA256_128, 16, 32)}
-# AdditionalInfo carries the GCM ICV length, in bytes or bits (spec §9 G2); 0 means 16.
+# AdditionalInfo carries the GCM ICV length, in bytes or bits (docs/spec-gaps.md G2); 0 means 16.
 _ICV_FROM_ADDITIONAL_INFO = {0: 16, 8: 8, 12: 12, 16: 16, 64: 8, 96: 12, 128: 16}
 
 
@@ -56,7 +56,7 @@ def _single_bit(owner: str, value: int) -> None:
 
 
 def _key(blob: bytes, info: ndis.IpsecOffloadV2AlgorithmInfo, owner: str) -> bytes:
-    """spec §4.6: a key is blob[KeyOffsetBytes : KeyOffsetBytes + KeyLength]."""
+    """docs/protocol.md: a key is blob[KeyOffsetBytes : KeyOffsetBytes + KeyLength]."""
     start, length = info.key_offset_bytes, info.key_length
     if start < 0 or length < 0 or start + length > len(blob):
         raise SaRejected(NdisStatus.INVALID_DATA,
@@ -89,7 +89,7 @@ def compile_sa(sa: ndis.IpsecOffloadV2SecurityAssociation, blob: bytes,
                          f"encryption algorithm {Enc(enc.identifier)!r} is not enabled")
 
     if enc.identifier in _GCM_KEY_BYTES:
-        # Combined mode: only EncryptionAlgorithm counts (spec §4.2)
+        # Combined mode: only EncryptionAlgorithm counts (docs/protocol.md)
         key, salt = _aes_key_and_salt(_key(blob, enc, "EncryptionAlgorithm"),
                                       _GCM_KEY_BYTES[Enc(enc.identifier)], strict_salt,
                                       "EncryptionAlgorithm")
@@ -107,10 +107,10 @@ def compile_sa(sa: ndis.IpsecOffloadV2SecurityAssociation, blob: bytes,
         raise SaRejected(NdisStatus.NOT_SUPPORTED,
                          f"authentication algorithm {Auth(auth.identifier)!r} is not enabled")
     if not auth.identifier:
-        # spec §1.1 / §9 G14: no IPsec packet without integrity
+        # docs/protocol.md G14: no IPsec packet without integrity
         raise SaRejected(NdisStatus.NOT_SUPPORTED, "ESP without integrity is not offloaded")
     if enc.identifier in (0, Enc.NONE) and auth.identifier in _GMAC_KEY_BYTES:
-        # ESP-GMAC (RFC 4543): the key travels in AuthenticationAlgorithm (spec §9 G3)
+        # ESP-GMAC (RFC 4543): the key travels in AuthenticationAlgorithm (docs/spec-gaps.md G3)
         key, salt = _aes_key_and_salt(_key(blob, auth, "AuthenticationAlgorithm"),
                                       _GMAC_KEY_BYTES[Auth(auth.identifier)], strict_salt,
                                       "AuthenticationAlgorithm")
@@ -150,7 +150,7 @@ def compile_sa(sa: ndis.IpsecOffloadV2SecurityAssociation, blob: bytes,
 
 def _aes_key_and_salt(material: bytes, key_bytes: int, strict_salt: bool,
                       owner: str) -> tuple[bytes, bytes]:
-    """spec §4.6 / §9 G1: key || 4-byte salt; a bare key gets a zero salt and a warning."""
+    """docs/protocol.md G1: key || 4-byte salt; a bare key gets a zero salt and a warning."""
     if len(material) == key_bytes + 4:
         return material[:key_bytes], material[key_bytes:]
     if len(material) == key_bytes:
@@ -166,7 +166,7 @@ def _aes_key_and_salt(material: bytes, key_bytes: int, strict_salt: bool,
 
 
 class SaTable:
-    """Offloaded SA bundles by handle. Handles are never reused (spec §4.10)."""
+    """Offloaded SA bundles by handle. Handles are never reused (docs/protocol.md)."""
 
     def __init__(self, capacity: int):
         if not 1 <= capacity <= MAX_CAPACITY:
@@ -193,7 +193,7 @@ class SaTable:
 
     def add(self, entry: Union[ndis.IpsecOffloadV2AddSa, ndis.IpsecOffloadV2AddSaEx],
             caps: ndis.NdisIpsecOffloadV2, strict_salt: bool = False) -> int:
-        """Offload one bundle; returns its handle or raises SaRejected (spec §4.9 step 1)."""
+        """Offload one bundle; returns its handle or raises SaRejected (docs/protocol.md step 1)."""
         header = entry.header
         minimum = (ndis.SIZEOF_ADD_SA_EX_REV1 if isinstance(entry, ndis.IpsecOffloadV2AddSaEx)
                    else ndis.SIZEOF_ADD_SA_REV1)[8]
@@ -246,7 +246,8 @@ class SaTable:
         return handle
 
     def delete(self, handle: int) -> bool:
-        """Forget a bundle; returns False when the handle names none (spec §4.9 DELETE_SA)."""
+        """Forget a bundle; returns False when the handle names none (DELETE_SA,
+        docs/protocol.md)."""
         with self._lock:
             if self._sa_info.pop(handle, None) is None:
                 return False
@@ -260,7 +261,7 @@ class SaTable:
         return True
 
     def update_seq_hi(self, handle: int, operation: int, spi: int, seq_hi: int) -> bool:
-        """UPDATE_SA (spec §4.9): new ESN high-order bits for the bundle's SA."""
+        """UPDATE_SA (docs/protocol.md): new ESN high-order bits for the bundle's SA."""
         with self._lock:
             info = self._sa_info.get(handle)
             slot = handle & HANDLE_SLOT_MASK
@@ -274,7 +275,7 @@ class SaTable:
         return True
 
     def clear(self) -> None:
-        """Delete every SA (adapter halt, spec §1.1)."""
+        """Delete every SA (adapter halt, docs/protocol.md)."""
         with self._lock:
             self._sa_info.clear()
             self._free = list(range(self.capacity - 1, -1, -1))

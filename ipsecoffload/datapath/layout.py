@@ -52,7 +52,7 @@ CRYPTO_OP_DTYPE = np.dtype([
 ], align=True)
 
 # A handle is (serial << HANDLE_SLOT_BITS) | slot: the kernels find the slot without a
-# dictionary, and the record's stored handle proves the handle is not stale (spec §4.10).
+# dictionary, and the record's stored handle proves the handle is not stale (docs/protocol.md).
 HANDLE_SLOT_BITS = 20
 HANDLE_SLOT_MASK = (1 << HANDLE_SLOT_BITS) - 1
 
@@ -73,14 +73,15 @@ class Integrity(enum.IntEnum):
 
 
 class IcvSpace(enum.IntEnum):
-    """Where a non-LSO frame keeps room for the ESP ICV (spec §9 G4)."""
+    """Where a non-LSO frame keeps room for the ESP ICV (docs/spec-gaps.md G4)."""
     AUTO = 0  # reserved if the trailer sits before icv_len bytes, else appended
     RESERVED = 1  # the stack left icv_len bytes after the trailer; the ICV overwrites them
     APPEND = 2  # the frame ends at the trailer; the ICV is appended, lengths patched
 
 
 class IvSource(enum.IntEnum):
-    """Who supplies the ESP IV of non-LSO frames (spec §9 G5). LSO segments always get NIC IVs."""
+    """Who supplies the ESP IV of non-LSO frames (docs/spec-gaps.md G5). LSO segments always
+    get NIC IVs."""
     NIC = 0  # fresh per packet: 64-bit SN for GCM/GMAC, random for CBC
     PACKET = 1  # keep the bytes the stack put in the IV slot
 
@@ -142,7 +143,7 @@ STATUS_SUCCESS = 0x00000000
 STATUS_FAILURE = 0xC0000001
 STATUS_INVALID_PACKET = 0xC001000F
 
-# The NDIS_STATUS each reason completes its NBL with (spec §6.1; §2.2 for INVALID_PACKET).
+# The NDIS_STATUS each reason completes its NBL with (docs/send-path.md; §2.2 for INVALID_PACKET).
 REASON_STATUS = {
     Reason.OK: STATUS_SUCCESS,
     Reason.PASS_NO_HANDLE: STATUS_SUCCESS,

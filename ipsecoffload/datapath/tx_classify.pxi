@@ -29,7 +29,7 @@ cdef bint lso_enabled(int lso_kind, bint ipv6, int cfg) noexcept nogil:
 cdef int plan_without_ipsec(const uint8_t* frame, int64_t flen, int32_t nb_count, uint64_t lso,
                             int32_t l2, int cfg, NbPlan* p, uint8_t reason) except -1 nogil:
     """No IPsec work: the frame leaves unchanged, but an LSO request is still honoured
-    (spec §6.1 step 1): plain TCP segmentation, no ESP."""
+    (docs/send-path.md, step 1): plain TCP segmentation, no ESP."""
     cdef int64_t thl, L, n, ihl
     cdef int version
     if lso == 0:
@@ -97,9 +97,9 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
     p.next_header = nh
     if handle == 0 and tunnel_handle == 0:
         return plan_without_ipsec(frame, flen, nb_count, lso, l2, cfg, p, REASON_PASS_NO_HANDLE)
-    if not (cfg & (CFG_ESP_IPV4 | CFG_ESP_IPV6)):  # spec §6.1 step 1 precedes step 2 (G21)
+    if not (cfg & (CFG_ESP_IPV4 | CFG_ESP_IPV6)):  # docs/send-path.md, step 1 precedes step 2 (G21)
         return plan_without_ipsec(frame, flen, nb_count, lso, l2, cfg, p, REASON_PASS_DISABLED)
-    if tunnel_handle != 0:  # spec §9 G13; transport-over-tunnel is not offered (caps)
+    if tunnel_handle != 0:  # docs/spec-gaps.md G13; transport-over-tunnel is not offered (caps)
         fail(p, STATUS_FAILURE, REASON_TUNNEL_HANDLE)
         return 0
     if l2 < 0 or flen < l2 + 1:
@@ -111,7 +111,7 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
         fail(p, STATUS_INVALID_PACKET, REASON_MALFORMED_IP)
         return 0
     p.ipv6 = version == 6
-    if not (cfg & (CFG_ESP_IPV6 if p.ipv6 else CFG_ESP_IPV4)):  # spec §9 G21
+    if not (cfg & (CFG_ESP_IPV6 if p.ipv6 else CFG_ESP_IPV4)):  # docs/spec-gaps.md G21
         return plan_without_ipsec(frame, flen, nb_count, lso, l2, cfg, p, REASON_PASS_DISABLED)
     slot = handle & SLOT_MASK
     if slot >= <uint64_t>nrec or not recs[slot].in_use or recs[slot].handle != handle:
@@ -130,7 +130,7 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
         lso_kind = 2 if (lso >> 30) & 1 else 1
     p.lso = lso_kind
 
-    # IP header; with LSO the NET_BUFFER length is the datagram's end (spec §6.8)
+    # IP header; with LSO the NET_BUFFER length is the datagram's end (docs/send-path.md)
     if p.ipv6:
         if flen < l2 + 40:
             fail(p, STATUS_INVALID_PACKET, REASON_MALFORMED_IP)
@@ -172,7 +172,7 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
     align = xf.align
 
     if not lso_kind:
-        # The stack framed the trailer; find it from the IP length (spec §6.3 step 2, G4)
+        # The stack framed the trailer; find it from the IP length (docs/send-path.md, step 2, G4)
         tend = ip_end - icv
         ok_res = False
         ok_app = False
@@ -197,7 +197,7 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
         if tend + icv - l2 - (40 if p.ipv6 else 0) > 0xFFFF:  # an appended ICV overflows
             fail(p, STATUS_INVALID_PACKET, REASON_MALFORMED_IP)  # the IP length field
             return 0
-        if sn64 == 0:  # the counter wrapped: SN 0 is never sent (spec §8.1)
+        if sn64 == 0:  # the counter wrapped: SN 0 is never sent (docs/protocol.md)
             fail(p, STATUS_FAILURE, REASON_SEQ_EXHAUSTED)
             return 0
         p.slot = <int32_t>slot
@@ -209,14 +209,14 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
         p.out_len = tend + icv
         return 0
 
-    # LSO: the checks of spec §6.1 step 3, then the segment plan of §6.8
+    # LSO: the checks of docs/send-path.md, step 3, then the segment plan of §6.8
     if not (cfg & CFG_LSO_WITH_IPSEC) or (lso_kind == 1 and not (cfg & CFG_LSO_V1)) or (
             lso_kind == 2 and not (cfg & (CFG_LSO_V2_IPV6 if p.ipv6 else CFG_LSO_V2_IPV4))):
         fail(p, STATUS_FAILURE, REASON_LSO_DISABLED)
         return 0
     p.mss = <int32_t>(lso & 0xFFFFF)
     p.tcp_off = <int32_t>((lso >> 20) & 0x3FF)
-    pay_end = flen - padl  # spec §9 G7: the discardable pad is dropped
+    pay_end = flen - padl  # docs/spec-gaps.md G7: the discardable pad is dropped
     if (nb_count != 1 or p.mss == 0 or nh != 6 or p.tcp_off != text_off
             or (lso_kind == 2 and <int>((lso >> 31) & 1) != p.ipv6)
             or p.tcp_off + 20 > pay_end):
@@ -233,7 +233,7 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
             40 if p.ipv6 else 0) > 0xFFFF:  # a full segment would overflow the IP length field
         fail(p, STATUS_FAILURE, REASON_LSO_BAD_PARAMS)
         return 0
-    # Segment i carries SN0 + i (spec §9 G6): all of them must exist
+    # Segment i carries SN0 + i (docs/spec-gaps.md G6): all of them must exist
     if sn64 == 0 or (not xf.esn and sn64 + <uint64_t>(n - 1) > UINT32_MAX) or (
             xf.esn and sn64 > UINT64_MAX - <uint64_t>(n - 1)):
         fail(p, STATUS_FAILURE, REASON_SEQ_EXHAUSTED)
@@ -263,7 +263,8 @@ cdef void tx_classify_run(BatchView b, const SaRecord* recs, int64_t nrec, int c
                      b.c_oob + k, k, recs, nrec, config, icv_space, iv_source, plans + i)
 
 
-def tx_classify(batch, const uint8_t[::1] records not None, int config, int icv_space, int iv_source,
+def tx_classify(batch, const uint8_t[::1] records not None, int config, int icv_space,
+                int iv_source,
                 uint8_t[::1] plans not None):
     """Plan every NET_BUFFER of ``batch`` (arena, nb_off, nb_len, nb_nbl, oob_bytes) into
     ``plans`` (NB_PLAN_DTYPE bytes). NBL-level failure and positions are tx_plan's."""

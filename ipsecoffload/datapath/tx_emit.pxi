@@ -2,7 +2,7 @@
 # Included by _fastpath.pyx.
 
 cdef int64_t ipv6_final_dst(const uint8_t* ip, int64_t ext_end) noexcept nogil:
-    """Offset from the IPv6 header of the destination a TCP pseudo-header names (spec §8.10,
+    """Offset from the IPv6 header of the destination a TCP pseudo-header names (docs/protocol.md,
     RFC 8200 §8.1): with a routing header that has segments left, the final destination (last
     address of type 0/2, Segment List[0] of an SRH, type 4); else the header's destination.
     Walks hop-by-hop, routing and destination-options headers ending by ext_end."""
@@ -24,7 +24,7 @@ cdef int64_t ipv6_final_dst(const uint8_t* ip, int64_t ext_end) noexcept nogil:
 
 cdef int patch_segment(uint8_t* o, int64_t seg_len, const NbPlan* p, const Transform* rec,
                        int64_t i, int64_t chunk, int64_t osize) except -1 nogil:
-    """Header patches of one output segment (spec §6.3, §6.7, §6.8); o is its first byte."""
+    """Header patches of one output segment (docs/send-path.md); o is its first byte."""
     cdef uint8_t* ip = o + p.ip_off
     cdef uint8_t* tcp
     cdef int64_t thl, tcp_len, ext_end
@@ -37,12 +37,13 @@ cdef int patch_segment(uint8_t* o, int64_t seg_len, const NbPlan* p, const Trans
     else:
         check(p.ip_off, p.ip_hdr_len, osize)
         st16(ip + 2, <uint32_t>(seg_len - p.ip_off))
-        if p.lso:  # spec §6.8 / G16: LSOv2 IDs stay in 15 bits
+        if p.lso:  # docs/send-path.md / G16: LSOv2 IDs stay in 15 bits
             ident = ld16(ip + 4) + <uint32_t>i
             st16(ip + 4, ident & (0x7FFF if p.lso == 2 else 0xFFFF))
         st16(ip + 10, 0)
         st16(ip + 10, ~csum_fold(csum_add(0, ip, p.ip_hdr_len)) & 0xFFFF)
-    if rec != NULL and rec.udp_encap:  # RFC 3948: IPv4 sends checksum 0; IPv6 is finished after sealing
+    # RFC 3948: IPv4 sends checksum 0; IPv6 is finished after sealing (tx_fixup)
+    if rec != NULL and rec.udp_encap:
         check(p.esp_off - 8, 8, osize)
         st16(o + p.esp_off - 4, <uint32_t>(seg_len - (p.esp_off - 8)))
         st16(o + p.esp_off - 2, 0)
@@ -58,7 +59,7 @@ cdef int patch_segment(uint8_t* o, int64_t seg_len, const NbPlan* p, const Trans
         if i != 0:
             flags &= ~0x80  # CWR only on the first (G17)
         tcp[13] = flags
-        # spec §8.10 / G23: ignore the seeded partial sum, compute from scratch
+        # docs/protocol.md / G23: ignore the seeded partial sum, compute from scratch
         st16(tcp + 16, 0)
         if p.ipv6:
             ext_end = (<int64_t>p.esp_off if p.esp_off else p.tcp_off) - p.ip_off  # ESP, else TCP
@@ -274,7 +275,8 @@ cdef int tx_emit_run(BatchView b, const SaRecord* recs, const NbPlan* plan0,
 
 
 def tx_emit(batch, const uint8_t[::1] records not None, const uint8_t[::1] plans not None,
-            const uint8_t[::1] rand not None, uint8_t[::1] out not None, uint8_t[::1] frames not None, uint8_t[::1] ops not None):
+            const uint8_t[::1] rand not None, uint8_t[::1] out not None,
+            uint8_t[::1] frames not None, uint8_t[::1] ops not None):
     """Write every planned segment into ``out``, one WireFrame per output frame into
     ``frames`` and one CryptoOp per protected segment into ``ops`` (both as struct bytes)."""
     cdef BatchView b = BatchView(batch)

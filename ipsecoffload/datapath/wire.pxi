@@ -45,7 +45,7 @@ cdef inline uint16_t csum_fold(uint64_t s) noexcept nogil:
     return <uint16_t>s
 
 cdef inline int64_t esp_pad(int64_t unpadded, int64_t align) noexcept nogil:
-    """Pad bytes so that payload + pad + 2 is a multiple of align (spec §8.1)."""
+    """Pad bytes so that payload + pad + 2 is a multiple of align (docs/protocol.md)."""
     return (align - unpadded % align) % align
 
 
@@ -54,7 +54,8 @@ cdef inline int check(int64_t off, int64_t n, int64_t size) except -1 nogil:
     if IPO_BOUNDS_CHECK:
         if off < 0 or n < 0 or off + n > size:
             with gil:
-                raise IndexError(f"kernel access [{off}, {off + n}) outside a buffer of {size} bytes")
+                raise IndexError(f"kernel access [{off}, {off + n}) outside a buffer of "
+                                 f"{size} bytes")
     return 0
 
 

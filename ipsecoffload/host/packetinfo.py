@@ -29,7 +29,7 @@ class PacketInfo(NamedTuple):
     length: int  # IP packet length from its header
     fragment: bool
     tcp_payload: Optional[int]  # TCP data bytes, None if not a complete TCP header
-    lso_capable: bool  # TCP without SYN, RST, URG and with urgent pointer 0 (spec §6.8)
+    lso_capable: bool  # TCP without SYN, RST, URG and with urgent pointer 0 (docs/send-path.md)
 
 
 def parse_packet(data) -> PacketInfo:

@@ -1,5 +1,5 @@
-"""SaConfig: one outbound ESP SA as a user describes it (design §7 names), validated, and
-its translation into the IPSEC_OFFLOAD_V2_ADD_SA entry the miniport takes (spec §4)."""
+"""SaConfig: one outbound ESP SA as a user describes it (the SA-file names, README), validated, and
+its translation into the IPSEC_OFFLOAD_V2_ADD_SA entry the miniport takes (docs/protocol.md)."""
 from __future__ import annotations
 
 import ipaddress
@@ -47,7 +47,7 @@ class SaConfig:
     udp_encap: Optional[tuple[int, int]] = None  # (source port, destination port)
     esn: bool = False
     seq: int = 1  # the sequence number of the first packet
-    src: Optional[str] = None  # SA endpoints for ADD_SA; None = wildcard (spec §4.8)
+    src: Optional[str] = None  # SA endpoints for ADD_SA; None = wildcard (docs/protocol.md)
     dst: Optional[str] = None
     name: str = ""
 
@@ -141,7 +141,7 @@ class SaConfig:
 
     @property
     def align(self) -> int:
-        """ESP padding alignment: lcm(cipher block, 4) (spec §8.1)."""
+        """ESP padding alignment: lcm(cipher block, 4) (docs/protocol.md)."""
         return 16 if self.encryption.startswith("aes-cbc") else 4
 
     @property
@@ -151,7 +151,8 @@ class SaConfig:
         return ipaddress.ip_address(self.tunnel_src).version == 6
 
     def add_sa_entry(self, ipv6: bool, inbound: bool = False) -> ndis.IpsecOffloadV2AddSa:
-        """The ADD_SA entry for this SA; keys in the blob, encryption key first (spec §4.6)."""
+        """The ADD_SA entry for this SA; keys in the blob, encryption key first
+        (docs/protocol.md)."""
         enc_bit = ENCRYPTIONS[self.encryption][0]
         enc = ndis.IpsecOffloadV2AlgorithmInfo(identifier=int(enc_bit), key_length=len(self.key),
                                                key_offset_bytes=0,

@@ -1,10 +1,10 @@
-"""HostStack: what Windows TCP/IP does before the miniport (design §1).
+"""HostStack: what Windows TCP/IP does before the miniport (docs/architecture.md).
 
 From plain IP packets (bytes starting at the IP header) and an outbound SA it builds the
 IPsecOV2 frames the miniport expects — headers, SPI, sequence number, IV slot, ESP padding
-and trailer, room for the ICV (spec §6.2, §6.6, §6.7), or an LSO super-packet (spec §6.8) —
-with their out-of-band info (spec §5), keeps each SA's sequence number, and drives the
-miniport's ADD_SA / DELETE_SA / UPDATE_SA OIDs (spec §1.2).
+and trailer, room for the ICV (docs/send-path.md), or an LSO super-packet (docs/send-path.md) —
+with their out-of-band info (docs/protocol.md), keeps each SA's sequence number, and drives the
+miniport's ADD_SA / DELETE_SA / UPDATE_SA OIDs (docs/protocol.md).
 
 The stack does no crypto: the IV slot and the ICV are left for the NIC.
 """
@@ -29,20 +29,20 @@ IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_IPV6 = 4, 6, 17, 41
 IPPROTO_ESP = 50
 IPV6_FRAGMENT = 44
 # IPv6 extension headers that come before ESP in transport mode: hop-by-hop, routing,
-# destination options (spec §6.2; RFC 4303 §3.1.1)
+# destination options (docs/send-path.md; RFC 4303 §3.1.1)
 IPV6_HEADERS_BEFORE_ESP = (0, 43, 60)
 ETHERTYPES = {4: 0x0800, 6: 0x86DD}
 ETHERNET_HEADER_LEN = 14
 UDP_HEADER_LEN = 8
-MAX_ESP_OFFSET = 255 * 4  # EspHeaderOffset is 8 bits of 4-byte units (spec §5.2)
-MAX_LSO_MSS = (1 << 20) - 1  # 20-bit MSS field (spec §5.4)
-MAX_LSO_TCP_OFFSET = (1 << 10) - 1  # 10-bit TcpHeaderOffset field (spec §5.4)
+MAX_ESP_OFFSET = 255 * 4  # EspHeaderOffset is 8 bits of 4-byte units (docs/protocol.md)
+MAX_LSO_MSS = (1 << 20) - 1  # 20-bit MSS field (docs/protocol.md)
+MAX_LSO_TCP_OFFSET = (1 << 10) - 1  # 10-bit TcpHeaderOffset field (docs/protocol.md)
 TCP_SYN, TCP_RST, TCP_URG = 0x02, 0x04, 0x20
 DF_POLICIES = ("copy", "set", "clear")
 
 
 class SequenceNumberExhausted(ValueError):
-    """The SA has no sequence numbers left for the packets asked for (spec §8.1: an SN
+    """The SA has no sequence numbers left for the packets asked for (docs/protocol.md: an SN
     never wraps; a new SA is needed)."""
 
 
@@ -52,7 +52,7 @@ def _sa_label(config: SaConfig) -> str:
 
 
 def _sequence_limit(config: SaConfig) -> int:
-    """The last usable sequence number (spec §8.1)."""
+    """The last usable sequence number (docs/protocol.md)."""
     return 2**64 - 1 if config.esn else 2**32 - 1
 
 
@@ -61,7 +61,7 @@ class EspLayout(NamedTuple):
     spi: int
     iv_len: int  # IV slot bytes after the SN
     icv: int  # ICV bytes reserved after the trailer
-    align: int  # ESP padding alignment (spec §8.1)
+    align: int  # ESP padding alignment (docs/protocol.md)
 
     @classmethod
     def of(cls, config: SaConfig) -> "EspLayout":
@@ -81,7 +81,7 @@ class StackSa:
         self.next_seq = config.seq
         self.handles: dict[bool, int] = {}
         self.removed = False
-        # ESN high-order word each bundle's miniport record holds (spec §4.9 UPDATE_SA)
+        # ESN high-order word each bundle's miniport record holds (docs/protocol.md UPDATE_SA)
         self._nic_seq_hi: dict[bool, int] = {}
         self._owner: Optional[HostStack] = None
         self._tunnel_endpoints: Optional[tuple[bytes, bytes]] = None
@@ -186,7 +186,7 @@ def _set_ipv4_checksum(datagram: bytearray) -> None:
 
 def _set_ip_length(datagram: bytearray, length: int) -> None:
     """IPv4 Total Length (checksum recomputed) or IPv6 Payload Length, ``length`` being the
-    whole datagram's bytes; 0 leaves the length to the segmenter (spec §6.8)."""
+    whole datagram's bytes; 0 leaves the length to the segmenter (docs/send-path.md)."""
     if datagram[0] >> 4 == 4:
         if length > 0xFFFF:
             raise ValueError(f"an IPv4 datagram of {length} bytes exceeds 65535 "
@@ -201,18 +201,18 @@ def _set_ip_length(datagram: bytearray, length: int) -> None:
 
 
 def _udp_header(ports: tuple[int, int], length: int) -> bytes:
-    """RFC 3948 UDP header; checksum 0 — the NIC computes it for IPv6 (spec §6.7)."""
+    """RFC 3948 UDP header; checksum 0 — the NIC computes it for IPv6 (docs/send-path.md)."""
     return struct.pack("!HHHH", ports[0], ports[1], length, 0)
 
 
 def _pad_length(payload_len: int, align: int) -> int:
-    """Smallest pad with payload + pad + 2 a multiple of align (spec §8.1)."""
+    """Smallest pad with payload + pad + 2 a multiple of align (docs/protocol.md)."""
     return -(payload_len + 2) % align
 
 
 def _esp_packet(layout: EspLayout, sn: int, iv: bytes, payload: bytes,
                 next_header: int) -> tuple[bytes, int]:
-    """ESP header, IV slot, payload, trailer and the reserved ICV bytes (spec §6.2, §8.1);
+    """ESP header, IV slot, payload, trailer and the reserved ICV bytes (docs/send-path.md);
     returns the bytes and the pad length."""
     pad = _pad_length(len(payload), layout.align)
     trailer = bytes(range(1, pad + 1)) + bytes((pad, next_header))
@@ -222,8 +222,8 @@ def _esp_packet(layout: EspLayout, sn: int, iv: bytes, payload: bytes,
 
 def _tcp_pseudo_header_seed(packet: IpPacket) -> int:
     """The partial pseudo-header sum (addresses and protocol, no length) that Windows leaves
-    in the TCP checksum field of an LSO packet (spec §6.8). The IPv6 destination is the
-    header's, not a routing header's final one: the NIC ignores the seed (spec §9 G23)."""
+    in the TCP checksum field of an LSO packet (docs/send-path.md). The IPv6 destination is the
+    header's, not a routing header's final one: the NIC ignores the seed (docs/spec-gaps.md G23)."""
     addresses = packet.data[12:20] if packet.version == 4 else packet.data[8:40]
     return ones_complement_sum(addresses + struct.pack("!H", IPPROTO_TCP))
 
@@ -270,7 +270,7 @@ class HostStack:
     packets; ``ipv4_id`` the Identification the next outer IPv4 header gets (then +1 per
     header, modulo 2**16); ``tunnel_df`` sets the outer DF bit: ``"copy"`` it from an inner
     IPv4 packet (clear for inner IPv6), or always ``"set"`` / ``"clear"`` it (RFC 4301
-    §8.1's per-SA choices; spec §8.9). Transport-mode packets keep their own TTL and ID.
+    §8.1's per-SA choices; docs/protocol.md). Transport-mode packets keep their own TTL and ID.
 
     The stack is thread-safe: one lock orders sequence-number assignment and sends.
     """
@@ -315,7 +315,7 @@ class HostStack:
     def l2_length(self) -> int:
         return ETHERNET_HEADER_LEN if self.link == "ethernet" else 0
 
-    # -- SA management (spec §1.2, §4.9) ----------------------------------------------------
+    # -- SA management (docs/protocol.md) ----------------------------------------------------
     def add_sa(self, config: SaConfig) -> StackSa:
         """Register an outbound SA. Its bundle is offloaded now when the SA has one IP
         version (tunnel, or transport with endpoints), else the first time a packet of a
@@ -334,7 +334,7 @@ class HostStack:
         return sa
 
     def remove_sa(self, sa: StackSa) -> None:
-        """One DELETE_SA request naming every bundle this SA added (spec §4.5)."""
+        """One DELETE_SA request naming every bundle this SA added (docs/protocol.md)."""
         with self._lock:
             self._check_sa(sa)
             head = None
@@ -359,7 +359,8 @@ class HostStack:
                              f"{' (it was removed)' if sa.removed else ''}")
 
     def _ensure_bundle(self, sa: StackSa, ipv6: bool) -> int:
-        """ADD_SA for this IP version unless done (the IPv6 flag is per bundle, spec §4.3)."""
+        """ADD_SA for this IP version unless done (the IPv6 flag is per bundle,
+        docs/protocol.md)."""
         handle = sa.handles.get(ipv6)
         if handle:
             return handle
@@ -373,7 +374,7 @@ class HostStack:
         return entry.offload_handle
 
     def _sync_seq_hi(self, sa: StackSa, bundles: Iterable[bool], seq_hi: int) -> None:
-        """UPDATE_SA for each ESN bundle whose record holds another high word (spec §4.9)."""
+        """UPDATE_SA for each ESN bundle whose record holds another high word (docs/protocol.md)."""
         for ipv6 in sorted(bundles):
             if sa._nic_seq_hi.get(ipv6) == seq_hi:
                 continue
@@ -385,7 +386,7 @@ class HostStack:
                                    f"{_status_name(status)}")
             sa._nic_seq_hi[ipv6] = seq_hi
 
-    # -- sequence numbers (spec §8.1, §6.8) -----------------------------------------------------
+    # -- sequence numbers (docs/protocol.md) -----------------------------------------------------
     def _check_room(self, sa: StackSa, count: int) -> int:
         """The first of ``count`` consecutive SNs; SequenceNumberExhausted if the SA cannot
         give them all."""
@@ -424,7 +425,7 @@ class HostStack:
         return ident
 
     def _outer_header(self, inner: IpPacket, sa: StackSa, protocol: int) -> bytearray:
-        """The tunnel-mode outer header, lengths still 0 (spec §6.6, §8.9, RFC 6040 normal
+        """The tunnel-mode outer header, lengths still 0 (docs/send-path.md, RFC 6040 normal
         mode: DSCP and ECN copied)."""
         src, dst = sa._tunnel_endpoints
         if len(src) == 4:
@@ -438,8 +439,8 @@ class HostStack:
 
     def _esp_nbl(self, sa: StackSa, packet: IpPacket, bundle: bool, sn: int,
                  iv: bytes) -> _Nbl:
-        """One non-LSO frame: transport (spec §6.2) or tunnel (spec §6.6), with or without
-        UDP encapsulation (spec §6.7)."""
+        """One non-LSO frame: transport or tunnel (docs/send-path.md), with or without
+        UDP encapsulation (docs/send-path.md)."""
         config = sa.config
         outer_protocol = IPPROTO_UDP if config.udp_encap else IPPROTO_ESP
         if config.mode == "tunnel":
@@ -463,7 +464,7 @@ class HostStack:
 
     def _ipsec_oob(self, sa: StackSa, bundle: bool, next_header: int, pad: int,
                    esp_offset: int, lso_info: int = 0) -> dict:
-        """Slot 1 handle, slot 12 header info (spec §5.1, §5.2), slot 2 LSO info."""
+        """Slot 1 handle, slot 12 header info (docs/protocol.md), slot 2 LSO info."""
         if esp_offset % 4 or esp_offset > MAX_ESP_OFFSET:
             raise ValueError(f"ESP would start {esp_offset} bytes after the IP header; "
                              f"EspHeaderOffset holds multiples of 4 up to {MAX_ESP_OFFSET}")
@@ -472,7 +473,7 @@ class HostStack:
                     l2_len=self.l2_length)
 
     def _plain_nbl(self, packet: bytes) -> _Nbl:
-        """No IPsec: the packet as given, handle 0 (spec §6.1 step 2)."""
+        """No IPsec: the packet as given, handle 0 (docs/send-path.md, step 2)."""
         version = _ip_version(packet)
         return _Nbl(frame=self._link_header(version) + bytes(packet),
                     oob=dict(l2_len=self.l2_length), bundle=None, first_sn=0, last_sn=0)
@@ -483,7 +484,7 @@ class HostStack:
         parsed = parse_ip_packet(packet)
         config = sa.config
         if config.mode == "transport" and parsed.fragment:
-            raise ValueError("IPsec is never offloaded for IP fragments (spec §1.1); "
+            raise ValueError("IPsec is never offloaded for IP fragments (docs/protocol.md); "
                              "a transport-mode packet must not be a fragment")
         if config.mode == "tunnel":
             bundle = len(sa._tunnel_endpoints[0]) == 16
@@ -553,11 +554,11 @@ class HostStack:
             results.append(self.miniport.send(_to_batch(part)))
             if esn and part:
                 # an LSO super-packet may end in the next high word: the NIC carried into
-                # it for its segments only (spec §6.8); the record must follow
+                # it for its segments only (docs/send-path.md); the record must follow
                 self._sync_seq_hi(sa, bundles, part[-1].last_sn >> 32)
         return concat_results(results)
 
-    # -- LSO super-packets (spec §6.8) ----------------------------------------------------------
+    # -- LSO super-packets (docs/send-path.md) ----------------------------------------------------
     def build_lso(self, packet: bytes, sa: Optional[StackSa], mss: int, *,
                   lso_version: int = 2, pad_length: int = 0) -> PacketBatch:
         """One LSO super-packet NBL: transport-mode ESP (UDP-encapsulated too) over TCP."""
@@ -567,7 +568,7 @@ class HostStack:
     def send_lso(self, packet: bytes, sa: Optional[StackSa], mss: int, *,
                  lso_version: int = 2, pad_length: int = 0) -> SendResult:
         """``build_lso`` then ``miniport.send``. With ESN the super-packet goes whole even
-        when its segments cross into the next high word (the NIC carries, spec §6.8)."""
+        when its segments cross into the next high word (the NIC carries, docs/send-path.md)."""
         with self._lock:
             return self._transmit(sa, [self._prepare_lso(packet, sa, mss, lso_version,
                                                          pad_length)])
@@ -578,17 +579,17 @@ class HostStack:
         if sa is not None:
             self._check_sa(sa)
             if sa.config.mode == "tunnel":
-                raise ValueError("LSO is never combined with tunnel-mode IPsec (spec §6.6)")
+                raise ValueError("LSO is never combined with tunnel-mode IPsec (docs/send-path.md)")
             parsed, bundle = self._parse_for(sa, packet)
         else:
             parsed, bundle = parse_ip_packet(packet), None
             if parsed.fragment:
-                raise ValueError("an LSO packet must not be an IP fragment (spec §6.8)")
+                raise ValueError("an LSO packet must not be an IP fragment (docs/send-path.md)")
         tcp_len = _check_lso_tcp(parsed)
         if sa is None:
             return self._plain_lso_nbl(parsed, tcp_len, mss, lso_version)
         payload_len = len(parsed.data) - parsed.l4_offset - tcp_len
-        segments = max(1, -(-payload_len // mss))  # one SN per segment (spec §6.8, §9 G6)
+        segments = max(1, -(-payload_len // mss))  # one SN per segment (docs/send-path.md G6)
         self._ensure_bundle(sa, bundle)
         return self._frame_with_sns(sa, segments, lambda first: [self._lso_nbl(
             sa, parsed, bundle, tcp_len, mss, lso_version, pad_length, first,
@@ -598,7 +599,8 @@ class HostStack:
     def _lso_datagram(parsed: IpPacket, tcp_len: int, lso_version: int, protocol: int,
                       udp: bytes, esp_header: bytes, junk: bytes) -> bytearray:
         """IP header (protocol rewritten) | [UDP] | [ESP header, IV slot] | TCP header
-        (checksum seeded) | TCP payload | junk, lengths as LSOv1/v2 want them (spec §6.8)."""
+        (checksum seeded) | TCP payload | junk, lengths as LSOv1/v2 want them
+        (docs/send-path.md)."""
         header = bytearray(parsed.data[:parsed.l4_offset])
         header[parsed.next_header_at] = protocol
         tcp = bytearray(parsed.data[parsed.l4_offset:parsed.l4_offset + tcp_len])
@@ -620,7 +622,7 @@ class HostStack:
         udp = _udp_header(config.udp_encap, 0) if config.udp_encap else b""
         esp_header = (struct.pack("!II", sa.layout.spi, first_sn & 0xFFFFFFFF)
                       + bytes(sa.layout.iv_len))
-        junk = bytes(range(1, pad_length + 1))  # discardable padding (spec §6.8, §9 G7)
+        junk = bytes(range(1, pad_length + 1))  # discardable padding (docs/send-path.md G7)
         datagram = self._lso_datagram(parsed, tcp_len, lso_version,
                                       IPPROTO_UDP if udp else IPPROTO_ESP, udp, esp_header,
                                       junk)
@@ -666,7 +668,7 @@ def _endpoint_versions(config: SaConfig) -> set[int]:
 
 def _bundle_versions(config: SaConfig) -> set[bool]:
     """IP versions (True = IPv6) this SA may need a bundle for: the outer one for tunnel
-    SAs (spec §6.6), its endpoints' for transport SAs that name them, else both."""
+    SAs (docs/send-path.md), its endpoints' for transport SAs that name them, else both."""
     if config.mode == "tunnel":
         return {config.tunnel_ipv6}
     versions = _endpoint_versions(config)
@@ -688,7 +690,7 @@ def _check_lso_args(mss: int, lso_version: int, pad_length: int,
 
 
 def _check_lso_tcp(parsed: IpPacket) -> int:
-    """The TCP header length; ValueError unless the packet is TCP fit for LSO (spec §6.8:
+    """The TCP header length; ValueError unless the packet is TCP fit for LSO (docs/send-path.md:
     URG, RST, SYN clear, urgent pointer 0)."""
     if parsed.protocol != IPPROTO_TCP:
         raise ValueError(f"LSO needs a TCP packet; this one carries protocol {parsed.protocol}")
@@ -699,12 +701,12 @@ def _check_lso_tcp(parsed: IpPacket) -> int:
     if tcp_len < 20 or tcp_len > len(tcp):
         raise ValueError(f"TCP data offset {tcp_len} does not fit the {len(tcp)}-byte segment")
     if tcp[13] & (TCP_SYN | TCP_RST | TCP_URG) or struct.unpack_from("!H", tcp, 18)[0]:
-        raise ValueError("LSO packets never carry SYN, RST or URG (spec §6.8)")
+        raise ValueError("LSO packets never carry SYN, RST or URG (docs/send-path.md)")
     return tcp_len
 
 
 def _lso_info(lso_version: int, mss: int, tcp_offset: int, ip_version: int) -> int:
-    """Slot 2 value (spec §5.4)."""
+    """Slot 2 value (docs/protocol.md)."""
     if tcp_offset > MAX_LSO_TCP_OFFSET:
         raise ValueError(f"the TCP header starts {tcp_offset} bytes into the frame; "
                          f"TcpHeaderOffset holds at most {MAX_LSO_TCP_OFFSET}")
@@ -716,5 +718,5 @@ def _lso_info(lso_version: int, mss: int, tcp_offset: int, ip_version: int) -> i
                     else ndis.NDIS_TCP_LARGE_SEND_OFFLOAD_IPV4)).value
 
 
-__all__ = ["EspLayout", "HostStack", "IpPacket", "SequenceNumberExhausted", "StackSa", "concat_results",
-           "parse_ip_packet"]
+__all__ = ["EspLayout", "HostStack", "IpPacket", "SequenceNumberExhausted", "StackSa",
+           "concat_results", "parse_ip_packet"]

@@ -1,4 +1,4 @@
-"""The SA file of the command line (design §7): a JSON list of outbound ESP SAs, each with an
+"""The SA file of the command line (docs/architecture.md): a JSON list of outbound ESP SAs, each with an
 optional selector. The first SA whose selector matches a packet protects it; unmatched
 packets pass in clear. Also the SA table in Wireshark's ``esp_sa`` format.
 
@@ -146,7 +146,7 @@ class SaPolicy(NamedTuple):
 
 # -- loading -------------------------------------------------------------------------------
 def load_sa_file(path: Union[str, "os.PathLike[str]"]) -> list:
-    """The SA policies of a design §7 SA file, in file order; raises SaFileError."""
+    """The SA policies of an SA file (README), in file order; raises SaFileError."""
     source = os.fspath(path)
     try:
         with open(path, "rb") as f:

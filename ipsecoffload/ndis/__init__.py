@@ -1,6 +1,7 @@
-"""NDIS constants and structures for IPsec Offload Version 2 (spec §2-5).
+"""NDIS constants and structures for IPsec Offload Version 2 (docs/protocol.md).
 
-Every value and offset comes from ``spec/ipsecov2.md``. Structures are dataclasses with
+Every value and offset follows the Microsoft NDIS pages these structures are named after
+(docs/protocol.md). Structures are dataclasses with
 ``to_bytes(ptr_size)`` / ``from_bytes(buf, ptr_size)`` for the x64 (``ptr_size=8``) and x86
 (``ptr_size=4``) layouts: little-endian, addresses as raw network-order bytes, padding zero.
 NET_BUFFER_LIST info slots are pointer-sized integers; the ``*NblInfo`` classes are overlays
@@ -15,7 +16,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import ClassVar, Iterator, Optional, Union
 
-# --- spec §2.1: OIDs and status indications -------------------------------------------------
+# --- docs/protocol.md: OIDs and status indications -----------------------------------------------
 OID_TCP_TASK_IPSEC_OFFLOAD_V2_ADD_SA = 0xFC030202
 OID_TCP_TASK_IPSEC_OFFLOAD_V2_DELETE_SA = 0xFC030203
 OID_TCP_TASK_IPSEC_OFFLOAD_V2_UPDATE_SA = 0xFC030204
@@ -28,7 +29,7 @@ NDIS_STATUS_TASK_OFFLOAD_HARDWARE_CAPABILITIES = 0x40020007
 
 
 class NdisStatus(enum.IntEnum):
-    """NDIS_STATUS values (spec §2.2), stored as unsigned 32-bit."""
+    """NDIS_STATUS values (docs/protocol.md), stored as unsigned 32-bit."""
 
     SUCCESS = 0x00000000
     PENDING = 0x00000103
@@ -45,7 +46,7 @@ class NdisStatus(enum.IntEnum):
     INVALID_OID = 0xC0010017
 
 
-# --- spec §2.3: algorithm bits (mask bits and ALGORITHM_INFO.Identifier) --------------------
+# --- docs/protocol.md: algorithm bits (mask bits and ALGORITHM_INFO.Identifier) ------------------
 class AuthenticationAlgorithm(enum.IntFlag):
     MD5 = 0x01
     SHA_1 = 0x02
@@ -67,7 +68,7 @@ class EncryptionAlgorithm(enum.IntFlag):
     AES_CBC_256 = 0x100
 
 
-# --- spec §2.4: flags and the operation enum ------------------------------------------------
+# --- docs/protocol.md: flags and the operation enum ----------------------------------------------
 class IpsecOperation(enum.IntEnum):
     AH = 1
     ESP = 2
@@ -94,7 +95,7 @@ IPSEC_OFFLOAD_V2_AND_TCP_CHECKSUM_COEXISTENCE = 0x2
 IPSEC_OFFLOAD_V2_AND_UDP_CHECKSUM_COEXISTENCE = 0x4
 
 
-# --- spec §2.5: encapsulation, offload parameters, object headers ---------------------------
+# --- docs/protocol.md: encapsulation, offload parameters, object headers -------------------------
 NDIS_ENCAPSULATION_NOT_SUPPORTED = 0x0
 NDIS_ENCAPSULATION_NULL = 0x1
 NDIS_ENCAPSULATION_IEEE_802_3 = 0x2  # mandatory
@@ -128,7 +129,7 @@ NDIS_IPSEC_OFFLOAD_V2_ADD_SA_EX_REVISION_1 = 1
 NDIS_IPSEC_OFFLOAD_V2_DELETE_SA_REVISION_1 = 1
 NDIS_IPSEC_OFFLOAD_V2_UPDATE_SA_REVISION_1 = 1
 
-# spec §4.3: NDIS_SIZEOF_*_REVISION_1 (size through the last field), keyed by pointer size.
+# docs/protocol.md: NDIS_SIZEOF_*_REVISION_1 (size through the last field), keyed by pointer size.
 # A received Header.Size is acceptable when it is >= this value.
 SIZEOF_ADD_SA_REV1 = {8: 0xA9, 4: 0x9D}
 SIZEOF_ADD_SA_EX_REV1 = {8: 0xAA, 4: 0xA2}
@@ -140,7 +141,7 @@ NDIS_SIZEOF_IPSEC_OFFLOAD_V2_DELETE_SA_REVISION_1 = SIZEOF_DELETE_SA_REV1
 NDIS_SIZEOF_IPSEC_OFFLOAD_V2_UPDATE_SA_REVISION_1 = SIZEOF_UPDATE_SA_REV1
 
 
-# --- spec §2.6 / §2.7 / §2.8: NBL info slots, receive CryptoStatus, LSO -----------------------
+# --- docs/protocol.md: NBL info slots, receive CryptoStatus, LSO -----------------------
 class NblInfo(enum.IntEnum):
     """NDIS_NET_BUFFER_LIST_INFO slot indices."""
 
@@ -213,7 +214,8 @@ def _check_addresses(owner: str, flags: int, src: bytes, dest: bytes) -> int:
 
 
 def _pack_endpoints(owner: str, flags: int, src: bytes, dest: bytes) -> bytes:
-    # spec §4.3: IPv4Endpoints {SrcAddr, DestAddr} / IPv6Endpoints {SrcAddr[16], DestAddr[16]}
+    # docs/protocol.md: IPv4Endpoints {SrcAddr, DestAddr} /
+    # IPv6Endpoints {SrcAddr[16], DestAddr[16]}
     # share one 32-byte union; an IPv4 pair leaves the remaining 24 bytes zero.
     _check_addresses(owner, flags, src, dest)
     return (bytes(src) + bytes(dest)).ljust(32, b"\0")
@@ -225,7 +227,7 @@ def _unpack_endpoints(flags: int, raw: bytes) -> tuple[bytes, bytes]:
     return bytes(raw[0:4]), bytes(raw[4:8])
 
 
-# --- spec §4: object header -------------------------------------------------------------------
+# --- docs/protocol.md: object header -------------------------------------------------------------
 @dataclass
 class NdisObjectHeader:
     """NDIS_OBJECT_HEADER {Type u8, Revision u8, Size u16}; 4 bytes on x86 and x64.
@@ -258,7 +260,7 @@ class NdisObjectHeader:
         return cls(*struct.unpack_from(cls._FMT, buf, 0))
 
 
-# --- spec §3: capabilities --------------------------------------------------------------------
+# --- docs/protocol.md: capabilities --------------------------------------------------------------
 _CAPS_BOOLS = ("ipv6_supported", "ipv4_options", "ipv6_non_ipsec_extension_headers", "ah", "esp",
                "ah_esp_combined", "transport", "tunnel", "transport_tunnel_combined",
                "lso_supported", "extended_sequence_numbers")
@@ -266,7 +268,7 @@ _CAPS_BOOLS = ("ipv6_supported", "ipv4_options", "ipv6_non_ipsec_extension_heade
 
 @dataclass
 class NdisIpsecOffloadV2:
-    """NDIS_IPSEC_OFFLOAD_V2 (spec §3): 32 bytes, no pointers, same on x86 and x64."""
+    """NDIS_IPSEC_OFFLOAD_V2 (docs/protocol.md): 32 bytes, no pointers, same on x86 and x64."""
 
     encapsulation: int = 0
     ipv6_supported: bool = False
@@ -285,7 +287,8 @@ class NdisIpsecOffloadV2:
     encryption_algorithms: int = 0
     sa_offload_capacity: int = 0
 
-    # spec §3: Encapsulation @0, 11 BOOLEANs @4..14, pad @15, UdpEsp @16, AuthenticationAlgorithms
+    # docs/protocol.md: Encapsulation @0, 11 BOOLEANs @4..14, pad @15, UdpEsp @16,
+    # AuthenticationAlgorithms
     # @20, EncryptionAlgorithms @24, SaOffloadCapacity @28
     _FMT: ClassVar[str] = "<I11BxIIII"
 
@@ -316,17 +319,17 @@ class NdisIpsecOffloadV2:
                    encryption_algorithms=v[14], sa_offload_capacity=v[15])
 
 
-# --- spec §4.1, §4.2: algorithm info and security association ---------------------------------
+# --- docs/protocol.md: algorithm info and security association ---------------------------------
 @dataclass
 class IpsecOffloadV2AlgorithmInfo:
-    """IPSEC_OFFLOAD_V2_ALGORITHM_INFO (spec §4.1): 16 bytes."""
+    """IPSEC_OFFLOAD_V2_ALGORITHM_INFO (docs/protocol.md): 16 bytes."""
 
     identifier: int = 0
     key_length: int = 0
     key_offset_bytes: int = 0
     additional_info: int = 0
 
-    # spec §4.1: Identifier @0, KeyLength @4, KeyOffsetBytes @8, AdditionalInfo @12
+    # docs/protocol.md: Identifier @0, KeyLength @4, KeyOffsetBytes @8, AdditionalInfo @12
     _FMT: ClassVar[str] = "<IIII"
     _NAMES: ClassVar[tuple] = ("identifier", "key_length", "key_offset_bytes", "additional_info")
 
@@ -350,7 +353,7 @@ class IpsecOffloadV2AlgorithmInfo:
 
 @dataclass
 class IpsecOffloadV2SecurityAssociation:
-    """IPSEC_OFFLOAD_V2_SECURITY_ASSOCIATION (spec §4.2): 48 bytes."""
+    """IPSEC_OFFLOAD_V2_SECURITY_ASSOCIATION (docs/protocol.md): 48 bytes."""
 
     flags: int = 0
     operation: int = IpsecOperation.ESP
@@ -361,7 +364,7 @@ class IpsecOffloadV2SecurityAssociation:
         default_factory=IpsecOffloadV2AlgorithmInfo)
     sequence_number_high_order: int = 0
 
-    # spec §4.2: Flags @0, Operation @4, Spi @8, AuthenticationAlgorithm @12,
+    # docs/protocol.md: Flags @0, Operation @4, Spi @8, AuthenticationAlgorithm @12,
     # EncryptionAlgorithm @28, SequenceNumberHighOrder @44
     _HEAD: ClassVar[str] = "<III"
 
@@ -416,10 +419,10 @@ def _default_sec_assoc() -> list:
     return [IpsecOffloadV2SecurityAssociation()]
 
 
-# --- spec §4.3: ADD_SA -------------------------------------------------------------------------
+# --- docs/protocol.md: ADD_SA --------------------------------------------------------------------
 @dataclass
 class IpsecOffloadV2AddSa:
-    """IPSEC_OFFLOAD_V2_ADD_SA (spec §4.3), one entry of a ``Next``-linked list.
+    """IPSEC_OFFLOAD_V2_ADD_SA (docs/protocol.md), one entry of a ``Next``-linked list.
 
     ``to_bytes`` writes this entry only (``Next`` = ``next_pointer``) with ``KeyData`` inline,
     zero-padded to at least ``size()``. ``from_bytes`` leaves ``next`` as None.
@@ -437,7 +440,7 @@ class IpsecOffloadV2AddSa:
     sec_assoc: list = field(default_factory=_default_sec_assoc)
     key_data: bytes = field(default=b"", repr=False)
 
-    # spec §4.3 offsets by pointer size: Next, NumExtHdrs, Flags, endpoints, OffloadHandle,
+    # docs/protocol.md offsets by pointer size: Next, NumExtHdrs, Flags, endpoints, OffloadHandle,
     # UdpEspEncapsulation, SecAssoc, KeyLength, KeyData; sizeof
     OFFSETS: ClassVar[dict] = {
         8: dict(next=0x08, num_ext_hdrs=0x10, flags=0x14, endpoints=0x18, offload_handle=0x38,
@@ -500,10 +503,10 @@ class IpsecOffloadV2AddSa:
                    key_data=bytes(buf[start:start + key_length]))
 
 
-# --- spec §4.4: ADD_SA_EX ----------------------------------------------------------------------
+# --- docs/protocol.md: ADD_SA_EX -----------------------------------------------------------------
 @dataclass
 class IpsecOffloadV2AddSaEx:
-    """IPSEC_OFFLOAD_V2_ADD_SA_EX (spec §4.4): one bundle; keys at ``KeyOffset`` from the
+    """IPSEC_OFFLOAD_V2_ADD_SA_EX (docs/protocol.md): one bundle; keys at ``KeyOffset`` from the
     start of the structure. ``to_bytes`` writes the structure then the keys
     (``KeyOffset = size()``)."""
 
@@ -520,7 +523,7 @@ class IpsecOffloadV2AddSaEx:
     vlan_id: int = 0
     key_data: bytes = field(default=b"", repr=False)
 
-    # spec §4.4 offsets by pointer size
+    # docs/protocol.md offsets by pointer size
     OFFSETS: ClassVar[dict] = {
         8: dict(num_ext_hdrs=0x04, flags=0x08, endpoints=0x0C, offload_handle=0x30,
                 udp_esp_encapsulation=0x38, sec_assoc=0x3C, key_length=0x9C, key_offset=0xA0,
@@ -577,17 +580,17 @@ class IpsecOffloadV2AddSaEx:
                    key_data=bytes(buf[key_offset:key_offset + key_length]))
 
 
-# --- spec §4.5: DELETE_SA and UPDATE_SA ---------------------------------------------------------
+# --- docs/protocol.md: DELETE_SA and UPDATE_SA ---------------------------------------------------
 @dataclass
 class IpsecOffloadV2DeleteSa:
-    """IPSEC_OFFLOAD_V2_DELETE_SA (spec §4.5), one entry of a ``Next``-linked list."""
+    """IPSEC_OFFLOAD_V2_DELETE_SA (docs/protocol.md), one entry of a ``Next``-linked list."""
 
     header: NdisObjectHeader = field(default_factory=lambda: NdisObjectHeader(
         NDIS_OBJECT_TYPE_DEFAULT, NDIS_IPSEC_OFFLOAD_V2_DELETE_SA_REVISION_1, 0x18))
     next: Optional["IpsecOffloadV2DeleteSa"] = None
     offload_handle: int = 0
 
-    # spec §4.5: Header @0, Next @ptr_size, OffloadHandle @2*ptr_size; size 3*ptr_size
+    # docs/protocol.md: Header @0, Next @ptr_size, OffloadHandle @2*ptr_size; size 3*ptr_size
     @classmethod
     def size(cls, ptr_size: int = 8) -> int:
         _ptr_fmt(ptr_size)
@@ -619,7 +622,7 @@ class IpsecOffloadV2DeleteSa:
 
 @dataclass
 class IpsecOffloadV2UpdateSa:
-    """IPSEC_OFFLOAD_V2_UPDATE_SA (spec §4.5): a single structure, no ``Next`` (gap G9)."""
+    """IPSEC_OFFLOAD_V2_UPDATE_SA (docs/protocol.md): a single structure, no ``Next`` (gap G9)."""
 
     header: NdisObjectHeader = field(default_factory=lambda: NdisObjectHeader(
         NDIS_OBJECT_TYPE_DEFAULT, NDIS_IPSEC_OFFLOAD_V2_UPDATE_SA_REVISION_1, 0x20))
@@ -628,7 +631,7 @@ class IpsecOffloadV2UpdateSa:
     spi: int = 0
     sequence_number_high_order: int = 0
 
-    # spec §4.5: Header @0, OffloadHandle @ptr_size, Operation, Spi, SequenceNumberHighOrder
+    # docs/protocol.md: Header @0, OffloadHandle @ptr_size, Operation, Spi, SequenceNumberHighOrder
     # follow; sizeof 0x20 (x64, tail-padded to 8) / 0x14 (x86)
     @classmethod
     def size(cls, ptr_size: int = 8) -> int:
@@ -659,7 +662,7 @@ class IpsecOffloadV2UpdateSa:
                    sequence_number_high_order=high)
 
 
-# --- spec §2.5: offload parameters (only the fields the emulator uses) --------------------------
+# --- docs/protocol.md: offload parameters (only the fields the emulator uses) --------------------
 @dataclass
 class NdisOffloadParameters:
     """NDIS_OFFLOAD_PARAMETERS subset: IPsecV2, IPsecV2IPv4, LsoV1, LsoV2IPv4, LsoV2IPv6."""
@@ -671,9 +674,10 @@ class NdisOffloadParameters:
     lso_v2_ipv6: int = OffloadLso.NO_CHANGE
 
 
-# --- spec §5: NET_BUFFER_LIST info slot overlays ------------------------------------------------
+# --- docs/protocol.md: NET_BUFFER_LIST info slot overlays ----------------------------------------
 class _SlotOverlay:
-    """Bit-field overlay of one pointer-sized NBL info slot (MSVC order, LSB first, spec §5).
+    """Bit-field overlay of one pointer-sized NBL info slot (MSVC order, LSB first,
+    docs/protocol.md).
 
     Subclasses list ``_BITS`` as (field, lowest bit, width, decoder) and the constant bits
     ``_CONST`` (e.g. the LSO Type bit). ``from_value`` decodes any integer; ``value`` raises
@@ -703,7 +707,7 @@ def _crypto_status(v: int):
 
 @dataclass
 class IpsecOffloadV2NblInfo(_SlotOverlay):
-    """Slot 1, Transmit view: the whole slot is the outbound OffloadHandle (spec §5.1)."""
+    """Slot 1, Transmit view: the whole slot is the outbound OffloadHandle (docs/protocol.md)."""
 
     offload_handle: int = 0
     _BITS: ClassVar[tuple] = (("offload_handle", 0, 64, int),)
@@ -711,7 +715,7 @@ class IpsecOffloadV2NblInfo(_SlotOverlay):
 
 @dataclass
 class IpsecOffloadV2ReceiveNblInfo(_SlotOverlay):
-    """Slot 1, Receive view (spec §5.1)."""
+    """Slot 1, Receive view (docs/protocol.md)."""
 
     sa_delete_req: bool = False
     crypto_done: bool = False
@@ -724,7 +728,7 @@ class IpsecOffloadV2ReceiveNblInfo(_SlotOverlay):
 
 @dataclass
 class IpsecOffloadV2HeaderNblInfo(_SlotOverlay):
-    """Slot 12, Transmit view (spec §5.2); header offsets in 4-byte units, 0 = absent."""
+    """Slot 12, Transmit view (docs/protocol.md); header offsets in 4-byte units, 0 = absent."""
 
     next_header: int = 0
     pad_length: int = 0
@@ -736,7 +740,7 @@ class IpsecOffloadV2HeaderNblInfo(_SlotOverlay):
 
 @dataclass
 class IpsecOffloadV2HeaderReceiveNblInfo(_SlotOverlay):
-    """Slot 12, Receive view (spec §5.2)."""
+    """Slot 12, Receive view (docs/protocol.md)."""
 
     next_header: int = 0
     pad_length: int = 0
@@ -747,13 +751,13 @@ class IpsecOffloadV2HeaderReceiveNblInfo(_SlotOverlay):
 
 @dataclass
 class IpsecOffloadV2TunnelNblInfo(_SlotOverlay):
-    """Slot 11, Transmit.TunnelHandle (spec §5.3)."""
+    """Slot 11, Transmit.TunnelHandle (docs/protocol.md)."""
 
     tunnel_handle: int = 0
     _BITS: ClassVar[tuple] = (("tunnel_handle", 0, 64, int),)
 
 
-_LSO_TYPE_BIT = 30  # spec §5.4
+_LSO_TYPE_BIT = 30  # docs/protocol.md
 
 
 def lso_type_of(value: int) -> int:
@@ -763,7 +767,7 @@ def lso_type_of(value: int) -> int:
 
 @dataclass
 class LsoV1Transmit(_SlotOverlay):
-    """Slot 2, LsoV1Transmit (spec §5.4): MSS 0-19, TcpHeaderOffset 20-29, Type 30 = 0."""
+    """Slot 2, LsoV1Transmit (docs/protocol.md): MSS 0-19, TcpHeaderOffset 20-29, Type 30 = 0."""
 
     mss: int = 0
     tcp_header_offset: int = 0
@@ -773,7 +777,7 @@ class LsoV1Transmit(_SlotOverlay):
 
 @dataclass
 class LsoV2Transmit(_SlotOverlay):
-    """Slot 2, LsoV2Transmit (spec §5.4): MSS 0-19, TcpHeaderOffset 20-29, Type 30 = 1,
+    """Slot 2, LsoV2Transmit (docs/protocol.md): MSS 0-19, TcpHeaderOffset 20-29, Type 30 = 1,
     IPVersion 31 (NDIS_TCP_LARGE_SEND_OFFLOAD_IPV4/IPV6)."""
 
     mss: int = 0
@@ -786,7 +790,7 @@ class LsoV2Transmit(_SlotOverlay):
 
 @dataclass
 class LsoV1TransmitComplete(_SlotOverlay):
-    """Slot 2, LsoV1TransmitComplete (spec §5.4): TcpPayload 0-29, Type 30 = 0."""
+    """Slot 2, LsoV1TransmitComplete (docs/protocol.md): TcpPayload 0-29, Type 30 = 0."""
 
     tcp_payload: int = 0
     _BITS: ClassVar[tuple] = (("tcp_payload", 0, 30, int),)
@@ -795,14 +799,14 @@ class LsoV1TransmitComplete(_SlotOverlay):
 
 @dataclass
 class LsoV2TransmitComplete(_SlotOverlay):
-    """Slot 2, LsoV2TransmitComplete (spec §5.4): only Type 30 = 1."""
+    """Slot 2, LsoV2TransmitComplete (docs/protocol.md): only Type 30 = 1."""
 
     _CONST: ClassVar[int] = NDIS_TCP_LARGE_SEND_OFFLOAD_V2_TYPE << _LSO_TYPE_BIT
 
 
 @dataclass
 class TcpIpChecksumNblInfo(_SlotOverlay):
-    """Slot 0, Transmit view (spec §5.5)."""
+    """Slot 0, Transmit view (docs/protocol.md)."""
 
     is_ipv4: bool = False
     is_ipv6: bool = False
@@ -818,7 +822,7 @@ class TcpIpChecksumNblInfo(_SlotOverlay):
 
 @dataclass
 class TcpIpChecksumReceiveNblInfo(_SlotOverlay):
-    """Slot 0, Receive view (spec §5.5)."""
+    """Slot 0, Receive view (docs/protocol.md)."""
 
     tcp_checksum_failed: bool = False
     udp_checksum_failed: bool = False

@@ -10,7 +10,7 @@ from ...inet import ones_complement_sum as _checksum
 from ..layout import SA_RECORD_DTYPE, Config
 
 def _pad(unpadded: int, align: int) -> int:
-    """Pad bytes so that payload + pad + 2 is a multiple of align (spec §8.1)."""
+    """Pad bytes so that payload + pad + 2 is a multiple of align (docs/protocol.md)."""
     return -unpadded % align
 
 
@@ -59,7 +59,7 @@ def xf0(rec):
 
 
 def _ipv6_final_dst(ip: bytes, ext_end: int) -> int:
-    """Offset from the IPv6 header of the destination a TCP pseudo-header names (spec §8.10,
+    """Offset from the IPv6 header of the destination a TCP pseudo-header names (docs/protocol.md,
     RFC 8200 §8.1): with a routing header that has segments left, the final destination (last
     address of type 0/2, Segment List[0] of an SRH, type 4); else the header's destination.
     Walks hop-by-hop, routing and destination-options headers ending by ext_end."""
@@ -78,7 +78,7 @@ def _ipv6_final_dst(ip: bytes, ext_end: int) -> int:
 
 
 def _patch_segment(seg: bytearray, p, rec, i: int, chunk: int) -> None:
-    """Header patches of one output segment (spec §6.3, §6.7, §6.8)."""
+    """Header patches of one output segment (docs/send-path.md)."""
     ip, esp = int(p["ip_off"]), int(p["esp_off"])
     if p["ipv6"]:
         struct.pack_into("!H", seg, ip + 4, len(seg) - ip - 40)

@@ -6,7 +6,8 @@ import struct
 
 import numpy as np
 
-from ..layout import (HANDLE_SLOT_MASK, SA_RECORD_DTYPE, NB_PLAN_DTYPE, NBL_OOB_DTYPE, STATUS_FAILURE,
+from ..layout import (HANDLE_SLOT_MASK, NB_PLAN_DTYPE, NBL_OOB_DTYPE, SA_RECORD_DTYPE,
+                      STATUS_FAILURE,
                       STATUS_INVALID_PACKET, Config, IcvSpace, IvSource, Reason, Suite)
 from .common import _buffers, _c_ints, _lso_enabled, _lso_segment_len, _records, xf0
 
@@ -28,7 +29,8 @@ def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int
         return {**plan, "slot": -1, "reason": reason, "nsegs": 1, "out_len": flen}
 
     def without_ipsec(reason):
-        """No IPsec work: unchanged, but an LSO request is still honoured (spec §6.1 step 1)."""
+        """No IPsec work: unchanged, but an LSO request is still honoured
+        (docs/send-path.md, step 1)."""
         if lso == 0:
             return passthrough(reason)
         plan["lso"] = 2 if (lso >> 30) & 1 else 1
@@ -57,7 +59,8 @@ def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int
 
     if handle == 0 and tunnel_handle == 0:
         return without_ipsec(Reason.PASS_NO_HANDLE)
-    if not config & (Config.ESP_IPV4 | Config.ESP_IPV6):  # spec §6.1 step 1 precedes step 2 (G21)
+    # docs/send-path.md: step 1 precedes step 2 (G21)
+    if not config & (Config.ESP_IPV4 | Config.ESP_IPV6):
         return without_ipsec(Reason.PASS_DISABLED)
     if tunnel_handle != 0:
         return fail(STATUS_FAILURE, Reason.TUNNEL_HANDLE)
@@ -68,7 +71,7 @@ def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int
         return fail(STATUS_INVALID_PACKET, Reason.MALFORMED_IP)
     ipv6 = version == 6
     plan["ipv6"] = int(ipv6)
-    if not config & (Config.ESP_IPV6 if ipv6 else Config.ESP_IPV4):  # spec §9 G21
+    if not config & (Config.ESP_IPV6 if ipv6 else Config.ESP_IPV4):  # docs/spec-gaps.md G21
         return without_ipsec(Reason.PASS_DISABLED)
     slot = handle & HANDLE_SLOT_MASK
     if slot >= len(recs) or not recs[slot]["in_use"] or int(recs[slot]["handle"]) != handle:
