@@ -14,23 +14,32 @@ cdef extern from *:
     """
     #include <string.h>
     /* J0, inc32(J0), ...: n counter blocks from counter 1, two 8-byte stores each. */
+    #if defined(__SSE2__) || defined(_M_X64)
+    #include <emmintrin.h>
     static inline void ipo_gcm_counter_blocks(uint8_t* dst, const uint8_t* nonce, int64_t n) {
-        uint64_t lo, hi;
-        uint32_t tail;
+        uint32_t w[3];
         int64_t b;
-        memcpy(&lo, nonce, 8);
-        memcpy(&tail, nonce + 8, 4);
+        memcpy(w, nonce, 12);
+        __m128i base = _mm_set_epi32(0, (int)w[2], (int)w[1], (int)w[0]);
         for (b = 0; b < n; b++) {
             uint32_t c = (uint32_t)(b + 1);
             uint32_t be = (c >> 24) | ((c >> 8) & 0xFF00u) | ((c << 8) & 0xFF0000u) | (c << 24);
-            hi = (uint64_t)tail | ((uint64_t)be << 32);  /* little-endian byte order */
-            memcpy(dst + 16 * b, &lo, 8);
-            memcpy(dst + 16 * b + 8, &hi, 8);
+            __m128i ctr = _mm_slli_si128(_mm_cvtsi32_si128((int)be), 12);
+            _mm_storeu_si128((__m128i*)(dst + 16 * b), _mm_or_si128(base, ctr));
         }
     }
-    #if !(defined(__x86_64__) || defined(_M_X64) || defined(__i386__) || defined(__aarch64__) \
-          || (defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__))
-    #error "ipo_gcm_counter_blocks assumes a little-endian CPU"
+    #else
+    static inline void ipo_gcm_counter_blocks(uint8_t* dst, const uint8_t* nonce, int64_t n) {
+        int64_t b;
+        for (b = 0; b < n; b++) {
+            uint32_t c = (uint32_t)(b + 1);
+            memcpy(dst + 16 * b, nonce, 12);
+            dst[16 * b + 12] = (uint8_t)(c >> 24);
+            dst[16 * b + 13] = (uint8_t)(c >> 16);
+            dst[16 * b + 14] = (uint8_t)(c >> 8);
+            dst[16 * b + 15] = (uint8_t)c;
+        }
+    }
     #endif
     """
     void gcm_counter_blocks "ipo_gcm_counter_blocks" (uint8_t* dst, const uint8_t* nonce,
@@ -119,9 +128,15 @@ cdef void gcm_finish_op(uint8_t* arena, CryptoOp* op, const uint8_t* ks, int pat
 cdef class GcmBatchedBackend:
     """AES-GCM and AES-GMAC over a group of ops that share one key context."""
     cdef readonly str name
+    # One keystream buffer reused call after call (fresh pages cost more than the AES):
+    # taken under the GIL by one call at a time; a concurrent call allocates its own.
+    cdef object _ks_cache
+    cdef bint _ks_busy
 
     def __init__(self):
         self.name = "gcm-batched"
+        self._ks_cache = None
+        self._ks_busy = False
 
     def __repr__(self):
         return f"GcmBatchedBackend(ghash={ghash_default_path()})"
@@ -193,7 +208,28 @@ cdef class GcmBatchedBackend:
         if max_blocks > chunk_blocks:
             chunk_blocks = max_blocks
         # counter blocks become keystream in place: OpenSSL's ECB allows in == out
-        ks_arr = np.empty(chunk_blocks * 16 + 16 + scratch_len, np.uint8)
+        cdef int64_t ks_len = chunk_blocks * 16 + 16 + scratch_len
+        cdef bint cached = False
+        if not self._ks_busy and self._ks_cache is not None \
+                and array_len(self._ks_cache) >= ks_len:
+            ks_arr, cached = self._ks_cache, True
+        elif not self._ks_busy and ks_len <= 4 * GCM_CHUNK_BYTES:
+            ks_arr = self._ks_cache = np.empty(max(ks_len, GCM_CHUNK_BYTES + 4096), np.uint8)
+            cached = True
+        else:
+            ks_arr = np.empty(ks_len, np.uint8)
+        if cached:
+            self._ks_busy = True
+        try:
+            self._chunks(base, op0, idx, n, key, path, encryptor, ks_arr, chunk_blocks, seal)
+        finally:
+            if cached:
+                self._ks_busy = False
+
+    cdef _chunks(self, uint8_t* base, CryptoOp* op0, const int32_t* idx, int64_t n,
+                 const ipo_ghash_key* key, int path, object encryptor, object ks_arr,
+                 int64_t chunk_blocks, bint seal):
+        cdef int64_t blocks, i
         cdef uint8_t* ks = <uint8_t*>array_data(ks_arr)
         cdef uint8_t* scratch = ks + chunk_blocks * 16 + 16
         cdef int64_t start = 0, end, used
