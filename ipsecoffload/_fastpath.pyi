@@ -22,6 +22,8 @@ STRUCT_SIZES: dict[str, int]
 BOUNDS_CHECKED: bool
 COUNTERS: int
 GHASH_PATHS: tuple[str, ...]
+GHASH_KEY_BYTES: int
+GHASH_ENV: str
 
 def struct_offsets() -> dict[str, dict[str, int]]: ...
 def tx_classify(batch: _Batch, records: U8, config: int, icv_space: int, iv_source: int,
@@ -50,6 +52,8 @@ def gcm_seal_raw(path: str, h: bytes, aad: bytes, text: bytes, ks: bytes,
 def gcm_open_raw(path: str, h: bytes, aad: bytes, text: bytes, ks: bytes,
                  ekj0: bytes) -> tuple[bytes, bytes]: ...
 def ghash_key_context(h: U8 | bytes) -> U8: ...
+def ghash_key_bytes(h: U8 | bytes) -> bytes: ...
+def _ghash_reset_default() -> None: ...
 
 class GcmBatchedBackend:
     name: str
