@@ -429,7 +429,7 @@ def _tamper_cases():
             yield pytest.param(case, spot, id=f"{case.id}-{spot}")
 
 
-@pytest.mark.parametrize("case, spot", _tamper_cases())
+@pytest.mark.parametrize("case, spot", list(_tamper_cases()))
 def test_tampered_frame_is_rejected(case: Case, spot: str):
     run = sent(case)
     i = len(run.frames) - 1  # for ESN the last frame carries SN_hi = 1
