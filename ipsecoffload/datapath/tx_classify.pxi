@@ -73,6 +73,38 @@ cdef int plan_without_ipsec(const uint8_t* frame, int64_t flen, int32_t nb_count
     return 0
 
 
+cdef bint trailer_fits(const uint8_t* frame, int64_t flen, int64_t tend, int64_t text_off,
+                       uint8_t padl, uint8_t nh, bint strict) except -1 nogil:
+    """The ESP trailer (pad length, next header) ends at ``tend`` and matches slot 12; with
+    ``strict`` the padding before it also reads 1, 2, 3, ... (RFC 4303 §2.4)."""
+    cdef int64_t k, start
+    if tend < text_off + 2:
+        return False
+    check(tend - 2, 2, flen)
+    if frame[tend - 1] != nh or frame[tend - 2] != padl:
+        return False
+    if strict:
+        start = tend - 2 - padl
+        if start < text_off:
+            return False
+        check(start, padl, flen)
+        for k in range(padl):
+            if frame[start + k] != k + 1:
+                return False
+    return True
+
+
+cdef bint zero_room(const uint8_t* frame, int64_t flen, int64_t tend,
+                    int64_t icv) except -1 nogil:
+    """The ``icv`` bytes after the trailer are all zero (room the stack left for the ICV)."""
+    cdef int64_t k
+    check(tend, icv, flen)
+    for k in range(icv):
+        if frame[tend + k] != 0:
+            return False
+    return True
+
+
 cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int32_t nbl,
                       const SaRecord* recs, int64_t nrec, int cfg, int icv_space, int iv_source,
                       NbPlan* p) except -1 nogil:
@@ -173,20 +205,20 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
 
     if not lso_kind:
         # The stack framed the trailer; find it from the IP length (docs/send-path.md, step 2, G4)
+        # "auto" takes the room as reserved only if it is all zero and the padding before the
+        # trailer reads 1, 2, 3, ...; when both readings fit (only possible with next header
+        # 0 and no padding) the frame is refused: docs/spec-gaps.md G4.
         tend = ip_end - icv
-        ok_res = False
-        ok_app = False
-        if icv_space != ICV_SPACE_APPEND and tend >= text_off + 2:
-            check(tend - 2, 2, flen)
-            ok_res = frame[tend - 1] == nh and frame[tend - 2] == padl
-        if icv_space != ICV_SPACE_RESERVED and not ok_res and ip_end >= text_off + 2:
-            check(ip_end - 2, 2, flen)
-            ok_app = frame[ip_end - 1] == nh and frame[ip_end - 2] == padl
-            if ok_app:
-                tend = ip_end
-        if not ok_res and not ok_app:
+        ok_res = icv_space != ICV_SPACE_APPEND and trailer_fits(
+            frame, flen, tend, text_off, padl, nh, icv_space == ICV_SPACE_AUTO) and (
+            icv_space == ICV_SPACE_RESERVED or zero_room(frame, flen, tend, icv))
+        ok_app = icv_space != ICV_SPACE_RESERVED and trailer_fits(
+            frame, flen, ip_end, text_off, padl, nh, icv_space == ICV_SPACE_AUTO)
+        if ok_res == ok_app:  # neither reading, or an ambiguous frame
             fail(p, STATUS_INVALID_PACKET, REASON_BAD_TRAILER)
             return 0
+        if ok_app:
+            tend = ip_end
         text_len = tend - text_off
         if padl + 2 > text_len:
             fail(p, STATUS_INVALID_PACKET, REASON_BAD_TRAILER)

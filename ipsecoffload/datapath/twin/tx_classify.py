@@ -117,14 +117,20 @@ def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int
     icv, align = int(rec["icv_len"]), int(rec["align"])
 
     if not lso_kind:
-        def trailer_at(end):
-            return end >= text_off + 2 and frame[end - 1] == nh and frame[end - 2] == padl
-        if icv_space != IcvSpace.APPEND and trailer_at(ip_end - icv):
-            trailer_end = ip_end - icv
-        elif icv_space != IcvSpace.RESERVED and trailer_at(ip_end):
-            trailer_end = ip_end
-        else:
+        auto = icv_space == IcvSpace.AUTO
+
+        def trailer_at(end, strict):
+            if not (end >= text_off + 2 and frame[end - 1] == nh and frame[end - 2] == padl):
+                return False
+            start = end - 2 - padl
+            return not strict or (start >= text_off
+                                  and frame[start:end - 2] == bytes(range(1, padl + 1)))
+        reserved = icv_space != IcvSpace.APPEND and trailer_at(ip_end - icv, auto) and (
+            icv_space == IcvSpace.RESERVED or frame[ip_end - icv:ip_end] == bytes(icv))
+        appended = icv_space != IcvSpace.RESERVED and trailer_at(ip_end, auto)
+        if reserved == appended:  # neither reading, or an ambiguous frame (G4)
             return fail(STATUS_INVALID_PACKET, Reason.BAD_TRAILER)
+        trailer_end = ip_end - icv if reserved else ip_end
         text_len = trailer_end - text_off
         if padl + 2 > text_len:
             return fail(STATUS_INVALID_PACKET, Reason.BAD_TRAILER)
