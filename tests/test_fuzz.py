@@ -15,7 +15,7 @@ import struct
 from types import SimpleNamespace
 
 import numpy as np
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ipsecoffload import Miniport, PacketBatchBuilder, SaConfig, _fastpath, ndis
 from ipsecoffload.crypto import backends_for

@@ -6,7 +6,7 @@ import dataclasses
 import os
 import threading
 from collections import Counter
-from typing import Callable, Iterable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 

@@ -48,9 +48,4 @@ def backends_for(kernels, backend: Optional[CryptoBackend] = None) -> dict[int, 
     return {suite: backend for suite in Suite}
 
 
-def default_backend() -> CryptoBackend:
-    from .reference import ReferenceBackend
-    return ReferenceBackend()
-
-
-__all__ = ["BACKEND_NAMES", "CryptoBackend", "SaKeys", "backends_for", "default_backend"]
+__all__ = ["BACKEND_NAMES", "CryptoBackend", "SaKeys", "backends_for"]

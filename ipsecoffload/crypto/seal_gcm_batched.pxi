@@ -192,16 +192,14 @@ cdef class GcmBatchedBackend:
         cdef const ipo_ghash_key* key = <const ipo_ghash_key*>array_data(key_arr)
         cdef int path = ghash_active_path()
         encryptor = keys.ecb_encryptor()
-        cdef int64_t max_blocks = 0, blocks, scratch_len = 0, i
+        cdef int64_t max_blocks = 0, total_blocks = 0, blocks, scratch_len = 0, i
         for i in range(n):
             blocks = gcm_blocks_of(op0 + idx[i])
+            total_blocks += blocks
             if blocks > max_blocks:
                 max_blocks = blocks
             if op0[idx[i]].suite == SUITE_AES_GMAC and op0[idx[i]].text_len + 20 > scratch_len:
                 scratch_len = op0[idx[i]].text_len + 20
-        cdef int64_t total_blocks = 0
-        for i in range(n):
-            total_blocks += gcm_blocks_of(op0 + idx[i])
         cdef int64_t chunk_blocks = GCM_CHUNK_BYTES // 16
         if total_blocks < chunk_blocks:
             chunk_blocks = total_blocks

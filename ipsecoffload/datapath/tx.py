@@ -14,8 +14,7 @@ import numpy as np
 
 from ..ndis import NdisStatus
 from .batch import PacketBatch, WireFrames
-from .layout import (COUNTERS, CRYPTO_OP_DTYPE, NB_PLAN_DTYPE, NBL_OOB_DTYPE, REASON_COUNT, STATUS_COUNTER_NAMES,
-                     WIRE_FRAME_DTYPE, Reason)
+from .layout import NB_PLAN_DTYPE, REASON_COUNT, Reason
 
 
 def load_kernels(pure: Optional[bool] = None) -> ModuleType:
@@ -132,4 +131,4 @@ def _random_bytes(random_source: Callable[[int], bytes], n: int) -> np.ndarray:
     return np.frombuffer(data, np.uint8)
 
 
-__all__ = ["SendResult", "load_kernels", "run_ops", "run_send", "STATUS_COUNTER_NAMES"]
+__all__ = ["SendResult", "load_kernels", "run_ops", "run_send"]

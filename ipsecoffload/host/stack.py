@@ -16,8 +16,6 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple, Optional, Sequence
 
-import numpy as np
-
 from .. import ndis
 from ..datapath.batch import PacketBatch, PacketBatchBuilder
 from ..inet import ones_complement_sum

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..layout import (HANDLE_SLOT_MASK, NB_PLAN_DTYPE, NBL_OOB_DTYPE, SA_RECORD_DTYPE,
                       STATUS_FAILURE,
-                      STATUS_INVALID_PACKET, Config, IcvSpace, IvSource, Reason, Suite)
+                      STATUS_INVALID_PACKET, Config, IcvSpace, IvSource, Reason)
 from .common import _buffers, _c_ints, _lso_enabled, _lso_segment_len, _records, xf0
 
 def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int,
