@@ -84,6 +84,52 @@ cpdef enum IpProto:
     PROTO_ESP = 50
     PROTO_AH = 51
 
+# Receive: why a frame got no IPsec info, or what the NIC found (counted per batch).
+cpdef enum RxReason:
+    RX_OK = 0                 # every layer verified (and decrypted)
+    RX_OFFLOAD_OFF = 1        # receive offload not enabled for this IP version
+    RX_NOT_IP = 2             # not a parseable IPv4/IPv6 header
+    RX_NOT_IPSEC = 3          # no AH, ESP or UDP-ESP
+    RX_FRAGMENT = 4           # an IP fragment: the stack reassembles and checks it
+    RX_KEEPALIVE = 5          # NAT-T keepalive (RFC 3948 §2.3)
+    RX_IKE = 6                # non-ESP marker on UDP 4500 (RFC 3948 §2.2)
+    RX_SHORT = 7              # AH/ESP header cut short: no SPI to look up
+    RX_NO_SA = 8              # no inbound SA for (SPI, destination, source, IP version)
+    RX_GATED = 9              # uses something not enabled (capability gate)
+    RX_AUTH_FAILED = 10       # ICV mismatch
+    RX_BAD_SYNTAX = 11        # lengths that cannot be (INVALID_PACKET_SYNTAX)
+    RX_BAD_PROTOCOL = 12      # protocols differ from the bundle (INVALID_PROTOCOL)
+    RX_REASON_COUNT = 13
+
+# CryptoStatus of the receive indication (NDIS_IPSEC_OFFLOAD_V2_NET_BUFFER_LIST_INFO).
+cpdef enum CryptoStatusCode:
+    CRYPTO_SUCCESS = 0
+    CRYPTO_GENERIC_ERROR = 1
+    CRYPTO_TRANSPORT_AH_AUTH_FAILED = 2
+    CRYPTO_TRANSPORT_ESP_AUTH_FAILED = 3
+    CRYPTO_TUNNEL_AH_AUTH_FAILED = 4
+    CRYPTO_TUNNEL_ESP_AUTH_FAILED = 5
+    CRYPTO_INVALID_PACKET_SYNTAX = 6
+    CRYPTO_INVALID_PROTOCOL = 7
+
+# Receive configuration bits beyond the Config ESP bits.
+cpdef enum RxConfig:
+    RXCFG_IPV4_OPTIONS = 1024
+    RXCFG_IPV6_EXT_HEADERS = 2048
+
+# What the host stack did with a received frame (rx_deliver).
+cpdef enum Delivery:
+    DELIVERY_CLEAR = 0         # not IPsec (or not for the NIC): passed on unchanged
+    DELIVERY_DECAP = 1         # verified, in the window, decapsulated
+    DELIVERY_MALFORMED = 2        # not parseable IP
+    DELIVERY_NO_SA = 3            # IPsec without a matching inbound SA
+    DELIVERY_CRYPTO = 4           # CryptoStatus other than SUCCESS
+    DELIVERY_REPLAY = 5           # seen before, or left of the window
+    DELIVERY_SELECTOR = 6         # the SA's selector does not contain the packet
+    DELIVERY_ECN = 7              # RFC 6040 §4.2: outer CE over a Not-ECT inner packet
+    DELIVERY_DUMMY = 8            # next header 59: a dummy packet (RFC 4303 §2.6)
+    DELIVERY_INNER = 9            # the decrypted inner packet is not a valid IP packet
+
 
 # -- tables ----------------------------------------------------------------------------
 
@@ -190,3 +236,66 @@ ctypedef struct CryptoOp:
     uint8_t reserved[3]
     uint8_t nonce[12]         # GCM / GMAC: salt || IV (RFC 4106 §4, RFC 4543 §3.1)
     uint8_t reserved2[4]
+
+
+# Inbound lookup entry: one per transform of an inbound SA, sorted by SPI (rx_classify).
+ctypedef struct RxSaKey:
+    uint32_t spi
+    int32_t slot
+    uint8_t layer             # index of the transform in SaRecord.xf
+    uint8_t proto             # PROTO_ESP or PROTO_AH
+    uint8_t ipv6
+    uint8_t udp_encap         # the bundle's UdpEspEncapsulation is not NONE
+    uint8_t has_dst           # a zero endpoint is a wildcard
+    uint8_t has_src
+    uint8_t reserved[2]
+    uint8_t dst[16]
+    uint8_t src[16]
+
+
+# The NIC's receive state of one inbound transform (by key row): ESN inference.
+ctypedef struct RxState:
+    uint64_t top              # highest authenticated 64-bit sequence number
+    uint8_t seen              # top is valid: the high word is inferred from it
+    uint8_t tunnel            # once carried next header 4 or 41 (tunnel layer)
+    uint8_t reserved[6]
+
+
+# What rx_classify and rx_complete found for one received frame.
+ctypedef struct RxPlan:
+    int64_t ip_off
+    int64_t ip_end            # end of the IP datagram by its length field
+    int64_t esp_off           # ESP header; 0 = none
+    int64_t text_off          # first encrypted byte (after the IV)
+    int64_t text_len
+    int64_t icv_off
+    uint64_t seq64            # 64-bit sequence number the ICV was checked with
+    uint64_t handle           # inbound SA that matched; 0 = none
+    int32_t slot
+    int32_t op                # its crypto op; -1 = none
+    int32_t nh_off            # the protocol / next-header byte that names AH/ESP/UDP
+    int32_t udp_off           # UDP-ESP header; 0 = none
+    uint16_t crypto_status    # CRYPTO_*
+    uint8_t ipv6
+    uint8_t reason            # RX_*
+    uint8_t crypto_done
+    uint8_t tunnel            # the layer is a tunnel layer (docs/spec-gaps.md G12)
+    uint8_t next_header       # from the decrypted trailer
+    uint8_t pad_length
+    uint8_t header_info_set
+    uint8_t layer
+    uint8_t pad_ok            # the padding reads 1, 2, 3, ... (RFC 4303 §2.4)
+    uint8_t reserved[5]
+
+
+# The host stack's anti-replay window and selector of one inbound SA (rx_deliver).
+ctypedef struct RxWindow:
+    uint64_t top              # highest accepted 64-bit sequence number
+    uint32_t size             # window bits (0 = no replay check)
+    uint8_t has_sel           # check the selector prefixes below
+    uint8_t sel_ipv6
+    uint8_t src_len           # prefix lengths in bits
+    uint8_t dst_len
+    uint8_t src[16]
+    uint8_t dst[16]
+    uint64_t bits[64]         # bit i = top - i was accepted (RFC 4303 §3.4.3)

@@ -1,7 +1,8 @@
 # cython: freethreading_compatible = True
 """Compiled stages of the datapath and the compiled crypto backends (docs/architecture.md).
 
-Send: tx_classify -> tx_plan -> tx_emit -> (backends, per op group) -> tx_fixup. Each stage
+Send: tx_classify -> tx_plan -> tx_emit -> (backends, per op group) -> tx_fixup.
+Receive: rx_classify -> (backends, open) -> rx_complete; the host stack's rx_deliver. Each stage
 takes a few typed objects, validates them once, then runs nogil over raw memory with no
 Python object inside. Packet faults become statuses in the plans, never exceptions. In the
 bounds-checked build (IPSECOFFLOAD_BOUNDS_CHECK=1) every arena access is range-checked and
@@ -25,6 +26,9 @@ include "datapath/tx_plan.pxi"
 include "datapath/tx_emit.pxi"
 include "datapath/tx_fixup.pxi"
 include "datapath/tx_run.pxi"
+include "datapath/rx_classify.pxi"
+include "datapath/rx_run.pxi"
+include "host/rx_deliver.pxi"
 include "crypto/ghash.pxi"
 include "crypto/op_groups.pxi"
 include "crypto/seal_gcm_batched.pxi"
@@ -32,5 +36,5 @@ include "crypto/seal_cbc_hmac.pxi"
 
 # Every cpdef enum code is also a module attribute (REASON_OK, SUITE_AES_GCM, ...).
 for _code_enum in (Suite, Integrity, IcvSpace, IvSource, Config, Reason, OpKind, OpStatus, Fixup,
-                   IpProto, StatusCounter):
+                   IpProto, StatusCounter, RxReason, CryptoStatusCode, RxConfig, Delivery):
     globals().update({_member.name: int(_member) for _member in _code_enum})

@@ -450,7 +450,9 @@ def assert_well_formed(result, rec, batch, table):
 
 STRUCT_DTYPES = {"NblOob": NBL_OOB_DTYPE, "Transform": TRANSFORM_DTYPE,
                  "SaRecord": SA_RECORD_DTYPE, "NbPlan": NB_PLAN_DTYPE,
-                 "WireFrame": WIRE_FRAME_DTYPE, "CryptoOp": CRYPTO_OP_DTYPE}
+                 "WireFrame": WIRE_FRAME_DTYPE, "CryptoOp": CRYPTO_OP_DTYPE,
+                 "RxSaKey": layout.RX_SA_KEY_DTYPE, "RxState": layout.RX_STATE_DTYPE,
+                 "RxPlan": layout.RX_PLAN_DTYPE, "RxWindow": layout.RX_WINDOW_DTYPE}
 
 
 def test_struct_sizes_match_the_dtypes():
@@ -497,9 +499,12 @@ ENUMS = [("Suite", "SUITE_", layout.Suite), ("Integrity", "INTEG_", layout.Integ
          ("IcvSpace", "ICV_SPACE_", layout.IcvSpace), ("IvSource", "IV_SOURCE_", layout.IvSource),
          ("Config", "CFG_", layout.Config), ("Reason", "REASON_", layout.Reason),
          ("OpKind", "OP_", layout.OpKind), ("OpStatus", "OP_", layout.OpStatus),
-         ("Fixup", "FIXUP_", layout.Fixup)]
+         ("Fixup", "FIXUP_", layout.Fixup), ("RxReason", "RX_", layout.RxReason),
+         ("CryptoStatusCode", "CRYPTO_", ndis.CryptoStatus), ("RxConfig", "RXCFG_", layout.RxConfig),
+         ("Delivery", "DELIVERY_", layout.Delivery)]
 # codes with no Python enum: C name -> layout value
 EXTRA_CODES = {"Reason": {"REASON_COUNT": layout.REASON_COUNT},
+               "RxReason": {"RX_REASON_COUNT": layout.RX_REASON_COUNT},
                "IpProto": {"PROTO_ESP": layout.PROTO_ESP, "PROTO_AH": layout.PROTO_AH}}
 
 

@@ -13,8 +13,10 @@ import numpy as np
 from .. import ndis
 from ..datapath.batch import PacketBatch
 from ..crypto import CryptoBackend, backends_for
-from ..datapath.layout import (COUNTERS, HANDLE_SLOT_MASK, REASON_COUNT, STATUS_COUNTER_NAMES,
-                               Config, IcvSpace, IvSource, Reason)
+from ..datapath.layout import (COUNTERS, HANDLE_SLOT_MASK, REASON_COUNT, RX_REASON_COUNT,
+                               STATUS_COUNTER_NAMES, Config, IcvSpace, IvSource, Reason,
+                               RxConfig, RxReason)
+from ..datapath.rx import ReceiveResult, run_receive
 from ..ndis import NdisStatus
 from ..control.satable import SaRejected, SaTable
 from ..datapath.tx import SendResult, load_kernels, run_send
@@ -78,6 +80,7 @@ class Miniport:
         self._oid_counts: Counter = Counter()
         self._send_counts = np.zeros(COUNTERS, np.int64)  # tx_plan's counters, summed
         self._frames_out = self._bytes_out = 0
+        self._recv_counts = np.zeros(RX_REASON_COUNT, np.int64)  # rx reasons, summed
         self._counter_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -214,6 +217,48 @@ class Miniport:
         self._account(result)
         return result
 
+    # -- receive -------------------------------------------------------------------------
+    def receive_config_bits(self) -> int:
+        """Receive offload per IP version (the same IPsecV2 offload parameters as send) and
+        the capability gate for IPv4 options and IPv6 extension headers."""
+        on, caps = self.offload, self.capabilities
+        esp = caps.esp
+        return ((_ESP_IPV4 if esp and on.esp_ipv4 else 0)
+                | (_ESP_IPV6 if esp and caps.ipv6_supported and on.esp_ipv6 else 0)
+                | (int(RxConfig.IPV4_OPTIONS) if caps.ipv4_options else 0)
+                | (int(RxConfig.IPV6_EXT_HEADERS) if caps.ipv6_non_ipsec_extension_headers
+                   else 0))
+
+    def receive(self, frames: Union[PacketBatch, Sequence[ndis.NetBufferList]]) -> ReceiveResult:
+        """The NIC's receive path over a batch of received frames (docs/receive-path.md).
+
+        Inbound SAs are found by SPI, destination (and source), IP version and UDP
+        encapsulation; verified ESP is decrypted in place (headers, IV and ICV left as
+        received); every frame is indicated, failures included. Given ``NetBufferList``
+        objects, each gets its receive indication in slots IPsecOffloadV2 and
+        IPsecOffloadV2Header and its frame as the NIC leaves it (one frame per NBL).
+        The NIC never rejects a replay: that is the stack's (HostStack.receive).
+        """
+        given_nbls = not isinstance(frames, PacketBatch)
+        batch = PacketBatch.from_nbls(frames) if given_nbls else frames
+        result = run_receive(batch, self.sas.snapshot(), self.sas.rx_state, self.sas.rx_lock,
+                             config=self.receive_config_bits(), kernels=self.kernels,
+                             backends=self.backends)
+        if given_nbls:
+            info, header = result.ipsec_info.tolist(), result.header_info.tolist()
+            first = batch.oob["first_nb"].tolist()
+            for k, nbl in enumerate(frames):
+                if not nbl.net_buffers:
+                    continue
+                i = first[k]
+                nbl.set_info(ndis.NblInfo.IPSEC_OFFLOAD_V2, info[i])
+                nbl.set_info(ndis.NblInfo.IPSEC_OFFLOAD_V2_HEADER, header[i])
+                for j in range(len(nbl.net_buffers)):
+                    nbl.net_buffers[j].data = result.frame(i + j)
+        with self._counter_lock:
+            self._recv_counts += result.counters
+        return result
+
     def _account(self, result: SendResult) -> None:
         with self._counter_lock:
             self._send_counts[:COUNTERS] += result.counters
@@ -236,6 +281,11 @@ class Miniport:
         for i, name in enumerate(("frames_out", "bytes_out")):
             if counts[COUNTERS + i]:
                 out[name] = counts[COUNTERS + i]
+        with self._counter_lock:
+            received = self._recv_counts.tolist()
+        for i, count in enumerate(received):
+            if count:
+                out[f"rx.{RxReason(i).name}"] = count
         return out
 
     def _count(self, name: str) -> None:

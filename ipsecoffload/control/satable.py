@@ -16,8 +16,8 @@ import numpy as np
 
 from .. import ndis
 from ..crypto.keys import SaKeys
-from ..datapath.layout import (HANDLE_SLOT_BITS, HANDLE_SLOT_MASK, PROTO_ESP, SA_RECORD_DTYPE,
-                               Integrity, Suite)
+from ..datapath.layout import (HANDLE_SLOT_BITS, HANDLE_SLOT_MASK, PROTO_ESP, RX_SA_KEY_DTYPE,
+                               RX_STATE_DTYPE, SA_RECORD_DTYPE, Integrity, Suite)
 from ..ndis import AuthenticationAlgorithm as Auth
 from ..ndis import EncryptionAlgorithm as Enc
 from ..ndis import NdisStatus
@@ -48,6 +48,7 @@ class TableSnapshot:
     records: np.ndarray  # SA_RECORD_DTYPE, read-only
     keys: tuple = field(repr=False)  # SaKeys or None per key row (slot * 2 + layer)
     records_bytes: np.ndarray = field(repr=False)  # the same memory as uint8, for the kernels
+    rx_keys: np.ndarray = field(repr=False, default=None)  # RX_SA_KEY_DTYPE bytes, by SPI
 
 
 def _single_bit(owner: str, value: int) -> None:
@@ -176,11 +177,38 @@ class SaTable:
         self._serial = 0
         self._free = list(range(capacity - 1, -1, -1))
         self._sa_info: dict[int, tuple[int, int]] = {}  # handle -> (spi, operation)
+        self._endpoints: dict[int, tuple[bytes, bytes]] = {}  # inbound slot -> (src, dst)
+        # The NIC's mutable receive state per key row (ESN inference, docs/receive-path.md);
+        # reset when a slot is (re)used or UPDATE_SA sets a new high word.
+        self.rx_state = np.zeros(2 * capacity, RX_STATE_DTYPE)
+        self.rx_lock = threading.Lock()
         self._publish(np.zeros(capacity, SA_RECORD_DTYPE), (None,) * (2 * capacity))
 
     def _publish(self, records: np.ndarray, keys: tuple) -> None:
         records.flags.writeable = False
-        self._snapshot = TableSnapshot(records, keys, records.view(np.uint8))
+        self._snapshot = TableSnapshot(records, keys, records.view(np.uint8),
+                                       self._rx_index(records))
+
+    def _rx_index(self, records: np.ndarray) -> np.ndarray:
+        """One RxSaKey per transform of every inbound SA, sorted by SPI: rx_classify finds an
+        SA by binary search (SPI, then destination, source and IP version)."""
+        rows = []
+        for slot, (src, dst) in self._endpoints.items():
+            record = records[slot]
+            for layer in range(int(record["n_xf"])):
+                xf = record["xf"][layer]
+                rows.append((int(xf["spi"]), slot, layer, int(xf["proto"]), int(record["ipv6"]),
+                             int(xf["udp_encap"]), src, dst))
+        rows.sort(key=lambda row: (row[0], row[1], row[2]))
+        index = np.zeros(len(rows), RX_SA_KEY_DTYPE)
+        for i, (spi, slot, layer, proto, ipv6, udp, src, dst) in enumerate(rows):
+            entry = index[i]
+            entry["spi"], entry["slot"], entry["layer"], entry["proto"] = spi, slot, layer, proto
+            entry["ipv6"], entry["udp_encap"] = ipv6, udp
+            entry["has_src"], entry["has_dst"] = any(src), any(dst)
+            entry["src"] = np.frombuffer(src.ljust(16, b"\0"), np.uint8)
+            entry["dst"] = np.frombuffer(dst.ljust(16, b"\0"), np.uint8)
+        return index.view(np.uint8)
 
     def snapshot(self) -> TableSnapshot:
         return self._snapshot
@@ -242,6 +270,9 @@ class SaTable:
             key_list = list(self._snapshot.keys)
             key_list[2 * slot] = keys
             self._sa_info[handle] = (sa.spi, sa.operation)
+            if record["inbound"]:
+                self._endpoints[slot] = (bytes(entry.src_address), bytes(entry.dest_address))
+            self.rx_state[2 * slot:2 * slot + 2] = np.zeros((), RX_STATE_DTYPE)
             self._publish(records, tuple(key_list))
         return handle
 
@@ -256,6 +287,7 @@ class SaTable:
             records[slot] = np.zeros((), SA_RECORD_DTYPE)
             key_list = list(self._snapshot.keys)
             key_list[2 * slot] = key_list[2 * slot + 1] = None
+            self._endpoints.pop(slot, None)
             self._free.append(slot)
             self._publish(records, tuple(key_list))
         return True
@@ -271,6 +303,9 @@ class SaTable:
                 return False
             records = self._snapshot.records.copy()
             records[slot]["xf"][0]["seq_hi"] = seq_hi
+            # an inbound SA infers its high word again from this one (docs/receive-path.md)
+            with self.rx_lock:
+                self.rx_state[2 * slot]["seen"] = 0
             self._publish(records, self._snapshot.keys)
         return True
 
@@ -278,6 +313,7 @@ class SaTable:
         """Delete every SA (adapter halt, docs/protocol.md)."""
         with self._lock:
             self._sa_info.clear()
+            self._endpoints.clear()
             self._free = list(range(self.capacity - 1, -1, -1))
             self._publish(np.zeros(self.capacity, SA_RECORD_DTYPE), (None,) * (2 * self.capacity))
 

@@ -51,6 +51,34 @@ CRYPTO_OP_DTYPE = np.dtype([
     ("nonce", np.uint8, (12,)), ("reserved2", np.uint8, (4,)),
 ], align=True)
 
+RX_SA_KEY_DTYPE = np.dtype([
+    ("spi", np.uint32), ("slot", np.int32), ("layer", np.uint8), ("proto", np.uint8),
+    ("ipv6", np.uint8), ("udp_encap", np.uint8), ("has_dst", np.uint8), ("has_src", np.uint8),
+    ("reserved", np.uint8, (2,)), ("dst", np.uint8, (16,)), ("src", np.uint8, (16,)),
+], align=True)
+
+RX_STATE_DTYPE = np.dtype([
+    ("top", np.uint64), ("seen", np.uint8), ("tunnel", np.uint8), ("reserved", np.uint8, (6,)),
+], align=True)
+
+RX_PLAN_DTYPE = np.dtype([
+    ("ip_off", np.int64), ("ip_end", np.int64), ("esp_off", np.int64), ("text_off", np.int64),
+    ("text_len", np.int64), ("icv_off", np.int64), ("seq64", np.uint64), ("handle", np.uint64),
+    ("slot", np.int32), ("op", np.int32), ("nh_off", np.int32), ("udp_off", np.int32),
+    ("crypto_status", np.uint16), ("ipv6", np.uint8), ("reason", np.uint8),
+    ("crypto_done", np.uint8), ("tunnel", np.uint8), ("next_header", np.uint8),
+    ("pad_length", np.uint8), ("header_info_set", np.uint8), ("layer", np.uint8),
+    ("pad_ok", np.uint8), ("reserved", np.uint8, (5,)),
+], align=True)
+
+RX_WINDOW_WORDS = 64
+RX_WINDOW_MAX = 64 * RX_WINDOW_WORDS  # the largest anti-replay window, in packets
+RX_WINDOW_DTYPE = np.dtype([
+    ("top", np.uint64), ("size", np.uint32), ("has_sel", np.uint8), ("sel_ipv6", np.uint8),
+    ("src_len", np.uint8), ("dst_len", np.uint8), ("src", np.uint8, (16,)),
+    ("dst", np.uint8, (16,)), ("bits", np.uint64, (RX_WINDOW_WORDS,)),
+], align=True)
+
 # A handle is (serial << HANDLE_SLOT_BITS) | slot: the kernels find the slot without a
 # dictionary, and the record's stored handle proves the handle is not stale (docs/protocol.md).
 HANDLE_SLOT_BITS = 20
@@ -137,6 +165,46 @@ class Fixup(enum.IntEnum):
 
 PROTO_ESP = 50
 PROTO_AH = 51
+
+
+class RxReason(enum.IntEnum):
+    """What the NIC found in a received frame (docs/receive-path.md)."""
+    OK = 0
+    OFFLOAD_OFF = 1
+    NOT_IP = 2
+    NOT_IPSEC = 3
+    FRAGMENT = 4
+    KEEPALIVE = 5
+    IKE = 6
+    SHORT = 7
+    NO_SA = 8
+    GATED = 9
+    AUTH_FAILED = 10
+    BAD_SYNTAX = 11
+    BAD_PROTOCOL = 12
+
+
+class RxConfig(enum.IntFlag):
+    """Receive configuration bits beyond Config.ESP_IPV4 / ESP_IPV6."""
+    IPV4_OPTIONS = 1024
+    IPV6_EXT_HEADERS = 2048
+
+
+class Delivery(enum.IntEnum):
+    """What the host stack did with a received frame."""
+    CLEAR = 0
+    DECAP = 1
+    MALFORMED = 2
+    NO_SA = 3
+    CRYPTO = 4
+    REPLAY = 5
+    SELECTOR = 6
+    ECN = 7
+    DUMMY = 8
+    INNER = 9
+
+
+RX_REASON_COUNT = len(RxReason)
 
 
 STATUS_SUCCESS = 0x00000000

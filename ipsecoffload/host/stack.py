@@ -21,6 +21,7 @@ from ..datapath.batch import PacketBatch, PacketBatchBuilder
 from ..inet import ones_complement_sum
 from ..ndis import NdisStatus
 from ..host.saconfig import SaConfig
+from .receive import ReceiveMixin
 from ..datapath.tx import SendResult
 
 IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_IPV6 = 4, 6, 17, 41
@@ -260,7 +261,7 @@ def _split_by_seq_hi(nbls: list[_Nbl]) -> list[list[_Nbl]]:
 
 
 # -- the stack --------------------------------------------------------------------------------
-class HostStack:
+class HostStack(ReceiveMixin):
     """The host TCP/IP stack in front of a ``Miniport``.
 
     ``link``: ``"ethernet"`` puts a 14-byte Ethernet header before each IP packet,

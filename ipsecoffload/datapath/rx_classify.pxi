@@ -1,0 +1,249 @@
+# rx_classify: the NIC's receive procedure up to the crypto (docs/receive-path.md): offload
+# state, IP and IPv6 extension headers, UDP-ESP, fragments, the inbound SA lookup, the
+# capability gate, lengths, ESN inference, and one open op per ESP layer. Included by
+# _fastpath.pyx.
+
+cdef enum:
+    NAT_T_PORT = 4500
+
+
+cdef inline void rx_no_info(RxPlan* p, uint8_t reason) noexcept nogil:
+    p.reason = reason
+    p.crypto_done = 0
+    p.crypto_status = CRYPTO_SUCCESS
+
+
+cdef inline void rx_fail(RxPlan* p, uint8_t reason, uint16_t status) noexcept nogil:
+    p.reason = reason
+    p.crypto_done = 1
+    p.crypto_status = status
+
+
+cdef inline uint32_t esn_infer_hi(const RxState* st, uint32_t seq_hi, uint32_t low) noexcept nogil:
+    """The high word of a received ESN sequence number (RFC 4303 App. A2.2) with a window
+    of 2^31: the one that puts it closest to the highest authenticated number; the stack
+    applies its own (smaller) window afterwards."""
+    cdef uint32_t tl, th
+    cdef uint32_t w1 = 0x7FFFFFFF  # window - 1
+    if not st.seen:
+        return seq_hi
+    tl = <uint32_t>st.top
+    th = <uint32_t>(st.top >> 32)
+    if tl >= w1:
+        if low >= tl - w1:
+            return th
+        return th + 1
+    if low >= <uint32_t>(tl - w1) and th > 0:
+        return th - 1
+    return th
+
+
+cdef inline RxState* rx_provisional(RxState* states, RxState* prov, uint8_t* touched,
+                                    int32_t row) noexcept nogil:
+    """The batch's running copy of a key row's state: ESN numbers of the frames before this
+    one count as if they verify (the sender's order), so a batch that crosses 2^32 infers
+    the new high word at once; rx_complete retries any frame this misled."""
+    if not touched[row]:
+        prov[row] = states[row]
+        touched[row] = 1
+    return prov + row
+
+
+cdef inline bint rx_addr_eq(const uint8_t* a, const uint8_t* b, int n) noexcept nogil:
+    cdef int i
+    for i in range(n):
+        if a[i] != b[i]:
+            return False
+    return True
+
+
+cdef int64_t rx_lookup(const RxSaKey* keys, int64_t nkeys, uint32_t spi, bint ipv6,
+                       const uint8_t* src, const uint8_t* dst, bint udp) noexcept nogil:
+    """The first inbound transform with this SPI whose endpoints (zero = wildcard), IP
+    version and UDP encapsulation match; -1 if none."""
+    cdef int64_t lo = 0, hi = nkeys, mid
+    cdef int alen = 16 if ipv6 else 4
+    cdef const RxSaKey* k
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if keys[mid].spi < spi:
+            lo = mid + 1
+        else:
+            hi = mid
+    while lo < nkeys and keys[lo].spi == spi:
+        k = keys + lo
+        if (k.ipv6 == ipv6 and (k.udp_encap != 0) == udp
+                and (not k.has_dst or rx_addr_eq(k.dst, dst, alen))
+                and (not k.has_src or rx_addr_eq(k.src, src, alen))):
+            return lo
+        lo += 1
+    return -1
+
+
+cdef int rx_classify_one(const uint8_t* f, int64_t flen, int64_t l2, int cfg,
+                         const SaRecord* recs, int64_t nrec, const RxSaKey* keys,
+                         int64_t nkeys, RxState* states, RxState* prov, uint8_t* touched,
+                         RxPlan* p, CryptoOp* op) except -1 nogil:
+    """Fill the plan of one frame; returns 1 when it needs an open op (written to op)."""
+    cdef int64_t ihl, off, ip_end, end, ext_len, esp_off, k, text_len
+    cdef int version, nh, proto, guard
+    cdef bint ipv6, options = False, udp = False
+    cdef uint16_t sport, dport
+    cdef uint32_t spi, low, hi
+    cdef const uint8_t* src
+    cdef const uint8_t* dst
+    cdef const SaRecord* rec
+    cdef const Transform* xf
+    cdef const RxSaKey* key
+    memset(p, 0, sizeof(RxPlan))
+    p.slot = -1
+    p.op = -1
+    p.ip_off = l2
+    if l2 < 0 or flen < l2 + 20:
+        rx_no_info(p, RX_NOT_IP)
+        return 0
+    version = f[l2] >> 4
+    if version == 4:
+        ipv6 = False
+        ihl = (f[l2] & 0xF) * 4
+        ip_end = l2 + ld16(f + l2 + 2)
+        if ihl < 20 or l2 + ihl > flen or ip_end < l2 + ihl:
+            rx_no_info(p, RX_NOT_IP)
+            return 0
+        if not cfg & CFG_ESP_IPV4:
+            rx_no_info(p, RX_OFFLOAD_OFF)
+            return 0
+        if ld16(f + l2 + 6) & 0x3FFF:
+            rx_no_info(p, RX_FRAGMENT)
+            return 0
+        proto = f[l2 + 9]
+        p.nh_off = <int32_t>(l2 + 9)
+        off = l2 + ihl
+        options = ihl > 20
+        src = f + l2 + 12
+        dst = f + l2 + 16
+    elif version == 6:
+        ipv6 = True
+        if flen < l2 + 40:
+            rx_no_info(p, RX_NOT_IP)
+            return 0
+        ip_end = l2 + 40 + ld16(f + l2 + 4)
+        if not cfg & CFG_ESP_IPV6:
+            rx_no_info(p, RX_OFFLOAD_OFF)
+            return 0
+        proto = f[l2 + 6]
+        p.nh_off = <int32_t>(l2 + 6)
+        off = l2 + 40
+        src = f + l2 + 8
+        dst = f + l2 + 24
+        end = ip_end if ip_end < flen else flen
+        # hop-by-hop, routing and destination options before AH/ESP (RFC 8200 §4.1)
+        while proto == 0 or proto == 43 or proto == 60:
+            if off + 8 > end:
+                rx_no_info(p, RX_NOT_IPSEC)
+                return 0
+            ext_len = (f[off + 1] + 1) * 8
+            p.nh_off = <int32_t>off
+            proto = f[off]
+            off += ext_len
+            options = True
+        if proto == 44:
+            rx_no_info(p, RX_FRAGMENT)
+            return 0
+    else:
+        rx_no_info(p, RX_NOT_IP)
+        return 0
+    p.ipv6 = ipv6
+    p.ip_end = ip_end
+    end = ip_end if ip_end < flen else flen
+    if proto == 17:
+        if off + 8 > end:
+            rx_no_info(p, RX_NOT_IPSEC)
+            return 0
+        sport = ld16(f + off)
+        dport = ld16(f + off + 2)
+        if sport != NAT_T_PORT and dport != NAT_T_PORT:
+            rx_no_info(p, RX_NOT_IPSEC)
+            return 0
+        # RFC 3948 §2.2-2.3: a keepalive, the non-ESP marker of IKE, or ESP
+        if end - (off + 8) == 1 and f[off + 8] == 0xFF:
+            rx_no_info(p, RX_KEEPALIVE)
+            return 0
+        if end - (off + 8) >= 4 and ld32(f + off + 8) == 0:
+            rx_no_info(p, RX_IKE)
+            return 0
+        if end - (off + 8) < 8:
+            rx_no_info(p, RX_NOT_IPSEC)
+            return 0
+        p.udp_off = <int32_t>off
+        udp = True
+        off += 8
+        proto = PROTO_ESP
+    elif proto != PROTO_ESP and proto != PROTO_AH:
+        rx_no_info(p, RX_NOT_IPSEC)
+        return 0
+    if off + 8 > flen:
+        rx_no_info(p, RX_SHORT)
+        return 0
+    spi = ld32(f + off + (4 if proto == PROTO_AH else 0))
+    k = rx_lookup(keys, nkeys, spi, ipv6, src, dst, udp)
+    if k < 0:
+        rx_no_info(p, RX_NO_SA)
+        return 0
+    key = keys + k
+    if key.slot < 0 or key.slot >= nrec:
+        rx_no_info(p, RX_NO_SA)
+        return 0
+    rec = recs + key.slot
+    # the capability gate: the NIC leaves these to the stack (docs/receive-path.md)
+    if options and not cfg & (RXCFG_IPV6_EXT_HEADERS if ipv6 else RXCFG_IPV4_OPTIONS):
+        rx_no_info(p, RX_GATED)
+        return 0
+    p.slot = key.slot
+    p.layer = key.layer
+    p.handle = rec.handle
+    xf = &rec.xf[key.layer]
+    if key.proto != proto or (proto == PROTO_ESP and rec.n_xf > 1):
+        # an SPI found on the other protocol, or a bundle's ESP without its AH
+        rx_fail(p, RX_BAD_PROTOCOL, CRYPTO_INVALID_PROTOCOL)
+        return 0
+    if proto == PROTO_AH:
+        rx_no_info(p, RX_GATED)  # AH verification is not offered yet
+        p.slot = -1
+        p.handle = 0
+        return 0
+    esp_off = off
+    p.esp_off = esp_off
+    p.tunnel = states[xf.key_row].tunnel
+    p.text_off = esp_off + 8 + xf.iv_len
+    p.icv_off = ip_end - xf.icv_len
+    text_len = p.icv_off - p.text_off
+    p.text_len = text_len
+    if ip_end > flen or text_len < 2 or (xf.suite == SUITE_AES_CBC_HMAC and text_len % 16):
+        rx_fail(p, RX_BAD_SYNTAX, CRYPTO_INVALID_PACKET_SYNTAX)
+        return 0
+    low = ld32(f + esp_off + 4)
+    hi = esn_infer_hi(rx_provisional(states, prov, touched, xf.key_row), xf.seq_hi,
+                          low) if xf.esn else 0
+    p.seq64 = (<uint64_t>hi << 32) | low
+    p.crypto_done = 1
+    memset(op, 0, sizeof(CryptoOp))
+    op.auth_off = esp_off
+    op.text_off = p.text_off
+    op.text_len = text_len
+    op.icv_off = p.icv_off
+    op.ip_off = l2
+    op.key_row = xf.key_row
+    op.seq_hi = hi
+    op.kind = OP_ESP_OPEN
+    op.pass_no = 0
+    op.suite = xf.suite
+    op.integ = xf.integ
+    op.iv_len = xf.iv_len
+    op.icv_len = xf.icv_len
+    op.esn = xf.esn
+    op.status = OP_PENDING
+    if xf.suite == SUITE_AES_GCM or xf.suite == SUITE_AES_GMAC:
+        memcpy(op.nonce, xf.salt, 4)
+        memcpy(op.nonce + 4, f + esp_off + 8, 8)
+    return 1

@@ -1,0 +1,212 @@
+"""The host stack's receive side (docs/receive-path.md): inbound SAs offloaded to the NIC, the
+NIC's receive indications, then per SA the anti-replay window (RFC 4303 §3.4.3) and
+decapsulation, all per batch in compiled code (``rx_deliver``).
+
+Mixed into ``HostStack``: ``add_inbound_sa``, ``remove_inbound_sa`` and ``receive``.
+"""
+from __future__ import annotations
+
+import ipaddress
+import threading
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from .. import ndis
+from ..datapath.batch import PacketBatch
+from ..datapath.layout import (HANDLE_SLOT_MASK, RX_WINDOW_DTYPE, RX_WINDOW_MAX, Delivery)
+from ..datapath.rx import ReceiveResult
+from ..ndis import NdisStatus
+from .saconfig import SaConfig
+
+DEFAULT_REPLAY_WINDOW = 64
+
+
+class InboundSa:
+    """The stack's view of one inbound SA: its bundles (one per IP version) and its window
+    row. ``replay_window`` is in packets (0 = no replay check); ``selector`` (src, dst
+    prefixes, either may be None) is checked against the received packet's addresses
+    before anything else — a packet outside it is not this SA's."""
+
+    def __init__(self, config: SaConfig, index: int, replay_window: int,
+                 selector: Optional[tuple[Optional[str], Optional[str]]]):
+        self.config = config
+        self.index = index
+        self.replay_window = replay_window
+        self.selector = selector
+        self.handles: dict[bool, int] = {}
+        self.removed = False
+
+    def __repr__(self) -> str:
+        name = self.config.name or f"spi={self.config.spi:#x}"
+        handles = {("ipv6" if v6 else "ipv4"): f"{h:#x}" for v6, h in self.handles.items()}
+        return (f"InboundSa({name}, mode={self.config.mode}, window={self.replay_window}, "
+                f"handles={handles}{', removed' if self.removed else ''})")
+
+
+class Received:
+    """What the stack delivered from one batch of received frames.
+
+    ``delivery`` (layout.Delivery per frame), ``sa`` (the InboundSa index or -1),
+    ``packet(i)`` the delivered frame (link header kept; b"" when dropped), and the NIC's
+    indication in ``nic`` (a ReceiveResult).
+    """
+
+    __slots__ = ("nic", "data", "delivery", "sa", "off", "length", "_sas")
+
+    def __init__(self, nic: ReceiveResult, data: np.ndarray, delivery: np.ndarray,
+                 sa: np.ndarray, off: np.ndarray, length: np.ndarray, sas: list):
+        self.nic = nic
+        self.data, self.delivery, self.sa, self.off, self.length = data, delivery, sa, off, length
+        self._sas = sas
+
+    def __len__(self) -> int:
+        return len(self.delivery)
+
+    def packet(self, i: int) -> bytes:
+        off, length = int(self.off[i]), int(self.length[i])
+        return self.data[off:off + length].tobytes()
+
+    def packets(self) -> list[bytes]:
+        return [self.packet(i) for i in range(len(self))]
+
+    def sa_of(self, i: int) -> Optional[InboundSa]:
+        k = int(self.sa[i])
+        return self._sas[k] if k >= 0 else None
+
+    def counts(self) -> dict[str, int]:
+        values, counts = np.unique(self.delivery, return_counts=True)
+        return {Delivery(int(v)).name: int(c) for v, c in zip(values, counts)}
+
+    def __repr__(self) -> str:
+        return f"Received({len(self)} frames, {self.counts()})"
+
+
+def _prefix(text: Optional[str], ipv6: bool) -> tuple[bytes, int]:
+    if text is None:
+        return bytes(16), 0
+    net = ipaddress.ip_network(text, strict=False)
+    if (net.version == 6) != ipv6:
+        raise ValueError(f"selector prefix {text!r} is not of the SA's IP version")
+    return net.network_address.packed.ljust(16, b"\0"), net.prefixlen
+
+
+class ReceiveMixin:
+    """HostStack's receive methods (state created on first use)."""
+
+    def _rx_init(self) -> None:
+        if getattr(self, "_rx_sas", None) is None:
+            self._rx_lock = threading.Lock()
+            self._rx_sas: list[Optional[InboundSa]] = []
+            self._rx_windows = np.zeros(0, RX_WINDOW_DTYPE)
+            capacity = self.miniport.sas.capacity
+            self._rx_slot_sa = np.full(capacity, -1, np.int32)
+            self._rx_slot_handle = np.zeros(capacity, np.uint64)
+
+    @property
+    def inbound_sas(self) -> list[InboundSa]:
+        self._rx_init()
+        return [sa for sa in self._rx_sas if sa is not None]
+
+    def add_inbound_sa(self, config: SaConfig, *, replay_window: int = DEFAULT_REPLAY_WINDOW,
+                       selector: Optional[tuple[Optional[str], Optional[str]]] = None,
+                       versions: Optional[Sequence[bool]] = None) -> InboundSa:
+        """Offload ``config`` as an inbound SA (ADD_SA with the INBOUND flag, one bundle per IP
+        version: a tunnel SA's, or ``versions``, else both) and start its anti-replay window
+        empty just below ``config.seq`` (docs/receive-path.md)."""
+        if not isinstance(config, SaConfig):
+            raise TypeError(f"add_inbound_sa takes a SaConfig, got {type(config).__name__}")
+        if not isinstance(replay_window, int) or not 0 <= replay_window <= RX_WINDOW_MAX:
+            raise ValueError(f"replay_window must be an integer from 0 to {RX_WINDOW_MAX}, "
+                             f"got {replay_window!r}")
+        self._rx_init()
+        if versions is None:
+            if config.mode == "tunnel":
+                versions = (bool(config.tunnel_ipv6),)
+            else:
+                known = {ipaddress.ip_address(a).version == 6
+                         for a in (config.src, config.dst) if a}
+                versions = tuple(known) if known else (False, True)
+        with self._rx_lock:
+            sa = InboundSa(config, len(self._rx_sas), replay_window, selector)
+            row = np.zeros(1, RX_WINDOW_DTYPE)
+            row["size"] = replay_window
+            # empty, just below the first sequence number; that number itself is never
+            # a packet of this SA (RFC 4303 §3.3.3)
+            row["top"] = max(config.seq - 1, 0)
+            row["bits"][0, 0] = 1
+            if selector is not None and (selector[0] or selector[1]):
+                ipv6 = versions[0] if len(versions) == 1 else None
+                if ipv6 is None:
+                    raise ValueError("a selector needs an SA of one IP version")
+                (src, src_len), (dst, dst_len) = _prefix(selector[0], ipv6), _prefix(
+                    selector[1], ipv6)
+                row["has_sel"], row["sel_ipv6"] = 1, ipv6
+                row["src"], row["src_len"] = np.frombuffer(src, np.uint8), src_len
+                row["dst"], row["dst_len"] = np.frombuffer(dst, np.uint8), dst_len
+            try:
+                for ipv6 in versions:
+                    entry = config.add_sa_entry(ipv6, inbound=True)
+                    status = self.miniport.add_sa(entry)
+                    if status != NdisStatus.SUCCESS or not entry.offload_handle:
+                        raise RuntimeError(f"inbound ADD_SA ({'IPv6' if ipv6 else 'IPv4'}) for "
+                                           f"{config.name or hex(config.spi)} refused: "
+                                           f"{NdisStatus(status).name}")
+                    sa.handles[ipv6] = entry.offload_handle
+            except BaseException:
+                self._delete_bundles(sa)
+                raise
+            windows = np.concatenate([self._rx_windows, row])
+            slot_sa, slot_handle = self._rx_slot_sa.copy(), self._rx_slot_handle.copy()
+            for handle in sa.handles.values():
+                slot_sa[handle & HANDLE_SLOT_MASK] = sa.index
+                slot_handle[handle & HANDLE_SLOT_MASK] = handle
+            self._rx_sas.append(sa)
+            self._rx_windows, self._rx_slot_sa, self._rx_slot_handle = (windows, slot_sa,
+                                                                        slot_handle)
+        return sa
+
+    def _delete_bundles(self, sa: InboundSa) -> None:
+        head = None
+        for handle in sa.handles.values():
+            head = ndis.IpsecOffloadV2DeleteSa(next=head, offload_handle=handle)
+        if head is not None:
+            self.miniport.delete_sa(head)
+        sa.handles.clear()
+
+    def remove_inbound_sa(self, sa: InboundSa) -> None:
+        """DELETE_SA for the SA's bundles; its frames then count as having no SA."""
+        self._rx_init()
+        with self._rx_lock:
+            if sa.removed or sa.index >= len(self._rx_sas) or self._rx_sas[sa.index] is not sa:
+                raise ValueError("that inbound SA is not registered with this stack")
+            slot_sa, slot_handle = self._rx_slot_sa.copy(), self._rx_slot_handle.copy()
+            for handle in sa.handles.values():
+                slot_sa[handle & HANDLE_SLOT_MASK] = -1
+                slot_handle[handle & HANDLE_SLOT_MASK] = 0
+            self._delete_bundles(sa)
+            self._rx_slot_sa, self._rx_slot_handle = slot_sa, slot_handle
+            self._rx_sas[sa.index] = None
+            sa.removed = True
+
+    def window_top(self, sa: InboundSa) -> int:
+        """The highest sequence number the SA's window accepted (or seq - 1 at the start)."""
+        return int(self._rx_windows[sa.index]["top"])
+
+    def receive(self, frames: Union[PacketBatch, Sequence[bytes]]) -> Received:
+        """Receive frames (link headers as this stack's ``link``): the NIC verifies and
+        decrypts, then the stack checks each SA's selector and window and decapsulates —
+        transport: the original IP packet; tunnel: the inner packet (RFC 6040 ECN)."""
+        self._rx_init()
+        if not isinstance(frames, PacketBatch):
+            frames = PacketBatch.from_frames([bytes(f) for f in frames], l2_len=self.l2_length)
+        nic = self.miniport.receive(frames)
+        with self._rx_lock:
+            data, delivery, sa, off, length = self.miniport.kernels.rx_deliver(
+                frames, nic.arena, nic._plan_bytes, self._rx_slot_sa, self._rx_slot_handle,
+                self._rx_windows)
+            sas = list(self._rx_sas)
+        return Received(nic, data, delivery, sa, off, length, sas)
+
+
+__all__ = ["DEFAULT_REPLAY_WINDOW", "InboundSa", "ReceiveMixin", "Received"]
