@@ -14,6 +14,8 @@ from typing import Optional, Sequence
 
 from ..cli import bench
 from ..io.capture import CLEAR, DEFAULT_BATCH, EncryptSummary, SaStats, encrypt_capture
+from ..host.receive import DEFAULT_REPLAY_WINDOW
+from ..io.decrypt import DecryptSummary, decrypt_capture
 from ..io.pcap import LINKTYPE_ETHERNET, PcapError
 from ..io.safile import SaFileError, SaPolicy, load_sa_file, wireshark_esp_sa
 
@@ -177,6 +179,49 @@ def cmd_encrypt(args) -> int:
     return EXIT_OK
 
 
+def format_decrypt_summary(summary: DecryptSummary) -> str:
+    link = "Ethernet" if summary.linktype == LINKTYPE_ETHERNET else "raw IP"
+    lines = [f"{summary.input} -> {summary.output} ({link}): {summary.packets_in} packets in, "
+             f"{summary.packets_out} out, {summary.seconds:.3f} s, "
+             f"{summary.packets_per_second:,.0f} packets/s",
+             f"clear (passed unchanged) {summary.clear}, no SA {summary.no_sa}, "
+             f"malformed {summary.malformed}",
+             f"{'SA':<12} {'packets':>8} {'decrypted':>10} {'replayed':>9}  CryptoStatus"]
+    for name, s in summary.sas.items():
+        status = ", ".join(f"{k} {n}" for k, n in sorted(s.crypto_status.items())) or "-"
+        other = ", ".join(f"{k} {n}" for k, n in sorted(s.dropped.items()))
+        lines.append(f"{name:<12} {s.packets:>8} {s.decapsulated:>10} {s.replayed:>9}  {status}"
+                     + (f"; dropped: {other}" if other else ""))
+    return "\n".join(lines)
+
+
+def cmd_decrypt(args) -> int:
+    policies = load_sa_file(args.sa)
+    summary = _with_progress("decrypt", lambda progress: decrypt_capture(
+        args.input, args.output, policies, replay_window=args.replay_window,
+        keep_failed=args.keep_failed, batch_size=args.batch, count=args.count,
+        progress=progress))
+    for warning in summary.warnings:
+        _warn(warning)
+    if args.json:
+        print(json.dumps(summary.as_dict()))
+    else:
+        print(format_decrypt_summary(summary))
+    return EXIT_OK
+
+
+def _window(text: str) -> int:
+    from ..datapath.layout import RX_WINDOW_MAX
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= RX_WINDOW_MAX:
+        raise argparse.ArgumentTypeError(f"expected a window of 0 to {RX_WINDOW_MAX} packets, "
+                                         f"got {text!r}")
+    return value
+
+
 def cmd_wireshark_sa(args) -> int:
     for line in wireshark_esp_sa(load_sa_file(args.sa)):
         print(line)
@@ -290,6 +335,34 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"packets per batch (default: {DEFAULT_BATCH})")
     encrypt.set_defaults(run=cmd_encrypt)
 
+    decrypt = commands.add_parser(
+        "decrypt", help="IPsec capture to plaintext",
+        description="Decrypt a classic pcap capture (Ethernet or raw IP) with the SAs of the SA "
+                    "file that encrypted it: a packet's SA is found by its SPI (a tunnel SA also "
+                    "by its tunnel endpoints; a transport SA's selector prefixes must contain "
+                    "the packet's addresses). Verified packets leave decapsulated (transport: "
+                    "the original IP packet; tunnel: the inner one); non-IPsec packets, NAT-T "
+                    "keepalives and IKE pass unchanged; failures (no SA, a CryptoStatus other "
+                    "than SUCCESS, replays) are dropped and counted. The summary goes to stdout.",
+        epilog="examples:\n  ipsecoffload decrypt -i esp.pcap -o plain.pcap --sa sa.json\n"
+               "  ipsecoffload decrypt -i esp.pcap -o out.pcap --sa sa.json --json "
+               "--replay-window 1024 --keep-failed\nThe SA file format is in README.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    decrypt.add_argument("-i", "--input", metavar="IN.pcap", required=True)
+    decrypt.add_argument("-o", "--output", metavar="OUT.pcap", required=True)
+    decrypt.add_argument("--sa", metavar="SA.json", required=True, help="the SA file")
+    decrypt.add_argument("--json", action="store_true", help="the summary as one JSON object")
+    decrypt.add_argument("--replay-window", metavar="N", type=_window,
+                         default=DEFAULT_REPLAY_WINDOW,
+                         help=f"anti-replay window in packets; 0 turns off only the replay "
+                              f"check (default: {DEFAULT_REPLAY_WINDOW})")
+    decrypt.add_argument("--keep-failed", action="store_true",
+                         help="write failed IPsec packets too, exactly as read")
+    decrypt.add_argument("-c", "--count", metavar="N", type=_positive, default=None,
+                         help="stop after N packets")
+    decrypt.add_argument("--batch", metavar="N", type=_positive, default=DEFAULT_BATCH,
+                         help=f"packets per batch (default: {DEFAULT_BATCH})")
+    decrypt.set_defaults(run=cmd_decrypt)
     wireshark = commands.add_parser(
         "wireshark-sa", help="print the Wireshark esp_sa table for an SA file (with keys)",
         description="Print the SAs as lines of Wireshark's esp_sa file (Preferences > "

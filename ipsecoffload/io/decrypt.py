@@ -1,0 +1,239 @@
+"""IPsec capture to plaintext: what ``ipsecoffload decrypt`` runs (docs/receive-path.md).
+
+The SA file that encrypted a capture describes its inbound SAs: each is offloaded to the
+miniport as an inbound bundle (found by SPI, and for a tunnel SA by its endpoints); the host
+stack then checks a transport SA's selector prefixes, the anti-replay window (starting
+empty just below the file's ``seq``) and decapsulates. Order is kept.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from .. import ndis
+from ..control.miniport import Miniport
+from ..datapath.batch import PacketBatch
+from ..datapath.layout import Delivery
+from ..host.receive import DEFAULT_REPLAY_WINDOW, Received
+from ..host.stack import HostStack
+from .pcap import (DEFAULT_SNAPLEN, LINKTYPE_ETHERNET, PcapError, PcapReader,
+                   PcapTruncatedWarning, PcapWriter, l2_length)
+from .safile import SaPolicy
+
+DEFAULT_BATCH = 256
+_ETH_IPV4, _ETH_IPV6, _ETH_VLAN = 0x0800, 0x86DD, (0x8100, 0x88A8, 0x9100)
+_CRYPTO_NAMES = {int(s): s.name for s in ndis.CryptoStatus}
+_ATTRIBUTED = np.array([d not in (Delivery.CLEAR, Delivery.MALFORMED, Delivery.NO_SA,
+                                  Delivery.SELECTOR) for d in Delivery], bool)
+
+
+@dataclass
+class DecryptSaStats:
+    packets: int = 0  # every frame attributed to this SA, whatever its fate
+    crypto_status: Counter = field(default_factory=Counter)  # CryptoStatus name -> frames
+    replayed: int = 0  # frames the window dropped
+    decapsulated: int = 0
+    dropped: Counter = field(default_factory=Counter)  # other drops after the NIC (ECN ...)
+
+    def as_dict(self) -> dict:
+        return {"packets": self.packets, "crypto_status": dict(self.crypto_status),
+                "replayed": self.replayed}
+
+
+@dataclass
+class DecryptSummary:
+    input: str
+    output: str
+    linktype: int
+    packets_in: int = 0
+    packets_out: int = 0
+    clear: int = 0
+    no_sa: int = 0
+    malformed: int = 0
+    sas: dict = field(default_factory=dict)  # SA name -> DecryptSaStats, file order
+    seconds: float = 0.0
+    warnings: list = field(default_factory=list)
+
+    @property
+    def packets_per_second(self) -> float:
+        return self.packets_in / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        """The ``decrypt --json`` object (design contract: these keys and ``version``)."""
+        from .. import __version__
+        return {"version": __version__, "packets_in": self.packets_in,
+                "packets_out": self.packets_out, "clear": self.clear, "no_sa": self.no_sa,
+                "malformed": self.malformed,
+                "sas": {name: s.as_dict() for name, s in self.sas.items()}}
+
+
+def _versions(policy: SaPolicy) -> tuple:
+    config = policy.config
+    if config.mode == "tunnel":
+        return (bool(config.tunnel_ipv6),)
+    return tuple(v == 6 for v in policy.selector.versions)
+
+
+class CaptureDecryptor:
+    """The stack, the miniport and the running summary of one capture."""
+
+    def __init__(self, policies: Sequence[SaPolicy], summary: DecryptSummary, *,
+                 replay_window: int = DEFAULT_REPLAY_WINDOW, keep_failed: bool = False,
+                 miniport: Optional[Miniport] = None):
+        self.policies = list(policies)
+        self.summary = summary
+        self.keep_failed = keep_failed
+        self.l2 = l2_length(summary.linktype)
+        self.ethernet = summary.linktype == LINKTYPE_ETHERNET
+        self.stack = HostStack(miniport or Miniport(), link="ethernet" if self.ethernet
+                               else "raw")
+        self.inbound = []
+        for policy in self.policies:
+            selector = None
+            if policy.config.mode == "transport":
+                selector = (policy.selector.src, policy.selector.dst)
+            self.inbound.append(self.stack.add_inbound_sa(
+                policy.config, replay_window=replay_window, selector=selector,
+                versions=_versions(policy)))
+        summary.sas = {p.name: DecryptSaStats() for p in self.policies}
+        self._names = [p.name for p in self.policies]
+
+    def _link_length(self, frame: bytes) -> int:
+        """The link header before IP (802.1Q / 802.1ad tags understood), or -1: not IP."""
+        if not self.ethernet:
+            return 0
+        off = 12
+        while len(frame) >= off + 2:
+            ethertype = (frame[off] << 8) | frame[off + 1]
+            if ethertype in _ETH_VLAN:
+                off += 4
+                continue
+            return off + 2 if ethertype in (_ETH_IPV4, _ETH_IPV6) else -1
+        return -1
+
+    def process(self, records) -> list:
+        """The frames to write for one batch of records, as (frame, ts_ns) in input order."""
+        summary = self.summary
+        summary.packets_in += len(records)
+        frames, l2s, to_nic = [], [], []
+        for index, record in enumerate(records):
+            l2 = self._link_length(record.data)
+            if l2 >= 0:
+                to_nic.append(index)
+                frames.append(record.data)
+                l2s.append(l2)
+        outputs: list[Optional[bytes]] = [record.data for record in records]
+        passed_clear = len(records) - len(to_nic)
+        got: Optional[Received] = None
+        if frames:
+            batch = PacketBatch.from_frames(frames, l2_len=np.array(l2s, np.uint16))
+            got = self.stack.receive(batch)
+            self._count(got)
+            delivery = got.delivery.tolist()
+            for k, index in enumerate(to_nic):
+                code = delivery[k]
+                if code == Delivery.DECAP:
+                    outputs[index] = got.packet(k)
+                elif code != Delivery.CLEAR and not self.keep_failed:
+                    outputs[index] = None
+        summary.clear += passed_clear
+        out = [(frame, record.ts_ns) for frame, record in zip(outputs, records)
+               if frame is not None]
+        summary.packets_out += len(out)
+        return out
+
+    def _count(self, got: Received) -> None:
+        summary = self.summary
+        delivery = got.delivery
+        counts = np.bincount(delivery, minlength=len(Delivery))
+        summary.clear += int(counts[Delivery.CLEAR])
+        summary.malformed += int(counts[Delivery.MALFORMED])
+        summary.no_sa += int(counts[Delivery.NO_SA] + counts[Delivery.SELECTOR])
+        attributed = _ATTRIBUTED[delivery] & (got.sa >= 0)
+        if not attributed.any():
+            return
+        sas, codes = got.sa[attributed], delivery[attributed]
+        status = got.nic.crypto_status[attributed]
+        for k in np.unique(sas).tolist():
+            mine = sas == k
+            stats = summary.sas[self._names[k]]
+            stats.packets += int(np.count_nonzero(mine))
+            values, n = np.unique(status[mine], return_counts=True)
+            for v, c in zip(values.tolist(), n.tolist()):
+                stats.crypto_status[_CRYPTO_NAMES.get(v, str(v))] += c
+            kinds, n = np.unique(codes[mine], return_counts=True)
+            for v, c in zip(kinds.tolist(), n.tolist()):
+                if v == Delivery.REPLAY:
+                    stats.replayed += c
+                elif v == Delivery.DECAP:
+                    stats.decapsulated += c
+                elif v != Delivery.CRYPTO:
+                    stats.dropped[Delivery(v).name.lower()] += c
+
+
+def decrypt_capture(input_path, output_path, policies: Sequence[SaPolicy], *,
+                    replay_window: int = DEFAULT_REPLAY_WINDOW, keep_failed: bool = False,
+                    batch_size: int = DEFAULT_BATCH, count: Optional[int] = None,
+                    progress: Optional[Callable[[int], None]] = None,
+                    miniport: Optional[Miniport] = None) -> DecryptSummary:
+    """Decrypt a classic pcap capture with the SA policies; returns the summary.
+
+    The output goes to a temporary file beside ``output_path``, renamed into place on
+    success; on any error only that temporary file is removed. Raises ``PcapError`` for an
+    unusable capture and ``OSError`` for file problems.
+    """
+    start = time.perf_counter()
+    output_path = os.fspath(output_path)
+    with warnings.catch_warnings(record=True) as caught, PcapReader(input_path) as reader:
+        warnings.simplefilter("always")
+        if os.path.exists(output_path) and os.path.samefile(input_path, output_path):
+            raise PcapError(f"{output_path!r} is the input capture; choose another output file")
+        summary = DecryptSummary(input=os.fspath(input_path), output=output_path,
+                                 linktype=reader.linktype)
+        decryptor = CaptureDecryptor(policies, summary, replay_window=replay_window,
+                                     keep_failed=keep_failed, miniport=miniport)
+        directory = os.path.dirname(os.path.abspath(output_path))
+        fd, temp = tempfile.mkstemp(prefix=".ipsecoffload-", suffix=".pcap.part", dir=directory)
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temp, 0o666 & ~umask)
+            with os.fdopen(fd, "wb") as handle, PcapWriter(
+                    handle, reader.linktype, nanosecond=reader.nanosecond,
+                    snaplen=max(reader.snaplen, DEFAULT_SNAPLEN)) as writer:
+                left = count
+                for records in reader.batches(batch_size):
+                    if left is not None:
+                        records = records[:left]
+                        left -= len(records)
+                    for frame, ts_ns in decryptor.process(records):
+                        writer.write(frame, ts_ns=ts_ns)
+                    if progress is not None:
+                        progress(summary.packets_in)
+                    if left is not None and left <= 0:
+                        break
+            os.replace(temp, output_path)
+        except BaseException:
+            try:
+                os.unlink(temp)
+            except OSError:
+                pass
+            raise
+    for warning in caught:
+        if issubclass(warning.category, PcapTruncatedWarning):
+            summary.warnings.append(str(warning.message))
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+__all__ = ["CaptureDecryptor", "DecryptSaStats", "DecryptSummary", "decrypt_capture"]
