@@ -5,7 +5,9 @@
 - naive: a plain Python loop of one such call per packet of the same size (for CBC + HMAC a
   new CBC encryptor and one HMAC per packet);
 - ours: ``Miniport.send`` over prebuilt frames (path ``send``) or over one LSO super-packet
-  (path ``lso``), batch of ``batch`` packets, one core.
+  (path ``lso``), or ``Miniport.receive`` over received ESP frames (path ``receive``, whose
+  naive loop is one ``decrypt`` call — or ICV check and CBC decryption — per packet), batch
+  of ``batch`` packets, one core.
 
 Every row carries ``size, path, suite, pps, gbps, limit_gbps, naive_pps, ratio_limit,
 ratio_naive``. Used by ``ipsecoffload bench`` and by the pytest-benchmark suites in
@@ -35,7 +37,7 @@ DEFAULT_MSS = 1448
 DEFAULT_BATCH = 256
 MAX_BATCH = 65536
 MAX_MIN_TIME = 60.0
-PATHS = ("send", "lso")
+PATHS = ("send", "lso", "receive")
 _HASHLIB = {"hmac-md5-96": "md5", "hmac-sha1-96": "sha1", "hmac-sha256-128": "sha256"}
 
 
@@ -110,6 +112,55 @@ def prepared_lso(payload: int, mss: int = DEFAULT_MSS, suite: Suite = Suite()
     sa = stack.add_sa(suite.sa_config())
     frames = stack.build_lso(tcp_packet(payload + 40), sa, mss)
     return miniport, frames, max(1, -(-payload // mss))
+
+
+def prepared_receive(size: int, batch: int = DEFAULT_BATCH, suite: Suite = Suite()
+                     ) -> tuple[Miniport, PacketBatch]:
+    """A miniport with one inbound transport SA and a batch of the ESP frames its peer sent
+    for ``size``-byte packets (sequence numbers 1..batch)."""
+    config = suite.sa_config()
+    sender = HostStack(Miniport())
+    wire = sender.send([tcp_packet(size)] * batch, sender.add_sa(config)).wire
+    receiver = Miniport()
+    receiver.add_sa(config.add_sa_entry(False, inbound=True))
+    return receiver, PacketBatch.from_frames(wire.frames(), l2_len=14)
+
+
+def naive_receive_packets_per_second(size: int, batch: int = DEFAULT_BATCH,
+                                     min_time: float = 0.3, suite: Suite = Suite()) -> float:
+    """One verify-and-decrypt per packet in a Python loop: AESGCM.decrypt; for CBC + HMAC an
+    HMAC compared in constant time, then a new CBC decryptor; GMAC and NULL + HMAC: the tag."""
+    size = -(-size // 16) * 16 if suite.encryption.startswith("aes-cbc") else size
+    packets = [os.urandom(size) for _ in range(batch)]
+    if suite.aead:
+        aead, aad = AESGCM(bytes(int(suite.encryption[-3:]) // 8)), bytes(8)
+        sealed = [aead.encrypt(i.to_bytes(12, "big"), p, aad) for i, p in enumerate(packets)]
+
+        def run() -> None:
+            for i, ct in enumerate(sealed):
+                aead.decrypt(i.to_bytes(12, "big"), ct, aad)
+        return _rate(run, min_time) * batch
+    if suite.gmac:
+        gmac = AESGCM(bytes(int(suite.integrity[-3:]) // 8))
+        tags = [gmac.encrypt(i.to_bytes(12, "big"), b"", p) for i, p in enumerate(packets)]
+
+        def run() -> None:
+            for i, packet in enumerate(packets):
+                hmac.compare_digest(gmac.encrypt(i.to_bytes(12, "big"), b"", packet), tags[i])
+        return _rate(run, min_time) * batch
+    digest = _HASHLIB[suite.integrity]
+    auth_key = bytes(INTEGRITIES[suite.integrity][1])
+    tags = [hmac.new(auth_key, p, digest).digest() for p in packets]
+    key = bytes(ENCRYPTIONS[suite.encryption][1]) if suite.encryption != "null" else b""
+
+    def run() -> None:
+        for i, packet in enumerate(packets):
+            if hmac.compare_digest(hmac.new(auth_key, packet, digest).digest(), tags[i]) and key:
+                decryptor = Cipher(algorithms.AES(key), modes.CBC(i.to_bytes(16, "big"))
+                                   ).decryptor()
+                decryptor.update(packet)
+                decryptor.finalize()
+    return _rate(run, min_time) * batch
 
 
 def _rate(run: Callable[[], None], min_time: float) -> float:
@@ -196,7 +247,7 @@ def check_arguments(sizes: Sequence[int], batch: int, min_time: float, path: str
                          f"got {min_time}")
     if not 1 <= mss <= 9000:
         raise ValueError(f"mss must be between 1 and 9000, got {mss}")
-    limit = 60000 if path == "send" else 262144
+    limit = 262144 if path == "lso" else 60000
     for size in sizes:
         if not 60 <= size <= limit:
             raise ValueError(f"size {size} is outside 60..{limit} for path {path}")
@@ -213,7 +264,7 @@ def run(sizes: Optional[Sequence[int]] = None, batch: int = DEFAULT_BATCH,
     each keeps its best round: on a shared machine a slow round is interference, and turns
     keep a drift of the machine's speed out of the ratios."""
     if sizes is None:
-        sizes = DEFAULT_SIZES if path == "send" else (DEFAULT_LSO_SIZE,)
+        sizes = (DEFAULT_LSO_SIZE,) if path == "lso" else DEFAULT_SIZES
     suite = Suite(encryption, integrity)
     check_arguments(sizes, batch, min_time, path, mss)
     share = min_time / ROUNDS
@@ -222,14 +273,22 @@ def run(sizes: Optional[Sequence[int]] = None, batch: int = DEFAULT_BATCH,
         if path == "send":
             miniport, frames = prepared_send(size, batch, suite.encryption, suite.integrity)
             units, ip_bytes, naive_size = batch, batch * size, size
+        elif path == "receive":
+            miniport, frames = prepared_receive(size, batch, suite)
+            units, ip_bytes, naive_size = batch, batch * size, size
         else:
             miniport, frames, units = prepared_lso(size, mss, suite)
             ip_bytes, naive_size = size + 40, mss + 40
         limit = ours = naive = 0.0
         for _ in range(ROUNDS):
             limit = max(limit, limit_bytes_per_second(share, suite))
-            ours = max(ours, _rate(lambda: miniport.send(frames), share))
-            naive = max(naive, naive_packets_per_second(naive_size, batch, share, suite))
+            if path == "receive":
+                ours = max(ours, _rate(lambda: miniport.receive(frames), share))
+                naive = max(naive, naive_receive_packets_per_second(naive_size, batch, share,
+                                                                    suite))
+            else:
+                ours = max(ours, _rate(lambda: miniport.send(frames), share))
+                naive = max(naive, naive_packets_per_second(naive_size, batch, share, suite))
         limit_gbps = limit * 8 / 1e9
         pps, gbps = ours * units, ours * ip_bytes * 8 / 1e9
         rows.append(BenchRow(size=size, path=path, suite=suite.name, pps=pps, gbps=gbps,
