@@ -258,7 +258,8 @@ ctypedef struct RxState:
     uint64_t top              # highest authenticated 64-bit sequence number
     uint8_t seen              # top is valid: the high word is inferred from it
     uint8_t tunnel            # once carried next header 4 or 41 (tunnel layer)
-    uint8_t reserved[6]
+    uint8_t reserved[2]
+    uint32_t auth_failures    # ICV failures since the SA was added (SaDeleteReq policy)
 
 
 # What rx_classify and rx_complete found for one received frame.
@@ -285,7 +286,8 @@ ctypedef struct RxPlan:
     uint8_t header_info_set
     uint8_t layer
     uint8_t pad_ok            # the padding reads 1, 2, 3, ... (RFC 4303 §2.4)
-    uint8_t reserved[5]
+    uint8_t sa_delete_req     # the NIC asks the stack to delete this inbound SA
+    uint8_t reserved[4]
 
 
 # The host stack's anti-replay window and selector of one inbound SA (rx_deliver).

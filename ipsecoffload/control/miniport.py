@@ -59,18 +59,28 @@ class Miniport:
     """An emulated IPsecOV2 NIC.
 
     ``iv_source`` and ``icv_space`` are the docs/spec-gaps.md G5 and G4 policies; ``random_source``
-    (``n -> n bytes``) feeds CBC IVs and can be replaced for reproducible output.
+    (``n -> n bytes``) feeds CBC IVs and can be replaced for reproducible output;
+    ``sa_delete_after`` (off by default) sets SaDeleteReq on the received frames of an inbound
+    SA once it has had that many ICV failures.
     """
 
     def __init__(self, capabilities: Optional[ndis.NdisIpsecOffloadV2] = None, *,
                  iv_source: Union[str, IvSource] = "nic",
                  icv_space: Union[str, IcvSpace] = "auto", strict_salt: bool = False,
                  random_source: Callable[[int], bytes] = os.urandom,
-                 backend: Optional[CryptoBackend] = None, pure_python: Optional[bool] = None):
+                 backend: Optional[CryptoBackend] = None, pure_python: Optional[bool] = None,
+                 sa_delete_after: Optional[int] = None):
         self.capabilities = capabilities or default_capabilities()
         self.iv_source = _policy(IvSource, iv_source, "iv_source")
         self.icv_space = _policy(IcvSpace, icv_space, "icv_space")
         self.strict_salt = strict_salt
+        if sa_delete_after is not None and (not isinstance(sa_delete_after, int)
+                                            or not 1 <= sa_delete_after <= 0xFFFFFFFF):
+            raise ValueError(f"sa_delete_after must be None (off) or a positive number of ICV "
+                             f"failures, got {sa_delete_after!r}")
+        # SaDeleteReq policy (docs/receive-path.md): off, or after this many ICV failures of
+        # an inbound SA the NIC asks the stack to delete it on every frame of that SA
+        self.sa_delete_after = sa_delete_after
         self.random_source = random_source
         self.kernels = load_kernels(pure_python)
         self.backends = backends_for(self.kernels, backend)
@@ -243,7 +253,7 @@ class Miniport:
         batch = PacketBatch.from_nbls(frames) if given_nbls else frames
         result = run_receive(batch, self.sas.snapshot(), self.sas.rx_state, self.sas.rx_lock,
                              config=self.receive_config_bits(), kernels=self.kernels,
-                             backends=self.backends)
+                             backends=self.backends, delete_after=self.sa_delete_after or 0)
         if given_nbls:
             info, header = result.ipsec_info.tolist(), result.header_info.tolist()
             first = batch.oob["first_nb"].tolist()

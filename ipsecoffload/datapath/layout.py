@@ -58,7 +58,8 @@ RX_SA_KEY_DTYPE = np.dtype([
 ], align=True)
 
 RX_STATE_DTYPE = np.dtype([
-    ("top", np.uint64), ("seen", np.uint8), ("tunnel", np.uint8), ("reserved", np.uint8, (6,)),
+    ("top", np.uint64), ("seen", np.uint8), ("tunnel", np.uint8), ("reserved", np.uint8, (2,)),
+    ("auth_failures", np.uint32),
 ], align=True)
 
 RX_PLAN_DTYPE = np.dtype([
@@ -68,7 +69,7 @@ RX_PLAN_DTYPE = np.dtype([
     ("crypto_status", np.uint16), ("ipv6", np.uint8), ("reason", np.uint8),
     ("crypto_done", np.uint8), ("tunnel", np.uint8), ("next_header", np.uint8),
     ("pad_length", np.uint8), ("header_info_set", np.uint8), ("layer", np.uint8),
-    ("pad_ok", np.uint8), ("reserved", np.uint8, (5,)),
+    ("pad_ok", np.uint8), ("sa_delete_req", np.uint8), ("reserved", np.uint8, (4,)),
 ], align=True)
 
 RX_WINDOW_WORDS = 64

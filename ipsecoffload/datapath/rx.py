@@ -53,6 +53,10 @@ class ReceiveResult:
         return self.plans["reason"]
 
     @property
+    def sa_delete_req(self) -> np.ndarray:
+        return self.plans["sa_delete_req"]
+
+    @property
     def seq64(self) -> np.ndarray:
         """The 64-bit sequence number each verified frame was checked with."""
         return self.plans["seq64"]
@@ -62,7 +66,8 @@ class ReceiveResult:
         """uint64 slot IPsecOffloadV2NetBufferListInfo (Receive view) per frame: SaDeleteReq
         bit 0, CryptoDone bit 1, NextCryptoDone bit 2, CryptoStatus bits 16-31."""
         plans = self.plans
-        return ((plans["crypto_done"].astype(np.uint64) << np.uint64(1))
+        return (plans["sa_delete_req"].astype(np.uint64)
+                | (plans["crypto_done"].astype(np.uint64) << np.uint64(1))
                 | (plans["crypto_status"].astype(np.uint64) << np.uint64(16)))
 
     @property
@@ -92,9 +97,10 @@ class ReceiveResult:
 
 
 def run_receive(batch: PacketBatch, table, rx_state: np.ndarray, lock, *, config: int,
-                kernels: ModuleType, backends: Mapping[int, object]) -> ReceiveResult:
+                kernels: ModuleType, backends: Mapping[int, object],
+                delete_after: int = 0) -> ReceiveResult:
     out, plans, _ops, counters = kernels.rx_run(batch, table, rx_state, int(config), backends,
-                                                lock)
+                                                lock, int(delete_after))
     return ReceiveResult(batch, out, plans, counters)
 
 

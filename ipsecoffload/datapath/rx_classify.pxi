@@ -38,15 +38,24 @@ cdef inline uint32_t esn_infer_hi(const RxState* st, uint32_t seq_hi, uint32_t l
     return th
 
 
-cdef inline RxState* rx_provisional(RxState* states, RxState* prov, uint8_t* touched,
+cdef enum:
+    RX_PROV_SLOTS = 256  # direct-mapped by key row; a collision falls back to the committed state
+
+
+cdef inline RxState* rx_provisional(RxState* states, RxState* prov, int32_t* prov_rows,
                                     int32_t row) noexcept nogil:
     """The batch's running copy of a key row's state: ESN numbers of the frames before this
     one count as if they verify (the sender's order), so a batch that crosses 2^32 infers
-    the new high word at once; rx_complete retries any frame this misled."""
-    if not touched[row]:
-        prov[row] = states[row]
-        touched[row] = 1
-    return prov + row
+    the new high word at once; rx_run retries any frame this misled. NULL when the row's
+    place is taken by another row (that row then infers from the committed state)."""
+    cdef int32_t k = row & (RX_PROV_SLOTS - 1)
+    if prov_rows[k] == row:
+        return prov + k
+    if prov_rows[k] == -1:
+        prov_rows[k] = row
+        prov[k] = states[row]
+        return prov + k
+    return NULL
 
 
 cdef inline bint rx_addr_eq(const uint8_t* a, const uint8_t* b, int n) noexcept nogil:
@@ -82,7 +91,7 @@ cdef int64_t rx_lookup(const RxSaKey* keys, int64_t nkeys, uint32_t spi, bint ip
 
 cdef int rx_classify_one(const uint8_t* f, int64_t flen, int64_t l2, int cfg,
                          const SaRecord* recs, int64_t nrec, const RxSaKey* keys,
-                         int64_t nkeys, RxState* states, RxState* prov, uint8_t* touched,
+                         int64_t nkeys, RxState* states, RxState* prov, int32_t* prov_rows,
                          RxPlan* p, CryptoOp* op) except -1 nogil:
     """Fill the plan of one frame; returns 1 when it needs an open op (written to op)."""
     cdef int64_t ihl, off, ip_end, end, ext_len, esp_off, k, text_len
@@ -95,6 +104,7 @@ cdef int rx_classify_one(const uint8_t* f, int64_t flen, int64_t l2, int cfg,
     cdef const SaRecord* rec
     cdef const Transform* xf
     cdef const RxSaKey* key
+    cdef RxState* pst
     memset(p, 0, sizeof(RxPlan))
     p.slot = -1
     p.op = -1
@@ -223,8 +233,10 @@ cdef int rx_classify_one(const uint8_t* f, int64_t flen, int64_t l2, int cfg,
         rx_fail(p, RX_BAD_SYNTAX, CRYPTO_INVALID_PACKET_SYNTAX)
         return 0
     low = ld32(f + esp_off + 4)
-    hi = esn_infer_hi(rx_provisional(states, prov, touched, xf.key_row), xf.seq_hi,
-                          low) if xf.esn else 0
+    hi = 0
+    if xf.esn:
+        pst = rx_provisional(states, prov, prov_rows, xf.key_row)
+        hi = esn_infer_hi(pst if pst != NULL else states + xf.key_row, xf.seq_hi, low)
     p.seq64 = (<uint64_t>hi << 32) | low
     p.crypto_done = 1
     memset(op, 0, sizeof(CryptoOp))

@@ -4,10 +4,15 @@
 
 
 cdef void rx_complete_one(const uint8_t* frame_in, uint8_t* frame_out, RxPlan* p,
-                          const CryptoOp* op, RxState* st) noexcept nogil:
-    """Read the verified trailer, or put a failed frame back as it came."""
+                          const CryptoOp* op, RxState* st, uint32_t delete_after) noexcept nogil:
+    """Read the verified trailer, or put a failed frame back as it came. With a SaDeleteReq
+    policy (``delete_after`` ICV failures), every frame of an SA past it asks for deletion."""
     cdef uint8_t padl, nh
     cdef int64_t k
+    if op.status != OP_DONE and st.auth_failures < <uint32_t>0xFFFFFFFF:
+        st.auth_failures += 1
+    if delete_after and st.auth_failures >= delete_after:
+        p.sa_delete_req = 1
     if op.status != OP_DONE:
         memcpy(frame_out + p.text_off, frame_in + p.text_off, p.text_len)
         rx_fail(p, RX_AUTH_FAILED, CRYPTO_TUNNEL_ESP_AUTH_FAILED if st.tunnel
@@ -58,10 +63,11 @@ cdef rx_retry(out_arr, ops_arr, int64_t nretry, keys, backends):
             k += 1
 
 
-def rx_run(batch, table, rx_state, int config, backends, lock):
+def rx_run(batch, table, rx_state, int config, backends, lock, uint32_t delete_after=0):
     """Receive ``batch`` (one frame per NET_BUFFER) with the SA table snapshot ``table``
     (records_bytes, rx_keys, keys) and the NIC's receive state ``rx_state`` (RX_STATE_DTYPE,
-    updated under ``lock``). Returns (out, plans, ops, counters): ``out`` is a copy of the
+    updated under ``lock``); ``delete_after`` > 0 sets SaDeleteReq on the frames of an SA
+    with that many ICV failures. Returns (out, plans, ops, counters): ``out`` is a copy of the
     arena with every verified ESP text decrypted in place."""
     cdef BatchView b = BatchView(batch)
     cdef const uint8_t[::1] records = table.records_bytes
@@ -82,13 +88,11 @@ def rx_run(batch, table, rx_state, int config, backends, lock):
     plans_arr = np.empty(n * sizeof(RxPlan), np.uint8)
     ops_arr = np.empty(n * sizeof(CryptoOp), np.uint8)
     counters_arr = np.zeros(RX_REASON_COUNT, np.int64)
-    prov_arr = np.empty(nrows * sizeof(RxState), np.uint8)
-    touched_arr = np.zeros(nrows, np.uint8)
     out_arr = np.array(batch.arena, dtype=np.uint8, copy=True)
     cdef RxPlan* plan0 = <RxPlan*>array_data(plans_arr) if n else NULL
     cdef CryptoOp* op0 = <CryptoOp*>array_data(ops_arr) if n else NULL
-    cdef RxState* prov = <RxState*>array_data(prov_arr) if nrows else NULL
-    cdef uint8_t* touched = <uint8_t*>array_data(touched_arr) if nrows else NULL
+    cdef RxState prov[RX_PROV_SLOTS]
+    cdef int32_t prov_rows[RX_PROV_SLOTS]
     cdef int64_t* counters = <int64_t*>array_data(counters_arr)
     cdef uint8_t* out = <uint8_t*>array_data(out_arr) if b.arena_size else NULL
     cdef const uint8_t* arena = b.c_arena
@@ -100,10 +104,12 @@ def rx_run(batch, table, rx_state, int config, backends, lock):
     cdef CryptoOp* op
     cdef RxState* st
     with nogil:
+        for i in range(RX_PROV_SLOTS):
+            prov_rows[i] = -1
         for i in range(n):
             l2 = oob[nb_nbl[i]].l2_len
             if rx_classify_one(arena + nb_off[i], nb_len[i], l2, config, recs, nrec, keys,
-                               nkeys, states, prov, touched, plan0 + i, op0 + nops):
+                               nkeys, states, prov, prov_rows, plan0 + i, op0 + nops):
                 op = op0 + nops
                 plan0[i].op = <int32_t>nops
                 op.frame = <int32_t>i
@@ -113,10 +119,11 @@ def rx_run(batch, table, rx_state, int config, backends, lock):
                 op.icv_off += nb_off[i]
                 op.ip_off += nb_off[i]
                 if op.esn:
-                    st = rx_provisional(states, prov, touched, op.key_row)
-                    if not st.seen or plan0[i].seq64 > st.top:
+                    st = rx_provisional(states, prov, prov_rows, op.key_row)
+                    if st != NULL and (not st.seen or plan0[i].seq64 > st.top):
                         st.top = plan0[i].seq64
-                    st.seen = 1
+                    if st != NULL:
+                        st.seen = 1
                 nops += 1
     ops_arr = ops_arr[:nops * sizeof(CryptoOp)]
     if nops:
@@ -143,7 +150,7 @@ def rx_run(batch, table, rx_state, int config, backends, lock):
                         p.seq64 = (<uint64_t>hi << 32) | <uint32_t>p.seq64
                         nretry += 1
                         continue
-                rx_complete_one(arena + nb_off[i], out + nb_off[i], p, op, st)
+                rx_complete_one(arena + nb_off[i], out + nb_off[i], p, op, st, delete_after)
         if nretry:
             rx_retry(out_arr, ops_arr, nretry, table.keys, backends)
             with nogil:
@@ -151,7 +158,7 @@ def rx_run(batch, table, rx_state, int config, backends, lock):
                     p = plan0 + i
                     if p.op >= 0 and op0[p.op].reserved[0]:
                         rx_complete_one(arena + nb_off[i], out + nb_off[i], p, op0 + p.op,
-                                        states + op0[p.op].key_row)
+                                        states + op0[p.op].key_row, delete_after)
         for i in range(n):
             counters[plan0[i].reason] += 1
     return out_arr, plans_arr, ops_arr, counters_arr

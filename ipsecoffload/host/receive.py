@@ -29,8 +29,9 @@ class InboundSa:
     before anything else — a packet outside it is not this SA's."""
 
     def __init__(self, config: SaConfig, index: int, replay_window: int,
-                 selector: Optional[tuple[Optional[str], Optional[str]]]):
+                 selector: Optional[tuple[Optional[str], Optional[str]]], paired=None):
         self.config = config
+        self.paired = paired  # the outbound StackSa deleted with it on SaDeleteReq
         self.index = index
         self.replay_window = replay_window
         self.selector = selector
@@ -52,12 +53,14 @@ class Received:
     indication in ``nic`` (a ReceiveResult).
     """
 
-    __slots__ = ("nic", "data", "delivery", "sa", "off", "length", "_sas")
+    __slots__ = ("nic", "data", "delivery", "sa", "off", "length", "deleted", "_sas")
 
     def __init__(self, nic: ReceiveResult, data: np.ndarray, delivery: np.ndarray,
-                 sa: np.ndarray, off: np.ndarray, length: np.ndarray, sas: list):
+                 sa: np.ndarray, off: np.ndarray, length: np.ndarray, sas: list,
+                 deleted: Sequence[InboundSa] = ()):
         self.nic = nic
         self.data, self.delivery, self.sa, self.off, self.length = data, delivery, sa, off, length
+        self.deleted = list(deleted)  # inbound SAs deleted on the NIC's SaDeleteReq
         self._sas = sas
 
     def __len__(self) -> int:
@@ -110,10 +113,12 @@ class ReceiveMixin:
 
     def add_inbound_sa(self, config: SaConfig, *, replay_window: int = DEFAULT_REPLAY_WINDOW,
                        selector: Optional[tuple[Optional[str], Optional[str]]] = None,
-                       versions: Optional[Sequence[bool]] = None) -> InboundSa:
+                       versions: Optional[Sequence[bool]] = None, paired=None) -> InboundSa:
         """Offload ``config`` as an inbound SA (ADD_SA with the INBOUND flag, one bundle per IP
         version: a tunnel SA's, or ``versions``, else both) and start its anti-replay window
-        empty just below ``config.seq`` (docs/receive-path.md)."""
+        empty just below ``config.seq`` (docs/receive-path.md). ``paired``: the outbound
+        ``StackSa`` of the same negotiation, deleted with this one when the NIC sets
+        SaDeleteReq."""
         if not isinstance(config, SaConfig):
             raise TypeError(f"add_inbound_sa takes a SaConfig, got {type(config).__name__}")
         if not isinstance(replay_window, int) or not 0 <= replay_window <= RX_WINDOW_MAX:
@@ -128,7 +133,7 @@ class ReceiveMixin:
                          for a in (config.src, config.dst) if a}
                 versions = tuple(known) if known else (False, True)
         with self._rx_lock:
-            sa = InboundSa(config, len(self._rx_sas), replay_window, selector)
+            sa = InboundSa(config, len(self._rx_sas), replay_window, selector, paired)
             row = np.zeros(1, RX_WINDOW_DTYPE)
             row["size"] = replay_window
             # empty, just below the first sequence number; that number itself is never
@@ -206,7 +211,24 @@ class ReceiveMixin:
                 frames, nic.arena, nic._plan_bytes, self._rx_slot_sa, self._rx_slot_handle,
                 self._rx_windows)
             sas = list(self._rx_sas)
-        return Received(nic, data, delivery, sa, off, length, sas)
+        deleted = self._honour_delete_requests(nic) if nic.sa_delete_req.any() else []
+        return Received(nic, data, delivery, sa, off, length, sas, deleted)
+
+    def _honour_delete_requests(self, nic: ReceiveResult) -> list:
+        """SaDeleteReq (docs/receive-path.md): delete the inbound SA and its paired outbound
+        one. The frames of this batch were delivered first."""
+        asked = nic.plans["slot"][nic.sa_delete_req.astype(bool)]
+        deleted = []
+        for slot in np.unique(asked).tolist():
+            index = int(self._rx_slot_sa[slot]) if 0 <= slot < len(self._rx_slot_sa) else -1
+            sa = self._rx_sas[index] if index >= 0 else None
+            if sa is None or sa.removed:
+                continue
+            self.remove_inbound_sa(sa)
+            if sa.paired is not None and not sa.paired.removed:
+                self.remove_sa(sa.paired)
+            deleted.append(sa)
+        return deleted
 
 
 __all__ = ["DEFAULT_REPLAY_WINDOW", "InboundSa", "ReceiveMixin", "Received"]

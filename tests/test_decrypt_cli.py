@@ -1,0 +1,208 @@
+"""`ipsecoffload decrypt` end to end: the SA file that encrypted a capture decrypts it, to the
+plain packets byte for byte; failures are counted exactly as the design's JSON keys say;
+scapy-encrypted captures decrypt too."""
+import json
+import os
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.ipsec import ESP, SecurityAssociation
+from scapy.layers.l2 import ARP, Dot1Q, Ether
+
+from ipsecoffload.cli.main import main
+from ipsecoffload.io.pcap import LINKTYPE_ETHERNET, LINKTYPE_RAW, read_pcap, write_pcap
+
+T0 = 1_700_000_000 * 10**9
+GCM_KEY = "00112233445566778899aabbccddeeff01020304"
+SAS = [
+    {"name": "gcm4", "selector": {"src": "10.0.0.0/8", "proto": "tcp"}, "mode": "transport",
+     "spi": "0x00002001", "encryption": "aes-gcm-128", "key": GCM_KEY},
+    {"name": "tun6in4", "selector": {"src": "2001:db8:1::/48"}, "mode": "tunnel",
+     "tunnel": {"src": "192.0.2.1", "dst": "192.0.2.2"}, "spi": 8194,
+     "encryption": "aes-cbc-256", "key": "a5" * 32, "integrity": "hmac-sha256-128",
+     "auth_key": "5a" * 32},
+    {"name": "esn", "selector": {"src": "172.20.0.0/16"}, "spi": "0x2003",
+     "encryption": "aes-cbc-128", "key": "3c" * 16, "integrity": "hmac-sha1-96",
+     "auth_key": "c3" * 20, "esn": True, "seq": 2**32 - 5},
+    {"name": "natt", "selector": {"proto": "udp", "dport": 5000}, "spi": "0x2004",
+     "encryption": "aes-gcm-256", "icv_len": 12, "key": "77" * 36,
+     "udp_encap": {"sport": 4500, "dport": 4500}},
+]
+SUMMARY_KEYS = {"version", "packets_in", "packets_out", "clear", "no_sa", "malformed", "sas"}
+
+
+def plain_packets():
+    packets = []
+    for i in range(12):
+        packets.append(bytes(IP(src="10.0.0.1", dst="10.9.9.9") / TCP(sport=40000, dport=443,
+                                                                       seq=i) / (b"w" * i)))
+        packets.append(bytes(IPv6(src="2001:db8:1::1", dst="2001:db8:9::9") / UDP(dport=53)
+                             / (b"t" * (i + 1))))
+        packets.append(bytes(IP(src="172.20.0.5", dst="172.21.0.1") / UDP(dport=9) / bytes(i)))
+        packets.append(bytes(IP(src="192.168.0.1", dst="192.168.0.2") / UDP(dport=5000)
+                             / b"nat"))
+        packets.append(bytes(IP(src="198.51.100.1", dst="198.51.100.2") / UDP(dport=7)))
+    return packets
+
+
+def ether(packet: bytes) -> bytes:
+    kind = 0x86DD if packet[0] >> 4 == 6 else 0x0800
+    return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02", type=kind)) + packet
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def encrypted(tmp_path, capsys):
+    sa = tmp_path / "sa.json"
+    sa.write_text(json.dumps(SAS))
+    plain = [ether(p) for p in plain_packets()] + [bytes(Ether() / ARP())]
+    write_pcap(tmp_path / "plain.pcap", LINKTYPE_ETHERNET, plain,
+               [T0 + 1000 * i for i in range(len(plain))])
+    code, _, err = run(capsys, "encrypt", "-i", tmp_path / "plain.pcap", "-o",
+                       tmp_path / "esp.pcap", "--sa", sa)
+    assert code == 0, err
+    return tmp_path, sa, plain
+
+
+def test_decrypt_gives_back_the_plain_capture(encrypted, capsys):
+    tmp_path, sa, plain = encrypted
+    code, out, err = run(capsys, "decrypt", "-i", tmp_path / "esp.pcap", "-o",
+                         tmp_path / "dec.pcap", "--sa", sa, "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert set(summary) == SUMMARY_KEYS
+    assert summary["packets_in"] == summary["packets_out"] == len(plain)
+    assert summary["no_sa"] == summary["malformed"] == 0
+    assert summary["clear"] == 12 + 1  # the unmatched UDP packets and the ARP frame
+    for name, stats in summary["sas"].items():
+        assert set(stats) == {"packets", "crypto_status", "replayed"}
+        assert stats["packets"] == 12, name
+        assert stats["crypto_status"] == {"SUCCESS": 12}
+        assert stats["replayed"] == 0
+    _, records = read_pcap(tmp_path / "dec.pcap")
+    # the MAC addresses, the timestamps and every byte of the packets come back
+    assert [r.data for r in records] == plain
+    assert [r.ts_ns for r in records] == [T0 + 1000 * i for i in range(len(plain))]
+
+
+def test_failures_are_counted_under_their_sa_and_dropped(encrypted, capsys):
+    tmp_path, sa, plain = encrypted
+    _, records = read_pcap(tmp_path / "esp.pcap")
+    frames = [r.data for r in records]
+    tampered = bytearray(frames[0])
+    tampered[-1] ^= 1  # gcm4's ICV
+    truncated = frames[1][:len(frames[1]) - 20]  # tun6in4, the IP length past the end
+    replay = frames[2]  # esn, again
+    unknown = bytearray(frames[0])
+    unknown[14 + 20:14 + 24] = b"\x00\x00\x99\x99"  # an SPI nobody has
+    extra = [bytes(tampered), truncated, replay, bytes(unknown), b"\x02" * 12 + b"\x08\x00\x45"]
+    write_pcap(tmp_path / "bad.pcap", LINKTYPE_ETHERNET, frames + extra)
+    code, out, err = run(capsys, "decrypt", "-i", tmp_path / "bad.pcap", "-o",
+                         tmp_path / "dec.pcap", "--sa", sa, "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["packets_in"] == len(frames) + 5
+    assert summary["no_sa"] == 1
+    assert summary["malformed"] == 1
+    assert summary["packets_out"] == len(frames)
+    sas = summary["sas"]
+    assert sas["gcm4"]["crypto_status"] == {"SUCCESS": 12, "TRANSPORT_ESP_AUTH_FAILED": 1}
+    assert sas["gcm4"]["packets"] == 13
+    assert sas["tun6in4"]["crypto_status"] == {"SUCCESS": 12, "INVALID_PACKET_SYNTAX": 1}
+    assert sas["esn"]["replayed"] == 1 and sas["esn"]["packets"] == 13
+    # --keep-failed writes the failures exactly as read, in order
+    code, out, err = run(capsys, "decrypt", "-i", tmp_path / "bad.pcap", "-o",
+                         tmp_path / "keep.pcap", "--sa", sa, "--keep-failed")
+    assert code == 0, err
+    _, kept = read_pcap(tmp_path / "keep.pcap")
+    assert [r.data for r in kept][len(frames):] == extra
+    assert [r.data for r in kept][:len(frames)] == plain
+
+
+def test_replay_window_zero_turns_off_only_the_replay_check(encrypted, capsys):
+    tmp_path, sa, plain = encrypted
+    _, records = read_pcap(tmp_path / "esp.pcap")
+    frames = [r.data for r in records]
+    write_pcap(tmp_path / "twice.pcap", LINKTYPE_ETHERNET, frames + frames)
+    code, out, _ = run(capsys, "decrypt", "-i", tmp_path / "twice.pcap", "-o",
+                       tmp_path / "dec.pcap", "--sa", sa, "--json")
+    assert json.loads(out)["sas"]["natt"]["replayed"] == 12
+    code, out, _ = run(capsys, "decrypt", "-i", tmp_path / "twice.pcap", "-o",
+                       tmp_path / "dec.pcap", "--sa", sa, "--json", "--replay-window", "0")
+    summary = json.loads(out)
+    assert summary["packets_out"] == 2 * len(plain)
+    assert all(s["replayed"] == 0 for s in summary["sas"].values())
+
+
+def test_count_stops_early(encrypted, capsys):
+    tmp_path, sa, _ = encrypted
+    code, out, _ = run(capsys, "decrypt", "-i", tmp_path / "esp.pcap", "-o",
+                       tmp_path / "dec.pcap", "--sa", sa, "--json", "-c", "7", "--batch", "3")
+    assert json.loads(out)["packets_in"] == 7
+    assert len(read_pcap(tmp_path / "dec.pcap")[1]) == 7
+
+
+def test_scapy_encrypted_capture_with_vlan_tags(tmp_path, capsys):
+    """Traffic scapy encrypted, behind an 802.1Q tag, raw and Ethernet."""
+    key = bytes.fromhex(GCM_KEY)
+    sa = SecurityAssociation(ESP, spi=0x2001, crypt_algo="AES-GCM", crypt_key=key,
+                             auth_algo="NULL")
+    plain = [IP(src="10.0.0.1", dst="10.9.9.9") / TCP(seq=i) / (b"v" * i) for i in range(1, 6)]
+    esp = [bytes(sa.encrypt(p, seq_num=i + 1)) for i, p in enumerate(plain)]
+    (tmp_path / "sa.json").write_text(json.dumps(SAS[:1]))
+    tagged = [bytes(Ether() / Dot1Q(vlan=7) / IP(e)) for e in esp]
+    write_pcap(tmp_path / "vlan.pcap", LINKTYPE_ETHERNET, tagged)
+    write_pcap(tmp_path / "raw.pcap", LINKTYPE_RAW, esp)
+    for name, frames in (("vlan", tagged), ("raw", esp)):
+        code, out, err = run(capsys, "decrypt", "-i", tmp_path / f"{name}.pcap", "-o",
+                             tmp_path / f"{name}-dec.pcap", "--sa", tmp_path / "sa.json",
+                             "--json")
+        assert code == 0, err
+        assert json.loads(out)["sas"]["gcm4"]["crypto_status"] == {"SUCCESS": 5}
+        got = [r.data for r in read_pcap(tmp_path / f"{name}-dec.pcap")[1]]
+        prefix = 18 if name == "vlan" else 0
+        assert [g[prefix:] for g in got] == [bytes(p) for p in plain]
+        if name == "vlan":
+            assert all(g[:18] == f[:18] for g, f in zip(got, frames))
+
+
+def test_unusable_input_leaves_no_output(tmp_path, capsys):
+    (tmp_path / "sa.json").write_text(json.dumps(SAS))
+    (tmp_path / "junk.pcap").write_bytes(b"not a capture at all")
+    out = tmp_path / "out.pcap"
+    code, _, err = run(capsys, "decrypt", "-i", tmp_path / "junk.pcap", "-o", out, "--sa",
+                       tmp_path / "sa.json")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ipsecoffload")] == []
+    # an existing destination is left untouched on failure
+    out.write_bytes(b"keep me")
+    code, _, _ = run(capsys, "decrypt", "-i", tmp_path / "junk.pcap", "-o", out, "--sa",
+                     tmp_path / "sa.json")
+    assert code == 2 and out.read_bytes() == b"keep me"
+    code, _, err = run(capsys, "decrypt", "-i", tmp_path / "sa.json", "-o", tmp_path / "sa.json",
+                       "--sa", tmp_path / "sa.json")
+    assert code == 2 and json.loads((tmp_path / "sa.json").read_text()) == SAS
+
+
+@pytest.mark.parametrize("window", ["-1", "4097", "x"])
+def test_bad_replay_window_is_a_usage_error(tmp_path, capsys, window):
+    code, _, err = run(capsys, "decrypt", "-i", "in.pcap", "-o", "out.pcap", "--sa", "sa.json",
+                       "--replay-window", window)
+    assert code == 2 and "window" in err
+
+
+def test_output_file_mode_follows_the_umask(encrypted, capsys):
+    tmp_path, sa, _ = encrypted
+    old = os.umask(0o022)
+    try:
+        run(capsys, "decrypt", "-i", tmp_path / "esp.pcap", "-o", tmp_path / "dec.pcap", "--sa", sa)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "dec.pcap").stat().st_mode & 0o777 == 0o644
