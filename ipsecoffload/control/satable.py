@@ -199,7 +199,9 @@ class SaTable:
                 xf = record["xf"][layer]
                 rows.append((int(xf["spi"]), slot, layer, int(xf["proto"]), int(record["ipv6"]),
                              int(xf["udp_encap"]), src, dst))
-        rows.sort(key=lambda row: (row[0], row[1], row[2]))
+        # within one SPI the most specific endpoints first: an SA that names the source
+        # wins over one that does not, and both over a full wildcard
+        rows.sort(key=lambda row: (row[0], -(any(row[6]) + any(row[7])), row[1], row[2]))
         index = np.zeros(len(rows), RX_SA_KEY_DTYPE)
         for i, (spi, slot, layer, proto, ipv6, udp, src, dst) in enumerate(rows):
             entry = index[i]

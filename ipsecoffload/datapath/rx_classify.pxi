@@ -182,7 +182,7 @@ cdef int rx_classify_one(const uint8_t* f, int64_t flen, int64_t l2, int cfg,
         if end - (off + 8) >= 4 and ld32(f + off + 8) == 0:
             rx_no_info(p, RX_IKE)
             return 0
-        if end - (off + 8) < 8:
+        if end - (off + 8) < 4:
             rx_no_info(p, RX_NOT_IPSEC)
             return 0
         p.udp_off = <int32_t>off
@@ -192,7 +192,8 @@ cdef int rx_classify_one(const uint8_t* f, int64_t flen, int64_t l2, int cfg,
     elif proto != PROTO_ESP and proto != PROTO_AH:
         rx_no_info(p, RX_NOT_IPSEC)
         return 0
-    if off + 8 > flen:
+    # the SPI must be readable to find the SA; a frame cut after it is the SA's syntax error
+    if off + (8 if proto == PROTO_AH else 4) > flen:
         rx_no_info(p, RX_SHORT)
         return 0
     spi = ld32(f + off + (4 if proto == PROTO_AH else 0))

@@ -37,6 +37,8 @@ class InboundSa:
         self.selector = selector
         self.handles: dict[bool, int] = {}
         self.removed = False
+        # ESN high word each bundle's NIC record was last given (ADD_SA or UPDATE_SA)
+        self.bundle_hi: dict[bool, int] = {}
 
     def __repr__(self) -> str:
         name = self.config.name or f"spi={self.config.spi:#x}"
@@ -158,6 +160,7 @@ class ReceiveMixin:
                                            f"{config.name or hex(config.spi)} refused: "
                                            f"{NdisStatus(status).name}")
                     sa.handles[ipv6] = entry.offload_handle
+                    sa.bundle_hi[ipv6] = entry.sec_assoc[0].sequence_number_high_order
             except BaseException:
                 self._delete_bundles(sa)
                 raise
@@ -211,8 +214,35 @@ class ReceiveMixin:
                 frames, nic.arena, nic._plan_bytes, self._rx_slot_sa, self._rx_slot_handle,
                 self._rx_windows)
             sas = list(self._rx_sas)
+            self._sync_bundle_high_words(nic, delivery, sa)
         deleted = self._honour_delete_requests(nic) if nic.sa_delete_req.any() else []
         return Received(nic, data, delivery, sa, off, length, sas, deleted)
+
+    def _sync_bundle_high_words(self, nic: ReceiveResult, delivery: np.ndarray,
+                                sa_index: np.ndarray) -> None:
+        """An ESN SA offloaded for both IP versions has one bundle, and one NIC ESN state, per
+        version, but one sequence space: when one bundle's traffic moves the high word on,
+        UPDATE_SA gives it to the others (docs/receive-path.md), as the stack does on send."""
+        accepted = (delivery == Delivery.DECAP) & (sa_index >= 0)
+        if not accepted.any():
+            return
+        for k in np.unique(sa_index[accepted]).tolist():
+            sa = self._rx_sas[k]
+            if sa is None or not sa.config.esn or len(sa.handles) < 2:
+                continue
+            mine = accepted & (sa_index == k)
+            hi = int(nic.seq64[mine].max()) >> 32
+            carried = set(nic.plans["handle"][mine].tolist())
+            for ipv6, handle in sa.handles.items():
+                if handle in carried:
+                    # its own state infers the high word (App. A); UPDATE_SA would reset it
+                    sa.bundle_hi[ipv6] = max(sa.bundle_hi.get(ipv6, 0), hi)
+                elif sa.bundle_hi.get(ipv6, 0) < hi:
+                    update = ndis.IpsecOffloadV2UpdateSa(
+                        offload_handle=handle, operation=ndis.IpsecOperation.ESP,
+                        spi=sa.config.spi, sequence_number_high_order=hi)
+                    if self.miniport.update_sa(update) == NdisStatus.SUCCESS:
+                        sa.bundle_hi[ipv6] = hi
 
     def _honour_delete_requests(self, nic: ReceiveResult) -> list:
         """SaDeleteReq (docs/receive-path.md): delete the inbound SA and its paired outbound
