@@ -232,4 +232,5 @@ def rx_deliver(batch, out, plans, slot_sa, slot_handle, windows):
                                            handles_p, nslots, win, nwin, delivered + pos,
                                            out_len + i, sa_index + i)
             pos += out_len[i]
-    return delivered_arr, deliveries_arr, sa_arr, off_arr, len_arr
+    # only what was delivered: the rest of the allocation was never written
+    return delivered_arr[:pos], deliveries_arr, sa_arr, off_arr, len_arr
