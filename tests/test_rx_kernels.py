@@ -15,6 +15,9 @@ Runs on the normal and on the bounds-checked build (IPSECOFFLOAD_BOUNDS_CHECK=1)
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
+import ipaddress
 import struct
 import threading
 
@@ -22,7 +25,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ipsecoffload import Miniport, SaConfig, _fastpath
+from ipsecoffload import Miniport, PacketBatchBuilder, SaConfig, _fastpath
 from ipsecoffload.crypto import backends_for
 from ipsecoffload.crypto.reference import ReferenceBackend
 from ipsecoffload.datapath import twin
@@ -95,8 +98,20 @@ def variants(suite: dict, spi0: int) -> list[SaConfig]:
         SaConfig(spi=spi0 + 3, **suite, udp_encap=(4500, 4500), name="udp"),
         SaConfig(spi=spi0 + 4, **suite, mode="tunnel", tunnel_src="198.51.100.1",
                  tunnel_dst="198.51.100.2", udp_encap=(4500, 4500), name="udp-tunnel"),
+        SaConfig(spi=spi0 + 6, **suite, src="10.0.0.1", dst="10.0.0.2", name="endpoints4"),
+        # the same SPI again, told apart by the endpoints (rx_lookup)
+        SaConfig(spi=spi0 + 6, **suite, src="2001:db8::1", dst="2001:db8::2",
+                 name="endpoints6"),
         SaConfig(spi=spi0 + 5, **suite, esn=True, seq=2**32 - 3, name="esn"),
     ]
+
+
+def inner_versions(config: SaConfig) -> tuple[bool, ...]:
+    """The inner IP versions sent under an SA: one for ESN (the receiver's bundles of one SA
+    infer their high words apart) and for SAs with endpoints, else both."""
+    if config.esn or config.src:
+        return (":" in (config.src or ""),)
+    return (False, True)
 
 
 class Pair:
@@ -114,11 +129,10 @@ class Pair:
         return self.tx.send(packets, self.out[name]).wire.frames()
 
     def traffic(self, count: int = 4) -> list[bytes]:
-        """``count`` packets of each inner IP version per SA (one version for ESN: the
-        receiver's bundles of one SA infer their high words apart), the ESN SA's last."""
+        """``count`` packets of each inner IP version per SA, the ESN SA's last."""
         frames = []
         for name, sa in self.out.items():
-            for ipv6 in ((False,) if sa.config.esn else (False, True)):
+            for ipv6 in inner_versions(sa.config):
                 frames += self.send(name, [udp_packet(ipv6, k, tos=k & 3)
                                            for k in range(count)])
         return frames
@@ -207,7 +221,7 @@ def test_pure_python_miniport_and_stack_receive():
         for c in configs:
             rx.add_inbound_sa(c)
             sa = tx.add_sa(c)
-            v6 = c.mode == "tunnel" and c.tunnel_ipv6
+            v6 = inner_versions(c)[-1]
             frames += tx.send([udp_packet(v6, k) for k in range(3)], sa).wire.frames()
         frames.append(frames[1])  # a replay
         got = rx.receive(frames)
@@ -247,6 +261,33 @@ def test_esn_across_batches_and_retry_of_a_misleading_frame():
 # -- (b) mutated frames ---------------------------------------------------------------------
 
 _PAIR = None
+SUITE_BY_NAME = dict(SUITES)
+FUZZ_SUITES = ("gcm128-icv8", "gmac128", "cbc128-hmac-sha256-128", "null-hmac-sha256-128")
+NULL = "null-hmac-sha256-128"
+
+
+def crafted_esp(config: SaConfig, sn: int, body: bytes, nh: int, padl: int, pad: bytes,
+                *, ipv6: bool = False, ecn: int = 0) -> bytes:
+    """An ESP frame built here, not by our send path, for a NULL + HMAC-SHA-256-128 SA: any
+    payload and trailer (RFC 4303 §2), ICV = the first 16 bytes of HMAC-SHA-256 over SPI ..
+    next header (RFC 4868 §2.3). The outer addresses are the SA's (tunnel) endpoints."""
+    esp = struct.pack("!II", config.spi, sn & 0xFFFFFFFF) + body + pad + bytes([padl, nh])
+    esp += hmac.new(config.auth_key, esp, hashlib.sha256).digest()[:16]
+    if config.mode == "tunnel":
+        src = ipaddress.ip_address(config.tunnel_src).packed
+        dst = ipaddress.ip_address(config.tunnel_dst).packed
+        ipv6 = len(src) == 16
+    else:
+        src = bytes.fromhex("20010db8000000000000000000000001") if ipv6 else bytes([10, 0, 0, 1])
+        dst = bytes.fromhex("20010db8000000000000000000000002") if ipv6 else bytes([10, 0, 0, 2])
+    if ipv6:
+        ip = struct.pack("!IHBB", (6 << 28) | (ecn << 20), len(esp), 50, 64) + src + dst
+        link = bytes(12) + b"\x86\xdd"
+    else:
+        head = struct.pack("!BBHHHBBH4s4s", 0x45, ecn, 20 + len(esp), 7, 0, 64, 50, 0, src, dst)
+        ip = head[:10] + struct.pack("!H", ~ones_complement_sum(head) & 0xFFFF) + head[12:]
+        link = bytes(12) + b"\x08\x00"
+    return link + ip + esp
 
 
 def fuzz_pair() -> Pair:
@@ -255,9 +296,9 @@ def fuzz_pair() -> Pair:
     global _PAIR
     if _PAIR is None:
         configs = []
-        for k, index in enumerate((0, 4, 11, 20)):  # GCM, GMAC, CBC + HMAC, NULL + HMAC
-            configs += variants(SUITES[index][1], 0x5000 + 0x10 * k)
-        configs = [SaConfig(**{**c.__dict__, "name": f"{c.name}-{c.spi:x}"}) for c in configs]
+        for k, suite in enumerate(FUZZ_SUITES):
+            configs += [SaConfig(**{**c.__dict__, "name": f"{suite}/{c.name}"})
+                        for c in variants(SUITE_BY_NAME[suite], 0x5000 + 0x10 * k)]
         _PAIR = Pair(configs, replay_window=32)
         _PAIR.base = _PAIR.traffic(2)
         _PAIR.start = (_PAIR.rx._rx_windows.copy(), _PAIR.rx.miniport.sas.rx_state.copy())
@@ -316,7 +357,46 @@ def mutated_frame(draw):
     pair = fuzz_pair()
     frame = bytearray(draw(st.sampled_from(pair.base)))
     kind = draw(st.sampled_from(["keep", "truncate", "flip", "field", "bytes", "random",
-                                 "ext", "options", "udp", "fragment", "length"]))
+                                 "ext", "options", "udp", "fragment", "length", "ah",
+                                 "crafted", "crafted"]))
+    if kind == "crafted":
+        name = draw(st.sampled_from([f"{NULL}/transport", f"{NULL}/tunnel4", f"{NULL}/tunnel6",
+                                     f"{NULL}/udp-tunnel"]))
+        nh = draw(st.sampled_from([4, 41, 59, 17, 6, 50, 255]))
+        inner = b""
+        if nh in (4, 41) and draw(st.booleans()):
+            inner = udp_packet(nh == 41, draw(st.integers(0, 50)),
+                               tos=draw(st.integers(0, 3)))
+            inner = inner[:draw(st.integers(0, len(inner)))] if draw(st.booleans()) else inner
+        body = inner + draw(st.binary(max_size=40))
+        padl = draw(st.integers(0, 255)) if draw(st.booleans()) else draw(st.integers(0, 8))
+        pad = (bytes(range(1, padl + 1)) if draw(st.booleans())
+               else draw(st.binary(max_size=12)))
+        config = pair.out[name].config
+        if config.udp_encap:  # the UDP header goes in front of ESP below
+            config = SaConfig(**{**config.__dict__, "udp_encap": None})
+        crafted = bytearray(crafted_esp(config, draw(st.integers(1, 40)), body, nh, padl, pad,
+                                        ipv6=draw(st.booleans()), ecn=draw(st.integers(0, 3))))
+        if pair.out[name].config.udp_encap:
+            ip = 14 + (40 if crafted[14] >> 4 == 6 else 20)
+            crafted[ip:ip] = struct.pack("!HHHH", 4500, 4500, len(crafted) - ip + 8, 0)
+            if crafted[14] >> 4 == 6:
+                crafted[14 + 6] = 17
+                struct.pack_into("!H", crafted, 18, len(crafted) - 54)
+            else:
+                crafted[14 + 9] = 17
+                struct.pack_into("!H", crafted, 16, len(crafted) - 14)
+        return bytes(crafted)
+    if kind == "ah":
+        # protocol 51 in front of an ESP SA's SPI (BAD_PROTOCOL) or of an unknown one
+        v6 = frame[14] >> 4 == 6
+        if frame[14 + (6 if v6 else 9)] == 50:
+            at = 14 + (40 if v6 else 20)
+            frame[14 + (6 if v6 else 9)] = 51
+            spi = frame[at:at + 4] if draw(st.booleans()) else b"\xde\xad\xbe\xef"
+            frame[at:at] = bytes([50, 4, 0, 0])  # AH: next header, length, reserved
+            frame[at + 4:at + 8] = spi
+        return bytes(frame)
     if kind == "truncate":
         frame = frame[:draw(st.integers(0, len(frame)))]
     elif kind == "flip":
@@ -353,9 +433,9 @@ def mutated_frame(draw):
     elif kind == "options":
         frame = bytearray(ipv4_with_options(bytes(frame), draw(st.integers(1, 10))))
     elif kind == "udp":
-        body = draw(st.sampled_from([b"\xff", b"\0\0\0\0" + bytes(20), b"\0\0\0", b"\1\2",
-                                     bytes(8)]))
-        body = body if draw(st.booleans()) else draw(st.binary(max_size=24))
+        body = draw(st.one_of(st.sampled_from([b"\xff", b"\0\0\0\0" + bytes(20), b"\0\0\0",
+                                                b"\1\2", bytes(8), b"\xfe"]),
+                              st.binary(max_size=24)))
         frame = bytearray(udp_special(draw(st.booleans()), body,
                                       *draw(st.sampled_from([(4500, 4500), (4500, 1),
                                                              (1, 4500), (500, 500)]))))
@@ -372,7 +452,7 @@ def mutated_frame(draw):
 
 
 @FUZZ
-@given(st.lists(mutated_frame(), min_size=1, max_size=8),
+@given(st.lists(mutated_frame(), min_size=1, max_size=10),
        st.sampled_from([ALL_RX, int(Config.ESP_IPV4 | Config.ESP_IPV6), int(Config.ESP_IPV6),
                         int(Config.ESP_IPV4 | RxConfig.IPV4_OPTIONS)]),
        st.integers(0, 3))
@@ -390,6 +470,63 @@ def test_fuzz_random_bytes_and_link_lengths(frames, l2):
     run_both(pair, batch)
 
 
+@FUZZ
+@given(st.lists(st.tuples(st.lists(mutated_frame(), min_size=0, max_size=3),
+                          st.sampled_from([0, 14, 14, 18, 200])), min_size=1, max_size=4))
+def test_fuzz_nbls_of_several_buffers(nbls):
+    """NBLs of several NET_BUFFERs (or none), each NBL with its own link-header length; a
+    frame is made to fit the NBL's length by trimming or prefixing its Ethernet header."""
+    pair = fuzz_pair()
+    builder = PacketBatchBuilder()
+    for frames, l2 in nbls:
+        builder.add_nbl([bytes(max(0, l2 - 14)) + f[max(0, 14 - l2):] for f in frames],
+                        l2_len=l2)
+    run_both(pair, builder.build())
+
+
+def bad_argument_cases():
+    pair = fuzz_pair()
+    batch = pair.batch(pair.base[:3])
+    snap, state = pair.rx.miniport.sas.snapshot(), pair.rx.miniport.sas.rx_state
+    read_only = state.copy()
+    read_only.flags.writeable = False
+    out = batch.arena.copy()
+    plans = np.zeros(3 * RX_PLAN_DTYPE.itemsize, np.uint8)
+    windows = pair.rx._rx_windows
+    frozen = windows.copy()
+    frozen.flags.writeable = False
+    sa, handle = pair.rx._rx_slot_sa, pair.rx._rx_slot_handle
+    run = {"state read-only": (batch, snap, read_only, ALL_RX),
+           "state short": (batch, snap, state[:4].copy(), ALL_RX),
+           "state bytes": (batch, snap, state.view(np.uint8)[:-3].copy(), ALL_RX),
+           "config": (batch, snap, state.copy(), 2**40)}
+    deliver = {"out length": (batch, out[:-1].copy(), plans, sa, handle, windows.copy()),
+               "plans length": (batch, out, plans[:-1].copy(), sa, handle, windows.copy()),
+               "slot dtype": (batch, out, plans, sa.astype(np.int64), handle, windows.copy()),
+               "slot lengths": (batch, out, plans, sa[:-1].copy(), handle, windows.copy()),
+               "windows read-only": (batch, out, plans, sa, handle, frozen),
+               "windows bytes": (batch, out, plans, sa, handle,
+                                 windows.view(np.uint8)[:-1].copy())}
+    return run, deliver
+
+
+@pytest.mark.parametrize("stage", ["rx_run", "rx_deliver"])
+def test_bad_arguments_same_error(stage):
+    """The twin refuses what the compiled stages refuse, with the same exception type."""
+    run, deliver = bad_argument_cases()
+    for name, args in (run if stage == "rx_run" else deliver).items():
+        errors = []
+        for kernels in (_fastpath, twin):
+            with pytest.raises(Exception) as info:
+                if stage == "rx_run":
+                    kernels.rx_run(*args, BACKENDS, threading.Lock())
+                else:
+                    kernels.rx_deliver(*args)
+            errors.append(type(info.value))
+        assert errors[0] is errors[1], (name, errors)
+        assert errors[0] in (ValueError, OverflowError, BufferError, TypeError), name
+
+
 def test_ipv6_extension_chains_deliver_with_their_headers():
     pair = fuzz_pair()
     v6 = [f for f in pair.base if f[14] >> 4 == 6 and f[14 + 6] == 50][:2]
@@ -402,6 +539,108 @@ def test_ipv6_extension_chains_deliver_with_their_headers():
         assert packet[6] == 0 and packet[40] == 43 and packet[48] == 60  # the chain stays
     _out, plans, *_rest = run_both(pair, pair.batch(frames), int(Config.ESP_IPV6))
     assert plans["reason"].tolist() == [RxReason.GATED] * 2
+
+
+@pytest.mark.parametrize("ipv6", [False, True], ids=["ipv4", "ipv6"])
+def test_udp_4500_keepalive_ike_and_others(ipv6):
+    """RFC 3948 §2.2-2.3 on UDP port 4500: a keepalive (one 0xFF byte), the non-ESP marker
+    of IKE, too short for ESP, another port, and ESP behind the UDP header."""
+    pair = fuzz_pair()
+    esp = [f for f in pair.base if f[14] >> 4 == (6 if ipv6 else 4)
+           and f[14 + (6 if ipv6 else 9)] == 17][0]
+    frames = [udp_special(ipv6, b"\xff"), udp_special(ipv6, bytes(4) + b"ike"),
+              udp_special(ipv6, b"\1\2\3"), udp_special(ipv6, bytes(12), 500, 500),
+              udp_special(ipv6, b"\xff", 4500, 9), esp]
+    _out, plans, _ops, _c, (_data, deliveries, *_rest) = run_both(pair, pair.batch(frames))
+    assert plans["reason"].tolist() == [RxReason.KEEPALIVE, RxReason.IKE, RxReason.NOT_IPSEC,
+                                        RxReason.NOT_IPSEC, RxReason.KEEPALIVE,
+                                        RxReason.OK]
+    assert deliveries.tolist()[:5] == [Delivery.CLEAR] * 5
+
+
+# RFC 6040 §4.2, Figure 4: (inner, outer) -> the inner packet's ECN after decapsulation;
+# None = drop. ECN field values: Not-ECT 0, ECT(1) 1, ECT(0) 2, CE 3.
+RFC6040 = {(0, 0): 0, (0, 2): 0, (0, 1): 0, (0, 3): None,
+           (2, 0): 2, (2, 2): 2, (2, 1): 1, (2, 3): 3,
+           (1, 0): 1, (1, 2): 1, (1, 1): 1, (1, 3): 3,
+           (3, 0): 3, (3, 2): 3, (3, 1): 3, (3, 3): 3}
+
+
+@pytest.mark.parametrize("outer_v6", [False, True], ids=["outer4", "outer6"])
+def test_tunnel_ecn_decapsulation_rfc6040(outer_v6):
+    pair = fuzz_pair()
+    config = pair.out[f"{NULL}/tunnel6" if outer_v6 else f"{NULL}/tunnel4"].config
+    frames, cases, sn = [], [], 1
+    for inner_v6 in (False, True):
+        for (inner, outer), want in RFC6040.items():
+            packet = udp_packet(inner_v6, sn, tos=inner)
+            pad = -(len(packet) + 2) % 4
+            frames.append(crafted_esp(config, sn, packet, 41 if inner_v6 else 4, pad,
+                                      bytes(range(1, pad + 1)), ecn=outer))
+            cases.append((packet, inner_v6, want))
+            sn += 1
+    _out, plans, _ops, _c, (data, deliveries, _sa, off, length) = run_both(
+        pair, pair.batch(frames))
+    assert plans["reason"].tolist() == [RxReason.OK] * len(frames)
+    for i, (packet, inner_v6, want) in enumerate(cases):
+        if want is None:
+            assert deliveries[i] == Delivery.ECN
+            continue
+        assert deliveries[i] == Delivery.DECAP
+        got = data[off[i]:off[i] + length[i]].tobytes()
+        assert got[12:14] == (b"\x86\xdd" if inner_v6 else b"\x08\x00")
+        ip = got[14:]
+        assert len(ip) == len(packet)
+        ecn = (ip[1] >> 4) & 3 if inner_v6 else ip[1] & 3
+        assert ecn == want
+        if not inner_v6:
+            assert ones_complement_sum(ip[:20]) == 0xFFFF  # the checksum follows the change
+            assert ip[:1] + ip[2:10] + ip[12:] == packet[:1] + packet[2:10] + packet[12:]
+        else:
+            assert ip[2:] == packet[2:]
+
+
+@pytest.mark.parametrize("selector,delivered", [
+    (("192.0.2.0/31", "192.0.2.2/32"), True), (("192.0.2.0/30", None), True),
+    ((None, "192.0.2.3/32"), False), (("192.0.2.2/31", None), False),
+    (("0.0.0.0/0", "192.0.0.0/13"), True), (("192.0.4.0/23", None), False),
+    (("192.0.2.0/23", "192.0.2.0/29"), True)])
+def test_selector(selector, delivered):
+    """The SA's selector prefixes hold the tunnel endpoints (or not): SELECTOR, and the
+    window untouched."""
+    suite = SUITE_BY_NAME[NULL]
+    config = SaConfig(spi=0x7100, **suite, mode="tunnel", tunnel_src="192.0.2.1",
+                      tunnel_dst="192.0.2.2", name="sel")
+    pair = Pair([config], selector=selector)
+    frames = pair.send("sel", [udp_packet(False, k) for k in range(3)])
+    before = pair.rx._rx_windows.copy()
+    _out, _plans, _ops, _c, (_data, deliveries, sa, *_rest) = run_both(pair, pair.batch(frames))
+    want = Delivery.DECAP if delivered else Delivery.SELECTOR
+    assert deliveries.tolist() == [want] * 3
+    assert sa.tolist() == [0 if delivered else -1] * 3
+    if not delivered:
+        assert pair.rx._rx_windows.tobytes() == before.tobytes()
+
+
+def test_crafted_trailers():
+    """Authenticated frames with trailers that cannot be: a pad length beyond the text
+    (INVALID_PACKET_SYNTAX), padding that does not read 1, 2, 3, ... (pad_ok 0, delivered),
+    a dummy packet (next header 59), a tunnel next header over a bad inner packet."""
+    pair = fuzz_pair()
+    config = pair.out[f"{NULL}/transport"].config
+    tunnel = pair.out[f"{NULL}/tunnel4"].config
+    udp = udp_packet(False, 3)[20:]
+    frames = [crafted_esp(config, 1, udp, 17, 60, b""),             # padl + 2 > text
+              crafted_esp(config, 2, udp, 17, 3, b"\x01\x02\x04"),  # bad padding
+              crafted_esp(config, 3, udp, 59, 0, b""),              # dummy
+              crafted_esp(tunnel, 4, bytes(30), 4, 0, b""),          # not IPv4 inside
+              crafted_esp(tunnel, 5, udp_packet(False, 9)[:25], 4, 0, b""),  # cut short
+              crafted_esp(tunnel, 6, udp_packet(True, 9), 4, 0, b"")]  # IPv6 named IPv4
+    _out, plans, _ops, _c, (_data, deliveries, *_rest) = run_both(pair, pair.batch(frames))
+    assert plans["reason"].tolist() == [RxReason.BAD_SYNTAX] + [RxReason.OK] * 5
+    assert plans["pad_ok"].tolist()[1:3] == [0, 1]
+    assert deliveries.tolist() == [Delivery.CRYPTO, Delivery.DECAP, Delivery.DUMMY,
+                                   Delivery.INNER, Delivery.INNER, Delivery.INNER]
 
 
 # -- (c) anti-replay windows ------------------------------------------------------------------
