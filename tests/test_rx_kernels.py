@@ -746,6 +746,24 @@ def test_fuzz_windows_bit_for_bit(case, replay_some):
     assert int(c_win[0]["top"]) == t
 
 
+@pytest.mark.parametrize("size", [64, 100, 4096])
+def test_window_huge_jumps(size):
+    """Jumps far beyond any window (up to the last 64-bit number) clear it in one step."""
+    handle = 0x100001
+    seqs = [5, 4, 2**40, 2**40 - 1, 2**63, 2**64 - 1, 2**64 - 2, 2**63]
+    batch, out, plans = synthetic(len(seqs), seqs, handle)
+    windows = np.zeros(1, RX_WINDOW_DTYPE)
+    windows[0]["size"], windows[0]["bits"] = size, 2**64 - 1
+    got = []
+    for kernels in (_fastpath, twin):
+        w = windows.copy()
+        got.append((kernels.rx_deliver(batch, out, plans, np.zeros(1, np.int32),
+                                       np.full(1, handle, np.uint64), w)[1].tolist(),
+                    w.tobytes()))
+    assert got[0] == got[1]
+    assert got[0][0] == [Delivery.DUMMY] * 4 + [Delivery.DUMMY] * 3 + [Delivery.REPLAY]
+
+
 @pytest.mark.parametrize("kernels", [_fastpath, twin], ids=["compiled", "python"])
 @pytest.mark.parametrize("field,value", [("size", RX_WINDOW_MAX + 1), ("size", 2**32 - 1),
                                          ("src_len", 129), ("dst_len", 33)])

@@ -85,7 +85,7 @@ def rx_lookup(keys, spi: int, ipv6: bool, src: bytes, dst: bytes, udp: bool) -> 
     k = bisect_left(spis, spi)  # the same search as the compiled one, even on unsorted keys
     while k < len(keys) and spis[k] == spi:
         key = keys[k]
-        if (bool(key["ipv6"]) == bool(ipv6) and bool(key["udp_encap"]) == bool(udp)
+        if (int(key["ipv6"]) == int(ipv6) and bool(key["udp_encap"]) == bool(udp)
                 and (not key["has_dst"] or bytes(key["dst"][:alen]) == dst[:alen])
                 and (not key["has_src"] or bytes(key["src"][:alen]) == src[:alen])):
             return k

@@ -48,9 +48,12 @@ def rx_window_shift(w, shift: int) -> None:
     """Move the window forward by ``shift``: offset i becomes i + shift (the bits that fall
     beyond its words are gone)."""
     nw = _window_words(w)
-    words = w["bits"][:nw].tolist()
-    value = sum(word << (64 * j) for j, word in enumerate(words))
-    value = (value << shift) & ((1 << (64 * nw)) - 1)
+    if shift >= 64 * nw:  # every bit falls out (and no huge integer is ever built)
+        value = 0
+    else:
+        words = w["bits"][:nw].tolist()
+        value = sum(word << (64 * j) for j, word in enumerate(words))
+        value = (value << shift) & ((1 << (64 * nw)) - 1)
     w["bits"][:nw] = [(value >> (64 * j)) & M64 for j in range(nw)]
 
 
