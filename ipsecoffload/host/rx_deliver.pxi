@@ -5,6 +5,10 @@
 # _fastpath.pyx.
 
 
+cdef enum:
+    RX_WINDOW_BITS = 64 * 64  # RxWindow.bits: 64 words
+
+
 cdef bint rx_prefix_match(const uint8_t* addr, const uint8_t* prefix, int bits) noexcept nogil:
     cdef int i, whole = bits >> 3, rest = bits & 7
     for i in range(whole):
@@ -189,6 +193,15 @@ def rx_deliver(batch, out, plans, slot_sa, slot_handle, windows):
             or handles.shape[0] != nslots or win_bytes.shape[0] % sizeof(RxWindow):
         raise ValueError("rx_deliver: out, plans, slot maps or windows do not match the batch")
     cdef int64_t nwin = win_bytes.shape[0] // sizeof(RxWindow)
+    cdef const RxWindow* row = <const RxWindow*>&win_bytes[0] if nwin else NULL
+    cdef int limit
+    for i in range(nwin):
+        # rx_window_shift and rx_prefix_match stay inside the row only for these
+        limit = 128 if row[i].sel_ipv6 else 32
+        if row[i].size > RX_WINDOW_BITS or (row[i].has_sel and (row[i].src_len > limit
+                                                                or row[i].dst_len > limit)):
+            raise ValueError(f"rx_deliver: window {i} holds more than {RX_WINDOW_BITS} "
+                             f"packets or a selector prefix longer than its address")
     cdef int64_t total = 0
     for i in range(n):
         total += b.c_nb_len[i]
@@ -219,4 +232,5 @@ def rx_deliver(batch, out, plans, slot_sa, slot_handle, windows):
                                            handles_p, nslots, win, nwin, delivered + pos,
                                            out_len + i, sa_index + i)
             pos += out_len[i]
-    return delivered_arr, deliveries_arr, sa_arr, off_arr, len_arr
+    # only what was delivered: the rest of the allocation was never written
+    return delivered_arr[:pos], deliveries_arr, sa_arr, off_arr, len_arr

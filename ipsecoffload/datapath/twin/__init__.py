@@ -8,6 +8,8 @@ from ..layout import (COUNTERS, CRYPTO_OP_DTYPE, NB_PLAN_DTYPE, NBL_OOB_DTYPE, R
                       RX_SA_KEY_DTYPE, RX_STATE_DTYPE, RX_WINDOW_DTYPE, SA_RECORD_DTYPE,
                       TRANSFORM_DTYPE, WIRE_FRAME_DTYPE)
 from .op_groups import op_groups
+from .rx_deliver import rx_deliver
+from .rx_run import rx_run
 from .tx_classify import tx_classify
 from .tx_emit import tx_emit
 from .tx_fixup import tx_fixup
@@ -22,4 +24,4 @@ STRUCT_SIZES = {"NblOob": NBL_OOB_DTYPE.itemsize, "Transform": TRANSFORM_DTYPE.i
 BOUNDS_CHECKED = True  # Python slicing never reaches outside a buffer
 
 __all__ = ["BOUNDS_CHECKED", "COUNTERS", "STRUCT_SIZES", "op_groups", "run_op_groups",
-           "tx_classify", "tx_emit", "tx_fixup", "tx_plan", "tx_run"]
+           "rx_deliver", "rx_run", "tx_classify", "tx_emit", "tx_fixup", "tx_plan", "tx_run"]

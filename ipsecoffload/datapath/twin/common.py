@@ -173,3 +173,31 @@ def _c_ints(**values) -> None:
     for name, value in values.items():
         if not -2**31 <= int(value) < 2**31:
             raise OverflowError(f"{name} = {value} does not fit a C int")
+
+
+def _batch_view(batch):
+    """What the compiled stages' BatchView checks of a batch: its arrays as numpy arrays
+    (arena, nb_off, nb_len, nb_nbl) and its NblOob table."""
+    from ..layout import NBL_OOB_DTYPE
+    names = ("arena", "nb_off", "nb_len", "nb_nbl", "oob_bytes")
+    values = [getattr(batch, name) for name in names]
+    for name, value in zip(names, values):
+        if value is None:
+            raise TypeError(f"batch.{name} must be an array, not None")
+    _buffers(**{name: (value, dtype, False) for name, value, dtype in
+                zip(names, values, (np.uint8, np.int64, np.int64, np.int32, np.uint8))})
+    arena, nb_off, nb_len, nb_nbl, oob_bytes = (np.asarray(v) for v in values)
+    n_nb = len(nb_off)
+    if not len(nb_len) == len(nb_nbl) == n_nb:
+        raise ValueError("nb_off, nb_len and nb_nbl differ in length")
+    if len(oob_bytes) % NBL_OOB_DTYPE.itemsize:
+        raise ValueError("oob buffer size does not match the NblOob layout")
+    oob = oob_bytes.view(NBL_OOB_DTYPE)
+    for i in range(n_nb):
+        if not 0 <= nb_nbl[i] < len(oob):
+            raise ValueError("nb_nbl names an NBL outside the batch")
+        if i and nb_nbl[i] < nb_nbl[i - 1]:
+            raise ValueError("nb_nbl must be non-decreasing (an NBL's buffers are consecutive)")
+        if nb_off[i] < 0 or nb_len[i] < 0 or int(nb_off[i]) + int(nb_len[i]) > len(arena):
+            raise ValueError("a NET_BUFFER lies outside the arena")
+    return arena, nb_off, nb_len, nb_nbl, oob

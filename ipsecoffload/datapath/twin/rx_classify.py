@@ -1,0 +1,256 @@
+"""Twin of the compiled rx_classify (datapath/rx_classify.pxi): the NIC's receive procedure
+up to the crypto, per frame — offload state, IP and IPv6 extension headers, UDP-ESP,
+fragments, the inbound SA lookup, the capability gate, lengths, ESN inference and one open
+op per ESP layer (docs/architecture.md).
+
+Same names and arguments as the compiled functions, with Python objects for the C
+pointers: a frame is ``bytes`` (its length is ``len``), a plan / op / state is one numpy
+record (RX_PLAN_DTYPE, CRYPTO_OP_DTYPE, RX_STATE_DTYPE) written in place, and a table is a
+numpy array of its dtype.
+"""
+from __future__ import annotations
+
+from bisect import bisect_left
+
+from ...ndis import CryptoStatus
+from ..layout import PROTO_AH, PROTO_ESP, Config, OpKind, OpStatus, RxConfig, RxReason, Suite
+
+NAT_T_PORT = 4500  # RFC 3948 §2
+ESN_WINDOW = 1 << 31  # the NIC infers the high word with a window of 2^31
+M32 = 0xFFFFFFFF
+
+
+def _ld16(f: bytes, off: int) -> int:
+    return (f[off] << 8) | f[off + 1]
+
+
+def _ld32(f: bytes, off: int) -> int:
+    return (f[off] << 24) | (f[off + 1] << 16) | (f[off + 2] << 8) | f[off + 3]
+
+
+def _zero(record) -> None:
+    """memset of one struct: every field of the numpy record to 0."""
+    for name in record.dtype.names:
+        record[name] = 0
+
+
+def rx_no_info(p, reason: int) -> None:
+    """No IPsec indication (CryptoDone 0)."""
+    p["reason"] = reason
+    p["crypto_done"] = 0
+    p["crypto_status"] = CryptoStatus.SUCCESS
+
+
+def rx_fail(p, reason: int, status: int) -> None:
+    """CryptoDone 1 with a failing CryptoStatus."""
+    p["reason"] = reason
+    p["crypto_done"] = 1
+    p["crypto_status"] = status
+
+
+def esn_infer_hi(st, seq_hi: int, low: int) -> int:
+    """The high word of a received ESN sequence number (RFC 4303 Appendix A2.2) with a
+    window W of 2^31 around the highest authenticated number T (st.top); before any number
+    was authenticated, the SA's own high word. Arithmetic on 32-bit words, as in the RFC."""
+    if not st["seen"]:
+        return int(seq_hi)
+    top = int(st["top"])
+    tl, th = top & M32, top >> 32
+    w = ESN_WINDOW
+    if tl >= w - 1:  # Case A: window within one subspace
+        if low >= tl - w + 1:
+            return th
+        return (th + 1) & M32
+    # Case B: the window spans two subspaces (Tl - W + 1 wraps modulo 2^32); a high word
+    # below 0 does not exist, so th stays 0 there
+    if low >= (tl - w + 1) & M32 and th > 0:
+        return th - 1
+    return th
+
+
+def rx_provisional(states, prov, touched, row: int):
+    """The batch's running copy of key row ``row``'s state (a record of ``prov``): taken
+    from the committed state the first time the batch touches the row."""
+    if not touched[row]:
+        prov[row] = states[row]
+        touched[row] = 1
+    return prov[row]
+
+
+def rx_lookup(keys, spi: int, ipv6: bool, src: bytes, dst: bytes, udp: bool) -> int:
+    """Index of the first inbound transform (keys sorted by SPI) with this SPI whose
+    endpoints (zero = wildcard), IP version and UDP encapsulation match; -1 if none."""
+    alen = 16 if ipv6 else 4
+    spis = keys["spi"].tolist()
+    k = bisect_left(spis, spi)  # the same search as the compiled one, even on unsorted keys
+    while k < len(keys) and spis[k] == spi:
+        key = keys[k]
+        if (int(key["ipv6"]) == int(ipv6) and bool(key["udp_encap"]) == bool(udp)
+                and (not key["has_dst"] or bytes(key["dst"][:alen]) == dst[:alen])
+                and (not key["has_src"] or bytes(key["src"][:alen]) == src[:alen])):
+            return k
+        k += 1
+    return -1
+
+
+def rx_classify_one(f: bytes, l2: int, cfg: int, recs, keys, states, prov, touched, p,
+                    op) -> int:
+    """Fill the plan ``p`` of one frame; returns 1 when it needs an open op (written to
+    ``op``), else 0 (``op`` untouched)."""
+    flen = len(f)
+    _zero(p)
+    p["slot"] = -1
+    p["op"] = -1
+    p["ip_off"] = l2
+    options = udp = False
+    if l2 < 0 or flen < l2 + 20:
+        rx_no_info(p, RxReason.NOT_IP)
+        return 0
+    version = f[l2] >> 4
+    if version == 4:
+        ipv6 = False
+        ihl = (f[l2] & 0xF) * 4
+        ip_end = l2 + _ld16(f, l2 + 2)
+        if ihl < 20 or l2 + ihl > flen or ip_end < l2 + ihl:
+            rx_no_info(p, RxReason.NOT_IP)
+            return 0
+        if not cfg & Config.ESP_IPV4:
+            rx_no_info(p, RxReason.OFFLOAD_OFF)
+            return 0
+        if _ld16(f, l2 + 6) & 0x3FFF:  # MF or a fragment offset (RFC 791)
+            rx_no_info(p, RxReason.FRAGMENT)
+            return 0
+        proto = f[l2 + 9]
+        p["nh_off"] = l2 + 9
+        off = l2 + ihl
+        options = ihl > 20
+        src, dst = f[l2 + 12:l2 + 16], f[l2 + 16:l2 + 20]
+    elif version == 6:
+        ipv6 = True
+        if flen < l2 + 40:
+            rx_no_info(p, RxReason.NOT_IP)
+            return 0
+        ip_end = l2 + 40 + _ld16(f, l2 + 4)
+        if not cfg & Config.ESP_IPV6:
+            rx_no_info(p, RxReason.OFFLOAD_OFF)
+            return 0
+        proto = f[l2 + 6]
+        p["nh_off"] = l2 + 6
+        off = l2 + 40
+        src, dst = f[l2 + 8:l2 + 24], f[l2 + 24:l2 + 40]
+        end = min(ip_end, flen)
+        # hop-by-hop, routing and destination options before AH/ESP (RFC 8200 §4.1)
+        while proto in (0, 43, 60):
+            if off + 8 > end:
+                rx_no_info(p, RxReason.NOT_IPSEC)
+                return 0
+            ext_len = (f[off + 1] + 1) * 8
+            p["nh_off"] = off
+            proto = f[off]
+            off += ext_len
+            options = True
+        if proto == 44:
+            rx_no_info(p, RxReason.FRAGMENT)
+            return 0
+    else:
+        rx_no_info(p, RxReason.NOT_IP)
+        return 0
+    p["ipv6"] = ipv6
+    p["ip_end"] = ip_end
+    end = min(ip_end, flen)
+    if proto == 17:
+        if off + 8 > end:
+            rx_no_info(p, RxReason.NOT_IPSEC)
+            return 0
+        sport, dport = _ld16(f, off), _ld16(f, off + 2)
+        if sport != NAT_T_PORT and dport != NAT_T_PORT:
+            rx_no_info(p, RxReason.NOT_IPSEC)
+            return 0
+        # RFC 3948 §2.2-2.3: a keepalive, the non-ESP marker of IKE, or ESP
+        rest = end - (off + 8)
+        if rest == 1 and f[off + 8] == 0xFF:
+            rx_no_info(p, RxReason.KEEPALIVE)
+            return 0
+        if rest >= 4 and _ld32(f, off + 8) == 0:
+            rx_no_info(p, RxReason.IKE)
+            return 0
+        if rest < 8:
+            rx_no_info(p, RxReason.NOT_IPSEC)
+            return 0
+        p["udp_off"] = off
+        udp = True
+        off += 8
+        proto = PROTO_ESP
+    elif proto not in (PROTO_ESP, PROTO_AH):
+        rx_no_info(p, RxReason.NOT_IPSEC)
+        return 0
+    if off + 8 > flen:
+        rx_no_info(p, RxReason.SHORT)
+        return 0
+    spi = _ld32(f, off + (4 if proto == PROTO_AH else 0))  # AH: SPI after 4 bytes (RFC 4302)
+    k = rx_lookup(keys, spi, ipv6, src, dst, udp)
+    if k < 0:
+        rx_no_info(p, RxReason.NO_SA)
+        return 0
+    key = keys[k]
+    slot, layer = int(key["slot"]), int(key["layer"])
+    if slot < 0 or slot >= len(recs):
+        rx_no_info(p, RxReason.NO_SA)
+        return 0
+    rec = recs[slot]
+    # the capability gate: the NIC leaves these to the stack
+    if options and not cfg & (RxConfig.IPV6_EXT_HEADERS if ipv6 else RxConfig.IPV4_OPTIONS):
+        rx_no_info(p, RxReason.GATED)
+        return 0
+    p["slot"] = slot
+    p["layer"] = layer
+    p["handle"] = rec["handle"]
+    xf = rec["xf"][layer]
+    if int(key["proto"]) != proto or (proto == PROTO_ESP and rec["n_xf"] > 1):
+        # an SPI found on the other protocol, or a bundle's ESP without its AH
+        rx_fail(p, RxReason.BAD_PROTOCOL, CryptoStatus.INVALID_PROTOCOL)
+        return 0
+    if proto == PROTO_AH:
+        rx_no_info(p, RxReason.GATED)  # AH verification is not offered yet
+        p["slot"] = -1
+        p["handle"] = 0
+        return 0
+    esp_off = off
+    iv_len, icv_len, suite = int(xf["iv_len"]), int(xf["icv_len"]), int(xf["suite"])
+    key_row = int(xf["key_row"])
+    p["esp_off"] = esp_off
+    p["tunnel"] = states[key_row]["tunnel"]
+    text_off = esp_off + 8 + iv_len
+    icv_off = ip_end - icv_len
+    text_len = icv_off - text_off
+    p["text_off"], p["icv_off"], p["text_len"] = text_off, icv_off, text_len
+    if ip_end > flen or text_len < 2 or (suite == Suite.AES_CBC_HMAC and text_len % 16):
+        rx_fail(p, RxReason.BAD_SYNTAX, CryptoStatus.INVALID_PACKET_SYNTAX)
+        return 0
+    low = _ld32(f, esp_off + 4)
+    hi = 0
+    if xf["esn"]:
+        hi = esn_infer_hi(rx_provisional(states, prov, touched, key_row), int(xf["seq_hi"]),
+                          low)
+    p["seq64"] = (hi << 32) | low
+    p["crypto_done"] = 1
+    _zero(op)
+    op["auth_off"] = esp_off
+    op["text_off"] = text_off
+    op["text_len"] = text_len
+    op["icv_off"] = icv_off
+    op["ip_off"] = l2
+    op["key_row"] = key_row
+    op["seq_hi"] = hi
+    op["kind"] = OpKind.ESP_OPEN
+    op["pass_no"] = 0
+    op["suite"] = suite
+    op["integ"] = xf["integ"]
+    op["iv_len"] = iv_len
+    op["icv_len"] = icv_len
+    op["esn"] = xf["esn"]
+    op["status"] = OpStatus.PENDING
+    if suite in (Suite.AES_GCM, Suite.AES_GMAC):
+        # nonce = salt || IV (RFC 4106 §4, RFC 4543 §3.1)
+        op["nonce"] = list(bytes(xf["salt"]) + f[esp_off + 8:esp_off + 16])
+    return 1
