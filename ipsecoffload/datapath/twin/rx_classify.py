@@ -174,7 +174,7 @@ def rx_classify_one(f: bytes, l2: int, cfg: int, recs, keys, states, prov, touch
         if rest >= 4 and _ld32(f, off + 8) == 0:
             rx_no_info(p, RxReason.IKE)
             return 0
-        if rest < 8:
+        if rest < 4:
             rx_no_info(p, RxReason.NOT_IPSEC)
             return 0
         p["udp_off"] = off
@@ -184,7 +184,8 @@ def rx_classify_one(f: bytes, l2: int, cfg: int, recs, keys, states, prov, touch
     elif proto not in (PROTO_ESP, PROTO_AH):
         rx_no_info(p, RxReason.NOT_IPSEC)
         return 0
-    if off + 8 > flen:
+    # the SPI must be readable to find the SA; a frame cut after it is the SA's syntax error
+    if off + (8 if proto == PROTO_AH else 4) > flen:
         rx_no_info(p, RxReason.SHORT)
         return 0
     spi = _ld32(f, off + (4 if proto == PROTO_AH else 0))  # AH: SPI after 4 bytes (RFC 4302)

@@ -22,11 +22,17 @@ def _count_up(st, seq64: int) -> None:
     st["seen"] = 1
 
 
-def rx_complete_one(frame_in: bytes, frame_out: np.ndarray, p, op, st) -> None:
+def rx_complete_one(frame_in: bytes, frame_out: np.ndarray, p, op, st,
+                    delete_after: int = 0) -> None:
     """Read the verified trailer (RFC 4303 §2.4-2.6), or put a failed frame back as it came.
     ``frame_out`` is the frame's writable view of the output arena; ``st`` the committed
-    state of the op's key row."""
+    state of the op's key row. With a SaDeleteReq policy (``delete_after`` ICV failures),
+    every frame of an SA past it asks for deletion."""
     text_off, text_len, icv_off = int(p["text_off"]), int(p["text_len"]), int(p["icv_off"])
+    if op["status"] != OpStatus.DONE and int(st["auth_failures"]) < 0xFFFFFFFF:
+        st["auth_failures"] = int(st["auth_failures"]) + 1
+    if delete_after and int(st["auth_failures"]) >= delete_after:
+        p["sa_delete_req"] = 1
 
     def restore():
         frame_out[text_off:text_off + text_len] = np.frombuffer(
@@ -69,7 +75,7 @@ def rx_retry(out, ops, nretry: int, keys, backends) -> None:
         table[i]["status"] = retry[k]["status"]
 
 
-def rx_run(batch, table, rx_state, config, backends, lock):
+def rx_run(batch, table, rx_state, config, backends, lock, delete_after=0):
     """Receive ``batch`` with the SA table snapshot ``table`` (records_bytes, rx_keys, keys)
     and the NIC's receive state ``rx_state`` (RX_STATE_DTYPE, updated under ``lock``).
     Returns (out, plans, ops, counters), ``out`` a copy of the arena with every verified ESP
@@ -145,14 +151,15 @@ def rx_run(batch, table, rx_state, config, backends, lock):
                     p["seq64"] = (hi << 32) | low
                     nretry += 1
                     continue
-            rx_complete_one(frames[i], frame_out(i), p, op, st)
+            rx_complete_one(frames[i], frame_out(i), p, op, st, delete_after)
         if nretry:
             rx_retry(out, op_bytes, nretry, table.keys, backends)
             for i in range(n):
                 p = plans[i]
                 if p["op"] >= 0 and ops[int(p["op"])]["reserved"][0]:
                     op = ops[int(p["op"])]
-                    rx_complete_one(frames[i], frame_out(i), p, op, states[int(op["key_row"])])
+                    rx_complete_one(frames[i], frame_out(i), p, op, states[int(op["key_row"])],
+                                    delete_after)
         for i in range(n):
             counters[int(plans[i]["reason"])] += 1
     return out, plans.view(np.uint8), op_bytes, counters
