@@ -671,6 +671,24 @@ def test_esn_jump_further_than_the_window(suite: str):
     assert stack.receive([far]).nic.crypto_status.tolist() == [AUTH_T]
 
 
+@pytest.mark.xfail(strict=True, reason="a transport SA without endpoints is offloaded as one "
+                                       "bundle per IP version, each with its own ESN state: "
+                                       "the IPv6 bundle, which authenticated nothing before the "
+                                       "2**32 crossing, keeps using SequenceNumberHighOrder 0 and "
+                                       "its frames fail TRANSPORT_ESP_AUTH_FAILED")
+def test_esn_sa_over_both_ip_versions():
+    """One ESN SA (one SPI, one counter) carrying IPv4 and IPv6 packets, as HostStack.send
+    sends them; the IPv6 packets start after 2**32: every frame verifies."""
+    config = make_config("aes-gcm-128", esn=True, seq=2**32 - 2)
+    frames = send_frames(config, [udp_packet(4, b"a"), udp_packet(4, b"b"),
+                                  udp_packet(6, b"c"), udp_packet(6, b"d"),
+                                  udp_packet(4, b"e")])
+    stack, _ = receiver(config)
+    got = stack.receive(frames)
+    assert got.nic.crypto_status.tolist() == [OK] * 5
+    assert got.nic.seq64.tolist() == [2**32 - 2 + i for i in range(5)]
+
+
 def _update(stack: HostStack, inbound, config: SaConfig, high: int) -> int:
     return stack.miniport.update_sa(ndis.IpsecOffloadV2UpdateSa(
         offload_handle=inbound.handles[False], operation=ndis.IpsecOperation.ESP,
@@ -901,3 +919,60 @@ def test_tunnel_inner_packet_with_tfc_padding():
     got = stack.receive([frame])
     assert got.delivery.tolist() == [Delivery.DECAP]
     assert got.packet(0) == inner
+
+
+def test_forged_frames_do_not_disturb_esn_inference():
+    """Forged frames whose SNs would pull the NIC's guess of the high word ahead, mixed into
+    a batch that crosses 2**32: the genuine frames all verify with the right numbers."""
+    config = make_config("aes-gcm-128", esn=True, seq=2**32 - 3)
+    frames = send_frames(config, payloads(1, "forged-esn") * 6)  # 2**32-3 .. 2**32+2
+    forged = []
+    for low in (0x7FFFFFF0, 0x80000005, 0xFFFFFF00, 0x40000000):
+        f = bytearray(frames[0])
+        f[24:28] = struct.pack("!I", low)
+        forged.append(bytes(f))
+    batch = [frames[0], forged[0], frames[1], forged[1], frames[2], forged[2], frames[3],
+             forged[3], frames[4], frames[5]]
+    stack, inbound = receiver(config)
+    got = stack.receive(batch)
+    genuine = [0, 2, 4, 6, 8, 9]
+    assert [int(got.delivery[k]) for k in genuine] == [Delivery.DECAP] * 6
+    assert [int(got.nic.seq64[k]) for k in genuine] == [2**32 - 3 + i for i in range(6)]
+    assert [int(got.nic.crypto_status[k]) for k in (1, 3, 5, 7)] == [AUTH_T] * 4
+    assert stack.window_top(inbound) == 2**32 + 2
+
+
+def test_transport_sa_endpoints_are_matched():
+    """A transport SA with endpoints (the sender's source and destination) takes only
+    frames between them; zero endpoints are wildcards."""
+    config = dataclasses.replace(make_config("aes-gcm-128", seq=3), src="192.0.2.1",
+                                 dst="198.51.100.2")
+    frames = send_frames(config, [udp_packet(4, b"a"), udp_packet(4, b"b", src="192.0.2.9"),
+                                  udp_packet(4, b"c", dst="198.51.100.9")])
+    stack, _ = receiver(config)
+    assert stack.receive(frames).delivery.tolist() == [Delivery.DECAP, Delivery.NO_SA,
+                                                       Delivery.NO_SA]
+
+
+@pytest.mark.parametrize("order", [
+    pytest.param("wildcard-first", marks=pytest.mark.xfail(
+        strict=True, reason="rx_lookup takes the first inbound SA with the SPI whose endpoints "
+                            "match (sorted by SPI, slot): the wildcard SA added first gets the "
+                            "tunnel SA's frame, which then fails (INVALID_PACKET_SYNTAX under "
+                            "the CBC SA) instead of verifying under the tunnel SA")),
+    "specific-first"])
+def test_lookup_prefers_the_most_specific_sa(order: str):
+    """Two inbound SAs with one SPI: a wildcard transport SA and a tunnel SA with both
+    endpoints. A frame between the tunnel endpoints is the tunnel SA's, whichever was added
+    first (RFC 4301 §4.1: SPI + destination + source, then SPI + destination, then SPI);
+    other frames go to the wildcard SA."""
+    tunnel = make_config("aes-gcm-128", mode="tunnel", seq=3, spi=0x4444, seed="t")
+    wildcard = make_config("aes-cbc-128-hmac-sha1-96", seq=3, spi=0x4444, seed="w")
+    (to_tunnel,) = send_frames(tunnel, payloads(1, "lookup"))
+    (to_wildcard,) = send_frames(wildcard, payloads(1, "lookup"))
+    stack = HostStack(small_nic(), link="raw")
+    for config in ((wildcard, tunnel) if order == "wildcard-first" else (tunnel, wildcard)):
+        stack.add_inbound_sa(config, versions=(False,))
+    got = stack.receive([to_tunnel, to_wildcard])
+    assert got.nic.crypto_status.tolist() == [OK, OK]
+    assert got.delivery.tolist() == [Delivery.DECAP] * 2
