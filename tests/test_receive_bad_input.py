@@ -1004,3 +1004,49 @@ def test_esn_guess_misled_by_a_forgery_is_retried(suite: str):
     assert got.nic.crypto_status.tolist() == [AUTH_T, OK, OK]
     assert got.nic.seq64.tolist()[1:] == [2**32 + 5, 2**32 + 7]
     assert got.delivery.tolist() == [Delivery.CRYPTO, Delivery.DECAP, Delivery.DECAP]
+
+
+def test_spi_of_an_esp_sa_found_on_ah():
+    """An AH header (protocol 51) carrying the SPI of an ESP-only SA: the packet's IPsec
+    protocol differs from the bundle's → INVALID_PROTOCOL (the IPSEC_OFFLOAD_V2 receive
+    CryptoStatus for a protocol mismatch), indicated as received."""
+    config = make_config("aes-gcm-128", seq=3)
+    inner = udp_packet(4, b"ah")
+    # RFC 4302 §2: Next Header, Payload Len (in 4-byte words - 2), reserved, SPI, SN, ICV
+    ah = struct.pack("!BBHII", 17, 4, 0, config.spi, 3) + bytes(12)
+    frame = _ipv4(51, ah + inner[20:])
+    stack, _ = receiver(config)
+    got = stack.receive([frame])
+    assert nic_view(got) == (1, CryptoStatus.INVALID_PROTOCOL, RxReason.BAD_PROTOCOL)
+    assert got.delivery.tolist() == [Delivery.CRYPTO]
+    assert got.nic.frame(0) == frame
+
+
+def test_offload_off_for_ipv4_only_and_the_ipv6_extension_header_gate():
+    """IPsecV2IPv4 disabled leaves IPv6 receive offload on; an IPv6 hop-by-hop header when
+    the NIC does not report IPv6 extension-header support → no IPsec info."""
+    config = make_config("aes-gmac-128", seq=3)
+    f4, f6 = send_frames(config, [udp_packet(4, b"v4"), udp_packet(6, b"v6")])
+    stack, _ = receiver(config)
+    assert stack.miniport.set_offload_parameters(ndis.NdisOffloadParameters(
+        ipsec_v2_ipv4=ndis.OffloadIpsecV2.DISABLED)) == NdisStatus.SUCCESS
+    got = stack.miniport.receive(PacketBatch.from_frames([f4, f6], l2_len=0))
+    assert got.reasons.tolist() == [RxReason.OFFLOAD_OFF, RxReason.OK]
+    assert got.crypto_done.tolist() == [0, 1]
+    hop_by_hop = bytearray(f6[:40] + bytes((50, 0, 1, 4, 0, 0, 0, 0)) + f6[40:])
+    hop_by_hop[6] = 0
+    struct.pack_into("!H", hop_by_hop, 4, len(hop_by_hop) - 40)
+    no_ext = dataclasses.replace(SMALL_CAPS, ipv6_non_ipsec_extension_headers=False)
+    gated = HostStack(Miniport(no_ext), link="raw")
+    gated.add_inbound_sa(config)
+    got = gated.receive([bytes(hop_by_hop)])
+    assert (int(got.nic.crypto_done[0]), int(got.nic.reasons[0])) == (0, RxReason.GATED)
+    # the NIC that does report them verifies the same frame (the header is not in the ICV)
+    with_ext = HostStack(small_nic(), link="raw")
+    with_ext.add_inbound_sa(config)
+    got = with_ext.receive([bytes(hop_by_hop)])
+    assert got.nic.crypto_status.tolist() == [OK]
+    original = udp_packet(6, b"v6")
+    assert got.packet(0) == (original[:4] + struct.pack("!HB", len(original) - 40 + 8, 0)
+                             + original[7:40] + bytes((17, 0, 1, 4, 0, 0, 0, 0))
+                             + original[40:])
