@@ -15,13 +15,13 @@ import dataclasses
 import ipaddress
 import random
 import struct
+import threading
 import zlib
 from typing import Optional
 
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives import hashes, hmac
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ipsecoffload import HostStack, Miniport, SaConfig, ndis
 from ipsecoffload.datapath.batch import PacketBatch
@@ -177,7 +177,7 @@ def nic_view(got, i: int = 0) -> tuple[int, int, int]:
     return int(got.nic.crypto_done[i]), int(got.nic.crypto_status[i]), int(got.nic.reasons[i])
 
 
-# -- 1. the tamper matrix ----------------------------------------------------------------------------
+# -- 1. the tamper matrix --------------------------------------------------------------------------
 TAMPER_SPOTS = ("spi", "sn", "iv", "text_first", "text_middle", "text_last_block", "padding",
                 "pad_length", "next_header", "icv_first", "icv_last")
 TAMPER_CASES = [(suite, version, mode, udp) for suite in SUITES for version in (4, 6)
@@ -200,7 +200,8 @@ def _tamper_at(spot: str, frame: bytes, config: SaConfig, suite: str, pad: int
 
 
 @pytest.mark.parametrize("suite, version, mode, udp", TAMPER_CASES,
-                         ids=[f"{s}-ipv{v}-{m}{'-udp' if u else ''}" for s, v, m, u in TAMPER_CASES])
+                         ids=[f"{s}-ipv{v}-{m}{'-udp' if u else ''}"
+                              for s, v, m, u in TAMPER_CASES])
 def test_tamper_matrix(suite: str, version: int, mode: str, udp: bool):
     """One good frame, then every spot of the next frame flipped in turn, in one batch: a
     changed SPI finds no SA (no IPsec info); any other change fails the ICV — SN, IV, every
@@ -258,7 +259,7 @@ def test_first_failure_of_a_tunnel_sa_is_transport_layer(suite: str):
     assert stack.receive([good, bytes(bad)]).nic.crypto_status.tolist() == [OK, AUTH_TUN]
 
 
-# -- 2. truncations and lengths that lie ---------------------------------------------------------------
+# -- 2. truncations and lengths that lie -----------------------------------------------------------
 TRUNC_CASES = [("aes-gcm-128", 4, False), ("aes-gcm-128", 6, True),
                ("aes-cbc-128-hmac-sha1-96", 4, True), ("aes-cbc-256-hmac-sha256-128", 6, False),
                ("null-hmac-md5-96", 4, False), ("aes-gmac-128", 6, False)]
@@ -402,7 +403,7 @@ def test_authentic_frames_with_a_bad_trailer():
     assert got.packet(1) == got.packet(4) == _ipv4(17, body)
 
 
-# -- 3. frames that are not IPsec for the NIC ----------------------------------------------------------
+# -- 3. frames that are not IPsec for the NIC ------------------------------------------------------
 @pytest.mark.parametrize("version", (4, 6))
 def test_not_ipsec_frames_pass_with_no_ipsec_info(version: int):
     """NAT keepalive (one byte 0xFF), IKE (the four-byte non-ESP marker), too little UDP
@@ -554,7 +555,7 @@ def test_receive_offload_off_and_the_capability_gate():
     assert got.nic.reasons.tolist() == [RxReason.GATED]
 
 
-# -- 4. the anti-replay window --------------------------------------------------------------------------
+# -- 4. the anti-replay window ---------------------------------------------------------------------
 def test_replays_and_old_numbers():
     """RFC 4303 §3.4.3 with the default 64-packet window: a repeat in the same batch and in
     a later one is dropped; numbers right of the window's left edge that were not seen are
@@ -630,7 +631,7 @@ def test_window_starts_below_the_first_sequence_number():
                                      Delivery.DECAP]
 
 
-# -- 5. ESN: inference, jumps, UPDATE_SA ------------------------------------------------------------------
+# -- 5. ESN: inference, jumps, UPDATE_SA -----------------------------------------------------------
 ESN_SUITES = ("aes-gcm-128", "aes-gmac-128", "aes-cbc-256-hmac-sha256-128", "null-hmac-md5-96")
 
 
@@ -739,7 +740,7 @@ def test_update_sa_refusals_on_inbound_sas():
     assert _update(stack, b, plain, 1) == NdisStatus.INVALID_PARAMETER
 
 
-# -- 6. RFC 6040 decapsulation ------------------------------------------------------------------------------
+# -- 6. RFC 6040 decapsulation ---------------------------------------------------------------------
 NOT_ECT, ECT1, ECT0, CE = 0, 1, 2, 3
 RFC6040 = {  # (inner, outer) -> result, None = drop (RFC 6040 §4.2, Figure 4)
     (NOT_ECT, NOT_ECT): NOT_ECT, (NOT_ECT, ECT0): NOT_ECT, (NOT_ECT, ECT1): NOT_ECT,
@@ -773,7 +774,7 @@ def test_rfc6040_ecn_cells(outer_v: int, inner_v: int):
             assert got.packet(i) == set_ecn(packet, result), (inner, outer)
 
 
-# -- 7. the NDIS model and robustness ---------------------------------------------------------------------------
+# -- 7. the NDIS model and robustness --------------------------------------------------------------
 def test_nbl_models_get_their_receive_indication():
     """Miniport.receive on NetBufferList models: slots IPsecOffloadV2 and
     IPsecOffloadV2Header set; a verified frame decrypted in place, a failed one as received,
@@ -860,6 +861,7 @@ def test_pure_python_twin_receives():
     assert got.packets() == payloads(2, "twin")
 
 
+# -- 8. the window against a plain model, forgeries and ESN, SA lookup, odd frames, threads ---------
 def _window_model(first_seq: int, window: int, numbers: list[int]) -> list[bool]:
     """RFC 4303 §3.4.3 written plainly: a set of the numbers seen, the highest one, and the
     window's left edge; it starts empty just below ``first_seq`` (that number - 1 taken)."""
@@ -879,7 +881,8 @@ def _window_model(first_seq: int, window: int, numbers: list[int]) -> list[bool]
 @pytest.mark.parametrize("window", (32, 100, 1024, 4096))
 def test_window_against_a_plain_model(window: int, esn: bool):
     """1000 sequence numbers — in order mostly, some jumps ahead, frames at the window's
-    edge, late and repeated ones — in batches of random sizes: the stack's decisions equal the plain model's.
+    edge, late and repeated ones — in batches of random sizes: the stack's decisions equal
+    the plain model's.
     ESN: the numbers cross 2**32 and the NIC infers every high word."""
     rng = _rng("model", window, esn)
     base = 2**32 - 800 if esn else 1
@@ -1050,3 +1053,56 @@ def test_offload_off_for_ipv4_only_and_the_ipv6_extension_header_gate():
     assert got.packet(0) == (original[:4] + struct.pack("!HB", len(original) - 40 + 8, 0)
                              + original[7:40] + bytes((17, 0, 1, 4, 0, 0, 0, 0))
                              + original[40:])
+
+
+def test_tiny_and_empty_frames():
+    """Empty frames, frames shorter than the link header or than an IP header: not IP,
+    nothing delivered, no crash (raw IP and Ethernet links); an empty batch is fine."""
+    config = make_config("aes-gcm-128", seq=3)
+    for link in ("raw", "ethernet"):
+        stack = HostStack(small_nic(), link=link)
+        stack.add_inbound_sa(config)
+        assert len(stack.receive([])) == 0
+        frames = [b"", b"\x45", b"\x60" * 13, bytes(14), b"\x45" + bytes(18),
+                  bytes(12) + b"\x08\x00" + b"\x45" + bytes(5)]
+        got = stack.receive(frames)
+        assert got.nic.crypto_done.tolist() == [0] * len(frames)
+        assert got.nic.reasons.tolist() == [RxReason.NOT_IP] * len(frames)
+        assert got.delivery.tolist() == [Delivery.MALFORMED] * len(frames)
+        assert got.packets() == [b""] * len(frames)
+
+
+@pytest.mark.parametrize("window", (-1, 64 * 64 + 1, 1.5, "64"))
+def test_bad_replay_window_is_refused(window):
+    """replay_window must be an integer from 0 to the largest window (4096 packets)."""
+    stack = HostStack(small_nic(), link="raw")
+    with pytest.raises((ValueError, TypeError)):
+        stack.add_inbound_sa(make_config("aes-gcm-128"), replay_window=window)
+    assert stack.inbound_sas == []
+
+
+def test_concurrent_receives_share_one_window():
+    """Two threads receive disjoint halves of one SA's traffic at once, batch by batch:
+    every frame is delivered once, then all of them are replays."""
+    config = make_config("aes-cbc-128-hmac-sha1-96", seq=1)
+    frames = send_frames(config, [udp_packet(4, b"t")] * 400)
+    stack, inbound = receiver(config, replay_window=1024)
+    results, errors = [[], []], []
+
+    def worker(k: int) -> None:
+        try:
+            mine = frames[k::2]
+            for i in range(0, len(mine), 20):
+                results[k] += stack.receive(mine[i:i + 20]).delivery.tolist()
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert results[0] + results[1] == [Delivery.DECAP] * 400
+    assert stack.window_top(inbound) == 400
+    assert stack.receive(frames).delivery.tolist() == [Delivery.REPLAY] * 400

@@ -480,7 +480,8 @@ def udp_packet_fast(rng: random.Random, version: int, size: int) -> bytes:
         src, dst = bytes((192, 0, 2, rng.randrange(1, 255))), bytes((198, 51, 100, 7))
         pseudo = src + dst + struct.pack("!BBH", 0, 17, length)
     else:
-        src, dst = b"\x20\x01\x0d\xb8" + rng.randbytes(12), b"\x20\x01\x0d\xb8" + bytes(11) + b"\x09"
+        prefix = b"\x20\x01\x0d\xb8"  # 2001:db8::/32
+        src, dst = prefix + rng.randbytes(12), prefix + bytes(11) + b"\x09"
         pseudo = src + dst + struct.pack("!IxxxB", length, 17)
     checksum = ~ones_sum(pseudo + struct.pack("!HHHH", *ports, length, 0) + payload) & 0xFFFF
     udp = struct.pack("!HHHH", *ports, length, checksum or 0xFFFF) + payload
@@ -580,7 +581,7 @@ def test_round_trip_large_mixed_batch(suite_name: str):
     assert got.packets() == [p for _, p in expect]
 
 
-# -- 3. DPDK's packets ------------------------------------------------------------------------------
+# -- 3. DPDK's packets -----------------------------------------------------------------------------
 DPDK = json.loads((VECTORS_DIR / "dpdk_ipsec_packets.json").read_text())["vectors"]
 DPDK_IN_SCOPE = [v for v in DPDK if v["in_scope"]]
 
@@ -665,7 +666,7 @@ def test_dpdk_encryption_only_vector_is_refused():
     assert got.nic.crypto_done.tolist() == [0] and got.nic.frame(0) == wire
 
 
-# -- 3b. Wycheproof's tags in ESP ---------------------------------------------------------------------
+# -- 3b. Wycheproof's tags in ESP ------------------------------------------------------------------
 def _wycheproof(name: str) -> list[tuple[dict, dict]]:
     data = json.loads((VECTORS_DIR / "wycheproof" / f"{name}.json").read_text())
     return [(group, test) for group in data["testGroups"] for test in group["tests"]]
