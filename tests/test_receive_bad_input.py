@@ -861,7 +861,7 @@ def test_pure_python_twin_receives():
     assert got.packets() == payloads(2, "twin")
 
 
-# -- 8. the window against a plain model, forgeries and ESN, SA lookup, odd frames, threads ---------
+# -- 8. the window against a plain model, forgeries and ESN, SA lookup, odd frames, threads ------
 def _window_model(first_seq: int, window: int, numbers: list[int]) -> list[bool]:
     """RFC 4303 §3.4.3 written plainly: a set of the numbers seen, the highest one, and the
     window's left edge; it starts empty just below ``first_seq`` (that number - 1 taken)."""
