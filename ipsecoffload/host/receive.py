@@ -14,7 +14,8 @@ import numpy as np
 
 from .. import ndis
 from ..datapath.batch import PacketBatch
-from ..datapath.layout import (HANDLE_SLOT_MASK, RX_WINDOW_DTYPE, RX_WINDOW_MAX, Delivery)
+from ..datapath.layout import (HANDLE_SLOT_MASK, RX_WINDOW_DTYPE, RX_WINDOW_MAX, Delivery,
+                               RxReason)
 from ..datapath.rx import ReceiveResult
 from ..ndis import NdisStatus
 from .saconfig import SaConfig
@@ -210,29 +211,37 @@ class ReceiveMixin:
             frames = PacketBatch.from_frames([bytes(f) for f in frames], l2_len=self.l2_length)
         nic = self.miniport.receive(frames)
         with self._rx_lock:
+            updated = self._sync_bundle_high_words(nic)
+            if updated:
+                self._retry_lagging_bundles(frames, nic, updated)
             data, delivery, sa, off, length = self.miniport.kernels.rx_deliver(
                 frames, nic.arena, nic._plan_bytes, self._rx_slot_sa, self._rx_slot_handle,
                 self._rx_windows)
             sas = list(self._rx_sas)
-            self._sync_bundle_high_words(nic, delivery, sa)
         deleted = self._honour_delete_requests(nic) if nic.sa_delete_req.any() else []
         return Received(nic, data, delivery, sa, off, length, sas, deleted)
 
-    def _sync_bundle_high_words(self, nic: ReceiveResult, delivery: np.ndarray,
-                                sa_index: np.ndarray) -> None:
+    def _sync_bundle_high_words(self, nic: ReceiveResult) -> set:
         """An ESN SA offloaded for both IP versions has one bundle, and one NIC ESN state, per
-        version, but one sequence space: when one bundle's traffic moves the high word on,
-        UPDATE_SA gives it to the others (docs/receive-path.md), as the stack does on send."""
-        accepted = (delivery == Delivery.DECAP) & (sa_index >= 0)
-        if not accepted.any():
-            return
-        for k in np.unique(sa_index[accepted]).tolist():
+        version, but one sequence space: when one bundle's verified traffic moves the high word
+        on, UPDATE_SA gives it to the others (docs/receive-path.md), as the stack does on send.
+        Returns the handles updated."""
+        updated: set = set()
+        plans = nic.plans
+        verified = (plans["crypto_done"] == 1) & (plans["crypto_status"] == 0) & (
+            plans["slot"] >= 0)
+        if not verified.any():
+            return updated
+        slots = plans["slot"][verified]
+        owners = self._rx_slot_sa[slots]
+        for k in np.unique(owners[owners >= 0]).tolist():
             sa = self._rx_sas[k]
             if sa is None or not sa.config.esn or len(sa.handles) < 2:
                 continue
-            mine = accepted & (sa_index == k)
-            hi = int(nic.seq64[mine].max()) >> 32
-            carried = set(nic.plans["handle"][mine].tolist())
+            mine = verified.copy()
+            mine[verified] = owners == k
+            hi = int(plans["seq64"][mine].max()) >> 32
+            carried = set(plans["handle"][mine].tolist())
             for ipv6, handle in sa.handles.items():
                 if handle in carried:
                     # its own state infers the high word (App. A); UPDATE_SA would reset it
@@ -243,6 +252,27 @@ class ReceiveMixin:
                         spi=sa.config.spi, sequence_number_high_order=hi)
                     if self.miniport.update_sa(update) == NdisStatus.SUCCESS:
                         sa.bundle_hi[ipv6] = hi
+                        updated.add(handle)
+        return updated
+
+    def _retry_lagging_bundles(self, frames: PacketBatch, nic: ReceiveResult,
+                               updated: set) -> None:
+        """Frames of a bundle that just got a new high word and failed with the old one go
+        through the NIC once more; their indication replaces the first one."""
+        plans = nic.plans
+        failed = (plans["reason"] == RxReason.AUTH_FAILED) & np.isin(
+            plans["handle"], np.fromiter(updated, np.uint64))
+        picked = np.flatnonzero(failed)
+        if not len(picked):
+            return
+        l2 = frames.oob["l2_len"][frames.nb_nbl[picked]]
+        again = self.miniport.receive(PacketBatch.from_frames(
+            [frames.frame(int(i)) for i in picked], l2_len=l2))
+        for j, i in enumerate(picked.tolist()):
+            off, length = int(frames.nb_off[i]), int(frames.nb_len[i])
+            o2 = int(again.batch.nb_off[j])
+            nic.arena[off:off + length] = again.arena[o2:o2 + length]
+            plans[i] = again.plans[j]  # plan offsets are frame-relative
 
     def _honour_delete_requests(self, nic: ReceiveResult) -> list:
         """SaDeleteReq (docs/receive-path.md): delete the inbound SA and its paired outbound
