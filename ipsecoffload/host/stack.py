@@ -20,6 +20,7 @@ from .. import ndis
 from ..datapath.batch import PacketBatch, PacketBatchBuilder
 from ..inet import ones_complement_sum
 from ..ndis import NdisStatus
+from ..errors import IpsecOffloadError, SaOffloadRefused
 from ..host.saconfig import SaConfig
 from ..datapath.tx import SendResult
 
@@ -39,7 +40,7 @@ TCP_SYN, TCP_RST, TCP_URG = 0x02, 0x04, 0x20
 DF_POLICIES = ("copy", "set", "clear")
 
 
-class SequenceNumberExhausted(ValueError):
+class SequenceNumberExhausted(IpsecOffloadError, ValueError):
     """The SA has no sequence numbers left for the packets asked for (docs/protocol.md: an SN
     never wraps; a new SA is needed)."""
 
@@ -341,7 +342,7 @@ class HostStack:
             if head is not None:
                 status = self.miniport.delete_sa(head)
                 if status != NdisStatus.SUCCESS:
-                    raise RuntimeError(f"DELETE_SA for {_sa_label(sa.config)} failed: "
+                    raise SaOffloadRefused(f"DELETE_SA for {_sa_label(sa.config)} failed: "
                                        f"{_status_name(status)}")
             sa.handles.clear()
             sa._nic_seq_hi.clear()
@@ -365,7 +366,7 @@ class HostStack:
         entry = sa.config.add_sa_entry(ipv6)
         status = self.miniport.add_sa(entry)
         if status != NdisStatus.SUCCESS or not entry.offload_handle:
-            raise RuntimeError(f"ADD_SA ({'IPv6' if ipv6 else 'IPv4'}) for "
+            raise SaOffloadRefused(f"ADD_SA ({'IPv6' if ipv6 else 'IPv4'}) for "
                                f"{_sa_label(sa.config)} refused: {_status_name(status)}")
         sa.handles[ipv6] = entry.offload_handle
         sa._nic_seq_hi[ipv6] = entry.sec_assoc[0].sequence_number_high_order
@@ -380,7 +381,7 @@ class HostStack:
                 offload_handle=sa.handles[ipv6], operation=ndis.IpsecOperation.ESP,
                 spi=sa.config.spi, sequence_number_high_order=seq_hi))
             if status != NdisStatus.SUCCESS:
-                raise RuntimeError(f"UPDATE_SA for {_sa_label(sa.config)} refused: "
+                raise SaOffloadRefused(f"UPDATE_SA for {_sa_label(sa.config)} refused: "
                                    f"{_status_name(status)}")
             sa._nic_seq_hi[ipv6] = seq_hi
 

@@ -13,6 +13,8 @@ import time
 import warnings
 from typing import BinaryIO, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
 
+from ..errors import IpsecOffloadError
+
 __all__ = [
     "LINKTYPE_ETHERNET",
     "LINKTYPE_RAW",
@@ -71,7 +73,7 @@ _NS_PER_S = 1_000_000_000
 PathOrFile = Union[str, "os.PathLike[str]", BinaryIO]
 
 
-class PcapError(Exception):
+class PcapError(IpsecOffloadError):
     """The file is not a usable classic pcap capture, or an argument is unsupported."""
 
 

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Optional, Sequence, Union
 
+from ..errors import IpsecOffloadError
 from ..host.packetinfo import ICMP, ICMPV6, TCP, UDP, MalformedPacket, PacketInfo, parse_packet
 from ..host.saconfig import SaConfig
 
@@ -25,7 +26,7 @@ SA_KEYS = ("name", "selector", "protocol", "mode", "tunnel", "spi", "encryption"
 SELECTOR_KEYS = ("src", "dst", "proto", "sport", "dport")
 
 
-class SaFileError(ValueError):
+class SaFileError(IpsecOffloadError, ValueError):
     """The SA file cannot be used; the message says where and why (never key bytes)."""
 
 
