@@ -178,8 +178,13 @@ def cmd_encrypt(args) -> int:
 
 
 def cmd_wireshark_sa(args) -> int:
-    for line in wireshark_esp_sa(load_sa_file(args.sa)):
+    from ..io.wireshark import wireshark_notes
+
+    policies = load_sa_file(args.sa)
+    for line in wireshark_esp_sa(policies):
         print(line)
+    for note in wireshark_notes(policies):
+        print(f"{PROG}: note: {note}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -203,7 +208,9 @@ def cmd_demo(args) -> int:
           f"with the demo keys)")
     print(f"To decrypt in Wireshark: put the lines of {os.path.join(out, 'esp_sa')} into your "
           f"profile's esp_sa file (e.g. ~/.config/wireshark/esp_sa), then run "
-          f"'wireshark -o esp.enable_encryption_decode:TRUE {os.path.join(out, 'esp.pcap')}'")
+          f"'wireshark -o esp.enable_encryption_decode:TRUE "
+          f"-o esp.enable_authentication_check:TRUE {os.path.join(out, 'esp.pcap')}' "
+          f"(Wireshark cannot check the ICVs of the ESN SA esn6: no ESN in its SA table)")
     return EXIT_OK
 
 
@@ -294,7 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
         "wireshark-sa", help="print the Wireshark esp_sa table for an SA file (with keys)",
         description="Print the SAs as lines of Wireshark's esp_sa file (Preferences > "
                     "Protocols > ESP > ESP SAs). This prints the keys: it is the one command "
-                    "that outputs key material.")
+                    "that outputs key material. What Wireshark cannot check goes to stderr, "
+                    "one note per SA: ESN SAs (its SA table has no extended sequence numbers, "
+                    "so their ICVs show as bad), AES-GMAC (not in Wireshark: no ICV check, "
+                    "the IV read as payload) and AH (no ICV check). AES-GCM, AES-CBC + HMAC "
+                    "and NULL + HMAC without ESN decrypt and verify.")
     wireshark.add_argument("--sa", metavar="SA.json", required=True, help="the SA file")
     wireshark.set_defaults(run=cmd_wireshark_sa)
 
