@@ -369,3 +369,16 @@ def test_readme_first_python_example_runs_as_written(capsys):
     exec(compile(example, "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert "SUCCESS" in out
+
+
+
+def test_version_is_in_one_place():
+    """pyproject.toml reads the version from ipsecoffload/_version.py; nothing else says it."""
+    from ipsecoffload import _version
+
+    assert ipsecoffload.__version__ == _version.__version__
+    assert re.fullmatch(r"\d+\.\d+\.\d+([ab]\d+|rc\d+|\.dev\d+)?", ipsecoffload.__version__)
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert 'dynamic = ["version"]' in pyproject
+    assert 'attr = "ipsecoffload._version.__version__"' in pyproject
+    assert not re.search(r'(?m)^version\s*=\s*"', pyproject)  # no static version
