@@ -386,14 +386,13 @@ def sa_policies(sas: SasLike) -> List[SaPolicy]:
     one of them. An SaConfig gets an empty selector (it matches every packet)."""
     if isinstance(sas, (str, os.PathLike)):
         return load_sa_file(sas)
-    if isinstance(sas, (SaConfig, SaPolicy, Mapping)):
-        sas = [sas]
-    if not isinstance(sas, Sequence) or not sas:
+    items: Sequence[Any] = [sas] if isinstance(sas, (SaConfig, SaPolicy, Mapping)) else sas
+    if not isinstance(items, Sequence) or not items:
         raise TypeError("sas must be an SA-file path, an SA or a non-empty list of SAs")
-    if all(isinstance(s, Mapping) for s in sas):
-        return parse_sa_list([dict(s) for s in sas], "sas")
+    if all(isinstance(s, Mapping) for s in items):
+        return parse_sa_list([dict(s) for s in items], "sas")
     policies = []
-    for index, sa in enumerate(sas):
+    for index, sa in enumerate(items):
         if isinstance(sa, SaPolicy):
             policies.append(sa)
         elif isinstance(sa, SaConfig):

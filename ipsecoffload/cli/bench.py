@@ -112,7 +112,7 @@ def prepared_lso(payload: int, mss: int = DEFAULT_MSS, suite: Suite = Suite()
     return miniport, frames, max(1, -(-payload // mss))
 
 
-def _rate(run: Callable[[], None], min_time: float) -> float:
+def _rate(run: Callable[[], object], min_time: float) -> float:
     """Calls per second of ``run``, timed over at least ``min_time`` seconds."""
     run()  # warm up
     calls, start = 0, time.perf_counter()
@@ -124,16 +124,18 @@ def _rate(run: Callable[[], None], min_time: float) -> float:
             return calls / elapsed
 
 
-def _naive_call(suite: Suite) -> Callable[[int, bytearray, bytearray], None]:
+def _naive_call(suite: Suite) -> Callable[[int, bytearray, bytearray], object]:
     """What a plain program does for one packet of this suite."""
     if suite.aead:
         aead, aad = AESGCM(bytes(int(suite.encryption[-3:]) // 8)), bytes(8)
         return lambda i, packet, out: aead.encrypt_into(i.to_bytes(12, "big"), packet, aad, out)
+    integrity = suite.integrity
+    assert integrity is not None  # Suite refuses a non-AEAD suite without integrity
     if suite.gmac:
-        aead = AESGCM(bytes(int(suite.integrity[-3:]) // 8))
+        aead = AESGCM(bytes(int(integrity[-3:]) // 8))
         return lambda i, packet, out: aead.encrypt(i.to_bytes(12, "big"), b"", packet)
-    digest = _HASHLIB[suite.integrity]
-    auth_key = bytes(INTEGRITIES[suite.integrity][1])
+    digest = _HASHLIB[integrity]
+    auth_key = bytes(INTEGRITIES[integrity][1])
     if suite.encryption == "null":
         return lambda i, packet, out: hmac.new(auth_key, packet, digest).digest()
     key = bytes(ENCRYPTIONS[suite.encryption][1])
