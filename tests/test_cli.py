@@ -650,3 +650,23 @@ def test_progress_is_drawn_on_a_terminal_only():
     drawn = terminal.getvalue()
     assert "\rencrypt: 256 packets" in drawn and "\rencrypt: 512 packets" in drawn
     assert drawn.endswith("\r") and "\n" not in drawn  # erased, leaving stdout's lines alone
+
+
+# -- bench --plot -------------------------------------------------------------------------------
+def test_bench_plot_writes_a_png(tmp_path, capsys):
+    pytest.importorskip("matplotlib")  # the "plot" extra; the "test" extra installs it
+    out = tmp_path / "bench.png"
+    code, text, err = run_cli(capsys, "bench", "--sizes", "64,512", "--batch", "4",
+                              "--min-time", "0.01", "--plot", out)
+    assert (code, err) == (0, "")
+    assert "ours/naive" in text
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_bench_plot_without_matplotlib_is_one_error_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    code, out, err = run_cli(capsys, "bench", "--sizes", "64", "--batch", "4",
+                             "--min-time", "0.01", "--plot", tmp_path / "x.png")
+    assert code == 2 and len(err.splitlines()) == 1 and "matplotlib" in err
+    assert not (tmp_path / "x.png").exists()
