@@ -285,9 +285,11 @@ class Encryptor:
         per_nbl: List[List[bytes]] = [[] for _ in indexes]
         for frame, nbl in zip(frames, result.wire.nb_nbl.tolist()):
             per_nbl[nbl].append(frame)
-        # one NET_BUFFER per NBL here, so the NB reasons line up with the NBLs
-        reasons = result.reasons.tolist()
-        for nbl, (index, code) in enumerate(zip(indexes, result.status.tolist())):
+        codes = result.status.tolist()
+        # one NET_BUFFER per NBL here, so the NB reasons line up with the NBLs (read only
+        # when something failed: the view costs more than a good batch's bookkeeping)
+        reasons = result.reasons.tolist() if any(codes) else []
+        for nbl, (index, code) in enumerate(zip(indexes, codes)):
             name = _status_name(code)
             status[index] = name
             if name == SUCCESS:
