@@ -670,3 +670,25 @@ def test_bench_plot_without_matplotlib_is_one_error_line(tmp_path, capsys, monke
                              "--min-time", "0.01", "--plot", tmp_path / "x.png")
     assert code == 2 and len(err.splitlines()) == 1 and "matplotlib" in err
     assert not (tmp_path / "x.png").exists()
+
+
+# -- help and errors ----------------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["demo", "encrypt", "wireshark-sa", "bench"])
+def test_help_shows_examples(capsys, command):
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    examples = out.split("examples:\n", 1)[1]
+    runs = [line for line in examples.splitlines()
+            if line.strip().startswith(f"ipsecoffload {command}")]
+    assert len(runs) >= 2, out
+    if command in ("encrypt", "wireshark-sa"):
+        assert 'section "SA file"' in " ".join(out.split())
+
+
+def test_json_errors_also_go_to_stdout_as_json(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "encrypt", "-i", tmp_path / "missing.pcap", "-o",
+                             tmp_path / "out.pcap", "--sa", tmp_path / "missing.json", "--json")
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("ipsecoffload: error: ")
+    assert json.loads(out) == {"error": err.strip()[len("ipsecoffload: error: "):]}
+    code, out, err = run_cli(capsys, "bench", "--json", "--sizes", "7")
+    assert code == 2 and "error" in json.loads(out)
