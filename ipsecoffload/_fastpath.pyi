@@ -1,21 +1,22 @@
 """Type stubs of the compiled stages and backends (ipsecoffload/_fastpath.pyx); the package
 ipsecoffload/datapath/twin/ is the pure-Python twin of every stage."""
+import enum
 from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-U8 = npt.NDArray[np.uint8]
+_U8 = npt.NDArray[np.uint8]
 
 class _Batch(Protocol):
-    arena: U8
+    arena: _U8
     nb_off: npt.NDArray[np.int64]
     nb_len: npt.NDArray[np.int64]
     nb_nbl: npt.NDArray[np.int32]
-    oob_bytes: U8
+    oob_bytes: _U8
 
 class _Table(Protocol):
-    records_bytes: U8
+    records_bytes: _U8
     keys: tuple[Any, ...]
 
 STRUCT_SIZES: dict[str, int]
@@ -26,43 +27,269 @@ GHASH_KEY_BYTES: int
 GHASH_ENV: str
 
 def struct_offsets() -> dict[str, dict[str, int]]: ...
-def tx_classify(batch: _Batch, records: U8, config: int, icv_space: int, iv_source: int,
-                plans: U8) -> None: ...
-def tx_plan(batch: _Batch, records: U8, plans: U8, nbl_status: npt.NDArray[np.uint32],
+def tx_classify(batch: _Batch, records: _U8, config: int, icv_space: int, iv_source: int,
+                plans: _U8) -> None: ...
+def tx_plan(batch: _Batch, records: _U8, plans: _U8, nbl_status: npt.NDArray[np.uint32],
             lso_done: npt.NDArray[np.uint64],
             counters: npt.NDArray[np.int64]) -> tuple[int, int, int, int]: ...
-def tx_emit(batch: _Batch, records: U8, plans: U8, rand: U8, out: U8, frames: U8,
-            ops: U8) -> None: ...
-def tx_fixup(out: U8, ops: U8) -> None: ...
+def tx_emit(batch: _Batch, records: _U8, plans: _U8, rand: _U8, out: _U8, frames: _U8,
+            ops: _U8) -> None: ...
+def tx_fixup(out: _U8, ops: _U8) -> None: ...
 def tx_run(batch: _Batch, table: _Table, config: int, icv_space: int, iv_source: int,
            backends: Mapping[int, Any], random_source: Callable[[int], bytes]
-           ) -> tuple[U8, U8, U8, U8, npt.NDArray[np.uint32], npt.NDArray[np.uint64],
+           ) -> tuple[_U8, _U8, _U8, _U8, npt.NDArray[np.uint32], npt.NDArray[np.uint64],
                       npt.NDArray[np.int64]]: ...
-def op_groups(ops: U8) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]: ...
-def run_op_groups(arena: U8, ops: U8, keys: tuple[Any, ...], backends: Mapping[int, Any],
+def op_groups(ops: _U8) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]: ...
+def run_op_groups(arena: _U8, ops: _U8, keys: tuple[Any, ...], backends: Mapping[int, Any],
                   direction: str) -> None: ...
 
 def ghash_cpu_paths() -> tuple[str, ...]: ...
 def ghash_selftest(name: str) -> bool: ...
 def ghash_usable_paths() -> tuple[str, ...]: ...
 def ghash_default_path() -> str: ...
-def ghash_digest(path: str, h: U8 | bytes, aad: U8 | bytes, data: U8 | bytes) -> bytes: ...
+def ghash_digest(path: str, h: _U8 | bytes, aad: _U8 | bytes, data: _U8 | bytes) -> bytes: ...
 def gcm_seal_raw(path: str, h: bytes, aad: bytes, text: bytes, ks: bytes,
                  ekj0: bytes) -> tuple[bytes, bytes]: ...
 def gcm_open_raw(path: str, h: bytes, aad: bytes, text: bytes, ks: bytes,
                  ekj0: bytes) -> tuple[bytes, bytes]: ...
-def ghash_key_context(h: U8 | bytes) -> U8: ...
-def ghash_key_bytes(h: U8 | bytes) -> bytes: ...
+def ghash_key_context(h: _U8 | bytes) -> _U8: ...
+def ghash_key_bytes(h: _U8 | bytes) -> bytes: ...
 def _ghash_reset_default() -> None: ...
 
 class GcmBatchedBackend:
     name: str
-    def seal(self, arena: U8, ops: U8, idx: npt.NDArray[np.int32], keys: Any) -> None: ...
-    def open(self, arena: U8, ops: U8, idx: npt.NDArray[np.int32], keys: Any) -> None: ...
+    def seal(self, arena: _U8, ops: _U8, idx: npt.NDArray[np.int32], keys: Any) -> None: ...
+    def open(self, arena: _U8, ops: _U8, idx: npt.NDArray[np.int32], keys: Any) -> None: ...
 
 class CbcHmacBackend:
     name: str
-    def seal(self, arena: U8, ops: U8, idx: npt.NDArray[np.int32], keys: Any) -> None: ...
-    def open(self, arena: U8, ops: U8, idx: npt.NDArray[np.int32], keys: Any) -> None: ...
+    def seal(self, arena: _U8, ops: _U8, idx: npt.NDArray[np.int32], keys: Any) -> None: ...
+    def open(self, arena: _U8, ops: _U8, idx: npt.NDArray[np.int32], keys: Any) -> None: ...
 
-def __getattr__(name: str) -> int: ...  # the cpdef enum codes (REASON_OK, SUITE_AES_GCM, ...)
+# -- the cpdef enums of _fastpath.pxd: each one a class, its members also module constants
+
+class Config(enum.IntEnum):
+    CFG_ESP_IPV4 = 1
+    CFG_ESP_IPV6 = 2
+    CFG_LSO_V1 = 4
+    CFG_LSO_V2_IPV4 = 8
+    CFG_LSO_V2_IPV6 = 16
+    CFG_LSO_WITH_IPSEC = 32
+
+class Fixup(enum.IntEnum):
+    FIXUP_NONE = 0
+    FIXUP_UDP6_CHECKSUM = 1
+
+class IcvSpace(enum.IntEnum):
+    ICV_SPACE_AUTO = 0
+    ICV_SPACE_RESERVED = 1
+    ICV_SPACE_APPEND = 2
+
+class Integrity(enum.IntEnum):
+    INTEG_AEAD = 0
+    INTEG_HMAC_MD5_96 = 1
+    INTEG_HMAC_SHA1_96 = 2
+    INTEG_HMAC_SHA256_128 = 3
+
+class IpProto(enum.IntEnum):
+    PROTO_ESP = 50
+    PROTO_AH = 51
+
+class IvSource(enum.IntEnum):
+    IV_SOURCE_NIC = 0
+    IV_SOURCE_PACKET = 1
+
+class OpKind(enum.IntEnum):
+    OP_NONE = 0
+    OP_ESP_SEAL = 1
+    OP_ESP_OPEN = 2
+    OP_AH_SIGN = 3
+    OP_AH_VERIFY = 4
+
+class OpStatus(enum.IntEnum):
+    OP_PENDING = 0
+    OP_DONE = 1
+    OP_AUTH_FAILED = 2
+
+class Reason(enum.IntEnum):
+    REASON_OK = 0
+    REASON_PASS_NO_HANDLE = 1
+    REASON_PASS_DISABLED = 2
+    REASON_TUNNEL_HANDLE = 3
+    REASON_UNKNOWN_HANDLE = 4
+    REASON_INBOUND_HANDLE = 5
+    REASON_IP_VERSION_MISMATCH = 6
+    REASON_MALFORMED_IP = 7
+    REASON_BAD_ESP_OFFSET = 8
+    REASON_AH_NOT_SUPPORTED = 9
+    REASON_BAD_TRAILER = 10
+    REASON_BAD_ALIGNMENT = 11
+    REASON_SEQ_EXHAUSTED = 12
+    REASON_LSO_DISABLED = 13
+    REASON_LSO_BAD_PARAMS = 14
+    REASON_NBL_FAILED = 15
+    REASON_COUNT = 16
+
+class StatusCounter(enum.IntEnum):
+    COUNT_SUCCESS = 0
+    COUNT_FAILURE = 1
+    COUNT_INVALID_PACKET = 2
+    COUNT_OTHER_STATUS = 3
+    STATUS_COUNTERS = 4
+
+class Suite(enum.IntEnum):
+    SUITE_NONE = 0
+    SUITE_AES_GCM = 1
+    SUITE_AES_GMAC = 2
+    SUITE_AES_CBC_HMAC = 3
+    SUITE_NULL_HMAC = 4
+
+CFG_ESP_IPV4: int
+CFG_ESP_IPV6: int
+CFG_LSO_V1: int
+CFG_LSO_V2_IPV4: int
+CFG_LSO_V2_IPV6: int
+CFG_LSO_WITH_IPSEC: int
+FIXUP_NONE: int
+FIXUP_UDP6_CHECKSUM: int
+ICV_SPACE_AUTO: int
+ICV_SPACE_RESERVED: int
+ICV_SPACE_APPEND: int
+INTEG_AEAD: int
+INTEG_HMAC_MD5_96: int
+INTEG_HMAC_SHA1_96: int
+INTEG_HMAC_SHA256_128: int
+PROTO_ESP: int
+PROTO_AH: int
+IV_SOURCE_NIC: int
+IV_SOURCE_PACKET: int
+OP_NONE: int
+OP_ESP_SEAL: int
+OP_ESP_OPEN: int
+OP_AH_SIGN: int
+OP_AH_VERIFY: int
+OP_PENDING: int
+OP_DONE: int
+OP_AUTH_FAILED: int
+REASON_OK: int
+REASON_PASS_NO_HANDLE: int
+REASON_PASS_DISABLED: int
+REASON_TUNNEL_HANDLE: int
+REASON_UNKNOWN_HANDLE: int
+REASON_INBOUND_HANDLE: int
+REASON_IP_VERSION_MISMATCH: int
+REASON_MALFORMED_IP: int
+REASON_BAD_ESP_OFFSET: int
+REASON_AH_NOT_SUPPORTED: int
+REASON_BAD_TRAILER: int
+REASON_BAD_ALIGNMENT: int
+REASON_SEQ_EXHAUSTED: int
+REASON_LSO_DISABLED: int
+REASON_LSO_BAD_PARAMS: int
+REASON_NBL_FAILED: int
+REASON_COUNT: int
+COUNT_SUCCESS: int
+COUNT_FAILURE: int
+COUNT_INVALID_PACKET: int
+COUNT_OTHER_STATUS: int
+STATUS_COUNTERS: int
+SUITE_NONE: int
+SUITE_AES_GCM: int
+SUITE_AES_GMAC: int
+SUITE_AES_CBC_HMAC: int
+SUITE_NULL_HMAC: int
+
+class BatchView:
+    """A validated C view of a batch (the stages' input); built by the stages."""
+    def __init__(self, batch: _Batch) -> None: ...
+
+# -- receive (datapath/rx_*.pxi, host/rx_deliver.pxi)
+class _RxTable(Protocol):
+    records_bytes: _U8
+    rx_keys: _U8
+    keys: tuple[Any, ...]
+
+def rx_run(batch: _Batch, table: _RxTable, rx_state: npt.NDArray[Any], config: int,
+           backends: Mapping[int, Any], lock: Any, delete_after: int = ...
+           ) -> tuple[_U8, _U8, _U8, npt.NDArray[np.int64]]: ...
+def rx_deliver(batch: _Batch, out: _U8, plans: _U8, slot_sa: npt.NDArray[np.int32],
+               slot_handle: npt.NDArray[np.uint64], windows: npt.NDArray[Any]
+               ) -> tuple[_U8, _U8, npt.NDArray[np.int32], npt.NDArray[np.int64],
+                          npt.NDArray[np.int64]]: ...
+
+class RxReason(enum.IntEnum):
+    RX_OK = 0
+    RX_OFFLOAD_OFF = 1
+    RX_NOT_IP = 2
+    RX_NOT_IPSEC = 3
+    RX_FRAGMENT = 4
+    RX_KEEPALIVE = 5
+    RX_IKE = 6
+    RX_SHORT = 7
+    RX_NO_SA = 8
+    RX_GATED = 9
+    RX_AUTH_FAILED = 10
+    RX_BAD_SYNTAX = 11
+    RX_BAD_PROTOCOL = 12
+    RX_REASON_COUNT = 13
+
+class CryptoStatusCode(enum.IntEnum):
+    CRYPTO_SUCCESS = 0
+    CRYPTO_GENERIC_ERROR = 1
+    CRYPTO_TRANSPORT_AH_AUTH_FAILED = 2
+    CRYPTO_TRANSPORT_ESP_AUTH_FAILED = 3
+    CRYPTO_TUNNEL_AH_AUTH_FAILED = 4
+    CRYPTO_TUNNEL_ESP_AUTH_FAILED = 5
+    CRYPTO_INVALID_PACKET_SYNTAX = 6
+    CRYPTO_INVALID_PROTOCOL = 7
+
+class RxConfig(enum.IntEnum):
+    RXCFG_IPV4_OPTIONS = 1024
+    RXCFG_IPV6_EXT_HEADERS = 2048
+
+class Delivery(enum.IntEnum):
+    DELIVERY_CLEAR = 0
+    DELIVERY_DECAP = 1
+    DELIVERY_MALFORMED = 2
+    DELIVERY_NO_SA = 3
+    DELIVERY_CRYPTO = 4
+    DELIVERY_REPLAY = 5
+    DELIVERY_SELECTOR = 6
+    DELIVERY_ECN = 7
+    DELIVERY_DUMMY = 8
+    DELIVERY_INNER = 9
+
+RX_OK: int
+RX_OFFLOAD_OFF: int
+RX_NOT_IP: int
+RX_NOT_IPSEC: int
+RX_FRAGMENT: int
+RX_KEEPALIVE: int
+RX_IKE: int
+RX_SHORT: int
+RX_NO_SA: int
+RX_GATED: int
+RX_AUTH_FAILED: int
+RX_BAD_SYNTAX: int
+RX_BAD_PROTOCOL: int
+RX_REASON_COUNT: int
+CRYPTO_SUCCESS: int
+CRYPTO_GENERIC_ERROR: int
+CRYPTO_TRANSPORT_AH_AUTH_FAILED: int
+CRYPTO_TRANSPORT_ESP_AUTH_FAILED: int
+CRYPTO_TUNNEL_AH_AUTH_FAILED: int
+CRYPTO_TUNNEL_ESP_AUTH_FAILED: int
+CRYPTO_INVALID_PACKET_SYNTAX: int
+CRYPTO_INVALID_PROTOCOL: int
+RXCFG_IPV4_OPTIONS: int
+RXCFG_IPV6_EXT_HEADERS: int
+DELIVERY_CLEAR: int
+DELIVERY_DECAP: int
+DELIVERY_MALFORMED: int
+DELIVERY_NO_SA: int
+DELIVERY_CRYPTO: int
+DELIVERY_REPLAY: int
+DELIVERY_SELECTOR: int
+DELIVERY_ECN: int
+DELIVERY_DUMMY: int
+DELIVERY_INNER: int

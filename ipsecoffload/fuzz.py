@@ -69,7 +69,7 @@ def _plain_packet(rng: random.Random, config: SaConfig, tcp: bool) -> bytes:
         ipv6 = rng.random() < 0.5
         src, dst = ("2001:db8:1::1", "2001:db8:1::2") if ipv6 else ("10.1.0.1", "10.1.0.2")
     else:
-        src, dst = config.src, config.dst
+        src, dst = config.src or "10.0.0.1", config.dst or "10.0.0.2"
         ipv6 = ":" in src
     size = rng.choice((0, 1, 15, 16, 17, 100, 500, 1400, rng.randrange(0, 1400)))
     payload = (bytes(rng.randrange(256) for _ in range(64)) * (size // 64 + 1))[:size]

@@ -296,10 +296,34 @@ def scapy_sa(config: SaConfig, suite: Suite, *, spi: Optional[int] = None,
     return sa
 
 
+# -- every test compares at least one frame --------------------------------------------------
+_FRAMES_SEEN = {"count": 0, "skipped": False}
+
+
+def seen(frames, expected: int) -> list:
+    """The frames a test is about to compare with scapy's: exactly ``expected`` of them, and
+    never none (a comparison over zip() of nothing passes)."""
+    frames = list(frames)
+    assert expected > 0 and len(frames) == expected, (len(frames), expected)
+    _FRAMES_SEEN["count"] += len(frames)
+    return frames
+
+
+@pytest.fixture(autouse=True)
+def every_interop_test_sees_a_frame():
+    """A check on the suite itself: each test here compared at least one of our frames with
+    scapy (through ``seen`` or ``scapy_open``); a test that compared nothing fails."""
+    _FRAMES_SEEN.update(count=0, skipped=False)
+    yield
+    assert _FRAMES_SEEN["skipped"] or _FRAMES_SEEN["count"] > 0, \
+        "this interop test compared no frame with scapy"
+
+
 def scapy_open(oracle: SecurityAssociation, frame: bytes, seq64: int, *,
                verify: bool = True) -> bytes:
     """scapy's decryption of one wire frame: the inner packet (tunnel) or the rebuilt
     packet (transport). Raises IPSecIntegrityError (or TypeError on an SPI mismatch)."""
+    _FRAMES_SEEN["count"] += 1
     return bytes(oracle.decrypt(parse_wire(frame), verify=verify, esn_en=oracle.esn_en,
                                 esn=seq64 >> 32))
 
@@ -369,7 +393,7 @@ def check_frames(case: Case, run: Sent) -> None:
     oracle = scapy_sa(config, suite)
     verify = _scapy_verifies(case)
     ivs = set()
-    for i, (packet, frame) in enumerate(zip(run.packets, run.frames)):
+    for i, (packet, frame) in enumerate(zip(run.packets, seen(run.frames, len(run.packets)))):
         seq64 = run.first_seq + i
         outer_version = case.version if case.mode == "tunnel" else packet[0] >> 4
         assert frame[0] >> 4 == outer_version
@@ -521,7 +545,7 @@ def test_transport_keeps_ipv4_options(suite_name: str, variant: str):
     assert not result.status.any()
     frames = result.wire.frames()
     oracle = scapy_sa(config, suite)
-    for i, (packet, frame) in enumerate(zip(packets, frames)):
+    for i, (packet, frame) in enumerate(zip(packets, seen(frames, len(packets)))):
         assert frame[:1] == packet[:1] and frame[20:hdr] == packet[20:hdr]  # options kept
         assert scapy_open(oracle, frame, config.seq + i) == packet
 
@@ -547,7 +571,7 @@ def test_transport_after_ipv6_hop_by_hop(suite_name: str, variant: str):
     result = stack.send(packets, sa)
     assert not result.status.any()
     oracle = scapy_sa(config, suite)
-    for i, (packet, frame) in enumerate(zip(packets, result.wire.frames())):
+    for i, (packet, frame) in enumerate(zip(packets, seen(result.wire.frames(), len(packets)))):
         ext = 8 if i % 2 == 0 else 16  # hop-by-hop [+ destination options]
         last_nh = 40 + ext - 8  # Next Header byte of the last extension header
         assert frame[:4] == packet[:4] and frame[6:last_nh] == packet[6:last_nh]
@@ -579,7 +603,8 @@ def test_ethernet_link(suite_name: str):
         result = stack.send(packets, sa)
         assert not result.status.any()
         oracle = scapy_sa(config, suite)
-        for i, (packet, frame) in enumerate(zip(packets, result.wire.frames())):
+        for i, (packet, frame) in enumerate(zip(packets, seen(result.wire.frames(),
+                                                              len(packets)))):
             ether = Ether(frame)
             assert ether.type == (0x0800 if version == 4 else 0x86DD)
             ip = ether.payload
@@ -615,6 +640,7 @@ def test_scapy_encrypts_the_same_transport_frame(suite_name: str, version: int, 
     padding, trailer, lengths, ICV. ESN: the SA starts at 2**32 + 5."""
     suite = SUITES[suite_name]
     if variant == "esn" and suite.hmac and not SCAPY_HMAC_COVERS_ESN:
+        _FRAMES_SEEN["skipped"] = True
         pytest.skip("this scapy leaves the ESN high word out of the ESP HMAC (spec §10)")
     case = Case(suite, version, "transport", variant)
     rng = _rng("reverse", case.id)
@@ -642,7 +668,7 @@ def test_scapy_encrypts_the_same_transport_frame(suite_name: str, version: int, 
         result = miniport.send(stack.build(packets, sa, ivs=ivs))
         assert not result.status.any()
         frames = result.wire.frames()
-    for ours, their in zip(frames, theirs):
+    for ours, their in zip(seen(frames, len(theirs)), theirs):
         _same_frame(ours, their, config)
 
 
@@ -668,7 +694,7 @@ def test_cbc_fixed_nic_iv_matches_scapy(suite_name: str, version: int):
     stack = HostStack(Miniport(random_source=lambda n: iv * (n // 16)), link="raw")
     sa = stack.add_sa(config)
     frames = stack.send(packets, sa).wire.frames()
-    for ours, their in zip(frames, theirs):
+    for ours, their in zip(seen(frames, len(theirs)), theirs):
         _same_frame(ours, their, config)
 
 
@@ -707,7 +733,7 @@ def test_scapy_encrypts_the_same_tunnel_frame(suite_name: str, outer: int, inner
     sa = stack.add_sa(config)
     result = miniport.send(stack.build(packets, sa, ivs=ivs))
     assert not result.status.any()
-    for ours, their in zip(result.wire.frames(), theirs):
+    for ours, their in zip(seen(result.wire.frames(), len(theirs)), theirs):
         _same_frame(ours, their, config)
 
 

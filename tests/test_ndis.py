@@ -1,33 +1,13 @@
 """Tests for ipsecoffload.ndis: constants, ABI layouts and NBL slot bit layouts (spec §2-5)."""
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import pathlib
 import struct
-import sys
 
 import pytest
 from hypothesis import given, strategies as st
 
 
-def _load_ndis():
-    """Import ipsecoffload.ndis; if the package itself is missing or broken, load the file."""
-    root = pathlib.Path(__file__).resolve().parents[1]
-    if (root / "ipsecoffload" / "__init__.py").exists():
-        try:
-            return importlib.import_module("ipsecoffload.ndis")
-        except Exception:
-            pass
-    spec = importlib.util.spec_from_file_location("_ipsecoffload_ndis_under_test",
-                                                  root / "ipsecoffload" / "ndis.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-ndis = _load_ndis()
+from ipsecoffload import ndis  # an import error fails the module, never a fallback
 
 KEY = bytes.fromhex("deadbeefcafebabe0011223344556677") + b"SECRETKEY"
 

@@ -132,38 +132,39 @@ def naive_receive_packets_per_second(size: int, batch: int = DEFAULT_BATCH,
     HMAC compared in constant time, then a new CBC decryptor; GMAC and NULL + HMAC: the tag."""
     size = -(-size // 16) * 16 if suite.encryption.startswith("aes-cbc") else size
     packets = [os.urandom(size) for _ in range(batch)]
+    integrity = suite.integrity or ""
     if suite.aead:
         aead, aad = AESGCM(bytes(int(suite.encryption[-3:]) // 8)), bytes(8)
         sealed = [aead.encrypt(i.to_bytes(12, "big"), p, aad) for i, p in enumerate(packets)]
 
-        def run() -> None:
+        def open_aead() -> None:
             for i, ct in enumerate(sealed):
                 aead.decrypt(i.to_bytes(12, "big"), ct, aad)
-        return _rate(run, min_time) * batch
+        return _rate(open_aead, min_time) * batch
     if suite.gmac:
-        gmac = AESGCM(bytes(int(suite.integrity[-3:]) // 8))
+        gmac = AESGCM(bytes(int(integrity[-3:]) // 8))
         tags = [gmac.encrypt(i.to_bytes(12, "big"), b"", p) for i, p in enumerate(packets)]
 
-        def run() -> None:
+        def verify_gmac() -> None:
             for i, packet in enumerate(packets):
                 hmac.compare_digest(gmac.encrypt(i.to_bytes(12, "big"), b"", packet), tags[i])
-        return _rate(run, min_time) * batch
-    digest = _HASHLIB[suite.integrity]
-    auth_key = bytes(INTEGRITIES[suite.integrity][1])
-    tags = [hmac.new(auth_key, p, digest).digest() for p in packets]
+        return _rate(verify_gmac, min_time) * batch
+    digest = _HASHLIB[integrity]
+    auth_key = bytes(INTEGRITIES[integrity][1])
+    macs = [hmac.new(auth_key, p, digest).digest() for p in packets]
     key = bytes(ENCRYPTIONS[suite.encryption][1]) if suite.encryption != "null" else b""
 
-    def run() -> None:
+    def verify_and_decrypt() -> None:
         for i, packet in enumerate(packets):
-            if hmac.compare_digest(hmac.new(auth_key, packet, digest).digest(), tags[i]) and key:
+            if hmac.compare_digest(hmac.new(auth_key, packet, digest).digest(), macs[i]) and key:
                 decryptor = Cipher(algorithms.AES(key), modes.CBC(i.to_bytes(16, "big"))
                                    ).decryptor()
                 decryptor.update(packet)
                 decryptor.finalize()
-    return _rate(run, min_time) * batch
+    return _rate(verify_and_decrypt, min_time) * batch
 
 
-def _rate(run: Callable[[], None], min_time: float) -> float:
+def _rate(run: Callable[[], object], min_time: float) -> float:
     """Calls per second of ``run``, timed over at least ``min_time`` seconds."""
     run()  # warm up
     calls, start = 0, time.perf_counter()
@@ -175,16 +176,18 @@ def _rate(run: Callable[[], None], min_time: float) -> float:
             return calls / elapsed
 
 
-def _naive_call(suite: Suite) -> Callable[[int, bytearray, bytearray], None]:
+def _naive_call(suite: Suite) -> Callable[[int, bytearray, bytearray], object]:
     """What a plain program does for one packet of this suite."""
     if suite.aead:
         aead, aad = AESGCM(bytes(int(suite.encryption[-3:]) // 8)), bytes(8)
         return lambda i, packet, out: aead.encrypt_into(i.to_bytes(12, "big"), packet, aad, out)
+    integrity = suite.integrity
+    assert integrity is not None  # Suite refuses a non-AEAD suite without integrity
     if suite.gmac:
-        aead = AESGCM(bytes(int(suite.integrity[-3:]) // 8))
+        aead = AESGCM(bytes(int(integrity[-3:]) // 8))
         return lambda i, packet, out: aead.encrypt(i.to_bytes(12, "big"), b"", packet)
-    digest = _HASHLIB[suite.integrity]
-    auth_key = bytes(INTEGRITIES[suite.integrity][1])
+    digest = _HASHLIB[integrity]
+    auth_key = bytes(INTEGRITIES[integrity][1])
     if suite.encryption == "null":
         return lambda i, packet, out: hmac.new(auth_key, packet, digest).digest()
     key = bytes(ENCRYPTIONS[suite.encryption][1])

@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 import time
 from typing import Optional, Sequence
 
@@ -223,8 +224,13 @@ def _window(text: str) -> int:
 
 
 def cmd_wireshark_sa(args) -> int:
-    for line in wireshark_esp_sa(load_sa_file(args.sa)):
+    from ..io.wireshark import wireshark_notes
+
+    policies = load_sa_file(args.sa)
+    for line in wireshark_esp_sa(policies):
         print(line)
+    for note in wireshark_notes(policies):
+        print(f"{PROG}: note: {note}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -248,7 +254,9 @@ def cmd_demo(args) -> int:
           f"with the demo keys)")
     print(f"To decrypt in Wireshark: put the lines of {os.path.join(out, 'esp_sa')} into your "
           f"profile's esp_sa file (e.g. ~/.config/wireshark/esp_sa), then run "
-          f"'wireshark -o esp.enable_encryption_decode:TRUE {os.path.join(out, 'esp.pcap')}'")
+          f"'wireshark -o esp.enable_encryption_decode:TRUE "
+          f"-o esp.enable_authentication_check:TRUE {os.path.join(out, 'esp.pcap')}' "
+          f"(Wireshark cannot check the ICVs of the ESN SA esn6: no ESN in its SA table)")
     return EXIT_OK
 
 
@@ -262,6 +270,12 @@ def cmd_bench(args) -> int:
         print(json.dumps([row.as_dict() for row in rows]))
     else:
         print(bench.format_table(rows))
+    if args.plot:
+        from .plot import plot_rows
+        try:
+            plot_rows(rows, args.plot)
+        except ImportError as error:
+            raise UsageError(str(error)) from None
     return EXIT_OK
 
 
@@ -297,6 +311,47 @@ def version_text() -> str:
 
 
 # -- parser ----------------------------------------------------------------------------------
+SA_FILE_POINTER = ("SA file: a JSON list of SAs in the format README.md gives (section "
+                   "\"SA file\"); 'ipsecoffload demo' writes one (sa.json) to start from.")
+EPILOGS = {
+    "demo": """examples:
+  ipsecoffload demo                      # writes demo-out/plain.pcap, esp.pcap, sa.json, esp_sa
+  ipsecoffload demo --out /tmp/demo      # somewhere else
+  ipsecoffload encrypt -i demo-out/plain.pcap -o again.pcap --sa demo-out/sa.json""",
+    "encrypt": """examples:
+  ipsecoffload encrypt -i plain.pcap -o esp.pcap --sa sa.json
+  ipsecoffload encrypt -i plain.pcap -o esp.pcap --sa sa.json --mss 1448   # LSO segments
+  ipsecoffload encrypt -i plain.pcap -o esp.pcap --sa sa.json --json       # summary as JSON""",
+    "wireshark-sa": "\n".join([
+        "examples:",
+        "  ipsecoffload wireshark-sa --sa demo-out/sa.json   # the demo's SAs",
+        "  ipsecoffload wireshark-sa --sa sa.json > esp_sa   # notes on stderr, table on stdout",
+        "  opts=(); while read -r l; do opts+=(-o \"uat:esp_sa:$l\"); done < esp_sa",
+        "  tshark -r esp.pcap -o esp.enable_encryption_decode:TRUE \\",
+        "         -o esp.enable_authentication_check:TRUE \"${opts[@]}\""]),
+    "bench": """examples:
+  ipsecoffload bench                                   # AES-GCM-128, 64 to 9000 bytes
+  ipsecoffload bench --encryption aes-cbc-128 --integrity hmac-sha256-128 --json
+  ipsecoffload bench --path lso --mss 1448 --plot lso.png""",
+}
+
+
+def _epilog(command: str) -> str:
+    text = EPILOGS[command]
+    if command in ("demo", "bench"):
+        return text
+    return f"{text}\n\n" + "\n".join(textwrap.wrap(SA_FILE_POINTER, 78))
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Descriptions wrapped as usual; the epilog (examples) kept line by line."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("examples:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="In software, what a NIC does for Windows IPsec "
                                             "Offload Version 2: offloaded ESP SAs, the send "
@@ -307,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
 
     demo = commands.add_parser(
-        "demo", help="synthetic traffic through built-in SAs; writes plain.pcap, esp.pcap, "
+        "demo", epilog=_epilog("demo"), formatter_class=_HelpFormatter,
+        help="synthetic traffic through built-in SAs; writes plain.pcap, esp.pcap, "
                      "sa.json and esp_sa",
         description="With no input at all: synthetic IPv4/IPv6 TCP/UDP traffic (LSO "
                     "super-packets included) through built-in SAs (AES-GCM transport, "
@@ -319,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=cmd_demo)
 
     encrypt = commands.add_parser(
-        "encrypt", help="plaintext capture to IPsec capture",
+        "encrypt", epilog=_epilog("encrypt"), formatter_class=_HelpFormatter,
+        help="plaintext capture to IPsec capture",
         description="Encrypt a classic pcap capture (Ethernet or raw IP) with the SAs of an SA "
                     "file: the first SA whose selector matches a packet protects it, unmatched "
                     "packets pass in clear, malformed packets are counted and dropped. The "
@@ -364,15 +421,21 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"packets per batch (default: {DEFAULT_BATCH})")
     decrypt.set_defaults(run=cmd_decrypt)
     wireshark = commands.add_parser(
-        "wireshark-sa", help="print the Wireshark esp_sa table for an SA file (with keys)",
+        "wireshark-sa", epilog=_epilog("wireshark-sa"), formatter_class=_HelpFormatter,
+        help="print the Wireshark esp_sa table for an SA file (with keys)",
         description="Print the SAs as lines of Wireshark's esp_sa file (Preferences > "
                     "Protocols > ESP > ESP SAs). This prints the keys: it is the one command "
-                    "that outputs key material.")
+                    "that outputs key material. What Wireshark cannot check goes to stderr, "
+                    "one note per SA: ESN SAs (its SA table has no extended sequence numbers, "
+                    "so their ICVs show as bad), AES-GMAC (not in Wireshark: no ICV check, "
+                    "the IV read as payload) and AH (no ICV check). AES-GCM, AES-CBC + HMAC "
+                    "and NULL + HMAC without ESN decrypt and verify.")
     wireshark.add_argument("--sa", metavar="SA.json", required=True, help="the SA file")
     wireshark.set_defaults(run=cmd_wireshark_sa)
 
     benchmark = commands.add_parser(
-        "bench", help="throughput per packet size, with reference figures",
+        "bench", epilog=_epilog("bench"), formatter_class=_HelpFormatter,
+        help="throughput per packet size, with reference figures",
         description="Miniport throughput per packet size, with the same run's reference "
                     "figures: the suite's raw cipher on 1 MiB (limit) and a Python loop of one "
                     "cipher call per packet (naive). Path 'send': prebuilt frames, one NBL "
@@ -396,11 +459,16 @@ def build_parser() -> argparse.ArgumentParser:
                            help="SA-file integrity name (with aes-cbc-* or null)")
     benchmark.add_argument("--min-time", metavar="SECONDS", type=_min_time, default=0.3,
                            help="time each measurement for at least this long (default: 0.3)")
+    benchmark.add_argument("--plot", metavar="FILE.png",
+                           help="also draw Gbit/s against size for ours, the naive loop and "
+                                "the raw cipher, from this run (needs matplotlib: "
+                                "pip install 'ipsecoffload[plot]')")
     benchmark.set_defaults(run=cmd_bench)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
         return args.run(args)
@@ -413,5 +481,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
+    message = " ".join(message.split())
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    if "--json" in argv:  # a program reading stdout gets the error as JSON too
+        print(json.dumps({"error": message}))
     return EXIT_USAGE

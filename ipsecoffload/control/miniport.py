@@ -6,7 +6,7 @@ import dataclasses
 import os
 import threading
 from collections import Counter
-from typing import Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -100,7 +100,7 @@ class Miniport:
     # -- OIDs ----------------------------------------------------------------------------
     def set_information(self, oid: int, info) -> NdisStatus:
         """An NDIS set request (direct OIDs included)."""
-        handlers = {
+        handlers: dict[int, Callable[[Any], NdisStatus]] = {
             ndis.OID_TCP_TASK_IPSEC_OFFLOAD_V2_ADD_SA: self.add_sa,
             ndis.OID_TCP_TASK_IPSEC_OFFLOAD_V2_ADD_SA_EX: self.add_sa_ex,
             ndis.OID_TCP_TASK_IPSEC_OFFLOAD_V2_DELETE_SA: self.delete_sa,
@@ -213,13 +213,12 @@ class Miniport:
         Given ``NetBufferList`` objects, each is completed in place (``status``, LSO
         completion info in slot 2). The frames that leave are in ``result.wire``.
         """
-        given_nbls = not isinstance(nbls, PacketBatch)
-        batch = PacketBatch.from_nbls(nbls) if given_nbls else nbls
+        batch = nbls if isinstance(nbls, PacketBatch) else PacketBatch.from_nbls(nbls)
         result = run_send(batch, self.sas.snapshot(), config=self.config_bits(),
                           icv_space=self.icv_space, iv_source=self.iv_source,
                           kernels=self.kernels, backends=self.backends,
                           random_source=self.random_source)
-        if given_nbls:
+        if not isinstance(nbls, PacketBatch):
             for nbl, status, lso_done in zip(nbls, result.status, result.lso_complete):
                 nbl.status = int(status)
                 if nbl.get_info(ndis.NblInfo.TCP_LARGE_SEND):
@@ -249,15 +248,19 @@ class Miniport:
         IPsecOffloadV2Header and its frame as the NIC leaves it (one frame per NBL).
         The NIC never rejects a replay: that is the stack's (HostStack.receive).
         """
-        given_nbls = not isinstance(frames, PacketBatch)
-        batch = PacketBatch.from_nbls(frames) if given_nbls else frames
+        nbls: Optional[list] = None
+        if isinstance(frames, PacketBatch):
+            batch = frames
+        else:
+            nbls = list(frames)
+            batch = PacketBatch.from_nbls(nbls)
         result = run_receive(batch, self.sas.snapshot(), self.sas.rx_state, self.sas.rx_lock,
                              config=self.receive_config_bits(), kernels=self.kernels,
                              backends=self.backends, delete_after=self.sa_delete_after or 0)
-        if given_nbls:
+        if nbls is not None:
             info, header = result.ipsec_info.tolist(), result.header_info.tolist()
             first = batch.oob["first_nb"].tolist()
-            for k, nbl in enumerate(frames):
+            for k, nbl in enumerate(nbls):
                 if not nbl.net_buffers:
                     continue
                 i = first[k]
@@ -307,8 +310,8 @@ class Miniport:
         record = self.sas.record(handle)
         if record is None:
             return None
-        fields = {name: int(record[name]) for name in ("handle", "in_use", "inbound", "ipv6",
-                                                        "n_xf")}
+        fields: dict[str, Any] = {name: int(record[name]) for name in
+                                  ("handle", "in_use", "inbound", "ipv6", "n_xf")}
         xf = record["xf"][0]
         fields.update({name: int(xf[name]) for name in xf.dtype.names if name != "salt"})
         if record["n_xf"] > 1:

@@ -48,7 +48,8 @@ class TableSnapshot:
     records: np.ndarray  # SA_RECORD_DTYPE, read-only
     keys: tuple = field(repr=False)  # SaKeys or None per key row (slot * 2 + layer)
     records_bytes: np.ndarray = field(repr=False)  # the same memory as uint8, for the kernels
-    rx_keys: np.ndarray = field(repr=False, default=None)  # RX_SA_KEY_DTYPE bytes, by SPI
+    rx_keys: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.uint8))
+    # ^ RX_SA_KEY_DTYPE rows as bytes, sorted by SPI
 
 
 def _single_bit(owner: str, value: int) -> None:

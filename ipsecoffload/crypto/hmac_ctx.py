@@ -15,6 +15,7 @@ Key material appears in no repr, log or error message.
 from __future__ import annotations
 
 import hashlib
+from typing import Callable, Dict
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as _chmac
@@ -30,7 +31,8 @@ _ALGS = {
     Integrity.HMAC_SHA1_96: ("sha1", 20, 64),
     Integrity.HMAC_SHA256_128: ("sha256", 32, 64),
 }
-_CRYPTO_HASHES = {"md5": hashes.MD5, "sha1": hashes.SHA1, "sha256": hashes.SHA256}
+_CRYPTO_HASHES: Dict[str, Callable[[], hashes.HashAlgorithm]] = {
+    "md5": hashes.MD5, "sha1": hashes.SHA1, "sha256": hashes.SHA256}
 
 
 def _crypto_hmac(name: str, key: bytes):

@@ -3,7 +3,7 @@ Never shows a key."""
 from __future__ import annotations
 
 import threading
-from typing import Optional
+from typing import Any, Callable, Dict, Optional
 
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -11,8 +11,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..datapath.layout import Integrity, Suite
 
-_HASHES = {Integrity.HMAC_MD5_96: hashes.MD5, Integrity.HMAC_SHA1_96: hashes.SHA1,
-           Integrity.HMAC_SHA256_128: hashes.SHA256}
+_HASHES: Dict[Integrity, Callable[[], hashes.HashAlgorithm]] = {
+    Integrity.HMAC_MD5_96: hashes.MD5, Integrity.HMAC_SHA1_96: hashes.SHA1,
+    Integrity.HMAC_SHA256_128: hashes.SHA256}
 
 
 class SaKeys:
@@ -35,7 +36,7 @@ class SaKeys:
         self._enc_key = enc_key
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._ghash_key = None
+        self._ghash_key: Optional[Any] = None  # _fastpath.ghash_key_context, made on first use
         # GCM and GMAC: one AESGCM object (GMAC keys travel in enc_key too).
         self.aead = AESGCM(enc_key) if suite in (Suite.AES_GCM, Suite.AES_GMAC) else None
         self._hmac = (hmac.HMAC(auth_key, _HASHES[integrity]())
@@ -51,6 +52,8 @@ class SaKeys:
 
     def hmac(self) -> hmac.HMAC:
         """A fresh HMAC context (a copy of the keyed template)."""
+        if self._hmac is None:
+            raise ValueError(f"an SA with integrity {self.integrity.name} has no HMAC")
         return self._hmac.copy()
 
     def ecb_encryptor(self):

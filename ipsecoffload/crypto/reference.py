@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import hmac as std_hmac
 import struct
+from typing import Any, cast
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..datapath.layout import CRYPTO_OP_DTYPE, OpStatus, Suite
 from .keys import SaKeys
+
+
+def _aead(sa: SaKeys) -> AESGCM:
+    """The SA's AESGCM object (GCM and GMAC SAs have one)."""
+    if sa.aead is None:
+        raise ValueError(f"an SA of suite {sa.suite.name} has no AES-GCM key")
+    return sa.aead
 
 
 class ReferenceBackend:
@@ -19,7 +28,7 @@ class ReferenceBackend:
     def seal(self, arena: np.ndarray, ops: np.ndarray, idx, keys: SaKeys) -> None:
         """Seal the ops ``idx`` of ``ops`` (CRYPTO_OP_DTYPE rows, or their bytes) in place."""
         table = _ops(ops)
-        buf = memoryview(arena)
+        buf = memoryview(cast(Any, arena))  # numpy stubs: no Buffer type before 3.12
         for j in np.asarray(idx).tolist():
             op = table[j]
             seal_one(buf, keys, int(op["auth_off"]), int(op["text_off"]), int(op["text_len"]),
@@ -29,7 +38,7 @@ class ReferenceBackend:
     def open(self, arena: np.ndarray, ops: np.ndarray, idx, keys: SaKeys) -> None:
         """Verify and decrypt the ops ``idx`` in place; a bad ICV leaves the text as it was."""
         table = _ops(ops)
-        buf = memoryview(arena)
+        buf = memoryview(cast(Any, arena))  # numpy stubs: no Buffer type before 3.12
         for j in np.asarray(idx).tolist():
             op = table[j]
             ok = open_one(buf, keys, int(op["auth_off"]), int(op["text_off"]),
@@ -53,14 +62,14 @@ def seal_one(buf: memoryview, sa: SaKeys, esp: int, text: int, text_len: int, ic
     if sa.suite == Suite.AES_GCM:
         # RFC 4106: nonce = salt || IV; AAD = SPI || [SN_hi] || SN
         aad = spi_sn[:4] + esn_hi + spi_sn[4:]
-        sealed = sa.aead.encrypt(sa.salt + iv, bytes(buf[text:end]), aad)
+        sealed = _aead(sa).encrypt(sa.salt + iv, bytes(buf[text:end]), aad)
         buf[text:end] = sealed[:text_len]
         buf[icv:icv + sa.icv_len] = sealed[text_len:text_len + sa.icv_len]
         return
     if sa.suite == Suite.AES_GMAC:
         # RFC 4543: everything is AAD, the plaintext is empty, the ICV is the whole tag
         aad = spi_sn[:4] + esn_hi + spi_sn[4:] + iv + bytes(buf[text:end])
-        buf[icv:icv + 16] = sa.aead.encrypt(sa.salt + iv, b"", aad)
+        buf[icv:icv + 16] = _aead(sa).encrypt(sa.salt + iv, b"", aad)
         return
     if sa.suite == Suite.AES_CBC_HMAC:
         encryptor = Cipher(algorithms.AES(sa.enc_key), modes.CBC(iv)).encryptor()
@@ -84,11 +93,11 @@ def open_one(buf: memoryview, sa: SaKeys, esp: int, text: int, text_len: int, ic
     if sa.suite in (Suite.AES_GCM, Suite.AES_GMAC):
         header = spi_sn[:4] + esn_hi + spi_sn[4:]
         if sa.suite == Suite.AES_GMAC:
-            want = sa.aead.encrypt(sa.salt + iv, b"", header + iv + bytes(buf[text:end]))
+            want = _aead(sa).encrypt(sa.salt + iv, b"", header + iv + bytes(buf[text:end]))
             return std_hmac.compare_digest(want[:16], got)
         if sa.icv_len == 16:
             try:
-                plain = sa.aead.decrypt(sa.salt + iv, bytes(buf[text:end]) + got, header)
+                plain = _aead(sa).decrypt(sa.salt + iv, bytes(buf[text:end]) + got, header)
             except InvalidTag:
                 return False
             buf[text:end] = plain
@@ -98,7 +107,7 @@ def open_one(buf: memoryview, sa: SaKeys, esp: int, text: int, text_len: int, ic
         decryptor = Cipher(algorithms.AES(sa.enc_key),
                            modes.CTR(sa.salt + iv + b"\x00\x00\x00\x02")).decryptor()
         plain = decryptor.update(bytes(buf[text:end])) + decryptor.finalize()
-        want = sa.aead.encrypt(sa.salt + iv, plain, header)[text_len:text_len + sa.icv_len]
+        want = _aead(sa).encrypt(sa.salt + iv, plain, header)[text_len:text_len + sa.icv_len]
         if not std_hmac.compare_digest(want, got):
             return False
         buf[text:end] = plain

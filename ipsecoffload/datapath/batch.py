@@ -42,6 +42,24 @@ class PacketBatch:
     """
 
     __slots__ = ("arena", "nb_off", "nb_len", "nb_nbl", "oob", "oob_bytes")
+    arena: np.ndarray
+    nb_off: np.ndarray
+    nb_len: np.ndarray
+    nb_nbl: np.ndarray
+    oob: np.ndarray
+    oob_bytes: np.ndarray
+
+    # the OOB columns (NBL_FIELDS), installed as properties below the class
+    offload_handle: np.ndarray
+    tunnel_handle: np.ndarray
+    next_header: np.ndarray
+    pad_length: np.ndarray
+    ah_off4: np.ndarray
+    esp_off4: np.ndarray
+    lso_info: np.ndarray
+    checksum_info: np.ndarray
+    l2_len: np.ndarray
+    status: np.ndarray
 
     def __init__(self, arena, nb_off, nb_len, nb_nbl, n_nbl: int | None = None, **nbl_fields):
         self.arena = _as_array(arena, np.uint8, "arena")
@@ -111,7 +129,7 @@ class PacketBatch:
         return [self.frame(i) for i in range(self.num_buffers)]
 
     def frames_of(self, nbl: int) -> list[bytes]:
-        return [self.frame(i) for i in np.flatnonzero(self.nb_nbl == nbl)]
+        return [self.frame(int(i)) for i in np.flatnonzero(self.nb_nbl == nbl)]
 
     def __iter__(self) -> Iterator[bytes]:
         return (self.frame(i) for i in range(self.num_buffers))
@@ -196,6 +214,18 @@ class WireFrames:
 
     __slots__ = ("arena", "_table", "_table_bytes", "_oob", "_oob_bytes", "_status")
 
+    # the OOB columns (NBL_FIELDS), installed as properties below the class
+    offload_handle: np.ndarray
+    tunnel_handle: np.ndarray
+    next_header: np.ndarray
+    pad_length: np.ndarray
+    ah_off4: np.ndarray
+    esp_off4: np.ndarray
+    lso_info: np.ndarray
+    checksum_info: np.ndarray
+    l2_len: np.ndarray
+    status: np.ndarray
+
     def __init__(self, arena: np.ndarray, table: Optional[np.ndarray] = None,
                  oob: Optional[np.ndarray] = None, *, table_bytes: Optional[np.ndarray] = None,
                  oob_bytes: Optional[np.ndarray] = None, status: Optional[np.ndarray] = None):
@@ -208,12 +238,14 @@ class WireFrames:
         """One WIRE_FRAME_DTYPE row per frame (viewed on first use: a structured view costs
         microseconds, which a send of small packets does not spend unasked)."""
         if self._table is None:
+            assert self._table_bytes is not None  # one of the two is always given
             self._table = self._table_bytes.view(WIRE_FRAME_DTYPE)
         return self._table
 
     @property
     def oob(self) -> np.ndarray:
         if self._oob is None:
+            assert self._oob_bytes is not None  # one of the two is always given
             oob = self._oob_bytes.view(NBL_OOB_DTYPE)
             if self._status is not None:
                 oob["status"] = self._status
@@ -257,6 +289,7 @@ class WireFrames:
     @property
     def num_buffers(self) -> int:
         if self._table is None:
+            assert self._table_bytes is not None
             return len(self._table_bytes) // WIRE_FRAME_DTYPE.itemsize
         return len(self._table)
 
@@ -287,8 +320,14 @@ class WireFrames:
                 f"{int(self.nb_len.sum()) if len(self.table) else 0} bytes)")
 
 
+def _wire_field(name: str) -> property:
+    def get(self: WireFrames) -> np.ndarray:
+        return self.oob[name]
+    return property(get, doc=f"OOB column {name!r} of the sent batch")
+
+
 for _name in NBL_FIELDS:
-    setattr(WireFrames, _name, property(lambda self, _n=_name: self.oob[_n]))
+    setattr(WireFrames, _name, _wire_field(_name))
 
 
 class PacketBatchBuilder:

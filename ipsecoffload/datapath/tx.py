@@ -56,6 +56,7 @@ class SendResult:
     def plans(self) -> np.ndarray:
         """The NB_PLAN_DTYPE row of every input NET_BUFFER (viewed on first use)."""
         if self._plans is None:
+            assert self._plan_bytes is not None  # one of the two is always given
             self._plans = self._plan_bytes.view(NB_PLAN_DTYPE)
         return self._plans
 

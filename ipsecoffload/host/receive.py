@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import threading
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import numpy as np
 
@@ -99,6 +99,14 @@ def _prefix(text: Optional[str], ipv6: bool) -> tuple[bytes, int]:
 
 class ReceiveMixin:
     """HostStack's receive methods (state created on first use)."""
+
+    if TYPE_CHECKING:  # what HostStack provides
+        miniport: Any
+
+        @property
+        def l2_length(self) -> int: ...
+
+        def remove_sa(self, sa: Any) -> None: ...
 
     def _rx_init(self) -> None:
         if getattr(self, "_rx_sas", None) is None:

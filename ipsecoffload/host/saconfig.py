@@ -76,9 +76,9 @@ class SaConfig:
                 raise bad("integrity", f"must be one of {_choices(INTEGRITIES)} with "
                                        f"{self.encryption!r} (every ESP SA needs integrity), "
                                        f"got {self.integrity!r}")
-            if self.integrity.startswith("aes-gmac") and self.encryption != "null":
+            if self._integrity.startswith("aes-gmac") and self.encryption != "null":
                 raise bad("integrity", "AES-GMAC goes only with encryption 'null'")
-            implied = INTEGRITIES[self.integrity][2]
+            implied = INTEGRITIES[self._integrity][2]
             if self.icv_len not in (None, implied):
                 raise bad("icv_len", f"is fixed at {implied} by {self.integrity!r}, "
                                      f"got {self.icv_len!r}")
@@ -88,9 +88,9 @@ class SaConfig:
             raise bad("key", f"must be {want} bytes ({what}) for {self.encryption!r}, "
                              f"got {len(self.key)} bytes")
         if not gcm:
-            want = INTEGRITIES[self.integrity][1]
+            want = INTEGRITIES[self._integrity][1]
             if len(self.auth_key) != want:
-                what = ("AES key || 4-byte salt" if self.integrity.startswith("aes-gmac")
+                what = ("AES key || 4-byte salt" if self._integrity.startswith("aes-gmac")
                         else "the HMAC key")
                 raise bad("auth_key", f"must be {want} bytes ({what}) for {self.integrity!r}, "
                                       f"got {len(self.auth_key)} bytes")
@@ -123,6 +123,12 @@ class SaConfig:
 
     # -- derived ---------------------------------------------------------------------
     @property
+    def _integrity(self) -> str:
+        """``integrity`` where it is set: every SA but AES-GCM has one (__post_init__)."""
+        assert self.integrity is not None
+        return self.integrity
+
+    @property
     def gcm(self) -> bool:
         return self.encryption.startswith("aes-gcm")
 
@@ -137,7 +143,7 @@ class SaConfig:
         """ICV bytes on the wire."""
         if self.gcm:
             return self.icv_len or 16
-        return INTEGRITIES[self.integrity][2]
+        return INTEGRITIES[self._integrity][2]
 
     @property
     def align(self) -> int:
@@ -146,7 +152,7 @@ class SaConfig:
 
     @property
     def tunnel_ipv6(self) -> Optional[bool]:
-        if self.mode != "tunnel":
+        if self.mode != "tunnel" or self.tunnel_src is None:
             return None
         return ipaddress.ip_address(self.tunnel_src).version == 6
 
@@ -159,9 +165,9 @@ class SaConfig:
                                                additional_info=self.icv if self.gcm else 0)
         auth = ndis.IpsecOffloadV2AlgorithmInfo()
         if not self.gcm:
-            gmac = self.integrity.startswith("aes-gmac")
+            gmac = self._integrity.startswith("aes-gmac")
             auth = ndis.IpsecOffloadV2AlgorithmInfo(
-                identifier=int(INTEGRITIES[self.integrity][0]), key_length=len(self.auth_key),
+                identifier=int(INTEGRITIES[self._integrity][0]), key_length=len(self.auth_key),
                 key_offset_bytes=len(self.key), additional_info=16 if gmac else 0)
         sa = ndis.IpsecOffloadV2SecurityAssociation(
             flags=ndis.IPSEC_OFFLOAD_V2_ESN_SA if self.esn else 0,

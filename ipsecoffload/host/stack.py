@@ -20,6 +20,7 @@ from .. import ndis
 from ..datapath.batch import PacketBatch, PacketBatchBuilder
 from ..inet import ones_complement_sum
 from ..ndis import NdisStatus
+from ..errors import IpsecOffloadError, SaOffloadRefused
 from ..host.saconfig import SaConfig
 from .receive import ReceiveMixin
 from ..datapath.tx import SendResult
@@ -40,7 +41,7 @@ TCP_SYN, TCP_RST, TCP_URG = 0x02, 0x04, 0x20
 DF_POLICIES = ("copy", "set", "clear")
 
 
-class SequenceNumberExhausted(ValueError):
+class SequenceNumberExhausted(IpsecOffloadError, ValueError):
     """The SA has no sequence numbers left for the packets asked for (docs/protocol.md: an SN
     never wraps; a new SA is needed)."""
 
@@ -85,6 +86,7 @@ class StackSa:
         self._owner: Optional[HostStack] = None
         self._tunnel_endpoints: Optional[tuple[bytes, bytes]] = None
         if config.mode == "tunnel":
+            assert config.tunnel_src and config.tunnel_dst  # SaConfig checked them
             self._tunnel_endpoints = (ipaddress.ip_address(config.tunnel_src).packed,
                                       ipaddress.ip_address(config.tunnel_dst).packed)
         # Derived once: the per-packet checks must not parse addresses again
@@ -342,7 +344,7 @@ class HostStack(ReceiveMixin):
             if head is not None:
                 status = self.miniport.delete_sa(head)
                 if status != NdisStatus.SUCCESS:
-                    raise RuntimeError(f"DELETE_SA for {_sa_label(sa.config)} failed: "
+                    raise SaOffloadRefused(f"DELETE_SA for {_sa_label(sa.config)} failed: "
                                        f"{_status_name(status)}")
             sa.handles.clear()
             sa._nic_seq_hi.clear()
@@ -366,7 +368,7 @@ class HostStack(ReceiveMixin):
         entry = sa.config.add_sa_entry(ipv6)
         status = self.miniport.add_sa(entry)
         if status != NdisStatus.SUCCESS or not entry.offload_handle:
-            raise RuntimeError(f"ADD_SA ({'IPv6' if ipv6 else 'IPv4'}) for "
+            raise SaOffloadRefused(f"ADD_SA ({'IPv6' if ipv6 else 'IPv4'}) for "
                                f"{_sa_label(sa.config)} refused: {_status_name(status)}")
         sa.handles[ipv6] = entry.offload_handle
         sa._nic_seq_hi[ipv6] = entry.sec_assoc[0].sequence_number_high_order
@@ -381,7 +383,7 @@ class HostStack(ReceiveMixin):
                 offload_handle=sa.handles[ipv6], operation=ndis.IpsecOperation.ESP,
                 spi=sa.config.spi, sequence_number_high_order=seq_hi))
             if status != NdisStatus.SUCCESS:
-                raise RuntimeError(f"UPDATE_SA for {_sa_label(sa.config)} refused: "
+                raise SaOffloadRefused(f"UPDATE_SA for {_sa_label(sa.config)} refused: "
                                    f"{_status_name(status)}")
             sa._nic_seq_hi[ipv6] = seq_hi
 
@@ -426,6 +428,7 @@ class HostStack(ReceiveMixin):
     def _outer_header(self, inner: IpPacket, sa: StackSa, protocol: int) -> bytearray:
         """The tunnel-mode outer header, lengths still 0 (docs/send-path.md, RFC 6040 normal
         mode: DSCP and ECN copied)."""
+        assert sa._tunnel_endpoints is not None  # a tunnel SA
         src, dst = sa._tunnel_endpoints
         if len(src) == 4:
             df = {"copy": inner.dont_fragment, "set": True, "clear": False}[self.tunnel_df]
@@ -485,7 +488,7 @@ class HostStack(ReceiveMixin):
         if config.mode == "transport" and parsed.fragment:
             raise ValueError("IPsec is never offloaded for IP fragments (docs/protocol.md); "
                              "a transport-mode packet must not be a fragment")
-        if config.mode == "tunnel":
+        if sa._tunnel_endpoints is not None:  # tunnel mode
             bundle = len(sa._tunnel_endpoints[0]) == 16
         else:
             bundle = parsed.version == 6
@@ -544,17 +547,17 @@ class HostStack(ReceiveMixin):
             return self._transmit(sa, self._prepare(packets, sa, ivs))
 
     def _transmit(self, sa: Optional[StackSa], nbls: list[_Nbl]) -> SendResult:
-        esn = sa is not None and sa.config.esn
+        esn_sa = sa if sa is not None and sa.config.esn else None
         results = []
-        for part in (_split_by_seq_hi(nbls) if esn else [nbls]):
-            bundles = {nbl.bundle for nbl in part}
-            if esn and part:
-                self._sync_seq_hi(sa, bundles, part[0].first_sn >> 32)
+        for part in (_split_by_seq_hi(nbls) if esn_sa else [nbls]):
+            bundles = {nbl.bundle for nbl in part if nbl.bundle is not None}
+            if esn_sa and part:
+                self._sync_seq_hi(esn_sa, bundles, part[0].first_sn >> 32)
             results.append(self.miniport.send(_to_batch(part)))
-            if esn and part:
+            if esn_sa and part:
                 # an LSO super-packet may end in the next high word: the NIC carried into
                 # it for its segments only (docs/send-path.md); the record must follow
-                self._sync_seq_hi(sa, bundles, part[-1].last_sn >> 32)
+                self._sync_seq_hi(esn_sa, bundles, part[-1].last_sn >> 32)
         return concat_results(results)
 
     # -- LSO super-packets (docs/send-path.md) ----------------------------------------------------
@@ -589,6 +592,7 @@ class HostStack(ReceiveMixin):
             return self._plain_lso_nbl(parsed, tcp_len, mss, lso_version)
         payload_len = len(parsed.data) - parsed.l4_offset - tcp_len
         segments = max(1, -(-payload_len // mss))  # one SN per segment (docs/send-path.md G6)
+        assert bundle is not None  # _parse_for gave it with the SA
         self._ensure_bundle(sa, bundle)
         return self._frame_with_sns(sa, segments, lambda first: [self._lso_nbl(
             sa, parsed, bundle, tcp_len, mss, lso_version, pad_length, first,
@@ -669,7 +673,7 @@ def _bundle_versions(config: SaConfig) -> set[bool]:
     """IP versions (True = IPv6) this SA may need a bundle for: the outer one for tunnel
     SAs (docs/send-path.md), its endpoints' for transport SAs that name them, else both."""
     if config.mode == "tunnel":
-        return {config.tunnel_ipv6}
+        return {bool(config.tunnel_ipv6)}
     versions = _endpoint_versions(config)
     if versions:
         return {v == 6 for v in versions}

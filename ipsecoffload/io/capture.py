@@ -138,7 +138,8 @@ class CaptureEncryptor:
             stats.packets += 1
             stats.bytes_in += len(frame)
             lso = (policy_index >= 0 and summary.mss is not None and info.proto == TCP
-                   and info.lso_capable and info.tcp_payload > summary.mss
+                   and info.lso_capable and info.tcp_payload is not None
+                   and info.tcp_payload > summary.mss
                    and self.policies[policy_index].config.mode == "transport")
             packet = frame[l2:l2 + info.length]
             groups.setdefault(policy_index, []).append(_Job(index, packet, lso))
@@ -191,6 +192,7 @@ class CaptureEncryptor:
         self._collect(result, run, stats, outputs)
 
     def _send_lso(self, sa, job: _Job, stats: SaStats, outputs: list) -> None:
+        assert self.summary.mss is not None  # only LSO jobs come here, and only with an MSS
         try:
             result = self.stack.send_lso(job.packet, sa, self.summary.mss)
         except (SequenceNumberExhausted, ValueError) as error:

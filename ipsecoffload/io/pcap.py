@@ -11,7 +11,10 @@ import os
 import struct
 import time
 import warnings
-from typing import BinaryIO, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import (BinaryIO, Iterable, Iterator, List, NamedTuple, Optional, Sized, Tuple,
+                    Union, cast)
+
+from ..errors import IpsecOffloadError
 
 __all__ = [
     "LINKTYPE_ETHERNET",
@@ -69,9 +72,10 @@ _RECORD_BE = struct.Struct(">IIII")
 _NS_PER_S = 1_000_000_000
 
 PathOrFile = Union[str, "os.PathLike[str]", BinaryIO]
+PathLike = Union[str, "os.PathLike[str]"]
 
 
-class PcapError(Exception):
+class PcapError(IpsecOffloadError):
     """The file is not a usable classic pcap capture, or an argument is unsupported."""
 
 
@@ -141,12 +145,12 @@ class PcapReader:
     def __init__(self, path_or_file: PathOrFile):
         self.name = _display_name(path_or_file)
         if _is_path(path_or_file):
-            self._file = open(path_or_file, "rb")
+            self._file: BinaryIO = open(cast(PathLike, path_or_file), "rb")
             self._owns_file = True
         else:
             if not hasattr(path_or_file, "read"):
                 raise TypeError(f"expected a path or a binary file object, got {type(path_or_file).__name__}")
-            self._file = path_or_file
+            self._file = cast(BinaryIO, path_or_file)
             self._owns_file = False
         self._done = False
         self.records_read = 0
@@ -326,12 +330,12 @@ class PcapWriter:
         self._frac_per_s = _NS_PER_S if self.nanosecond else 1_000_000
         self._ns_per_frac = 1 if self.nanosecond else 1000
         if _is_path(path_or_file):
-            self._file = open(path_or_file, "wb")
+            self._file: BinaryIO = open(cast(PathLike, path_or_file), "wb")
             self._owns_file = True
         else:
             if not hasattr(path_or_file, "write"):
                 raise TypeError(f"expected a path or a binary file object, got {type(path_or_file).__name__}")
-            self._file = path_or_file
+            self._file = cast(BinaryIO, path_or_file)
             self._owns_file = False
         self._closed = False
         magic = MAGIC_NS if self.nanosecond else MAGIC_US
@@ -395,9 +399,10 @@ class PcapWriter:
             for frame in frames:
                 self._write_one(frame, time.time_ns())
             return
-        if hasattr(frames, "__len__") and hasattr(timestamps_ns, "__len__") \
-                and len(frames) != len(timestamps_ns):
-            raise ValueError(f"got {len(frames)} frames but {len(timestamps_ns)} timestamps")
+        if hasattr(frames, "__len__") and hasattr(timestamps_ns, "__len__"):
+            n_frames, n_ts = len(cast(Sized, frames)), len(cast(Sized, timestamps_ns))
+            if n_frames != n_ts:
+                raise ValueError(f"got {n_frames} frames but {n_ts} timestamps")
         frame_iter = iter(frames)
         ts_iter = iter(timestamps_ns)
         sentinel = object()
@@ -408,7 +413,7 @@ class PcapWriter:
                 return
             if frame is sentinel or ts is sentinel:
                 raise ValueError("frames and timestamps_ns have different lengths")
-            self._write_one(frame, operator.index(ts))
+            self._write_one(frame, operator.index(cast(int, ts)))
 
     def flush(self) -> None:
         self._check_open()

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Optional, Sequence, Union
 
+from ..errors import IpsecOffloadError
 from ..host.packetinfo import ICMP, ICMPV6, TCP, UDP, MalformedPacket, PacketInfo, parse_packet
 from ..host.saconfig import SaConfig
 
@@ -25,7 +26,7 @@ SA_KEYS = ("name", "selector", "protocol", "mode", "tunnel", "spi", "encryption"
 SELECTOR_KEYS = ("src", "dst", "proto", "sport", "dport")
 
 
-class SaFileError(ValueError):
+class SaFileError(IpsecOffloadError, ValueError):
     """The SA file cannot be used; the message says where and why (never key bytes)."""
 
 
@@ -73,7 +74,7 @@ class Selector:
             if isinstance(self.proto, str) and self.proto.lower() in PROTOCOL_NAMES:
                 protos = PROTOCOL_NAMES[self.proto.lower()]
                 object.__setattr__(self, "proto", self.proto.lower())
-            elif _is_int(self.proto) and 0 <= self.proto <= 255:
+            elif isinstance(self.proto, int) and _is_int(self.proto) and 0 <= self.proto <= 255:
                 protos = (self.proto,)
             else:
                 raise ValueError(f"selector.proto must be one of {_allowed(PROTOCOL_NAMES)} or "
@@ -171,7 +172,8 @@ def parse_sa_list(document, source: str = "SA list") -> list:
                           f"got a JSON {_json_type(document)}")
     if not document:
         raise SaFileError(f"{source}: lists no SA")
-    policies, names = [], {}
+    policies: list[SaPolicy] = []
+    names: dict[str, int] = {}
     for index, entry in enumerate(document):
         policy = _parse_sa(entry, index, source)
         if policy.name in names:
@@ -214,7 +216,7 @@ def _parse_sa(entry, index: int, source: str) -> SaPolicy:
         selector = Selector.from_dict(entry.get("selector"))
     except (TypeError, ValueError) as error:
         raise bad(str(error)) from None
-    kwargs = {"name": name, "spi": _spi(entry["spi"], bad)}
+    kwargs: dict[str, Any] = {"name": name, "spi": _spi(entry["spi"], bad)}
     for key in ("encryption", "mode", "integrity"):
         value = entry.get(key)
         if value is None and key != "integrity":
@@ -297,8 +299,8 @@ def _hex_key(value, name: str, bad) -> bytes:
 def policy_to_dict(policy: SaPolicy) -> dict:
     """One SA object of the SA file (keys as hex strings)."""
     config = policy.config
-    entry = {"name": policy.name, "selector": policy.selector.to_dict(), "protocol": "esp",
-             "mode": config.mode}
+    entry: dict[str, Any] = {"name": policy.name, "selector": policy.selector.to_dict(),
+                             "protocol": "esp", "mode": config.mode}
     if config.mode == "tunnel":
         entry["tunnel"] = {"src": config.tunnel_src, "dst": config.tunnel_dst}
     entry.update({"spi": f"0x{config.spi:08x}", "encryption": config.encryption})
@@ -361,6 +363,7 @@ def wireshark_esp_sa(policies: Sequence[SaPolicy]) -> list:
     for policy in policies:
         config = policy.config
         if config.mode == "tunnel":
+            assert config.tunnel_src and config.tunnel_dst  # SaConfig checked them
             rows = [(ipaddress.ip_address(config.tunnel_src).version, config.tunnel_src,
                      config.tunnel_dst)]
         else:

@@ -16,7 +16,7 @@ def op_groups(ops):
     keys = [(int(op["pass_no"]), int(op["kind"]), int(op["suite"]),
              int(op["key_row"]) & 0xFFFFFFFF) for op in table]
     order = sorted(range(len(keys)), key=lambda i: keys[i])  # stable
-    groups = []
+    groups: list[list[int]] = []
     for pos, i in enumerate(order):
         if pos == 0 or keys[i] != keys[order[pos - 1]]:
             if groups:

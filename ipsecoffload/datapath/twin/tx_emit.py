@@ -70,7 +70,7 @@ def tx_emit(batch, records, plans, rand, out, frames, ops):
         pos, fi, oi = int(p["out_pos"]), int(p["frame0"]), int(p["op0"])
         nbl = int(p["nbl"])
 
-        def put(seg: bytes) -> None:
+        def put(seg: bytes | bytearray) -> None:
             nonlocal pos, fi
             out[pos:pos + len(seg)] = np.frombuffer(bytes(seg), np.uint8)
             ftab[fi] = (pos, len(seg), nbl, i)
