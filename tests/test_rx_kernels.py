@@ -30,9 +30,9 @@ from ipsecoffload.crypto import backends_for
 from ipsecoffload.crypto.reference import ReferenceBackend
 from ipsecoffload.datapath import twin
 from ipsecoffload.datapath.batch import PacketBatch
-from ipsecoffload.datapath.layout import (CRYPTO_OP_DTYPE, RX_PLAN_DTYPE, RX_WINDOW_DTYPE,
-                                          RX_WINDOW_MAX, Config, Delivery, OpStatus, RxConfig,
-                                          RxReason)
+from ipsecoffload.datapath.layout import (CRYPTO_OP_DTYPE, HANDLE_SLOT_MASK, RX_PLAN_DTYPE,
+                                          RX_WINDOW_DTYPE, RX_WINDOW_MAX, Config, Delivery,
+                                          OpStatus, RxConfig, RxReason)
 from ipsecoffload.host.stack import HostStack
 from ipsecoffload.inet import ones_complement_sum
 
@@ -482,6 +482,37 @@ def test_fuzz_nbls_of_several_buffers(nbls):
         builder.add_nbl([bytes(max(0, l2 - 14)) + f[max(0, 14 - l2):] for f in frames],
                         l2_len=l2)
     run_both(pair, builder.build())
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.integers(0, 2**64 - 1), st.booleans(), st.booleans()),
+                min_size=4, max_size=4),
+       st.lists(st.tuples(st.integers(0, 30), st.one_of(st.none(), st.integers(0, 2**32 - 1),
+                                                        st.sampled_from([0, 1, 2**31 - 1,
+                                                                         2**31, 2**32 - 1]))),
+                min_size=1, max_size=10))
+def test_fuzz_esn_inference_from_any_state(states, picks):
+    """ESN frames (numbers kept, or a new low word: the ICV then fails) against any NIC
+    state (top, seen, tunnel) of the ESN SAs: the high words guessed, the retries and the
+    state left behind agree (RFC 4303 Appendix A2.2)."""
+    pair = fuzz_pair()
+    rows = []
+    for name, sa in pair.inb.items():
+        if sa.config.esn:
+            rows += [2 * (handle & HANDLE_SLOT_MASK) for handle in sa.handles.values()]
+    state = pair.rx.miniport.sas.rx_state
+    for row, (top, seen, tunnel) in zip(rows, states):
+        state[row]["top"], state[row]["seen"], state[row]["tunnel"] = top, seen, tunnel
+    esn = [f for f in pair.base if f[14] == 0x45 and f[14 + 9] == 50
+           and struct.unpack_from("!I", f, 14 + 20)[0] & 0xF == 5]  # the SAs spi0 + 5
+    assert len(esn) == 2 * len(FUZZ_SUITES)
+    frames = []
+    for index, low in picks:
+        frame = bytearray(esn[index % len(esn)])
+        if low is not None:
+            struct.pack_into("!I", frame, 14 + 20 + 4, low)
+        frames.append(bytes(frame))
+    run_both(pair, pair.batch(frames))
 
 
 def bad_argument_cases():
