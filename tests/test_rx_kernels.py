@@ -718,6 +718,7 @@ def synthetic(n: int, seqs, slots_handle: int):
     batch = PacketBatch.from_frames([frame] * n, l2_len=14)
     plans = np.zeros(n, RX_PLAN_DTYPE)
     plans["ip_off"], plans["esp_off"], plans["text_off"], plans["text_len"] = 14, 34, 42, 10
+    plans["nh_off"] = 14 + 9
     plans["ip_end"], plans["icv_off"] = len(frame), 52
     plans["crypto_done"], plans["next_header"], plans["header_info_set"] = 1, 59, 1
     plans["slot"], plans["handle"], plans["op"] = 0, slots_handle, -1
