@@ -515,6 +515,43 @@ def test_fuzz_esn_inference_from_any_state(states, picks):
     run_both(pair, pair.batch(frames))
 
 
+PLAN_FIELDS = ("ip_off", "esp_off", "text_off", "text_len", "nh_off", "udp_off",
+               "pad_length", "next_header", "crypto_done", "crypto_status", "ipv6", "slot",
+               "seq64")
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.integers(0, 15), st.sampled_from(PLAN_FIELDS),
+                          st.one_of(st.integers(-70, 200), st.integers(-2**31, 2**31 - 1))),
+                min_size=1, max_size=4))
+def test_fuzz_rx_deliver_with_corrupt_plans(corruptions):
+    """rx_deliver given plans that rx_run cannot make: a ValueError before anything is
+    written (windows untouched), or the same deliveries from both kernels."""
+    pair = fuzz_pair()
+    frames = [f for f in pair.base if f[14] >> 4 == 4][:8] + \
+        [f for f in pair.base if f[14] >> 4 == 6][:8]
+    batch = pair.batch(frames)
+    out, plans, *_rest = _fastpath.rx_run(batch, pair.rx.miniport.sas.snapshot(),
+                                          pair.rx.miniport.sas.rx_state.copy(), ALL_RX,
+                                          BACKENDS, threading.Lock())
+    table = plans.view(RX_PLAN_DTYPE)
+    for index, name, value in corruptions:
+        info = np.iinfo(table.dtype[name])
+        table[index][name] = min(max(value, info.min), info.max)
+    got = []
+    for kernels in (_fastpath, twin):
+        windows = pair.rx._rx_windows.copy()
+        try:
+            result = kernels.rx_deliver(batch, out, plans, pair.rx._rx_slot_sa,
+                                        pair.rx._rx_slot_handle, windows)
+        except ValueError:
+            assert windows.tobytes() == pair.rx._rx_windows.tobytes()
+            result = "ValueError"
+        got.append((result if isinstance(result, str) else [r.tobytes() for r in result],
+                    windows.tobytes()))
+    assert got[0] == got[1]
+
+
 def bad_argument_cases():
     pair = fuzz_pair()
     batch = pair.batch(pair.base[:3])
