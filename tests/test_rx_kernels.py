@@ -30,9 +30,9 @@ from ipsecoffload.crypto import backends_for
 from ipsecoffload.crypto.reference import ReferenceBackend
 from ipsecoffload.datapath import twin
 from ipsecoffload.datapath.batch import PacketBatch
-from ipsecoffload.datapath.layout import (CRYPTO_OP_DTYPE, RX_PLAN_DTYPE, RX_WINDOW_DTYPE,
-                                          RX_WINDOW_MAX, Config, Delivery, OpStatus, RxConfig,
-                                          RxReason)
+from ipsecoffload.datapath.layout import (CRYPTO_OP_DTYPE, HANDLE_SLOT_MASK, RX_PLAN_DTYPE,
+                                          RX_WINDOW_DTYPE, RX_WINDOW_MAX, Config, Delivery,
+                                          OpStatus, RxConfig, RxReason)
 from ipsecoffload.host.stack import HostStack
 from ipsecoffload.inet import ones_complement_sum
 
@@ -484,6 +484,74 @@ def test_fuzz_nbls_of_several_buffers(nbls):
     run_both(pair, builder.build())
 
 
+@FUZZ
+@given(st.lists(st.tuples(st.integers(0, 2**64 - 1), st.booleans(), st.booleans()),
+                min_size=4, max_size=4),
+       st.lists(st.tuples(st.integers(0, 30), st.one_of(st.none(), st.integers(0, 2**32 - 1),
+                                                        st.sampled_from([0, 1, 2**31 - 1,
+                                                                         2**31, 2**32 - 1]))),
+                min_size=1, max_size=10))
+def test_fuzz_esn_inference_from_any_state(states, picks):
+    """ESN frames (numbers kept, or a new low word: the ICV then fails) against any NIC
+    state (top, seen, tunnel) of the ESN SAs: the high words guessed, the retries and the
+    state left behind agree (RFC 4303 Appendix A2.2)."""
+    pair = fuzz_pair()
+    rows = []
+    for name, sa in pair.inb.items():
+        if sa.config.esn:
+            rows += [2 * (handle & HANDLE_SLOT_MASK) for handle in sa.handles.values()]
+    state = pair.rx.miniport.sas.rx_state
+    for row, (top, seen, tunnel) in zip(rows, states):
+        state[row]["top"], state[row]["seen"], state[row]["tunnel"] = top, seen, tunnel
+    esn = [f for f in pair.base if f[14] == 0x45 and f[14 + 9] == 50
+           and struct.unpack_from("!I", f, 14 + 20)[0] & 0xF == 5]  # the SAs spi0 + 5
+    assert len(esn) == 2 * len(FUZZ_SUITES)
+    frames = []
+    for index, low in picks:
+        frame = bytearray(esn[index % len(esn)])
+        if low is not None:
+            struct.pack_into("!I", frame, 14 + 20 + 4, low)
+        frames.append(bytes(frame))
+    run_both(pair, pair.batch(frames))
+
+
+PLAN_FIELDS = ("ip_off", "esp_off", "text_off", "text_len", "nh_off", "udp_off",
+               "pad_length", "next_header", "crypto_done", "crypto_status", "ipv6", "slot",
+               "seq64")
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.integers(0, 15), st.sampled_from(PLAN_FIELDS),
+                          st.one_of(st.integers(-70, 200), st.integers(-2**31, 2**31 - 1))),
+                min_size=1, max_size=4))
+def test_fuzz_rx_deliver_with_corrupt_plans(corruptions):
+    """rx_deliver given plans that rx_run cannot make: a ValueError before anything is
+    written (windows untouched), or the same deliveries from both kernels."""
+    pair = fuzz_pair()
+    frames = [f for f in pair.base if f[14] >> 4 == 4][:8] + \
+        [f for f in pair.base if f[14] >> 4 == 6][:8]
+    batch = pair.batch(frames)
+    out, plans, *_rest = _fastpath.rx_run(batch, pair.rx.miniport.sas.snapshot(),
+                                          pair.rx.miniport.sas.rx_state.copy(), ALL_RX,
+                                          BACKENDS, threading.Lock())
+    table = plans.view(RX_PLAN_DTYPE)
+    for index, name, value in corruptions:
+        info = np.iinfo(table.dtype[name])
+        table[index][name] = min(max(value, info.min), info.max)
+    got = []
+    for kernels in (_fastpath, twin):
+        windows = pair.rx._rx_windows.copy()
+        try:
+            result = kernels.rx_deliver(batch, out, plans, pair.rx._rx_slot_sa,
+                                        pair.rx._rx_slot_handle, windows)
+        except ValueError:
+            assert windows.tobytes() == pair.rx._rx_windows.tobytes()
+            result = "ValueError"
+        got.append((result if isinstance(result, str) else [r.tobytes() for r in result],
+                    windows.tobytes()))
+    assert got[0] == got[1]
+
+
 def bad_argument_cases():
     pair = fuzz_pair()
     batch = pair.batch(pair.base[:3])
@@ -687,6 +755,7 @@ def synthetic(n: int, seqs, slots_handle: int):
     batch = PacketBatch.from_frames([frame] * n, l2_len=14)
     plans = np.zeros(n, RX_PLAN_DTYPE)
     plans["ip_off"], plans["esp_off"], plans["text_off"], plans["text_len"] = 14, 34, 42, 10
+    plans["nh_off"] = 14 + 9
     plans["ip_end"], plans["icv_off"] = len(frame), 52
     plans["crypto_done"], plans["next_header"], plans["header_info_set"] = 1, 59, 1
     plans["slot"], plans["handle"], plans["op"] = 0, slots_handle, -1

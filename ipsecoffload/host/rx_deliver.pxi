@@ -87,6 +87,27 @@ cdef void ipv4_fix_checksum(uint8_t* ip) noexcept nogil:
     st16(ip + 10, (~csum_fold(csum_add(0, ip, ihl))) & 0xFFFF)
 
 
+cdef bint rx_plan_fits(const uint8_t* f, int64_t flen, int64_t l2,
+                       const RxPlan* p) noexcept nogil:
+    """Everything rx_deliver_one reads and writes for this plan lies inside the frame and
+    its share of the output (what rx_run's plans always satisfy)."""
+    cdef int64_t hdr, hdr_end
+    if not p.crypto_done:
+        return True
+    hdr = 40 if p.ipv6 else 20
+    if p.ip_off < l2 or p.ip_off > flen - hdr:
+        return False  # the selector reads the addresses
+    if p.crypto_status != CRYPTO_SUCCESS:
+        return True
+    if not p.ipv6:
+        hdr = (f[p.ip_off] & 0xF) * 4  # the checksum covers the whole header
+    hdr_end = p.udp_off if p.udp_off else p.esp_off
+    return (hdr_end >= p.ip_off + hdr and p.nh_off >= p.ip_off and p.nh_off < hdr_end
+            and (not p.udp_off or p.udp_off + 8 <= p.esp_off)
+            and p.esp_off + 8 <= p.text_off and p.text_len >= 2 + p.pad_length
+            and p.text_off <= flen - p.text_len)
+
+
 cdef int rx_deliver_one(const uint8_t* f, int64_t flen, const uint8_t* dec, int64_t l2,
                         const RxPlan* p, const int32_t* slot_sa, const uint64_t* slot_handle,
                         int64_t nslots, RxWindow* windows, int64_t nwin, uint8_t* out,
@@ -221,6 +242,18 @@ def rx_deliver(batch, out, plans, slot_sa, slot_handle, windows):
     cdef const uint64_t* handles_p = &handles[0] if nslots else NULL
     cdef const uint8_t* dec_p = &dec[0] if b.arena_size else NULL
     cdef int64_t l2
+    cdef int64_t bad = -1
+    with nogil:
+        # the plans against their frames before any write (as tx_emit checks its plans)
+        for i in range(n):
+            l2 = b.c_oob[b.c_nb_nbl[i]].l2_len
+            if l2 > b.c_nb_len[i]:
+                l2 = b.c_nb_len[i]
+            if not rx_plan_fits(b.c_arena + b.c_nb_off[i], b.c_nb_len[i], l2, plan0 + i):
+                bad = i
+                break
+    if bad >= 0:
+        raise ValueError(f"rx_deliver: plan {bad} does not fit its frame")
     with nogil:
         for i in range(n):
             l2 = b.c_oob[b.c_nb_nbl[i]].l2_len

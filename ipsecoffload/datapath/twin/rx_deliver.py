@@ -93,6 +93,28 @@ def ipv4_fix_checksum(o: bytearray, at: int) -> None:
     o[at + 10:at + 12] = struct.pack("!H", ~ones_complement_sum(bytes(o[at:at + ihl])) & 0xFFFF)
 
 
+def rx_plan_fits(f: bytes, l2: int, p) -> bool:
+    """Everything rx_deliver_one reads and writes for this plan lies inside the frame and
+    its share of the output (what rx_run's plans always satisfy)."""
+    if not p["crypto_done"]:
+        return True
+    flen, ip_off = len(f), int(p["ip_off"])
+    hdr = 40 if p["ipv6"] else 20
+    if ip_off < l2 or ip_off > flen - hdr:
+        return False  # the selector reads the addresses
+    if p["crypto_status"] != CryptoStatus.SUCCESS:
+        return True
+    if not p["ipv6"]:
+        hdr = (f[ip_off] & 0xF) * 4  # the checksum covers the whole header
+    udp_off, esp_off, nh_off = int(p["udp_off"]), int(p["esp_off"]), int(p["nh_off"])
+    text_off, text_len = int(p["text_off"]), int(p["text_len"])
+    hdr_end = udp_off or esp_off
+    return (hdr_end >= ip_off + hdr and ip_off <= nh_off < hdr_end
+            and (not udp_off or udp_off + 8 <= esp_off)
+            and esp_off + 8 <= text_off and text_len >= 2 + int(p["pad_length"])
+            and text_off <= flen - text_len)
+
+
 def rx_deliver_one(f: bytes, dec: bytes, l2: int, p, slot_sa, slot_handle,
                    windows) -> tuple[int, bytes, int]:
     """One frame: its Delivery code, what it delivers and its SA index (-1 for none)."""
@@ -192,14 +214,20 @@ def rx_deliver(batch, out, plans, slot_sa, slot_handle, windows):
                              f"packets or a selector prefix longer than its address")
     slot_sa, slot_handle = np.asarray(slot_sa).tolist(), np.asarray(slot_handle).tolist()
     dec_all = bytes(np.asarray(out))
+    frames, l2s = [], []
+    for i in range(n):
+        start, length = int(nb_off[i]), int(nb_len[i])
+        frames.append(bytes(arena[start:start + length]))
+        l2s.append(min(int(oob[int(nb_nbl[i])]["l2_len"]), length))
+        # the plans against their frames before any write (as tx_emit checks its plans)
+        if not rx_plan_fits(frames[i], l2s[i], plan[i]):
+            raise ValueError(f"rx_deliver: plan {i} does not fit its frame")
     parts, deliveries, sa_index, out_off, out_len = [], [], [], [], []
     pos = 0
     for i in range(n):
         start, length = int(nb_off[i]), int(nb_len[i])
-        l2 = min(int(oob[int(nb_nbl[i])]["l2_len"]), length)
-        code, data, sa = rx_deliver_one(bytes(arena[start:start + length]),
-                                        dec_all[start:start + length], l2, plan[i], slot_sa,
-                                        slot_handle, rows)
+        code, data, sa = rx_deliver_one(frames[i], dec_all[start:start + length], l2s[i],
+                                        plan[i], slot_sa, slot_handle, rows)
         parts.append(data)
         deliveries.append(int(code))
         sa_index.append(sa)
