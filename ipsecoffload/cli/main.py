@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 from ..cli import bench
 from ..io.capture import CLEAR, DEFAULT_BATCH, EncryptSummary, SaStats, encrypt_capture
 from ..io.pcap import LINKTYPE_ETHERNET, PcapError
+from ..io.atomic import OutputRefused
 from ..io.safile import SaFileError, SaPolicy, load_sa_file, wireshark_esp_sa
 
 PROG = "ipsecoffload"
@@ -85,13 +86,14 @@ class _Progress:
         self.start = self.last = time.perf_counter()
         self.width = 0
 
-    def __call__(self, packets: int) -> None:
+    def __call__(self, packets: int, fraction: Optional[float] = None) -> None:
         now = time.perf_counter()
         if not self.enabled or now - self.last < self.interval:
             return
         self.last = now
         rate = packets / (now - self.start) if now > self.start else 0.0
-        text = f"\r{self.label}: {packets} packets, {rate:,.0f}/s"
+        percent = f"{min(fraction, 1.0):6.1%} " if fraction is not None else ""
+        text = f"\r{self.label}: {percent}{packets} packets, {rate:,.0f}/s"
         self.width = max(self.width, len(text))
         self.stream.write(text)
         self.stream.flush()
@@ -149,9 +151,10 @@ def format_summary(summary: EncryptSummary) -> str:
     return "\n".join(lines)
 
 
-def _with_progress(label: str, work):
+def _with_progress(label: str, work, quiet: bool = False):
     """``work(progress)`` with a packet counter on stderr, erased afterwards."""
     progress = _Progress(label)
+    progress.enabled = progress.enabled and not quiet
     try:
         return work(progress)
     finally:
@@ -164,17 +167,40 @@ def _print_warnings(summary: EncryptSummary) -> None:
 
 
 # -- commands --------------------------------------------------------------------------------
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program runs so that the output is cleaned up."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
 def cmd_encrypt(args) -> int:
+    import signal
     policies = load_sa_file(args.sa)
-    summary = _with_progress("encrypt", lambda progress: encrypt_capture(
-        args.input, args.output, policies, mss=args.mss, batch_size=args.batch,
-        progress=progress))
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) \
+        if threading_main() else None
+    try:
+        summary = _with_progress("encrypt", lambda progress: encrypt_capture(
+            args.input, args.output, policies, mss=args.mss, batch_size=args.batch,
+            progress=progress, output_format=args.format, count=args.count,
+            protect=[(args.sa, "SA file")]), quiet=args.quiet)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     _print_warnings(summary)
+    # with -o - the capture owns standard output: the summary goes to stderr
+    stream = sys.stderr if args.output == "-" else sys.stdout
     if args.json:
-        print(json.dumps(summary.as_dict()))
+        print(json.dumps(summary.as_dict()), file=stream)
     else:
-        print(format_summary(summary))
+        print(format_summary(summary), file=stream)
     return EXIT_OK
+
+
+def threading_main() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
 
 
 def cmd_wireshark_sa(args) -> int:
@@ -275,12 +301,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     encrypt = commands.add_parser(
         "encrypt", help="plaintext capture to IPsec capture",
-        description="Encrypt a classic pcap capture (Ethernet or raw IP) with the SAs of an SA "
+        description="Encrypt a pcap or pcapng capture (Ethernet, VLAN tags included, or raw "
+                    "IP) with the SAs of an SA "
                     "file: the first SA whose selector matches a packet protects it, unmatched "
                     "packets pass in clear, malformed packets are counted and dropped. The "
                     "summary goes to stdout.")
-    encrypt.add_argument("-i", "--input", metavar="IN.pcap", required=True)
-    encrypt.add_argument("-o", "--output", metavar="OUT.pcap", required=True)
+    encrypt.add_argument("-i", "--input", metavar="IN.pcap", required=True,
+                         help="pcap or pcapng capture; - reads standard input")
+    encrypt.add_argument("-o", "--output", metavar="OUT.pcap", required=True,
+                         help="output capture; - writes standard output (the summary then "
+                              "goes to stderr)")
+    encrypt.add_argument("--format", choices=("pcap", "pcapng"), default=None,
+                         help="output format (default: the input's)")
+    encrypt.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    encrypt.add_argument("-c", "--count", metavar="N", type=_positive, default=None,
+                         help="stop after N packets")
     encrypt.add_argument("--sa", metavar="SA.json", required=True, help="the SA file")
     encrypt.add_argument("--mss", metavar="N", type=_positive,
                          help="TCP packets with more than N payload bytes in transport-mode "
@@ -333,7 +368,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return args.run(args)
     except SystemExit as done:  # --help
         return done.code if isinstance(done.code, int) else EXIT_OK
-    except (UsageError, PcapError, SaFileError) as error:
+    except (UsageError, PcapError, SaFileError, OutputRefused) as error:
         message = str(error)
     except OSError as error:
         message = _os_error(error)
