@@ -149,6 +149,11 @@ class FramedPart(NamedTuple):
 def _ensure_bundles(stack, sas, table: np.ndarray, pkts: np.ndarray) -> None:
     """ADD_SA for every (SA, IP version) the batch's protected packets need (the stack's
     _ensure_bundle, once per pair)."""
+    allowed = table["versions"].astype(np.int64)
+    have = (table["handle"][:, 0] != 0) | ((allowed & 1) == 0)
+    have &= (table["handle"][:, 1] != 0) | ((allowed & 2) == 0)
+    if have.all():
+        return  # every bundle an SA may use is offloaded already
     ipsec = pkts["kind"] >= PKT_ESP
     if not ipsec.any():
         return
@@ -168,18 +173,16 @@ def _load_seq(sas, table: np.ndarray) -> None:
 
 def frame_and_send(stack, arena: np.ndarray, pkts: np.ndarray, sas: Sequence,
                    table: np.ndarray, *, l2_mode: int, mss: int = 0,
-                   send: bool = True) -> list:
+                   send: bool = True, scratch: Optional[dict] = None) -> list:
     """Frame every packet of ``pkts`` (classified HostPkt rows over ``arena``) and send them
     through the stack's miniport in as few sends as ESN allows. Returns the FramedParts (with
-    ``send=False`` one part whose ``result`` is the PacketBatch). The caller holds the lock."""
+    ``send=False`` one part whose ``result`` is the PacketBatch). The caller holds the lock.
+    ``scratch`` (a dict the caller keeps) lets batch after batch reuse the same buffers."""
     fp = kernels()
     n = len(pkts)
     _ensure_bundles(stack, sas, table, pkts)
     ip_bytes = int(pkts["cap_len"].sum()) if n else 0
-    out = np.empty(ip_bytes + 136 * n + 64, np.uint8)
-    nb_off = np.empty(n, np.int64)
-    nb_len = np.empty(n, np.int64)
-    oob = np.empty(max(n, 1), NBL_OOB_DTYPE)
+    out, nb_off, nb_len, oob = _buffers(scratch, ip_bytes + 136 * n + 64, n)
     oob_bytes = oob.view(np.uint8)
     macs = stack.dst_mac + stack.src_mac
     df = {"copy": 0, "set": 1, "clear": 2}[stack.tunnel_df]
@@ -197,8 +200,7 @@ def frame_and_send(stack, arena: np.ndarray, pkts: np.ndarray, sas: Sequence,
         for s in touched:
             nxt = int(table["next_seq"][s])
             sas[s].next_seq = nxt if nxt else 2**64
-        batch = PacketBatch(out[:used], nb_off[:nbls], nb_len[:nbls],
-                            np.arange(nbls, dtype=np.int32), n_nbl=nbls, oob=oob[:nbls])
+        batch = _batch(out[:used], nb_off[:nbls], nb_len[:nbls], oob[:nbls])
         if not send:
             parts.append(FramedPart(start, stop, batch))
         else:
@@ -213,6 +215,34 @@ def frame_and_send(stack, arena: np.ndarray, pkts: np.ndarray, sas: Sequence,
         if stop >= n:
             return parts
         start = stop
+
+
+def _buffers(scratch: Optional[dict], size: int, n: int) -> tuple:
+    """The framing buffers: fresh, or the caller's kept ones when they are big enough (large
+    fresh buffers cost a page fault per page, batch after batch)."""
+    if scratch is not None and scratch.get("size", -1) >= size and scratch.get("n", -1) >= n:
+        return scratch["out"], scratch["nb_off"], scratch["nb_len"], scratch["oob"]
+    bufs = (np.empty(size, np.uint8), np.empty(n, np.int64), np.empty(n, np.int64),
+            np.empty(max(n, 1), NBL_OOB_DTYPE))
+    if scratch is not None:
+        scratch.update(size=size, n=n, out=bufs[0], nb_off=bufs[1], nb_len=bufs[2],
+                       oob=bufs[3])
+    return bufs
+
+
+def _batch(arena: np.ndarray, nb_off: np.ndarray, nb_len: np.ndarray,
+           oob: np.ndarray) -> PacketBatch:
+    """A PacketBatch of one NET_BUFFER per NBL from arrays host_frame filled and checked
+    (frames inside the arena, in order), without the constructor's checks of untrusted input."""
+    n = len(nb_off)
+    batch = PacketBatch.__new__(PacketBatch)
+    batch.arena, batch.nb_off, batch.nb_len = arena, nb_off, nb_len
+    batch.nb_nbl = np.arange(n, dtype=np.int32)
+    oob = oob.copy()
+    oob["nb_count"] = 1
+    oob["first_nb"] = batch.nb_nbl
+    batch._set_oob(oob)
+    return batch
 
 
 def _bundles(table: np.ndarray, s: int) -> list:

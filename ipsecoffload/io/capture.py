@@ -293,6 +293,13 @@ class BatchEncryptor:
         summary.sas = {p.name: SaStats() for p in self.policies}
         self._stats = list(summary.sas.values())
         self._status_names: dict = {}
+        self._scratch: dict = {}
+        self._emit = np.zeros(0, np.uint8)
+
+    def _emit_buffer(self, size: int) -> np.ndarray:
+        if len(self._emit) < size:
+            self._emit = np.empty(size + (size >> 2), np.uint8)
+        return self._emit
 
     def process(self, batch, writer) -> None:
         tf, fp, summary = self.tx_frame, self.fp, self.summary
@@ -302,7 +309,7 @@ class BatchEncryptor:
                          len(self.selectors), summary.mss or 0)
         with self.stack._lock:
             parts = tf.frame_and_send(self.stack, arena, pkts, self.sas, self.table,
-                                      l2_mode=2, mss=summary.mss or 0)
+                                      l2_mode=2, mss=summary.mss or 0, scratch=self._scratch)
         frames = np.zeros(n, np.int64)
         nbytes = np.zeros(n, np.int64)
         status = np.zeros(n, np.int64)
@@ -313,7 +320,7 @@ class BatchEncryptor:
             count = wire.num_buffers
             size = int(pkts["cap_len"][part.start:part.stop].sum()) + \
                 int(wire.nb_len.sum() if count else 0) + 36 * (part.stop - part.start + count)
-            out = np.empty(size, np.uint8)
+            out = self._emit_buffer(size)
             used = fp.capture_emit(writer.code, out, pkt_bytes, part.start, part.stop, arena,
                                    wire.arena, table, count, writer.snaplen, writer.unit_ns,
                                    frames, nbytes)
