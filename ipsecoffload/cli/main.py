@@ -339,7 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "figures: the suite's raw cipher on 1 MiB (limit) and a Python loop of one "
                     "cipher call per packet (naive). Path 'send': prebuilt frames, one NBL "
                     "per packet; 'lso': one LSO super-packet of SIZE TCP payload bytes cut "
-                    "at --mss (pps counts segments).")
+                    "at --mss (pps counts segments); 'e2e': encrypt end to end on a generated "
+                    "capture (sizes above 9000: super-packets of that TCP payload cut at "
+                    "--mss).")
     sizes = ",".join(map(str, bench.DEFAULT_SIZES))
     benchmark.add_argument("--json", action="store_true", help="a JSON list of rows")
     benchmark.add_argument("--path", choices=bench.PATHS, default="send",
