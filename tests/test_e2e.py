@@ -48,7 +48,18 @@ def test_struct_layouts_match_the_dtypes():
     for name, fields in fp.host_struct_offsets().items():
         for field, offset in fields.items():
             assert dtypes[name].fields[field][1] == offset, (name, field)
-    assert (fp.PKT_LSO, fp.FAULT_EXHAUSTED) == (tx_frame.PKT_LSO, tx_frame.FAULT_EXHAUSTED)
+    assert [int(m) for m in fp.PktKind] == [tx_frame.PKT_DROP, tx_frame.PKT_NOT_IP,
+                                            tx_frame.PKT_CLEAR, tx_frame.PKT_ESP,
+                                            tx_frame.PKT_LSO]
+    faults = {m.name: int(m) for m in fp.PktFault}
+    assert faults["FAULT_EXHAUSTED"] == tx_frame.FAULT_EXHAUSTED
+    assert faults["FAULT_WRONG_VERSION"] == tx_frame.FAULT_REFUSED_FIRST
+    assert {v for k, v in faults.items() if k != "FAULT_NONE"} == \
+        set(tx_frame.MALFORMED_TEXT) | set(tx_frame.FAULT_DETAIL) | {16}
+    from ipsecoffload.io import bulk
+    assert [int(m) for m in fp.ScanStatus] == [bulk.SCAN_MORE, bulk.SCAN_FULL,
+                                               bulk.SCAN_CORRUPT, bulk.SCAN_BLOCK,
+                                               bulk.SCAN_OVERSIZE]
 
 
 # -- the compiled framer against the Python framer ----------------------------------------------
