@@ -201,7 +201,6 @@ class BulkReader:
                 if want <= 0:
                     return
             n, pos, status, detail = self._scan(fp, pkt_bytes, want)
-            start = self._pos
             self._pos = pos
             if n:
                 self.records_read += n
@@ -224,14 +223,11 @@ class BulkReader:
                     self._interface()
                 continue
             # SCAN_MORE with nothing found: read on, or the file ends
-            left = self._end - self._pos
-            need = self._record_need()
-            if self._fill(max(need, left + 1)):
+            if self._fill(max(self._record_need(), self._end - self._pos + 1)):
                 continue
             if self._end > self._pos:
                 self._truncated(self._end - self._pos)
             return
-            del start  # noqa
 
     def _scan(self, fp, pkt_bytes, want):
         if self.format == "pcap":
