@@ -442,3 +442,29 @@ def test_interrupted_run_leaves_the_destination_untouched(tmp_path, sa_file):
     assert proc.returncode != 0
     assert dest.read_bytes() == b"precious"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".dest.pcap.")]
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_workers_give_the_one_worker_output(tmp_path, sa_file, workers):
+    """Shards by SA sent at once: the same bytes and the same summary as one worker (every SA
+    here has deterministic IVs), ESN crossings and LSO included."""
+    plain = write_plain(tmp_path / "plain.pcap", mixed_frames())
+    policies = load_sa_file(sa_file)
+    one = encrypt_capture(plain, tmp_path / "one.pcap", policies, mss=1000, batch_size=16)
+    many = encrypt_capture(plain, tmp_path / "many.pcap", policies, mss=1000, batch_size=16,
+                           workers=workers)
+    assert (tmp_path / "one.pcap").read_bytes() == (tmp_path / "many.pcap").read_bytes()
+    a, b = one.as_dict(), many.as_dict()
+    for d in (a, b):
+        d.pop("seconds"), d.pop("packets_per_second"), d.pop("output")
+    assert a == b
+
+
+def test_json_errors_are_objects_on_stdout(tmp_path, sa_file, capsys):
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(b"not a capture at all")
+    code = main(["encrypt", "-i", str(bad), "-o", str(tmp_path / "o.pcap"), "--sa",
+                 str(sa_file), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "bad.pcap" in json.loads(out)["error"]

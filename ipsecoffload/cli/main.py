@@ -184,7 +184,7 @@ def cmd_encrypt(args) -> int:
         summary = _with_progress("encrypt", lambda progress: encrypt_capture(
             args.input, args.output, policies, mss=args.mss, batch_size=args.batch,
             progress=progress, output_format=args.format, count=args.count,
-            protect=[(args.sa, "SA file")]), quiet=args.quiet)
+            protect=[(args.sa, "SA file")], workers=args.workers), quiet=args.quiet)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -314,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     encrypt.add_argument("--format", choices=("pcap", "pcapng"), default=None,
                          help="output format (default: the input's)")
     encrypt.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    encrypt.add_argument("--workers", metavar="N", type=_positive, default=1,
+                         help="send each batch in N shards at once, by SA (threads; "
+                              "default: 1)")
     encrypt.add_argument("-c", "--count", metavar="N", type=_positive, default=None,
                          help="stop after N packets")
     encrypt.add_argument("--sa", metavar="SA.json", required=True, help="the SA file")
@@ -365,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = None
     try:
         args = build_parser().parse_args(argv)
         return args.run(args)
@@ -377,5 +381,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
+    message = ' '.join(message.split())
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    if getattr(args, "json", False) and getattr(args, "output", None) != "-":
+        print(json.dumps({"error": message}))  # design: --json callers read stdout
     return EXIT_USAGE

@@ -10,7 +10,7 @@ tests compare with byte for byte, and the path for what is not framed here (call
 """
 from __future__ import annotations
 
-import ipaddress
+import os
 from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -75,14 +75,20 @@ def summary_reason(code: int) -> str:
     return EXHAUSTED if code == FAULT_EXHAUSTED else REFUSED
 
 
+_KERNELS: dict = {}
+
+
 def kernels():
     """The compiled module, or None (pure-Python mode or not built)."""
-    from ..datapath.tx import load_kernels
-    try:
-        module = load_kernels()
-    except ImportError:
-        return None
-    return module if hasattr(module, "host_frame") else None
+    key = os.environ.get("IPSECOFFLOAD_PURE", "")
+    if key not in _KERNELS:
+        from ..datapath.tx import load_kernels
+        try:
+            module = load_kernels()
+        except ImportError:
+            module = None
+        _KERNELS[key] = module if hasattr(module, "host_frame") else None
+    return _KERNELS[key]
 
 
 # -- tables -----------------------------------------------------------------------------------
@@ -173,11 +179,14 @@ def _load_seq(sas, table: np.ndarray) -> None:
 
 def frame_and_send(stack, arena: np.ndarray, pkts: np.ndarray, sas: Sequence,
                    table: np.ndarray, *, l2_mode: int, mss: int = 0,
-                   send: bool = True, scratch: Optional[dict] = None) -> list:
+                   send: bool = True, scratch: Optional[dict] = None,
+                   sender=None) -> list:
     """Frame every packet of ``pkts`` (classified HostPkt rows over ``arena``) and send them
     through the stack's miniport in as few sends as ESN allows. Returns the FramedParts (with
     ``send=False`` one part whose ``result`` is the PacketBatch). The caller holds the lock.
-    ``scratch`` (a dict the caller keeps) lets batch after batch reuse the same buffers."""
+    ``scratch`` (a dict the caller keeps) lets batch after batch reuse the same buffers.
+    ``sender(batch, pkts, start, stop)`` replaces ``miniport.send`` (io/capture.py's workers
+    send shards of the batch at once, between the same UPDATE_SA requests)."""
     fp = kernels()
     n = len(pkts)
     _ensure_bundles(stack, sas, table, pkts)
@@ -207,7 +216,8 @@ def frame_and_send(stack, arena: np.ndarray, pkts: np.ndarray, sas: Sequence,
             esn = [s for s in touched if table["esn"][s]]
             for s in esn:
                 stack._sync_seq_hi(sas[s], _bundles(table, s), int(table["first_sn"][s]) >> 32)
-            result = stack.miniport.send(batch)
+            result = stack.miniport.send(batch) if sender is None \
+                else sender(batch, pkts, start, stop)
             for s in esn:
                 # an LSO super-packet may end in the next high word (docs/send-path.md)
                 stack._sync_seq_hi(sas[s], _bundles(table, s), int(table["last_sn"][s]) >> 32)
@@ -233,12 +243,12 @@ def _buffers(scratch: Optional[dict], size: int, n: int) -> tuple:
 def _batch(arena: np.ndarray, nb_off: np.ndarray, nb_len: np.ndarray,
            oob: np.ndarray) -> PacketBatch:
     """A PacketBatch of one NET_BUFFER per NBL from arrays host_frame filled and checked
-    (frames inside the arena, in order), without the constructor's checks of untrusted input."""
+    (frames inside the arena, in order), without the constructor's checks of untrusted input.
+    The batch uses ``oob`` itself (the sender copies what it keeps)."""
     n = len(nb_off)
     batch = PacketBatch.__new__(PacketBatch)
     batch.arena, batch.nb_off, batch.nb_len = arena, nb_off, nb_len
     batch.nb_nbl = np.arange(n, dtype=np.int32)
-    oob = oob.copy()
     oob["nb_count"] = 1
     oob["first_nb"] = batch.nb_nbl
     batch._set_oob(oob)

@@ -204,7 +204,7 @@ class BulkReader:
             self._pos = pos
             if n:
                 self.records_read += n
-                rows = pkts[:n].copy()
+                rows = pkts[:n]  # rewritten by the next scan, like the arena
                 if self.format == "pcapng" and self._section:
                     rows["iface"] = np.asarray(self._section, np.int32)[rows["iface"]]
                 yield RecordBatch(self._buf, rows)

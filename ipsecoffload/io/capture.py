@@ -280,7 +280,7 @@ class BatchEncryptor:
     laid out in one pass (host/tx_frame.py, io/capture_scan.pxi)."""
 
     def __init__(self, policies: Sequence[SaPolicy], summary: EncryptSummary,
-                 miniport: Optional[Miniport] = None):
+                 miniport: Optional[Miniport] = None, workers: int = 1):
         from ..host import tx_frame
         self.tx_frame = tx_frame
         self.fp = tx_frame.kernels()
@@ -295,6 +295,12 @@ class BatchEncryptor:
         self._status_names: dict = {}
         self._scratch: dict = {}
         self._emit = np.zeros(0, np.uint8)
+        self.workers = workers
+        self._sender = ShardedSender(self.stack.miniport, workers) if workers > 1 else None
+
+    def close(self) -> None:
+        if self._sender is not None:
+            self._sender.close()
 
     def _emit_buffer(self, size: int) -> np.ndarray:
         if len(self._emit) < size:
@@ -309,7 +315,8 @@ class BatchEncryptor:
                          len(self.selectors), summary.mss or 0)
         with self.stack._lock:
             parts = tf.frame_and_send(self.stack, arena, pkts, self.sas, self.table,
-                                      l2_mode=2, mss=summary.mss or 0, scratch=self._scratch)
+                                      l2_mode=2, mss=summary.mss or 0, scratch=self._scratch,
+                                      sender=self._sender)
         frames = np.zeros(n, np.int64)
         nbytes = np.zeros(n, np.int64)
         status = np.zeros(n, np.int64)
@@ -382,11 +389,67 @@ class BatchEncryptor:
         return name
 
 
+class ShardedSender:
+    """``--workers N``: the NBLs of a framed batch sent in N shards at once, threads on the one
+    miniport (its stages and backends release the GIL). A shard is a set of SAs (SA index mod
+    N, as VPP binds an SA to a thread); the framing before — sequence numbers, IPv4 IDs,
+    UPDATE_SA — stays in one place, so the output equals the one-worker output byte for byte
+    wherever IVs are deterministic. The frames come back as one WireFrames in NBL order."""
+
+    def __init__(self, miniport: Miniport, workers: int):
+        from concurrent.futures import ThreadPoolExecutor
+        self.miniport = miniport
+        self.workers = workers
+        self.pool = ThreadPoolExecutor(max_workers=workers - 1,
+                                       thread_name_prefix="ipsecoffload-send")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+    def __call__(self, batch, pkts, start: int, stop: int):
+        from ..datapath.batch import WireFrames
+        from ..datapath.tx import SendResult
+        from ..host.tx_frame import _batch
+        n_nbl = len(batch.nb_off)
+        rows = pkts[start:stop]
+        sent = rows["nbl"] >= 0
+        shard_of_nbl = np.zeros(n_nbl, np.int64)
+        shard_of_nbl[rows["nbl"][sent]] = np.maximum(rows["sa"][sent], 0) % self.workers
+        shards = [np.flatnonzero(shard_of_nbl == w) for w in range(self.workers)]
+        shards = [j for j in shards if len(j)]
+        if len(shards) < 2:
+            return self.miniport.send(batch)
+        subs = [_batch(batch.arena, batch.nb_off[j], batch.nb_len[j], batch.oob[j])
+                for j in shards]
+        futures = [self.pool.submit(self.miniport.send, sub) for sub in subs[1:]]
+        results = [self.miniport.send(subs[0])] + [f.result() for f in futures]
+        # one WireFrames in NBL order: frames renumbered to the batch's NBLs, arenas joined
+        tables, arenas, base = [], [], 0
+        status = np.zeros(n_nbl, np.uint32)
+        lso = np.zeros(n_nbl, np.uint64)
+        for j, result in zip(shards, results):
+            table = result.wire.table.copy()
+            table["nbl"] = j[table["nbl"]]
+            table["off"] += base
+            base += len(result.wire.arena)
+            tables.append(table)
+            arenas.append(result.wire.arena)
+            status[j] = result.status
+            lso[j] = result.lso_complete
+        table = np.concatenate(tables)
+        table = table[np.argsort(table["nbl"], kind="stable")]
+        wire = WireFrames(np.concatenate(arenas), table_bytes=table.view(np.uint8),
+                          oob_bytes=batch.oob_bytes.copy(), status=status)
+        counters = np.sum([r.counters for r in results], axis=0)
+        return SendResult(wire, status, lso, counters)
+
+
 def encrypt_capture(input_path, output_path, policies: Sequence[SaPolicy], *,
                     mss: Optional[int] = None, batch_size: int = DEFAULT_BATCH,
                     progress: Optional[Callable[..., None]] = None,
                     miniport: Optional[Miniport] = None, output_format: Optional[str] = None,
-                    count: Optional[int] = None, protect=()) -> EncryptSummary:
+                    count: Optional[int] = None, protect=(),
+                    workers: int = 1) -> EncryptSummary:
     """Encrypt a pcap or pcapng capture with the SA policies; returns the summary.
 
     ``input_path`` / ``output_path`` may be ``"-"`` (standard input / output). The output is
@@ -396,7 +459,8 @@ def encrypt_capture(input_path, output_path, policies: Sequence[SaPolicy], *,
     output path naming the input (or a path in ``protect``) is refused. Raises ``PcapError``
     for an unusable capture and ``OSError`` for file problems. A truncated last record is
     dropped with a warning in ``summary.warnings``. ``progress(packets, fraction)`` is called
-    after each batch (fraction None when the input size is unknown).
+    after each batch (fraction None when the input size is unknown). ``workers``: the sends of
+    each batch spread over that many threads, sharded by SA (``ShardedSender``).
     """
     from ..host.tx_frame import kernels
     from .atomic import SafeOutput
@@ -424,8 +488,10 @@ def encrypt_capture(input_path, output_path, policies: Sequence[SaPolicy], *,
             mss=mss, format=fmt)
         if summary.linktype in (228, 229):
             summary.linktype = 101
-        encryptor = BatchEncryptor(policies, summary, miniport)
-        with out:
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be a positive integer, got {workers!r}")
+        encryptor = BatchEncryptor(policies, summary, miniport, workers=workers)
+        with out, contextlib.closing(encryptor):
             writer = BulkWriter(out.file, fmt, reader)
             for batch in reader.batches(batch_size):
                 writer.interfaces(reader)
