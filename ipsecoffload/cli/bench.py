@@ -40,7 +40,8 @@ MAX_BATCH = 65536
 MAX_MIN_TIME = 60.0
 PATHS = ("send", "lso", "e2e")
 DEFAULT_E2E_SIZES = (64, 1400, 64000)
-E2E_BYTES = 8 << 20  # plain IP bytes of the generated capture (e2e path)
+E2E_BYTES = 32 << 20  # plain IP bytes of the generated capture (e2e path)
+E2E_MAX_PACKETS = 100_000
 _HASHLIB = {"hmac-md5-96": "md5", "hmac-sha1-96": "sha1", "hmac-sha256-128": "sha256"}
 
 
@@ -172,7 +173,7 @@ def prepared_e2e(size: int, mss: int, suite: Suite):
     from ..io.safile import parse_sa_list
     lso = size > 9000
     ip_size = size + 40 if lso else size
-    count = max(16, E2E_BYTES // ip_size)
+    count = min(E2E_MAX_PACKETS, max(16, E2E_BYTES // ip_size))
     directory = tempfile.mkdtemp(prefix="ipsecoffload-e2e-")
     plain = os.path.join(directory, "plain.pcap")
     out = os.path.join(directory, "out.pcap")
