@@ -468,3 +468,32 @@ def test_json_errors_are_objects_on_stdout(tmp_path, sa_file, capsys):
     out, err = capsys.readouterr()
     assert code == 2 and len(err.splitlines()) == 1
     assert "bad.pcap" in json.loads(out)["error"]
+
+
+def test_mutated_captures_fail_cleanly_or_encrypt(tmp_path, sa_file):
+    """Random byte flips and cuts of a pcap and a pcapng capture: the run encrypts what it can
+    or stops with PcapError; nothing else escapes and the destination is left as it was."""
+    from ipsecoffload.io.pcap import PcapError
+    rng = random.Random(11)
+    plain = write_plain(tmp_path / "plain.pcap", mixed_frames()[:60])
+    assert main(["encrypt", "-q", "-i", str(plain), "-o", str(tmp_path / "ng.pcapng"), "--sa",
+                 str(sa_file), "--format", "pcapng"]) == 0
+    policies = load_sa_file(sa_file)
+    dest = tmp_path / "dest"
+    for source in (plain, tmp_path / "ng.pcapng"):
+        data = source.read_bytes()
+        for trial in range(40):
+            mutated = bytearray(data)
+            for _ in range(rng.randrange(1, 8)):
+                mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+            if trial % 3 == 0:
+                mutated = mutated[:rng.randrange(len(mutated))]
+            bad = tmp_path / "bad"
+            bad.write_bytes(bytes(mutated))
+            dest.write_bytes(b"keep")
+            try:
+                encrypt_capture(bad, dest, policies, mss=1000, batch_size=rng.choice([1, 7, 64]))
+            except PcapError:
+                assert dest.read_bytes() == b"keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "dest", "ng.pcapng",
+                                                          "plain.pcap", "sa.json"]
