@@ -497,3 +497,49 @@ def test_mutated_captures_fail_cleanly_or_encrypt(tmp_path, sa_file):
                 assert dest.read_bytes() == b"keep"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "dest", "ng.pcapng",
                                                           "plain.pcap", "sa.json"]
+
+
+def _pcapng_blocks(order, blocks):
+    """A pcapng section in byte order ``order``: SHB then (type, body) blocks."""
+    def block(btype, body):
+        body += bytes(-len(body) % 4)
+        total = 12 + len(body)
+        return struct.pack(order + "II", btype, total) + body + struct.pack(order + "I", total)
+    shb = block(0x0A0D0D0A, struct.pack(order + "IHHq", 0x1A2B3C4D, 1, 0, -1))
+    return shb + b"".join(block(t, b) for t, b in blocks)
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_pcapng_byte_orders_simple_packets_and_skipped_blocks(tmp_path, order):
+    packets = [bytes(IP(src="10.0.0.1", dst="10.0.0.2") / UDP() / (b"x" * k)) for k in range(5)]
+    idb = struct.pack(order + "HHI", LINKTYPE_RAW, 0, 0) + \
+        struct.pack(order + "HHB3x", 9, 1, 0x80 | 20) + struct.pack(order + "HH", 0, 0)
+    blocks = [(1, idb), (5, b"\0" * 12)]  # an Interface Statistics Block: skipped
+    units = [3 << 20, (5 << 20) + (1 << 19)]  # 2**-20 s units: 3 s and 5.5 s
+    for k, packet in enumerate(packets[:2]):
+        blocks.append((6, struct.pack(order + "IIIII", 0, units[k] >> 32, units[k] & 0xFFFFFFFF,
+                                      len(packet), len(packet)) + packet))
+    for packet in packets[2:]:
+        blocks.append((3, struct.pack(order + "I", len(packet)) + packet))
+    # a second section starts over with its own interfaces
+    data = _pcapng_blocks(order, blocks) + _pcapng_blocks(order, [(1, idb), (6, struct.pack(
+        order + "IIIII", 0, 0, 1 << 20, len(packets[0]), len(packets[0])) + packets[0])])
+    path = tmp_path / "in.pcapng"
+    path.write_bytes(data)
+    with BulkReader(path, chunk=256) as reader:
+        got = [(int(b.pkts["ts_ns"][i]), int(b.pkts["iface"][i]), b.record(i))
+               for b in reader.batches(2) for i in range(len(b))]
+        assert len(reader.interfaces) == 2
+    assert got == [(3 * 10**9, 0, packets[0]), (5_500_000_000, 0, packets[1])] + \
+        [(0, 0, p) for p in packets[2:]] + [(10**9, 1, packets[0])]
+
+
+def test_devices_are_streamed_and_never_removed(tmp_path, sa_file, capsys):
+    plain = write_plain(tmp_path / "plain.pcap", mixed_frames()[:20])
+    assert main(["encrypt", "-q", "-i", str(plain), "-o", os.devnull, "--sa",
+                 str(sa_file)]) == 0
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(plain.read_bytes()[:24] + struct.pack("<IIII", 0, 0, 10**8, 10**8))
+    assert main(["encrypt", "-q", "-i", str(bad), "-o", os.devnull, "--sa", str(sa_file)]) == 2
+    assert os.path.exists(os.devnull) and not os.path.isfile(os.devnull)
+    assert not [p for p in Path(os.path.dirname(os.devnull)).glob(".null.*")]
