@@ -177,8 +177,12 @@ def prepared_e2e(size: int, mss: int, suite: Suite):
     directory = tempfile.mkdtemp(prefix="ipsecoffload-e2e-")
     plain = os.path.join(directory, "plain.pcap")
     out = os.path.join(directory, "out.pcap")
-    write_pcap(plain, LINKTYPE_RAW, [tcp_packet(ip_size)] * count,
-               [1_700_000_000 * 10**9 + i * 1000 for i in range(count)])
+    try:
+        write_pcap(plain, LINKTYPE_RAW, [tcp_packet(ip_size)] * count,
+                   [1_700_000_000 * 10**9 + i * 1000 for i in range(count)])
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
     config = suite.sa_config()
     entry = {"name": "e2e", "spi": config.spi, "encryption": config.encryption,
              "key": config.key.hex(), "esn": True, "seq": 1}
@@ -187,10 +191,14 @@ def prepared_e2e(size: int, mss: int, suite: Suite):
     policies = parse_sa_list(json.loads(json.dumps([entry])))
     segments = -(-size // mss) if lso else 1
 
+    runs = [0]
+
     def work() -> None:
-        if os.path.exists(out):
-            os.unlink(out)
-        summary = encrypt_capture(plain, out, policies, mss=mss if lso else None)
+        # a new output file each run: deleting the last one (freeing its pages) is not
+        # encryption's cost; the directory goes at the end
+        runs[0] += 1
+        summary = encrypt_capture(plain, f"{out}.{runs[0]}", policies,
+                                  mss=mss if lso else None)
         if summary.frames_out != count * segments:
             raise RuntimeError(f"e2e bench: {summary.frames_out} frames out, "
                                f"{count * segments} expected")
