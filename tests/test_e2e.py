@@ -543,3 +543,24 @@ def test_devices_are_streamed_and_never_removed(tmp_path, sa_file, capsys):
     assert main(["encrypt", "-q", "-i", str(bad), "-o", os.devnull, "--sa", str(sa_file)]) == 2
     assert os.path.exists(os.devnull) and not os.path.isfile(os.devnull)
     assert not [p for p in Path(os.path.dirname(os.devnull)).glob(".null.*")]
+
+
+def test_progress_shows_a_percentage_when_the_size_is_known(tmp_path, sa_file, monkeypatch):
+    cli_main = sys.modules["ipsecoffload.cli.main"]
+    seen = []
+
+    class Recorder(cli_main._Progress):
+        def __init__(self, label, stream=None, interval=0.1):
+            super().__init__(label, stream, interval)
+            self.enabled, self.interval = True, 0
+            self.stream = type("S", (), {"write": seen.append, "flush": lambda s: None,
+                                         "isatty": lambda s: True})()
+    monkeypatch.setattr(cli_main, "_Progress", Recorder)
+    plain = write_plain(tmp_path / "plain.pcap", mixed_frames())
+    assert main(["encrypt", "--batch", "50", "-i", str(plain), "-o", str(tmp_path / "o.pcap"),
+                 "--sa", str(sa_file)]) == 0
+    assert any("%" in text and "packets" in text and "/s" in text for text in seen)
+    seen.clear()
+    assert main(["encrypt", "-q", "--batch", "50", "-i", str(plain), "-o",
+                 str(tmp_path / "o.pcap"), "--sa", str(sa_file)]) == 0
+    assert not seen

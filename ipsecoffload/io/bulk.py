@@ -181,6 +181,11 @@ class BulkReader:
         self.interfaces.append(iface)
 
     @property
+    def bytes_consumed(self) -> int:
+        """Bytes of the file behind the records handed out (for a progress percentage)."""
+        return self.bytes_read - (self._end - self._pos)
+
+    @property
     def snaplen_out(self) -> int:
         """The snap length output files get: room for what encryption adds."""
         snaps = [i.snaplen for i in self.interfaces] or [0]

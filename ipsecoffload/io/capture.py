@@ -497,7 +497,7 @@ def encrypt_capture(input_path, output_path, policies: Sequence[SaPolicy], *,
                 writer.interfaces(reader)
                 encryptor.process(batch, writer)
                 if progress is not None:
-                    fraction = reader.bytes_read / reader.size if reader.size else None
+                    fraction = reader.bytes_consumed / reader.size if reader.size else None
                     progress(summary.packets_in, fraction)
         summary.warnings.extend(reader.warnings)
     summary.seconds = time.perf_counter() - start
