@@ -564,3 +564,15 @@ def test_progress_shows_a_percentage_when_the_size_is_known(tmp_path, sa_file, m
     assert main(["encrypt", "-q", "--batch", "50", "-i", str(plain), "-o",
                  str(tmp_path / "o.pcap"), "--sa", str(sa_file)]) == 0
     assert not seen
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_host_stack_send_takes_scapy_packets(compiled):
+    stack = HostStack(Miniport(), link="raw")
+    stack.compiled_framing = compiled
+    sa = stack.add_sa(SaConfig(spi=12, encryption="aes-gcm-128", key=GCM))
+    packet = IP(src="10.0.0.1", dst="10.0.0.2") / UDP() / b"scapy"
+    result = stack.send([packet, bytes(packet)], sa)
+    frames = result.wire.frames()
+    assert len(frames) == 2 and ESP in IP(frames[0])
+    assert frames[0][8:] != frames[1][8:] and len(frames[0]) == len(frames[1])

@@ -553,12 +553,15 @@ class HostStack:
     compiled_framing = True
 
     def _compiled(self, packets, sa, ivs, send: bool):
-        """(packets as a list, the compiled framer's batch or send result or None)."""
-        if ivs is not None or not self.compiled_framing \
-                or isinstance(packets, (bytes, bytearray, memoryview)):
+        """(packets as a list, scapy packets as bytes; the compiled framer's batch or send
+        result, or None: this Python framer runs)."""
+        if isinstance(packets, (bytes, bytearray, memoryview)):
+            return packets, None
+        packets = [p if isinstance(p, (bytes, bytearray, memoryview))
+                   or not hasattr(type(p), "__bytes__") else bytes(p) for p in packets]
+        if ivs is not None or not self.compiled_framing:
             return packets, None
         from . import tx_frame
-        packets = list(packets)
         return packets, tx_frame.stack_send(self, packets, sa, send=send)
 
     def send_batch(self, packets, sas, *, mss: Optional[int] = None):
