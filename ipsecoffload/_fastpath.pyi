@@ -293,3 +293,80 @@ DELIVERY_SELECTOR: int
 DELIVERY_ECN: int
 DELIVERY_DUMMY: int
 DELIVERY_INNER: int
+
+# host framing (host/tx_frame.pxi) and capture scans (io/capture_scan.pxi); tables as uint8
+# views of the host/tx_frame.py dtypes
+HOST_STRUCT_SIZES: dict[str, int]
+def host_struct_offsets() -> dict[str, dict[str, int]]: ...
+def host_classify(arena: _U8, pkts: _U8, n: int, selectors: _U8, nsel: int, mss: int) -> None: ...
+def host_parse_for_stack(arena: _U8, pkts: _U8, n: int) -> None: ...
+def host_frame(arena: _U8, pkts: _U8, start: int, end: int, sas: _U8, nsa: int, l2_mode: int,
+               macs: bytes, ttl: int, df_policy: int, ipv4_id: int, mss: int, out: _U8,
+               nb_off: npt.NDArray[np.int64], nb_len: npt.NDArray[np.int64],
+               oob: _U8) -> tuple[int, int, int, int]: ...
+def pcap_scan(buf: _U8, start: int, end: int, big: int, frac_ns: int, max_incl: int, link: int,
+              pkts: _U8, max_n: int) -> tuple[int, int, int, int]: ...
+def pcapng_scan(buf: _U8, start: int, end: int, big: int, iface_link: npt.NDArray[np.int64],
+                iface_resol: npt.NDArray[np.int64], iface_snap: npt.NDArray[np.int64],
+                max_incl: int, pkts: _U8, max_n: int) -> tuple[int, int, int, int]: ...
+def capture_emit(fmt: int, out: _U8, pkts: _U8, start: int, end: int, arena: _U8, wire: _U8,
+                 wire_table: _U8, nframes: int, snaplen: int, unit_ns: npt.NDArray[np.int64],
+                 frames_per_pkt: npt.NDArray[np.int64],
+                 bytes_per_pkt: npt.NDArray[np.int64]) -> int: ...
+
+class PktKind(enum.IntEnum):
+    PKT_DROP = 0
+    PKT_NOT_IP = 1
+    PKT_CLEAR = 2
+    PKT_ESP = 3
+    PKT_LSO = 4
+
+class PktFault(enum.IntEnum):
+    FAULT_NONE = 0
+    FAULT_EMPTY = 1
+    FAULT_NOT_IP_VERSION = 2
+    FAULT_TRUNCATED = 3
+    FAULT_BAD_IPV4 = 4
+    FAULT_BAD_TCP = 5
+    FAULT_LINK_TRUNCATED = 6
+    FAULT_FRAGMENT = 7
+    FAULT_WRONG_VERSION = 16
+    FAULT_TOO_LONG = 17
+    FAULT_ESP_OFFSET = 18
+    FAULT_LSO_PARAMS = 19
+    FAULT_NO_BUNDLE = 20
+    FAULT_EXHAUSTED = 21
+    FAULT_ARENA = 22
+
+class ScanStatus(enum.IntEnum):
+    SCAN_MORE = 0
+    SCAN_FULL = 1
+    SCAN_CORRUPT = 2
+    SCAN_BLOCK = 3
+    SCAN_OVERSIZE = 4
+
+PKT_DROP: int
+PKT_NOT_IP: int
+PKT_CLEAR: int
+PKT_ESP: int
+PKT_LSO: int
+FAULT_NONE: int
+FAULT_EMPTY: int
+FAULT_NOT_IP_VERSION: int
+FAULT_TRUNCATED: int
+FAULT_BAD_IPV4: int
+FAULT_BAD_TCP: int
+FAULT_LINK_TRUNCATED: int
+FAULT_FRAGMENT: int
+FAULT_WRONG_VERSION: int
+FAULT_TOO_LONG: int
+FAULT_ESP_OFFSET: int
+FAULT_LSO_PARAMS: int
+FAULT_NO_BUNDLE: int
+FAULT_EXHAUSTED: int
+FAULT_ARENA: int
+SCAN_MORE: int
+SCAN_FULL: int
+SCAN_CORRUPT: int
+SCAN_BLOCK: int
+SCAN_OVERSIZE: int

@@ -33,8 +33,11 @@ include "crypto/ghash.pxi"
 include "crypto/op_groups.pxi"
 include "crypto/seal_gcm_batched.pxi"
 include "crypto/seal_cbc_hmac.pxi"
+include "host/tx_frame.pxi"
+include "io/capture_scan.pxi"
 
 # Every cpdef enum code is also a module attribute (REASON_OK, SUITE_AES_GCM, ...).
 for _code_enum in (Suite, Integrity, IcvSpace, IvSource, Config, Reason, OpKind, OpStatus, Fixup,
-                   IpProto, StatusCounter, RxReason, CryptoStatusCode, RxConfig, Delivery):
+                   IpProto, StatusCounter, RxReason, CryptoStatusCode, RxConfig, Delivery,
+                   PktKind, PktFault, ScanStatus):
     globals().update({_member.name: int(_member) for _member in _code_enum})

@@ -486,7 +486,13 @@ BAD_CAPTURES = {
     "missing": None,
     "empty": b"",
     "garbage": b"this is not a capture file at all",
-    "pcapng": bytes.fromhex("0a0d0d0a1c0000004d3c2b1a01000000ffffffffffffffff1c000000"),
+    # pcapng is read (tests/test_e2e.py); a section header whose byte-order magic is wrong
+    # is not a capture
+    "pcapng bad byte order": bytes.fromhex(
+        "0a0d0d0a1c000000efbeadde01000000ffffffffffffffff1c000000"),
+    "pcapng packet of no interface": bytes.fromhex(
+        "0a0d0d0a1c0000004d3c2b1a01000000ffffffffffffffff1c000000") + struct.pack(
+        "<8I", 6, 32, 0, 0, 0, 0, 0, 32),
     "unsupported link type": pcap_header(105) + struct.pack("<IIII", 0, 0, 4, 4) + b"abcd",
 }
 BAD_SA_FILES = {

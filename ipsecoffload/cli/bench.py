@@ -5,9 +5,12 @@
 - naive: a plain Python loop of one such call per packet of the same size (for CBC + HMAC a
   new CBC encryptor and one HMAC per packet);
 - ours: ``Miniport.send`` over prebuilt frames (path ``send``) or over one LSO super-packet
-  (path ``lso``), or ``Miniport.receive`` over received ESP frames (path ``receive``, whose
-  naive loop is one ``decrypt`` call — or ICV check and CBC decryption — per packet), batch
-  of ``batch`` packets, one core.
+  (path ``lso``), batch of ``batch`` packets, one core; or (path ``e2e``) ``encrypt`` end to
+  end on a generated raw-IP capture of TCP packets, pcap reading and writing included, net of
+  process start-up (sizes up to 9000: IP packets of that size, no MSS; above: super-packets
+  of that TCP payload cut at ``--mss``, pps counting segments); or (path ``receive``)
+  ``Miniport.receive`` over received ESP frames, whose naive loop is one ``decrypt`` call —
+  or ICV check and CBC decryption — per packet.
 
 Every row carries ``size, path, suite, pps, gbps, limit_gbps, naive_pps, ratio_limit,
 ratio_naive``. Used by ``ipsecoffload bench`` and by the pytest-benchmark suites in
@@ -37,7 +40,10 @@ DEFAULT_MSS = 1448
 DEFAULT_BATCH = 256
 MAX_BATCH = 65536
 MAX_MIN_TIME = 60.0
-PATHS = ("send", "lso", "receive")
+PATHS = ("send", "lso", "e2e", "receive")
+DEFAULT_E2E_SIZES = (64, 1400, 64000)
+E2E_BYTES = 32 << 20  # plain IP bytes of the generated capture (e2e path)
+E2E_MAX_PACKETS = 100_000
 _HASHLIB = {"hmac-md5-96": "md5", "hmac-sha1-96": "sha1", "hmac-sha256-128": "sha256"}
 
 
@@ -208,6 +214,52 @@ def limit_bytes_per_second(min_time: float = 0.3, suite: Suite = Suite()) -> flo
     return _rate(lambda: call(1, data, out), min_time) * size
 
 
+def prepared_e2e(size: int, mss: int, suite: Suite):
+    """A generated raw-IP pcap of TCP packets in a temporary directory, its SA file, and a
+    callable that encrypts it end to end (in process: net of interpreter start-up). Returns
+    (work, units, ip_bytes, naive_size, cleanup)."""
+    import json
+    import shutil
+    import tempfile
+
+    from ..io.capture import encrypt_capture
+    from ..io.pcap import LINKTYPE_RAW, write_pcap
+    from ..io.safile import parse_sa_list
+    lso = size > 9000
+    ip_size = size + 40 if lso else size
+    count = min(E2E_MAX_PACKETS, max(16, E2E_BYTES // ip_size))
+    directory = tempfile.mkdtemp(prefix="ipsecoffload-e2e-")
+    plain = os.path.join(directory, "plain.pcap")
+    out = os.path.join(directory, "out.pcap")
+    try:
+        write_pcap(plain, LINKTYPE_RAW, [tcp_packet(ip_size)] * count,
+                   [1_700_000_000 * 10**9 + i * 1000 for i in range(count)])
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    config = suite.sa_config()
+    entry = {"name": "e2e", "spi": config.spi, "encryption": config.encryption,
+             "key": config.key.hex(), "esn": True, "seq": 1}
+    if config.integrity:
+        entry.update(integrity=config.integrity, auth_key=config.auth_key.hex())
+    policies = parse_sa_list(json.loads(json.dumps([entry])))
+    segments = -(-size // mss) if lso else 1
+
+    runs = [0]
+
+    def work() -> None:
+        # a new output file each run: deleting the last one (freeing its pages) is not
+        # encryption's cost; the directory goes at the end
+        runs[0] += 1
+        summary = encrypt_capture(plain, f"{out}.{runs[0]}", policies,
+                                  mss=mss if lso else None)
+        if summary.frames_out != count * segments:
+            raise RuntimeError(f"e2e bench: {summary.frames_out} frames out, "
+                               f"{count * segments} expected")
+    return work, count * segments, count * ip_size, mss + 40 if lso else size, \
+        lambda: shutil.rmtree(directory, ignore_errors=True)
+
+
 def naive_packets_per_second(size: int, batch: int = DEFAULT_BATCH, min_time: float = 0.3,
                              suite: Suite = Suite()) -> float:
     """One call per packet in a Python loop: what a plain program gets."""
@@ -250,7 +302,7 @@ def check_arguments(sizes: Sequence[int], batch: int, min_time: float, path: str
                          f"got {min_time}")
     if not 1 <= mss <= 9000:
         raise ValueError(f"mss must be between 1 and 9000, got {mss}")
-    limit = 262144 if path == "lso" else 60000
+    limit = {"send": 60000, "lso": 262144, "e2e": 65000, "receive": 60000}[path]
     for size in sizes:
         if not 60 <= size <= limit:
             raise ValueError(f"size {size} is outside 60..{limit} for path {path}")
@@ -267,31 +319,39 @@ def run(sizes: Optional[Sequence[int]] = None, batch: int = DEFAULT_BATCH,
     each keeps its best round: on a shared machine a slow round is interference, and turns
     keep a drift of the machine's speed out of the ratios."""
     if sizes is None:
-        sizes = (DEFAULT_LSO_SIZE,) if path == "lso" else DEFAULT_SIZES
+        sizes = {"send": DEFAULT_SIZES, "lso": (DEFAULT_LSO_SIZE,),
+                 "e2e": DEFAULT_E2E_SIZES, "receive": DEFAULT_SIZES}[path]
     suite = Suite(encryption, integrity)
     check_arguments(sizes, batch, min_time, path, mss)
     share = min_time / ROUNDS
     rows = []
     for size in sizes:
+        work: Callable[[], object]
         if path == "send":
             miniport, frames = prepared_send(size, batch, suite.encryption, suite.integrity)
             units, ip_bytes, naive_size = batch, batch * size, size
-        elif path == "receive":
-            miniport, frames = prepared_receive(size, batch, suite)
-            units, ip_bytes, naive_size = batch, batch * size, size
-        else:
+            work = lambda: miniport.send(frames)  # noqa: E731
+        elif path == "lso":
             miniport, frames, units = prepared_lso(size, mss, suite)
             ip_bytes, naive_size = size + 40, mss + 40
+            work = lambda: miniport.send(frames)  # noqa: E731
+        elif path == "receive":
+            receiver, received = prepared_receive(size, batch, suite)
+            units, ip_bytes, naive_size = batch, batch * size, size
+            work = lambda: receiver.receive(received)  # noqa: E731
+        else:
+            work, units, ip_bytes, naive_size, cleanup = prepared_e2e(size, mss, suite)
         limit = ours = naive = 0.0
-        for _ in range(ROUNDS):
-            limit = max(limit, limit_bytes_per_second(share, suite))
-            if path == "receive":
-                ours = max(ours, _rate(lambda: miniport.receive(frames), share))
-                naive = max(naive, naive_receive_packets_per_second(naive_size, batch, share,
-                                                                    suite))
-            else:
-                ours = max(ours, _rate(lambda: miniport.send(frames), share))
-                naive = max(naive, naive_packets_per_second(naive_size, batch, share, suite))
+        try:
+            for _ in range(ROUNDS):
+                limit = max(limit, limit_bytes_per_second(share, suite))
+                ours = max(ours, _rate(work, share))
+                naive_rate = (naive_receive_packets_per_second if path == "receive"
+                              else naive_packets_per_second)
+                naive = max(naive, naive_rate(naive_size, batch, share, suite))
+        finally:
+            if path == "e2e":
+                cleanup()
         limit_gbps = limit * 8 / 1e9
         pps, gbps = ours * units, ours * ip_bytes * 8 / 1e9
         rows.append(BenchRow(size=size, path=path, suite=suite.name, pps=pps, gbps=gbps,

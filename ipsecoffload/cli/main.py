@@ -18,6 +18,7 @@ from ..io.capture import CLEAR, DEFAULT_BATCH, EncryptSummary, SaStats, encrypt_
 from ..host.receive import DEFAULT_REPLAY_WINDOW
 from ..io.decrypt import DecryptSummary, decrypt_capture
 from ..io.pcap import LINKTYPE_ETHERNET, PcapError
+from ..io.atomic import OutputRefused
 from ..io.safile import SaFileError, SaPolicy, load_sa_file, wireshark_esp_sa
 
 PROG = "ipsecoffload"
@@ -88,13 +89,14 @@ class _Progress:
         self.start = self.last = time.perf_counter()
         self.width = 0
 
-    def __call__(self, packets: int) -> None:
+    def __call__(self, packets: int, fraction: Optional[float] = None) -> None:
         now = time.perf_counter()
         if not self.enabled or now - self.last < self.interval:
             return
         self.last = now
         rate = packets / (now - self.start) if now > self.start else 0.0
-        text = f"\r{self.label}: {packets} packets, {rate:,.0f}/s"
+        percent = f"{min(fraction, 1.0):6.1%} " if fraction is not None else ""
+        text = f"\r{self.label}: {percent}{packets} packets, {rate:,.0f}/s"
         self.width = max(self.width, len(text))
         self.stream.write(text)
         self.stream.flush()
@@ -152,9 +154,10 @@ def format_summary(summary: EncryptSummary) -> str:
     return "\n".join(lines)
 
 
-def _with_progress(label: str, work):
+def _with_progress(label: str, work, quiet: bool = False):
     """``work(progress)`` with a packet counter on stderr, erased afterwards."""
     progress = _Progress(label)
+    progress.enabled = progress.enabled and not quiet
     try:
         return work(progress)
     finally:
@@ -167,16 +170,34 @@ def _print_warnings(summary: EncryptSummary) -> None:
 
 
 # -- commands --------------------------------------------------------------------------------
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program runs so that the output is cleaned up."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
 def cmd_encrypt(args) -> int:
+    import signal
     policies = load_sa_file(args.sa)
-    summary = _with_progress("encrypt", lambda progress: encrypt_capture(
-        args.input, args.output, policies, mss=args.mss, batch_size=args.batch,
-        progress=progress))
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) \
+        if threading_main() else None
+    try:
+        summary = _with_progress("encrypt", lambda progress: encrypt_capture(
+            args.input, args.output, policies, mss=args.mss, batch_size=args.batch,
+            progress=progress, output_format=args.format, count=args.count,
+            protect=[(args.sa, "SA file")], workers=args.workers), quiet=args.quiet)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     _print_warnings(summary)
+    # with -o - the capture owns standard output: the summary goes to stderr
+    stream = sys.stderr if args.output == "-" else sys.stdout
     if args.json:
-        print(json.dumps(summary.as_dict()))
+        print(json.dumps(summary.as_dict()), file=stream)
     else:
-        print(format_summary(summary))
+        print(format_summary(summary), file=stream)
     return EXIT_OK
 
 
@@ -221,6 +242,11 @@ def _window(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a window of 0 to {RX_WINDOW_MAX} packets, "
                                          f"got {text!r}")
     return value
+
+
+def threading_main() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
 
 
 def cmd_wireshark_sa(args) -> int:
@@ -377,12 +403,24 @@ def build_parser() -> argparse.ArgumentParser:
     encrypt = commands.add_parser(
         "encrypt", epilog=_epilog("encrypt"), formatter_class=_HelpFormatter,
         help="plaintext capture to IPsec capture",
-        description="Encrypt a classic pcap capture (Ethernet or raw IP) with the SAs of an SA "
+        description="Encrypt a pcap or pcapng capture (Ethernet, VLAN tags included, or raw "
+                    "IP) with the SAs of an SA "
                     "file: the first SA whose selector matches a packet protects it, unmatched "
                     "packets pass in clear, malformed packets are counted and dropped. The "
                     "summary goes to stdout.")
-    encrypt.add_argument("-i", "--input", metavar="IN.pcap", required=True)
-    encrypt.add_argument("-o", "--output", metavar="OUT.pcap", required=True)
+    encrypt.add_argument("-i", "--input", metavar="IN.pcap", required=True,
+                         help="pcap or pcapng capture; - reads standard input")
+    encrypt.add_argument("-o", "--output", metavar="OUT.pcap", required=True,
+                         help="output capture; - writes standard output (the summary then "
+                              "goes to stderr)")
+    encrypt.add_argument("--format", choices=("pcap", "pcapng"), default=None,
+                         help="output format (default: the input's)")
+    encrypt.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    encrypt.add_argument("--workers", metavar="N", type=_positive, default=1,
+                         help="send each batch in N shards at once, by SA (threads; "
+                              "default: 1)")
+    encrypt.add_argument("-c", "--count", metavar="N", type=_positive, default=None,
+                         help="stop after N packets")
     encrypt.add_argument("--sa", metavar="SA.json", required=True, help="the SA file")
     encrypt.add_argument("--mss", metavar="N", type=_positive,
                          help="TCP packets with more than N payload bytes in transport-mode "
@@ -440,7 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "figures: the suite's raw cipher on 1 MiB (limit) and a Python loop of one "
                     "cipher call per packet (naive). Path 'send': prebuilt frames, one NBL "
                     "per packet; 'lso': one LSO super-packet of SIZE TCP payload bytes cut "
-                    "at --mss (pps counts segments).")
+                    "at --mss (pps counts segments); 'e2e': encrypt end to end on a generated "
+                    "capture (sizes above 9000: super-packets of that TCP payload cut at "
+                    "--mss).")
     sizes = ",".join(map(str, bench.DEFAULT_SIZES))
     benchmark.add_argument("--json", action="store_true", help="a JSON list of rows")
     benchmark.add_argument("--path", choices=bench.PATHS, default="send",
@@ -469,12 +509,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    args = None
     try:
         args = build_parser().parse_args(argv)
         return args.run(args)
     except SystemExit as done:  # --help
         return done.code if isinstance(done.code, int) else EXIT_OK
-    except (UsageError, PcapError, SaFileError) as error:
+    except (UsageError, PcapError, SaFileError, OutputRefused) as error:
         message = str(error)
     except OSError as error:
         message = _os_error(error)
@@ -483,6 +524,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     message = " ".join(message.split())
     print(f"{PROG}: error: {message}", file=sys.stderr)
-    if "--json" in argv:  # a program reading stdout gets the error as JSON too
-        print(json.dumps({"error": message}))
+    wants_json = getattr(args, "json", False) if args is not None else "--json" in argv
+    if wants_json and getattr(args, "output", None) != "-":
+        print(json.dumps({"error": message}))  # design: --json callers read stdout
     return EXIT_USAGE

@@ -537,6 +537,9 @@ class HostStack(ReceiveMixin):
         (default zeros; the NIC writes the IV unless ``Miniport(iv_source="packet")``).
         ESN: only ``send`` keeps the miniport's high-order word in step."""
         with self._lock:
+            packets, fast = self._compiled(packets, sa, ivs, send=False)
+            if fast is not None:
+                return fast
             return _to_batch(self._prepare(packets, sa, ivs))
 
     def send(self, packets: Sequence[bytes], sa: Optional[StackSa], *,
@@ -544,7 +547,34 @@ class HostStack(ReceiveMixin):
         """``build`` then ``miniport.send``; with ESN, UPDATE_SA wherever the high word of
         the SNs changes. Raises before sending anything if the SA lacks SNs."""
         with self._lock:
+            packets, fast = self._compiled(packets, sa, ivs, send=True)
+            if fast is not None:
+                return fast
             return self._transmit(sa, self._prepare(packets, sa, ivs))
+
+    # Frame ESP batches in compiled code (host/tx_frame.py); this Python framer is its twin
+    # and frames whatever that one does not. False: always the Python framer.
+    compiled_framing = True
+
+    def _compiled(self, packets, sa, ivs, send: bool):
+        """(packets as a list, scapy packets as bytes; the compiled framer's batch or send
+        result, or None: this Python framer runs)."""
+        if isinstance(packets, (bytes, bytearray, memoryview)):
+            return packets, None
+        packets = [p if isinstance(p, (bytes, bytearray, memoryview))
+                   or not hasattr(type(p), "__bytes__") else bytes(p) for p in packets]
+        if ivs is not None or not self.compiled_framing:
+            return packets, None
+        from . import tx_frame
+        return packets, tx_frame.stack_send(self, packets, sa, send=send)
+
+    def send_batch(self, packets, sas, *, mss: Optional[int] = None):
+        """Send plain IP packets (bytes-like or scapy), each under its SA (one StackSa or None
+        for all, or one per packet); with ``mss``, TCP packets with more payload under
+        transport SAs go as LSO super-packets. A packet that cannot go is reported in
+        ``.faults`` with its index and counted, the rest are sent (host/tx_frame.py)."""
+        from . import tx_frame
+        return tx_frame.send_batch(self, packets, sas, mss=mss)
 
     def _transmit(self, sa: Optional[StackSa], nbls: list[_Nbl]) -> SendResult:
         esn_sa = sa if sa is not None and sa.config.esn else None

@@ -1,0 +1,30 @@
+"""End to end (design §8 "ours", separately end to end): ``encrypt`` on a generated raw-IP
+capture of TCP packets, pcap reading and writing included, in process (net of interpreter
+start-up), at 64 and 1400 B and for 64000-byte super-packets cut at MSS 1448, against the
+naive loop of one ``encrypt_into`` per packet timed in the same run (group ``e2e``).
+``ipsecoffload bench --path e2e`` gives the same rows from the command line."""
+import pytest
+
+from ipsecoffload.cli.bench import Suite, naive_packets_per_second, prepared_e2e
+
+SIZES = (64, 1400, 64000)
+MSS = 1448
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_e2e_encrypt(benchmark, record, size):
+    benchmark.group = "e2e"
+    work, units, ip_bytes, _, cleanup = prepared_e2e(size, MSS, Suite())
+    try:
+        benchmark.pedantic(work, rounds=3, iterations=1, warmup_rounds=1)
+    finally:
+        cleanup()
+    record("e2e", size, benchmark, units, ip_bytes)
+
+
+@pytest.mark.parametrize("size", (64, 1400, MSS + 40))
+def test_e2e_naive_reference(benchmark, size):
+    benchmark.group = "e2e"
+    rate = benchmark.pedantic(naive_packets_per_second, args=(size, 256, 0.05), rounds=3,
+                              iterations=1)
+    benchmark.extra_info.update(naive_pps=rate)

@@ -1,0 +1,604 @@
+# Host stack framing in compiled code (docs/send-path.md, "Host framing"): what
+# host/stack.py's Python framer does per packet, done for a whole batch. Included by
+# _fastpath.pyx. host/stack.py stays the twin (the tests compare the two byte for byte) and the
+# general path for what this one does not frame (caller IVs, AH, bundles).
+#
+# host_classify: link header (Ethernet with 802.1Q / 802.1ad tags, or raw IP), IPv4/IPv6
+#   parse, first-match SA selectors, fragment and LSO decisions, one pass.
+# host_frame: per packet the frame the miniport takes (RFC 4303 §2 ESP header, padding and
+#   trailer, RFC 3948 §2.1 UDP header, tunnel outer header with RFC 6040 normal-mode ECN copy,
+#   LSO super-packet layout) and its NBL out-of-band info; sequence numbers per SA, checked
+#   against the SA's last number (RFC 4303 §3.3.3: never cycled).
+
+# -- structs (mirrored by numpy dtypes in host/tx_frame.py; a test asserts the layout) -------
+
+ctypedef struct HostSelector:
+    uint8_t src_net[16]
+    uint8_t src_mask[16]
+    uint8_t dst_net[16]
+    uint8_t dst_mask[16]
+    uint16_t sport
+    uint16_t dport
+    uint8_t src_version       # 0: any source
+    uint8_t dst_version
+    uint8_t n_protos          # 0: any protocol
+    uint8_t protos[2]
+    uint8_t has_sport
+    uint8_t has_dport
+    uint8_t tunnel            # the SA is tunnel mode: never LSO (docs/send-path.md)
+    uint8_t reserved[4]
+
+ctypedef struct HostPkt:
+    int64_t off               # the record's first byte (link header) in the input arena
+    int64_t ts_ns
+    int32_t cap_len           # captured bytes of the record
+    int32_t l2_len            # link header bytes
+    int32_t ip_len            # the IP packet's length from its header
+    int32_t l4_off            # after the IPv4 header / the IPv6 headers ESP follows
+    int32_t nh_at             # the byte that names the protocol at l4_off
+    int32_t tcp_len           # TCP header bytes (LSO)
+    int32_t sa                # SA index; -1: none
+    int32_t nsn               # sequence numbers it takes (LSO: one per segment)
+    uint64_t sn               # host_frame: its first sequence number
+    int32_t nbl               # host_frame: its NBL in the send; -1: none
+    int32_t iface             # capture interface
+    uint8_t kind              # PKT_*
+    uint8_t fault             # FAULT_*: why it was dropped
+    uint8_t version
+    uint8_t proto             # the protocol at l4_off (the ESP trailer's Next Header)
+    uint8_t link              # 0 raw IP, 1 Ethernet
+    uint8_t reserved[3]
+
+ctypedef struct HostSa:
+    uint64_t handle[2]        # offload handle of the IPv4 [0] / IPv6 [1] bundle; 0: not added
+    uint64_t next_seq         # in/out; 0 after 2**64 - 1 was used
+    uint64_t limit            # the last usable sequence number
+    uint64_t first_sn         # out: first number used by this call (0: none)
+    uint64_t last_sn          # out: last number used by this call
+    uint32_t spi
+    uint16_t udp_sport
+    uint16_t udp_dport
+    uint8_t tunnel
+    uint8_t outer_ipv6
+    uint8_t udp_encap
+    uint8_t iv_len
+    uint8_t icv_len
+    uint8_t align
+    uint8_t esn
+    uint8_t versions          # bit 0: may use an IPv4 bundle, bit 1: an IPv6 bundle
+    uint8_t used              # out: bundles used by this call (bits as ``versions``)
+    uint8_t reserved[7]
+    uint8_t tun_src[16]
+    uint8_t tun_dst[16]
+
+cpdef enum PktKind:
+    PKT_DROP = 0
+    PKT_NOT_IP = 1
+    PKT_CLEAR = 2
+    PKT_ESP = 3
+    PKT_LSO = 4
+
+cpdef enum PktFault:
+    FAULT_NONE = 0
+    FAULT_EMPTY = 1
+    FAULT_NOT_IP_VERSION = 2
+    FAULT_TRUNCATED = 3
+    FAULT_BAD_IPV4 = 4
+    FAULT_BAD_TCP = 5
+    FAULT_LINK_TRUNCATED = 6
+    FAULT_FRAGMENT = 7
+    FAULT_WRONG_VERSION = 16   # refusals of the host stack from here on
+    FAULT_TOO_LONG = 17
+    FAULT_ESP_OFFSET = 18
+    FAULT_LSO_PARAMS = 19
+    FAULT_NO_BUNDLE = 20
+    FAULT_EXHAUSTED = 21
+    FAULT_ARENA = 22
+
+HOST_STRUCT_SIZES = {"HostSelector": sizeof(HostSelector), "HostPkt": sizeof(HostPkt),
+                     "HostSa": sizeof(HostSa)}
+
+
+def host_struct_offsets():
+    """Field offsets of the host framing structs (the layout test)."""
+    cdef HostSelector s
+    cdef HostPkt p
+    cdef HostSa a
+    return {
+        "HostSelector": {"src_net": <char*>&s.src_net - <char*>&s, "dst_mask": <char*>&s.dst_mask - <char*>&s,
+                         "sport": <char*>&s.sport - <char*>&s, "src_version": <char*>&s.src_version - <char*>&s,
+                         "protos": <char*>&s.protos - <char*>&s, "tunnel": <char*>&s.tunnel - <char*>&s},
+        "HostPkt": {"off": <char*>&p.off - <char*>&p, "ts_ns": <char*>&p.ts_ns - <char*>&p,
+                    "cap_len": <char*>&p.cap_len - <char*>&p, "sa": <char*>&p.sa - <char*>&p,
+                    "sn": <char*>&p.sn - <char*>&p, "nbl": <char*>&p.nbl - <char*>&p,
+                    "iface": <char*>&p.iface - <char*>&p, "kind": <char*>&p.kind - <char*>&p,
+                    "link": <char*>&p.link - <char*>&p},
+        "HostSa": {"handle": <char*>&a.handle - <char*>&a, "next_seq": <char*>&a.next_seq - <char*>&a,
+                   "last_sn": <char*>&a.last_sn - <char*>&a, "spi": <char*>&a.spi - <char*>&a,
+                   "tunnel": <char*>&a.tunnel - <char*>&a, "used": <char*>&a.used - <char*>&a,
+                   "tun_src": <char*>&a.tun_src - <char*>&a, "tun_dst": <char*>&a.tun_dst - <char*>&a},
+    }
+
+
+cdef inline uint8_t* _host_buf(object array, int64_t itemsize, int64_t n, str name) except? NULL:
+    """Data pointer of a writable C-contiguous one-dimensional array of n items."""
+    if not isinstance(array, np.ndarray) or array.ndim != 1 \
+            or not array.flags.c_contiguous or not array.flags.writeable:
+        raise TypeError(f"{name} must be a writable contiguous one-dimensional array")
+    if array.nbytes < n * itemsize:
+        raise ValueError(f"{name} holds {array.nbytes} bytes, {n * itemsize} are needed")
+    return <uint8_t*>cnp.PyArray_DATA(array) if n else NULL
+
+
+# -- classify ---------------------------------------------------------------------------------
+
+cdef inline int _prefix_match(const uint8_t* addr, const uint8_t* net, const uint8_t* mask,
+                              int n) noexcept nogil:
+    cdef int i
+    for i in range(n):
+        if (addr[i] & mask[i]) != net[i]:
+            return 0
+    return 1
+
+
+cdef uint8_t _classify_one(const uint8_t* rec, HostPkt* k, const HostSelector* sel, int nsel,
+                           int64_t mss) noexcept nogil:
+    """Sets k's link, IP and SA fields; returns the fault (kind PKT_DROP) or 0. Mirrors
+    host/packetinfo.py (selectors, fragments, LSO) and host/stack.py (where ESP goes)."""
+    cdef int64_t cap = k.cap_len, l2 = 0, n, length, pos, th = 0, payload = -1
+    cdef uint32_t et
+    cdef const uint8_t* p
+    cdef uint8_t proto, version
+    cdef int fragment = 0, later = 0, ports = 0, lso_ok = 0, i, j, alen, hit
+    cdef uint16_t sport = 0, dport = 0
+    cdef const uint8_t* src
+    cdef const uint8_t* dst
+    cdef int64_t off6, nh6
+    k.sa = -1
+    k.nsn = 1
+    if k.link:
+        if cap < 14:
+            return FAULT_LINK_TRUNCATED
+        et = ld16(rec + 12)
+        l2 = 14
+        # IEEE 802.1Q / 802.1ad tags: 4 bytes each, then the next EtherType
+        while et == 0x8100 or et == 0x88A8 or et == 0x9100:
+            if l2 + 4 > cap:
+                return FAULT_LINK_TRUNCATED
+            et = ld16(rec + l2 + 2)
+            l2 += 4
+        k.l2_len = <int32_t>l2
+        if et != 0x0800 and et != 0x86DD:
+            k.kind = PKT_NOT_IP
+            return 0
+    k.l2_len = <int32_t>l2
+    p = rec + l2
+    n = cap - l2
+    if n < 1:
+        return FAULT_EMPTY
+    version = p[0] >> 4
+    k.version = version
+    if version == 4:
+        if n < 20:
+            return FAULT_TRUNCATED
+        pos = (p[0] & 0x0F) * 4
+        length = ld16(p + 2)
+        if pos < 20 or length < pos:
+            return FAULT_BAD_IPV4
+        if length > n:
+            return FAULT_TRUNCATED
+        fragment = (ld16(p + 6) & 0x3FFF) != 0
+        later = (ld16(p + 6) & 0x1FFF) != 0
+        proto = p[9]
+        k.l4_off = <int32_t>pos
+        k.nh_at = 9
+        k.proto = proto
+        src, dst, alen = p + 12, p + 16, 4
+    elif version == 6:
+        if n < 40:
+            return FAULT_TRUNCATED
+        length = 40 + ld16(p + 4)
+        if length > n:
+            return FAULT_TRUNCATED
+        proto = p[6]
+        pos = 40
+        while proto == 0 or proto == 43 or proto == 60 or proto == 44:
+            if pos + 8 > length:
+                return FAULT_TRUNCATED
+            if proto == 44:
+                fragment = 1
+                later = later or (ld16(p + pos + 2) >> 3) != 0
+                proto = p[pos]
+                pos += 8
+                if later:
+                    break
+            else:
+                proto = p[pos]
+                pos += (p[pos + 1] + 1) * 8
+        if pos > length:
+            return FAULT_TRUNCATED
+        # where ESP goes: after hop-by-hop, routing and destination options (host/stack.py)
+        nh6, off6 = 6, 40
+        while p[nh6] == 0 or p[nh6] == 43 or p[nh6] == 60:
+            if off6 + 2 > length or off6 + (p[off6 + 1] + 1) * 8 > length:
+                break  # not reached: the walk above found the packet whole
+            nh6, off6 = off6, off6 + (p[off6 + 1] + 1) * 8
+        k.l4_off = <int32_t>off6
+        k.nh_at = <int32_t>nh6
+        k.proto = p[nh6]
+        src, dst, alen = p + 8, p + 24, 16
+    else:
+        return FAULT_NOT_IP_VERSION
+    k.ip_len = <int32_t>length
+    if not later and (proto == 6 or proto == 17):
+        if pos + (20 if proto == 6 else 8) > length:
+            return FAULT_TRUNCATED
+        sport, dport, ports = ld16(p + pos), ld16(p + pos + 2), 1
+        if proto == 6:
+            th = (p[pos + 12] >> 4) * 4
+            if th < 20 or pos + th > length:
+                return FAULT_BAD_TCP
+            payload = length - pos - th
+            lso_ok = not (fragment or p[pos + 13] & 0x26 or p[pos + 18] or p[pos + 19])
+    for i in range(nsel):
+        if sel[i].src_version and (sel[i].src_version != version
+                                   or not _prefix_match(src, sel[i].src_net, sel[i].src_mask, alen)):
+            continue
+        if sel[i].dst_version and (sel[i].dst_version != version
+                                   or not _prefix_match(dst, sel[i].dst_net, sel[i].dst_mask, alen)):
+            continue
+        if sel[i].n_protos:
+            hit = 0
+            for j in range(sel[i].n_protos):
+                hit = hit or sel[i].protos[j] == proto
+            if not hit:
+                continue
+        if sel[i].has_sport and (not ports or sport != sel[i].sport):
+            continue
+        if sel[i].has_dport and (not ports or dport != sel[i].dport):
+            continue
+        k.sa = i
+        break
+    if k.sa < 0:
+        k.kind = PKT_CLEAR
+        return 0
+    if fragment:
+        return FAULT_FRAGMENT
+    k.kind = PKT_ESP
+    if mss > 0 and proto == 6 and lso_ok and payload > mss and not sel[k.sa].tunnel:
+        k.kind = PKT_LSO
+        k.tcp_len = <int32_t>th
+        k.nsn = <int32_t>((payload + mss - 1) // mss)
+    return 0
+
+
+def host_classify(const uint8_t[::1] arena, pkts, int64_t n, selectors, int64_t nsel,
+                  int64_t mss):
+    """Classify n packets (HostPkt rows with off, cap_len and link set) against nsel
+    selectors (HostSelector rows, first match wins); mss > 0 makes LSO super-packets of TCP
+    packets with more payload under transport SAs. Sets kind, fault, the IP fields, sa, nsn."""
+    cdef HostPkt* k = <HostPkt*>_host_buf(pkts, sizeof(HostPkt), n, "pkts")
+    cdef const HostSelector* sel = <const HostSelector*>_host_buf(
+        selectors, sizeof(HostSelector), nsel, "selectors")
+    cdef int64_t i, size = arena.shape[0]
+    cdef const uint8_t* base = &arena[0] if size else NULL
+    for i in range(n):
+        if k[i].off < 0 or k[i].cap_len < 0 or k[i].off + k[i].cap_len > size:
+            raise ValueError(f"packet {i} lies outside the arena")
+    with nogil:
+        for i in range(n):
+            k[i].kind = PKT_DROP
+            k[i].nbl = -1
+            k[i].fault = _classify_one(base + k[i].off, &k[i], sel, <int>nsel, mss)
+            if k[i].fault:
+                k[i].kind = PKT_DROP
+
+
+def host_parse_for_stack(const uint8_t[::1] arena, pkts, int64_t n):
+    """HostStack.send's parse (host/stack.py parse_ip_packet) of n raw IP packets: IP fields,
+    kind PKT_ESP with sa 0, or PKT_DROP with the fault (the Python framer then says why). A
+    fragment keeps its IP fields with FAULT_FRAGMENT (tunnel mode carries fragments)."""
+    cdef HostPkt* k = <HostPkt*>_host_buf(pkts, sizeof(HostPkt), n, "pkts")
+    cdef int64_t i, size = arena.shape[0], m, length, off, nh
+    cdef const uint8_t* p
+    for i in range(n):
+        if k[i].off < 0 or k[i].cap_len < 0 or k[i].off + k[i].cap_len > size:
+            raise ValueError(f"packet {i} lies outside the arena")
+    with nogil:
+        for i in range(n):
+            k[i].kind, k[i].fault, k[i].sa, k[i].nsn, k[i].nbl, k[i].l2_len = PKT_DROP, 0, 0, 1, -1, 0
+            p = &arena[k[i].off] if k[i].cap_len else NULL
+            m = k[i].cap_len
+            if m < 1 or (p[0] >> 4 != 4 and p[0] >> 4 != 6):
+                k[i].fault = FAULT_NOT_IP_VERSION
+                continue
+            k[i].version = p[0] >> 4
+            if k[i].version == 4:
+                off = (p[0] & 0x0F) * 4
+                if m < 20:
+                    k[i].fault = FAULT_TRUNCATED
+                    continue
+                length = ld16(p + 2)
+                if off < 20 or length < off or length > m:
+                    k[i].fault = FAULT_BAD_IPV4
+                    continue
+                nh = 9
+                if ld16(p + 6) & 0x3FFF:
+                    k[i].fault = FAULT_FRAGMENT  # refused in transport mode only
+            else:
+                if m < 40:
+                    k[i].fault = FAULT_TRUNCATED
+                    continue
+                length = 40 + ld16(p + 4)
+                if length > m:
+                    k[i].fault = FAULT_TRUNCATED
+                    continue
+                nh, off = 6, 40
+                while p[nh] == 0 or p[nh] == 43 or p[nh] == 60:
+                    if off + 2 > length or off + (p[off + 1] + 1) * 8 > length:
+                        k[i].fault = FAULT_TRUNCATED
+                        break
+                    nh, off = off, off + (p[off + 1] + 1) * 8
+                if k[i].fault:
+                    continue
+                if p[nh] == 44:
+                    k[i].fault = FAULT_FRAGMENT
+            k[i].ip_len, k[i].l4_off, k[i].nh_at, k[i].proto = <int32_t>length, <int32_t>off, <int32_t>nh, p[nh]
+            if not k[i].fault:
+                k[i].kind = PKT_ESP
+
+
+# -- frame ------------------------------------------------------------------------------------
+
+cdef inline void _ip_length(uint8_t* d, int64_t length, int64_t ihl) noexcept nogil:
+    """IPv4 Total Length and header checksum (RFC 791), or IPv6 Payload Length (RFC 8200)."""
+    if d[0] >> 4 == 4:
+        st16(d + 2, <uint32_t>length)
+        d[10] = 0
+        d[11] = 0
+        st16(d + 10, (~csum_fold(csum_add(0, d, ihl))) & 0xFFFF)
+    else:
+        st16(d + 4, <uint32_t>(length - 40 if length > 40 else 0))
+
+
+cdef int64_t _link(uint8_t* o, const uint8_t* rec, const HostPkt* k, int l2_mode,
+                   const uint8_t* macs, int outer_v6) noexcept nogil:
+    """The link header of an output frame: none, the stack's MACs, or the record's own (VLAN
+    tags included); the EtherType is the outer IP version's. Returns its length."""
+    cdef int64_t l2
+    if l2_mode == 0 or (l2_mode == 2 and not k.link):
+        return 0
+    if l2_mode == 1:
+        memcpy(o, macs, 12)
+        l2 = 14
+    else:
+        l2 = k.l2_len
+        memcpy(o, rec, l2)
+    st16(o + l2 - 2, 0x86DD if outer_v6 else 0x0800)
+    return l2
+
+
+def host_frame(const uint8_t[::1] arena, pkts, int64_t start, int64_t end, sas, int64_t nsa,
+               int l2_mode, const uint8_t[::1] macs, int ttl, int df_policy, int ipv4_id,
+               int64_t mss, out, nb_off, nb_len, oob):
+    """Frame packets [start, end) (host_classify or host_parse_for_stack output) for the
+    miniport: frames into ``out``, one NBL each (nb_off/nb_len int64, oob NblOob rows).
+    l2_mode 0: raw IP, 1: Ethernet with ``macs`` (dst, src), 2: the record's own link header.
+    df_policy 0 copy / 1 set / 2 clear the outer IPv4 DF bit. Takes sequence numbers from
+    ``sas`` (HostSa rows). Stops before a packet whose first ESN sequence number has another
+    high word than the first one its SA used in this call (the stack sends UPDATE_SA between).
+    Returns (NBLs, output bytes, index of the first packet not framed, next IPv4 ID)."""
+    cdef HostPkt* k = <HostPkt*>_host_buf(pkts, sizeof(HostPkt), end, "pkts")
+    cdef HostSa* sa_tab = <HostSa*>_host_buf(sas, sizeof(HostSa), nsa, "sas")
+    cdef int64_t cap_out = out.shape[0] if isinstance(out, np.ndarray) else 0
+    cdef uint8_t* o = _host_buf(out, 1, cap_out, "out") if cap_out else NULL
+    cdef int64_t n_max = end - start if end > start else 0
+    cdef int64_t* offs = <int64_t*>_host_buf(nb_off, 8, n_max, "nb_off")
+    cdef int64_t* lens = <int64_t*>_host_buf(nb_len, 8, n_max, "nb_len")
+    cdef NblOob* ob = <NblOob*>_host_buf(oob, sizeof(NblOob), n_max, "oob")
+    cdef int64_t size = arena.shape[0], i, j = 0, pos = 0, need, l2, hl, udp, esp_off, ivl
+    cdef int64_t payload, pad, total, icv, tcp_off, body, sn_need
+    cdef const uint8_t* rec
+    cdef const uint8_t* ip
+    cdef uint8_t* d
+    cdef uint8_t* e
+    cdef HostPkt* q
+    cdef HostSa* s
+    cdef int bundle, v6out, df, stop = 0
+    cdef uint8_t nxt, tos
+    cdef uint32_t flow
+    cdef uint64_t sn, last, seed
+    cdef int64_t m, l2o
+    if macs.shape[0] < 12 and l2_mode == 1:
+        raise ValueError("macs must hold 12 bytes")
+    if start < 0:
+        raise ValueError("bad packet range")
+    # the rows are checked once here, so that the loop below stays inside every buffer
+    for i in range(start, end):
+        q = &k[i]
+        if q.kind < PKT_CLEAR:
+            continue
+        if q.off < 0 or q.cap_len < 0 or q.off + q.cap_len > size or q.l2_len < 0 \
+                or q.ip_len < 0 or q.l2_len + q.ip_len > q.cap_len \
+                or (q.link and l2_mode == 2 and q.l2_len < 14):
+            raise ValueError(f"packet {i} lies outside the arena")
+        if q.kind >= PKT_ESP:
+            if not 0 <= q.sa < nsa:
+                raise ValueError(f"packet {i} names SA {q.sa} of {nsa}")
+            if q.version not in (4, 6) or q.ip_len < (20 if q.version == 4 else 40) \
+                    or not (0 <= q.nh_at < q.l4_off <= q.ip_len) or q.l4_off < 20 or q.nsn < 1 \
+                    or (q.kind == PKT_LSO and (q.tcp_len < 20 or q.l4_off + q.tcp_len > q.ip_len)):
+                raise ValueError(f"packet {i} has inconsistent header fields")
+    for i in range(nsa):
+        sa_tab[i].first_sn = 0
+        sa_tab[i].last_sn = 0
+        sa_tab[i].used = 0
+    with nogil:
+        i = start
+        while i < end:
+            q = &k[i]
+            q.nbl = -1
+            if q.kind < PKT_CLEAR:
+                i += 1
+                continue
+            rec = &arena[q.off]
+            ip = rec + q.l2_len
+            memset(&ob[j], 0, sizeof(NblOob))
+            l2o = 0 if l2_mode == 0 or (l2_mode == 2 and not q.link) else (
+                14 if l2_mode == 1 else q.l2_len)
+            if q.kind == PKT_CLEAR:
+                need = l2o + q.ip_len
+                if pos + need > cap_out:
+                    q.kind, q.fault = PKT_DROP, FAULT_ARENA
+                    i += 1
+                    continue
+                l2 = _link(o + pos, rec, q, l2_mode, &macs[0] if macs.shape[0] else NULL,
+                           q.version == 6)
+                memcpy(o + pos + l2, ip, q.ip_len)
+                ob[j].l2_len = <uint16_t>l2
+                offs[j], lens[j] = pos, l2 + q.ip_len
+                pos += l2 + q.ip_len
+                q.nbl = <int32_t>j
+                j += 1
+                i += 1
+                continue
+            s = &sa_tab[q.sa]
+            bundle = s.outer_ipv6 if s.tunnel else q.version == 6
+            if not (s.versions >> bundle) & 1:
+                q.kind, q.fault = PKT_DROP, FAULT_WRONG_VERSION
+                i += 1
+                continue
+            if not s.handle[bundle]:
+                q.kind, q.fault = PKT_DROP, FAULT_NO_BUNDLE
+                i += 1
+                continue
+            sn_need = q.nsn
+            if s.next_seq == 0 or s.next_seq > s.limit or <uint64_t>(sn_need - 1) > s.limit - s.next_seq:
+                q.kind, q.fault = PKT_DROP, FAULT_EXHAUSTED
+                i += 1
+                continue
+            sn = s.next_seq
+            if s.esn and s.first_sn and (sn >> 32) != (s.first_sn >> 32):
+                break  # the caller sends, updates the SA's high word, and calls again
+            # sizes and the host stack's refusals, before anything is written
+            udp = 8 if s.udp_encap else 0
+            ivl = s.iv_len
+            icv = s.icv_len
+            v6out = s.outer_ipv6 if s.tunnel else q.version == 6
+            if s.tunnel:
+                hl = 40 if s.outer_ipv6 else 20
+                payload = q.ip_len
+                nxt = 4 if q.version == 4 else 41
+            else:
+                hl = q.l4_off
+                nxt = q.proto
+                payload = q.ip_len - q.l4_off
+            esp_off = hl + udp
+            if esp_off % 4 or esp_off > 1020:
+                q.kind, q.fault = PKT_DROP, FAULT_ESP_OFFSET
+                i += 1
+                continue
+            if q.kind == PKT_LSO:
+                body = payload  # TCP header and data
+                pad = 0
+                total = hl + udp + 8 + ivl + body
+                tcp_off = (q.l2_len if l2_mode == 2 else (14 if l2_mode == 1 else 0)) \
+                    + esp_off + 8 + ivl
+                if tcp_off > 1023 or mss < 1 or mss > 0xFFFFF:
+                    q.kind, q.fault = PKT_DROP, FAULT_LSO_PARAMS
+                    i += 1
+                    continue
+            else:
+                pad = esp_pad(payload + 2, s.align)
+                total = hl + udp + 8 + ivl + payload + pad + 2 + icv
+                if (not v6out and total > 0xFFFF) or (v6out and total - 40 > 0xFFFF):
+                    q.kind, q.fault = PKT_DROP, FAULT_TOO_LONG
+                    i += 1
+                    continue
+            if pos + l2o + total > cap_out:
+                q.kind, q.fault = PKT_DROP, FAULT_ARENA
+                i += 1
+                continue
+            # commit: sequence numbers, then the bytes
+            last = sn + <uint64_t>(sn_need - 1)
+            s.next_seq = last + 1  # 0 once 2**64 - 1 is used
+            if not s.first_sn:
+                s.first_sn = sn
+            s.last_sn = last
+            s.used |= 1 << bundle
+            q.sn = sn
+            l2 = _link(o + pos, rec, q, l2_mode, &macs[0] if macs.shape[0] else NULL, v6out)
+            d = o + pos + l2
+            if s.tunnel:
+                if q.version == 4:
+                    tos = ip[1]
+                    flow = 0
+                else:
+                    tos = ((ip[0] & 0x0F) << 4) | (ip[1] >> 4)
+                    flow = ((ip[1] & 0x0F) << 16) | (ip[2] << 8) | ip[3]
+                if not s.outer_ipv6:
+                    if df_policy == 0:
+                        df = q.version == 4 and (ip[6] & 0x40) != 0
+                    else:
+                        df = df_policy == 1
+                    d[0], d[1] = 0x45, tos
+                    st16(d + 4, <uint32_t>ipv4_id)
+                    ipv4_id = (ipv4_id + 1) & 0xFFFF
+                    st16(d + 6, 0x4000 if df else 0)
+                    d[8], d[9] = <uint8_t>ttl, 17 if udp else 50
+                    memcpy(d + 12, s.tun_src, 4)
+                    memcpy(d + 16, s.tun_dst, 4)
+                else:
+                    st32(d, (6u << 28) | (<uint32_t>tos << 20) | flow)
+                    d[6], d[7] = 17 if udp else 50, <uint8_t>ttl
+                    memcpy(d + 8, s.tun_src, 16)
+                    memcpy(d + 24, s.tun_dst, 16)
+                memcpy(d + hl + udp + 8 + ivl, ip, q.ip_len)
+            else:
+                memcpy(d, ip, hl)
+                d[q.nh_at] = 17 if udp else 50
+                memcpy(d + hl + udp + 8 + ivl, ip + hl, payload)
+            e = d + esp_off
+            st32(e, s.spi)
+            st32(e + 4, <uint32_t>sn)
+            memset(e + 8, 0, ivl)
+            if udp:
+                st16(d + hl, s.udp_sport)
+                st16(d + hl + 2, s.udp_dport)
+                d[hl + 6], d[hl + 7] = 0, 0
+            if q.kind == PKT_LSO:
+                # TCP checksum seeded with the pseudo-header sum, lengths 0 (LSOv2,
+                # docs/send-path.md)
+                e = e + 8 + ivl
+                if q.version == 4:
+                    seed = csum_fold(csum_add(6, ip + 12, 8))
+                else:
+                    seed = csum_fold(csum_add(6, ip + 8, 32))
+                st16(e + 16, <uint32_t>seed)
+                if udp:
+                    d[hl + 4], d[hl + 5] = 0, 0
+                _ip_length(d, 0, hl)
+                ob[j].next_header = 6
+                ob[j].lso_info = (<uint64_t>mss | (<uint64_t>tcp_off << 20) | (<uint64_t>1 << 30)
+                                  | (<uint64_t>(q.version == 6) << 31))
+            else:
+                e = d + hl + udp + 8 + ivl + payload
+                for m in range(pad):
+                    e[m] = <uint8_t>(m + 1)
+                e[pad] = <uint8_t>pad
+                e[pad + 1] = nxt
+                memset(e + pad + 2, 0, icv)
+                if udp:
+                    st16(d + hl + 4, <uint32_t>(total - hl))
+                _ip_length(d, total, hl)
+                ob[j].next_header = nxt
+                ob[j].pad_length = <uint8_t>pad
+            ob[j].offload_handle = s.handle[bundle]
+            ob[j].esp_off4 = <uint8_t>(esp_off // 4)
+            ob[j].l2_len = <uint16_t>l2
+            offs[j], lens[j] = pos, l2 + total
+            pos += l2 + total
+            q.nbl = <int32_t>j
+            j += 1
+            i += 1
+    return j, pos, i, ipv4_id

@@ -1,0 +1,448 @@
+"""Host stack framing of whole batches in compiled code (docs/send-path.md, "Host framing").
+
+``host_classify`` (link header, IP parse, first-match selectors, LSO decision) and
+``host_frame`` (frames, NBL out-of-band info, sequence numbers per SA) run over a batch in
+``_fastpath`` (host/tx_frame.pxi). This module holds their table layouts, builds the per-SA
+templates once, and drives the sends: bundles offloaded before framing, ESN high words kept in
+step with UPDATE_SA between sends (docs/protocol.md), packets that cannot go reported with their
+index, never failing the rest. ``HostStack``'s Python framer (host/stack.py) is the twin the
+tests compare with byte for byte, and the path for what is not framed here (caller IVs).
+"""
+from __future__ import annotations
+
+import os
+from typing import NamedTuple, Optional, Sequence, Union
+
+import numpy as np
+
+from ..datapath.batch import PacketBatch
+from ..datapath.layout import NBL_OOB_DTYPE
+from ..datapath.tx import SendResult
+
+HOST_SELECTOR_DTYPE = np.dtype([
+    ("src_net", np.uint8, (16,)), ("src_mask", np.uint8, (16,)), ("dst_net", np.uint8, (16,)),
+    ("dst_mask", np.uint8, (16,)), ("sport", np.uint16), ("dport", np.uint16),
+    ("src_version", np.uint8), ("dst_version", np.uint8), ("n_protos", np.uint8),
+    ("protos", np.uint8, (2,)), ("has_sport", np.uint8), ("has_dport", np.uint8),
+    ("tunnel", np.uint8), ("reserved", np.uint8, (4,)),
+], align=True)
+
+HOST_PKT_DTYPE = np.dtype([
+    ("off", np.int64), ("ts_ns", np.int64), ("cap_len", np.int32), ("l2_len", np.int32),
+    ("ip_len", np.int32), ("l4_off", np.int32), ("nh_at", np.int32), ("tcp_len", np.int32),
+    ("sa", np.int32), ("nsn", np.int32), ("sn", np.uint64), ("nbl", np.int32),
+    ("iface", np.int32), ("kind", np.uint8), ("fault", np.uint8), ("version", np.uint8),
+    ("proto", np.uint8), ("link", np.uint8), ("reserved", np.uint8, (3,)),
+], align=True)
+
+HOST_SA_DTYPE = np.dtype([
+    ("handle", np.uint64, (2,)), ("next_seq", np.uint64), ("limit", np.uint64),
+    ("first_sn", np.uint64), ("last_sn", np.uint64), ("spi", np.uint32),
+    ("udp_sport", np.uint16), ("udp_dport", np.uint16), ("tunnel", np.uint8),
+    ("outer_ipv6", np.uint8), ("udp_encap", np.uint8), ("iv_len", np.uint8),
+    ("icv_len", np.uint8), ("align", np.uint8), ("esn", np.uint8), ("versions", np.uint8),
+    ("used", np.uint8), ("reserved", np.uint8, (7,)), ("tun_src", np.uint8, (16,)),
+    ("tun_dst", np.uint8, (16,)),
+], align=True)
+
+PKT_DROP, PKT_NOT_IP, PKT_CLEAR, PKT_ESP, PKT_LSO = range(5)
+
+# fault code -> text; below FAULT_REFUSED_FIRST a malformed packet, from it on a refusal of
+# the host stack (the summary's words, kept from the Python capture path)
+MALFORMED_TEXT = {1: "empty", 2: "not IPv4 or IPv6", 3: "truncated", 4: "bad IPv4 header",
+                  5: "bad TCP header", 6: "truncated link header",
+                  7: "IP fragment (IPsec is not offloaded for fragments)"}
+FAULT_REFUSED_FIRST = 16
+FAULT_EXHAUSTED = 21
+REFUSED = "refused by the host stack"
+EXHAUSTED = "sequence numbers exhausted"
+FAULT_DETAIL = {16: "the SA's bundle cannot carry this IP version",
+                17: "the datagram would exceed 65535 bytes",
+                18: "ESP would start beyond what EspHeaderOffset can hold",
+                19: "LSO parameters that cannot work", 20: "no bundle offloaded",
+                21: EXHAUSTED, 22: "output arena full"}
+
+
+def fault_text(code: int) -> str:
+    """Words for a fault code (the summary's, or the detail of a refusal)."""
+    return MALFORMED_TEXT.get(code) or FAULT_DETAIL.get(code, f"fault {code}")
+
+
+def summary_reason(code: int) -> str:
+    """The summary's key for a dropped packet's fault."""
+    if code < FAULT_REFUSED_FIRST:
+        return MALFORMED_TEXT.get(code, "malformed")
+    return EXHAUSTED if code == FAULT_EXHAUSTED else REFUSED
+
+
+_KERNELS: dict = {}
+
+
+def kernels():
+    """The compiled module, or None (pure-Python mode or not built)."""
+    key = os.environ.get("IPSECOFFLOAD_PURE", "")
+    if key not in _KERNELS:
+        from ..datapath.tx import load_kernels
+        try:
+            module = load_kernels()
+        except ImportError:
+            module = None
+        _KERNELS[key] = module if hasattr(module, "host_frame") else None
+    return _KERNELS[key]
+
+
+# -- tables -----------------------------------------------------------------------------------
+def selector_table(policies) -> np.ndarray:
+    """HostSelector rows of SA-file policies (io/safile.py Selector), in file order."""
+    table = np.zeros(len(policies), HOST_SELECTOR_DTYPE)
+    for row, policy in zip(table, policies):
+        sel = policy.selector
+        for side, net in (("src", sel._src_net), ("dst", sel._dst_net)):
+            if net is None:
+                continue
+            size = 4 if net.version == 4 else 16
+            row[f"{side}_version"] = net.version
+            row[f"{side}_net"][:size] = np.frombuffer(net.network_address.packed, np.uint8)
+            row[f"{side}_mask"][:size] = np.frombuffer(net.netmask.packed, np.uint8)
+        if sel._protos is not None:
+            row["n_protos"] = len(sel._protos)
+            row["protos"][:len(sel._protos)] = sel._protos
+        for side in ("sport", "dport"):
+            if getattr(sel, side) is not None:
+                row[f"has_{side}"] = 1
+                row[side] = getattr(sel, side)
+        row["tunnel"] = policy.config.mode == "tunnel"
+    return table
+
+
+def sa_table(sas: Sequence) -> np.ndarray:
+    """HostSa templates of StackSa objects (chosen once per SA: outer header, UDP, ESP)."""
+    table = np.zeros(len(sas), HOST_SA_DTYPE)
+    for row, sa in zip(table, sas):
+        config = sa.config
+        row["spi"] = config.spi
+        row["iv_len"], row["icv_len"], row["align"] = config.iv_len, config.icv, config.align
+        row["esn"] = config.esn
+        row["limit"] = 2**64 - 1 if config.esn else 2**32 - 1
+        row["versions"] = sum(1 << int(v6) for v6 in sa.bundle_versions)
+        if config.udp_encap:
+            row["udp_encap"] = 1
+            row["udp_sport"], row["udp_dport"] = config.udp_encap
+        if config.mode == "tunnel":
+            row["tunnel"] = 1
+            src, dst = sa._tunnel_endpoints
+            row["outer_ipv6"] = len(src) == 16
+            row["tun_src"][:len(src)] = np.frombuffer(src, np.uint8)
+            row["tun_dst"][:len(dst)] = np.frombuffer(dst, np.uint8)
+    return table
+
+
+def supported(sa) -> bool:
+    """Whether the compiled framer frames this SA (ESP alone; AH and bundles are framed by
+    host/stack.py)."""
+    config = sa.config
+    return getattr(config, "protocol", "esp") == "esp" and getattr(config, "via", None) is None
+
+
+# -- one framed send --------------------------------------------------------------------------
+class FramedPart(NamedTuple):
+    """One miniport send: packets [start, stop) of the batch, their NBLs in ``result`` (the
+    framed PacketBatch itself when the batch was only framed, not sent)."""
+    start: int
+    stop: int
+    result: Union[SendResult, PacketBatch]
+
+
+def _ensure_bundles(stack, sas, table: np.ndarray, pkts: np.ndarray) -> None:
+    """ADD_SA for every (SA, IP version) the batch's protected packets need (the stack's
+    _ensure_bundle, once per pair)."""
+    allowed = table["versions"].astype(np.int64)
+    have = (table["handle"][:, 0] != 0) | ((allowed & 1) == 0)
+    have &= (table["handle"][:, 1] != 0) | ((allowed & 2) == 0)
+    if have.all():
+        return  # every bundle an SA may use is offloaded already
+    ipsec = pkts["kind"] >= PKT_ESP
+    if not ipsec.any():
+        return
+    idx = pkts["sa"][ipsec].astype(np.int64)
+    v6 = (pkts["version"][ipsec] == 6).astype(np.int64)
+    bundle = np.where(table["tunnel"][idx] == 1, table["outer_ipv6"][idx].astype(np.int64), v6)
+    for key in np.unique(idx * 2 + bundle).tolist():
+        s, b = divmod(key, 2)
+        if (int(table["versions"][s]) >> b) & 1:
+            table["handle"][s, b] = stack._ensure_bundle(sas[s], bool(b))
+
+
+def _load_seq(sas, table: np.ndarray) -> None:
+    for row, sa in enumerate(sas):
+        table["next_seq"][row] = sa.next_seq if sa.next_seq < 2**64 else 0
+
+
+def frame_and_send(stack, arena: np.ndarray, pkts: np.ndarray, sas: Sequence,
+                   table: np.ndarray, *, l2_mode: int, mss: int = 0,
+                   send: bool = True, scratch: Optional[dict] = None,
+                   sender=None) -> list:
+    """Frame every packet of ``pkts`` (classified HostPkt rows over ``arena``) and send them
+    through the stack's miniport in as few sends as ESN allows. Returns the FramedParts (with
+    ``send=False`` one part whose ``result`` is the PacketBatch). The caller holds the lock.
+    ``scratch`` (a dict the caller keeps) lets batch after batch reuse the same buffers.
+    ``sender(batch, pkts, start, stop)`` replaces ``miniport.send`` (io/capture.py's workers
+    send shards of the batch at once, between the same UPDATE_SA requests)."""
+    fp = kernels()
+    n = len(pkts)
+    _ensure_bundles(stack, sas, table, pkts)
+    ip_bytes = int(pkts["cap_len"].sum()) if n else 0
+    out, nb_off, nb_len, oob = _buffers(scratch, ip_bytes + 136 * n + 64, n)
+    oob_bytes = oob.view(np.uint8)
+    macs = stack.dst_mac + stack.src_mac
+    df = {"copy": 0, "set": 1, "clear": 2}[stack.tunnel_df]
+    pkt_bytes = pkts.view(np.uint8)
+    table_bytes = table.view(np.uint8)
+    parts = []
+    start = 0
+    while True:
+        _load_seq(sas, table)
+        nbls, used, stop, ipv4_id = fp.host_frame(
+            arena, pkt_bytes, start, n, table_bytes, len(sas), l2_mode, macs, stack.ttl, df,
+            stack.next_ipv4_id, mss, out, nb_off, nb_len, oob_bytes)
+        stack.next_ipv4_id = ipv4_id
+        touched = np.flatnonzero(table["used"]).tolist()
+        for s in touched:
+            nxt = int(table["next_seq"][s])
+            sas[s].next_seq = nxt if nxt else 2**64
+        batch = _batch(out[:used], nb_off[:nbls], nb_len[:nbls], oob[:nbls])
+        if not send:
+            parts.append(FramedPart(start, stop, batch))
+        else:
+            esn = [s for s in touched if table["esn"][s]]
+            for s in esn:
+                stack._sync_seq_hi(sas[s], _bundles(table, s), int(table["first_sn"][s]) >> 32)
+            result = stack.miniport.send(batch) if sender is None \
+                else sender(batch, pkts, start, stop)
+            for s in esn:
+                # an LSO super-packet may end in the next high word (docs/send-path.md)
+                stack._sync_seq_hi(sas[s], _bundles(table, s), int(table["last_sn"][s]) >> 32)
+            parts.append(FramedPart(start, stop, result))
+        if stop >= n:
+            return parts
+        start = stop
+
+
+def _buffers(scratch: Optional[dict], size: int, n: int) -> tuple:
+    """The framing buffers: fresh, or the caller's kept ones when they are big enough (large
+    fresh buffers cost a page fault per page, batch after batch)."""
+    if scratch is not None and scratch.get("size", -1) >= size and scratch.get("n", -1) >= n:
+        return scratch["out"], scratch["nb_off"], scratch["nb_len"], scratch["oob"]
+    bufs = (np.empty(size, np.uint8), np.empty(n, np.int64), np.empty(n, np.int64),
+            np.empty(max(n, 1), NBL_OOB_DTYPE))
+    if scratch is not None:
+        scratch.update(size=size, n=n, out=bufs[0], nb_off=bufs[1], nb_len=bufs[2],
+                       oob=bufs[3])
+    return bufs
+
+
+def _batch(arena: np.ndarray, nb_off: np.ndarray, nb_len: np.ndarray,
+           oob: np.ndarray) -> PacketBatch:
+    """A PacketBatch of one NET_BUFFER per NBL from arrays host_frame filled and checked
+    (frames inside the arena, in order), without the constructor's checks of untrusted input.
+    The batch uses ``oob`` itself (the sender copies what it keeps)."""
+    n = len(nb_off)
+    batch = PacketBatch.__new__(PacketBatch)
+    batch.arena, batch.nb_off, batch.nb_len = arena, nb_off, nb_len
+    batch.nb_nbl = np.arange(n, dtype=np.int32)
+    oob["nb_count"] = 1
+    oob["first_nb"] = batch.nb_nbl
+    batch._set_oob(oob)
+    return batch
+
+
+def _bundles(table: np.ndarray, s: int) -> list:
+    used = int(table["used"][s])
+    return [b for b in (False, True) if (used >> int(b)) & 1]
+
+
+# -- HostStack.send / build dispatch -----------------------------------------------------------
+def _pack(packets) -> Optional[tuple]:
+    """One arena and HostPkt rows for a list of bytes-like packets; None if one is not."""
+    chunks = []
+    for packet in packets:
+        if not isinstance(packet, (bytes, bytearray, memoryview)):
+            return None
+        chunks.append(packet)
+    pkts = np.zeros(len(chunks), HOST_PKT_DTYPE)
+    lengths = np.fromiter((memoryview(c).nbytes for c in chunks), np.int64, len(chunks))
+    if len(chunks):
+        pkts["cap_len"] = lengths
+        np.cumsum(lengths[:-1], out=pkts["off"][1:])
+    arena = np.frombuffer(b"".join(chunks), np.uint8) if chunks else np.zeros(0, np.uint8)
+    return arena, pkts
+
+
+def stack_send(stack, packets, sa, *, send: bool = True):
+    """HostStack.send / build of one ESP SA in compiled code, or None when the Python framer
+    must run instead (it then raises what it raises today): a packet it refuses, too few
+    sequence numbers, an ESN high-word crossing, pure-Python kernels. Same frames, OOB info,
+    sequence numbers, IPv4 IDs and OIDs as the Python framer."""
+    fp = kernels()
+    if fp is None or not getattr(stack, "compiled_framing", True) or sa is None \
+            or not supported(sa) or not getattr(stack.miniport, "kernels", None) is fp:
+        return None
+    assert fp is not None
+    if isinstance(packets, (bytes, bytearray, memoryview)):
+        return None
+    packets = list(packets)
+    if not packets:
+        return None
+    stack._check_sa(sa)
+    packed = _pack(packets)
+    if packed is None:
+        return None
+    arena, pkts = packed
+    n = len(pkts)
+    first = sa.next_seq
+    limit = 2**64 - 1 if sa.config.esn else 2**32 - 1
+    if first + n - 1 > limit or (sa.config.esn and (first >> 32) != ((first + n - 1) >> 32)):
+        return None
+    fp.host_parse_for_stack(arena, pkts.view(np.uint8), n)
+    if (pkts["kind"] != PKT_ESP).any():
+        return None
+    table = sa_table([sa])
+    versions = int(table["versions"][0])
+    bundles = {int(table["outer_ipv6"][0])} if sa.config.mode == "tunnel" \
+        else set((pkts["version"] == 6).astype(int).tolist())
+    if any(not (versions >> b) & 1 for b in bundles):
+        return None  # the Python framer names the packet it cannot carry
+    # dry run: anything refused leaves the SA, the IDs and the miniport untouched
+    saved_seq, saved_id = sa.next_seq, stack.next_ipv4_id
+    for b in sorted(bundles):
+        stack._ensure_bundle(sa, bool(b))
+    table["handle"][0] = [sa.handles.get(False, 0), sa.handles.get(True, 0)]
+    l2_mode = 1 if stack.link == "ethernet" else 0
+    parts = frame_and_send(stack, arena, pkts, [sa], table, l2_mode=l2_mode, send=False)
+    if len(parts) != 1 or (pkts["kind"] == PKT_DROP).any():
+        sa.next_seq, stack.next_ipv4_id = saved_seq, saved_id
+        return None
+    batch = parts[0].result
+    if not send:
+        return batch
+    if sa.config.esn:
+        stack._sync_seq_hi(sa, _bundles(table, 0), first >> 32)
+    result = stack.miniport.send(batch)
+    if sa.config.esn:
+        stack._sync_seq_hi(sa, _bundles(table, 0), (sa.next_seq - 1) >> 32)
+    return result
+
+
+# -- the list API: faults reported per packet ------------------------------------------------
+class BatchSend(NamedTuple):
+    """``HostStack.send_batch``'s result: ``results`` the miniport sends made (in order; one
+    unless an ESN high word changed within the batch), ``nbl`` per input packet its NBL
+    index across the concatenated results (-1: not sent), ``faults`` (index, reason) of the
+    packets that were not sent, ``counts`` reason -> packets."""
+    result: SendResult
+    nbl: np.ndarray
+    faults: list
+    counts: dict
+
+
+def send_batch(stack, packets, sas, *, mss: Optional[int] = None) -> BatchSend:
+    """Send a list of plain IP packets (bytes-like or scapy packets), each under its SA
+    (``sas``: one StackSa or None for all, or one per packet), LSO super-packets for TCP
+    packets with more than ``mss`` payload bytes under transport SAs. A packet that cannot go
+    is reported with its index and counted; the others are sent."""
+    from ..datapath.tx import SendResult as _Result  # noqa: F401  (type of .result)
+    fp = kernels()
+    if fp is None:
+        raise RuntimeError("send_batch needs the compiled kernels (ipsecoffload._fastpath)")
+    if isinstance(packets, (bytes, bytearray, memoryview)):
+        raise TypeError("packets must be a sequence of packets, not one bytes object")
+    packets = [p if isinstance(p, (bytes, bytearray, memoryview)) else _as_bytes(p)
+               for p in packets]
+    n = len(packets)
+    if sas is None or not isinstance(sas, (list, tuple)):
+        per_packet = [sas] * n
+    else:
+        per_packet = list(sas)
+        if len(per_packet) != n:
+            raise ValueError(f"sas has {len(per_packet)} entries for {n} packets")
+    if mss is not None and (not isinstance(mss, int) or not 1 <= mss <= (1 << 20) - 1):
+        raise ValueError(f"mss must be an integer from 1 to {(1 << 20) - 1}, got {mss!r}")
+    distinct: list = []
+    index: dict = {}
+    for sa in per_packet:
+        if sa is not None and id(sa) not in index:
+            stack._check_sa(sa)
+            if not supported(sa):
+                raise ValueError("send_batch frames ESP SAs; use send() for this SA")
+            index[id(sa)] = len(distinct)
+            distinct.append(sa)
+    arena, pkts = _pack([p if p is not None else b"" for p in packets]) or (None, None)
+    if arena is None:
+        raise TypeError("every packet must be bytes-like or a scapy packet")
+    with stack._lock:
+        fp.host_parse_for_stack(arena, pkts.view(np.uint8), n)
+        if mss is not None:
+            _mark_lso(pkts, arena, mss, distinct, per_packet, index)
+        sa_idx = np.fromiter((index[id(s)] if s is not None else -1 for s in per_packet),
+                             np.int32, n)
+        clear = sa_idx < 0
+        # no SA: sent as given (the stack's plain path): only an IP version is needed
+        ok_clear = clear & (pkts["version"] > 0)
+        tunnel_fragment = ~clear & (pkts["fault"] == 7) & np.isin(
+            sa_idx, [i for i, s in enumerate(distinct) if s.config.mode == "tunnel"])
+        pkts["kind"][tunnel_fragment] = PKT_ESP
+        pkts["fault"][tunnel_fragment] = 0
+        pkts["kind"][ok_clear] = PKT_CLEAR
+        pkts["fault"][ok_clear] = 0
+        pkts["ip_len"][ok_clear] = pkts["cap_len"][ok_clear]
+        pkts["sa"] = sa_idx
+        table = sa_table(distinct)
+        parts = frame_and_send(stack, arena, pkts, distinct, table,
+                               l2_mode=1 if stack.link == "ethernet" else 0,
+                               mss=mss or 0)
+    results = [p.result for p in parts]
+    nbl = pkts["nbl"].astype(np.int64)
+    base = 0
+    for part in parts:
+        seg = nbl[part.start:part.stop]
+        seg[seg >= 0] += base
+        base += len(part.result.status)
+    faults = [(int(i), fault_text(int(pkts["fault"][i]))) for i in np.flatnonzero(nbl < 0)]
+    counts: dict = {}
+    for _, reason in faults:
+        counts[reason] = counts.get(reason, 0) + 1
+    return BatchSend(SendResult.concat(results), nbl, faults, counts)
+
+
+def _as_bytes(packet) -> bytes:
+    try:
+        return bytes(packet)  # scapy packets and other buffer-likes
+    except Exception:
+        raise TypeError(f"a packet must be bytes-like or a scapy packet, got "
+                        f"{type(packet).__name__}") from None
+
+
+def _mark_lso(pkts, arena, mss, distinct, per_packet, index) -> None:
+    """TCP packets with more than mss payload bytes under transport SAs: LSO super-packets
+    (docs/send-path.md: no SYN, RST, URG, urgent pointer 0)."""
+    for i in np.flatnonzero(pkts["kind"] == PKT_ESP).tolist():
+        sa = per_packet[i]
+        if sa is None or sa.config.mode != "transport" or pkts["proto"][i] != 6:
+            continue
+        l4 = int(pkts["off"][i]) + int(pkts["l4_off"][i])
+        end = int(pkts["off"][i]) + int(pkts["ip_len"][i])
+        if l4 + 20 > end:
+            continue
+        tcp_len = (int(arena[l4 + 12]) >> 4) * 4
+        if tcp_len < 20 or l4 + tcp_len > end or arena[l4 + 13] & 0x26 \
+                or arena[l4 + 18] or arena[l4 + 19]:
+            continue
+        payload = end - l4 - tcp_len
+        if payload > mss:
+            pkts["kind"][i] = PKT_LSO
+            pkts["tcp_len"][i] = tcp_len
+            pkts["nsn"][i] = -(-payload // mss)
+
+
+__all__ = ["BatchSend", "HOST_PKT_DTYPE", "HOST_SA_DTYPE", "HOST_SELECTOR_DTYPE",
+           "frame_and_send", "selector_table", "sa_table", "send_batch", "stack_send"]

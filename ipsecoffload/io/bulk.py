@@ -1,0 +1,329 @@
+"""Capture files in bulk (docs/architecture.md, "Capture I/O"): classic pcap (microseconds or
+nanoseconds, either byte order) and pcapng read in large chunks, record boundaries found by
+the compiled scan (io/capture_scan.pxi), and output records written from whole arenas.
+
+``BulkReader.batches(n)`` yields ``RecordBatch``es: one arena (a view of the read buffer, valid
+until the next batch is asked for) and HostPkt rows (host/tx_frame.py) with each record's
+offset, captured length, timestamp in ns, interface and link (Ethernet or raw IP). Memory is
+the chunk plus the batch, whatever the capture's size. ``BulkWriter`` writes pcap or pcapng
+records that ``capture_emit`` laid out. io/pcap.py's record-by-record reader is the twin.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from typing import BinaryIO, Iterator, List, NamedTuple, Optional
+
+import numpy as np
+
+from ..host.tx_frame import HOST_PKT_DTYPE, kernels
+from . import pcapng
+from .pcap import (_GLOBAL_LE, _READ_LINKTYPES, DEFAULT_SNAPLEN, LINKTYPE_ETHERNET, MAGIC_NS,
+                   MAGIC_US, PcapError, _unsupported_linktype)
+
+CHUNK = 4 << 20
+# A record longer than its snap length, or than this when the file sets none, is corruption.
+MAX_RECORD = 256 * 1024
+FORMATS = ("pcap", "pcapng")
+SCAN_MORE, SCAN_FULL, SCAN_CORRUPT, SCAN_BLOCK, SCAN_OVERSIZE = range(5)
+
+
+class RecordBatch(NamedTuple):
+    arena: np.ndarray  # uint8
+    pkts: np.ndarray  # HOST_PKT_DTYPE rows: off, cap_len, ts_ns, iface, link
+
+    def __len__(self) -> int:
+        return len(self.pkts)
+
+    def record(self, i: int) -> bytes:
+        off, n = int(self.pkts["off"][i]), int(self.pkts["cap_len"][i])
+        return self.arena[off:off + n].tobytes()
+
+
+def _link_of(linktype: int, name: str) -> int:
+    if linktype not in _READ_LINKTYPES:
+        raise PcapError(f"{name!r}: {_unsupported_linktype(linktype)}.")
+    return 1 if _READ_LINKTYPES[linktype] == LINKTYPE_ETHERNET else 0
+
+
+class BulkReader:
+    """A pcap or pcapng capture read in chunks. ``source``: a path, ``"-"`` (standard
+    input) or a binary file object. ``interfaces`` grows as pcapng IDBs are met (every
+    section's interfaces, numbered in file order); a pcap file has one."""
+
+    def __init__(self, source, *, chunk: int = CHUNK, limit: Optional[int] = None):
+        self.name = "<stdin>" if source == "-" else (
+            os.fsdecode(source) if isinstance(source, (str, bytes, os.PathLike))
+            else str(getattr(source, "name", repr(source))))
+        if source == "-":
+            import sys
+            self._file: BinaryIO = sys.stdin.buffer
+            self._owns = False
+        elif isinstance(source, (str, bytes, os.PathLike)):
+            self._file = open(source, "rb")
+            self._owns = True
+        else:
+            self._file, self._owns = source, False
+        self.size: Optional[int] = None  # bytes, when the input is a regular file
+        try:
+            st = os.fstat(self._file.fileno())
+            import stat
+            if stat.S_ISREG(st.st_mode):
+                self.size = st.st_size
+        except (OSError, AttributeError, ValueError):
+            pass
+        self._buf = np.empty(chunk, np.uint8)
+        self._pos = self._end = 0
+        self._eof = False
+        self.bytes_read = 0
+        self.records_read = 0
+        self.limit = limit
+        self.warnings: List[str] = []
+        self.interfaces: List[pcapng.Interface] = []
+        self._section: List[int] = []  # this section's interface numbers
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- buffer ----------------------------------------------------------------------------
+    def _fill(self, need: int) -> bool:
+        """At least ``need`` bytes from _pos in the buffer, unless the file ends first."""
+        while self._end - self._pos < need and not self._eof:
+            if self._pos:
+                left = self._end - self._pos
+                self._buf[:left] = self._buf[self._pos:self._end]
+                self._pos, self._end = 0, left
+            if need > len(self._buf):
+                grown = np.empty(max(need, 2 * len(self._buf)), np.uint8)
+                grown[:self._end] = self._buf[:self._end]
+                self._buf = grown
+            view = self._buf.data[self._end:]
+            got = self._file.readinto(view) if hasattr(self._file, "readinto") else None
+            if got is None:
+                data = self._file.read(len(view))
+                got = len(data)
+                view[:got] = data
+            if not got:
+                self._eof = True
+            self._end += got
+            self.bytes_read += got
+        return self._end - self._pos >= need
+
+    def _take(self, n: int) -> bytes:
+        data = self._buf[self._pos:self._pos + n].tobytes()
+        self._pos += n
+        return data
+
+    # -- headers ---------------------------------------------------------------------------
+    def _open(self) -> None:
+        self._fill(24)
+        head = self._buf[self._pos:self._end][:24].tobytes()
+        if not head:
+            raise PcapError(f"{self.name!r} is empty, so it is not a capture file.")
+        if len(head) >= 4 and int.from_bytes(head[:4], "big") == pcapng.SHB_TYPE:
+            self.format = "pcapng"
+            self._section_header()
+            return
+        if len(head) >= 4 and int.from_bytes(head[:4], "little") in (MAGIC_US, MAGIC_NS):
+            order = "<"
+        elif len(head) >= 4 and int.from_bytes(head[:4], "big") in (MAGIC_US, MAGIC_NS):
+            order = ">"
+        else:
+            raise PcapError(f"{self.name!r} is not a pcap or pcapng capture file: its first "
+                            f"bytes are 0x{head[:4].hex().upper()}.")
+        if len(head) < 24:
+            raise PcapError(f"{self.name!r} is too short to be a pcap capture file: the "
+                            f"global header needs 24 bytes but the file has only {len(head)}.")
+        magic, major, minor, _, _, snaplen, linktype = struct.unpack(order + "IHHiIII", head)
+        if major != 2:
+            raise PcapError(f"{self.name!r} has pcap format version {major}.{minor}; only "
+                            f"version 2.x is supported.")
+        self._pos += 24
+        self.format = "pcap"
+        self.big = order == ">"
+        self.nanosecond = magic == MAGIC_NS
+        self.snaplen = snaplen
+        linktype &= 0xFFFF
+        self._pcap_link = _link_of(linktype, self.name)
+        self.interfaces.append(pcapng.Interface(linktype, snaplen, 9 if self.nanosecond else 6))
+        self._max = snaplen if 0 < snaplen <= MAX_RECORD else MAX_RECORD
+
+    def _block(self, what: str) -> bytes:
+        if not self._fill(12):
+            raise PcapError(f"{self.name!r} is corrupt: the file ends inside a pcapng {what}")
+        order = self._order
+        if what == "section header":
+            # the block length is read in the byte order the block itself declares
+            self._fill(28)
+            order = pcapng.section_order(self._buf[self._pos:self._pos + 28].tobytes(),
+                                         self.name)
+        total = struct.unpack_from(order + "I", self._buf[self._pos:self._pos + 8].tobytes(), 4)[0]
+        if total < 12 or total % 4 or total > 1 << 20:
+            raise PcapError(f"{self.name!r} is corrupt: a pcapng {what} of {total} bytes")
+        if not self._fill(total):
+            raise PcapError(f"{self.name!r} is corrupt: the file ends inside a pcapng {what}")
+        return self._take(total)
+
+    def _section_header(self) -> None:
+        self._order = "<"
+        block = self._block("section header")
+        self._order = pcapng.section_order(block, self.name)
+        self.big = self._order == ">"
+        self._section = []
+
+    def _interface(self) -> None:
+        block = self._block("interface description")
+        iface = pcapng.parse_idb(block, self._order, self.name)
+        _link_of(iface.linktype, self.name)
+        self._section.append(len(self.interfaces))
+        self.interfaces.append(iface)
+
+    @property
+    def bytes_consumed(self) -> int:
+        """Bytes of the file behind the records handed out (for a progress percentage)."""
+        return self.bytes_read - (self._end - self._pos)
+
+    @property
+    def snaplen_out(self) -> int:
+        """The snap length output files get: room for what encryption adds."""
+        snaps = [i.snaplen for i in self.interfaces] or [0]
+        return max(max(snaps), DEFAULT_SNAPLEN)
+
+    # -- records ---------------------------------------------------------------------------
+    def batches(self, max_n: int) -> Iterator[RecordBatch]:
+        """RecordBatches of at most max_n records; the arena of each is valid until the next."""
+        fp = kernels()
+        if fp is None:
+            raise RuntimeError("bulk capture reading needs the compiled kernels")
+        pkts = np.zeros(max_n, HOST_PKT_DTYPE)
+        pkt_bytes = pkts.view(np.uint8)
+        while True:
+            want = max_n
+            if self.limit is not None:
+                want = min(want, self.limit - self.records_read)
+                if want <= 0:
+                    return
+            n, pos, status, detail = self._scan(fp, pkt_bytes, want)
+            self._pos = pos
+            if n:
+                self.records_read += n
+                rows = pkts[:n]  # rewritten by the next scan, like the arena
+                if self.format == "pcapng" and self._section:
+                    rows["iface"] = np.asarray(self._section, np.int32)[rows["iface"]]
+                yield RecordBatch(self._buf, rows)
+                continue
+            if status == SCAN_OVERSIZE:
+                raise PcapError(
+                    f"{self.name!r} is corrupt: record {self.records_read + 1} claims {detail} "
+                    f"captured bytes, more than the snap length or the {self._max} byte limit.")
+            if status == SCAN_CORRUPT:
+                raise PcapError(f"{self.name!r} is corrupt: a malformed pcapng block (type "
+                                f"{detail}) after record {self.records_read}.")
+            if status == SCAN_BLOCK:
+                if detail == pcapng.SHB_TYPE:
+                    self._section_header()
+                else:
+                    self._interface()
+                continue
+            # SCAN_MORE with nothing found: read on, or the file ends
+            if self._fill(max(self._record_need(), self._end - self._pos + 1)):
+                continue
+            if self._end > self._pos:
+                self._truncated(self._end - self._pos)
+            return
+
+    def _scan(self, fp, pkt_bytes, want):
+        if self.format == "pcap":
+            return fp.pcap_scan(self._buf, self._pos, self._end, self.big,
+                                1 if self.nanosecond else 1000, self._max, self._pcap_link,
+                                pkt_bytes, want)
+        links = np.asarray([_link_of(self.interfaces[g].linktype, self.name)
+                            for g in self._section], np.int64)
+        resol = np.asarray([self.interfaces[g].tsresol for g in self._section], np.int64)
+        snaps = np.asarray([self.interfaces[g].snaplen for g in self._section], np.int64)
+        self._max = max([s for s in snaps.tolist() if 0 < s <= MAX_RECORD] or [MAX_RECORD])
+        return fp.pcapng_scan(self._buf, self._pos, self._end, self.big, links, resol, snaps,
+                              self._max, pkt_bytes, want)
+
+    def _record_need(self) -> int:
+        """Bytes the record (or block) at _pos needs, as far as its header tells."""
+        head = self._buf[self._pos:self._end].tobytes()[:28]
+        if self.format == "pcap":
+            if len(head) < 16:
+                return 16
+            return 16 + struct.unpack_from(">I" if self.big else "<I", head, 8)[0]
+        if len(head) < 12:
+            return 12
+        return struct.unpack_from(self._order + "I", head, 4)[0]
+
+    def _truncated(self, left: int) -> None:
+        self.warnings.append(
+            f"{self.name!r}: read {self.records_read} complete record(s); the last record was "
+            f"truncated ({left} bytes at the end of the file) and was dropped.")
+
+    def close(self) -> None:
+        if self._owns:
+            self._file.close()
+
+    def __enter__(self) -> "BulkReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class BulkWriter:
+    """Writes the records ``capture_emit`` lays out, after the file header: pcap
+    (little-endian; nanoseconds when the input has them) or pcapng (one IDB per input
+    interface, written before the first record that needs it)."""
+
+    def __init__(self, file: BinaryIO, fmt: str, reader: BulkReader):
+        if fmt not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        self.file, self.format = file, fmt
+        self.snaplen = reader.snaplen_out
+        self.records_written = 0
+        self._ifaces = 0
+        self.unit_ns = np.zeros(0, np.int64)
+        if fmt == "pcap":
+            if not reader.interfaces:
+                raise PcapError(f"{reader.name!r} describes no interface; it cannot be "
+                                f"written as pcap (use --format pcapng)")
+            first = reader.interfaces[0]
+            self.linktype = _READ_LINKTYPES[first.linktype]
+            self.nanosecond = first.nanosecond_or_finer
+            self.code = 1 if self.nanosecond else 0
+            magic = MAGIC_NS if self.nanosecond else MAGIC_US
+            file.write(_GLOBAL_LE.pack(magic, 2, 4, 0, 0, self.snaplen, self.linktype))
+        else:
+            self.code = 2
+            file.write(pcapng.shb_bytes())
+        self.interfaces(reader)
+
+    def interfaces(self, reader: BulkReader) -> None:
+        """Account for the reader's interfaces met so far (pcapng: write their IDBs)."""
+        new = reader.interfaces[self._ifaces:]
+        if not new:
+            return
+        if self.format == "pcap":
+            for iface in new:
+                if _READ_LINKTYPES[iface.linktype] != self.linktype:
+                    raise PcapError(f"{reader.name!r} has interfaces of different link types; "
+                                    f"it cannot be written as pcap (use --format pcapng)")
+        else:
+            units = []
+            for iface in new:
+                resol = 6 if not iface.nanosecond_or_finer else 9
+                self.file.write(pcapng.idb_bytes(_READ_LINKTYPES[iface.linktype],
+                                                 self.snaplen, resol))
+                units.append(1000 if resol == 6 else 1)
+            self.unit_ns = np.concatenate([self.unit_ns, np.asarray(units, np.int64)])
+        self._ifaces = len(reader.interfaces)
+
+    def write(self, data) -> None:
+        self.file.write(data)
+
+
+__all__ = ["BulkReader", "BulkWriter", "CHUNK", "FORMATS", "MAX_RECORD", "RecordBatch"]

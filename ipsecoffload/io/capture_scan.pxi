@@ -1,0 +1,251 @@
+# Capture files in bulk: record boundaries of classic pcap and pcapng found by a compiled scan
+# over a large chunk, and output records written from whole arenas (docs/architecture.md,
+# "Capture I/O"). Formats: the libpcap file format (pcap-savefile(5)) and the pcapng draft
+# (IETF draft-ietf-opsawg-pcapng: SHB, IDB, EPB, SPB). Included by _fastpath.pyx; io/pcap.py's
+# record-by-record PcapReader is the twin the tests compare with.
+
+cdef inline uint32_t _ld32x(const uint8_t* p, int big) noexcept nogil:
+    if big:
+        return ld32(p)
+    return (<uint32_t>p[3] << 24) | (<uint32_t>p[2] << 16) | (<uint32_t>p[1] << 8) | p[0]
+
+cdef inline void _st32le(uint8_t* p, uint32_t v) noexcept nogil:
+    p[0] = v & 0xFF
+    p[1] = (v >> 8) & 0xFF
+    p[2] = (v >> 16) & 0xFF
+    p[3] = v >> 24
+
+cdef inline void _st16le(uint8_t* p, uint32_t v) noexcept nogil:
+    p[0] = v & 0xFF
+    p[1] = (v >> 8) & 0xFF
+
+cdef int64_t[20] _POW10
+_POW10[0] = 1
+for _i in range(1, 19):
+    _POW10[_i] = _POW10[_i - 1] * 10
+
+cpdef enum ScanStatus:
+    SCAN_MORE = 0        # the chunk ends inside a record: read on from the returned position
+    SCAN_FULL = 1        # max_n records found
+    SCAN_CORRUPT = 2     # a record or block that cannot be: the returned position names it
+    SCAN_BLOCK = 3       # pcapng: a block the caller handles (SHB, IDB) starts there
+    SCAN_OVERSIZE = 4    # a record longer than the limit
+
+
+def pcap_scan(const uint8_t[::1] buf, int64_t start, int64_t end, int big, int64_t frac_ns,
+              int64_t max_incl, int link, pkts, int64_t max_n):
+    """Classic pcap records in buf[start:end] into HostPkt rows (off, cap_len, ts_ns, link,
+    iface 0). Returns (records, position after the last one, ScanStatus, the length the
+    offending record claims)."""
+    cdef HostPkt* k = <HostPkt*>_host_buf(pkts, sizeof(HostPkt), max_n, "pkts")
+    cdef int64_t pos = start, n = 0, incl = 0
+    cdef const uint8_t* p
+    cdef int status = SCAN_MORE
+    if start < 0 or end > buf.shape[0] or start > end:
+        raise ValueError("scan range outside the buffer")
+    with nogil:
+        while n < max_n:
+            if pos + 16 > end:
+                break
+            p = &buf[pos]
+            incl = _ld32x(p + 8, big)
+            if incl > max_incl:
+                status = SCAN_OVERSIZE
+                break
+            if pos + 16 + incl > end:
+                break
+            k[n].off = pos + 16
+            k[n].cap_len = <int32_t>incl
+            k[n].ts_ns = <int64_t>_ld32x(p, big) * 1000000000 + <int64_t>_ld32x(p + 4, big) * frac_ns
+            k[n].link = <uint8_t>link
+            k[n].iface = 0
+            n += 1
+            pos += 16 + incl
+        if n == max_n and status == SCAN_MORE:
+            status = SCAN_FULL
+    return n, pos, status, incl
+
+
+cdef inline int64_t _units_ns(uint64_t u, int64_t resol) noexcept nogil:
+    """pcapng timestamp units to ns: if_tsresol bit 7 clear = 10**-r s, set = 2**-r s."""
+    cdef int64_t r = resol & 0x7F
+    cdef uint64_t whole, part
+    if resol & 0x80:
+        if r > 32:
+            u >>= r - 32
+            r = 32
+        whole = u >> r
+        part = u & ((<uint64_t>1 << r) - 1)
+        return <int64_t>(whole * 1000000000 + ((part * 1000000000) >> r))
+    if r <= 9:
+        return <int64_t>(u * <uint64_t>_POW10[9 - r])
+    if r > 18:
+        return 0
+    return <int64_t>(u // <uint64_t>_POW10[r - 9])
+
+
+def pcapng_scan(const uint8_t[::1] buf, int64_t start, int64_t end, int big,
+                const int64_t[::1] iface_link, const int64_t[::1] iface_resol,
+                const int64_t[::1] iface_snap, int64_t max_incl, pkts, int64_t max_n):
+    """pcapng blocks of one section in buf[start:end]: EPB and SPB become HostPkt rows, other
+    blocks but SHB and IDB are skipped. Returns (records, position, ScanStatus, detail): for
+    SCAN_BLOCK the block type, for SCAN_OVERSIZE the captured length, for SCAN_CORRUPT the
+    block type."""
+    cdef HostPkt* k = <HostPkt*>_host_buf(pkts, sizeof(HostPkt), max_n, "pkts")
+    cdef int64_t pos = start, n = 0, nif = iface_link.shape[0], total, incl, orig, iface
+    cdef uint32_t btype = 0
+    cdef const uint8_t* p
+    cdef int status = SCAN_MORE
+    cdef int64_t detail = 0
+    if start < 0 or end > buf.shape[0] or start > end:
+        raise ValueError("scan range outside the buffer")
+    if iface_resol.shape[0] != nif or iface_snap.shape[0] != nif:
+        raise ValueError("interface tables differ in length")
+    with nogil:
+        while n < max_n:
+            if pos + 12 > end:
+                break
+            p = &buf[pos]
+            btype = _ld32x(p, big)
+            total = _ld32x(p + 4, big)
+            if btype == 0x0A0D0D0A or btype == 1:
+                status, detail = SCAN_BLOCK, btype
+                break
+            if total < 12 or total % 4:
+                status, detail = SCAN_CORRUPT, btype
+                break
+            if btype == 6 or btype == 3:
+                if total > max_incl + 64:
+                    status, detail = SCAN_OVERSIZE, total
+                    break
+            if pos + total > end:
+                break
+            if btype == 6:  # Enhanced Packet Block
+                if total < 32:
+                    status, detail = SCAN_CORRUPT, btype
+                    break
+                iface = _ld32x(p + 8, big)
+                incl = _ld32x(p + 20, big)
+                if incl > total - 32 or iface >= nif:
+                    status, detail = SCAN_CORRUPT, btype
+                    break
+                if incl > max_incl:
+                    status, detail = SCAN_OVERSIZE, incl
+                    break
+                k[n].off = pos + 28
+                k[n].cap_len = <int32_t>incl
+                k[n].ts_ns = _units_ns((<uint64_t>_ld32x(p + 12, big) << 32) | _ld32x(p + 16, big),
+                                       iface_resol[iface])
+                k[n].link = <uint8_t>iface_link[iface]
+                k[n].iface = <int32_t>iface
+                n += 1
+            elif btype == 3:  # Simple Packet Block: interface 0, no timestamp
+                if nif < 1 or total < 16:
+                    status, detail = SCAN_CORRUPT, btype
+                    break
+                orig = _ld32x(p + 8, big)
+                incl = total - 16
+                if orig < incl:
+                    incl = orig
+                if iface_snap[0] and incl > iface_snap[0]:
+                    incl = iface_snap[0]
+                if incl > max_incl:
+                    status, detail = SCAN_OVERSIZE, incl
+                    break
+                k[n].off = pos + 12
+                k[n].cap_len = <int32_t>incl
+                k[n].ts_ns = 0
+                k[n].link = <uint8_t>iface_link[0]
+                k[n].iface = 0
+                n += 1
+            pos += total
+        if n == max_n and status == SCAN_MORE:
+            status = SCAN_FULL
+    return n, pos, status, detail
+
+
+cdef inline int64_t _emit_record(uint8_t* o, int fmt, const uint8_t* data, int64_t length,
+                                 int64_t ts_ns, int32_t iface, int64_t snaplen,
+                                 const int64_t* unit_ns) noexcept nogil:
+    """One output record: pcap (fmt 0 microseconds, 1 nanoseconds; little-endian) or a pcapng
+    EPB (fmt 2, in the interface's units). Returns the bytes written."""
+    cdef int64_t incl = length if length <= snaplen else snaplen, units, unit, sec, frac, padded
+    if fmt < 2:
+        unit = 1000 if fmt == 0 else 1
+        units = (ts_ns + unit // 2) // unit
+        sec = units // (1000000 if fmt == 0 else 1000000000)
+        frac = units - sec * (1000000 if fmt == 0 else 1000000000)
+        _st32le(o, <uint32_t>sec)
+        _st32le(o + 4, <uint32_t>frac)
+        _st32le(o + 8, <uint32_t>incl)
+        _st32le(o + 12, <uint32_t>length)
+        memcpy(o + 16, data, incl)
+        return 16 + incl
+    unit = unit_ns[iface]
+    units = (ts_ns + unit // 2) // unit
+    padded = (incl + 3) & ~3
+    _st32le(o, 6)
+    _st32le(o + 4, <uint32_t>(32 + padded))
+    _st32le(o + 8, <uint32_t>iface)
+    _st32le(o + 12, <uint32_t>(<uint64_t>units >> 32))
+    _st32le(o + 16, <uint32_t>units)
+    _st32le(o + 20, <uint32_t>incl)
+    _st32le(o + 24, <uint32_t>length)
+    memcpy(o + 28, data, incl)
+    memset(o + 28 + incl, 0, padded - incl)
+    _st32le(o + 28 + padded, <uint32_t>(32 + padded))
+    return 32 + padded
+
+
+def capture_emit(int fmt, out, pkts, int64_t start, int64_t end, const uint8_t[::1] arena,
+                 const uint8_t[::1] wire, wire_table, int64_t nframes, int64_t snaplen,
+                 const int64_t[::1] unit_ns, frames_per_pkt, bytes_per_pkt):
+    """Output records of packets [start, end) in input order: a not-IP record as read, the
+    frames the miniport sent for a packet's NBL (wire_table: WireFrame rows), each with the
+    packet's timestamp. Counts frames and bytes per packet. Returns the bytes written."""
+    cdef HostPkt* k = <HostPkt*>_host_buf(pkts, sizeof(HostPkt), end, "pkts")
+    cdef const WireFrame* wf = <const WireFrame*>_host_buf(wire_table, sizeof(WireFrame), nframes,
+                                                           "wire_table")
+    cdef int64_t* fcount = <int64_t*>_host_buf(frames_per_pkt, 8, end, "frames_per_pkt")
+    cdef int64_t* bcount = <int64_t*>_host_buf(bytes_per_pkt, 8, end, "bytes_per_pkt")
+    cdef int64_t cap = out.shape[0], i, f = 0, pos = 0, need = 0, nif = unit_ns.shape[0]
+    cdef uint8_t* o = _host_buf(out, 1, cap, "out") if cap else NULL
+    cdef int64_t size = arena.shape[0], wsize = wire.shape[0], overhead = 16 if fmt < 2 else 35
+    if snaplen < 1:
+        raise ValueError("snaplen must be positive")
+    for i in range(start, end):  # sizes and ranges first: the loop below cannot overflow
+        if k[i].kind == PKT_NOT_IP:
+            if k[i].off < 0 or k[i].cap_len < 0 or k[i].off + k[i].cap_len > size:
+                raise ValueError(f"packet {i} lies outside the arena")
+            if fmt == 2 and not 0 <= k[i].iface < nif:
+                raise ValueError(f"packet {i} names interface {k[i].iface}")
+            need += overhead + k[i].cap_len
+        elif k[i].nbl >= 0 and fmt == 2 and not 0 <= k[i].iface < nif:
+            raise ValueError(f"packet {i} names interface {k[i].iface}")
+    for f in range(nframes):
+        if wf[f].off < 0 or wf[f].len < 0 or wf[f].off + wf[f].len > wsize:
+            raise ValueError(f"wire frame {f} lies outside the wire arena")
+        need += overhead + wf[f].len
+    if need > cap:
+        raise ValueError(f"output buffer of {cap} bytes, {need} needed")
+    f = 0
+    with nogil:
+        for i in range(start, end):
+            fcount[i] = 0
+            bcount[i] = 0
+            if k[i].kind == PKT_NOT_IP:
+                pos += _emit_record(o + pos, fmt, &arena[k[i].off] if k[i].cap_len else NULL,
+                                    k[i].cap_len, k[i].ts_ns, k[i].iface, snaplen, &unit_ns[0] if nif else NULL)
+                fcount[i] = 1
+                bcount[i] = k[i].cap_len
+            elif k[i].nbl >= 0:
+                while f < nframes and wf[f].nbl < k[i].nbl:
+                    f += 1
+                while f < nframes and wf[f].nbl == k[i].nbl:
+                    pos += _emit_record(o + pos, fmt, &wire[wf[f].off] if wf[f].len else NULL,
+                                        wf[f].len, k[i].ts_ns, k[i].iface, snaplen,
+                                        &unit_ns[0] if nif else NULL)
+                    fcount[i] += 1
+                    bcount[i] += wf[f].len
+                    f += 1
+    return pos
