@@ -24,7 +24,7 @@ from ..host.saconfig import SaConfig
 from ..datapath.tx import SendResult
 
 IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_IPV6 = 4, 6, 17, 41
-IPPROTO_ESP = 50
+IPPROTO_ESP, IPPROTO_AH = 50, 51
 IPV6_FRAGMENT = 44
 # IPv6 extension headers that come before ESP in transport mode: hop-by-hop, routing,
 # destination options (docs/send-path.md; RFC 4303 §3.1.1)
@@ -218,6 +218,23 @@ def _esp_packet(layout: EspLayout, sn: int, iv: bytes, payload: bytes,
             + bytes(layout.icv)), pad
 
 
+def _ah_header(config: SaConfig, sn: int, iv: bytes, next_header: int, ipv6: bool) -> bytes:
+    """RFC 4302 §2: Next Header, Payload Length (32-bit words - 2), Reserved, SPI, SN, then
+    the ICV field: the AES-GMAC IV (RFC 4543 §3), the ICV and the explicit pad, zero."""
+    length = config.ah_length(ipv6)
+    fixed = struct.pack("!BBHII", next_header, length // 4 - 2, 0, config.ah_layer[0],
+                        sn & 0xFFFFFFFF) + bytes(iv)
+    return fixed + bytes(length - len(fixed))
+
+
+def _ah_offset4(offset: int) -> int:
+    """AhHeaderOffset: 4-byte units from the IP header, 8 bits (docs/protocol.md)."""
+    if offset % 4 or offset > MAX_ESP_OFFSET:
+        raise ValueError(f"AH would start {offset} bytes after the IP header; AhHeaderOffset "
+                         f"holds multiples of 4 up to {MAX_ESP_OFFSET}")
+    return offset // 4
+
+
 def _tcp_pseudo_header_seed(packet: IpPacket) -> int:
     """The partial pseudo-header sum (addresses and protocol, no length) that Windows leaves
     in the TCP checksum field of an LSO packet (docs/send-path.md). The IPv6 destination is the
@@ -373,15 +390,22 @@ class HostStack:
 
     def _sync_seq_hi(self, sa: StackSa, bundles: Iterable[bool], seq_hi: int) -> None:
         """UPDATE_SA for each ESN bundle whose record holds another high word (docs/protocol.md)."""
+        config = sa.config
+        layers = []  # UPDATE_SA names the SA of the bundle by Operation + SPI
+        if config.has_esp:
+            layers.append((ndis.IpsecOperation.ESP, config.spi))
+        if config.has_ah:
+            layers.append((ndis.IpsecOperation.AH, config.ah_layer[0]))
         for ipv6 in sorted(bundles):
             if sa._nic_seq_hi.get(ipv6) == seq_hi:
                 continue
-            status = self.miniport.update_sa(ndis.IpsecOffloadV2UpdateSa(
-                offload_handle=sa.handles[ipv6], operation=ndis.IpsecOperation.ESP,
-                spi=sa.config.spi, sequence_number_high_order=seq_hi))
-            if status != NdisStatus.SUCCESS:
-                raise RuntimeError(f"UPDATE_SA for {_sa_label(sa.config)} refused: "
-                                   f"{_status_name(status)}")
+            for operation, spi in layers:
+                status = self.miniport.update_sa(ndis.IpsecOffloadV2UpdateSa(
+                    offload_handle=sa.handles[ipv6], operation=operation, spi=spi,
+                    sequence_number_high_order=seq_hi))
+                if status != NdisStatus.SUCCESS:
+                    raise RuntimeError(f"UPDATE_SA for {_sa_label(config)} refused: "
+                                       f"{_status_name(status)}")
             sa._nic_seq_hi[ipv6] = seq_hi
 
     # -- sequence numbers (docs/protocol.md) -----------------------------------------------------
@@ -470,6 +494,46 @@ class HostStack:
                     pad_length=pad, esp_off4=esp_offset // 4, lso_info=lso_info,
                     l2_len=self.l2_length)
 
+    # -- AH and AH+ESP framing (RFC 4302; docs/send-path.md). Separate from the ESP framer so
+    # that a faster ESP framer can fall back to these.
+    def _ah_split(self, sa: StackSa, packet: IpPacket, protocol: int) -> tuple[bytearray, bytes,
+                                                                              int]:
+        """(header with ``protocol`` set, payload, AH Next Header): the outer header and the
+        whole inner packet in tunnel mode, else the packet split where ESP would go."""
+        if sa.config.mode == "tunnel":
+            return (self._outer_header(packet, sa, protocol), packet.data,
+                    IPPROTO_IPIP if packet.version == 4 else IPPROTO_IPV6)
+        header = bytearray(packet.data[:packet.l4_offset])
+        header[packet.next_header_at] = protocol
+        return header, packet.data[packet.l4_offset:], packet.protocol
+
+    def _ah_nbl(self, sa: StackSa, packet: IpPacket, bundle: bool, sn: int,
+                iv: bytes) -> _Nbl:
+        """One AH frame: IP | AH (ICV field zero, the NIC fills it) | payload."""
+        header, payload, next_header = self._ah_split(sa, packet, IPPROTO_AH)
+        ah = _ah_header(sa.config, sn, iv, next_header, header[0] >> 4 == 6)
+        datagram = header + ah + payload
+        _set_ip_length(datagram, len(datagram))
+        oob = dict(offload_handle=sa.handles[bundle], ah_off4=_ah_offset4(len(header)),
+                   l2_len=self.l2_length)
+        return _Nbl(frame=self._link_header(datagram[0] >> 4) + bytes(datagram), oob=oob,
+                    bundle=bundle, first_sn=sn, last_sn=sn)
+
+    def _ah_esp_nbl(self, sa: StackSa, packet: IpPacket, bundle: bool, sn: int,
+                    iv: bytes) -> _Nbl:
+        """One AH+ESP frame: IP | AH | ESP | payload | ESP trailer | ESP ICV room
+        (docs/protocol.md); both layers carry the same sequence number."""
+        header, payload, next_header = self._ah_split(sa, packet, IPPROTO_AH)
+        esp, pad = _esp_packet(sa.layout, sn, iv, payload, next_header)
+        ah = _ah_header(sa.config, sn, bytes(sa.config.ah_iv_len), IPPROTO_ESP,
+                        header[0] >> 4 == 6)
+        datagram = header + ah + esp
+        _set_ip_length(datagram, len(datagram))
+        oob = self._ipsec_oob(sa, bundle, next_header, pad, len(header) + len(ah))
+        oob["ah_off4"] = _ah_offset4(len(header))
+        return _Nbl(frame=self._link_header(datagram[0] >> 4) + bytes(datagram), oob=oob,
+                    bundle=bundle, first_sn=sn, last_sn=sn)
+
     def _plain_nbl(self, packet: bytes) -> _Nbl:
         """No IPsec: the packet as given, handle 0 (docs/send-path.md, step 2)."""
         version = _ip_version(packet)
@@ -523,8 +587,10 @@ class HostStack:
         ivs = self._check_ivs(sa, ivs, len(parsed))
         for bundle in sorted({bundle for _, bundle in parsed}):
             self._ensure_bundle(sa, bundle)
+        framer = {"esp": self._esp_nbl, "ah": self._ah_nbl,
+                  "ah+esp": self._ah_esp_nbl}[sa.config.protocol]
         return self._frame_with_sns(sa, len(parsed), lambda first: [
-            self._esp_nbl(sa, packet, bundle, first + i, iv)
+            framer(sa, packet, bundle, first + i, iv)
             for i, ((packet, bundle), iv) in enumerate(zip(parsed, ivs))])
 
     def build(self, packets: Sequence[bytes], sa: Optional[StackSa], *,
@@ -578,6 +644,9 @@ class HostStack:
             self._check_sa(sa)
             if sa.config.mode == "tunnel":
                 raise ValueError("LSO is never combined with tunnel-mode IPsec (docs/send-path.md)")
+            if sa.config.has_ah:
+                raise ValueError(f"{_sa_label(sa.config)}: LSO with AH is not offered yet "
+                                 f"(docs/send-path.md)")
             parsed, bundle = self._parse_for(sa, packet)
         else:
             parsed, bundle = parse_ip_packet(packet), None
