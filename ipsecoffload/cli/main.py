@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 from ..cli import bench
 from ..io.capture import CLEAR, DEFAULT_BATCH, EncryptSummary, SaStats, encrypt_capture
 from ..io.pcap import LINKTYPE_ETHERNET, PcapError
-from ..io.safile import SaFileError, SaPolicy, load_sa_file, wireshark_esp_sa
+from ..io.safile import SaFileError, SaPolicy, load_sa_file, wireshark_esp_sa, wireshark_notes
 
 PROG = "ipsecoffload"
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -178,8 +178,11 @@ def cmd_encrypt(args) -> int:
 
 
 def cmd_wireshark_sa(args) -> int:
-    for line in wireshark_esp_sa(load_sa_file(args.sa)):
+    policies = load_sa_file(args.sa)
+    for line in wireshark_esp_sa(policies):
         print(line)
+    for note in wireshark_notes(policies):  # what the table cannot carry, on stderr
+        print(f"{PROG} wireshark-sa: note: {note}", file=sys.stderr)
     return EXIT_OK
 
 
