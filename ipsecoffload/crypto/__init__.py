@@ -45,6 +45,7 @@ def backends_for(kernels, backend: Optional[CryptoBackend] = None) -> dict[int, 
         if choice == "batched" and hasattr(kernels, "CbcHmacBackend"):
             cbc = kernels.CbcHmacBackend()
             chosen[Suite.AES_CBC_HMAC] = chosen[Suite.NULL_HMAC] = chosen[Suite.AH_HMAC] = cbc
+            chosen[Suite.AES_CBC] = cbc
         return chosen
     return {suite: backend for suite in Suite}
 

@@ -110,7 +110,7 @@ cdef int cbc_load_jobs(str what, uint8_t* arena, int64_t arena_len,
     The comparisons never add two unchecked values, so no int64 sum can overflow."""
     cdef Py_ssize_t i, n = idx.shape[0]
     cdef int64_t r, text_end, L = arena_len
-    cdef int iv_len = CBC_BLOCK if suite == SUITE_AES_CBC_HMAC else 0
+    cdef int iv_len = CBC_BLOCK if (suite == SUITE_AES_CBC_HMAC or suite == SUITE_AES_CBC) else 0
     cdef CryptoOp op
     cdef cbc_job* j
     cdef cbc_job* spans
@@ -381,6 +381,9 @@ cdef class CbcHmacBackend:
         if int(keys.suite) == SUITE_AH_HMAC:
             ah_sign_hmac(arena, ops, idx, keys)
             return
+        if int(keys.suite) == SUITE_AES_CBC:
+            cbc_only_seal(arena, ops, idx, keys)
+            return
         self._run(arena, ops, idx, keys, OP_ESP_SEAL)
 
     def open(self, uint8_t[::1] arena, uint8_t[::1] ops, const int32_t[::1] idx,
@@ -545,3 +548,35 @@ def ah_sign_hmac(uint8_t[::1] arena, uint8_t[::1] ops, const int32_t[::1] idx, o
             raise RuntimeError(f"{what}: the HMAC context returned no digest")
         memcpy(arena_p + row.icv_off, PyBytes_AS_STRING(d), icv_len)
         row.status = OP_DONE
+
+
+def cbc_only_seal(uint8_t[::1] arena, uint8_t[::1] ops, const int32_t[::1] idx, object keys):
+    """AES-CBC without integrity, the ESP of an AH+ESP bundle (docs/spec-gaps.md G14): the
+    interleaved CBC encryption of the OP_ESP_SEAL ops ``idx``, no ICV (the bundle's AH, in
+    the next pass, authenticates). Every op is checked first."""
+    cdef str what = "cbc-hmac seal (encryption only)"
+    cdef Py_ssize_t i, n = idx.shape[0], op_size = sizeof(CryptoOp)
+    cdef CryptoOp probe
+    cdef Py_ssize_t status_off = <char*>&probe.status - <char*>&probe
+    cdef uint8_t* arena_p = &arena[0] if arena.shape[0] > 0 else NULL
+    cdef uint8_t* ops_p = &ops[0] if ops.shape[0] > 0 else NULL
+    cdef cbc_job* jobs
+    if ops.shape[0] % op_size:
+        raise ValueError(f"{what}: ops holds {ops.shape[0]} bytes, not a multiple of the "
+                         f"{op_size}-byte CryptoOp")
+    if int(keys.suite) != SUITE_AES_CBC or int(keys.icv_len) != 0:
+        raise ValueError(f"{what}: the key context is not an encryption-only AES-CBC one")
+    if n == 0:
+        return
+    jobs = <cbc_job*>malloc(n * sizeof(cbc_job))
+    if jobs == NULL:
+        raise MemoryError()
+    try:
+        cbc_load_jobs(what, arena_p, arena.shape[0], ops_p, ops.shape[0] // op_size, idx,
+                      OP_ESP_SEAL, SUITE_AES_CBC, INTEG_AEAD, 0, 1 if keys.esn else 0, jobs)
+        qsort(jobs, n, sizeof(cbc_job), cbc_cmp_blocks_desc)
+        cbc_encrypt(jobs, n, keys.ecb_encryptor().update_into)
+        for i in range(n):
+            ops_p[jobs[i].row * op_size + status_off] = OP_DONE
+    finally:
+        free(jobs)
