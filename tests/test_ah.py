@@ -736,3 +736,27 @@ def test_encrypt_and_wireshark_sa_with_ah(tmp_path, capsys):
     assert len(lines) == 1 and '"0x00003002","AES-CBC [RFC3602]"' in lines[0]
     assert "AH (SPI 0x00003001) has no line" in err and "SPI 0x00003003" in err
     assert "5a5a" not in err
+
+
+def test_ah_goes_where_linux_and_scapy_put_it_in_ipv6():
+    """After hop-by-hop, destination options and routing headers, before destination
+    options that follow the routing header (RFC 4302 §3.1.1; scapy's split_for_transport
+    follows Linux). Verified by scapy in the form the packet arrives in."""
+    from scapy.layers.ipsec import split_for_transport
+    hops = ["2001:db8::a"]
+    plain_pkt = (IPv6(src="2001:db8::1", dst="2001:db8::5") / IPv6ExtHdrHopByHop()
+                 / IPv6ExtHdrDestOpt() / IPv6ExtHdrRouting(addresses=hops, segleft=1)
+                 / IPv6ExtHdrDestOpt() / UDP(sport=1, dport=2) / Raw(b"final" * 4))
+    plain = bytes(plain_pkt)
+    header, nh, _ = split_for_transport(IPv6(plain), 51)
+    config = _ah_config("hmac-sha1-96", "transport", 6, False)
+    (frame,) = _send(config, [plain])
+    split = len(bytes(header))
+    assert split == 40 + 8 + 8 + 24 and nh == 60
+    assert frame[:split] == bytes(header)[:4] + frame[4:6] + bytes(header)[6:split]
+    assert frame[split] == 60 and frame[split + 24:] == plain[split:]  # DestOpt after AH
+    pkt = IPv6(frame)
+    pkt[IPv6ExtHdrRouting].addresses = ["2001:db8::5"]
+    pkt[IPv6ExtHdrRouting].segleft = 0
+    pkt.dst = hops[-1]
+    _verify_ah(bytes(pkt), config)

@@ -26,9 +26,11 @@ from ..datapath.tx import SendResult
 IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_IPV6 = 4, 6, 17, 41
 IPPROTO_ESP, IPPROTO_AH = 50, 51
 IPV6_FRAGMENT = 44
-# IPv6 extension headers that come before ESP in transport mode: hop-by-hop, routing,
-# destination options (docs/send-path.md; RFC 4303 §3.1.1)
+# IPv6 extension headers that come before AH/ESP in transport mode: hop-by-hop, routing, and
+# destination options unless a routing header precedes them (RFC 4302 §3.1.1, RFC 4303
+# §3.1.1: destination options may go before or after; this is the placement Linux uses)
 IPV6_HEADERS_BEFORE_ESP = (0, 43, 60)
+IPV6_ROUTING, IPV6_DESTINATION_OPTIONS = 43, 60
 ETHERTYPES = {4: 0x0800, 6: 0x86DD}
 ETHERNET_HEADER_LEN = 14
 UDP_HEADER_LEN = 8
@@ -162,7 +164,11 @@ def _parse_ipv6(data: bytes) -> IpPacket:
                          f"after the header (jumbograms are not supported)")
     data = data[:end]
     next_header_at, offset = 6, 40
+    routed = False
     while data[next_header_at] in IPV6_HEADERS_BEFORE_ESP:
+        if data[next_header_at] == IPV6_DESTINATION_OPTIONS and routed:
+            break  # destination options for the final destination go after AH/ESP
+        routed = routed or data[next_header_at] == IPV6_ROUTING
         if offset + 2 > end:
             raise ValueError(f"IPv6 extension header at byte {offset} is truncated")
         length = (data[offset + 1] + 1) * 8
