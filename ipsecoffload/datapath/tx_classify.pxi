@@ -105,6 +105,56 @@ cdef bint zero_room(const uint8_t* frame, int64_t flen, int64_t tend,
     return True
 
 
+cdef inline bint sn_room(uint64_t sn0, int64_t n, bint esn) noexcept nogil:
+    """SN0 .. SN0 + n - 1 are all sendable: none is 0, none past 2^32 - 1 (2^64 - 1 with ESN)."""
+    if sn0 == 0:
+        return False
+    if esn:
+        return sn0 <= UINT64_MAX - <uint64_t>(n - 1)
+    return sn0 + <uint64_t>(n - 1) <= UINT32_MAX
+
+
+cdef int lso_ah_alone(const uint8_t* frame, int64_t flen, NbPlan* p, const Transform* ah,
+                      uint64_t lso, int lso_kind, int32_t nb_count, int cfg, uint8_t padl,
+                      uint64_t slot, uint64_t sn64) except -1 nogil:
+    """LSO of an AH super-packet without ESP (docs/send-path.md step 3): the TCP header right
+    after the AH header (TcpHeaderOffset counts the AH length), no ESP padding, AH Next
+    Header TCP, one AH sequence number per segment (G6)."""
+    cdef int64_t ah_end = <int64_t>p.ah_off + p.ah_len, thl, L, n
+    if not (cfg & CFG_LSO_WITH_IPSEC) or not lso_enabled(lso_kind, p.ipv6, cfg):
+        fail(p, STATUS_FAILURE, REASON_LSO_DISABLED)
+        return 0
+    p.mss = <int32_t>(lso & 0xFFFFF)
+    p.tcp_off = <int32_t>((lso >> 20) & 0x3FF)
+    check(p.ah_off, 1, flen)
+    if (nb_count != 1 or p.mss == 0 or padl != 0 or frame[p.ah_off] != 6
+            or p.tcp_off != ah_end or (lso_kind == 2 and <int>((lso >> 31) & 1) != p.ipv6)
+            or p.tcp_off + 20 > flen):
+        fail(p, STATUS_FAILURE, REASON_LSO_BAD_PARAMS)
+        return 0
+    check(p.tcp_off + 12, 1, flen)
+    thl = (frame[p.tcp_off + 12] >> 4) * 4
+    if thl < 20 or p.tcp_off + thl > flen:
+        fail(p, STATUS_FAILURE, REASON_LSO_BAD_PARAMS)
+        return 0
+    L = flen - p.tcp_off - thl
+    n = 1 if L == 0 else (L + p.mss - 1) // p.mss
+    p.hdr_len = <int32_t>(p.tcp_off + thl)
+    if p.hdr_len + (L if L < p.mss else p.mss) - p.ip_off - (40 if p.ipv6 else 0) > 0xFFFF:
+        fail(p, STATUS_FAILURE, REASON_LSO_BAD_PARAMS)
+        return 0
+    if not sn_room(sn64, n, ah.esn):
+        fail(p, STATUS_FAILURE, REASON_SEQ_EXHAUSTED)
+        return 0
+    p.slot = <int32_t>slot
+    p.sn64 = sn64
+    p.body_off = p.hdr_len
+    p.body_len = L
+    p.nsegs = <int32_t>n
+    p.out_len = n * p.hdr_len + L
+    return 0
+
+
 cdef inline int64_t ah_header_len(const Transform* ah) noexcept nogil:
     """AH bytes: 12 + IV + ICV padded to the transform's alignment, 4 on IPv4 and 8 on IPv6
     (RFC 4302 §2.2; docs/protocol.md). -1 for a transform without an alignment."""
@@ -125,7 +175,7 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
     cdef const Transform* xf
     cdef const Transform* ah_xf = NULL
     cdef int64_t ah, ah_len, need
-    cdef uint64_t ah_sn
+    cdef uint64_t ah_sn = 0
     cdef int64_t ip_end, ihl, tot, esp, text_off, tend, text_len, pay_end, thl, L, n
     cdef int64_t full, rem, icv, align
     cdef uint64_t slot, sn64
@@ -226,9 +276,6 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
         if frame[ah + 1] != ah_len // 4 - 2:  # Payload Length (RFC 4302 §2.2)
             fail(p, STATUS_INVALID_PACKET, REASON_BAD_AH_OFFSET)
             return 0
-        if lso_kind:  # LSO with AH is not offered (docs/send-path.md)
-            fail(p, STATUS_FAILURE, REASON_LSO_BAD_PARAMS)
-            return 0
         ah_sn = ld32(frame + ah + 8)
         if ah_xf.esn:
             ah_sn |= <uint64_t>ah_xf.seq_hi << 32
@@ -242,6 +289,9 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
             if esp4 != 0:
                 fail(p, STATUS_INVALID_PACKET, REASON_BAD_ESP_OFFSET)
                 return 0
+            if lso_kind:
+                return lso_ah_alone(frame, flen, p, ah_xf, lso, lso_kind, nb_count, cfg, padl,
+                                    slot, ah_sn)
             p.slot = <int32_t>slot
             p.sn64 = ah_sn
             p.hdr_len = <int32_t>ip_end
@@ -330,9 +380,9 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
             40 if p.ipv6 else 0) > 0xFFFF:  # a full segment would overflow the IP length field
         fail(p, STATUS_FAILURE, REASON_LSO_BAD_PARAMS)
         return 0
-    # Segment i carries SN0 + i (docs/spec-gaps.md G6): all of them must exist
-    if sn64 == 0 or (not xf.esn and sn64 + <uint64_t>(n - 1) > UINT32_MAX) or (
-            xf.esn and sn64 > UINT64_MAX - <uint64_t>(n - 1)):
+    # Segment i carries SN0 + i (docs/spec-gaps.md G6): all of them must exist, in the AH of
+    # a bundle too
+    if not sn_room(sn64, n, xf.esn) or (ah_xf != NULL and not sn_room(ah_sn, n, ah_xf.esn)):
         fail(p, STATUS_FAILURE, REASON_SEQ_EXHAUSTED)
         return 0
     p.slot = <int32_t>slot

@@ -90,11 +90,12 @@ cdef int write_esp_fields(uint8_t* o, const NbPlan* p, const Transform* xf, uint
 
 
 cdef int emit_ah_op(uint8_t* out, int64_t osize, int64_t pos, int64_t seg_len,
-                    const NbPlan* p, const Transform* ah, int64_t scratch, int64_t fi,
-                    uint8_t pass_no, CryptoOp* op) except -1 nogil:
-    """The AH fields of one output segment and its AH sign op (RFC 4302 §3.3): ICV field and
-    explicit pad zeroed, the GMAC IV written (SN, G5), the header region copied to the
-    scratch at ``scratch`` with its mutable fields zeroed (ah_mutable.pxi)."""
+                    const NbPlan* p, const Transform* ah, int64_t i, int64_t scratch,
+                    int64_t fi, uint8_t pass_no, CryptoOp* op) except -1 nogil:
+    """The AH fields of output segment ``i`` and its AH sign op (RFC 4302 §3.3): its SN
+    (SN0 + i, G6, the high word carried for the ICV only), ICV field and explicit pad
+    zeroed, the GMAC IV written (SN, G5), the header region copied to the scratch at
+    ``scratch`` with its mutable fields zeroed (ah_mutable.pxi)."""
     cdef uint8_t* o = out + pos
     cdef int64_t ah_end = <int64_t>p.ah_off + p.ah_len, hdr = ah_end - p.ip_off
     cdef int64_t icv_at = <int64_t>p.ah_off + 12 + ah.iv_len
@@ -106,7 +107,9 @@ cdef int emit_ah_op(uint8_t* out, int64_t osize, int64_t pos, int64_t seg_len,
     sn = ld32(o + p.ah_off + 8)
     if ah.esn:
         sn |= <uint64_t>ah.seq_hi << 32
-    if p.ah_fresh_iv and ah.iv_len == 8:
+    sn += <uint64_t>i
+    st32(o + p.ah_off + 8, <uint32_t>sn)
+    if (p.ah_fresh_iv or p.lso) and ah.iv_len == 8:  # LSO segments always get NIC IVs
         st64(o + p.ah_off + 12, sn)
     memcpy(out + scratch, o + p.ip_off, hdr)
     if p.ipv6:
@@ -226,7 +229,7 @@ cdef int emit_nb(const uint8_t* frame, int64_t flen, int32_t nb, const NbPlan* p
             oi += 1
         if ah != NULL:  # AH over the result, in the pass after ESP (RFC 4301 §5.1.1)
             scratch = scratch0 + p.scratch_pos + i * (<int64_t>p.ah_off + p.ah_len - p.ip_off)
-            emit_ah_op(out, osize, pos, seg_len, p, ah, scratch, fi - 1,
+            emit_ah_op(out, osize, pos, seg_len, p, ah, i, scratch, fi - 1,
                        1 if xf != NULL else 0, ops + oi)
             oi += 1
         pos += seg_len
@@ -235,6 +238,12 @@ cdef int emit_nb(const uint8_t* frame, int64_t flen, int32_t nb, const NbPlan* p
 
 cdef bint plain_lso_is_consistent(const NbPlan* p, int64_t flen) noexcept nogil:
     """A plain-LSO plan (no SA) stays inside its frame and its out_len (see plan_without_ipsec)."""
+    return p.ah_off == 0 and plain_lso_layout_is_consistent(p, flen)
+
+
+cdef bint plain_lso_layout_is_consistent(const NbPlan* p, int64_t flen) noexcept nogil:
+    """TCP segments without ESP (plain LSO, or LSO with AH alone): every segment is the
+    template of hdr_len bytes and a chunk of the body."""
     cdef int64_t thl = <int64_t>p.hdr_len - p.tcp_off, n
     if (p.esp_off != 0 or p.ip_off < 0 or p.ip_hdr_len < 20 or (p.ipv6 and p.ip_hdr_len != 40)
             or p.tcp_off < <int64_t>p.ip_off + p.ip_hdr_len or thl < 20 or thl > 60
@@ -253,7 +262,7 @@ cdef bint ah_plan_is_consistent(const NbPlan* p, const Transform* ah,
     length its transform gives (tx_classify's ah_header_len)."""
     return (ah.align != 0 and p.ah_len == ah_header_len(ah) and p.ah_len >= 24
             and p.ah_off >= <int64_t>p.ip_off + p.ip_hdr_len
-            and <int64_t>p.ah_off + p.ah_len <= datagram_end and p.lso == 0 and p.nsegs == 1)
+            and <int64_t>p.ah_off + p.ah_len <= datagram_end)
 
 
 cdef bint plan_is_consistent(const NbPlan* p, const SaRecord* sa, int64_t flen) noexcept nogil:
@@ -266,14 +275,21 @@ cdef bint plan_is_consistent(const NbPlan* p, const SaRecord* sa, int64_t flen) 
     if sa.n_xf < 1 or sa.n_xf > 2 or (p.ipv6 and p.ip_hdr_len != 40) or p.ip_off < 0 \
             or p.ip_hdr_len < 20 or p.ipv6 != sa.ipv6:
         return False
-    if rec.proto == PROTO_AH:  # AH alone: the datagram as built, nothing appended
-        return (sa.n_xf == 1 and p.ah_off != 0 and p.esp_off == 0
-                and p.hdr_len == p.out_len and p.body_off == p.hdr_len and p.body_len == 0
-                and p.out_len <= flen and ah_plan_is_consistent(p, rec, p.out_len)
+    if rec.proto == PROTO_AH:  # AH alone: the datagram as built, or cut into TCP segments
+        if sa.n_xf != 1 or p.ah_off == 0 or p.esp_off != 0:
+            return False
+        if p.lso:
+            return (plain_lso_layout_is_consistent(p, flen) and ah_plan_is_consistent(p, rec, p.tcp_off)
+                    and p.tcp_off == <int64_t>p.ah_off + p.ah_len
+                    and p.sn64 <= UINT64_MAX - <uint64_t>(p.nsegs - 1))
+        return (p.nsegs == 1 and p.hdr_len == p.out_len and p.body_off == p.hdr_len
+                and p.body_len == 0 and p.out_len <= flen
+                and ah_plan_is_consistent(p, rec, p.out_len)
                 and p.out_len - p.ip_off - (40 if p.ipv6 else 0) <= 0xFFFF)
     if sa.n_xf == 2:
         ah = &sa.xf[1]
-        if ah.proto != PROTO_AH or p.ah_off == 0 or not ah_plan_is_consistent(p, ah, p.esp_off):
+        if (ah.proto != PROTO_AH or p.ah_off == 0 or not ah_plan_is_consistent(p, ah, p.esp_off)
+                or (not p.lso and p.nsegs != 1)):
             return False
     elif p.ah_off != 0:
         return False

@@ -631,7 +631,8 @@ class HostStack:
     # -- LSO super-packets (docs/send-path.md) ----------------------------------------------------
     def build_lso(self, packet: bytes, sa: Optional[StackSa], mss: int, *,
                   lso_version: int = 2, pad_length: int = 0) -> PacketBatch:
-        """One LSO super-packet NBL: transport-mode ESP (UDP-encapsulated too) over TCP."""
+        """One LSO super-packet NBL: transport-mode ESP (UDP-encapsulated too), AH or AH+ESP
+        over TCP."""
         with self._lock:
             return _to_batch([self._prepare_lso(packet, sa, mss, lso_version, pad_length)])
 
@@ -650,9 +651,8 @@ class HostStack:
             self._check_sa(sa)
             if sa.config.mode == "tunnel":
                 raise ValueError("LSO is never combined with tunnel-mode IPsec (docs/send-path.md)")
-            if sa.config.has_ah:
-                raise ValueError(f"{_sa_label(sa.config)}: LSO with AH is not offered yet "
-                                 f"(docs/send-path.md)")
+            if sa.config.protocol == "ah" and pad_length:
+                raise ValueError("pad_length is ESP padding; an AH SA has none")
             parsed, bundle = self._parse_for(sa, packet)
         else:
             parsed, bundle = parse_ip_packet(packet), None
@@ -693,18 +693,30 @@ class HostStack:
                  lso_version: int, pad_length: int, first_sn: int, last_sn: int) -> _Nbl:
         config = sa.config
         udp = _udp_header(config.udp_encap, 0) if config.udp_encap else b""
-        esp_header = (struct.pack("!II", sa.layout.spi, first_sn & 0xFFFFFFFF)
-                      + bytes(sa.layout.iv_len))
+        esp_header = b""
+        if config.has_esp:
+            esp_header = (struct.pack("!II", sa.layout.spi, first_sn & 0xFFFFFFFF)
+                          + bytes(sa.layout.iv_len))
+        ah = b""
+        if config.has_ah:  # AH before ESP; its Next Header TCP, or ESP in a bundle
+            ah = _ah_header(config, first_sn, bytes(config.ah_iv_len),
+                            IPPROTO_ESP if config.has_esp else IPPROTO_TCP,
+                            parsed.version == 6)
         junk = bytes(range(1, pad_length + 1))  # discardable padding (docs/send-path.md G7)
-        datagram = self._lso_datagram(parsed, tcp_len, lso_version,
-                                      IPPROTO_UDP if udp else IPPROTO_ESP, udp, esp_header,
-                                      junk)
-        esp_offset = parsed.l4_offset + len(udp)
+        protocol = IPPROTO_AH if ah else (IPPROTO_UDP if udp else IPPROTO_ESP)
+        datagram = self._lso_datagram(parsed, tcp_len, lso_version, protocol, udp,
+                                      ah + esp_header, junk)
+        esp_offset = parsed.l4_offset + len(udp) + len(ah)
         tcp_offset = self.l2_length + esp_offset + len(esp_header)
         lso_info = _lso_info(lso_version, mss, tcp_offset, parsed.version)
-        return _Nbl(frame=self._link_header(parsed.version) + bytes(datagram),
-                    oob=self._ipsec_oob(sa, bundle, IPPROTO_TCP, pad_length, esp_offset,
-                                        lso_info),
+        if config.has_esp:
+            oob = self._ipsec_oob(sa, bundle, IPPROTO_TCP, pad_length, esp_offset, lso_info)
+        else:
+            oob = dict(offload_handle=sa.handles[bundle], lso_info=lso_info,
+                       l2_len=self.l2_length)
+        if ah:
+            oob["ah_off4"] = _ah_offset4(parsed.l4_offset)
+        return _Nbl(frame=self._link_header(parsed.version) + bytes(datagram), oob=oob,
                     bundle=bundle, first_sn=first_sn, last_sn=last_sn)
 
     def _plain_lso_nbl(self, parsed: IpPacket, tcp_len: int, mss: int,

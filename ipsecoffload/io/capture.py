@@ -139,8 +139,7 @@ class CaptureEncryptor:
             stats.bytes_in += len(frame)
             lso = (policy_index >= 0 and summary.mss is not None and info.proto == TCP
                    and info.lso_capable and info.tcp_payload > summary.mss
-                   and self.policies[policy_index].config.mode == "transport"
-                   and not self.policies[policy_index].config.has_ah)  # no LSO with AH yet
+                   and self.policies[policy_index].config.mode == "transport")
             packet = frame[l2:l2 + info.length]
             groups.setdefault(policy_index, []).append(_Job(index, packet, lso))
         for policy_index, jobs in groups.items():

@@ -126,7 +126,7 @@ def _ah_plan_is_consistent(p, ah, datagram_end: int) -> bool:
     ah_off, ah_len = int(p["ah_off"]), int(p["ah_len"])
     return (int(ah["align"]) != 0 and ah_len == _ah_header_len(ah) and ah_len >= 24
             and ah_off >= int(p["ip_off"]) + int(p["ip_hdr_len"])
-            and ah_off + ah_len <= datagram_end and not p["lso"] and int(p["nsegs"]) == 1)
+            and ah_off + ah_len <= datagram_end)
 
 
 def _plan_is_consistent(p, sa, flen: int) -> bool:
@@ -140,14 +140,21 @@ def _plan_is_consistent(p, sa, flen: int) -> bool:
     if (not 1 <= n_xf <= 2 or (p["ipv6"] and ihl != 40) or ip_off < 0 or ihl < 20
             or p["ipv6"] != sa["ipv6"]):
         return False
-    if rec["proto"] == PROTO_AH:  # AH alone: the datagram as built
-        return (n_xf == 1 and p["ah_off"] != 0 and esp == 0 and hdr_len == out_len
-                and body_off == hdr_len and body_len == 0 and out_len <= flen
-                and _ah_plan_is_consistent(p, rec, out_len)
+    if rec["proto"] == PROTO_AH:  # AH alone: the datagram as built, or its TCP segments
+        if n_xf != 1 or not p["ah_off"] or esp != 0:
+            return False
+        if p["lso"]:
+            return (_plain_lso_layout_is_consistent(p, flen)
+                    and _ah_plan_is_consistent(p, rec, int(p["tcp_off"]))
+                    and int(p["tcp_off"]) == int(p["ah_off"]) + int(p["ah_len"])
+                    and int(p["sn64"]) <= 2**64 - 1 - (nsegs - 1))
+        return (nsegs == 1 and hdr_len == out_len and body_off == hdr_len and body_len == 0
+                and out_len <= flen and _ah_plan_is_consistent(p, rec, out_len)
                 and out_len - ip_off - (40 if p["ipv6"] else 0) <= 0xFFFF)
     if n_xf == 2:
         ah = sa["xf"][1]
-        if ah["proto"] != PROTO_AH or not p["ah_off"] or not _ah_plan_is_consistent(p, ah, esp):
+        if (ah["proto"] != PROTO_AH or not p["ah_off"] or not _ah_plan_is_consistent(p, ah, esp)
+                or (not p["lso"] and nsegs != 1)):
             return False
     elif p["ah_off"]:
         return False
@@ -182,6 +189,11 @@ def _plan_is_consistent(p, sa, flen: int) -> bool:
 
 def _plain_lso_is_consistent(p, flen: int) -> bool:
     """A plain-LSO plan (no SA) stays inside its frame and its out_len."""
+    return not p["ah_off"] and _plain_lso_layout_is_consistent(p, flen)
+
+
+def _plain_lso_layout_is_consistent(p, flen: int) -> bool:
+    """TCP segments without ESP (plain LSO, or LSO with AH alone)."""
     ip_off, ihl, tcp_off = int(p["ip_off"]), int(p["ip_hdr_len"]), int(p["tcp_off"])
     hdr_len, mss, body_len = int(p["hdr_len"]), int(p["mss"]), int(p["body_len"])
     thl = hdr_len - tcp_off

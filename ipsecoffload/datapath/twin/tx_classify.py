@@ -11,6 +11,40 @@ from ..layout import (HANDLE_SLOT_MASK, NB_PLAN_DTYPE, NBL_OOB_DTYPE, PROTO_AH,
                       STATUS_INVALID_PACKET, Config, IcvSpace, IvSource, Reason)
 from .common import _buffers, _c_ints, _lso_enabled, _lso_segment_len, _records, xf0
 
+def _sn_room(sn0: int, n: int, esn) -> bool:
+    """SN0 .. SN0 + n - 1 are all sendable (none 0, none past the SA's last SN)."""
+    return sn0 != 0 and sn0 + n - 1 <= (2**64 - 1 if esn else 2**32 - 1)
+
+
+def _lso_ah_alone(frame: bytes, plan: dict, fail, ah, lso: int, lso_kind: int, nb_count: int,
+                  config: int, padl: int, slot: int, sn64: int, ipv6: bool) -> dict:
+    """LSO of an AH super-packet without ESP: the TCP header right after AH, no ESP
+    padding, AH Next Header TCP, one AH SN per segment."""
+    flen, ah_end = len(frame), plan["ah_off"] + plan["ah_len"]
+    if not config & Config.LSO_WITH_IPSEC or not _lso_enabled(lso_kind, ipv6, config):
+        return fail(STATUS_FAILURE, Reason.LSO_DISABLED)
+    mss, tcp_off = lso & 0xFFFFF, (lso >> 20) & 0x3FF
+    plan.update(mss=mss, tcp_off=tcp_off)
+    if (nb_count != 1 or mss == 0 or padl != 0 or frame[plan["ah_off"]] != 6
+            or tcp_off != ah_end or (lso_kind == 2 and (lso >> 31) & 1 != int(ipv6))
+            or tcp_off + 20 > flen):
+        return fail(STATUS_FAILURE, Reason.LSO_BAD_PARAMS)
+    thl = (frame[tcp_off + 12] >> 4) * 4
+    if thl < 20 or tcp_off + thl > flen:
+        return fail(STATUS_FAILURE, Reason.LSO_BAD_PARAMS)
+    payload = flen - tcp_off - thl
+    nsegs = max(1, -(-payload // mss))
+    hdr_len = tcp_off + thl
+    plan["hdr_len"] = hdr_len
+    if hdr_len + min(payload, mss) - plan["ip_off"] - (40 if ipv6 else 0) > 0xFFFF:
+        return fail(STATUS_FAILURE, Reason.LSO_BAD_PARAMS)
+    if not _sn_room(sn64, nsegs, ah["esn"]):
+        return fail(STATUS_FAILURE, Reason.SEQ_EXHAUSTED)
+    return {**plan, "slot": slot, "sn64": sn64, "body_off": hdr_len, "body_len": payload,
+            "nsegs": nsegs, "out_len": nsegs * hdr_len + payload, "reason": Reason.OK,
+            "status": 0}
+
+
 def ah_header_len(ah) -> int:
     """AH bytes: 12 + IV + ICV padded to the transform's alignment (RFC 4302 §2.2); -1 for
     a transform without an alignment."""
@@ -135,8 +169,6 @@ def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int
             return fail(STATUS_INVALID_PACKET, Reason.BAD_AH_OFFSET)
         if frame[ah + 1] != ah_len // 4 - 2:  # Payload Length (RFC 4302 §2.2)
             return fail(STATUS_INVALID_PACKET, Reason.BAD_AH_OFFSET)
-        if lso_kind:  # LSO with AH is not offered
-            return fail(STATUS_FAILURE, Reason.LSO_BAD_PARAMS)
         ah_sn = struct.unpack_from("!I", frame, ah + 8)[0]
         if ah_rec["esn"]:
             ah_sn |= int(ah_rec["seq_hi"]) << 32
@@ -147,6 +179,9 @@ def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int
         if rec is None:  # AH alone: the datagram leaves as built, with its ICV
             if esp4:
                 return fail(STATUS_INVALID_PACKET, Reason.BAD_ESP_OFFSET)
+            if lso_kind:
+                return _lso_ah_alone(frame, plan, fail, ah_rec, lso, lso_kind, nb_count,
+                                     config, padl, slot, ah_sn, ipv6)
             return {**plan, "slot": slot, "sn64": ah_sn, "hdr_len": ip_end, "body_off": ip_end,
                     "body_len": 0, "nsegs": 1, "out_len": ip_end, "reason": Reason.OK,
                     "status": 0}
@@ -212,8 +247,8 @@ def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int
     if _lso_segment_len(tcp_off + thl, thl, min(payload, mss), align, icv) - l2 - (
             40 if ipv6 else 0) > 0xFFFF:  # a full segment would overflow the IP length field
         return fail(STATUS_FAILURE, Reason.LSO_BAD_PARAMS)
-    last_sn = sn64 + nsegs - 1
-    if sn64 == 0 or last_sn > (2**64 - 1 if rec["esn"] else 2**32 - 1):
+    if not _sn_room(sn64, nsegs, rec["esn"]) or (
+            ah_rec is not None and not _sn_room(ah_sn, nsegs, ah_rec["esn"])):
         return fail(STATUS_FAILURE, Reason.SEQ_EXHAUSTED)
     hdr_len = tcp_off + thl
     chunks = [min(mss, payload - i * mss) for i in range(nsegs)]

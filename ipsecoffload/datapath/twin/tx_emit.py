@@ -14,11 +14,11 @@ from .common import (_buffers, _pad, _patch_segment, _plain_lso_is_consistent,
 from .tx_plan import ah_scratch_len, ops_per_segment, random_iv
 
 
-def _ah_op(seg: bytearray, pos: int, p, ah, scratch: int, out, fi: int, pass_no: int, otab,
-           oi: int) -> None:
-    """The AH fields of one output segment and its AH sign op (RFC 4302 §3.3): ICV field and
-    pad zeroed, the GMAC IV written (SN, G5), the header region copied to the scratch with
-    its mutable fields zeroed."""
+def _ah_op(seg: bytearray, pos: int, p, ah, i: int, scratch: int, out, fi: int, pass_no: int,
+           otab, oi: int) -> None:
+    """The AH fields of output segment ``i`` and its AH sign op (RFC 4302 §3.3): SN0 + i,
+    ICV field and pad zeroed, the GMAC IV written (SN, G5), the header region copied to the
+    scratch with its mutable fields zeroed."""
     ip, ah_off, ah_len = int(p["ip_off"]), int(p["ah_off"]), int(p["ah_len"])
     iv_len = int(ah["iv_len"])
     ah_end, icv_at = ah_off + ah_len, ah_off + 12 + iv_len
@@ -26,7 +26,9 @@ def _ah_op(seg: bytearray, pos: int, p, ah, scratch: int, out, fi: int, pass_no:
     sn = struct.unpack_from("!I", seg, ah_off + 8)[0]
     if ah["esn"]:
         sn |= int(ah["seq_hi"]) << 32
-    if p["ah_fresh_iv"] and iv_len == 8:
+    sn = (sn + i) & (2**64 - 1)
+    struct.pack_into("!I", seg, ah_off + 8, sn & 0xFFFFFFFF)
+    if (p["ah_fresh_iv"] or p["lso"]) and iv_len == 8:  # LSO segments always get NIC IVs
         struct.pack_into("!Q", seg, ah_off + 12, sn)
     copy = bytearray(seg[ip:ah_end])
     if p["ipv6"]:
@@ -141,11 +143,19 @@ def tx_emit(batch, records, plans, rand, out, frames, ops):
             rec, ah = None, rec
         elif sa["n_xf"] == 2:
             ah = sa["xf"][1]
-        if rec is None:  # AH alone: the datagram as built, then its AH op
-            seg = bytearray(frame[:hdr_len])
-            _patch_segment(seg, p, None, 0, 0)
-            _ah_op(seg, pos, p, ah, scratch0 + int(p["scratch_pos"]), out, fi, 0, otab, oi)
-            put(seg)
+        if rec is None:  # AH alone: the datagram as built (or its TCP segments), AH op each
+            for s in range(int(p["nsegs"])):
+                if p["lso"]:
+                    start = int(p["body_off"]) + s * int(p["mss"])
+                    chunk = min(int(p["mss"]), int(p["body_len"]) - s * int(p["mss"]))
+                    seg = bytearray(frame[:hdr_len] + frame[start:start + chunk])
+                else:
+                    chunk, seg = 0, bytearray(frame[:hdr_len])
+                _patch_segment(seg, p, None, s, chunk)
+                scratch = scratch0 + int(p["scratch_pos"]) + s * ah_scratch_len(p)
+                _ah_op(seg, pos, p, ah, s, scratch, out, fi, 0, otab, oi)
+                oi += 1
+                put(seg)
             continue
         iv_len, icv = int(rec["iv_len"]), int(rec["icv_len"])
         for s in range(int(p["nsegs"])):
@@ -189,6 +199,6 @@ def tx_emit(batch, records, plans, rand, out, frames, ops):
             oi += 1
             if ah is not None:  # AH over the result, in the pass after ESP
                 scratch = scratch0 + int(p["scratch_pos"]) + s * ah_scratch_len(p)
-                _ah_op(seg, pos, p, ah, scratch, out, fi, 1, otab, oi)
+                _ah_op(seg, pos, p, ah, s, scratch, out, fi, 1, otab, oi)
                 oi += 1
             put(seg)
