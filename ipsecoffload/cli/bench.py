@@ -3,7 +3,8 @@
 - limit: the suite's raw cipher over one 1 MiB buffer (``AESGCM.encrypt_into``; for CBC +
   HMAC one CBC encryption and one HMAC of 1 MiB; for GMAC one tag over 1 MiB);
 - naive: a plain Python loop of one such call per packet of the same size (for CBC + HMAC a
-  new CBC encryptor and one HMAC per packet);
+  new CBC encryptor and one HMAC per packet; for AH one HMAC, or one GMAC tag, per packet;
+  for AH + ESP the ESP call and then the AH call);
 - ours: ``Miniport.send`` over prebuilt frames (path ``send``) or over one LSO super-packet
   (path ``lso``), batch of ``batch`` packets, one core.
 
@@ -58,47 +59,78 @@ def tcp_packet(size: int, *, ipv6: bool = False, seq: int = 1, sport: int = 4000
 @dataclass(frozen=True)
 class Suite:
     """A suite by its SA-file names (docs/architecture.md): ``aes-gcm-128``, ``aes-cbc-128`` +
-    ``hmac-sha256-128``, ``null`` + ``aes-gmac-128``, ..."""
-    encryption: str = "aes-gcm-128"
+    ``hmac-sha256-128``, ``null`` + ``aes-gmac-128``, ...; ``ah`` names the AH integrity
+    of an AH SA (``encryption`` None: AH alone) or of an AH+ESP bundle."""
+    encryption: Optional[str] = "aes-gcm-128"
     integrity: Optional[str] = None
+    ah: Optional[str] = None
 
     def __post_init__(self):
+        if self.ah is not None and self.ah not in INTEGRITIES:
+            raise ValueError(f"unknown AH integrity {self.ah!r}; one of "
+                             f"{', '.join(INTEGRITIES)}")
+        if self.encryption is None:
+            if self.ah is None or self.integrity is not None:
+                raise ValueError("a suite without encryption is AH alone: it needs ah and no "
+                                 "integrity")
+            return
         if self.encryption not in ENCRYPTIONS:
             raise ValueError(f"unknown encryption {self.encryption!r}; one of "
                              f"{', '.join(ENCRYPTIONS)}")
         if self.integrity is not None and self.integrity not in INTEGRITIES:
             raise ValueError(f"unknown integrity {self.integrity!r}; one of "
                              f"{', '.join(INTEGRITIES)}")
-        if not self.aead and self.integrity is None:
+        cbc_in_bundle = self.ah is not None and self.encryption.startswith("aes-cbc")
+        if not self.aead and self.integrity is None and not cbc_in_bundle:
             raise ValueError(f"{self.encryption} needs an integrity algorithm")
 
     @property
     def aead(self) -> bool:
-        return self.encryption.startswith("aes-gcm")
+        return (self.encryption or "").startswith("aes-gcm")
 
     @property
     def gmac(self) -> bool:
         return (self.integrity or "").startswith("aes-gmac")
 
     @property
+    def protocol(self) -> str:
+        if self.ah is None:
+            return "esp"
+        return "ah" if self.encryption is None else "ah+esp"
+
+    @property
     def name(self) -> str:
-        return self.encryption if self.aead else f"{self.encryption}+{self.integrity}"
+        if self.encryption is None:
+            return f"ah-{self.ah}"
+        esp = (self.encryption if self.aead or self.integrity is None
+               else f"{self.encryption}+{self.integrity}")
+        return f"{esp}+ah-{self.ah}" if self.ah else esp
 
     def sa_config(self, spi: int = 0x1000) -> SaConfig:
+        ah_key = bytes(range(2, 2 + INTEGRITIES[self.ah][1])) if self.ah else b""
+        if self.encryption is None:
+            return SaConfig(spi=spi, protocol="ah", integrity=self.ah, auth_key=ah_key)
         key = bytes(range(ENCRYPTIONS[self.encryption][1]))
         auth_key = bytes(range(1, 1 + INTEGRITIES[self.integrity][1])) if self.integrity else b""
+        if self.ah:
+            return SaConfig(spi=spi, encryption=self.encryption, key=key,
+                            integrity=None if self.aead else self.integrity, auth_key=auth_key,
+                            protocol="ah+esp", ah_spi=spi + 1, ah_integrity=self.ah,
+                            ah_auth_key=ah_key)
         return SaConfig(spi=spi, encryption=self.encryption, key=key,
                         integrity=None if self.aead else self.integrity, auth_key=auth_key)
 
 
-def prepared_send(size: int, batch: int = DEFAULT_BATCH, encryption: str = "aes-gcm-128",
-                  integrity: Optional[str] = None) -> tuple[Miniport, PacketBatch]:
+def prepared_send(size: int, batch: int = DEFAULT_BATCH, encryption: Optional[str] = "aes-gcm-128",
+                  integrity: Optional[str] = None, ah: Optional[str] = None
+                  ) -> tuple[Miniport, PacketBatch]:
     """A miniport with one transport SA and a batch of prebuilt frames of ``size``-byte packets."""
-    if integrity is None and not encryption.startswith("aes-gcm"):
+    if integrity is None and encryption is not None and not encryption.startswith("aes-gcm") \
+            and ah is None:
         integrity = "hmac-sha256-128"
     miniport = Miniport()
     stack = HostStack(miniport)
-    sa = stack.add_sa(Suite(encryption, integrity).sa_config())
+    sa = stack.add_sa(Suite(encryption, integrity, ah).sa_config())
     return miniport, stack.build([tcp_packet(size)] * batch, sa)
 
 
@@ -125,18 +157,44 @@ def _rate(run: Callable[[], None], min_time: float) -> float:
 
 
 def _naive_call(suite: Suite) -> Callable[[int, bytearray, bytearray], None]:
-    """What a plain program does for one packet of this suite."""
+    """What a plain program does for one packet of this suite: the ESP call, then (AH) the
+    AH call."""
+    esp = _esp_naive_call(suite) if suite.encryption is not None else None
+    ah = _ah_naive_call(suite.ah) if suite.ah else None
+    if esp is not None and ah is not None:
+        def both(i: int, packet: bytearray, out: bytearray) -> None:
+            esp(i, packet, out)
+            ah(i, packet, out)
+        return both
+    return esp or ah
+
+
+def _ah_naive_call(integrity: str) -> Callable[[int, bytearray, bytearray], None]:
+    """One AH ICV per packet: an HMAC, or a GMAC tag (AES-GCM with an empty plaintext)."""
+    if integrity.startswith("aes-gmac"):
+        aead = AESGCM(bytes(int(integrity[-3:]) // 8))
+        return lambda i, packet, out: aead.encrypt(i.to_bytes(12, "big"), b"", packet)
+    digest, auth_key = _HASHLIB[integrity], bytes(INTEGRITIES[integrity][1])
+    return lambda i, packet, out: hmac.new(auth_key, packet, digest).digest()
+
+
+def _esp_naive_call(suite: Suite) -> Callable[[int, bytearray, bytearray], None]:
     if suite.aead:
         aead, aad = AESGCM(bytes(int(suite.encryption[-3:]) // 8)), bytes(8)
         return lambda i, packet, out: aead.encrypt_into(i.to_bytes(12, "big"), packet, aad, out)
     if suite.gmac:
         aead = AESGCM(bytes(int(suite.integrity[-3:]) // 8))
         return lambda i, packet, out: aead.encrypt(i.to_bytes(12, "big"), b"", packet)
+    key = bytes(ENCRYPTIONS[suite.encryption][1])
+    if suite.integrity is None:  # encryption only, inside an AH+ESP bundle
+        def cbc(i: int, packet: bytearray, out: bytearray) -> None:
+            encryptor = Cipher(algorithms.AES(key), modes.CBC(i.to_bytes(16, "big"))).encryptor()
+            encryptor.update(packet) + encryptor.finalize()
+        return cbc
     digest = _HASHLIB[suite.integrity]
     auth_key = bytes(INTEGRITIES[suite.integrity][1])
     if suite.encryption == "null":
         return lambda i, packet, out: hmac.new(auth_key, packet, digest).digest()
-    key = bytes(ENCRYPTIONS[suite.encryption][1])
 
     def cbc_hmac(i: int, packet: bytearray, out: bytearray) -> None:
         encryptor = Cipher(algorithms.AES(key), modes.CBC(i.to_bytes(16, "big"))).encryptor()
@@ -157,7 +215,7 @@ def limit_bytes_per_second(min_time: float = 0.3, suite: Suite = Suite()) -> flo
 def naive_packets_per_second(size: int, batch: int = DEFAULT_BATCH, min_time: float = 0.3,
                              suite: Suite = Suite()) -> float:
     """One call per packet in a Python loop: what a plain program gets."""
-    size = -(-size // 16) * 16 if suite.encryption.startswith("aes-cbc") else size
+    size = -(-size // 16) * 16 if (suite.encryption or "").startswith("aes-cbc") else size
     packets = [bytearray(os.urandom(size)) for _ in range(batch)]
     outs = [bytearray(size + 16) for _ in range(batch)]
     call = _naive_call(suite)
@@ -206,21 +264,23 @@ ROUNDS = 3
 
 
 def run(sizes: Optional[Sequence[int]] = None, batch: int = DEFAULT_BATCH,
-        min_time: float = 0.3, *, path: str = "send", encryption: str = "aes-gcm-128",
-        integrity: Optional[str] = None, mss: int = DEFAULT_MSS) -> list[BenchRow]:
+        min_time: float = 0.3, *, path: str = "send", encryption: Optional[str] = "aes-gcm-128",
+        integrity: Optional[str] = None, mss: int = DEFAULT_MSS,
+        ah: Optional[str] = None) -> list[BenchRow]:
     """One row per size; every figure comes from this one run. The limit, ours and the
     naive loop are timed in turn, ROUNDS times (``min_time`` split between the rounds), and
     each keeps its best round: on a shared machine a slow round is interference, and turns
     keep a drift of the machine's speed out of the ratios."""
     if sizes is None:
         sizes = DEFAULT_SIZES if path == "send" else (DEFAULT_LSO_SIZE,)
-    suite = Suite(encryption, integrity)
+    suite = Suite(encryption, integrity, ah)
     check_arguments(sizes, batch, min_time, path, mss)
     share = min_time / ROUNDS
     rows = []
     for size in sizes:
         if path == "send":
-            miniport, frames = prepared_send(size, batch, suite.encryption, suite.integrity)
+            miniport, frames = prepared_send(size, batch, suite.encryption, suite.integrity,
+                                             suite.ah)
             units, ip_bytes, naive_size = batch, batch * size, size
         else:
             miniport, frames, units = prepared_lso(size, mss, suite)

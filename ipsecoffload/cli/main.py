@@ -212,8 +212,10 @@ def cmd_demo(args) -> int:
 
 def cmd_bench(args) -> int:
     try:
+        encryption = None if args.encryption in ("none", "") else args.encryption
         rows = bench.run(args.sizes, args.batch, min_time=args.min_time, path=args.path,
-                         encryption=args.encryption, integrity=args.integrity, mss=args.mss)
+                         encryption=encryption, integrity=args.integrity, mss=args.mss,
+                         ah=args.ah)
     except ValueError as error:
         raise UsageError(str(error)) from None
     if args.json:
@@ -324,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="SA-file encryption name (default: aes-gcm-128)")
     benchmark.add_argument("--integrity", default=None,
                            help="SA-file integrity name (with aes-cbc-* or null)")
+    benchmark.add_argument("--ah", metavar="INTEGRITY", default=None,
+                           help="add AH with this SA-file integrity name: an AH+ESP bundle, "
+                                "or AH alone with --encryption none")
     benchmark.add_argument("--min-time", metavar="SECONDS", type=_min_time, default=0.3,
                            help="time each measurement for at least this long (default: 0.3)")
     benchmark.set_defaults(run=cmd_bench)
