@@ -45,6 +45,7 @@ cpdef enum Config:
     CFG_LSO_WITH_IPSEC = 32
     CFG_AH_IPV4 = 64
     CFG_AH_IPV6 = 128
+    CFG_TUNNEL_ALONE_SINGLE = 256   # docs/spec-gaps.md G13: a lone TunnelHandle is the SA
 
 # Per-NET_BUFFER outcome (counted per batch).
 cpdef enum Reason:

@@ -879,3 +879,33 @@ def test_lso_with_ah_twin_equals_compiled_and_bad_parameters_fail():
     reasons = results[0][1].reasons.tolist()
     assert reasons[0::2] == [Reason.OK] * len(LSO_CASES)
     assert reasons[1::2] == [Reason.LSO_BAD_PARAMS] * len(LSO_CASES)
+
+
+# -- G13: a TunnelHandle without an OffloadHandle ----------------------------------------------
+@pytest.mark.parametrize("pure", KERNELS, ids=KERNEL_IDS)
+def test_tunnel_handle_alone_fails_or_names_the_single_sa(pure):
+    config = _ah_config("hmac-sha256-128", "tunnel", 4, False)
+    for policy, want in (("fail", NdisStatus.FAILURE), ("single", NdisStatus.SUCCESS)):
+        miniport = Miniport(pure_python=pure, tunnel_handle_alone=policy)
+        stack = HostStack(miniport, link="raw")
+        sa = stack.add_sa(config)
+        batch = stack.build([_plain("v4")], sa)
+        frame = bytes(batch.arena[:batch.nb_len[0]])
+        oob = batch.oob[0]
+        fields = {name: int(oob[name]) for name in ("ah_off4", "l2_len")}
+        builder = PacketBatchBuilder()
+        builder.add_nbl([frame], tunnel_handle=int(oob["offload_handle"]), **fields)
+        builder.add_nbl([frame], tunnel_handle=int(oob["offload_handle"]),
+                        offload_handle=int(oob["offload_handle"]), **fields)
+        result = miniport.send(builder.build())
+        # both handles: transport over tunnel, not offered, under either policy
+        assert result.status.tolist() == [want, NdisStatus.FAILURE]
+        assert result.reasons.tolist()[1] == Reason.TUNNEL_HANDLE
+        if policy == "single":
+            (out,) = result.wire.frames()
+            _verify_ah(out, config)
+        else:
+            assert result.reasons.tolist()[0] == Reason.TUNNEL_HANDLE
+            assert result.wire.num_buffers == 0
+    with pytest.raises(ValueError, match="tunnel_handle_alone"):
+        Miniport(tunnel_handle_alone="maybe")

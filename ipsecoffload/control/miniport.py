@@ -24,6 +24,8 @@ _ESP_IPV4, _ESP_IPV6, _LSO_V1 = int(Config.ESP_IPV4), int(Config.ESP_IPV6), int(
 _LSO_V2_IPV4, _LSO_V2_IPV6 = int(Config.LSO_V2_IPV4), int(Config.LSO_V2_IPV6)
 _LSO_WITH_IPSEC = int(Config.LSO_WITH_IPSEC)
 _AH_IPV4, _AH_IPV6 = int(Config.AH_IPV4), int(Config.AH_IPV6)
+_TUNNEL_ALONE_SINGLE = int(Config.TUNNEL_ALONE_SINGLE)
+TUNNEL_HANDLE_ALONE = ("fail", "single")
 
 
 def default_capabilities(capacity: int = 4096) -> ndis.NdisIpsecOffloadV2:
@@ -60,13 +62,21 @@ class Miniport:
 
     ``iv_source`` and ``icv_space`` are the docs/spec-gaps.md G5 and G4 policies; ``random_source``
     (``n -> n bytes``) feeds CBC IVs and can be replaced for reproducible output.
+    ``tunnel_handle_alone`` is G13: a TunnelHandle without an OffloadHandle fails the NBL
+    (``"fail"``, default) or names the single SA (``"single"``).
     """
 
     def __init__(self, capabilities: Optional[ndis.NdisIpsecOffloadV2] = None, *,
                  iv_source: Union[str, IvSource] = "nic",
                  icv_space: Union[str, IcvSpace] = "auto", strict_salt: bool = False,
                  random_source: Callable[[int], bytes] = os.urandom,
-                 backend: Optional[CryptoBackend] = None, pure_python: Optional[bool] = None):
+                 backend: Optional[CryptoBackend] = None, pure_python: Optional[bool] = None,
+                 tunnel_handle_alone: str = "fail"):
+        if tunnel_handle_alone not in TUNNEL_HANDLE_ALONE:
+            raise ValueError(f"tunnel_handle_alone must be one of "
+                             f"{', '.join(map(repr, TUNNEL_HANDLE_ALONE))}, "
+                             f"got {tunnel_handle_alone!r}")
+        self.tunnel_handle_alone = tunnel_handle_alone
         self.capabilities = capabilities or default_capabilities()
         self.iv_source = _policy(IvSource, iv_source, "iv_source")
         self.icv_space = _policy(IcvSpace, icv_space, "icv_space")
@@ -198,7 +208,8 @@ class Miniport:
                 | (_AH_IPV6 if ah and v6 and on.ah_ipv6 else 0)
                 | (_LSO_V1 if on.lso_v1 else 0) | (_LSO_V2_IPV4 if on.lso_v2_ipv4 else 0)
                 | (_LSO_V2_IPV6 if on.lso_v2_ipv6 else 0)
-                | (_LSO_WITH_IPSEC if caps.lso_supported else 0))
+                | (_LSO_WITH_IPSEC if caps.lso_supported else 0)
+                | (_TUNNEL_ALONE_SINGLE if self.tunnel_handle_alone == "single" else 0))
 
     def send(self, nbls: Union[PacketBatch, Sequence[ndis.NetBufferList]]) -> SendResult:
         """MiniportSendNetBufferLists over a chain of NBLs (docs/send-path.md).

@@ -100,6 +100,7 @@ class Config(enum.IntFlag):
     LSO_WITH_IPSEC = 32
     AH_IPV4 = 64
     AH_IPV6 = 128
+    TUNNEL_ALONE_SINGLE = 256  # docs/spec-gaps.md G13: a lone TunnelHandle is the single SA
 
 
 class Reason(enum.IntEnum):

@@ -192,7 +192,9 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
         return plan_without_ipsec(frame, flen, nb_count, lso, l2, cfg, p, REASON_PASS_NO_HANDLE)
     if not (cfg & (CFG_ESP_IPV4 | CFG_ESP_IPV6 | CFG_AH_IPV4 | CFG_AH_IPV6)):  # docs/send-path.md, step 1 precedes step 2 (G21)
         return plan_without_ipsec(frame, flen, nb_count, lso, l2, cfg, p, REASON_PASS_DISABLED)
-    if tunnel_handle != 0:  # docs/spec-gaps.md G13; transport-over-tunnel is not offered (caps)
+    if tunnel_handle != 0 and handle == 0 and (cfg & CFG_TUNNEL_ALONE_SINGLE):
+        handle = tunnel_handle  # docs/spec-gaps.md G13, policy "single"
+    elif tunnel_handle != 0:  # G13; transport-over-tunnel is not offered (caps)
         fail(p, STATUS_FAILURE, REASON_TUNNEL_HANDLE)
         return 0
     if l2 < 0 or flen < l2 + 1:

@@ -105,7 +105,9 @@ def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int
     # docs/send-path.md: step 1 precedes step 2 (G21)
     if not config & (Config.ESP_IPV4 | Config.ESP_IPV6 | Config.AH_IPV4 | Config.AH_IPV6):
         return without_ipsec(Reason.PASS_DISABLED)
-    if tunnel_handle != 0:
+    if tunnel_handle != 0 and handle == 0 and config & Config.TUNNEL_ALONE_SINGLE:
+        handle = tunnel_handle  # docs/spec-gaps.md G13, policy "single"
+    elif tunnel_handle != 0:  # G13; transport over tunnel is not offered
         return fail(STATUS_FAILURE, Reason.TUNNEL_HANDLE)
     if flen < l2 + 1:
         return fail(STATUS_INVALID_PACKET, Reason.MALFORMED_IP)
