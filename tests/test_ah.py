@@ -972,3 +972,37 @@ def test_fuzz_ah_frames_twin_equals_compiled(nbls):
     table = _fuzz_material()["miniport"].sas.snapshot()
     results = tk.run_both(batch, config=AH_CONFIG, table=table)
     tk.assert_same(results, batch)
+
+
+@pytest.mark.parametrize("pure", KERNELS, ids=KERNEL_IDS)
+@pytest.mark.parametrize("version", [4, 6])
+def test_bundle_with_an_appended_esp_icv_signs_the_final_lengths(version, pure):
+    """icv_space="append" (G4): the ESP ICV is appended and the IP length grows; the AH over
+    it covers the final packet, lengths included."""
+    config = _bundle_config("cbc256-sha256+gmac128", "transport", version, False)
+    miniport = Miniport(pure_python=pure, icv_space="append")
+    stack = HostStack(miniport, link="raw")
+    sa = stack.add_sa(config)
+    batch = stack.build([_plain("v6ext" if version == 6 else "v4")], sa)
+    frame = bytearray(batch.arena[:batch.nb_len[0]])[:-config.icv]  # no ICV room
+    if version == 4:
+        frame[2:4] = struct.pack("!H", len(frame))
+        frame[10:12] = b"\0\0"
+        s = sum(struct.unpack("!10H", bytes(frame[:20])))
+        s = (s & 0xFFFF) + (s >> 16)
+        frame[10:12] = struct.pack("!H", ~s & 0xFFFF)
+    else:
+        frame[4:6] = struct.pack("!H", len(frame) - 40)
+    oob = batch.oob[0]
+    builder = PacketBatchBuilder()
+    builder.add_nbl([bytes(frame)], **{name: int(oob[name]) for name in (
+        "offload_handle", "ah_off4", "esp_off4", "next_header", "pad_length", "l2_len")})
+    result = miniport.send(builder.build())
+    assert result.status.tolist() == [0]
+    (out,) = result.wire.frames()
+    assert len(out) == len(frame) + config.icv
+    _verify_ah(out, config)
+    pkt = _ip_class(out)(out)
+    ah_at = len(out) - len(bytes(pkt[AH]))
+    plain = _esp_open(out[ah_at + config.ah_length(version == 6):], config, 0)
+    assert plain == _plain("v6ext" if version == 6 else "v4")[ah_at:]
