@@ -61,6 +61,25 @@ def test_cbc_hmac_send_and_naive(benchmark, size):
     benchmark(miniport.send, frames)
 
 
+AH_SUITES = {"ah-hmac-sha256-128": bench.Suite(None, None, "hmac-sha256-128"),
+             "aes-gcm-128+ah-hmac-sha256-128": bench.Suite("aes-gcm-128", None,
+                                                           "hmac-sha256-128")}
+
+
+@pytest.mark.parametrize("size", [64, 1400])
+@pytest.mark.parametrize("name", list(AH_SUITES))
+def test_ah_send_and_naive(benchmark, size, name):
+    """AH alone (HMAC-SHA-256-128) and an AH+ESP bundle: the send path, with its own naive
+    loop's rate (one HMAC per packet; the GCM call, then the HMAC) in extra_info."""
+    suite = AH_SUITES[name]
+    benchmark.group = f"{name} size {size}"
+    miniport, frames = bench.prepared_send(size, BATCH, suite.encryption, suite.integrity,
+                                           suite.ah)
+    naive = bench.naive_packets_per_second(size, BATCH, 0.2, suite)
+    benchmark.extra_info.update(packets=BATCH, bytes=BATCH * size, naive_pps=naive)
+    benchmark(miniport.send, frames)
+
+
 @pytest.mark.parametrize("size", SIZES)
 def test_stack_and_miniport(benchmark, record, size):
     """The whole path from plain packets: host stack framing + miniport send."""

@@ -16,6 +16,9 @@ cpdef enum Suite:
     SUITE_AES_GMAC = 2
     SUITE_AES_CBC_HMAC = 3
     SUITE_NULL_HMAC = 4
+    SUITE_AH_HMAC = 5         # AH with HMAC-MD5-96 / SHA1-96 / SHA-256-128 (RFC 4302, RFC 2404)
+    SUITE_AH_GMAC = 6         # AH with AES-GMAC (RFC 4543 §3)
+    SUITE_AES_CBC = 7         # ESP AES-CBC without integrity: only inside an AH+ESP bundle (G14)
 
 cpdef enum Integrity:
     INTEG_AEAD = 0
@@ -40,6 +43,9 @@ cpdef enum Config:
     CFG_LSO_V2_IPV4 = 8
     CFG_LSO_V2_IPV6 = 16
     CFG_LSO_WITH_IPSEC = 32
+    CFG_AH_IPV4 = 64
+    CFG_AH_IPV6 = 128
+    CFG_TUNNEL_ALONE_SINGLE = 256   # docs/spec-gaps.md G13: a lone TunnelHandle is the SA
 
 # Per-NET_BUFFER outcome (counted per batch).
 cpdef enum Reason:
@@ -59,7 +65,8 @@ cpdef enum Reason:
     REASON_LSO_DISABLED = 13
     REASON_LSO_BAD_PARAMS = 14
     REASON_NBL_FAILED = 15
-    REASON_COUNT = 16
+    REASON_BAD_AH_OFFSET = 16
+    REASON_COUNT = 17
 
 # What a crypto op does; the pass orders the ops of one packet (inner before outer, ESP
 # before AH on send; the reverse on receive).
@@ -175,7 +182,7 @@ ctypedef struct SaRecord:
     uint8_t ipv6
     uint8_t n_xf              # transforms in use
     uint8_t reserved[4]
-    Transform xf[2]           # [0] = ESP (or the single transform); [1] = AH of a bundle
+    Transform xf[2]           # [0] = ESP, or the single transform (ESP or AH); [1] = AH of a bundle
 
 
 # What tx_classify and tx_plan decided for one NET_BUFFER, and what tx_emit needs.
@@ -203,7 +210,11 @@ ctypedef struct NbPlan:
     uint8_t next_header
     uint8_t reason            # REASON_*: why it passed, or why it failed
     uint8_t fresh_iv          # tx_emit writes the IV (NIC IVs)
-    uint8_t reserved[3]
+    uint8_t ah_fresh_iv       # tx_emit writes the AH-GMAC IV (NIC IVs)
+    uint8_t reserved[2]
+    int64_t scratch_pos       # tx_plan: where its AH ICV-input copies start in the scratch
+    int32_t ah_off            # frame offset of the AH header; 0 = no AH layer
+    int32_t ah_len            # AH header bytes: 12 + IV + ICV + explicit pad
 
 
 # One output frame.
@@ -216,7 +227,7 @@ ctypedef struct WireFrame:
 
 # One unit of crypto work: all a backend sees, besides the arena and the key context.
 ctypedef struct CryptoOp:
-    int64_t auth_off          # first authenticated byte (ESP: the SPI)
+    int64_t auth_off          # first authenticated byte (ESP: the SPI; AH: its zeroed copy)
     int64_t text_off          # first byte encrypted (after the IV)
     int64_t text_len          # bytes encrypted: payload, padding, pad length, next header
     int64_t icv_off           # where the ICV goes

@@ -32,6 +32,7 @@ def tx_classify(batch: _Batch, records: _U8, config: int, icv_space: int, iv_sou
 def tx_plan(batch: _Batch, records: _U8, plans: _U8, nbl_status: npt.NDArray[np.uint32],
             lso_done: npt.NDArray[np.uint64],
             counters: npt.NDArray[np.int64]) -> tuple[int, int, int, int]: ...
+# tx_plan's first value: output arena bytes, the frames and then the AH scratch
 def tx_emit(batch: _Batch, records: _U8, plans: _U8, rand: _U8, out: _U8, frames: _U8,
             ops: _U8) -> None: ...
 def tx_fixup(out: _U8, ops: _U8) -> None: ...
@@ -75,6 +76,9 @@ class Config(enum.IntEnum):
     CFG_LSO_V2_IPV4 = 8
     CFG_LSO_V2_IPV6 = 16
     CFG_LSO_WITH_IPSEC = 32
+    CFG_AH_IPV4 = 64
+    CFG_AH_IPV6 = 128
+    CFG_TUNNEL_ALONE_SINGLE = 256
 
 class Fixup(enum.IntEnum):
     FIXUP_NONE = 0
@@ -128,7 +132,8 @@ class Reason(enum.IntEnum):
     REASON_LSO_DISABLED = 13
     REASON_LSO_BAD_PARAMS = 14
     REASON_NBL_FAILED = 15
-    REASON_COUNT = 16
+    REASON_BAD_AH_OFFSET = 16
+    REASON_COUNT = 17
 
 class StatusCounter(enum.IntEnum):
     COUNT_SUCCESS = 0
@@ -143,6 +148,9 @@ class Suite(enum.IntEnum):
     SUITE_AES_GMAC = 2
     SUITE_AES_CBC_HMAC = 3
     SUITE_NULL_HMAC = 4
+    SUITE_AH_HMAC = 5
+    SUITE_AH_GMAC = 6
+    SUITE_AES_CBC = 7
 
 CFG_ESP_IPV4: int
 CFG_ESP_IPV6: int
@@ -150,6 +158,9 @@ CFG_LSO_V1: int
 CFG_LSO_V2_IPV4: int
 CFG_LSO_V2_IPV6: int
 CFG_LSO_WITH_IPSEC: int
+CFG_AH_IPV4: int
+CFG_AH_IPV6: int
+CFG_TUNNEL_ALONE_SINGLE: int
 FIXUP_NONE: int
 FIXUP_UDP6_CHECKSUM: int
 ICV_SPACE_AUTO: int
@@ -187,6 +198,7 @@ REASON_SEQ_EXHAUSTED: int
 REASON_LSO_DISABLED: int
 REASON_LSO_BAD_PARAMS: int
 REASON_NBL_FAILED: int
+REASON_BAD_AH_OFFSET: int
 REASON_COUNT: int
 COUNT_SUCCESS: int
 COUNT_FAILURE: int
@@ -198,6 +210,9 @@ SUITE_AES_GCM: int
 SUITE_AES_GMAC: int
 SUITE_AES_CBC_HMAC: int
 SUITE_NULL_HMAC: int
+SUITE_AH_HMAC: int
+SUITE_AH_GMAC: int
+SUITE_AES_CBC: int
 
 class BatchView:
     """A validated C view of a batch (the stages' input); built by the stages."""
@@ -370,3 +385,6 @@ SCAN_FULL: int
 SCAN_CORRUPT: int
 SCAN_BLOCK: int
 SCAN_OVERSIZE: int
+
+def ah_sign_hmac(arena: _U8, ops: _U8, idx: npt.NDArray[np.int32], keys: Any) -> None: ...
+def cbc_only_seal(arena: _U8, ops: _U8, idx: npt.NDArray[np.int32], keys: Any) -> None: ...

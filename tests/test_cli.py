@@ -612,6 +612,12 @@ def test_bench_json(capsys):
     (("--encryption", "aes-cbc-128", "--integrity", "hmac-sha256-128"), "send",
      "aes-cbc-128+hmac-sha256-128", 64),
     (("--encryption", "null", "--integrity", "aes-gmac-128"), "send", "null+aes-gmac-128", 64),
+    (("--encryption", "none", "--ah", "hmac-sha256-128"), "send", "ah-hmac-sha256-128", 64),
+    (("--ah", "hmac-sha256-128"), "send", "aes-gcm-128+ah-hmac-sha256-128", 64),
+    (("--encryption", "aes-cbc-128", "--ah", "aes-gmac-128"), "send",
+     "aes-cbc-128+ah-aes-gmac-128", 64),
+    (("--path", "lso", "--sizes", "3000", "--mss", "1000", "--encryption", "none", "--ah",
+      "hmac-sha1-96"), "lso", "ah-hmac-sha1-96", 3000),
 ])
 def test_bench_paths_and_suites(capsys, args, path, suite, size):
     sizes = () if "--sizes" in args else ("--sizes", "64")
@@ -627,6 +633,7 @@ def test_bench_paths_and_suites(capsys, args, path, suite, size):
                                   ("--min-time", "61"), ("--batch", "100000000"),
                                   ("--encryption", "aes-ctr-128"),
                                   ("--encryption", "aes-cbc-128"),
+                                  ("--encryption", "none"), ("--ah", "hmac-sha3"),
                                   ("--path", "lso", "--mss", "0")])
 def test_bench_refuses_runaway_or_unknown_arguments(capsys, args):
     code, out, err = run_cli(capsys, "bench", "--sizes", "64", *args)

@@ -36,7 +36,7 @@ KERNELS = [_fastpath, twin]
 KERNEL_IDS = ["compiled", "python"]
 ALL_CONFIG = int(Config.ESP_IPV4 | Config.ESP_IPV6 | Config.LSO_V1 | Config.LSO_V2_IPV4
                  | Config.LSO_V2_IPV6 | Config.LSO_WITH_IPSEC)
-POSITION_FIELDS = ("out_pos", "frame0", "op0", "rand_off")  # what tx_plan adds to a plan
+POSITION_FIELDS = ("out_pos", "frame0", "op0", "rand_off", "scratch_pos")  # what tx_plan adds
 LSO_TYPE_BIT = 1 << 30
 
 
@@ -256,7 +256,8 @@ def run_both(batch, *, config=ALL_CONFIG, icv_space=IcvSpace.AUTO, iv_source=IvS
 
 def assert_run_send_is_the_stages(rec, result):
     out, ops = rec.final
-    _same_arrays(result.wire.arena, out)
+    # the stages' arena holds the frames, then the AH scratch; the wire the frames
+    _same_arrays(result.wire.arena, out[:len(result.wire.arena)])
     assert result.wire.table.tobytes() == rec.frames.tobytes()
     assert result.plans.tobytes() == rec.planned.tobytes()
     _same_arrays(result.status, rec.nbl_status)
@@ -268,7 +269,8 @@ def assert_run_send_is_the_stages(rec, result):
         _same_arrays(np.asarray(idx), np.asarray(want_idx))
         assert keys is want_keys
     if backend.calls:  # the op table tx_run sealed and fixed up
-        assert backend.arena is result.wire.arena
+        # the wire is the arena, or its frames when an AH scratch follows them
+        assert backend.arena is result.wire.arena or result.wire.arena.base is backend.arena
         assert np.asarray(backend.ops).tobytes() == ops.tobytes()
     else:
         assert len(ops) == 0
@@ -321,7 +323,7 @@ def random_iv_bytes(p, records) -> int:
     if slot < 0 or slot >= len(records) or not p["fresh_iv"]:
         return 0
     xf = records[slot]["xf"][0]
-    if int(xf["suite"]) in (Suite.AES_GCM, Suite.AES_GMAC):
+    if int(xf["suite"]) in (Suite.AES_GCM, Suite.AES_GMAC, Suite.AH_GMAC):
         return 0
     return int(p["nsegs"]) * int(xf["iv_len"])
 
@@ -376,10 +378,10 @@ def assert_well_formed(result, rec, batch, table):
             if first:
                 assert after["nsegs"] == 0 and after["out_len"] == 0
     # tx_plan: positions, and the sizes it returned
-    out_pos = frame0 = op0 = rand_off = 0
+    out_pos = frame0 = op0 = rand_off = scratch = 0
     for i, p in enumerate(plan):
         assert tuple(int(p[name]) for name in POSITION_FIELDS) == (out_pos, frame0, op0,
-                                                                    rand_off)
+                                                                    rand_off, scratch)
         nsegs = int(p["nsegs"])
         mine = frames[frame0:frame0 + nsegs]
         assert len(mine) == nsegs
@@ -388,11 +390,14 @@ def assert_well_formed(result, rec, batch, table):
             assert mine["off"][0] == out_pos and int(mine["len"].sum()) == int(p["out_len"])
         out_pos += int(p["out_len"])
         frame0 += nsegs
-        if p["slot"] >= 0:
-            op0 += nsegs
+        if p["slot"] >= 0:  # one op per layer; AH segments copy their header region
+            op0 += nsegs * int(records[int(p["slot"])]["n_xf"])
+            if p["ah_off"]:
+                scratch += nsegs * (int(p["ah_off"]) + int(p["ah_len"]) - int(p["ip_off"]))
         rand_off += random_iv_bytes(p, records)
-    assert rec.sizes == (out_pos, frame0, op0, rand_off) == (len(wire.arena), len(frames),
-                                                               op0, len(rec.rand))
+    # tx_plan's output arena: the frames, then the AH scratch
+    assert rec.sizes == (out_pos + scratch, frame0, op0, rand_off)
+    assert (out_pos, frame0, rand_off) == (len(wire.arena), len(frames), len(rec.rand))
     # tx_plan: counters and LSO completion values
     counters = result.counters
     assert np.array_equal(counters, rec.counters) and len(counters) == COUNTERS
@@ -421,29 +426,59 @@ def assert_well_formed(result, rec, batch, table):
     for i, p in enumerate(plan):
         if p["slot"] < 0 or not p["nsegs"]:
             continue
-        xf = records[int(p["slot"])]["xf"][0]
+        sa = records[int(p["slot"])]
+        n_xf = int(sa["n_xf"])
+        xf, ah = sa["xf"][0], None
+        if int(xf["proto"]) == layout.PROTO_AH:
+            xf, ah = None, xf
+        elif n_xf == 2:
+            ah = sa["xf"][1]
         for s in range(int(p["nsegs"])):
-            op, f = ops[int(p["op0"]) + s], int(p["frame0"]) + s
+            f = int(p["frame0"]) + s
             start, end = int(frames[f]["off"]), int(frames[f]["off"] + frames[f]["len"])
-            iv_len, icv_len = int(xf["iv_len"]), int(xf["icv_len"])
-            assert op["kind"] == OpKind.ESP_SEAL and op["pass_no"] == 0 and op["frame"] == f
-            assert op["auth_off"] == start + int(p["esp_off"])
-            assert op["ip_off"] == start + int(p["ip_off"])
-            assert op["text_off"] == op["auth_off"] + 8 + iv_len
-            assert op["icv_off"] + icv_len == end
-            assert op["text_len"] == op["icv_off"] - op["text_off"]
-            for name in ("key_row", "suite", "integ", "iv_len", "icv_len", "esn"):
-                assert op[name] == xf[name], name
-            assert op["seq_hi"] == (int(p["sn64"]) + s) >> 32
-            udp6 = bool(xf["udp_encap"]) and bool(p["ipv6"])
-            assert op["fixup"] == (Fixup.UDP6_CHECKSUM if udp6 else Fixup.NONE)
-            sn = struct.unpack_from("!I", wire.arena, int(op["auth_off"]) + 4)[0]
-            assert sn == (int(p["sn64"]) + s) & 0xFFFFFFFF
-            if int(xf["suite"]) in (Suite.AES_GCM, Suite.AES_GMAC):
-                iv = wire.arena[int(op["auth_off"]) + 8:int(op["text_off"])].tobytes()
-                assert op["nonce"].tobytes() == xf["salt"].tobytes() + iv
-            else:
-                assert not op["nonce"].any()
+            k = int(p["op0"]) + s * n_xf
+            if xf is not None:
+                _check_esp_op(ops[k], p, xf, s, f, start, end, wire)
+                k += 1
+            if ah is not None:
+                _check_ah_op(ops[k], p, ah, f, start, end, len(wire.arena),
+                             1 if xf is not None else 0)
+
+
+def _check_esp_op(op, p, xf, s, f, start, end, wire):
+    iv_len, icv_len = int(xf["iv_len"]), int(xf["icv_len"])
+    assert op["kind"] == OpKind.ESP_SEAL and op["pass_no"] == 0 and op["frame"] == f
+    assert op["auth_off"] == start + int(p["esp_off"])
+    assert op["ip_off"] == start + int(p["ip_off"])
+    assert op["text_off"] == op["auth_off"] + 8 + iv_len
+    assert op["icv_off"] + icv_len == end
+    assert op["text_len"] == op["icv_off"] - op["text_off"]
+    for name in ("key_row", "suite", "integ", "iv_len", "icv_len", "esn"):
+        assert op[name] == xf[name], name
+    assert op["seq_hi"] == (int(p["sn64"]) + s) >> 32
+    udp6 = bool(xf["udp_encap"]) and bool(p["ipv6"])
+    assert op["fixup"] == (Fixup.UDP6_CHECKSUM if udp6 else Fixup.NONE)
+    sn = struct.unpack_from("!I", wire.arena, int(op["auth_off"]) + 4)[0]
+    assert sn == (int(p["sn64"]) + s) & 0xFFFFFFFF
+    if int(xf["suite"]) in (Suite.AES_GCM, Suite.AES_GMAC):
+        iv = wire.arena[int(op["auth_off"]) + 8:int(op["text_off"])].tobytes()
+        assert op["nonce"].tobytes() == xf["salt"].tobytes() + iv
+    else:
+        assert not op["nonce"].any()
+
+
+def _check_ah_op(op, p, ah, f, start, end, frames_bytes, pass_no):
+    """An AH sign op: its zeroed header copy in the scratch after the frames, the rest of
+    its frame after the AH header, the ICV after the SPI, SN and IV."""
+    ah_off, ah_len, ip = int(p["ah_off"]), int(p["ah_len"]), int(p["ip_off"])
+    assert op["kind"] == OpKind.AH_SIGN and op["pass_no"] == pass_no and op["frame"] == f
+    assert op["ip_off"] == start + ip
+    assert op["text_off"] == start + ah_off + ah_len and op["text_off"] + op["text_len"] == end
+    assert op["icv_off"] == start + ah_off + 12 + int(ah["iv_len"])
+    assert op["auth_off"] >= frames_bytes  # the scratch
+    for name in ("key_row", "suite", "integ", "iv_len", "icv_len", "esn"):
+        assert op[name] == ah[name], name
+    assert op["fixup"] == Fixup.NONE
 
 
 # -- layout and codes ------------------------------------------------------------------------
@@ -591,7 +626,8 @@ def test_good_frames_every_suite(icv_space, iv_source):
     assert set(counts[lso & (result.status == 0)]) <= {4}
     # every suite was sealed, so every backend group ran
     suites = {int(row[4]) for row in results[0][0].groups[1]}
-    assert suites == {int(s) for s in Suite if s != Suite.NONE}
+    assert suites == {int(s) for s in Suite if s not in (Suite.NONE, Suite.AH_HMAC,
+                                                          Suite.AH_GMAC, Suite.AES_CBC)}
 
 
 def test_empty_batch(kernels):

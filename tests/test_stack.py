@@ -250,19 +250,29 @@ def ipv6_with_extension_headers(payload: bytes = b"ext") -> bytes:
     return tcp_packet(6, payload, ip=layer)
 
 
+def ipv6_with_routing_last(payload: bytes = b"ext") -> bytes:
+    """Hop-by-hop, destination options, routing: all of them go before ESP."""
+    layer = (ip_layer(6) / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt()
+             / IPv6ExtHdrRouting(addresses=["2001:db8:2::3"]))
+    return tcp_packet(6, payload, ip=layer)
+
+
 def test_ipv6_extension_headers_are_walked_and_esp_goes_after_them():
+    """Hop-by-hop, destination options and routing go before ESP; the destination options
+    after the routing header (for the final destination) after it, inside ESP (RFC 4303
+    §3.1.1; the placement Linux and scapy use)."""
     stack = HostStack(Miniport())
     sa = stack.add_sa(sa_config("gcm"))
     packet = ipv6_with_extension_headers()
-    # 40 + hop-by-hop 8 + destination options 8 + routing 24 + destination options 8
-    l4, last_header = 88, 80
-    assert packet[last_header] == 6
+    # 40 + hop-by-hop 8 + destination options 8 + routing 24 | destination options 8
+    l4, last_header = 80, 56
+    assert packet[last_header] == 60
     batch = stack.build([packet], sa)
     info = check_esp_frame(batch, 0, stack, sa, packet, l4_offset=l4,
                            next_header_at=last_header)
     assert info["ip"][last_header] == 50 and info["ip"][6] == 0  # only the last one changes
     assert batch.esp_off4[0] == l4 // 4
-    assert batch.next_header[0] == 6
+    assert batch.next_header[0] == 60
 
 
 @KERNELS
@@ -834,8 +844,12 @@ def test_lso_takes_one_sequence_number_per_segment(payload_len, mss, segments):
 def test_lso_with_ipv6_extension_headers_and_ipv4_options():
     stack = HostStack(Miniport())
     sa = stack.add_sa(sa_config("gcm"))
-    v6 = stack.build_lso(ipv6_with_extension_headers(b"e" * 3000), sa, 1000)
-    assert v6.esp_off4[0] == 88 // 4 and v6.frame(0)[14 + 80] == 50
+    # hop-by-hop, destination options and routing all go before ESP (a destination
+    # options header after the routing header would go inside ESP, before TCP: no LSO)
+    v6 = stack.build_lso(ipv6_with_routing_last(b"e" * 3000), sa, 1000)
+    assert v6.esp_off4[0] == 80 // 4 and v6.frame(0)[14 + 56] == 50
+    with pytest.raises(ValueError, match="TCP"):
+        stack.build_lso(ipv6_with_extension_headers(b"e" * 3000), sa, 1000)
     v4 = stack.build_lso(tcp_packet(4, b"o" * 3000, ip=ip_layer(
         4, options=[IPOption_Router_Alert()])), sa, 1000)
     assert v4.esp_off4[0] == 24 // 4
@@ -951,8 +965,9 @@ def test_end_to_end_decrypts_to_the_original(version, mode, outer, udp, algorith
 
 def test_parse_ip_packet_reports_the_upper_layer():
     parsed = parse_ip_packet(ipv6_with_extension_headers())
+    # the split point: before the destination options that follow the routing header
     assert (parsed.version, parsed.l4_offset, parsed.protocol, parsed.next_header_at,
-            parsed.fragment) == (6, 88, 6, 80, False)
+            parsed.fragment) == (6, 80, 60, 56, False)
     parsed = parse_ip_packet(udp_packet(4, tos=0xB8))
     assert (parsed.l4_offset, parsed.protocol, parsed.tos, parsed.dont_fragment) == (
         20, 17, 0xB8, False)
@@ -963,7 +978,7 @@ def test_parse_ip_packet_reports_the_upper_layer():
 def test_lso_with_a_routing_header_checksums_against_the_final_destination(pure_python):
     stack = HostStack(Miniport(pure_python=pure_python))
     sa = stack.add_sa(sa_config("gcm"))
-    result = stack.send_lso(ipv6_with_extension_headers(b"r" * 2500), sa, 1000)
+    result = stack.send_lso(ipv6_with_routing_last(b"r" * 2500), sa, 1000)
     frames = result.wire.frames()
     assert list(result.status) == [0] and len(frames) == 3
     assert all(tcp_checksum_ok(decrypt(f, sa.config)) for f in frames)

@@ -3,7 +3,8 @@
 - limit: the suite's raw cipher over one 1 MiB buffer (``AESGCM.encrypt_into``; for CBC +
   HMAC one CBC encryption and one HMAC of 1 MiB; for GMAC one tag over 1 MiB);
 - naive: a plain Python loop of one such call per packet of the same size (for CBC + HMAC a
-  new CBC encryptor and one HMAC per packet);
+  new CBC encryptor and one HMAC per packet; for AH one HMAC, or one GMAC tag, per packet;
+  for AH + ESP the ESP call and then the AH call);
 - ours: ``Miniport.send`` over prebuilt frames (path ``send``) or over one LSO super-packet
   (path ``lso``), batch of ``batch`` packets, one core; or (path ``e2e``) ``encrypt`` end to
   end on a generated raw-IP capture of TCP packets, pcap reading and writing included, net of
@@ -66,47 +67,78 @@ def tcp_packet(size: int, *, ipv6: bool = False, seq: int = 1, sport: int = 4000
 @dataclass(frozen=True)
 class Suite:
     """A suite by its SA-file names (docs/architecture.md): ``aes-gcm-128``, ``aes-cbc-128`` +
-    ``hmac-sha256-128``, ``null`` + ``aes-gmac-128``, ..."""
-    encryption: str = "aes-gcm-128"
+    ``hmac-sha256-128``, ``null`` + ``aes-gmac-128``, ...; ``ah`` names the AH integrity
+    of an AH SA (``encryption`` None: AH alone) or of an AH+ESP bundle."""
+    encryption: Optional[str] = "aes-gcm-128"
     integrity: Optional[str] = None
+    ah: Optional[str] = None
 
     def __post_init__(self):
+        if self.ah is not None and self.ah not in INTEGRITIES:
+            raise ValueError(f"unknown AH integrity {self.ah!r}; one of "
+                             f"{', '.join(INTEGRITIES)}")
+        if self.encryption is None:
+            if self.ah is None or self.integrity is not None:
+                raise ValueError("a suite without encryption is AH alone: it needs ah and no "
+                                 "integrity")
+            return
         if self.encryption not in ENCRYPTIONS:
             raise ValueError(f"unknown encryption {self.encryption!r}; one of "
                              f"{', '.join(ENCRYPTIONS)}")
         if self.integrity is not None and self.integrity not in INTEGRITIES:
             raise ValueError(f"unknown integrity {self.integrity!r}; one of "
                              f"{', '.join(INTEGRITIES)}")
-        if not self.aead and self.integrity is None:
+        cbc_in_bundle = self.ah is not None and self.encryption.startswith("aes-cbc")
+        if not self.aead and self.integrity is None and not cbc_in_bundle:
             raise ValueError(f"{self.encryption} needs an integrity algorithm")
 
     @property
     def aead(self) -> bool:
-        return self.encryption.startswith("aes-gcm")
+        return (self.encryption or "").startswith("aes-gcm")
 
     @property
     def gmac(self) -> bool:
         return (self.integrity or "").startswith("aes-gmac")
 
     @property
+    def protocol(self) -> str:
+        if self.ah is None:
+            return "esp"
+        return "ah" if self.encryption is None else "ah+esp"
+
+    @property
     def name(self) -> str:
-        return self.encryption if self.aead else f"{self.encryption}+{self.integrity}"
+        if self.encryption is None:
+            return f"ah-{self.ah}"
+        esp = (self.encryption if self.aead or self.integrity is None
+               else f"{self.encryption}+{self.integrity}")
+        return f"{esp}+ah-{self.ah}" if self.ah else esp
 
     def sa_config(self, spi: int = 0x1000) -> SaConfig:
+        ah_key = bytes(range(2, 2 + INTEGRITIES[self.ah][1])) if self.ah else b""
+        if self.encryption is None:
+            return SaConfig(spi=spi, protocol="ah", integrity=self.ah, auth_key=ah_key)
         key = bytes(range(ENCRYPTIONS[self.encryption][1]))
         auth_key = bytes(range(1, 1 + INTEGRITIES[self.integrity][1])) if self.integrity else b""
+        if self.ah:
+            return SaConfig(spi=spi, encryption=self.encryption, key=key,
+                            integrity=None if self.aead else self.integrity, auth_key=auth_key,
+                            protocol="ah+esp", ah_spi=spi + 1, ah_integrity=self.ah,
+                            ah_auth_key=ah_key)
         return SaConfig(spi=spi, encryption=self.encryption, key=key,
                         integrity=None if self.aead else self.integrity, auth_key=auth_key)
 
 
-def prepared_send(size: int, batch: int = DEFAULT_BATCH, encryption: str = "aes-gcm-128",
-                  integrity: Optional[str] = None) -> tuple[Miniport, PacketBatch]:
+def prepared_send(size: int, batch: int = DEFAULT_BATCH, encryption: Optional[str] = "aes-gcm-128",
+                  integrity: Optional[str] = None, ah: Optional[str] = None
+                  ) -> tuple[Miniport, PacketBatch]:
     """A miniport with one transport SA and a batch of prebuilt frames of ``size``-byte packets."""
-    if integrity is None and not encryption.startswith("aes-gcm"):
+    if integrity is None and encryption is not None and not encryption.startswith("aes-gcm") \
+            and ah is None:
         integrity = "hmac-sha256-128"
     miniport = Miniport()
     stack = HostStack(miniport)
-    sa = stack.add_sa(Suite(encryption, integrity).sa_config())
+    sa = stack.add_sa(Suite(encryption, integrity, ah).sa_config())
     return miniport, stack.build([tcp_packet(size)] * batch, sa)
 
 
@@ -136,11 +168,12 @@ def naive_receive_packets_per_second(size: int, batch: int = DEFAULT_BATCH,
                                      min_time: float = 0.3, suite: Suite = Suite()) -> float:
     """One verify-and-decrypt per packet in a Python loop: AESGCM.decrypt; for CBC + HMAC an
     HMAC compared in constant time, then a new CBC decryptor; GMAC and NULL + HMAC: the tag."""
-    size = -(-size // 16) * 16 if suite.encryption.startswith("aes-cbc") else size
+    encryption = suite.encryption or ""
+    size = -(-size // 16) * 16 if encryption.startswith("aes-cbc") else size
     packets = [os.urandom(size) for _ in range(batch)]
     integrity = suite.integrity or ""
     if suite.aead:
-        aead, aad = AESGCM(bytes(int(suite.encryption[-3:]) // 8)), bytes(8)
+        aead, aad = AESGCM(bytes(int(encryption[-3:]) // 8)), bytes(8)
         sealed = [aead.encrypt(i.to_bytes(12, "big"), p, aad) for i, p in enumerate(packets)]
 
         def open_aead() -> None:
@@ -158,7 +191,7 @@ def naive_receive_packets_per_second(size: int, batch: int = DEFAULT_BATCH,
     digest = _HASHLIB[integrity]
     auth_key = bytes(INTEGRITIES[integrity][1])
     macs = [hmac.new(auth_key, p, digest).digest() for p in packets]
-    key = bytes(ENCRYPTIONS[suite.encryption][1]) if suite.encryption != "null" else b""
+    key = bytes(ENCRYPTIONS[encryption][1]) if encryption != "null" else b""
 
     def verify_and_decrypt() -> None:
         for i, packet in enumerate(packets):
@@ -183,20 +216,49 @@ def _rate(run: Callable[[], object], min_time: float) -> float:
 
 
 def _naive_call(suite: Suite) -> Callable[[int, bytearray, bytearray], object]:
-    """What a plain program does for one packet of this suite."""
+    """What a plain program does for one packet of this suite: the ESP call, then (AH) the
+    AH call."""
+    esp = _esp_naive_call(suite) if suite.encryption is not None else None
+    ah = _ah_naive_call(suite.ah) if suite.ah else None
+    if esp is not None and ah is not None:
+        def both(i: int, packet: bytearray, out: bytearray) -> None:
+            esp(i, packet, out)
+            ah(i, packet, out)
+        return both
+    call = esp or ah
+    if call is None:
+        raise ValueError("a suite needs ESP or AH")
+    return call
+
+
+def _ah_naive_call(integrity: str) -> Callable[[int, bytearray, bytearray], object]:
+    """One AH ICV per packet: an HMAC, or a GMAC tag (AES-GCM with an empty plaintext)."""
+    if integrity.startswith("aes-gmac"):
+        aead = AESGCM(bytes(int(integrity[-3:]) // 8))
+        return lambda i, packet, out: aead.encrypt(i.to_bytes(12, "big"), b"", packet)
+    digest, auth_key = _HASHLIB[integrity], bytes(INTEGRITIES[integrity][1])
+    return lambda i, packet, out: hmac.new(auth_key, packet, digest).digest()
+
+
+def _esp_naive_call(suite: Suite) -> Callable[[int, bytearray, bytearray], object]:
+    encryption = suite.encryption or ""
     if suite.aead:
-        aead, aad = AESGCM(bytes(int(suite.encryption[-3:]) // 8)), bytes(8)
+        aead, aad = AESGCM(bytes(int(encryption[-3:]) // 8)), bytes(8)
         return lambda i, packet, out: aead.encrypt_into(i.to_bytes(12, "big"), packet, aad, out)
-    integrity = suite.integrity
-    assert integrity is not None  # Suite refuses a non-AEAD suite without integrity
+    integrity = suite.integrity or ""
     if suite.gmac:
         aead = AESGCM(bytes(int(integrity[-3:]) // 8))
         return lambda i, packet, out: aead.encrypt(i.to_bytes(12, "big"), b"", packet)
-    digest = _HASHLIB[integrity]
-    auth_key = bytes(INTEGRITIES[integrity][1])
+    key = bytes(ENCRYPTIONS[encryption][1])
+    if suite.integrity is None:  # encryption only, inside an AH+ESP bundle
+        def cbc(i: int, packet: bytearray, out: bytearray) -> None:
+            encryptor = Cipher(algorithms.AES(key), modes.CBC(i.to_bytes(16, "big"))).encryptor()
+            encryptor.update(packet) + encryptor.finalize()
+        return cbc
+    digest = _HASHLIB[suite.integrity]
+    auth_key = bytes(INTEGRITIES[suite.integrity][1])
     if suite.encryption == "null":
         return lambda i, packet, out: hmac.new(auth_key, packet, digest).digest()
-    key = bytes(ENCRYPTIONS[suite.encryption][1])
 
     def cbc_hmac(i: int, packet: bytearray, out: bytearray) -> None:
         encryptor = Cipher(algorithms.AES(key), modes.CBC(i.to_bytes(16, "big"))).encryptor()
@@ -263,7 +325,7 @@ def prepared_e2e(size: int, mss: int, suite: Suite):
 def naive_packets_per_second(size: int, batch: int = DEFAULT_BATCH, min_time: float = 0.3,
                              suite: Suite = Suite()) -> float:
     """One call per packet in a Python loop: what a plain program gets."""
-    size = -(-size // 16) * 16 if suite.encryption.startswith("aes-cbc") else size
+    size = -(-size // 16) * 16 if (suite.encryption or "").startswith("aes-cbc") else size
     packets = [bytearray(os.urandom(size)) for _ in range(batch)]
     outs = [bytearray(size + 16) for _ in range(batch)]
     call = _naive_call(suite)
@@ -312,8 +374,9 @@ ROUNDS = 3
 
 
 def run(sizes: Optional[Sequence[int]] = None, batch: int = DEFAULT_BATCH,
-        min_time: float = 0.3, *, path: str = "send", encryption: str = "aes-gcm-128",
-        integrity: Optional[str] = None, mss: int = DEFAULT_MSS) -> list[BenchRow]:
+        min_time: float = 0.3, *, path: str = "send", encryption: Optional[str] = "aes-gcm-128",
+        integrity: Optional[str] = None, mss: int = DEFAULT_MSS,
+        ah: Optional[str] = None) -> list[BenchRow]:
     """One row per size; every figure comes from this one run. The limit, ours and the
     naive loop are timed in turn, ROUNDS times (``min_time`` split between the rounds), and
     each keeps its best round: on a shared machine a slow round is interference, and turns
@@ -321,14 +384,18 @@ def run(sizes: Optional[Sequence[int]] = None, batch: int = DEFAULT_BATCH,
     if sizes is None:
         sizes = {"send": DEFAULT_SIZES, "lso": (DEFAULT_LSO_SIZE,),
                  "e2e": DEFAULT_E2E_SIZES, "receive": DEFAULT_SIZES}[path]
-    suite = Suite(encryption, integrity)
+    suite = Suite(encryption, integrity, ah)
+    if path in ("receive", "e2e") and suite.ah:
+        raise ValueError(f"path {path} has no AH rows yet (the receive path verifies ESP only; "
+                         f"e2e times ESP SAs)")
     check_arguments(sizes, batch, min_time, path, mss)
     share = min_time / ROUNDS
     rows = []
     for size in sizes:
         work: Callable[[], object]
         if path == "send":
-            miniport, frames = prepared_send(size, batch, suite.encryption, suite.integrity)
+            miniport, frames = prepared_send(size, batch, suite.encryption, suite.integrity,
+                                             suite.ah)
             units, ip_bytes, naive_size = batch, batch * size, size
             work = lambda: miniport.send(frames)  # noqa: E731
         elif path == "lso":

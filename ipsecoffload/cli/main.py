@@ -114,7 +114,10 @@ def _warn(message: str) -> None:
 # -- summaries -------------------------------------------------------------------------------
 def _sa_description(policy: SaPolicy) -> str:
     c = policy.config
-    parts = [c.mode, c.encryption + (f" ICV {c.icv}" if c.gcm else f" + {c.integrity}")]
+    if c.encryption is None:  # AH alone
+        parts = [c.mode, f"AH {c.integrity}"]
+    else:
+        parts = [c.mode, c.encryption + (f" ICV {c.icv}" if c.gcm else f" + {c.integrity}")]
     if c.mode == "tunnel":
         parts.append(f"{c.tunnel_src} -> {c.tunnel_dst}")
     if c.udp_encap:
@@ -288,8 +291,10 @@ def cmd_demo(args) -> int:
 
 def cmd_bench(args) -> int:
     try:
+        encryption = None if args.encryption in ("none", "") else args.encryption
         rows = bench.run(args.sizes, args.batch, min_time=args.min_time, path=args.path,
-                         encryption=args.encryption, integrity=args.integrity, mss=args.mss)
+                         encryption=encryption, integrity=args.integrity, mss=args.mss,
+                         ah=args.ah)
     except ValueError as error:
         raise UsageError(str(error)) from None
     if args.json:
@@ -497,6 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="SA-file encryption name (default: aes-gcm-128)")
     benchmark.add_argument("--integrity", default=None,
                            help="SA-file integrity name (with aes-cbc-* or null)")
+    benchmark.add_argument("--ah", metavar="INTEGRITY", default=None,
+                           help="add AH with this SA-file integrity name: an AH+ESP bundle, "
+                                "or AH alone with --encryption none")
     benchmark.add_argument("--min-time", metavar="SECONDS", type=_min_time, default=0.3,
                            help="time each measurement for at least this long (default: 0.3)")
     benchmark.add_argument("--plot", metavar="FILE.png",

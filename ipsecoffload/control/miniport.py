@@ -25,15 +25,19 @@ Auth, Enc = ndis.AuthenticationAlgorithm, ndis.EncryptionAlgorithm
 _ESP_IPV4, _ESP_IPV6, _LSO_V1 = int(Config.ESP_IPV4), int(Config.ESP_IPV6), int(Config.LSO_V1)
 _LSO_V2_IPV4, _LSO_V2_IPV6 = int(Config.LSO_V2_IPV4), int(Config.LSO_V2_IPV6)
 _LSO_WITH_IPSEC = int(Config.LSO_WITH_IPSEC)
+_AH_IPV4, _AH_IPV6 = int(Config.AH_IPV4), int(Config.AH_IPV6)
+_TUNNEL_ALONE_SINGLE = int(Config.TUNNEL_ALONE_SINGLE)
+TUNNEL_HANDLE_ALONE = ("fail", "single")
 
 
 def default_capabilities(capacity: int = 4096) -> ndis.NdisIpsecOffloadV2:
-    """What this emulator supports (docs/protocol.md): ESP, transport and single-layer tunnel, ESN,
-    UDP-ESP, LSO with IPsec; AES-GCM, AES-GMAC, AES-CBC + HMAC and NULL + HMAC."""
+    """What this emulator supports (docs/protocol.md): ESP, AH and AH+ESP bundles, transport and
+    single-layer tunnel, ESN, UDP-ESP, LSO with ESP; AES-GCM, AES-GMAC, AES-CBC + HMAC and
+    NULL + HMAC for ESP, HMAC and AES-GMAC for AH."""
     return ndis.NdisIpsecOffloadV2(
         encapsulation=ndis.NDIS_ENCAPSULATION_IEEE_802_3 | ndis.NDIS_ENCAPSULATION_NULL,
         ipv6_supported=True, ipv4_options=True, ipv6_non_ipsec_extension_headers=True,
-        ah=False, esp=True, ah_esp_combined=False, transport=True, tunnel=True,
+        ah=True, esp=True, ah_esp_combined=True, transport=True, tunnel=True,
         transport_tunnel_combined=False, lso_supported=True, extended_sequence_numbers=True,
         udp_esp=ndis.UdpEspEncapsulation.TRANSPORT | ndis.UdpEspEncapsulation.TUNNEL,
         authentication_algorithms=int(Auth.MD5 | Auth.SHA_1 | Auth.SHA_256 | Auth.AES_GCM_128
@@ -61,7 +65,9 @@ class Miniport:
     ``iv_source`` and ``icv_space`` are the docs/spec-gaps.md G5 and G4 policies; ``random_source``
     (``n -> n bytes``) feeds CBC IVs and can be replaced for reproducible output;
     ``sa_delete_after`` (off by default) sets SaDeleteReq on the received frames of an inbound
-    SA once it has had that many ICV failures.
+    SA once it has had that many ICV failures. ``tunnel_handle_alone`` is G13: a TunnelHandle
+    without an OffloadHandle fails the NBL (``"fail"``, default) or names the single SA
+    (``"single"``).
     """
 
     def __init__(self, capabilities: Optional[ndis.NdisIpsecOffloadV2] = None, *,
@@ -69,7 +75,12 @@ class Miniport:
                  icv_space: Union[str, IcvSpace] = "auto", strict_salt: bool = False,
                  random_source: Callable[[int], bytes] = os.urandom,
                  backend: Optional[CryptoBackend] = None, pure_python: Optional[bool] = None,
-                 sa_delete_after: Optional[int] = None):
+                 sa_delete_after: Optional[int] = None, tunnel_handle_alone: str = "fail"):
+        if tunnel_handle_alone not in TUNNEL_HANDLE_ALONE:
+            raise ValueError(f"tunnel_handle_alone must be one of "
+                             f"{', '.join(map(repr, TUNNEL_HANDLE_ALONE))}, "
+                             f"got {tunnel_handle_alone!r}")
+        self.tunnel_handle_alone = tunnel_handle_alone
         self.capabilities = capabilities or default_capabilities()
         self.iv_source = _policy(IvSource, iv_source, "iv_source")
         self.icv_space = _policy(IcvSpace, icv_space, "icv_space")
@@ -121,10 +132,12 @@ class Miniport:
         """The capabilities as the offload parameters leave them switched on."""
         on = self.offload
         esp = on.esp_ipv4 or on.esp_ipv6
+        ah = on.ah_ipv4 or on.ah_ipv6
         return dataclasses.replace(
             self.capabilities, esp=self.capabilities.esp and esp,
-            ah=self.capabilities.ah and (on.ah_ipv4 or on.ah_ipv6),
-            ipv6_supported=self.capabilities.ipv6_supported and on.esp_ipv6)
+            ah=self.capabilities.ah and ah,
+            ah_esp_combined=self.capabilities.ah_esp_combined and esp and ah,
+            ipv6_supported=self.capabilities.ipv6_supported and (on.esp_ipv6 or on.ah_ipv6))
 
     def set_offload_parameters(self, params: ndis.NdisOffloadParameters) -> NdisStatus:
         """OID_TCP_OFFLOAD_PARAMETERS: IPsecV2 applies to both IP versions, IPsecV2IPv4 to
@@ -200,12 +213,15 @@ class Miniport:
         """The Config bits of the current capabilities and offload parameters (plain ints:
         this runs once per send)."""
         on, caps = self.offload, self.capabilities
-        esp = caps.esp
+        esp, ah, v6 = caps.esp, caps.ah, caps.ipv6_supported
         return ((_ESP_IPV4 if esp and on.esp_ipv4 else 0)
-                | (_ESP_IPV6 if esp and caps.ipv6_supported and on.esp_ipv6 else 0)
+                | (_ESP_IPV6 if esp and v6 and on.esp_ipv6 else 0)
+                | (_AH_IPV4 if ah and on.ah_ipv4 else 0)
+                | (_AH_IPV6 if ah and v6 and on.ah_ipv6 else 0)
                 | (_LSO_V1 if on.lso_v1 else 0) | (_LSO_V2_IPV4 if on.lso_v2_ipv4 else 0)
                 | (_LSO_V2_IPV6 if on.lso_v2_ipv6 else 0)
-                | (_LSO_WITH_IPSEC if caps.lso_supported else 0))
+                | (_LSO_WITH_IPSEC if caps.lso_supported else 0)
+                | (_TUNNEL_ALONE_SINGLE if self.tunnel_handle_alone == "single" else 0))
 
     def send(self, nbls: Union[PacketBatch, Sequence[ndis.NetBufferList]]) -> SendResult:
         """MiniportSendNetBufferLists over a chain of NBLs (docs/send-path.md).

@@ -16,8 +16,8 @@ import numpy as np
 
 from .. import ndis
 from ..crypto.keys import SaKeys
-from ..datapath.layout import (HANDLE_SLOT_BITS, HANDLE_SLOT_MASK, PROTO_ESP, RX_SA_KEY_DTYPE,
-                               RX_STATE_DTYPE, SA_RECORD_DTYPE, Integrity, Suite)
+from ..datapath.layout import (HANDLE_SLOT_BITS, HANDLE_SLOT_MASK, PROTO_AH, PROTO_ESP,
+                               RX_SA_KEY_DTYPE, RX_STATE_DTYPE, SA_RECORD_DTYPE, Integrity, Suite)
 from ..ndis import AuthenticationAlgorithm as Auth
 from ..ndis import EncryptionAlgorithm as Enc
 from ..ndis import NdisStatus
@@ -68,13 +68,17 @@ def _key(blob: bytes, info: ndis.IpsecOffloadV2AlgorithmInfo, owner: str) -> byt
 
 
 def compile_sa(sa: ndis.IpsecOffloadV2SecurityAssociation, blob: bytes,
-               caps: ndis.NdisIpsecOffloadV2, strict_salt: bool) -> tuple[dict, SaKeys]:
-    """Validate one ESP SecAssoc and choose its variant once (style: 'choose the variant once').
+               caps: ndis.NdisIpsecOffloadV2, strict_salt: bool, *, ipv6: bool = False,
+               in_bundle: bool = False) -> tuple[dict, SaKeys]:
+    """Validate one SecAssoc (ESP or AH) and choose its variant once (style: 'choose the
+    variant once'). ``ipv6``: the bundle's IP version (the AH alignment); ``in_bundle``: the
+    ESP entry of an AH+ESP bundle (encryption without integrity is legal there, G14).
 
-    Returns the record fields and the keys; raises SaRejected with the spec's status.
+    Returns the record fields (``proto`` included) and the keys; raises SaRejected with the
+    spec's status.
     """
     if sa.operation == ndis.IpsecOperation.AH:
-        raise SaRejected(NdisStatus.NOT_SUPPORTED, "AH is not offered (capabilities.ah is False)")
+        return compile_ah(sa, blob, caps, strict_salt, ipv6=ipv6)
     if sa.operation != ndis.IpsecOperation.ESP:
         raise SaRejected(NdisStatus.INVALID_DATA, f"Operation {sa.operation} is neither AH nor ESP")
     if not caps.esp:
@@ -100,7 +104,7 @@ def compile_sa(sa: ndis.IpsecOffloadV2SecurityAssociation, blob: bytes,
             raise SaRejected(NdisStatus.INVALID_DATA,
                              f"EncryptionAlgorithm.AdditionalInfo {enc.additional_info} is not an "
                              f"ICV length (8, 12, 16 bytes or 64, 96, 128 bits)")
-        return (dict(suite=Suite.AES_GCM, integ=Integrity.AEAD, iv_len=8, icv_len=icv,
+        return (dict(proto=PROTO_ESP, suite=Suite.AES_GCM, integ=Integrity.AEAD, iv_len=8, icv_len=icv,
                      align=4, esn=esn),
                 SaKeys(Suite.AES_GCM, Integrity.AEAD, icv, esn, enc_key=key, salt=salt))
 
@@ -108,6 +112,17 @@ def compile_sa(sa: ndis.IpsecOffloadV2SecurityAssociation, blob: bytes,
     if auth.identifier and not auth.identifier & caps.authentication_algorithms:
         raise SaRejected(NdisStatus.NOT_SUPPORTED,
                          f"authentication algorithm {Auth(auth.identifier)!r} is not enabled")
+    if not auth.identifier and in_bundle and enc.identifier in _CBC_KEY_BYTES:
+        # docs/spec-gaps.md G14: encryption only is legal when the bundle's AH authenticates
+        key = _key(blob, enc, "EncryptionAlgorithm")
+        want = _CBC_KEY_BYTES[Enc(enc.identifier)]
+        if len(key) != want:
+            raise SaRejected(NdisStatus.INVALID_DATA,
+                             f"EncryptionAlgorithm.KeyLength is {len(key)}; "
+                             f"{Enc(enc.identifier).name} takes {want}")
+        return (dict(proto=PROTO_ESP, suite=Suite.AES_CBC, integ=Integrity.AEAD, iv_len=16,
+                     icv_len=0, align=16, esn=esn),
+                SaKeys(Suite.AES_CBC, Integrity.AEAD, 0, esn, enc_key=key))
     if not auth.identifier:
         # docs/protocol.md G14: no IPsec packet without integrity
         raise SaRejected(NdisStatus.NOT_SUPPORTED, "ESP without integrity is not offloaded")
@@ -118,7 +133,7 @@ def compile_sa(sa: ndis.IpsecOffloadV2SecurityAssociation, blob: bytes,
                                       "AuthenticationAlgorithm")
         if auth.additional_info not in (0, 16, 128):
             raise SaRejected(NdisStatus.INVALID_DATA, "AES-GMAC only has a 16-byte ICV")
-        return (dict(suite=Suite.AES_GMAC, integ=Integrity.AEAD, iv_len=8, icv_len=16, align=4,
+        return (dict(proto=PROTO_ESP, suite=Suite.AES_GMAC, integ=Integrity.AEAD, iv_len=8, icv_len=16, align=4,
                      esn=esn),
                 SaKeys(Suite.AES_GMAC, Integrity.AEAD, 16, esn, enc_key=key, salt=salt))
     if auth.identifier not in _HMACS:
@@ -133,7 +148,7 @@ def compile_sa(sa: ndis.IpsecOffloadV2SecurityAssociation, blob: bytes,
         warnings.warn(f"HMAC key of {len(auth_key)} bytes; the RFC length is {rfc_key_len}",
                       stacklevel=3)
     if enc.identifier in (0, Enc.NONE):
-        return (dict(suite=Suite.NULL_HMAC, integ=integ, iv_len=0, icv_len=icv, align=4,
+        return (dict(proto=PROTO_ESP, suite=Suite.NULL_HMAC, integ=integ, iv_len=0, icv_len=icv, align=4,
                      esn=esn),
                 SaKeys(Suite.NULL_HMAC, integ, icv, esn, auth_key=auth_key))
     if enc.identifier in _CBC_KEY_BYTES:
@@ -143,11 +158,66 @@ def compile_sa(sa: ndis.IpsecOffloadV2SecurityAssociation, blob: bytes,
             raise SaRejected(NdisStatus.INVALID_DATA,
                              f"EncryptionAlgorithm.KeyLength is {len(key)}; "
                              f"{Enc(enc.identifier).name} takes {want}")
-        return (dict(suite=Suite.AES_CBC_HMAC, integ=integ, iv_len=16, icv_len=icv, align=16,
+        return (dict(proto=PROTO_ESP, suite=Suite.AES_CBC_HMAC, integ=integ, iv_len=16, icv_len=icv, align=16,
                      esn=esn),
                 SaKeys(Suite.AES_CBC_HMAC, integ, icv, esn, enc_key=key, auth_key=auth_key))
     raise SaRejected(NdisStatus.NOT_SUPPORTED,
                      f"encryption algorithm {Enc(enc.identifier)!r} is not offloaded")
+
+
+def ah_length(iv_len: int, icv_len: int, ipv6: bool) -> int:
+    """AH header bytes: 12 + IV + ICV, padded explicitly to 4 (IPv4) or 8 (IPv6) bytes
+    (RFC 4302 §2.2, §3.3.3.2.1; RFC 4543 §3 for the GMAC IV)."""
+    align = 8 if ipv6 else 4
+    return -(-(12 + iv_len + icv_len) // align) * align
+
+
+def compile_ah(sa: ndis.IpsecOffloadV2SecurityAssociation, blob: bytes,
+               caps: ndis.NdisIpsecOffloadV2, strict_salt: bool, *,
+               ipv6: bool) -> tuple[dict, SaKeys]:
+    """One AH SecAssoc (Operation 1): the algorithm in AuthenticationAlgorithm, the
+    EncryptionAlgorithm all zero (docs/protocol.md). HMAC-MD5-96, HMAC-SHA1-96,
+    HMAC-SHA-256-128 (RFC 2403, 2404, 4868) or AES-GMAC (RFC 4543, key || 4-byte salt)."""
+    if not caps.ah:
+        raise SaRejected(NdisStatus.NOT_SUPPORTED, "AH is not enabled in the capabilities")
+    if sa.spi == 0:
+        raise SaRejected(NdisStatus.INVALID_DATA, "SPI 0 is never valid (RFC 4302)")
+    esn = bool(sa.flags & ndis.IPSEC_OFFLOAD_V2_ESN_SA)
+    if esn and not caps.extended_sequence_numbers:
+        raise SaRejected(NdisStatus.NOT_SUPPORTED, "ESN is not enabled in the capabilities")
+    enc, auth = sa.encryption_algorithm, sa.authentication_algorithm
+    if enc.identifier or enc.key_length:
+        raise SaRejected(NdisStatus.INVALID_DATA,
+                         "an AH entry's EncryptionAlgorithm must be all zero")
+    _single_bit("AuthenticationAlgorithm.Identifier", auth.identifier)
+    if not auth.identifier:
+        raise SaRejected(NdisStatus.INVALID_DATA, "an AH entry needs an AuthenticationAlgorithm")
+    if not auth.identifier & caps.authentication_algorithms:
+        raise SaRejected(NdisStatus.NOT_SUPPORTED,
+                         f"authentication algorithm {Auth(auth.identifier)!r} is not enabled")
+    align = 8 if ipv6 else 4
+    if auth.identifier in _GMAC_KEY_BYTES:
+        key, salt = _aes_key_and_salt(_key(blob, auth, "AuthenticationAlgorithm"),
+                                      _GMAC_KEY_BYTES[Auth(auth.identifier)], strict_salt,
+                                      "AuthenticationAlgorithm")
+        if auth.additional_info not in (0, 16, 128):
+            raise SaRejected(NdisStatus.INVALID_DATA, "AES-GMAC only has a 16-byte ICV")
+        return (dict(proto=PROTO_AH, suite=Suite.AH_GMAC, integ=Integrity.AEAD, iv_len=8,
+                     icv_len=16, align=align, esn=esn),
+                SaKeys(Suite.AH_GMAC, Integrity.AEAD, 16, esn, enc_key=key, salt=salt))
+    if auth.identifier not in _HMACS:
+        raise SaRejected(NdisStatus.NOT_SUPPORTED,
+                         f"authentication algorithm {Auth(auth.identifier)!r} is not offloaded")
+    integ, icv, rfc_key_len = _HMACS[Auth(auth.identifier)]
+    auth_key = _key(blob, auth, "AuthenticationAlgorithm")
+    if not auth_key:
+        raise SaRejected(NdisStatus.INVALID_DATA, "AuthenticationAlgorithm.KeyLength is 0")
+    if len(auth_key) != rfc_key_len:
+        warnings.warn(f"HMAC key of {len(auth_key)} bytes; the RFC length is {rfc_key_len}",
+                      stacklevel=3)
+    return (dict(proto=PROTO_AH, suite=Suite.AH_HMAC, integ=integ, iv_len=0, icv_len=icv,
+                 align=align, esn=esn),
+            SaKeys(Suite.AH_HMAC, integ, icv, esn, auth_key=auth_key))
 
 
 def _aes_key_and_salt(material: bytes, key_bytes: int, strict_salt: bool,
@@ -177,7 +247,7 @@ class SaTable:
         self._lock = threading.Lock()
         self._serial = 0
         self._free = list(range(capacity - 1, -1, -1))
-        self._sa_info: dict[int, tuple[int, int]] = {}  # handle -> (spi, operation)
+        self._sa_info: dict[int, tuple] = {}  # handle -> ((spi, operation) per layer)
         self._endpoints: dict[int, tuple[bytes, bytes]] = {}  # inbound slot -> (src, dst)
         # The NIC's mutable receive state per key row (ESN inference, docs/receive-path.md);
         # reset when a slot is (re)used or UPDATE_SA sets a new high word.
@@ -237,8 +307,6 @@ class SaTable:
         if entry.num_ext_hdrs not in (1, 2) or len(entry.sec_assoc) < entry.num_ext_hdrs:
             raise SaRejected(NdisStatus.INVALID_DATA,
                              f"NumExtHdrs {entry.num_ext_hdrs} is not 1 or 2")
-        if entry.num_ext_hdrs == 2:
-            raise SaRejected(NdisStatus.NOT_SUPPORTED, "AH+ESP bundles are not offered")
         ipv6 = bool(entry.flags & ndis.IPSEC_OFFLOAD_V2_IPV6)
         if ipv6 and not caps.ipv6_supported:
             raise SaRejected(NdisStatus.NOT_SUPPORTED, "IPv6 is not enabled in the capabilities")
@@ -247,8 +315,24 @@ class SaTable:
                        ndis.UdpEspEncapsulation.TUNNEL) or (udp and not udp & caps.udp_esp):
             raise SaRejected(NdisStatus.NOT_SUPPORTED,
                              f"UdpEspEncapsulation {udp:#x} is not offered")
-        sa = entry.sec_assoc[0]
-        fields, keys = compile_sa(sa, bytes(entry.key_data), caps, strict_salt)
+        blob = bytes(entry.key_data)
+        layers = list(entry.sec_assoc[:entry.num_ext_hdrs])
+        if entry.num_ext_hdrs == 2:
+            # docs/protocol.md: the one two-entry bundle is SecAssoc[0] = ESP, [1] = AH
+            if not caps.ah_esp_combined:
+                raise SaRejected(NdisStatus.NOT_SUPPORTED, "AH+ESP bundles are not enabled")
+            if [sa.operation for sa in layers] != [ndis.IpsecOperation.ESP,
+                                                   ndis.IpsecOperation.AH]:
+                raise SaRejected(NdisStatus.INVALID_DATA,
+                                 "a two-entry bundle must be SecAssoc[0] = ESP, SecAssoc[1] = AH")
+            if (layers[0].flags ^ layers[1].flags) & ndis.IPSEC_OFFLOAD_V2_ESN_SA:
+                raise SaRejected(NdisStatus.INVALID_DATA,
+                                 "the ESP and AH entries of a bundle disagree on ESN")
+        if udp and any(sa.operation == ndis.IpsecOperation.AH for sa in layers):
+            # RFC 3948 encapsulates ESP only; AH cannot cross a NAT
+            raise SaRejected(NdisStatus.NOT_SUPPORTED, "AH is never UDP-encapsulated")
+        compiled = [compile_sa(sa, blob, caps, strict_salt, ipv6=ipv6,
+                               in_bundle=entry.num_ext_hdrs == 2) for sa in layers]
         with self._lock:
             if not self._free or len(self._sa_info) >= caps.sa_offload_capacity:
                 raise SaRejected(NdisStatus.RESOURCES, "SA capacity exhausted")
@@ -261,18 +345,18 @@ class SaTable:
             record["in_use"] = 1
             record["inbound"] = bool(entry.flags & ndis.IPSEC_OFFLOAD_V2_INBOUND)
             record["ipv6"] = ipv6
-            record["n_xf"] = 1
-            xf = record["xf"][0]
-            xf["spi"], xf["seq_hi"] = sa.spi, sa.sequence_number_high_order
-            xf["key_row"] = 2 * slot
-            xf["proto"] = PROTO_ESP
-            xf["udp_encap"] = 1 if udp else 0
-            xf["salt"] = np.frombuffer(keys.salt.ljust(4, b"\0"), np.uint8)
-            for name, value in fields.items():
-                xf[name] = value
+            record["n_xf"] = len(layers)
             key_list = list(self._snapshot.keys)
-            key_list[2 * slot] = keys
-            self._sa_info[handle] = (sa.spi, sa.operation)
+            for layer, (sa, (fields, keys)) in enumerate(zip(layers, compiled)):
+                xf = record["xf"][layer]
+                xf["spi"], xf["seq_hi"] = sa.spi, sa.sequence_number_high_order
+                xf["key_row"] = 2 * slot + layer
+                xf["udp_encap"] = 1 if udp and fields["proto"] == PROTO_ESP else 0
+                xf["salt"] = np.frombuffer(keys.salt.ljust(4, b"\0"), np.uint8)
+                for name, value in fields.items():
+                    xf[name] = value
+                key_list[2 * slot + layer] = keys
+            self._sa_info[handle] = tuple((sa.spi, sa.operation) for sa in layers)
             if record["inbound"]:
                 self._endpoints[slot] = (bytes(entry.src_address), bytes(entry.dest_address))
             self.rx_state[2 * slot:2 * slot + 2] = np.zeros((), RX_STATE_DTYPE)
@@ -296,19 +380,21 @@ class SaTable:
         return True
 
     def update_seq_hi(self, handle: int, operation: int, spi: int, seq_hi: int) -> bool:
-        """UPDATE_SA (docs/protocol.md): new ESN high-order bits for the bundle's SA."""
+        """UPDATE_SA (docs/protocol.md): new ESN high-order bits for the SA of the bundle
+        that the Operation (AH or ESP) and the SPI name."""
         with self._lock:
             info = self._sa_info.get(handle)
             slot = handle & HANDLE_SLOT_MASK
-            if info is None or info != (spi, operation) \
-                    or not self._snapshot.records[slot]["xf"][0]["esn"] \
-                    or not 0 <= seq_hi <= 0xFFFFFFFF:
+            if info is None or (spi, operation) not in info or not 0 <= seq_hi <= 0xFFFFFFFF:
+                return False
+            layer = info.index((spi, operation))
+            if not self._snapshot.records[slot]["xf"][layer]["esn"]:
                 return False
             records = self._snapshot.records.copy()
-            records[slot]["xf"][0]["seq_hi"] = seq_hi
+            records[slot]["xf"][layer]["seq_hi"] = seq_hi
             # an inbound SA infers its high word again from this one (docs/receive-path.md)
             with self.rx_lock:
-                self.rx_state[2 * slot]["seen"] = 0
+                self.rx_state[2 * slot + layer]["seen"] = 0
             self._publish(records, self._snapshot.keys)
         return True
 

@@ -21,7 +21,8 @@ class CryptoBackend(Protocol):
     name: str
 
     def seal(self, arena: np.ndarray, ops: np.ndarray, idx: np.ndarray, keys: SaKeys) -> None:
-        """Encrypt and write the ICV of the ops ``idx`` (all sharing ``keys``), in place."""
+        """The send-side work of the ops ``idx`` (all sharing ``keys``), in place: encrypt
+        and write the ICV (OP_ESP_SEAL), or write the AH ICV (OP_AH_SIGN)."""
 
 
 BACKEND_NAMES = ("batched", "reference")
@@ -40,10 +41,11 @@ def backends_for(kernels, backend: Optional[CryptoBackend] = None) -> dict[int, 
         chosen: dict[int, CryptoBackend] = {suite: ReferenceBackend() for suite in Suite}
         if choice == "batched" and hasattr(kernels, "GcmBatchedBackend"):
             gcm = kernels.GcmBatchedBackend()
-            chosen[Suite.AES_GCM] = chosen[Suite.AES_GMAC] = gcm
+            chosen[Suite.AES_GCM] = chosen[Suite.AES_GMAC] = chosen[Suite.AH_GMAC] = gcm
         if choice == "batched" and hasattr(kernels, "CbcHmacBackend"):
             cbc = kernels.CbcHmacBackend()
-            chosen[Suite.AES_CBC_HMAC] = chosen[Suite.NULL_HMAC] = cbc
+            chosen[Suite.AES_CBC_HMAC] = chosen[Suite.NULL_HMAC] = chosen[Suite.AH_HMAC] = cbc
+            chosen[Suite.AES_CBC] = cbc
         return chosen
     return {suite: backend for suite in Suite}
 

@@ -37,8 +37,9 @@ class SaKeys:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._ghash_key: Optional[Any] = None  # _fastpath.ghash_key_context, made on first use
-        # GCM and GMAC: one AESGCM object (GMAC keys travel in enc_key too).
-        self.aead = AESGCM(enc_key) if suite in (Suite.AES_GCM, Suite.AES_GMAC) else None
+        # GCM and GMAC (ESP or AH): one AESGCM object (GMAC keys travel in enc_key too).
+        self.aead = (AESGCM(enc_key) if suite in (Suite.AES_GCM, Suite.AES_GMAC, Suite.AH_GMAC)
+                     else None)
         self._hmac = (hmac.HMAC(auth_key, _HASHES[integrity]())
                       if integrity in _HASHES else None)
         self.hmac_template: Optional[object] = None

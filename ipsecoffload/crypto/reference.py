@@ -11,7 +11,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..datapath.layout import CRYPTO_OP_DTYPE, OpStatus, Suite
+from ..datapath.layout import CRYPTO_OP_DTYPE, OpKind, OpStatus, Suite
 from .keys import SaKeys
 
 
@@ -31,8 +31,13 @@ class ReferenceBackend:
         buf = memoryview(cast(Any, arena))  # numpy stubs: no Buffer type before 3.12
         for j in np.asarray(idx).tolist():
             op = table[j]
-            seal_one(buf, keys, int(op["auth_off"]), int(op["text_off"]), int(op["text_len"]),
-                     int(op["icv_off"]), int(op["seq_hi"]))
+            if op["kind"] == OpKind.AH_SIGN:
+                sign_ah_one(buf, keys, int(op["auth_off"]), int(op["text_off"]),
+                            int(op["text_len"]), int(op["icv_off"]), int(op["ip_off"]),
+                            int(op["seq_hi"]))
+            else:
+                seal_one(buf, keys, int(op["auth_off"]), int(op["text_off"]),
+                         int(op["text_len"]), int(op["icv_off"]), int(op["seq_hi"]))
             op["status"] = OpStatus.DONE
 
     def open(self, arena: np.ndarray, ops: np.ndarray, idx, keys: SaKeys) -> None:
@@ -71,13 +76,34 @@ def seal_one(buf: memoryview, sa: SaKeys, esp: int, text: int, text_len: int, ic
         aad = spi_sn[:4] + esn_hi + spi_sn[4:] + iv + bytes(buf[text:end])
         buf[icv:icv + 16] = _aead(sa).encrypt(sa.salt + iv, b"", aad)
         return
-    if sa.suite == Suite.AES_CBC_HMAC:
+    if sa.suite in (Suite.AES_CBC_HMAC, Suite.AES_CBC):
         encryptor = Cipher(algorithms.AES(sa.enc_key), modes.CBC(iv)).encryptor()
         buf[text:end] = encryptor.update(bytes(buf[text:end])) + encryptor.finalize()
+    if sa.suite == Suite.AES_CBC:  # no ESP ICV: the bundle's AH authenticates (G14)
+        return
     # Encrypt-then-MAC over SPI..ciphertext, the ESN high word appended
     mac = sa.hmac()
     mac.update(bytes(buf[esp:end]))
     mac.update(esn_hi)
+    buf[icv:icv + sa.icv_len] = mac.finalize()[:sa.icv_len]
+
+
+def sign_ah_one(buf: memoryview, sa: SaKeys, copy: int, rest: int, rest_len: int, icv: int,
+                ip: int, seq_hi: int) -> None:
+    """Write the AH ICV of one packet (RFC 4302 §3.3.3): the MAC covers the zeroed copy of
+    its header region (``copy``, as long as ``rest - ip``: IP header through AH, mutable
+    fields and ICV zeroed), then the rest of the packet as it is, then the ESN high word
+    (RFC 4302 §2.5.1). AES-GMAC (RFC 4543 §3): the whole input is AAD, the nonce salt || the
+    IV before the ICV."""
+    data = (bytes(buf[copy:copy + rest - ip]) + bytes(buf[rest:rest + rest_len])
+            + (struct.pack("!I", seq_hi) if sa.esn else b""))
+    if sa.suite == Suite.AH_GMAC:
+        assert sa.aead is not None
+        iv = bytes(buf[icv - 8:icv])
+        buf[icv:icv + 16] = sa.aead.encrypt(sa.salt + iv, b"", data)
+        return
+    mac = sa.hmac()
+    mac.update(data)
     buf[icv:icv + sa.icv_len] = mac.finalize()[:sa.icv_len]
 
 

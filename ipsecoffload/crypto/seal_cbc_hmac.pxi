@@ -110,7 +110,7 @@ cdef int cbc_load_jobs(str what, uint8_t* arena, int64_t arena_len,
     The comparisons never add two unchecked values, so no int64 sum can overflow."""
     cdef Py_ssize_t i, n = idx.shape[0]
     cdef int64_t r, text_end, L = arena_len
-    cdef int iv_len = CBC_BLOCK if suite == SUITE_AES_CBC_HMAC else 0
+    cdef int iv_len = CBC_BLOCK if (suite == SUITE_AES_CBC_HMAC or suite == SUITE_AES_CBC) else 0
     cdef CryptoOp op
     cdef cbc_job* j
     cdef cbc_job* spans
@@ -376,7 +376,14 @@ cdef class CbcHmacBackend:
     def seal(self, uint8_t[::1] arena, uint8_t[::1] ops, const int32_t[::1] idx,
              object keys):
         """Encrypts the text of every op in place (CBC, C_0 = the IV before it) and writes
-        its ICV; OP_ESP_SEAL ops only."""
+        its ICV (OP_ESP_SEAL ops); for an AH key context, writes the AH ICV of every
+        OP_AH_SIGN op (ah_sign_hmac)."""
+        if int(keys.suite) == SUITE_AH_HMAC:
+            ah_sign_hmac(arena, ops, idx, keys)
+            return
+        if int(keys.suite) == SUITE_AES_CBC:
+            cbc_only_seal(arena, ops, idx, keys)
+            return
         self._run(arena, ops, idx, keys, OP_ESP_SEAL)
 
     def open(self, uint8_t[::1] arena, uint8_t[::1] ops, const int32_t[::1] idx,
@@ -467,3 +474,109 @@ cdef class CbcHmacBackend:
         finally:
             free(jobs)
         return 0
+
+
+cdef int ah_check_op(str what, const CryptoOp* op, int64_t r, int64_t L) except -1:
+    """An AH sign op: its header copy, the rest of its packet and its ICV lie in the arena,
+    and the ICV inside the header region (so that the copy holds it zeroed)."""
+    cdef int64_t hdr = op.text_off - op.ip_off
+    if (op.ip_off < 0 or op.text_off < op.ip_off + 32 or op.text_off > L
+            or op.text_len < 0 or op.text_len > L - op.text_off
+            or op.auth_off < 0 or op.auth_off > L - hdr
+            or op.icv_off < op.ip_off + 32 or op.icv_off > op.text_off - op.icv_len):
+        raise ValueError(f"{what}: op {r} reaches outside the arena or its AH header")
+    return 0
+
+
+def ah_sign_hmac(uint8_t[::1] arena, uint8_t[::1] ops, const int32_t[::1] idx, object keys):
+    """AH ICVs with HMAC-MD5-96 / SHA1-96 / SHA-256-128 (RFC 4302 §3.3.3, RFC 2404, RFC 4868)
+    for the OP_AH_SIGN ops ``idx`` sharing ``keys``: the MAC runs over the zeroed header copy
+    tx_emit left in the scratch, then the rest of the packet, then the ESN high word
+    (RFC 4302 §2.5.1), from the precomputed keyed contexts; all ops are checked first."""
+    cdef str what = "cbc-hmac ah sign"
+    cdef Py_ssize_t i, n = idx.shape[0], op_size = sizeof(CryptoOp)
+    cdef int64_t r, L = arena.shape[0], nrows
+    cdef CryptoOp op
+    cdef uint8_t* arena_p = &arena[0] if arena.shape[0] > 0 else NULL
+    cdef uint8_t* ops_p = &ops[0] if ops.shape[0] > 0 else NULL
+    cdef CryptoOp* row
+    cdef int integ, icv_len, esn, form, ds
+    cdef object tmpl, copy_a, copy_b, update, final, h, d, esn_hi = None
+    cdef uint32_t last_hi = 0
+    cdef bint have_hi = False
+    if ops.shape[0] % op_size:
+        raise ValueError(f"{what}: ops holds {ops.shape[0]} bytes, not a multiple of the "
+                         f"{op_size}-byte CryptoOp")
+    nrows = ops.shape[0] // op_size
+    integ, icv_len, esn = int(keys.integrity), int(keys.icv_len), 1 if keys.esn else 0
+    tmpl = keys.hmac_template
+    if int(keys.suite) != SUITE_AH_HMAC or tmpl is None or int(tmpl.integrity) != integ:
+        raise ValueError(f"{what}: the key context is not an AH HMAC one")
+    form, ds = int(tmpl._form), int(tmpl.digest_size)
+    if icv_len > ds or icv_len < 10 or 2 * icv_len < ds:
+        raise ValueError(f"{what}: icv_len {icv_len} is not a valid truncation of a "
+                         f"{ds}-byte HMAC")
+    for i in range(n):
+        r = idx[i]
+        if r < 0 or r >= nrows:
+            raise ValueError(f"{what}: idx[{i}] = {r} is out of range for {nrows} ops")
+        memcpy(&op, ops_p + r * op_size, sizeof(CryptoOp))
+        if (op.kind != OP_AH_SIGN or op.suite != SUITE_AH_HMAC or op.integ != integ
+                or op.icv_len != icv_len or op.esn != esn or op.iv_len != 0):
+            raise ValueError(f"{what}: op {r} does not match the AH HMAC key context")
+        ah_check_op(what, &op, r, L)
+    copy_a, copy_b, update, final = tmpl._copy_a, tmpl._copy_b, tmpl._update, tmpl._final
+    for i in range(n):
+        r = idx[i]
+        row = <CryptoOp*>(ops_p + r * op_size)
+        if esn and (not have_hi or row.seq_hi != last_hi):
+            esn_hi = hmac_esn_bytes(row.seq_hi)
+            last_hi, have_hi = row.seq_hi, True
+        h = copy_a()
+        update(h, PyMemoryView_FromMemory(<char*>(arena_p + row.auth_off),
+                                          row.text_off - row.ip_off, PyBUF_READ))
+        update(h, PyMemoryView_FromMemory(<char*>(arena_p + row.text_off), row.text_len,
+                                          PyBUF_READ))
+        if esn:
+            update(h, esn_hi)
+        d = final(h)
+        if form == CBC_FORM_PAIR:
+            h = copy_b()
+            update(h, d)
+            d = final(h)
+        if not PyBytes_CheckExact(d) or PyBytes_GET_SIZE(d) < icv_len:
+            raise RuntimeError(f"{what}: the HMAC context returned no digest")
+        memcpy(arena_p + row.icv_off, PyBytes_AS_STRING(d), icv_len)
+        row.status = OP_DONE
+
+
+def cbc_only_seal(uint8_t[::1] arena, uint8_t[::1] ops, const int32_t[::1] idx, object keys):
+    """AES-CBC without integrity, the ESP of an AH+ESP bundle (docs/spec-gaps.md G14): the
+    interleaved CBC encryption of the OP_ESP_SEAL ops ``idx``, no ICV (the bundle's AH, in
+    the next pass, authenticates). Every op is checked first."""
+    cdef str what = "cbc-hmac seal (encryption only)"
+    cdef Py_ssize_t i, n = idx.shape[0], op_size = sizeof(CryptoOp)
+    cdef CryptoOp probe
+    cdef Py_ssize_t status_off = <char*>&probe.status - <char*>&probe
+    cdef uint8_t* arena_p = &arena[0] if arena.shape[0] > 0 else NULL
+    cdef uint8_t* ops_p = &ops[0] if ops.shape[0] > 0 else NULL
+    cdef cbc_job* jobs
+    if ops.shape[0] % op_size:
+        raise ValueError(f"{what}: ops holds {ops.shape[0]} bytes, not a multiple of the "
+                         f"{op_size}-byte CryptoOp")
+    if int(keys.suite) != SUITE_AES_CBC or int(keys.icv_len) != 0:
+        raise ValueError(f"{what}: the key context is not an encryption-only AES-CBC one")
+    if n == 0:
+        return
+    jobs = <cbc_job*>malloc(n * sizeof(cbc_job))
+    if jobs == NULL:
+        raise MemoryError()
+    try:
+        cbc_load_jobs(what, arena_p, arena.shape[0], ops_p, ops.shape[0] // op_size, idx,
+                      OP_ESP_SEAL, SUITE_AES_CBC, INTEG_AEAD, 0, 1 if keys.esn else 0, jobs)
+        qsort(jobs, n, sizeof(cbc_job), cbc_cmp_blocks_desc)
+        cbc_encrypt(jobs, n, keys.ecb_encryptor().update_into)
+        for i in range(n):
+            ops_p[jobs[i].row * op_size + status_off] = OP_DONE
+    finally:
+        free(jobs)

@@ -48,7 +48,7 @@ cdef extern from *:
 
 cdef inline int64_t gcm_blocks_of(const CryptoOp* op) noexcept nogil:
     """Counter blocks an op needs: J0 (tag mask), then the text's keystream (GCM only)."""
-    if op.suite == SUITE_AES_GMAC:
+    if op.suite == SUITE_AES_GMAC or op.suite == SUITE_AH_GMAC:
         return 1
     return 1 + (op.text_len + 15) // 16
 
@@ -63,6 +63,16 @@ cdef int gcm_check_ops(int64_t size, const CryptoOp* op0, int64_t n_ops, const i
         if j < 0 or j >= n_ops:
             raise ValueError(f"idx[{i}] = {j} names no op")
         op = op0 + j
+        if op.suite == SUITE_AH_GMAC:  # AH: header copy, rest of packet, IV || ICV
+            if op.kind != OP_AH_SIGN or op.iv_len != 8 or op.icv_len != 16:
+                raise ValueError(f"op {j} is not an AH AES-GMAC sign op")
+            if (op.ip_off < 0 or op.text_off < op.ip_off + 36 or op.text_off > size
+                    or op.text_len < 0 or op.text_len > 0x7FFFFFFF
+                    or op.text_len > size - op.text_off or op.auth_off < 0
+                    or op.auth_off > size - (op.text_off - op.ip_off)
+                    or op.icv_off < op.ip_off + 28 or op.icv_off > op.text_off - 16):
+                raise ValueError(f"op {j} reaches outside the arena or its AH header")
+            continue
         if op.suite != SUITE_AES_GCM and op.suite != SUITE_AES_GMAC:
             raise ValueError(f"op {j} is not AES-GCM or AES-GMAC (suite {op.suite})")
         if op.iv_len != 8 or op.icv_len not in (8, 12, 16) or (
@@ -100,8 +110,23 @@ cdef void gcm_finish_op(uint8_t* arena, CryptoOp* op, const uint8_t* ks, int pat
     cdef int64_t aad_len, k
     cdef uint8_t diff = 0
     cdef uint8_t* esp = arena + op.auth_off
-    gcm_aad_header(aad, &aad_len, esp, op)
-    if op.suite == SUITE_AES_GMAC:
+    cdef int64_t hdr
+    if op.suite == SUITE_AH_GMAC:
+        # RFC 4543 §3: AAD = the AH ICV input (zeroed header copy, rest of the packet, ESN
+        # high word per RFC 4302 §2.5.1); empty plaintext
+        hdr = op.text_off - op.ip_off
+        memcpy(scratch, arena + op.auth_off, hdr)
+        memcpy(scratch + hdr, arena + op.text_off, op.text_len)
+        aad_len = hdr + op.text_len
+        if op.esn:
+            st32(scratch + aad_len, op.seq_hi)
+            aad_len += 4
+        ipo_gcm_seal_xor_ghash(path, key, scratch, aad_len, NULL, 0, NULL, ks, tag)
+    else:
+        gcm_aad_header(aad, &aad_len, esp, op)
+    if op.suite == SUITE_AH_GMAC:
+        pass
+    elif op.suite == SUITE_AES_GMAC:
         # Everything after the header is AAD: IV || payload || trailer; the text is empty.
         if op.esn:
             memcpy(scratch, aad, 12)
@@ -200,6 +225,9 @@ cdef class GcmBatchedBackend:
                 max_blocks = blocks
             if op0[idx[i]].suite == SUITE_AES_GMAC and op0[idx[i]].text_len + 20 > scratch_len:
                 scratch_len = op0[idx[i]].text_len + 20
+            if op0[idx[i]].suite == SUITE_AH_GMAC and op0[idx[i]].text_off - op0[idx[i]].ip_off \
+                    + op0[idx[i]].text_len + 4 > scratch_len:
+                scratch_len = op0[idx[i]].text_off - op0[idx[i]].ip_off + op0[idx[i]].text_len + 4
         cdef int64_t chunk_blocks = GCM_CHUNK_BYTES // 16
         if total_blocks < chunk_blocks:
             chunk_blocks = total_blocks

@@ -35,7 +35,8 @@ NB_PLAN_DTYPE = np.dtype([
     ("ip_hdr_len", np.int32), ("esp_off", np.int32), ("hdr_len", np.int32),
     ("tcp_off", np.int32), ("mss", np.int32), ("status", np.uint32), ("ipv6", np.uint8),
     ("lso", np.uint8), ("next_header", np.uint8), ("reason", np.uint8), ("fresh_iv", np.uint8),
-    ("reserved", np.uint8, (3,)),
+    ("ah_fresh_iv", np.uint8), ("reserved", np.uint8, (2,)), ("scratch_pos", np.int64), ("ah_off", np.int32),
+    ("ah_len", np.int32),
 ], align=True)
 
 WIRE_FRAME_DTYPE = np.dtype([
@@ -92,6 +93,9 @@ class Suite(enum.IntEnum):
     AES_GMAC = 2
     AES_CBC_HMAC = 3
     NULL_HMAC = 4
+    AH_HMAC = 5  # AH with an HMAC (RFC 4302)
+    AH_GMAC = 6  # AH with AES-GMAC (RFC 4543)
+    AES_CBC = 7  # ESP AES-CBC without integrity: only inside an AH+ESP bundle (G14)
 
 
 class Integrity(enum.IntEnum):
@@ -123,6 +127,9 @@ class Config(enum.IntFlag):
     LSO_V2_IPV4 = 8
     LSO_V2_IPV6 = 16
     LSO_WITH_IPSEC = 32
+    AH_IPV4 = 64
+    AH_IPV6 = 128
+    TUNNEL_ALONE_SINGLE = 256  # docs/spec-gaps.md G13: a lone TunnelHandle is the single SA
 
 
 class Reason(enum.IntEnum):
@@ -143,6 +150,7 @@ class Reason(enum.IntEnum):
     LSO_DISABLED = 13
     LSO_BAD_PARAMS = 14
     NBL_FAILED = 15
+    BAD_AH_OFFSET = 16
 
 
 class OpKind(enum.IntEnum):
@@ -230,6 +238,7 @@ REASON_STATUS = {
     Reason.LSO_DISABLED: STATUS_FAILURE,
     Reason.LSO_BAD_PARAMS: STATUS_FAILURE,
     Reason.NBL_FAILED: STATUS_FAILURE,  # replaced by the failing sibling's status
+    Reason.BAD_AH_OFFSET: STATUS_INVALID_PACKET,
 }
 
 # The counters tx_plan fills per batch: one per Reason, then these NBL status counts.

@@ -105,6 +105,64 @@ cdef bint zero_room(const uint8_t* frame, int64_t flen, int64_t tend,
     return True
 
 
+cdef inline bint sn_room(uint64_t sn0, int64_t n, bint esn) noexcept nogil:
+    """SN0 .. SN0 + n - 1 are all sendable: none is 0, none past 2^32 - 1 (2^64 - 1 with ESN)."""
+    if sn0 == 0:
+        return False
+    if esn:
+        return sn0 <= UINT64_MAX - <uint64_t>(n - 1)
+    return sn0 + <uint64_t>(n - 1) <= UINT32_MAX
+
+
+cdef int lso_ah_alone(const uint8_t* frame, int64_t flen, NbPlan* p, const Transform* ah,
+                      uint64_t lso, int lso_kind, int32_t nb_count, int cfg, uint8_t padl,
+                      uint64_t slot, uint64_t sn64) except -1 nogil:
+    """LSO of an AH super-packet without ESP (docs/send-path.md step 3): the TCP header right
+    after the AH header (TcpHeaderOffset counts the AH length), no ESP padding, AH Next
+    Header TCP, one AH sequence number per segment (G6)."""
+    cdef int64_t ah_end = <int64_t>p.ah_off + p.ah_len, thl, L, n
+    if not (cfg & CFG_LSO_WITH_IPSEC) or not lso_enabled(lso_kind, p.ipv6, cfg):
+        fail(p, STATUS_FAILURE, REASON_LSO_DISABLED)
+        return 0
+    p.mss = <int32_t>(lso & 0xFFFFF)
+    p.tcp_off = <int32_t>((lso >> 20) & 0x3FF)
+    check(p.ah_off, 1, flen)
+    if (nb_count != 1 or p.mss == 0 or padl != 0 or frame[p.ah_off] != 6
+            or p.tcp_off != ah_end or (lso_kind == 2 and <int>((lso >> 31) & 1) != p.ipv6)
+            or p.tcp_off + 20 > flen):
+        fail(p, STATUS_FAILURE, REASON_LSO_BAD_PARAMS)
+        return 0
+    check(p.tcp_off + 12, 1, flen)
+    thl = (frame[p.tcp_off + 12] >> 4) * 4
+    if thl < 20 or p.tcp_off + thl > flen:
+        fail(p, STATUS_FAILURE, REASON_LSO_BAD_PARAMS)
+        return 0
+    L = flen - p.tcp_off - thl
+    n = 1 if L == 0 else (L + p.mss - 1) // p.mss
+    p.hdr_len = <int32_t>(p.tcp_off + thl)
+    if p.hdr_len + (L if L < p.mss else p.mss) - p.ip_off - (40 if p.ipv6 else 0) > 0xFFFF:
+        fail(p, STATUS_FAILURE, REASON_LSO_BAD_PARAMS)
+        return 0
+    if not sn_room(sn64, n, ah.esn):
+        fail(p, STATUS_FAILURE, REASON_SEQ_EXHAUSTED)
+        return 0
+    p.slot = <int32_t>slot
+    p.sn64 = sn64
+    p.body_off = p.hdr_len
+    p.body_len = L
+    p.nsegs = <int32_t>n
+    p.out_len = n * p.hdr_len + L
+    return 0
+
+
+cdef inline int64_t ah_header_len(const Transform* ah) noexcept nogil:
+    """AH bytes: 12 + IV + ICV padded to the transform's alignment, 4 on IPv4 and 8 on IPv6
+    (RFC 4302 §2.2; docs/protocol.md). -1 for a transform without an alignment."""
+    if ah.align == 0:
+        return -1
+    return (12 + <int64_t>ah.iv_len + ah.icv_len + ah.align - 1) // ah.align * ah.align
+
+
 cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int32_t nbl,
                       const SaRecord* recs, int64_t nrec, int cfg, int icv_space, int iv_source,
                       NbPlan* p) except -1 nogil:
@@ -115,6 +173,9 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
     cdef uint8_t nh = oob.next_header, padl = oob.pad_length, ah4 = oob.ah_off4
     cdef uint8_t esp4 = oob.esp_off4
     cdef const Transform* xf
+    cdef const Transform* ah_xf = NULL
+    cdef int64_t ah, ah_len, need
+    cdef uint64_t ah_sn = 0
     cdef int64_t ip_end, ihl, tot, esp, text_off, tend, text_len, pay_end, thl, L, n
     cdef int64_t full, rem, icv, align
     cdef uint64_t slot, sn64
@@ -129,9 +190,11 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
     p.next_header = nh
     if handle == 0 and tunnel_handle == 0:
         return plan_without_ipsec(frame, flen, nb_count, lso, l2, cfg, p, REASON_PASS_NO_HANDLE)
-    if not (cfg & (CFG_ESP_IPV4 | CFG_ESP_IPV6)):  # docs/send-path.md, step 1 precedes step 2 (G21)
+    if not (cfg & (CFG_ESP_IPV4 | CFG_ESP_IPV6 | CFG_AH_IPV4 | CFG_AH_IPV6)):  # docs/send-path.md, step 1 precedes step 2 (G21)
         return plan_without_ipsec(frame, flen, nb_count, lso, l2, cfg, p, REASON_PASS_DISABLED)
-    if tunnel_handle != 0:  # docs/spec-gaps.md G13; transport-over-tunnel is not offered (caps)
+    if tunnel_handle != 0 and handle == 0 and (cfg & CFG_TUNNEL_ALONE_SINGLE):
+        handle = tunnel_handle  # docs/spec-gaps.md G13, policy "single"
+    elif tunnel_handle != 0:  # G13; transport-over-tunnel is not offered (caps)
         fail(p, STATUS_FAILURE, REASON_TUNNEL_HANDLE)
         return 0
     if l2 < 0 or flen < l2 + 1:
@@ -143,7 +206,7 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
         fail(p, STATUS_INVALID_PACKET, REASON_MALFORMED_IP)
         return 0
     p.ipv6 = version == 6
-    if not (cfg & (CFG_ESP_IPV6 if p.ipv6 else CFG_ESP_IPV4)):  # docs/spec-gaps.md G21
+    if not (cfg & ((CFG_ESP_IPV6 | CFG_AH_IPV6) if p.ipv6 else (CFG_ESP_IPV4 | CFG_AH_IPV4))):  # G21
         return plan_without_ipsec(frame, flen, nb_count, lso, l2, cfg, p, REASON_PASS_DISABLED)
     slot = handle & SLOT_MASK
     if slot >= <uint64_t>nrec or not recs[slot].in_use or recs[slot].handle != handle:
@@ -157,6 +220,20 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
     if rec.ipv6 != p.ipv6:
         fail(p, STATUS_FAILURE, REASON_IP_VERSION_MISMATCH)
         return 0
+    # The SA's layers: AH alone (xf[0]), ESP alone, or ESP + AH (xf[0], xf[1])
+    if xf.proto == PROTO_AH:
+        ah_xf = xf
+        xf = NULL
+    elif rec.n_xf == 2:
+        ah_xf = &rec.xf[1]
+    # docs/send-path.md step 1: a protocol this SA needs is off for this IP version
+    need = 0
+    if xf != NULL:
+        need |= CFG_ESP_IPV6 if p.ipv6 else CFG_ESP_IPV4
+    if ah_xf != NULL:
+        need |= CFG_AH_IPV6 if p.ipv6 else CFG_AH_IPV4
+    if (cfg & need) != need:
+        return plan_without_ipsec(frame, flen, nb_count, lso, l2, cfg, p, REASON_PASS_DISABLED)
     lso_kind = 0
     if lso != 0:
         lso_kind = 2 if (lso >> 30) & 1 else 1
@@ -186,12 +263,48 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
         fail(p, STATUS_INVALID_PACKET, REASON_MALFORMED_IP)
         return 0
 
-    if ah4 != 0:
-        fail(p, STATUS_FAILURE, REASON_AH_NOT_SUPPORTED)
-        return 0
+    if ah_xf == NULL:
+        if ah4 != 0:  # an AH offset on an SA without AH
+            fail(p, STATUS_FAILURE, REASON_AH_NOT_SUPPORTED)
+            return 0
+    else:
+        # docs/send-path.md: the AH header the stack built, where slot 12 says
+        ah = l2 + 4 * <int64_t>ah4
+        ah_len = ah_header_len(ah_xf)
+        if ah4 == 0 or ah_len < 24 or ah < l2 + p.ip_hdr_len or ah_len > ip_end - ah:
+            fail(p, STATUS_INVALID_PACKET, REASON_BAD_AH_OFFSET)
+            return 0
+        check(ah, 12, flen)
+        if frame[ah + 1] != ah_len // 4 - 2:  # Payload Length (RFC 4302 §2.2)
+            fail(p, STATUS_INVALID_PACKET, REASON_BAD_AH_OFFSET)
+            return 0
+        ah_sn = ld32(frame + ah + 8)
+        if ah_xf.esn:
+            ah_sn |= <uint64_t>ah_xf.seq_hi << 32
+        if ah_sn == 0:  # the counter wrapped: SN 0 is never sent (RFC 4302 §2.5)
+            fail(p, STATUS_FAILURE, REASON_SEQ_EXHAUSTED)
+            return 0
+        p.ah_off = <int32_t>ah
+        p.ah_len = <int32_t>ah_len
+        p.ah_fresh_iv = iv_source == IV_SOURCE_NIC and ah_xf.iv_len != 0
+        if xf == NULL:  # AH alone: the datagram leaves as built, with its ICV
+            if esp4 != 0:
+                fail(p, STATUS_INVALID_PACKET, REASON_BAD_ESP_OFFSET)
+                return 0
+            if lso_kind:
+                return lso_ah_alone(frame, flen, p, ah_xf, lso, lso_kind, nb_count, cfg, padl,
+                                    slot, ah_sn)
+            p.slot = <int32_t>slot
+            p.sn64 = ah_sn
+            p.hdr_len = <int32_t>ip_end
+            p.body_off = ip_end
+            p.nsegs = 1
+            p.out_len = ip_end
+            return 0
     esp = l2 + 4 * <int64_t>esp4
     text_off = esp + 8 + xf.iv_len
-    if esp4 == 0 or esp < l2 + p.ip_hdr_len + (8 if xf.udp_encap else 0) or text_off > ip_end:
+    if esp4 == 0 or esp < l2 + p.ip_hdr_len + (8 if xf.udp_encap else 0) or text_off > ip_end \
+            or (ah_xf != NULL and esp < <int64_t>p.ah_off + p.ah_len):
         fail(p, STATUS_INVALID_PACKET, REASON_BAD_ESP_OFFSET)
         return 0
     p.esp_off = <int32_t>esp
@@ -214,6 +327,10 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
             icv_space == ICV_SPACE_RESERVED or zero_room(frame, flen, tend, icv))
         ok_app = icv_space != ICV_SPACE_RESERVED and trailer_fits(
             frame, flen, ip_end, text_off, padl, nh, icv_space == ICV_SPACE_AUTO)
+        if icv == 0:  # no ICV (encryption only, in a bundle): one reading only
+            ok_res = trailer_fits(frame, flen, ip_end, text_off, padl, nh,
+                                  icv_space == ICV_SPACE_AUTO)
+            ok_app = False
         if ok_res == ok_app:  # neither reading, or an ambiguous frame
             fail(p, STATUS_INVALID_PACKET, REASON_BAD_TRAILER)
             return 0
@@ -265,9 +382,9 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
             40 if p.ipv6 else 0) > 0xFFFF:  # a full segment would overflow the IP length field
         fail(p, STATUS_FAILURE, REASON_LSO_BAD_PARAMS)
         return 0
-    # Segment i carries SN0 + i (docs/spec-gaps.md G6): all of them must exist
-    if sn64 == 0 or (not xf.esn and sn64 + <uint64_t>(n - 1) > UINT32_MAX) or (
-            xf.esn and sn64 > UINT64_MAX - <uint64_t>(n - 1)):
+    # Segment i carries SN0 + i (docs/spec-gaps.md G6): all of them must exist, in the AH of
+    # a bundle too
+    if not sn_room(sn64, n, xf.esn) or (ah_xf != NULL and not sn_room(ah_sn, n, ah_xf.esn)):
         fail(p, STATUS_FAILURE, REASON_SEQ_EXHAUSTED)
         return 0
     p.slot = <int32_t>slot

@@ -89,14 +89,67 @@ cdef int write_esp_fields(uint8_t* o, const NbPlan* p, const Transform* xf, uint
     return 0
 
 
+cdef int emit_ah_op(uint8_t* out, int64_t osize, int64_t pos, int64_t seg_len,
+                    const NbPlan* p, const Transform* ah, int64_t i, int64_t scratch,
+                    int64_t fi, uint8_t pass_no, CryptoOp* op) except -1 nogil:
+    """The AH fields of output segment ``i`` and its AH sign op (RFC 4302 §3.3): its SN
+    (SN0 + i, G6, the high word carried for the ICV only), ICV field and explicit pad
+    zeroed, the GMAC IV written (SN, G5), the header region copied to the scratch at
+    ``scratch`` with its mutable fields zeroed (ah_mutable.pxi)."""
+    cdef uint8_t* o = out + pos
+    cdef int64_t ah_end = <int64_t>p.ah_off + p.ah_len, hdr = ah_end - p.ip_off
+    cdef int64_t icv_at = <int64_t>p.ah_off + 12 + ah.iv_len
+    cdef uint64_t sn
+    check(pos + p.ah_off, p.ah_len, osize)
+    check(pos + p.ip_off, hdr, osize)
+    check(scratch, hdr, osize)
+    memset(o + icv_at, 0, ah_end - icv_at)
+    sn = ld32(o + p.ah_off + 8)
+    if ah.esn:
+        sn |= <uint64_t>ah.seq_hi << 32
+    sn += <uint64_t>i
+    st32(o + p.ah_off + 8, <uint32_t>sn)
+    if (p.ah_fresh_iv or p.lso) and ah.iv_len == 8:  # LSO segments always get NIC IVs
+        st64(o + p.ah_off + 12, sn)
+    memcpy(out + scratch, o + p.ip_off, hdr)
+    if p.ipv6:
+        ah_zero_ipv6(out + scratch, <int64_t>p.ah_off - p.ip_off)
+    else:
+        ah_zero_ipv4(out + scratch, p.ip_hdr_len)
+    zero16n(op, sizeof(CryptoOp) // 16)
+    op.auth_off = scratch
+    op.text_off = pos + ah_end
+    op.text_len = seg_len - ah_end
+    op.icv_off = pos + icv_at
+    op.ip_off = pos + p.ip_off
+    op.key_row = ah.key_row
+    op.frame = <int32_t>fi
+    op.seq_hi = <uint32_t>(sn >> 32)
+    op.kind = OP_AH_SIGN
+    op.pass_no = pass_no
+    op.suite = ah.suite
+    op.integ = ah.integ
+    op.iv_len = ah.iv_len
+    op.icv_len = ah.icv_len
+    op.esn = ah.esn
+    op.fixup = FIXUP_NONE
+    if ah.suite == SUITE_AH_GMAC:
+        memcpy(op.nonce, ah.salt, 4)
+        memcpy(op.nonce + 4, o + p.ah_off + 12, 8)
+    return 0
+
+
 cdef int emit_nb(const uint8_t* frame, int64_t flen, int32_t nb, const NbPlan* p,
-                 const Transform* xf, const uint8_t* rand, int64_t rand_size, uint8_t* out,
-                 int64_t osize, WireFrame* frames, CryptoOp* ops) except -1 nogil:
+                 const SaRecord* sa, const uint8_t* rand, int64_t rand_size, uint8_t* out,
+                 int64_t osize, int64_t scratch0, WireFrame* frames,
+                 CryptoOp* ops) except -1 nogil:
     cdef int64_t i, chunk, pad, seg_len, thl, body_done, k, icv, pos = p.out_pos
-    cdef int64_t fi = p.frame0, oi = p.op0, base
+    cdef int64_t fi = p.frame0, oi = p.op0, base, scratch
     cdef uint8_t* o
     cdef uint64_t sn
     cdef CryptoOp* op
+    cdef const Transform* xf = NULL
+    cdef const Transform* ah = NULL
     if p.slot < 0 and not p.lso:  # passthrough: the frame leaves unchanged
         check(pos, flen, osize)
         memcpy(out + pos, frame, flen)
@@ -105,7 +158,15 @@ cdef int emit_nb(const uint8_t* frame, int64_t flen, int32_t nb, const NbPlan* p
         frames[fi].nbl = p.nbl
         frames[fi].nb = nb
         return 0
-    # xf is NULL for plain LSO without IPsec: segments carry no ESP trailer, ICV or op
+    # sa is NULL for plain LSO without IPsec: segments carry no ESP trailer, ICV or op.
+    # The layers: ESP alone, AH alone (xf stays NULL) or ESP then AH (docs/send-path.md)
+    if sa != NULL:
+        if sa.xf[0].proto == PROTO_AH:
+            ah = &sa.xf[0]
+        else:
+            xf = &sa.xf[0]
+            if sa.n_xf == 2:
+                ah = &sa.xf[1]
     icv = xf.icv_len if xf != NULL else 0
     thl = <int64_t>p.hdr_len - p.tcp_off
     for i in range(p.nsegs):
@@ -139,40 +200,50 @@ cdef int emit_nb(const uint8_t* frame, int64_t flen, int32_t nb, const NbPlan* p
         frames[fi].nbl = p.nbl
         frames[fi].nb = nb
         fi += 1
-        if xf == NULL:
-            pos += seg_len
-            continue
-        zero_icv(o + seg_len - icv, icv)
-        sn = p.sn64 + <uint64_t>i
-        write_esp_fields(o, p, xf, sn, rand, rand_size, p.rand_off + i * xf.iv_len, osize - pos)
-        op = ops + oi
-        zero16n(op, sizeof(CryptoOp) // 16)
-        base = pos + p.esp_off
-        op.auth_off = base
-        op.text_off = base + 8 + xf.iv_len
-        op.text_len = seg_len - icv - (p.esp_off + 8 + xf.iv_len)
-        op.icv_off = pos + seg_len - icv
-        op.ip_off = pos + p.ip_off
-        op.key_row = xf.key_row
-        op.frame = <int32_t>(fi - 1)
-        op.seq_hi = <uint32_t>(sn >> 32)
-        op.kind = OP_ESP_SEAL
-        op.suite = xf.suite
-        op.integ = xf.integ
-        op.iv_len = xf.iv_len
-        op.icv_len = xf.icv_len
-        op.esn = xf.esn
-        op.fixup = FIXUP_UDP6_CHECKSUM if (xf.udp_encap and p.ipv6) else FIXUP_NONE
-        if xf.suite == SUITE_AES_GCM or xf.suite == SUITE_AES_GMAC:
-            memcpy(op.nonce, xf.salt, 4)
-            memcpy(op.nonce + 4, o + p.esp_off + 8, 8)
+        if xf != NULL:
+            zero_icv(o + seg_len - icv, icv)
+            sn = p.sn64 + <uint64_t>i
+            write_esp_fields(o, p, xf, sn, rand, rand_size, p.rand_off + i * xf.iv_len,
+                             osize - pos)
+            op = ops + oi
+            zero16n(op, sizeof(CryptoOp) // 16)
+            base = pos + p.esp_off
+            op.auth_off = base
+            op.text_off = base + 8 + xf.iv_len
+            op.text_len = seg_len - icv - (p.esp_off + 8 + xf.iv_len)
+            op.icv_off = pos + seg_len - icv
+            op.ip_off = pos + p.ip_off
+            op.key_row = xf.key_row
+            op.frame = <int32_t>(fi - 1)
+            op.seq_hi = <uint32_t>(sn >> 32)
+            op.kind = OP_ESP_SEAL
+            op.suite = xf.suite
+            op.integ = xf.integ
+            op.iv_len = xf.iv_len
+            op.icv_len = xf.icv_len
+            op.esn = xf.esn
+            op.fixup = FIXUP_UDP6_CHECKSUM if (xf.udp_encap and p.ipv6) else FIXUP_NONE
+            if xf.suite == SUITE_AES_GCM or xf.suite == SUITE_AES_GMAC:
+                memcpy(op.nonce, xf.salt, 4)
+                memcpy(op.nonce + 4, o + p.esp_off + 8, 8)
+            oi += 1
+        if ah != NULL:  # AH over the result, in the pass after ESP (RFC 4301 §5.1.1)
+            scratch = scratch0 + p.scratch_pos + i * (<int64_t>p.ah_off + p.ah_len - p.ip_off)
+            emit_ah_op(out, osize, pos, seg_len, p, ah, i, scratch, fi - 1,
+                       1 if xf != NULL else 0, ops + oi)
+            oi += 1
         pos += seg_len
-        oi += 1
     return 0
 
 
 cdef bint plain_lso_is_consistent(const NbPlan* p, int64_t flen) noexcept nogil:
     """A plain-LSO plan (no SA) stays inside its frame and its out_len (see plan_without_ipsec)."""
+    return p.ah_off == 0 and plain_lso_layout_is_consistent(p, flen)
+
+
+cdef bint plain_lso_layout_is_consistent(const NbPlan* p, int64_t flen) noexcept nogil:
+    """TCP segments without ESP (plain LSO, or LSO with AH alone): every segment is the
+    template of hdr_len bytes and a chunk of the body."""
     cdef int64_t thl = <int64_t>p.hdr_len - p.tcp_off, n
     if (p.esp_off != 0 or p.ip_off < 0 or p.ip_hdr_len < 20 or (p.ipv6 and p.ip_hdr_len != 40)
             or p.tcp_off < <int64_t>p.ip_off + p.ip_hdr_len or thl < 20 or thl > 60
@@ -185,18 +256,50 @@ cdef bint plain_lso_is_consistent(const NbPlan* p, int64_t flen) noexcept nogil:
             - (40 if p.ipv6 else 0) <= 0xFFFF)
 
 
+cdef bint ah_plan_is_consistent(const NbPlan* p, const Transform* ah,
+                                int64_t datagram_end) noexcept nogil:
+    """The AH header of the plan lies after the IP header and inside the datagram, with the
+    length its transform gives (tx_classify's ah_header_len)."""
+    return (ah.align != 0 and p.ah_len == ah_header_len(ah) and p.ah_len >= 24
+            and p.ah_off >= <int64_t>p.ip_off + p.ip_hdr_len
+            and <int64_t>p.ah_off + p.ah_len <= datagram_end)
+
+
 cdef bint plan_is_consistent(const NbPlan* p, const SaRecord* sa, int64_t flen) noexcept nogil:
     """Everything emit will touch for this plan lies inside the frame and its out_len, and
     every field it writes can hold its value. All sums in 64 bits: no field may wrap."""
     cdef const Transform* rec = &sa.xf[0]
+    cdef const Transform* ah = NULL
     cdef int64_t ip_end = <int64_t>p.ip_off + p.ip_hdr_len
-    cdef int64_t text_off = <int64_t>p.esp_off + 8 + rec.iv_len, thl, full, rem, n, size, big
-    if (p.ip_off < 0 or p.ip_hdr_len < 20 or p.esp_off < ip_end
+    cdef int64_t text_off, thl, full, rem, n, size, big
+    if sa.n_xf < 1 or sa.n_xf > 2 or (p.ipv6 and p.ip_hdr_len != 40) or p.ip_off < 0 \
+            or p.ip_hdr_len < 20 or p.ipv6 != sa.ipv6:
+        return False
+    if rec.proto == PROTO_AH:  # AH alone: the datagram as built, or cut into TCP segments
+        if sa.n_xf != 1 or p.ah_off == 0 or p.esp_off != 0:
+            return False
+        if p.lso:
+            return (plain_lso_layout_is_consistent(p, flen) and ah_plan_is_consistent(p, rec, p.tcp_off)
+                    and p.tcp_off == <int64_t>p.ah_off + p.ah_len
+                    and p.sn64 <= UINT64_MAX - <uint64_t>(p.nsegs - 1))
+        return (p.nsegs == 1 and p.hdr_len == p.out_len and p.body_off == p.hdr_len
+                and p.body_len == 0 and p.out_len <= flen
+                and ah_plan_is_consistent(p, rec, p.out_len)
+                and p.out_len - p.ip_off - (40 if p.ipv6 else 0) <= 0xFFFF)
+    if sa.n_xf == 2:
+        ah = &sa.xf[1]
+        if (ah.proto != PROTO_AH or p.ah_off == 0 or not ah_plan_is_consistent(p, ah, p.esp_off)
+                or (not p.lso and p.nsegs != 1)):
+            return False
+    elif p.ah_off != 0:
+        return False
+    text_off = <int64_t>p.esp_off + 8 + rec.iv_len
+    if (p.esp_off < ip_end
             or (rec.udp_encap and p.esp_off < ip_end + 8)
-            or (p.ipv6 and p.ip_hdr_len != 40) or p.sn64 > UINT64_MAX - <uint64_t>(p.nsegs - 1)
+            or p.sn64 > UINT64_MAX - <uint64_t>(p.nsegs - 1)
             or p.body_off < 0 or p.body_len < 0 or p.body_off > flen
             or p.body_len > flen - p.body_off
-            or rec.align == 0 or p.ipv6 != sa.ipv6):
+            or rec.align == 0):
         return False
     if not p.lso:
         if not (p.nsegs == 1 and p.hdr_len == text_off and p.body_off == text_off
@@ -221,11 +324,12 @@ cdef bint plan_is_consistent(const NbPlan* p, const SaRecord* sa, int64_t flen) 
     return big - p.ip_off - (40 if p.ipv6 else 0) <= 0xFFFF  # the IP length field holds it
 
 
-cdef int tx_emit_check(BatchView b, const SaRecord* recs, int64_t nrec,
-                       const NbPlan* plan0, int64_t rand_size, int64_t out_size,
-                       int64_t n_frames, int64_t n_ops) except -1:
-    """Validate the plans against the buffers before any write: the layout must fit exactly."""
-    cdef int64_t i, need = 0, nframes = 0, nops = 0, nrand = 0, flen
+cdef int64_t tx_emit_check(BatchView b, const SaRecord* recs, int64_t nrec,
+                           const NbPlan* plan0, int64_t rand_size, int64_t out_size,
+                           int64_t n_frames, int64_t n_ops) except -1:
+    """Validate the plans against the buffers before any write: the layout must fit exactly.
+    Returns where the AH scratch starts in ``out`` (after the frames)."""
+    cdef int64_t i, need = 0, nframes = 0, nops = 0, nrand = 0, flen, nscratch = 0
     cdef const NbPlan* p
     for i in range(b.n_nb):
         p = plan0 + i
@@ -246,22 +350,26 @@ cdef int tx_emit_check(BatchView b, const SaRecord* recs, int64_t nrec,
         elif p.nsegs and not (plain_lso_is_consistent(p, flen) if p.lso
                               else p.nsegs == 1 and p.out_len == flen):
             raise ValueError(f"plan {i} is inconsistent with its frame")
-        if p.out_pos != need or p.frame0 != nframes or p.op0 != nops:
-            raise ValueError("out_pos / frame0 / op0 disagree with the plans")
+        if p.out_pos != need or p.frame0 != nframes or p.op0 != nops \
+                or p.scratch_pos != nscratch:
+            raise ValueError("out_pos / frame0 / op0 / scratch_pos disagree with the plans")
         if p.out_len > out_size - need:  # per plan, so that the running total cannot wrap
             raise ValueError("output arena or tables too small for the plans")
         need += p.out_len
         nframes += p.nsegs
+        nscratch += p.nsegs * ah_scratch_len(p)
+        if nscratch > out_size:
+            raise ValueError("output arena too small for the AH scratch")
         if p.slot >= 0:
-            nops += p.nsegs
-    if nframes != n_frames or nops != n_ops:
+            nops += p.nsegs * ops_per_segment(p, recs)
+    if nframes != n_frames or nops != n_ops or nscratch > out_size - need:
         raise ValueError("output arena or tables too small for the plans")
-    return 0
+    return need
 
 
 cdef int tx_emit_run(BatchView b, const SaRecord* recs, const NbPlan* plan0,
                      const uint8_t* rand, int64_t rand_size, uint8_t* out, int64_t out_size,
-                     WireFrame* frames, CryptoOp* ops) except -1 nogil:
+                     int64_t scratch0, WireFrame* frames, CryptoOp* ops) except -1 nogil:
     cdef int64_t i
     cdef const NbPlan* p
     for i in range(b.n_nb):
@@ -269,8 +377,8 @@ cdef int tx_emit_run(BatchView b, const SaRecord* recs, const NbPlan* plan0,
         if p.nsegs == 0:
             continue
         emit_nb(b.c_arena + b.c_nb_off[i], b.c_nb_len[i], <int32_t>i, p,
-                &recs[p.slot].xf[0] if p.slot >= 0 else NULL, rand, rand_size, out, out_size,
-                frames, ops)
+                recs + p.slot if p.slot >= 0 else NULL, rand, rand_size, out, out_size,
+                scratch0, frames, ops)
     return 0
 
 
@@ -278,7 +386,8 @@ def tx_emit(batch, const uint8_t[::1] records not None, const uint8_t[::1] plans
             const uint8_t[::1] rand not None, uint8_t[::1] out not None,
             uint8_t[::1] frames not None, uint8_t[::1] ops not None):
     """Write every planned segment into ``out``, one WireFrame per output frame into
-    ``frames`` and one CryptoOp per protected segment into ``ops`` (both as struct bytes)."""
+    ``frames`` and one CryptoOp per protected segment and layer into ``ops`` (both as struct
+    bytes). The AH ICV-input copies go after the frames in ``out`` (docs/send-path.md)."""
     cdef BatchView b = BatchView(batch)
     cdef int64_t nrec = records.shape[0] // sizeof(SaRecord)
     cdef int64_t n_frames = frames.shape[0] // sizeof(WireFrame)
@@ -289,11 +398,12 @@ def tx_emit(batch, const uint8_t[::1] records not None, const uint8_t[::1] plans
         raise ValueError("frames / ops buffer size does not match the struct layout")
     cdef const NbPlan* plan0 = <const NbPlan*>&plans[0] if b.n_nb else NULL
     cdef const SaRecord* recs = <const SaRecord*>&records[0] if nrec else NULL
-    tx_emit_check(b, recs, nrec, plan0, rand.shape[0], out.shape[0], n_frames, n_ops)
+    cdef int64_t scratch0 = tx_emit_check(b, recs, nrec, plan0, rand.shape[0], out.shape[0],
+                                          n_frames, n_ops)
     cdef uint8_t* obase = &out[0] if out.shape[0] else NULL
     cdef const uint8_t* rbase = &rand[0] if rand.shape[0] else NULL
     cdef WireFrame* fbase = <WireFrame*>&frames[0] if n_frames else NULL
     cdef CryptoOp* obase_ops = <CryptoOp*>&ops[0] if n_ops else NULL
     with nogil:
-        tx_emit_run(b, recs, plan0, rbase, rand.shape[0], obase, out.shape[0], fbase,
+        tx_emit_run(b, recs, plan0, rbase, rand.shape[0], obase, out.shape[0], scratch0, fbase,
                     obase_ops)

@@ -33,7 +33,21 @@ cdef inline bint random_iv(const NbPlan* p, const SaRecord* recs) noexcept nogil
     if p.slot < 0 or not p.fresh_iv:
         return False
     suite = recs[p.slot].xf[0].suite
-    return suite != SUITE_AES_GCM and suite != SUITE_AES_GMAC
+    return suite != SUITE_AES_GCM and suite != SUITE_AES_GMAC and suite != SUITE_AH_GMAC
+
+
+cdef inline int64_t ops_per_segment(const NbPlan* p, const SaRecord* recs) noexcept nogil:
+    """Crypto ops of one protected segment: one per layer (ESP seal, AH sign)."""
+    if p.slot < 0:
+        return 0
+    return recs[p.slot].n_xf
+
+
+cdef inline int64_t ah_scratch_len(const NbPlan* p) noexcept nogil:
+    """Scratch bytes of one AH segment: its IP header region through the AH header."""
+    if p.slot < 0 or p.ah_off == 0:
+        return 0
+    return <int64_t>p.ah_off + p.ah_len - p.ip_off
 
 
 ctypedef struct TxTotals:
@@ -41,16 +55,20 @@ ctypedef struct TxTotals:
     int64_t frames
     int64_t ops
     int64_t rand_bytes
+    int64_t scratch_bytes     # AH ICV-input copies, after the frames in the output arena
 
 
-cdef int tx_plan_check(BatchView b, const NbPlan* plan0, int64_t n_nb, int64_t nrec) except -1:
+cdef int tx_plan_check(BatchView b, const SaRecord* recs, const NbPlan* plan0, int64_t n_nb,
+                       int64_t nrec) except -1:
     cdef int64_t i, total = 0
     cdef const NbPlan* p
     for i in range(n_nb):
         p = plan0 + i
-        if p.nbl < 0 or p.nbl >= b.n_nbl or p.nsegs < 0 or p.out_len < 0 \
-                or (p.nsegs == 0 and p.out_len != 0) or p.reason >= REASON_COUNT \
-                or (p.slot >= 0 and p.slot >= nrec) or p.out_len > MAX_OUTPUT - total:
+        if (p.nbl < 0 or p.nbl >= b.n_nbl or p.nsegs < 0 or p.out_len < 0
+                or (p.nsegs == 0 and p.out_len != 0) or p.reason >= REASON_COUNT
+                or (p.slot >= 0 and (p.slot >= nrec or recs[p.slot].n_xf > 2))
+                or p.ah_off < 0 or p.ah_len < 0 or p.ah_len > 1020
+                or p.out_len > MAX_OUTPUT - total):
             raise ValueError(f"plan {i} is corrupt")
         total += p.out_len
     return 0
@@ -86,10 +104,12 @@ cdef TxTotals tx_plan_run(BatchView b, const SaRecord* recs, NbPlan* plan0, int6
         p.frame0 = t.frames
         p.op0 = t.ops
         p.rand_off = t.rand_bytes
+        p.scratch_pos = t.scratch_bytes
         t.out_bytes += p.out_len
         t.frames += p.nsegs
+        t.scratch_bytes += p.nsegs * ah_scratch_len(p)
         if p.slot >= 0:
-            t.ops += p.nsegs
+            t.ops += p.nsegs * ops_per_segment(p, recs)
             if random_iv(p, recs):
                 t.rand_bytes += p.nsegs * <int64_t>recs[p.slot].xf[0].iv_len
         if p.lso and p.status == 0 and oob[p.nbl].lso_info != 0 \
@@ -117,7 +137,8 @@ cdef TxTotals tx_plan_run(BatchView b, const SaRecord* recs, NbPlan* plan0, int6
 
 def tx_plan(batch, const uint8_t[::1] records not None, uint8_t[::1] plans not None, uint32_t[::1] nbl_status not None,
             uint64_t[::1] lso_done not None, int64_t[::1] counters not None):
-    """Returns (output bytes, frames, crypto ops, random IV bytes) and fills ``nbl_status``,
+    """Returns (output arena bytes: the frames, then the AH scratch; frames, crypto ops,
+    random IV bytes) and fills ``nbl_status``,
     ``lso_done`` (slot TcpLargeSendNetBufferListInfo after completion) and ``counters``
     (REASON_COUNT reason counts, then STATUS_COUNTERS NBL status counts)."""
     cdef BatchView b = BatchView(batch)
@@ -131,9 +152,9 @@ def tx_plan(batch, const uint8_t[::1] records not None, uint8_t[::1] plans not N
         raise ValueError(f"counters needs {N_COUNTERS} entries")
     cdef NbPlan* plan0 = <NbPlan*>&plans[0] if n_nb else NULL
     cdef const SaRecord* recs = <const SaRecord*>&records[0] if nrec else NULL
-    tx_plan_check(b, plan0, n_nb, nrec)
+    tx_plan_check(b, recs, plan0, n_nb, nrec)
     cdef TxTotals t
     with nogil:
         t = tx_plan_run(b, recs, plan0, n_nb, &nbl_status[0] if b.n_nbl else NULL,
                         &lso_done[0] if b.n_nbl else NULL, &counters[0])
-    return t.out_bytes, t.frames, t.ops, t.rand_bytes
+    return t.out_bytes + t.scratch_bytes, t.frames, t.ops, t.rand_bytes

@@ -25,7 +25,9 @@ def tx_run(batch, table, int config, int icv_space, int iv_source, backends, ran
     with nogil:
         tx_classify_run(b, recs, nrec, config, icv_space, iv_source, plan0)
         t = tx_plan_run(b, recs, plan0, b.n_nb, status, lso_done, counters)
-    out_arr = np.empty(t.out_bytes, np.uint8)
+    # the frames, then the AH scratch (docs/send-path.md); the wire sees the frames only
+    arena_arr = np.empty(t.out_bytes + t.scratch_bytes, np.uint8)
+    out_arr = arena_arr[:t.out_bytes] if t.scratch_bytes else arena_arr
     frames_arr = np.empty(t.frames * sizeof(WireFrame), np.uint8)
     ops_arr = np.empty(t.ops * sizeof(CryptoOp), np.uint8)
     cdef const uint8_t[::1] rand
@@ -37,15 +39,17 @@ def tx_run(batch, table, int config, int icv_space, int iv_source, backends, ran
         rand = rand_bytes
     else:
         rand = b""
-    cdef uint8_t* out = <uint8_t*>array_data(out_arr) if t.out_bytes else NULL
+    cdef int64_t arena_size = t.out_bytes + t.scratch_bytes
+    cdef uint8_t* out = <uint8_t*>array_data(arena_arr) if arena_size else NULL
     cdef WireFrame* frames = <WireFrame*>array_data(frames_arr) if t.frames else NULL
     cdef CryptoOp* op0 = <CryptoOp*>array_data(ops_arr) if t.ops else NULL
-    tx_emit_check(b, recs, nrec, plan0, rand.shape[0], t.out_bytes, t.frames, t.ops)
+    cdef int64_t scratch0 = tx_emit_check(b, recs, nrec, plan0, rand.shape[0], arena_size,
+                                          t.frames, t.ops)
     with nogil:
         tx_emit_run(b, recs, plan0, &rand[0] if rand.shape[0] else NULL, rand.shape[0],
-                    out, t.out_bytes, frames, op0)
+                    out, arena_size, scratch0, frames, op0)
     if t.ops:
-        run_op_groups(out_arr, ops_arr, table.keys, backends, "seal")
+        run_op_groups(arena_arr, ops_arr, table.keys, backends, "seal")
         tx_fixup_check(op0, t.ops, t.out_bytes)
         with nogil:
             tx_fixup_run(out, op0, t.ops)

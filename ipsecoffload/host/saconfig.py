@@ -1,5 +1,6 @@
-"""SaConfig: one outbound ESP SA as a user describes it (the SA-file names, README), validated, and
-its translation into the IPSEC_OFFLOAD_V2_ADD_SA entry the miniport takes (docs/protocol.md)."""
+"""SaConfig: one outbound SA (ESP, AH, or an AH+ESP bundle) as a user describes it (the SA-file
+names, README), validated, and its translation into the IPSEC_OFFLOAD_V2_ADD_SA entry the
+miniport takes (docs/protocol.md)."""
 from __future__ import annotations
 
 import ipaddress
@@ -26,6 +27,7 @@ INTEGRITIES = {
     "aes-gmac-256": (Auth.AES_GCM_256, 32 + 4, 16),
 }
 GCM_ICV_LENGTHS = (8, 12, 16)
+PROTOCOLS = ("esp", "ah", "ah+esp")
 
 
 def _choices(names) -> str:
@@ -34,9 +36,15 @@ def _choices(names) -> str:
 
 @dataclass(frozen=True)
 class SaConfig:
-    """An outbound ESP SA. Keys are bytes and never appear in repr or error messages."""
+    """An outbound SA. Keys are bytes and never appear in repr or error messages.
+
+    ``protocol`` "esp" (default): ``encryption``, ``key``, ``integrity``, ``auth_key``.
+    "ah": ``integrity`` and ``auth_key`` only (no ``encryption``/``key``). "ah+esp": the ESP
+    fields (``integrity`` may be None with AES-CBC: the AH authenticates) plus the AH layer's
+    ``ah_spi``, ``ah_integrity`` and ``ah_auth_key``; both layers share ``esn`` and ``seq``.
+    """
     spi: int
-    encryption: str
+    encryption: Optional[str] = None
     key: bytes = field(default=b"", repr=False)
     integrity: Optional[str] = None
     auth_key: bytes = field(default=b"", repr=False)
@@ -50,6 +58,10 @@ class SaConfig:
     src: Optional[str] = None  # SA endpoints for ADD_SA; None = wildcard (docs/protocol.md)
     dst: Optional[str] = None
     name: str = ""
+    protocol: str = "esp"  # "esp", "ah" or "ah+esp" (README)
+    ah_spi: Optional[int] = None  # "ah+esp": the AH layer
+    ah_integrity: Optional[str] = None
+    ah_auth_key: bytes = field(default=b"", repr=False)
 
     def __post_init__(self):
         where = f"SA {self.name!r}: " if self.name else "SA: "
@@ -57,45 +69,34 @@ class SaConfig:
         def bad(field_name: str, message: str) -> ValueError:
             return ValueError(f"{where}{field_name} {message}")
 
+        if self.protocol not in PROTOCOLS:
+            raise bad("protocol", f"must be one of {_choices(PROTOCOLS)}, got {self.protocol!r}")
         if not isinstance(self.spi, int) or not 1 <= self.spi <= 0xFFFFFFFF:
             raise bad("spi", f"must be an integer from 1 to 0xFFFFFFFF, got {self.spi!r}")
-        if self.encryption not in ENCRYPTIONS:
-            raise bad("encryption", f"must be one of {_choices(ENCRYPTIONS)}, "
-                                    f"got {self.encryption!r}")
-        for name in ("key", "auth_key"):
+        for name in ("key", "auth_key", "ah_auth_key"):
             if not isinstance(getattr(self, name), (bytes, bytearray)):
                 raise bad(name, "must be bytes")
-        gcm = self.encryption.startswith("aes-gcm")
-        if gcm:
-            if self.integrity is not None:
-                raise bad("integrity", "must be null with AES-GCM (it carries its own ICV)")
-            if self.icv_len not in (None, *GCM_ICV_LENGTHS):
-                raise bad("icv_len", f"must be one of 8, 12, 16 for AES-GCM, got {self.icv_len!r}")
-        else:
-            if self.integrity not in INTEGRITIES:
-                raise bad("integrity", f"must be one of {_choices(INTEGRITIES)} with "
-                                       f"{self.encryption!r} (every ESP SA needs integrity), "
-                                       f"got {self.integrity!r}")
-            if self._integrity.startswith("aes-gmac") and self.encryption != "null":
-                raise bad("integrity", "AES-GMAC goes only with encryption 'null'")
+        if self.protocol == "ah":
+            if self.encryption is not None or self.key:
+                raise bad("encryption", "must be absent (null) with protocol 'ah', and so "
+                                        "must key")
+            _check_ah_layer(self.integrity, self.auth_key, bad, "integrity", "auth_key")
             implied = INTEGRITIES[self._integrity][2]
             if self.icv_len not in (None, implied):
                 raise bad("icv_len", f"is fixed at {implied} by {self.integrity!r}, "
                                      f"got {self.icv_len!r}")
-        want = ENCRYPTIONS[self.encryption][1]
-        if len(self.key) != want:
-            what = "AES key || 4-byte salt" if gcm else ("empty" if not want else "the AES key")
-            raise bad("key", f"must be {want} bytes ({what}) for {self.encryption!r}, "
-                             f"got {len(self.key)} bytes")
-        if not gcm:
-            want = INTEGRITIES[self._integrity][1]
-            if len(self.auth_key) != want:
-                what = ("AES key || 4-byte salt" if self._integrity.startswith("aes-gmac")
-                        else "the HMAC key")
-                raise bad("auth_key", f"must be {want} bytes ({what}) for {self.integrity!r}, "
-                                      f"got {len(self.auth_key)} bytes")
-        elif self.auth_key:
-            raise bad("auth_key", "must be empty with AES-GCM")
+        else:
+            self._check_esp(bad)
+        if self.protocol == "ah+esp":
+            if not isinstance(self.ah_spi, int) or not 1 <= self.ah_spi <= 0xFFFFFFFF:
+                raise bad("ah.spi", f"must be an integer from 1 to 0xFFFFFFFF, "
+                                    f"got {self.ah_spi!r}")
+            _check_ah_layer(self.ah_integrity, self.ah_auth_key, bad, "ah.integrity",
+                            "ah.auth_key")
+        elif self.ah_spi is not None or self.ah_integrity is not None or self.ah_auth_key:
+            raise bad("ah", "is only for protocol 'ah+esp'")
+        if self.protocol != "esp" and self.udp_encap is not None:
+            raise bad("udp_encap", "is for ESP alone: AH is never UDP-encapsulated (RFC 3948)")
         if self.mode not in ("transport", "tunnel"):
             raise bad("mode", f"must be 'transport' or 'tunnel', got {self.mode!r}")
         if self.mode == "tunnel":
@@ -121,7 +122,58 @@ class SaConfig:
             raise bad("seq", f"must be from 1 to {limit} ({'with' if self.esn else 'without'} "
                              f"ESN), got {self.seq!r}")
 
+
+    def _check_esp(self, bad) -> None:
+        """The ESP layer's fields (protocol 'esp', or the ESP of 'ah+esp')."""
+        if self.encryption not in ENCRYPTIONS:
+            raise bad("encryption", f"must be one of {_choices(ENCRYPTIONS)}, "
+                                    f"got {self.encryption!r}")
+        gcm = self.encryption.startswith("aes-gcm")
+        if gcm:
+            if self.integrity is not None:
+                raise bad("integrity", "must be null with AES-GCM (it carries its own ICV)")
+            if self.icv_len not in (None, *GCM_ICV_LENGTHS):
+                raise bad("icv_len", f"must be one of 8, 12, 16 for AES-GCM, got {self.icv_len!r}")
+        elif self.integrity is None and self.protocol == "ah+esp" \
+                and self.encryption.startswith("aes-cbc"):
+            if self.icv_len is not None:
+                raise bad("icv_len", "must be null without integrity")
+        else:
+            if self.integrity not in INTEGRITIES:
+                raise bad("integrity", f"must be one of {_choices(INTEGRITIES)} with "
+                                       f"{self.encryption!r} (every ESP SA needs integrity), "
+                                       f"got {self.integrity!r}")
+            if self.integrity.startswith("aes-gmac") and self.encryption != "null":
+                raise bad("integrity", "AES-GMAC goes only with encryption 'null'")
+            implied = INTEGRITIES[self.integrity][2]
+            if self.icv_len not in (None, implied):
+                raise bad("icv_len", f"is fixed at {implied} by {self.integrity!r}, "
+                                     f"got {self.icv_len!r}")
+        want = ENCRYPTIONS[self.encryption][1]
+        if len(self.key) != want:
+            what = "AES key || 4-byte salt" if gcm else ("empty" if not want else "the AES key")
+            raise bad("key", f"must be {want} bytes ({what}) for {self.encryption!r}, "
+                             f"got {len(self.key)} bytes")
+        if not gcm and self.integrity is None:
+            if self.auth_key:
+                raise bad("auth_key", "must be empty without integrity")
+        elif not gcm:
+            want = INTEGRITIES[self._integrity][1]
+            if len(self.auth_key) != want:
+                what = ("AES key || 4-byte salt" if self._integrity.startswith("aes-gmac")
+                        else "the HMAC key")
+                raise bad("auth_key", f"must be {want} bytes ({what}) for {self.integrity!r}, "
+                                      f"got {len(self.auth_key)} bytes")
+        elif self.auth_key:
+            raise bad("auth_key", "must be empty with AES-GCM")
+
     # -- derived ---------------------------------------------------------------------
+    @property
+    def _encryption(self) -> str:
+        """``encryption`` where it is set: every SA with an ESP layer has one (__post_init__)."""
+        assert self.encryption is not None
+        return self.encryption
+
     @property
     def _integrity(self) -> str:
         """``integrity`` where it is set: every SA but AES-GCM has one (__post_init__)."""
@@ -130,25 +182,57 @@ class SaConfig:
 
     @property
     def gcm(self) -> bool:
-        return self.encryption.startswith("aes-gcm")
+        return (self.encryption or "").startswith("aes-gcm")
 
     @property
     def iv_len(self) -> int:
+        """IV bytes of the first layer: ESP, or the AH-GMAC IV of protocol 'ah'."""
         if self.gcm or (self.integrity or "").startswith("aes-gmac"):
             return 8
-        return 16 if self.encryption.startswith("aes-cbc") else 0
+        return 16 if (self.encryption or "").startswith("aes-cbc") else 0
 
     @property
     def icv(self) -> int:
-        """ICV bytes on the wire."""
+        """ICV bytes on the wire of the first layer (ESP, or AH for protocol 'ah')."""
         if self.gcm:
             return self.icv_len or 16
-        return INTEGRITIES[self._integrity][2]
+        return INTEGRITIES[self.integrity][2] if self.integrity else 0
 
     @property
     def align(self) -> int:
         """ESP padding alignment: lcm(cipher block, 4) (docs/protocol.md)."""
-        return 16 if self.encryption.startswith("aes-cbc") else 4
+        return 16 if (self.encryption or "").startswith("aes-cbc") else 4
+
+    @property
+    def has_esp(self) -> bool:
+        return self.protocol != "ah"
+
+    @property
+    def has_ah(self) -> bool:
+        return self.protocol != "esp"
+
+    @property
+    def ah_layer(self) -> tuple[int, str, bytes]:
+        """(SPI, integrity, key) of the AH layer; ValueError for an SA without one."""
+        if self.protocol == "ah":
+            return self.spi, self._integrity, bytes(self.auth_key)
+        if self.protocol == "ah+esp" and self.ah_spi is not None and self.ah_integrity:
+            return self.ah_spi, self.ah_integrity, bytes(self.ah_auth_key)
+        raise ValueError(f"SA {self.name or hex(self.spi)} has no AH layer")
+
+    @property
+    def ah_icv(self) -> int:
+        return INTEGRITIES[self.ah_layer[1]][2]
+
+    @property
+    def ah_iv_len(self) -> int:
+        """AES-GMAC carries an 8-byte IV before its tag (RFC 4543 §3)."""
+        return 8 if self.ah_layer[1].startswith("aes-gmac") else 0
+
+    def ah_length(self, ipv6: bool) -> int:
+        """AH header bytes: 12 + IV + ICV padded to 4 (IPv4) or 8 (IPv6) (RFC 4302 §2.2)."""
+        align = 8 if ipv6 else 4
+        return -(-(12 + self.ah_iv_len + self.ah_icv) // align) * align
 
     @property
     def tunnel_ipv6(self) -> Optional[bool]:
@@ -157,23 +241,40 @@ class SaConfig:
         return ipaddress.ip_address(self.tunnel_src).version == 6
 
     def add_sa_entry(self, ipv6: bool, inbound: bool = False) -> ndis.IpsecOffloadV2AddSa:
-        """The ADD_SA entry for this SA; keys in the blob, encryption key first
-        (docs/protocol.md)."""
-        enc_bit = ENCRYPTIONS[self.encryption][0]
-        enc = ndis.IpsecOffloadV2AlgorithmInfo(identifier=int(enc_bit), key_length=len(self.key),
-                                               key_offset_bytes=0,
-                                               additional_info=self.icv if self.gcm else 0)
-        auth = ndis.IpsecOffloadV2AlgorithmInfo()
-        if not self.gcm:
-            gmac = self._integrity.startswith("aes-gmac")
-            auth = ndis.IpsecOffloadV2AlgorithmInfo(
-                identifier=int(INTEGRITIES[self._integrity][0]), key_length=len(self.auth_key),
-                key_offset_bytes=len(self.key), additional_info=16 if gmac else 0)
-        sa = ndis.IpsecOffloadV2SecurityAssociation(
-            flags=ndis.IPSEC_OFFLOAD_V2_ESN_SA if self.esn else 0,
-            operation=ndis.IpsecOperation.ESP, spi=self.spi,
-            authentication_algorithm=auth, encryption_algorithm=enc,
-            sequence_number_high_order=(self.seq >> 32) if self.esn else 0)
+        """The ADD_SA entry for this SA; keys in one blob, the ESP encryption key first, then
+        the ESP integrity key, then the AH key (docs/protocol.md). An AH+ESP bundle is
+        NumExtHdrs 2 with SecAssoc[0] = ESP and SecAssoc[1] = AH."""
+        flags_esn = ndis.IPSEC_OFFLOAD_V2_ESN_SA if self.esn else 0
+        seq_hi = (self.seq >> 32) if self.esn else 0
+        blob, sec_assoc = b"", []
+        if self.has_esp:
+            enc_bit = ENCRYPTIONS[self._encryption][0]
+            enc = ndis.IpsecOffloadV2AlgorithmInfo(
+                identifier=int(enc_bit), key_length=len(self.key), key_offset_bytes=0,
+                additional_info=self.icv if self.gcm else 0)
+            auth = ndis.IpsecOffloadV2AlgorithmInfo()
+            if not self.gcm and self.integrity:
+                gmac = self.integrity.startswith("aes-gmac")
+                auth = ndis.IpsecOffloadV2AlgorithmInfo(
+                    identifier=int(INTEGRITIES[self.integrity][0]),
+                    key_length=len(self.auth_key), key_offset_bytes=len(self.key),
+                    additional_info=16 if gmac else 0)
+            sec_assoc.append(ndis.IpsecOffloadV2SecurityAssociation(
+                flags=flags_esn, operation=ndis.IpsecOperation.ESP, spi=self.spi,
+                authentication_algorithm=auth, encryption_algorithm=enc,
+                sequence_number_high_order=seq_hi))
+            blob = bytes(self.key) + bytes(self.auth_key)
+        if self.has_ah:
+            spi, integrity, key = self.ah_layer
+            sec_assoc.append(ndis.IpsecOffloadV2SecurityAssociation(
+                flags=flags_esn, operation=ndis.IpsecOperation.AH, spi=spi,
+                authentication_algorithm=ndis.IpsecOffloadV2AlgorithmInfo(
+                    identifier=int(INTEGRITIES[integrity][0]), key_length=len(key),
+                    key_offset_bytes=len(blob),
+                    additional_info=16 if integrity.startswith("aes-gmac") else 0),
+                encryption_algorithm=ndis.IpsecOffloadV2AlgorithmInfo(),
+                sequence_number_high_order=seq_hi))
+            blob += key
         if self.mode == "tunnel":
             src, dst = self.tunnel_src, self.tunnel_dst
         else:
@@ -186,10 +287,21 @@ class SaConfig:
             udp = (ndis.UdpEspEncapsulation.TUNNEL if self.mode == "tunnel"
                    else ndis.UdpEspEncapsulation.TRANSPORT)
         return ndis.IpsecOffloadV2AddSa(
-            num_ext_hdrs=1, flags=flags,
+            num_ext_hdrs=len(sec_assoc), flags=flags,
             src_address=_packed(src, size), dest_address=_packed(dst, size),
-            udp_esp_encapsulation=int(udp), sec_assoc=[sa],
-            key_data=bytes(self.key) + bytes(self.auth_key))
+            udp_esp_encapsulation=int(udp), sec_assoc=sec_assoc, key_data=blob)
+
+
+def _check_ah_layer(integrity, key, bad, integrity_name: str, key_name: str) -> None:
+    """An AH layer: an HMAC or AES-GMAC (key || 4-byte salt) and its key (RFC 4302)."""
+    if integrity not in INTEGRITIES:
+        raise bad(integrity_name, f"must be one of {_choices(INTEGRITIES)} for AH, "
+                                  f"got {integrity!r}")
+    want = INTEGRITIES[integrity][1]
+    if len(key) != want:
+        what = "AES key || 4-byte salt" if integrity.startswith("aes-gmac") else "the HMAC key"
+        raise bad(key_name, f"must be {want} bytes ({what}) for {integrity!r}, "
+                            f"got {len(key)} bytes")
 
 
 def _address(text: str, bad, name: str):

@@ -26,11 +26,13 @@ from .receive import ReceiveMixin
 from ..datapath.tx import SendResult
 
 IPPROTO_IPIP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_IPV6 = 4, 6, 17, 41
-IPPROTO_ESP = 50
+IPPROTO_ESP, IPPROTO_AH = 50, 51
 IPV6_FRAGMENT = 44
-# IPv6 extension headers that come before ESP in transport mode: hop-by-hop, routing,
-# destination options (docs/send-path.md; RFC 4303 §3.1.1)
+# IPv6 extension headers that come before AH/ESP in transport mode: hop-by-hop, routing, and
+# destination options unless a routing header precedes them (RFC 4302 §3.1.1, RFC 4303
+# §3.1.1: destination options may go before or after; this is the placement Linux uses)
 IPV6_HEADERS_BEFORE_ESP = (0, 43, 60)
+IPV6_ROUTING, IPV6_DESTINATION_OPTIONS = 43, 60
 ETHERTYPES = {4: 0x0800, 6: 0x86DD}
 ETHERNET_HEADER_LEN = 14
 UDP_HEADER_LEN = 8
@@ -165,7 +167,11 @@ def _parse_ipv6(data: bytes) -> IpPacket:
                          f"after the header (jumbograms are not supported)")
     data = data[:end]
     next_header_at, offset = 6, 40
+    routed = False
     while data[next_header_at] in IPV6_HEADERS_BEFORE_ESP:
+        if data[next_header_at] == IPV6_DESTINATION_OPTIONS and routed:
+            break  # destination options for the final destination go after AH/ESP
+        routed = routed or data[next_header_at] == IPV6_ROUTING
         if offset + 2 > end:
             raise ValueError(f"IPv6 extension header at byte {offset} is truncated")
         length = (data[offset + 1] + 1) * 8
@@ -219,6 +225,23 @@ def _esp_packet(layout: EspLayout, sn: int, iv: bytes, payload: bytes,
     trailer = bytes(range(1, pad + 1)) + bytes((pad, next_header))
     return (struct.pack("!II", layout.spi, sn & 0xFFFFFFFF) + iv + payload + trailer
             + bytes(layout.icv)), pad
+
+
+def _ah_header(config: SaConfig, sn: int, iv: bytes, next_header: int, ipv6: bool) -> bytes:
+    """RFC 4302 §2: Next Header, Payload Length (32-bit words - 2), Reserved, SPI, SN, then
+    the ICV field: the AES-GMAC IV (RFC 4543 §3), the ICV and the explicit pad, zero."""
+    length = config.ah_length(ipv6)
+    fixed = struct.pack("!BBHII", next_header, length // 4 - 2, 0, config.ah_layer[0],
+                        sn & 0xFFFFFFFF) + bytes(iv)
+    return fixed + bytes(length - len(fixed))
+
+
+def _ah_offset4(offset: int) -> int:
+    """AhHeaderOffset: 4-byte units from the IP header, 8 bits (docs/protocol.md)."""
+    if offset % 4 or offset > MAX_ESP_OFFSET:
+        raise ValueError(f"AH would start {offset} bytes after the IP header; AhHeaderOffset "
+                         f"holds multiples of 4 up to {MAX_ESP_OFFSET}")
+    return offset // 4
 
 
 def _tcp_pseudo_header_seed(packet: IpPacket) -> int:
@@ -376,15 +399,22 @@ class HostStack(ReceiveMixin):
 
     def _sync_seq_hi(self, sa: StackSa, bundles: Iterable[bool], seq_hi: int) -> None:
         """UPDATE_SA for each ESN bundle whose record holds another high word (docs/protocol.md)."""
+        config = sa.config
+        layers = []  # UPDATE_SA names the SA of the bundle by Operation + SPI
+        if config.has_esp:
+            layers.append((ndis.IpsecOperation.ESP, config.spi))
+        if config.has_ah:
+            layers.append((ndis.IpsecOperation.AH, config.ah_layer[0]))
         for ipv6 in sorted(bundles):
             if sa._nic_seq_hi.get(ipv6) == seq_hi:
                 continue
-            status = self.miniport.update_sa(ndis.IpsecOffloadV2UpdateSa(
-                offload_handle=sa.handles[ipv6], operation=ndis.IpsecOperation.ESP,
-                spi=sa.config.spi, sequence_number_high_order=seq_hi))
-            if status != NdisStatus.SUCCESS:
-                raise SaOffloadRefused(f"UPDATE_SA for {_sa_label(sa.config)} refused: "
-                                   f"{_status_name(status)}")
+            for operation, spi in layers:
+                status = self.miniport.update_sa(ndis.IpsecOffloadV2UpdateSa(
+                    offload_handle=sa.handles[ipv6], operation=operation, spi=spi,
+                    sequence_number_high_order=seq_hi))
+                if status != NdisStatus.SUCCESS:
+                    raise SaOffloadRefused(f"UPDATE_SA for {_sa_label(config)} refused: "
+                                           f"{_status_name(status)}")
             sa._nic_seq_hi[ipv6] = seq_hi
 
     # -- sequence numbers (docs/protocol.md) -----------------------------------------------------
@@ -474,6 +504,46 @@ class HostStack(ReceiveMixin):
                     pad_length=pad, esp_off4=esp_offset // 4, lso_info=lso_info,
                     l2_len=self.l2_length)
 
+    # -- AH and AH+ESP framing (RFC 4302; docs/send-path.md). Separate from the ESP framer so
+    # that a faster ESP framer can fall back to these.
+    def _ah_split(self, sa: StackSa, packet: IpPacket, protocol: int) -> tuple[bytearray, bytes,
+                                                                              int]:
+        """(header with ``protocol`` set, payload, AH Next Header): the outer header and the
+        whole inner packet in tunnel mode, else the packet split where ESP would go."""
+        if sa.config.mode == "tunnel":
+            return (self._outer_header(packet, sa, protocol), packet.data,
+                    IPPROTO_IPIP if packet.version == 4 else IPPROTO_IPV6)
+        header = bytearray(packet.data[:packet.l4_offset])
+        header[packet.next_header_at] = protocol
+        return header, packet.data[packet.l4_offset:], packet.protocol
+
+    def _ah_nbl(self, sa: StackSa, packet: IpPacket, bundle: bool, sn: int,
+                iv: bytes) -> _Nbl:
+        """One AH frame: IP | AH (ICV field zero, the NIC fills it) | payload."""
+        header, payload, next_header = self._ah_split(sa, packet, IPPROTO_AH)
+        ah = _ah_header(sa.config, sn, iv, next_header, header[0] >> 4 == 6)
+        datagram = header + ah + payload
+        _set_ip_length(datagram, len(datagram))
+        oob = dict(offload_handle=sa.handles[bundle], ah_off4=_ah_offset4(len(header)),
+                   l2_len=self.l2_length)
+        return _Nbl(frame=self._link_header(datagram[0] >> 4) + bytes(datagram), oob=oob,
+                    bundle=bundle, first_sn=sn, last_sn=sn)
+
+    def _ah_esp_nbl(self, sa: StackSa, packet: IpPacket, bundle: bool, sn: int,
+                    iv: bytes) -> _Nbl:
+        """One AH+ESP frame: IP | AH | ESP | payload | ESP trailer | ESP ICV room
+        (docs/protocol.md); both layers carry the same sequence number."""
+        header, payload, next_header = self._ah_split(sa, packet, IPPROTO_AH)
+        esp, pad = _esp_packet(sa.layout, sn, iv, payload, next_header)
+        ah = _ah_header(sa.config, sn, bytes(sa.config.ah_iv_len), IPPROTO_ESP,
+                        header[0] >> 4 == 6)
+        datagram = header + ah + esp
+        _set_ip_length(datagram, len(datagram))
+        oob = self._ipsec_oob(sa, bundle, next_header, pad, len(header) + len(ah))
+        oob["ah_off4"] = _ah_offset4(len(header))
+        return _Nbl(frame=self._link_header(datagram[0] >> 4) + bytes(datagram), oob=oob,
+                    bundle=bundle, first_sn=sn, last_sn=sn)
+
     def _plain_nbl(self, packet: bytes) -> _Nbl:
         """No IPsec: the packet as given, handle 0 (docs/send-path.md, step 2)."""
         version = _ip_version(packet)
@@ -527,8 +597,10 @@ class HostStack(ReceiveMixin):
         ivs = self._check_ivs(sa, ivs, len(parsed))
         for bundle in sorted({bundle for _, bundle in parsed}):
             self._ensure_bundle(sa, bundle)
+        framer = {"esp": self._esp_nbl, "ah": self._ah_nbl,
+                  "ah+esp": self._ah_esp_nbl}[sa.config.protocol]
         return self._frame_with_sns(sa, len(parsed), lambda first: [
-            self._esp_nbl(sa, packet, bundle, first + i, iv)
+            framer(sa, packet, bundle, first + i, iv)
             for i, ((packet, bundle), iv) in enumerate(zip(parsed, ivs))])
 
     def build(self, packets: Sequence[bytes], sa: Optional[StackSa], *,
@@ -593,7 +665,8 @@ class HostStack(ReceiveMixin):
     # -- LSO super-packets (docs/send-path.md) ----------------------------------------------------
     def build_lso(self, packet: bytes, sa: Optional[StackSa], mss: int, *,
                   lso_version: int = 2, pad_length: int = 0) -> PacketBatch:
-        """One LSO super-packet NBL: transport-mode ESP (UDP-encapsulated too) over TCP."""
+        """One LSO super-packet NBL: transport-mode ESP (UDP-encapsulated too), AH or AH+ESP
+        over TCP."""
         with self._lock:
             return _to_batch([self._prepare_lso(packet, sa, mss, lso_version, pad_length)])
 
@@ -612,6 +685,8 @@ class HostStack(ReceiveMixin):
             self._check_sa(sa)
             if sa.config.mode == "tunnel":
                 raise ValueError("LSO is never combined with tunnel-mode IPsec (docs/send-path.md)")
+            if sa.config.protocol == "ah" and pad_length:
+                raise ValueError("pad_length is ESP padding; an AH SA has none")
             parsed, bundle = self._parse_for(sa, packet)
         else:
             parsed, bundle = parse_ip_packet(packet), None
@@ -653,18 +728,30 @@ class HostStack(ReceiveMixin):
                  lso_version: int, pad_length: int, first_sn: int, last_sn: int) -> _Nbl:
         config = sa.config
         udp = _udp_header(config.udp_encap, 0) if config.udp_encap else b""
-        esp_header = (struct.pack("!II", sa.layout.spi, first_sn & 0xFFFFFFFF)
-                      + bytes(sa.layout.iv_len))
+        esp_header = b""
+        if config.has_esp:
+            esp_header = (struct.pack("!II", sa.layout.spi, first_sn & 0xFFFFFFFF)
+                          + bytes(sa.layout.iv_len))
+        ah = b""
+        if config.has_ah:  # AH before ESP; its Next Header TCP, or ESP in a bundle
+            ah = _ah_header(config, first_sn, bytes(config.ah_iv_len),
+                            IPPROTO_ESP if config.has_esp else IPPROTO_TCP,
+                            parsed.version == 6)
         junk = bytes(range(1, pad_length + 1))  # discardable padding (docs/send-path.md G7)
-        datagram = self._lso_datagram(parsed, tcp_len, lso_version,
-                                      IPPROTO_UDP if udp else IPPROTO_ESP, udp, esp_header,
-                                      junk)
-        esp_offset = parsed.l4_offset + len(udp)
+        protocol = IPPROTO_AH if ah else (IPPROTO_UDP if udp else IPPROTO_ESP)
+        datagram = self._lso_datagram(parsed, tcp_len, lso_version, protocol, udp,
+                                      ah + esp_header, junk)
+        esp_offset = parsed.l4_offset + len(udp) + len(ah)
         tcp_offset = self.l2_length + esp_offset + len(esp_header)
         lso_info = _lso_info(lso_version, mss, tcp_offset, parsed.version)
-        return _Nbl(frame=self._link_header(parsed.version) + bytes(datagram),
-                    oob=self._ipsec_oob(sa, bundle, IPPROTO_TCP, pad_length, esp_offset,
-                                        lso_info),
+        if config.has_esp:
+            oob = self._ipsec_oob(sa, bundle, IPPROTO_TCP, pad_length, esp_offset, lso_info)
+        else:
+            oob = dict(offload_handle=sa.handles[bundle], lso_info=lso_info,
+                       l2_len=self.l2_length)
+        if ah:
+            oob["ah_off4"] = _ah_offset4(parsed.l4_offset)
+        return _Nbl(frame=self._link_header(parsed.version) + bytes(datagram), oob=oob,
                     bundle=bundle, first_sn=first_sn, last_sn=last_sn)
 
     def _plain_lso_nbl(self, parsed: IpPacket, tcp_len: int, mss: int,

@@ -154,6 +154,7 @@ cdef uint8_t _classify_one(const uint8_t* rec, HostPkt* k, const HostSelector* s
     cdef const uint8_t* src
     cdef const uint8_t* dst
     cdef int64_t off6, nh6
+    cdef bint routed
     k.sa = -1
     k.nsn = 1
     if k.link:
@@ -217,9 +218,15 @@ cdef uint8_t _classify_one(const uint8_t* rec, HostPkt* k, const HostSelector* s
                 pos += (p[pos + 1] + 1) * 8
         if pos > length:
             return FAULT_TRUNCATED
-        # where ESP goes: after hop-by-hop, routing and destination options (host/stack.py)
+        # where ESP goes: after hop-by-hop, routing and destination options, but before
+        # destination options that follow a routing header (the placement Linux uses;
+        # host/stack.py _parse_ipv6)
         nh6, off6 = 6, 40
+        routed = False
         while p[nh6] == 0 or p[nh6] == 43 or p[nh6] == 60:
+            if p[nh6] == 60 and routed:
+                break
+            routed = routed or p[nh6] == 43
             if off6 + 2 > length or off6 + (p[off6 + 1] + 1) * 8 > length:
                 break  # not reached: the walk above found the packet whole
             nh6, off6 = off6, off6 + (p[off6 + 1] + 1) * 8
@@ -300,6 +307,7 @@ def host_parse_for_stack(const uint8_t[::1] arena, pkts, int64_t n):
     fragment keeps its IP fields with FAULT_FRAGMENT (tunnel mode carries fragments)."""
     cdef HostPkt* k = <HostPkt*>_host_buf(pkts, sizeof(HostPkt), n, "pkts")
     cdef int64_t i, size = arena.shape[0], m, length, off, nh
+    cdef bint routed
     cdef const uint8_t* p
     for i in range(n):
         if k[i].off < 0 or k[i].cap_len < 0 or k[i].off + k[i].cap_len > size:
@@ -334,7 +342,11 @@ def host_parse_for_stack(const uint8_t[::1] arena, pkts, int64_t n):
                     k[i].fault = FAULT_TRUNCATED
                     continue
                 nh, off = 6, 40
+                routed = False
                 while p[nh] == 0 or p[nh] == 43 or p[nh] == 60:
+                    if p[nh] == 60 and routed:
+                        break  # destination options after a routing header stay after ESP
+                    routed = routed or p[nh] == 43
                     if off + 2 > length or off + (p[off + 1] + 1) * 8 > length:
                         k[i].fault = FAULT_TRUNCATED
                         break

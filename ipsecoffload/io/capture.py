@@ -471,10 +471,15 @@ def encrypt_capture(input_path, output_path, policies: Sequence[SaPolicy], *,
         raise ValueError(f"mss must be at least 1, got {mss}")
     if output_format not in (None, "pcap", "pcapng"):
         raise ValueError(f"output_format must be 'pcap' or 'pcapng', got {output_format!r}")
-    if kernels() is None or (miniport is not None and not hasattr(miniport.kernels,
-                                                                   "host_frame")):
+    # AH and AH+ESP SAs are framed by the host stack's Python framer (host/stack.py): a file
+    # that holds one goes the per-SA capture path
+    ah_sas = any(getattr(p.config, "protocol", "esp") != "esp" for p in policies)
+    if ah_sas or kernels() is None or (miniport is not None and not hasattr(miniport.kernels,
+                                                                            "host_frame")):
         if output_format == "pcapng" or input_path == "-" or output_path == "-":
             raise PcapError("pcapng, standard input and standard output need the compiled "
+                            "kernels and ESP SAs only" if ah_sas else
+                            "pcapng, standard input and standard output need the compiled "
                             "kernels")
         return encrypt_capture_python(input_path, output_path, policies, mss=mss,
                                       batch_size=min(batch_size, 256), progress=progress,

@@ -1,5 +1,5 @@
-"""The SA file of the command line (docs/architecture.md): a JSON list of outbound ESP SAs, each with an
-optional selector. The first SA whose selector matches a packet protects it; unmatched
+"""The SA file of the command line (docs/architecture.md): a JSON list of outbound SAs (ESP, AH or
+AH+ESP bundles, README), each with an optional selector. The first SA whose selector matches a packet protects it; unmatched
 packets pass in clear. Also the SA table in Wireshark's ``esp_sa`` format.
 
 Error messages name the file, the SA (by ``name``, or by index) and the field, and never
@@ -18,11 +18,13 @@ from ..host.packetinfo import ICMP, ICMPV6, TCP, UDP, MalformedPacket, PacketInf
 from ..host.saconfig import SaConfig
 
 __all__ = ["SaFileError", "Selector", "SaPolicy", "load_sa_file", "parse_sa_list",
-           "save_sa_file", "policy_to_dict", "wireshark_esp_sa"]
+           "save_sa_file", "policy_to_dict", "wireshark_esp_sa", "wireshark_notes"]
 
 PROTOCOL_NAMES = {"tcp": (TCP,), "udp": (UDP,), "icmp": (ICMP, ICMPV6)}
 SA_KEYS = ("name", "selector", "protocol", "mode", "tunnel", "spi", "encryption", "icv_len",
-           "key", "integrity", "auth_key", "esn", "seq", "udp_encap")
+           "key", "integrity", "auth_key", "esn", "seq", "udp_encap", "ah")
+PROTOCOLS = ("esp", "ah", "ah+esp")
+AH_KEYS = ("spi", "integrity", "auth_key")
 SELECTOR_KEYS = ("src", "dst", "proto", "sport", "dport")
 
 
@@ -202,24 +204,25 @@ def _parse_sa(entry, index: int, source: str) -> SaPolicy:
     unknown = sorted(set(entry) - set(SA_KEYS))
     if unknown:
         raise bad(f"unknown key(s) {_allowed(unknown)}; allowed: {_allowed(SA_KEYS)}")
-    for required in ("spi", "encryption"):
+    protocol = entry.get("protocol", "esp")
+    if protocol not in PROTOCOLS:
+        raise bad(f"protocol must be one of {_allowed(PROTOCOLS)}, got {protocol!r}")
+    for required in ("spi",) + (("encryption",) if protocol != "ah" else ()):
         if required not in entry:
             raise bad(f"{required} is missing")
     name = entry.get("name")
     if name is not None and (not isinstance(name, str) or not name):
         raise bad(f"name must be a non-empty string, got {name!r}")
     name = name or f"sa{index}"
-    protocol = entry.get("protocol", "esp")
-    if protocol != "esp":
-        raise bad(f"protocol must be 'esp' (the only one offloaded), got {protocol!r}")
     try:
         selector = Selector.from_dict(entry.get("selector"))
     except (TypeError, ValueError) as error:
         raise bad(str(error)) from None
-    kwargs: dict[str, Any] = {"name": name, "spi": _spi(entry["spi"], bad)}
+    kwargs: dict[str, Any] = {"name": name, "spi": _spi(entry["spi"], bad),
+                              "protocol": protocol}
     for key in ("encryption", "mode", "integrity"):
         value = entry.get(key)
-        if value is None and key != "integrity":
+        if value is None and (key == "mode" or (key == "encryption" and protocol != "ah")):
             if key in entry:
                 raise bad(f"{key} must be a string, got null")
             continue
@@ -245,6 +248,22 @@ def _parse_sa(entry, index: int, source: str) -> SaPolicy:
             if kwargs[f"tunnel_{part}"] is not None and not isinstance(kwargs[f"tunnel_{part}"],
                                                                        str):
                 raise bad(f"tunnel.{part} must be an IP address string")
+    ah = entry.get("ah")
+    if protocol == "ah+esp":
+        if ah is None:
+            raise bad(f"ah is missing: protocol 'ah+esp' needs an object with keys "
+                      f"{_allowed(AH_KEYS)}")
+        _check_object(ah, "ah", AH_KEYS, bad)
+        for required in AH_KEYS:
+            if ah.get(required) is None:
+                raise bad(f"ah.{required} is missing")
+        if not isinstance(ah["integrity"], str):
+            raise bad(f"ah.integrity must be a string, got {ah['integrity']!r}")
+        kwargs["ah_spi"] = _spi(ah["spi"], bad)
+        kwargs["ah_integrity"] = ah["integrity"]
+        kwargs["ah_auth_key"] = _hex_key(ah["auth_key"], "ah.auth_key", bad)
+    elif ah is not None:
+        raise bad("ah is only for protocol 'ah+esp'")
     udp = entry.get("udp_encap")
     if udp is not None:
         _check_object(udp, "udp_encap", ("sport", "dport"), bad)
@@ -300,15 +319,21 @@ def policy_to_dict(policy: SaPolicy) -> dict:
     """One SA object of the SA file (keys as hex strings)."""
     config = policy.config
     entry: dict[str, Any] = {"name": policy.name, "selector": policy.selector.to_dict(),
-                             "protocol": "esp", "mode": config.mode}
+                             "protocol": config.protocol, "mode": config.mode}
     if config.mode == "tunnel":
         entry["tunnel"] = {"src": config.tunnel_src, "dst": config.tunnel_dst}
-    entry.update({"spi": f"0x{config.spi:08x}", "encryption": config.encryption})
-    if config.gcm:
-        entry["icv_len"] = config.icv
-    entry.update({"key": config.key.hex(), "integrity": config.integrity,
-                  "auth_key": config.auth_key.hex() if config.integrity else None,
-                  "esn": config.esn, "seq": config.seq})
+    entry["spi"] = f"0x{config.spi:08x}"
+    if config.has_esp:
+        entry["encryption"] = config.encryption
+        if config.gcm:
+            entry["icv_len"] = config.icv
+        entry["key"] = config.key.hex()
+    entry.update({"integrity": config.integrity,
+                  "auth_key": config.auth_key.hex() if config.integrity else None})
+    if config.protocol == "ah+esp":
+        entry["ah"] = {"spi": f"0x{config.ah_spi:08x}", "integrity": config.ah_integrity,
+                       "auth_key": config.ah_auth_key.hex()}
+    entry.update({"esn": config.esn, "seq": config.seq})
     if config.udp_encap:
         entry["udp_encap"] = {"sport": config.udp_encap[0], "dport": config.udp_encap[1]}
     return entry
@@ -339,7 +364,7 @@ _WS_AUTHENTICATION = {
 def _ws_encryption(config: SaConfig) -> str:
     if config.gcm:
         return f"AES-GCM with {config.icv} octet ICV [RFC4106]"
-    if config.encryption.startswith("aes-cbc"):
+    if (config.encryption or "").startswith("aes-cbc"):
         return "AES-CBC [RFC3602]"
     return "NULL"
 
@@ -362,6 +387,8 @@ def wireshark_esp_sa(policies: Sequence[SaPolicy]) -> list:
     lines = []
     for policy in policies:
         config = policy.config
+        if not config.has_esp:  # AH alone: Wireshark's table is for ESP (wireshark_notes)
+            continue
         if config.mode == "tunnel":
             assert config.tunnel_src and config.tunnel_dst  # SaConfig checked them
             rows = [(ipaddress.ip_address(config.tunnel_src).version, config.tunnel_src,
@@ -376,3 +403,9 @@ def wireshark_esp_sa(policies: Sequence[SaPolicy]) -> list:
                       f"0x{config.auth_key.hex()}" if config.auth_key else ""]
             lines.append(",".join(f'"{value}"' for value in fields))
     return lines
+
+
+def wireshark_notes(policies: Sequence[SaPolicy]) -> list:
+    """What the ``esp_sa`` lines leave out, one note per SA and limit (io/wireshark.py)."""
+    from .wireshark import wireshark_notes as notes
+    return notes(policies)

@@ -29,16 +29,21 @@ def wireshark_notes(policies: Sequence[SaPolicy]) -> List[str]:
         config = policy.config
         label = f"SA {policy.name!r} (SPI 0x{config.spi:08x})"
         protocol = getattr(config, "protocol", "esp")
-        if protocol != "esp":
-            notes.append(f"{label}: Wireshark checks no AH ICV; its esp_sa table is for ESP "
-                         f"only")
-        if config.esn:
-            shown = ("the AES-CBC payload still decrypts" if config.encryption.startswith(
-                "aes-cbc") else "the AES-GCM payload still decrypts (CTR mode)"
-                     if config.gcm else "the payload is in clear")
+        if protocol == "ah":
+            notes.append(f"SA {policy.name!r}: AH (SPI 0x{config.spi:08x}) has no line: "
+                         f"Wireshark's ESP SA table holds ESP only; AH packets dissect without "
+                         f"a key and their ICV is not checked")
+        elif protocol == "ah+esp":
+            notes.append(f"{label}: the line is the bundle's ESP layer; its AH (SPI "
+                         f"0x{config.ah_spi:08x}) ICV is not checked by Wireshark")
+        if config.esn and getattr(config, "has_esp", True):
+            encryption = config.encryption or ""
+            shown = ("the AES-CBC payload still decrypts" if encryption.startswith("aes-cbc")
+                     else "the AES-GCM payload still decrypts (CTR mode)" if config.gcm
+                     else "the payload is in clear")
             notes.append(f"{label}: ESN — Wireshark's esp_sa table has no extended sequence "
                          f"numbers, so it reports every ICV of this SA bad; {shown}")
-        if (config.integrity or "").startswith("aes-gmac"):
+        if protocol != "ah" and (config.integrity or "").startswith("aes-gmac"):
             notes.append(f"{label}: AES-GMAC — Wireshark has no GMAC: the table gives it as NULL "
                          f"encryption with an unchecked 128-bit ICV, so Wireshark checks no ICV "
                          f"and reads the 8-byte IV as the first payload bytes")

@@ -7,7 +7,7 @@ import struct
 import numpy as np
 
 from ...inet import ones_complement_sum as _checksum
-from ..layout import SA_RECORD_DTYPE, Config
+from ..layout import PROTO_AH, SA_RECORD_DTYPE, Config
 
 def _pad(unpadded: int, align: int) -> int:
     """Pad bytes so that payload + pad + 2 is a multiple of align (docs/protocol.md)."""
@@ -115,6 +115,20 @@ def _patch_segment(seg: bytearray, p, rec, i: int, chunk: int) -> None:
         struct.pack_into("!H", seg, tcp + 16, ~csum & 0xFFFF)
 
 
+def _ah_header_len(ah) -> int:
+    align = int(ah["align"])
+    return -(-(12 + int(ah["iv_len"]) + int(ah["icv_len"])) // align) * align if align else -1
+
+
+def _ah_plan_is_consistent(p, ah, datagram_end: int) -> bool:
+    """The plan's AH header lies after the IP header and inside the datagram, with the
+    length its transform gives."""
+    ah_off, ah_len = int(p["ah_off"]), int(p["ah_len"])
+    return (int(ah["align"]) != 0 and ah_len == _ah_header_len(ah) and ah_len >= 24
+            and ah_off >= int(p["ip_off"]) + int(p["ip_hdr_len"])
+            and ah_off + ah_len <= datagram_end)
+
+
 def _plan_is_consistent(p, sa, flen: int) -> bool:
     """Everything emit will touch for this plan lies inside the frame and its out_len, and
     every field it writes can hold its value."""
@@ -122,13 +136,35 @@ def _plan_is_consistent(p, sa, flen: int) -> bool:
     ip_off, ihl, esp = int(p["ip_off"]), int(p["ip_hdr_len"]), int(p["esp_off"])
     nsegs, out_len, hdr_len = int(p["nsegs"]), int(p["out_len"]), int(p["hdr_len"])
     body_off, body_len = int(p["body_off"]), int(p["body_len"])
+    n_xf = int(sa["n_xf"])
+    if (not 1 <= n_xf <= 2 or (p["ipv6"] and ihl != 40) or ip_off < 0 or ihl < 20
+            or p["ipv6"] != sa["ipv6"]):
+        return False
+    if rec["proto"] == PROTO_AH:  # AH alone: the datagram as built, or its TCP segments
+        if n_xf != 1 or not p["ah_off"] or esp != 0:
+            return False
+        if p["lso"]:
+            return (_plain_lso_layout_is_consistent(p, flen)
+                    and _ah_plan_is_consistent(p, rec, int(p["tcp_off"]))
+                    and int(p["tcp_off"]) == int(p["ah_off"]) + int(p["ah_len"])
+                    and int(p["sn64"]) <= 2**64 - 1 - (nsegs - 1))
+        return (nsegs == 1 and hdr_len == out_len and body_off == hdr_len and body_len == 0
+                and out_len <= flen and _ah_plan_is_consistent(p, rec, out_len)
+                and out_len - ip_off - (40 if p["ipv6"] else 0) <= 0xFFFF)
+    if n_xf == 2:
+        ah = sa["xf"][1]
+        if (ah["proto"] != PROTO_AH or not p["ah_off"] or not _ah_plan_is_consistent(p, ah, esp)
+                or (not p["lso"] and nsegs != 1)):
+            return False
+    elif p["ah_off"]:
+        return False
     align, icv = int(rec["align"]), int(rec["icv_len"])
     text_off = esp + 8 + int(rec["iv_len"])
-    if (ip_off < 0 or ihl < 20 or esp < ip_off + ihl
+    if (esp < ip_off + ihl
             or (rec["udp_encap"] and esp < ip_off + ihl + 8)
-            or (p["ipv6"] and ihl != 40) or int(p["sn64"]) > 2**64 - 1 - (nsegs - 1)
+            or int(p["sn64"]) > 2**64 - 1 - (nsegs - 1)
             or body_off < 0 or body_len < 0 or body_off > flen or body_len > flen - body_off
-            or align == 0 or p["ipv6"] != sa["ipv6"]):
+            or align == 0):
         return False
     if not p["lso"]:
         if not (nsegs == 1 and hdr_len == text_off and body_off == text_off
@@ -153,6 +189,11 @@ def _plan_is_consistent(p, sa, flen: int) -> bool:
 
 def _plain_lso_is_consistent(p, flen: int) -> bool:
     """A plain-LSO plan (no SA) stays inside its frame and its out_len."""
+    return not p["ah_off"] and _plain_lso_layout_is_consistent(p, flen)
+
+
+def _plain_lso_layout_is_consistent(p, flen: int) -> bool:
+    """TCP segments without ESP (plain LSO, or LSO with AH alone)."""
     ip_off, ihl, tcp_off = int(p["ip_off"]), int(p["ip_hdr_len"]), int(p["tcp_off"])
     hdr_len, mss, body_len = int(p["hdr_len"]), int(p["mss"]), int(p["body_len"])
     thl = hdr_len - tcp_off

@@ -6,10 +6,53 @@ import struct
 
 import numpy as np
 
-from ..layout import (HANDLE_SLOT_MASK, NB_PLAN_DTYPE, NBL_OOB_DTYPE, SA_RECORD_DTYPE,
-                      STATUS_FAILURE,
+from ..layout import (HANDLE_SLOT_MASK, NB_PLAN_DTYPE, NBL_OOB_DTYPE, PROTO_AH,
+                      SA_RECORD_DTYPE, STATUS_FAILURE,
                       STATUS_INVALID_PACKET, Config, IcvSpace, IvSource, Reason)
 from .common import _buffers, _c_ints, _lso_enabled, _lso_segment_len, _records, xf0
+
+def _sn_room(sn0: int, n: int, esn) -> bool:
+    """SN0 .. SN0 + n - 1 are all sendable (none 0, none past the SA's last SN)."""
+    return sn0 != 0 and sn0 + n - 1 <= (2**64 - 1 if esn else 2**32 - 1)
+
+
+def _lso_ah_alone(frame: bytes, plan: dict, fail, ah, lso: int, lso_kind: int, nb_count: int,
+                  config: int, padl: int, slot: int, sn64: int, ipv6: bool) -> dict:
+    """LSO of an AH super-packet without ESP: the TCP header right after AH, no ESP
+    padding, AH Next Header TCP, one AH SN per segment."""
+    flen, ah_end = len(frame), plan["ah_off"] + plan["ah_len"]
+    if not config & Config.LSO_WITH_IPSEC or not _lso_enabled(lso_kind, ipv6, config):
+        return fail(STATUS_FAILURE, Reason.LSO_DISABLED)
+    mss, tcp_off = lso & 0xFFFFF, (lso >> 20) & 0x3FF
+    plan.update(mss=mss, tcp_off=tcp_off)
+    if (nb_count != 1 or mss == 0 or padl != 0 or frame[plan["ah_off"]] != 6
+            or tcp_off != ah_end or (lso_kind == 2 and (lso >> 31) & 1 != int(ipv6))
+            or tcp_off + 20 > flen):
+        return fail(STATUS_FAILURE, Reason.LSO_BAD_PARAMS)
+    thl = (frame[tcp_off + 12] >> 4) * 4
+    if thl < 20 or tcp_off + thl > flen:
+        return fail(STATUS_FAILURE, Reason.LSO_BAD_PARAMS)
+    payload = flen - tcp_off - thl
+    nsegs = max(1, -(-payload // mss))
+    hdr_len = tcp_off + thl
+    plan["hdr_len"] = hdr_len
+    if hdr_len + min(payload, mss) - plan["ip_off"] - (40 if ipv6 else 0) > 0xFFFF:
+        return fail(STATUS_FAILURE, Reason.LSO_BAD_PARAMS)
+    if not _sn_room(sn64, nsegs, ah["esn"]):
+        return fail(STATUS_FAILURE, Reason.SEQ_EXHAUSTED)
+    return {**plan, "slot": slot, "sn64": sn64, "body_off": hdr_len, "body_len": payload,
+            "nsegs": nsegs, "out_len": nsegs * hdr_len + payload, "reason": Reason.OK,
+            "status": 0}
+
+
+def ah_header_len(ah) -> int:
+    """AH bytes: 12 + IV + ICV padded to the transform's alignment (RFC 4302 §2.2); -1 for
+    a transform without an alignment."""
+    align = int(ah["align"])
+    if not align:
+        return -1
+    return -(-(12 + int(ah["iv_len"]) + int(ah["icv_len"])) // align) * align
+
 
 def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int,
                   iv_source: int) -> dict:
@@ -60,9 +103,11 @@ def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int
     if handle == 0 and tunnel_handle == 0:
         return without_ipsec(Reason.PASS_NO_HANDLE)
     # docs/send-path.md: step 1 precedes step 2 (G21)
-    if not config & (Config.ESP_IPV4 | Config.ESP_IPV6):
+    if not config & (Config.ESP_IPV4 | Config.ESP_IPV6 | Config.AH_IPV4 | Config.AH_IPV6):
         return without_ipsec(Reason.PASS_DISABLED)
-    if tunnel_handle != 0:
+    if tunnel_handle != 0 and handle == 0 and config & Config.TUNNEL_ALONE_SINGLE:
+        handle = tunnel_handle  # docs/spec-gaps.md G13, policy "single"
+    elif tunnel_handle != 0:  # G13; transport over tunnel is not offered
         return fail(STATUS_FAILURE, Reason.TUNNEL_HANDLE)
     if flen < l2 + 1:
         return fail(STATUS_INVALID_PACKET, Reason.MALFORMED_IP)
@@ -71,7 +116,8 @@ def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int
         return fail(STATUS_INVALID_PACKET, Reason.MALFORMED_IP)
     ipv6 = version == 6
     plan["ipv6"] = int(ipv6)
-    if not config & (Config.ESP_IPV6 if ipv6 else Config.ESP_IPV4):  # docs/spec-gaps.md G21
+    if not config & ((Config.ESP_IPV6 | Config.AH_IPV6) if ipv6
+                     else (Config.ESP_IPV4 | Config.AH_IPV4)):  # docs/spec-gaps.md G21
         return without_ipsec(Reason.PASS_DISABLED)
     slot = handle & HANDLE_SLOT_MASK
     if slot >= len(recs) or not recs[slot]["in_use"] or int(recs[slot]["handle"]) != handle:
@@ -82,6 +128,19 @@ def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int
         return fail(STATUS_FAILURE, Reason.INBOUND_HANDLE)
     if bool(sa["ipv6"]) != ipv6:
         return fail(STATUS_FAILURE, Reason.IP_VERSION_MISMATCH)
+    # The SA's layers: AH alone, ESP alone, or ESP then AH
+    ah_rec = None
+    if rec["proto"] == PROTO_AH:
+        ah_rec, rec = rec, None
+    elif sa["n_xf"] == 2:
+        ah_rec = sa["xf"][1]
+    need = 0
+    if rec is not None:
+        need |= Config.ESP_IPV6 if ipv6 else Config.ESP_IPV4
+    if ah_rec is not None:
+        need |= Config.AH_IPV6 if ipv6 else Config.AH_IPV4
+    if config & need != need:  # docs/send-path.md step 1: a needed protocol is off
+        return without_ipsec(Reason.PASS_DISABLED)
     lso_kind = 0 if lso == 0 else (2 if (lso >> 30) & 1 else 1)
     plan["lso"] = lso_kind
 
@@ -102,11 +161,37 @@ def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int
     if ip_end > flen:
         return fail(STATUS_INVALID_PACKET, Reason.MALFORMED_IP)
 
-    if ah4:
-        return fail(STATUS_FAILURE, Reason.AH_NOT_SUPPORTED)
+    if ah_rec is None:
+        if ah4:  # an AH offset on an SA without AH
+            return fail(STATUS_FAILURE, Reason.AH_NOT_SUPPORTED)
+    else:
+        ah = l2 + 4 * ah4
+        ah_len = ah_header_len(ah_rec)
+        if ah4 == 0 or ah_len < 24 or ah < l2 + ip_hdr_len or ah_len > ip_end - ah:
+            return fail(STATUS_INVALID_PACKET, Reason.BAD_AH_OFFSET)
+        if frame[ah + 1] != ah_len // 4 - 2:  # Payload Length (RFC 4302 §2.2)
+            return fail(STATUS_INVALID_PACKET, Reason.BAD_AH_OFFSET)
+        ah_sn = struct.unpack_from("!I", frame, ah + 8)[0]
+        if ah_rec["esn"]:
+            ah_sn |= int(ah_rec["seq_hi"]) << 32
+        if ah_sn == 0:
+            return fail(STATUS_FAILURE, Reason.SEQ_EXHAUSTED)
+        plan.update(ah_off=ah, ah_len=ah_len,
+                    ah_fresh_iv=int(iv_source == IvSource.NIC and int(ah_rec["iv_len"]) != 0))
+        if rec is None:  # AH alone: the datagram leaves as built, with its ICV
+            if esp4:
+                return fail(STATUS_INVALID_PACKET, Reason.BAD_ESP_OFFSET)
+            if lso_kind:
+                return _lso_ah_alone(frame, plan, fail, ah_rec, lso, lso_kind, nb_count,
+                                     config, padl, slot, ah_sn, ipv6)
+            return {**plan, "slot": slot, "sn64": ah_sn, "hdr_len": ip_end, "body_off": ip_end,
+                    "body_len": 0, "nsegs": 1, "out_len": ip_end, "reason": Reason.OK,
+                    "status": 0}
     esp = l2 + 4 * esp4
     text_off = esp + 8 + int(rec["iv_len"])
     min_esp = l2 + ip_hdr_len + (8 if rec["udp_encap"] else 0)
+    if ah_rec is not None:
+        min_esp = max(min_esp, plan["ah_off"] + plan["ah_len"])
     if esp4 == 0 or esp < min_esp or text_off > ip_end:
         return fail(STATUS_INVALID_PACKET, Reason.BAD_ESP_OFFSET)
     plan["esp_off"] = esp
@@ -128,6 +213,8 @@ def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int
         reserved = icv_space != IcvSpace.APPEND and trailer_at(ip_end - icv, auto) and (
             icv_space == IcvSpace.RESERVED or frame[ip_end - icv:ip_end] == bytes(icv))
         appended = icv_space != IcvSpace.RESERVED and trailer_at(ip_end, auto)
+        if icv == 0:  # no ICV (encryption only, in a bundle): one reading only
+            reserved, appended = trailer_at(ip_end, auto), False
         if reserved == appended:  # neither reading, or an ambiguous frame (G4)
             return fail(STATUS_INVALID_PACKET, Reason.BAD_TRAILER)
         trailer_end = ip_end - icv if reserved else ip_end
@@ -162,8 +249,8 @@ def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int
     if _lso_segment_len(tcp_off + thl, thl, min(payload, mss), align, icv) - l2 - (
             40 if ipv6 else 0) > 0xFFFF:  # a full segment would overflow the IP length field
         return fail(STATUS_FAILURE, Reason.LSO_BAD_PARAMS)
-    last_sn = sn64 + nsegs - 1
-    if sn64 == 0 or last_sn > (2**64 - 1 if rec["esn"] else 2**32 - 1):
+    if not _sn_room(sn64, nsegs, rec["esn"]) or (
+            ah_rec is not None and not _sn_room(ah_sn, nsegs, ah_rec["esn"])):
         return fail(STATUS_FAILURE, Reason.SEQ_EXHAUSTED)
     hdr_len = tcp_off + thl
     chunks = [min(mss, payload - i * mss) for i in range(nsegs)]

@@ -6,11 +6,54 @@ import struct
 
 import numpy as np
 
-from ..layout import (CRYPTO_OP_DTYPE, NB_PLAN_DTYPE, SA_RECORD_DTYPE, WIRE_FRAME_DTYPE, Fixup,
-                      OpKind, Suite)
+from ..layout import (CRYPTO_OP_DTYPE, NB_PLAN_DTYPE, PROTO_AH, SA_RECORD_DTYPE,
+                      WIRE_FRAME_DTYPE, Fixup, OpKind, Suite)
+from .ah_mutable import ah_zero_ipv4, ah_zero_ipv6
 from .common import (_buffers, _pad, _patch_segment, _plain_lso_is_consistent,
                      _plan_is_consistent, _records, xf0)
-from .tx_plan import random_iv
+from .tx_plan import ah_scratch_len, ops_per_segment, random_iv
+
+
+def _ah_op(seg: bytearray, pos: int, p, ah, i: int, scratch: int, out, fi: int, pass_no: int,
+           otab, oi: int) -> None:
+    """The AH fields of output segment ``i`` and its AH sign op (RFC 4302 §3.3): SN0 + i,
+    ICV field and pad zeroed, the GMAC IV written (SN, G5), the header region copied to the
+    scratch with its mutable fields zeroed."""
+    ip, ah_off, ah_len = int(p["ip_off"]), int(p["ah_off"]), int(p["ah_len"])
+    iv_len = int(ah["iv_len"])
+    ah_end, icv_at = ah_off + ah_len, ah_off + 12 + iv_len
+    seg[icv_at:ah_end] = bytes(ah_end - icv_at)
+    sn = struct.unpack_from("!I", seg, ah_off + 8)[0]
+    if ah["esn"]:
+        sn |= int(ah["seq_hi"]) << 32
+    sn = (sn + i) & (2**64 - 1)
+    struct.pack_into("!I", seg, ah_off + 8, sn & 0xFFFFFFFF)
+    if (p["ah_fresh_iv"] or p["lso"]) and iv_len == 8:  # LSO segments always get NIC IVs
+        struct.pack_into("!Q", seg, ah_off + 12, sn)
+    copy = bytearray(seg[ip:ah_end])
+    if p["ipv6"]:
+        ah_zero_ipv6(copy, ah_off - ip)
+    else:
+        ah_zero_ipv4(copy, int(p["ip_hdr_len"]))
+    out[scratch:scratch + len(copy)] = np.frombuffer(bytes(copy), np.uint8)
+    otab[oi] = np.zeros((), CRYPTO_OP_DTYPE)
+    op = otab[oi]
+    op["auth_off"] = scratch
+    op["text_off"] = pos + ah_end
+    op["text_len"] = len(seg) - ah_end
+    op["icv_off"] = pos + icv_at
+    op["ip_off"] = pos + ip
+    op["key_row"] = ah["key_row"]
+    op["frame"] = fi
+    op["seq_hi"] = sn >> 32
+    op["kind"] = OpKind.AH_SIGN
+    op["pass_no"] = pass_no
+    for name in ("suite", "integ", "iv_len", "icv_len", "esn"):
+        op[name] = ah[name]
+    op["fixup"] = Fixup.NONE
+    if ah["suite"] == Suite.AH_GMAC:
+        op["nonce"] = np.frombuffer(bytes(ah["salt"]) + bytes(seg[ah_off + 12:ah_off + 20]),
+                                    np.uint8)
 
 
 def tx_emit(batch, records, plans, rand, out, frames, ops):
@@ -32,7 +75,7 @@ def tx_emit(batch, records, plans, rand, out, frames, ops):
     ftab = np.asarray(frames).view(WIRE_FRAME_DTYPE)
     otab = np.asarray(ops).view(CRYPTO_OP_DTYPE)
     # Validate the plans against the buffers before any write: the layout must fit exactly.
-    need = nframes = nops = nrand = 0
+    need = nframes = nops = nrand = nscratch = 0
     for i, p in enumerate(plan):
         if nb_off[i] < 0 or nb_len[i] < 0 or int(nb_off[i]) + int(nb_len[i]) > len(arena):
             raise ValueError("a NET_BUFFER lies outside the arena")
@@ -53,16 +96,21 @@ def tx_emit(batch, records, plans, rand, out, frames, ops):
         elif nsegs and not (_plain_lso_is_consistent(p, int(nb_len[i])) if p["lso"]
                             else nsegs == 1 and p["out_len"] == nb_len[i]):
             raise ValueError(f"plan {i} is inconsistent with its frame")
-        if p["out_pos"] != need or p["frame0"] != nframes or p["op0"] != nops:
-            raise ValueError("out_pos / frame0 / op0 disagree with the plans")
+        if (p["out_pos"] != need or p["frame0"] != nframes or p["op0"] != nops
+                or p["scratch_pos"] != nscratch):
+            raise ValueError("out_pos / frame0 / op0 / scratch_pos disagree with the plans")
         if p["out_len"] > len(out) - need:  # per plan, as in the compiled stage
             raise ValueError("output arena or tables too small for the plans")
         need += int(p["out_len"])
         nframes += nsegs
+        nscratch += nsegs * ah_scratch_len(p)
+        if nscratch > len(out):
+            raise ValueError("output arena too small for the AH scratch")
         if slot >= 0:
-            nops += nsegs
-    if nframes != len(ftab) or nops != len(otab):
+            nops += nsegs * ops_per_segment(p, recs)
+    if nframes != len(ftab) or nops != len(otab) or nscratch > len(out) - need:
         raise ValueError("output arena or tables too small for the plans")
+    scratch0 = need  # the AH scratch follows the frames
     for i, p in enumerate(plan):
         if not p["nsegs"]:
             continue
@@ -89,7 +137,26 @@ def tx_emit(batch, records, plans, rand, out, frames, ops):
                 _patch_segment(seg, p, None, s, chunk)
                 put(seg)
             continue
-        rec = xf0(recs[int(p["slot"])])
+        sa = recs[int(p["slot"])]
+        rec, ah = xf0(sa), None
+        if rec["proto"] == PROTO_AH:
+            rec, ah = None, rec
+        elif sa["n_xf"] == 2:
+            ah = sa["xf"][1]
+        if rec is None:  # AH alone: the datagram as built (or its TCP segments), AH op each
+            for s in range(int(p["nsegs"])):
+                if p["lso"]:
+                    start = int(p["body_off"]) + s * int(p["mss"])
+                    chunk = min(int(p["mss"]), int(p["body_len"]) - s * int(p["mss"]))
+                    seg = bytearray(frame[:hdr_len] + frame[start:start + chunk])
+                else:
+                    chunk, seg = 0, bytearray(frame[:hdr_len])
+                _patch_segment(seg, p, None, s, chunk)
+                scratch = scratch0 + int(p["scratch_pos"]) + s * ah_scratch_len(p)
+                _ah_op(seg, pos, p, ah, s, scratch, out, fi, 0, otab, oi)
+                oi += 1
+                put(seg)
+            continue
         iv_len, icv = int(rec["iv_len"]), int(rec["icv_len"])
         for s in range(int(p["nsegs"])):
             if p["lso"]:
@@ -129,5 +196,9 @@ def tx_emit(batch, records, plans, rand, out, frames, ops):
             if rec["suite"] in (Suite.AES_GCM, Suite.AES_GMAC):
                 op["nonce"] = np.frombuffer(bytes(rec["salt"]) + bytes(seg[esp + 8:esp + 16]),
                                             np.uint8)
-            put(seg)
             oi += 1
+            if ah is not None:  # AH over the result, in the pass after ESP
+                scratch = scratch0 + int(p["scratch_pos"]) + s * ah_scratch_len(p)
+                _ah_op(seg, pos, p, ah, s, scratch, out, fi, 1, otab, oi)
+                oi += 1
+            put(seg)

@@ -16,7 +16,20 @@ def random_iv(p, recs) -> bool:
     """The NIC draws this plan's IVs at random (CBC); GCM and GMAC IVs are the SN."""
     slot = int(p["slot"])
     return (slot >= 0 and bool(p["fresh_iv"])
-            and int(xf0(recs[slot])["suite"]) not in (Suite.AES_GCM, Suite.AES_GMAC))
+            and int(xf0(recs[slot])["suite"]) not in (Suite.AES_GCM, Suite.AES_GMAC,
+                                                      Suite.AH_GMAC))
+
+
+def ops_per_segment(p, recs) -> int:
+    """Crypto ops of one protected segment: one per layer (ESP seal, AH sign)."""
+    return 0 if p["slot"] < 0 else int(recs[int(p["slot"])]["n_xf"])
+
+
+def ah_scratch_len(p) -> int:
+    """Scratch bytes of one AH segment: its IP header region through the AH header."""
+    if p["slot"] < 0 or not p["ah_off"]:
+        return 0
+    return int(p["ah_off"]) + int(p["ah_len"]) - int(p["ip_off"])
 
 
 def tx_plan(batch, records, plans, nbl_status, lso_done, counters):
@@ -38,7 +51,9 @@ def tx_plan(batch, records, plans, nbl_status, lso_done, counters):
     for i, p in enumerate(plan):
         if (not 0 <= p["nbl"] < n_nbl or p["nsegs"] < 0 or p["out_len"] < 0
                 or (p["nsegs"] == 0 and p["out_len"] != 0) or p["reason"] >= REASON_COUNT
-                or (p["slot"] >= 0 and p["slot"] >= len(recs))
+                or (p["slot"] >= 0 and (p["slot"] >= len(recs)
+                                        or recs[int(p["slot"])]["n_xf"] > 2))
+                or p["ah_off"] < 0 or p["ah_len"] < 0 or p["ah_len"] > 1020
                 or int(p["out_len"]) > MAX_OUTPUT - total):
             raise ValueError(f"plan {i} is corrupt")
         total += int(p["out_len"])
@@ -48,7 +63,7 @@ def tx_plan(batch, records, plans, nbl_status, lso_done, counters):
     for p in plan:
         if p["status"] and not nbl_status[p["nbl"]]:
             nbl_status[p["nbl"]] = p["status"]
-    out_bytes = frames = ops = rand_bytes = 0
+    out_bytes = frames = ops = rand_bytes = scratch = 0
     for p in plan:
         k = int(p["nbl"])
         if nbl_status[k] and not p["status"]:
@@ -58,10 +73,12 @@ def tx_plan(batch, records, plans, nbl_status, lso_done, counters):
             p["out_len"] = 0
         counters[int(p["reason"])] += 1
         p["out_pos"], p["frame0"], p["op0"], p["rand_off"] = out_bytes, frames, ops, rand_bytes
+        p["scratch_pos"] = scratch
         out_bytes += int(p["out_len"])
         frames += int(p["nsegs"])
+        scratch += int(p["nsegs"]) * ah_scratch_len(p)
         if p["slot"] >= 0:
-            ops += int(p["nsegs"])
+            ops += int(p["nsegs"]) * ops_per_segment(p, recs)
             if random_iv(p, recs):
                 rand_bytes += int(p["nsegs"]) * int(xf0(recs[int(p["slot"])])["iv_len"])
         lso = int(oob[k]["lso_info"])
@@ -77,4 +94,5 @@ def tx_plan(batch, records, plans, nbl_status, lso_done, counters):
             lso_done[k] = 0 if status else payload[k] & (LSO_TYPE_BIT - 1)
         bucket = {0: 0, STATUS_FAILURE: 1, STATUS_INVALID_PACKET: 2}.get(status, 3)
         counters[REASON_COUNT + bucket] += 1
-    return out_bytes, frames, ops, rand_bytes
+    # the output arena: the frames, then the AH scratch
+    return out_bytes + scratch, frames, ops, rand_bytes

@@ -21,7 +21,7 @@ def tx_run(batch, table, config, icv_space, iv_source, backends, random_source):
     counters = np.empty(COUNTERS, np.int64)
     out_bytes, n_frames, n_ops, rand_bytes = tx_plan(batch, records, plans, status, lso_done,
                                                      counters)
-    out = np.empty(out_bytes, np.uint8)
+    arena = np.empty(out_bytes, np.uint8)  # the frames, then the AH scratch
     frames = np.empty(n_frames * WIRE_FRAME_DTYPE.itemsize, np.uint8)
     ops = np.empty(n_ops * CRYPTO_OP_DTYPE.itemsize, np.uint8)
     rand = b""
@@ -30,10 +30,13 @@ def tx_run(batch, table, config, icv_space, iv_source, backends, random_source):
         if len(rand) != rand_bytes:
             raise ValueError(f"random_source returned {len(rand)} bytes, {rand_bytes} were "
                              f"asked for")
-    tx_emit(batch, records, plans, np.frombuffer(rand, np.uint8), out, frames, ops)
+    tx_emit(batch, records, plans, np.frombuffer(rand, np.uint8), arena, frames, ops)
     if n_ops:
-        run_op_groups(out, ops, table.keys, backends, "seal")
-        tx_fixup(out, ops)
+        run_op_groups(arena, ops, table.keys, backends, "seal")
+        tx_fixup(arena, ops)
+    plan = plans.view(NB_PLAN_DTYPE)
+    frames_bytes = int(plan["out_len"].sum()) if len(plan) else 0
+    out = arena[:frames_bytes] if frames_bytes != len(arena) else arena
     return out, frames, ops, plans, status, lso_done, counters
 
 
