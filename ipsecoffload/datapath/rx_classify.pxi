@@ -112,6 +112,7 @@ cdef int rx_classify_one(const uint8_t* f, int64_t flen, int64_t l2, int cfg,
     if l2 < 0 or flen < l2 + 20:
         rx_no_info(p, RX_NOT_IP)
         return 0
+    check(l2, 20, flen)
     version = f[l2] >> 4
     if version == 4:
         ipv6 = False
@@ -137,6 +138,7 @@ cdef int rx_classify_one(const uint8_t* f, int64_t flen, int64_t l2, int cfg,
         if flen < l2 + 40:
             rx_no_info(p, RX_NOT_IP)
             return 0
+        check(l2, 40, flen)
         ip_end = l2 + 40 + ld16(f + l2 + 4)
         if not cfg & CFG_ESP_IPV6:
             rx_no_info(p, RX_OFFLOAD_OFF)
@@ -152,6 +154,7 @@ cdef int rx_classify_one(const uint8_t* f, int64_t flen, int64_t l2, int cfg,
             if off + 8 > end:
                 rx_no_info(p, RX_NOT_IPSEC)
                 return 0
+            check(off, 2, flen)
             ext_len = (f[off + 1] + 1) * 8
             p.nh_off = <int32_t>off
             proto = f[off]
@@ -170,6 +173,7 @@ cdef int rx_classify_one(const uint8_t* f, int64_t flen, int64_t l2, int cfg,
         if off + 8 > end:
             rx_no_info(p, RX_NOT_IPSEC)
             return 0
+        check(off, 8, flen)
         sport = ld16(f + off)
         dport = ld16(f + off + 2)
         if sport != NAT_T_PORT and dport != NAT_T_PORT:
@@ -179,7 +183,7 @@ cdef int rx_classify_one(const uint8_t* f, int64_t flen, int64_t l2, int cfg,
         if end - (off + 8) == 1 and f[off + 8] == 0xFF:
             rx_no_info(p, RX_KEEPALIVE)
             return 0
-        if end - (off + 8) >= 4 and ld32(f + off + 8) == 0:
+        if end - (off + 8) >= 4 and check(off + 8, 4, flen) == 0 and ld32(f + off + 8) == 0:
             rx_no_info(p, RX_IKE)
             return 0
         if end - (off + 8) < 4:
@@ -196,6 +200,7 @@ cdef int rx_classify_one(const uint8_t* f, int64_t flen, int64_t l2, int cfg,
     if off + (8 if proto == PROTO_AH else 4) > flen:
         rx_no_info(p, RX_SHORT)
         return 0
+    check(off + (4 if proto == PROTO_AH else 0), 4, flen)
     spi = ld32(f + off + (4 if proto == PROTO_AH else 0))
     k = rx_lookup(keys, nkeys, spi, ipv6, src, dst, udp)
     if k < 0:
@@ -233,6 +238,8 @@ cdef int rx_classify_one(const uint8_t* f, int64_t flen, int64_t l2, int cfg,
     if ip_end > flen or text_len < 2 or (xf.suite == SUITE_AES_CBC_HMAC and text_len % 16):
         rx_fail(p, RX_BAD_SYNTAX, CRYPTO_INVALID_PACKET_SYNTAX)
         return 0
+    check(esp_off, 8 + xf.iv_len, flen)
+    check(p.text_off, text_len + xf.icv_len, flen)
     low = ld32(f + esp_off + 4)
     hi = 0
     if xf.esn:

@@ -3,8 +3,9 @@
 # rx_classify, the backends and rx_complete in one compiled call. Included by _fastpath.pyx.
 
 
-cdef void rx_complete_one(const uint8_t* frame_in, uint8_t* frame_out, RxPlan* p,
-                          const CryptoOp* op, RxState* st, uint32_t delete_after) noexcept nogil:
+cdef int rx_complete_one(const uint8_t* frame_in, uint8_t* frame_out, int64_t flen,
+                         RxPlan* p, const CryptoOp* op, RxState* st,
+                         uint32_t delete_after) except -1 nogil:
     """Read the verified trailer, or put a failed frame back as it came. With a SaDeleteReq
     policy (``delete_after`` ICV failures), every frame of an SA past it asks for deletion."""
     cdef uint8_t padl, nh
@@ -13,11 +14,12 @@ cdef void rx_complete_one(const uint8_t* frame_in, uint8_t* frame_out, RxPlan* p
         st.auth_failures += 1
     if delete_after and st.auth_failures >= delete_after:
         p.sa_delete_req = 1
+    check(p.text_off, p.text_len, flen)
     if op.status != OP_DONE:
         memcpy(frame_out + p.text_off, frame_in + p.text_off, p.text_len)
         rx_fail(p, RX_AUTH_FAILED, CRYPTO_TUNNEL_ESP_AUTH_FAILED if st.tunnel
                 else CRYPTO_TRANSPORT_ESP_AUTH_FAILED)
-        return
+        return 0
     # authenticated: the sequence number counts for ESN inference whatever follows
     if not st.seen or p.seq64 > st.top:
         st.top = p.seq64
@@ -27,7 +29,7 @@ cdef void rx_complete_one(const uint8_t* frame_in, uint8_t* frame_out, RxPlan* p
     if padl + 2 > p.text_len:
         memcpy(frame_out + p.text_off, frame_in + p.text_off, p.text_len)
         rx_fail(p, RX_BAD_SYNTAX, CRYPTO_INVALID_PACKET_SYNTAX)
-        return
+        return 0
     p.pad_ok = 1
     for k in range(padl):
         if frame_out[p.icv_off - 2 - padl + k] != <uint8_t>(k + 1):
@@ -41,6 +43,7 @@ cdef void rx_complete_one(const uint8_t* frame_in, uint8_t* frame_out, RxPlan* p
     p.header_info_set = 1
     p.reason = RX_OK
     p.crypto_status = CRYPTO_SUCCESS
+    return 0
 
 
 cdef rx_retry(out_arr, ops_arr, int64_t nretry, keys, backends):
@@ -150,15 +153,16 @@ def rx_run(batch, table, rx_state, int config, backends, lock, uint32_t delete_a
                         p.seq64 = (<uint64_t>hi << 32) | <uint32_t>p.seq64
                         nretry += 1
                         continue
-                rx_complete_one(arena + nb_off[i], out + nb_off[i], p, op, st, delete_after)
+                rx_complete_one(arena + nb_off[i], out + nb_off[i], nb_len[i], p, op, st,
+                                delete_after)
         if nretry:
             rx_retry(out_arr, ops_arr, nretry, table.keys, backends)
             with nogil:
                 for i in range(n):
                     p = plan0 + i
                     if p.op >= 0 and op0[p.op].reserved[0]:
-                        rx_complete_one(arena + nb_off[i], out + nb_off[i], p, op0 + p.op,
-                                        states + op0[p.op].key_row, delete_after)
+                        rx_complete_one(arena + nb_off[i], out + nb_off[i], nb_len[i], p,
+                                        op0 + p.op, states + op0[p.op].key_row, delete_after)
         for i in range(n):
             counters[plan0[i].reason] += 1
     return out_arr, plans_arr, ops_arr, counters_arr
