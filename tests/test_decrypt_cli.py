@@ -206,3 +206,39 @@ def test_output_file_mode_follows_the_umask(encrypted, capsys):
     finally:
         os.umask(old)
     assert (tmp_path / "dec.pcap").stat().st_mode & 0o777 == 0o644
+
+
+def test_pcapng_in_and_out_and_standard_streams(encrypted, capsys, monkeypatch):
+    """encrypt --format pcapng, then decrypt the pcapng: the records come back (scapy reads
+    the file); and decrypt -o - writes the capture to standard output, the summary to stderr."""
+    from scapy.utils import rdpcap
+    tmp_path, sa, plain = encrypted
+    code, _, err = run(capsys, "encrypt", "-i", tmp_path / "plain.pcap", "-o",
+                       tmp_path / "esp.pcapng", "--sa", sa, "--format", "pcapng")
+    assert code == 0, err
+    code, out, err = run(capsys, "decrypt", "-i", tmp_path / "esp.pcapng", "-o",
+                         tmp_path / "dec.pcapng", "--sa", sa, "--json", "-q")
+    assert code == 0, err
+    assert json.loads(out)["packets_out"] == len(plain)
+    assert (tmp_path / "dec.pcapng").read_bytes()[:4] == b"\x0a\x0d\x0d\x0a"
+    assert [bytes(p) for p in rdpcap(str(tmp_path / "dec.pcapng"))] == plain
+    code, _, err = run(capsys, "decrypt", "-i", tmp_path / "esp.pcapng", "-o",
+                       tmp_path / "dec.pcap", "--sa", sa, "--format", "pcap")
+    assert code == 0 and [r.data for r in read_pcap(tmp_path / "dec.pcap")[1]] == plain
+
+    import io
+    import sys
+
+    class Buffered(io.StringIO):
+        def __init__(self):
+            super().__init__()
+            self.buffer = io.BytesIO()
+    fake = Buffered()
+    monkeypatch.setattr(sys, "stdout", fake)
+    assert main(["decrypt", "-i", str(tmp_path / "esp.pcap"), "-o", "-", "--sa", str(sa),
+                 "--json"]) == 0
+    monkeypatch.undo()
+    (tmp_path / "stdout.pcap").write_bytes(fake.buffer.getvalue())
+    assert [r.data for r in read_pcap(tmp_path / "stdout.pcap")[1]] == plain
+    summary = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert summary["packets_out"] == len(plain)

@@ -225,13 +225,16 @@ def cmd_decrypt(args) -> int:
     summary = _with_progress("decrypt", lambda progress: decrypt_capture(
         args.input, args.output, policies, replay_window=args.replay_window,
         keep_failed=args.keep_failed, batch_size=args.batch, count=args.count,
-        progress=progress))
+        progress=progress, output_format=args.format, protect=[(args.sa, "SA file")]),
+        quiet=args.quiet)
     for warning in summary.warnings:
         _warn(warning)
+    # with -o - the capture owns standard output: the summary goes to stderr
+    stream = sys.stderr if args.output == "-" else sys.stdout
     if args.json:
-        print(json.dumps(summary.as_dict()))
+        print(json.dumps(summary.as_dict()), file=stream)
     else:
-        print(format_decrypt_summary(summary))
+        print(format_decrypt_summary(summary), file=stream)
     return EXIT_OK
 
 
@@ -437,7 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     decrypt = commands.add_parser(
         "decrypt", help="IPsec capture to plaintext",
-        description="Decrypt a classic pcap capture (Ethernet or raw IP) with the SAs of the SA "
+        description="Decrypt a pcap or pcapng capture (Ethernet, VLAN tags included, or raw IP; "
+                    "'-' is standard input / output) with the SAs of the SA "
                     "file that encrypted it: a packet's SA is found by its SPI (a tunnel SA also "
                     "by its tunnel endpoints; a transport SA's selector prefixes must contain "
                     "the packet's addresses). Verified packets leave decapsulated (transport: "
@@ -462,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="stop after N packets")
     decrypt.add_argument("--batch", metavar="N", type=_positive, default=DEFAULT_BATCH,
                          help=f"packets per batch (default: {DEFAULT_BATCH})")
+    decrypt.add_argument("--format", choices=("pcap", "pcapng"), default=None,
+                         help="output format (default: the input's)")
+    decrypt.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     decrypt.set_defaults(run=cmd_decrypt)
     wireshark = commands.add_parser(
         "wireshark-sa", epilog=_epilog("wireshark-sa"), formatter_class=_HelpFormatter,

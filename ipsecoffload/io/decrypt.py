@@ -8,6 +8,7 @@ empty just below the file's ``seq``) and decapsulates. Order is kept.
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
 import time
 import warnings
@@ -90,8 +91,9 @@ class CaptureDecryptor:
         self.policies = list(policies)
         self.summary = summary
         self.keep_failed = keep_failed
-        self.l2 = l2_length(summary.linktype)
+        # the record path reads one link type; the bulk path has one per record (pcapng)
         self.ethernet = summary.linktype == LINKTYPE_ETHERNET
+        self.l2 = 14 if self.ethernet else 0
         self.stack = HostStack(miniport or Miniport(), link="ethernet" if self.ethernet
                                else "raw")
         self.inbound = []
@@ -149,6 +151,50 @@ class CaptureDecryptor:
         summary.packets_out += len(out)
         return out
 
+    def process_bulk(self, batch) -> list:
+        """One RecordBatch of the bulk reader (io/bulk.py): (index, bytes or None) per record to
+        write, in order; None keeps the record as read. Link headers are found in numpy:
+        Ethernet (802.1Q / 802.1ad tags understood) or raw IP, per record."""
+        arena, pkts = batch.arena, batch.pkts
+        n = len(pkts)
+        summary = self.summary
+        summary.packets_in += n
+        off = pkts["off"].astype(np.int64)
+        cap = pkts["cap_len"].astype(np.int64)
+        ether = pkts["link"] == 1
+        l2 = np.where(ether, 14, 0).astype(np.int64)
+        is_ip = ~ether | (cap >= 14)
+        for _ in range(3):  # up to two tags, then the EtherType
+            at = np.where(ether & (cap >= l2), off + l2 - 2, 0)
+            kind = (arena[at].astype(np.int64) << 8) | arena[np.minimum(at + 1,
+                                                                        len(arena) - 1)]
+            tagged = ether & (cap >= l2 + 4) & np.isin(kind, _ETH_VLAN)
+            if not tagged.any():
+                break
+            l2 = np.where(tagged, l2 + 4, l2)
+        at = np.where(ether & (cap >= l2), off + l2 - 2, 0)
+        kind = (arena[at].astype(np.int64) << 8) | arena[np.minimum(at + 1, len(arena) - 1)]
+        is_ip &= ~ether | ((cap >= l2) & np.isin(kind, (_ETH_IPV4, _ETH_IPV6)))
+        picked = np.flatnonzero(is_ip)
+        out: list = [(i, None) for i in range(n)]
+        summary.clear += n - len(picked)
+        if len(picked):
+            frames = PacketBatch(arena, off[picked], cap[picked],
+                                 np.arange(len(picked), dtype=np.int32),
+                                 l2_len=l2[picked].astype(np.uint16))
+            got = self.stack.receive(frames)
+            self._count(got)
+            delivery = got.delivery.tolist()
+            for k, i in enumerate(picked.tolist()):
+                code = delivery[k]
+                if code == Delivery.DECAP:
+                    out[i] = (i, got.packet(k))
+                elif code != Delivery.CLEAR and not self.keep_failed:
+                    out[i] = (i, b"")  # dropped
+        written = [(i, data) for i, data in out if data != b""]
+        summary.packets_out += len(written)
+        return written
+
     def _count(self, got: Received) -> None:
         summary = self.summary
         delivery = got.delivery
@@ -182,13 +228,105 @@ def decrypt_capture(input_path, output_path, policies: Sequence[SaPolicy], *,
                     replay_window: int = DEFAULT_REPLAY_WINDOW, keep_failed: bool = False,
                     batch_size: int = DEFAULT_BATCH, count: Optional[int] = None,
                     progress: Optional[Callable[[int], None]] = None,
-                    miniport: Optional[Miniport] = None) -> DecryptSummary:
-    """Decrypt a classic pcap capture with the SA policies; returns the summary.
+                    miniport: Optional[Miniport] = None, output_format: Optional[str] = None,
+                    protect=()) -> DecryptSummary:
+    """Decrypt a pcap or pcapng capture with the SA policies; returns the summary.
 
-    The output goes to a temporary file beside ``output_path``, renamed into place on
-    success; on any error only that temporary file is removed. Raises ``PcapError`` for an
-    unusable capture and ``OSError`` for file problems.
+    ``input_path`` / ``output_path`` may be ``"-"`` (standard input / output); the output is
+    in the input's format unless ``output_format``. It goes to a temporary file beside
+    ``output_path``, renamed into place on success; on any error only that temporary file is
+    removed (io/atomic.py), and an output path naming the input (or a path in ``protect``)
+    is refused. Raises ``PcapError`` for an unusable capture and ``OSError`` for file
+    problems.
     """
+    from ..host.tx_frame import kernels
+    if output_format not in (None, "pcap", "pcapng"):
+        raise ValueError(f"output_format must be 'pcap' or 'pcapng', got {output_format!r}")
+    if kernels() is not None and (miniport is None or hasattr(miniport.kernels, "rx_run")):
+        return _decrypt_bulk(input_path, output_path, policies, replay_window=replay_window,
+                             keep_failed=keep_failed, batch_size=batch_size, count=count,
+                             progress=progress, miniport=miniport, output_format=output_format,
+                             protect=protect)
+    if output_format == "pcapng" or input_path == "-" or output_path == "-":
+        raise PcapError("pcapng, standard input and standard output need the compiled kernels")
+    return _decrypt_records(input_path, output_path, policies, replay_window=replay_window,
+                            keep_failed=keep_failed, batch_size=batch_size, count=count,
+                            progress=progress, miniport=miniport)
+
+
+def _record_bytes(fmt: str, data: bytes, ts_ns: int, iface: int, orig_len: int,
+                  nanosecond: bool, unit_ns) -> bytes:
+    """One output record: a pcap record header (little-endian, as BulkWriter's file header) or
+    a pcapng Enhanced Packet Block, then the bytes."""
+    if fmt == "pcap":
+        sec, frac = divmod(ts_ns, 10**9)
+        if not nanosecond:
+            frac //= 1000
+        return struct.pack("<IIII", sec & 0xFFFFFFFF, frac, len(data), orig_len) + data
+    ticks = ts_ns // int(unit_ns[iface]) if iface < len(unit_ns) else ts_ns // 1000
+    pad = -len(data) % 4
+    total = 32 + len(data) + pad
+    return (struct.pack("<IIIIIII", 6, total, iface, (ticks >> 32) & 0xFFFFFFFF,
+                        ticks & 0xFFFFFFFF, len(data), orig_len) + data + bytes(pad)
+            + struct.pack("<I", total))
+
+
+def _decrypt_bulk(input_path, output_path, policies, *, replay_window, keep_failed, batch_size,
+                  count, progress, miniport, output_format, protect) -> DecryptSummary:
+    from .atomic import SafeOutput
+    from .bulk import BulkReader, BulkWriter
+    start = time.perf_counter()
+    output_path = output_path if output_path == "-" else os.fspath(output_path)
+    with warnings.catch_warnings(record=True) as caught, \
+            BulkReader(input_path, limit=count) as reader:
+        warnings.simplefilter("always")
+        out = SafeOutput(output_path, protect=[(input_path, "input capture"), *protect])
+        fmt = output_format or reader.format
+        summary = DecryptSummary(
+            input="-" if input_path == "-" else os.fspath(input_path), output=output_path,
+            linktype=(reader.interfaces[0].linktype & 0xFFFF) if reader.interfaces else 0)
+        if summary.linktype in (228, 229):
+            summary.linktype = 101
+        decryptor = CaptureDecryptor(policies, summary, replay_window=replay_window,
+                                     keep_failed=keep_failed, miniport=miniport)
+        with out:
+            assert out.file is not None
+            writer = None  # made at the first batch: a pcapng's interfaces come with its blocks
+            for batch in reader.batches(batch_size):
+                if writer is None:
+                    writer = BulkWriter(out.file, fmt, reader)
+                    nanosecond = bool(getattr(writer, "nanosecond", True))
+                writer.interfaces(reader)
+                rows = batch.pkts
+                chunks = []
+                for i, data in decryptor.process_bulk(batch):
+                    record = batch.record(i) if data is None else data
+                    orig = int(rows["cap_len"][i]) if data is None else len(data)
+                    chunks.append(_record_bytes(fmt, record, int(rows["ts_ns"][i]),
+                                                int(rows["iface"][i]), orig, nanosecond,
+                                                writer.unit_ns))
+                writer.write(b"".join(chunks))
+                if progress is not None:
+                    progress(summary.packets_in)
+            if writer is None:
+                BulkWriter(out.file, fmt, reader)  # an empty capture: the header alone
+            out.commit()
+    for warning in caught:
+        if issubclass(warning.category, PcapTruncatedWarning):
+            summary.warnings.append(str(warning.message))
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _decrypt_records(input_path, output_path, policies: Sequence[SaPolicy], *,
+                     replay_window: int = DEFAULT_REPLAY_WINDOW, keep_failed: bool = False,
+                     batch_size: int = DEFAULT_BATCH, count: Optional[int] = None,
+                     progress: Optional[Callable[[int], None]] = None,
+                     miniport: Optional[Miniport] = None) -> DecryptSummary:
+    """The record-by-record path for the pure-Python kernels (classic pcap files only)."""
     start = time.perf_counter()
     output_path = os.fspath(output_path)
     with warnings.catch_warnings(record=True) as caught, PcapReader(input_path) as reader:
