@@ -11,6 +11,7 @@ any such access fails a test there; on the normal build it would crash or go unn
 """
 from __future__ import annotations
 
+import os
 import struct
 from types import SimpleNamespace
 
@@ -37,16 +38,22 @@ POSITION_FIELDS = ("out_pos", "frame0", "op0", "rand_off")
 
 
 def test_report_the_build(request, record_testsuite_property):
-    """Which build ran this file (passes either way): CI runs it on both. Shown in the JUnit
-    XML (a test-suite property, and a test property for xunit1), and in the terminal with
-    ``-rP`` / ``-rA``."""
+    """Which build ran this file: CI runs it on both, and says which one it expects in
+    IPSECOFFLOAD_EXPECT_BOUNDS_CHECK (1 or 0), so a run on the wrong build fails here
+    instead of passing unchecked. Shown in the JUnit XML (a test-suite property, and a test
+    property for xunit1), and in the terminal with ``-rP`` / ``-rA``."""
     checked = bool(_fastpath.BOUNDS_CHECKED)
     record_testsuite_property("ipsecoffload_bounds_checked", str(checked))
     request.node.user_properties.append(("bounds_checked", checked))
     request.node.add_report_section("call", "build",
                                     f"ipsecoffload._fastpath.BOUNDS_CHECKED = {checked} "
                                     f"({_fastpath.__file__})")
-    assert _fastpath.BOUNDS_CHECKED in (True, False)
+    assert isinstance(_fastpath.BOUNDS_CHECKED, bool)
+    expected = os.environ.get("IPSECOFFLOAD_EXPECT_BOUNDS_CHECK")
+    if expected is not None:
+        assert checked == (expected == "1"), (
+            f"this run expects the {'bounds-checked' if expected == '1' else 'normal'} build, "
+            f"and imported the other one from {_fastpath.__file__}")
 
 
 def random_bytes(n: int) -> bytes:
