@@ -5,7 +5,7 @@ IPSECOFFLOAD_BOUNDS_CHECK=1 rebuilds them with every arena access range-checked
 debugging and for the fuzz tests.
 
 Compiler flags are chosen per compiler family (MSVC or the GCC-style ones: GCC, Clang, Apple
-Clang, ICX), never -march=native: the x86 GHASH paths get their instruction sets per function
+Clang, ICX), no host-specific -march flag: the x86 GHASH paths get their instruction sets per function
 (crypto/ghash.h), so one wheel runs on every CPU of its architecture, and other architectures
 (aarch64, arm64) build the portable GHASH path only.
 """

@@ -19,7 +19,7 @@ import numpy as np
 from ..control.miniport import Miniport
 from ..host.packetinfo import TCP, MalformedPacket, parse_packet
 from ..io.pcap import (DEFAULT_SNAPLEN, LINKTYPE_ETHERNET, PcapError, PcapReader,
-                   PcapTruncatedWarning, PcapWriter, l2_length)
+                   PcapWriter, keep_truncation_warnings, l2_length)
 from ..io.safile import SaPolicy
 from ..host.stack import HostStack, SequenceNumberExhausted
 from ..ndis import NdisStatus
@@ -265,12 +265,7 @@ def encrypt_capture_python(input_path, output_path, policies: Sequence[SaPolicy]
             with contextlib.suppress(OSError):
                 os.unlink(output_path)
             raise
-    for warning in caught:
-        if issubclass(warning.category, PcapTruncatedWarning):
-            summary.warnings.append(str(warning.message))
-        else:
-            warnings.warn_explicit(warning.message, warning.category, warning.filename,
-                                   warning.lineno)
+    keep_truncation_warnings(caught, summary.warnings)
     summary.seconds = time.perf_counter() - start
     return summary
 

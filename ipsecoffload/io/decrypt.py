@@ -24,8 +24,8 @@ from ..datapath.batch import PacketBatch
 from ..datapath.layout import Delivery
 from ..host.receive import DEFAULT_REPLAY_WINDOW, Received
 from ..host.stack import HostStack
-from .pcap import (DEFAULT_SNAPLEN, LINKTYPE_ETHERNET, PcapError, PcapReader,
-                   PcapTruncatedWarning, PcapWriter, l2_length)
+from .pcap import (DEFAULT_SNAPLEN, LINKTYPE_ETHERNET, PcapError, PcapReader, PcapWriter,
+                   keep_truncation_warnings)
 from .safile import SaPolicy
 
 DEFAULT_BATCH = 256
@@ -311,12 +311,7 @@ def _decrypt_bulk(input_path, output_path, policies, *, replay_window, keep_fail
             if writer is None:
                 BulkWriter(out.file, fmt, reader)  # an empty capture: the header alone
             out.commit()
-    for warning in caught:
-        if issubclass(warning.category, PcapTruncatedWarning):
-            summary.warnings.append(str(warning.message))
-        else:
-            warnings.warn_explicit(warning.message, warning.category, warning.filename,
-                                   warning.lineno)
+    keep_truncation_warnings(caught, summary.warnings)
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -364,12 +359,7 @@ def _decrypt_records(input_path, output_path, policies: Sequence[SaPolicy], *,
             except OSError:
                 pass
             raise
-    for warning in caught:
-        if issubclass(warning.category, PcapTruncatedWarning):
-            summary.warnings.append(str(warning.message))
-        else:
-            warnings.warn_explicit(warning.message, warning.category, warning.filename,
-                                   warning.lineno)
+    keep_truncation_warnings(caught, summary.warnings)
     summary.seconds = time.perf_counter() - start
     return summary
 

@@ -83,6 +83,17 @@ class PcapTruncatedWarning(UserWarning):
     """The last record of a capture was cut short; the complete records were kept."""
 
 
+def keep_truncation_warnings(caught, kept: list) -> None:
+    """After ``warnings.catch_warnings(record=True)`` around a capture run: a truncated last
+    record goes into ``kept`` (the run's summary); any other warning is issued again."""
+    for warning in caught:
+        if issubclass(warning.category, PcapTruncatedWarning):
+            kept.append(str(warning.message))
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno)
+
+
 class PcapRecord(NamedTuple):
     """One captured frame: timestamp in ns since the epoch, captured bytes, wire length."""
 
