@@ -11,7 +11,7 @@ pure-Python twin of every stage; the reference backend (crypto/reference.py) is 
 of every compiled backend.
 """
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memmove, memset
 
 import numpy as np
 

@@ -59,6 +59,13 @@ def _sa_configs() -> list:
                  src="10.0.0.1", dst="10.0.0.2"),
         SaConfig(spi=0x107, encryption="null", integrity="hmac-md5-96", auth_key=key(16, 9),
                  src="10.0.0.1", dst="10.0.0.2"),
+        SaConfig(spi=0x108, protocol="ah", integrity="hmac-sha256-128", auth_key=key(32, 10),
+                 src="10.0.0.1", dst="10.0.0.2", esn=True, seq=(3 << 32) + 9),
+        SaConfig(spi=0x109, protocol="ah", integrity="aes-gmac-128", auth_key=key(20, 11),
+                 mode="tunnel", tunnel_src="192.0.2.1", tunnel_dst="192.0.2.2"),
+        SaConfig(spi=0x10A, protocol="ah+esp", encryption="aes-gcm-128", key=key(20, 12),
+                 ah_spi=0x10B, ah_integrity="hmac-sha1-96", ah_auth_key=key(20, 13),
+                 src="2001:db8::1", dst="2001:db8::2"),
     ]
 
 

@@ -247,9 +247,11 @@ class Miniport:
         """Receive offload per IP version (the same IPsecV2 offload parameters as send) and
         the capability gate for IPv4 options and IPv6 extension headers."""
         on, caps = self.offload, self.capabilities
-        esp = caps.esp
+        esp, ah, v6 = caps.esp, caps.ah, caps.ipv6_supported
         return ((_ESP_IPV4 if esp and on.esp_ipv4 else 0)
-                | (_ESP_IPV6 if esp and caps.ipv6_supported and on.esp_ipv6 else 0)
+                | (_ESP_IPV6 if esp and v6 and on.esp_ipv6 else 0)
+                | (_AH_IPV4 if ah and on.ah_ipv4 else 0)
+                | (_AH_IPV6 if ah and v6 and on.ah_ipv6 else 0)
                 | (int(RxConfig.IPV4_OPTIONS) if caps.ipv4_options else 0)
                 | (int(RxConfig.IPV6_EXT_HEADERS) if caps.ipv6_non_ipsec_extension_headers
                    else 0))

@@ -46,8 +46,13 @@ class ReferenceBackend:
         buf = memoryview(cast(Any, arena))  # numpy stubs: no Buffer type before 3.12
         for j in np.asarray(idx).tolist():
             op = table[j]
-            ok = open_one(buf, keys, int(op["auth_off"]), int(op["text_off"]),
-                          int(op["text_len"]), int(op["icv_off"]), int(op["seq_hi"]))
+            if op["kind"] == OpKind.AH_VERIFY:
+                ok = verify_ah_one(buf, keys, int(op["auth_off"]), int(op["text_off"]),
+                                   int(op["text_len"]), int(op["icv_off"]), int(op["ip_off"]),
+                                   int(op["seq_hi"]))
+            else:
+                ok = open_one(buf, keys, int(op["auth_off"]), int(op["text_off"]),
+                              int(op["text_len"]), int(op["icv_off"]), int(op["seq_hi"]))
             op["status"] = OpStatus.DONE if ok else OpStatus.AUTH_FAILED
 
 
@@ -95,16 +100,30 @@ def sign_ah_one(buf: memoryview, sa: SaKeys, copy: int, rest: int, rest_len: int
     fields and ICV zeroed), then the rest of the packet as it is, then the ESN high word
     (RFC 4302 §2.5.1). AES-GMAC (RFC 4543 §3): the whole input is AAD, the nonce salt || the
     IV before the ICV."""
+    buf[icv:icv + sa.icv_len] = ah_icv(buf, sa, copy, rest, rest_len, icv, ip, seq_hi)
+
+
+def verify_ah_one(buf: memoryview, sa: SaKeys, copy: int, rest: int, rest_len: int, icv: int,
+                  ip: int, seq_hi: int) -> bool:
+    """Check one received AH packet's ICV (at ``icv``, as received) against the one computed
+    over the zeroed copy of its header region that rx_run made (ICV field zeroed there, RFC
+    4302 §3.3.3.1) and the rest of the packet; compared in constant time."""
+    want = ah_icv(buf, sa, copy, rest, rest_len, icv, ip, seq_hi)
+    return std_hmac.compare_digest(want, bytes(buf[icv:icv + sa.icv_len]))
+
+
+def ah_icv(buf: memoryview, sa: SaKeys, copy: int, rest: int, rest_len: int, icv: int,
+           ip: int, seq_hi: int) -> bytes:
+    """The AH ICV of sign_ah_one's input."""
     data = (bytes(buf[copy:copy + rest - ip]) + bytes(buf[rest:rest + rest_len])
             + (struct.pack("!I", seq_hi) if sa.esn else b""))
     if sa.suite == Suite.AH_GMAC:
         assert sa.aead is not None
         iv = bytes(buf[icv - 8:icv])
-        buf[icv:icv + 16] = sa.aead.encrypt(sa.salt + iv, b"", data)
-        return
+        return sa.aead.encrypt(sa.salt + iv, b"", data)
     mac = sa.hmac()
     mac.update(data)
-    buf[icv:icv + sa.icv_len] = mac.finalize()[:sa.icv_len]
+    return mac.finalize()[:sa.icv_len]
 
 
 def open_one(buf: memoryview, sa: SaKeys, esp: int, text: int, text_len: int, icv: int,
@@ -116,6 +135,10 @@ def open_one(buf: memoryview, sa: SaKeys, esp: int, text: int, text_len: int, ic
     iv = bytes(buf[esp + 8:text])
     end = text + text_len
     got = bytes(buf[icv:icv + sa.icv_len])
+    if sa.suite == Suite.AES_CBC:  # no ESP ICV: the bundle's AH was verified first (G14)
+        decryptor = Cipher(algorithms.AES(sa.enc_key), modes.CBC(iv)).decryptor()
+        buf[text:end] = decryptor.update(bytes(buf[text:end])) + decryptor.finalize()
+        return True
     if sa.suite in (Suite.AES_GCM, Suite.AES_GMAC):
         header = spi_sn[:4] + esn_hi + spi_sn[4:]
         if sa.suite == Suite.AES_GMAC:

@@ -388,8 +388,15 @@ cdef class CbcHmacBackend:
 
     def open(self, uint8_t[::1] arena, uint8_t[::1] ops, const int32_t[::1] idx,
              object keys):
-        """Checks the ICV of every op, then decrypts the text of those that verify;
-        OP_ESP_OPEN ops only."""
+        """Checks the ICV of every op, then decrypts the text of those that verify
+        (OP_ESP_OPEN ops); for an AH key context, checks the AH ICV of every OP_AH_VERIFY op
+        (ah_sign_hmac); for encryption-only AES-CBC, decrypts (cbc_only_seal)."""
+        if int(keys.suite) == SUITE_AH_HMAC:
+            ah_sign_hmac(arena, ops, idx, keys, True)
+            return
+        if int(keys.suite) == SUITE_AES_CBC:
+            cbc_only_seal(arena, ops, idx, keys, True)
+            return
         self._run(arena, ops, idx, keys, OP_ESP_OPEN)
 
     cdef int _run(self, uint8_t[::1] arena, uint8_t[::1] ops, const int32_t[::1] idx,
@@ -488,12 +495,16 @@ cdef int ah_check_op(str what, const CryptoOp* op, int64_t r, int64_t L) except 
     return 0
 
 
-def ah_sign_hmac(uint8_t[::1] arena, uint8_t[::1] ops, const int32_t[::1] idx, object keys):
+def ah_sign_hmac(uint8_t[::1] arena, uint8_t[::1] ops, const int32_t[::1] idx, object keys,
+                 bint verify=False):
     """AH ICVs with HMAC-MD5-96 / SHA1-96 / SHA-256-128 (RFC 4302 §3.3.3, RFC 2404, RFC 4868)
     for the OP_AH_SIGN ops ``idx`` sharing ``keys``: the MAC runs over the zeroed header copy
     tx_emit left in the scratch, then the rest of the packet, then the ESN high word
-    (RFC 4302 §2.5.1), from the precomputed keyed contexts; all ops are checked first."""
-    cdef str what = "cbc-hmac ah sign"
+    (RFC 4302 §2.5.1), from the precomputed keyed contexts; all ops are checked first.
+    ``verify``: OP_AH_VERIFY ops (the copy rx_run made), whose ICV is compared in constant
+    time with the one received (OP_DONE or OP_AUTH_FAILED), nothing written to the arena."""
+    cdef str what = "cbc-hmac ah verify" if verify else "cbc-hmac ah sign"
+    cdef int kind = OP_AH_VERIFY if verify else OP_AH_SIGN
     cdef Py_ssize_t i, n = idx.shape[0], op_size = sizeof(CryptoOp)
     cdef int64_t r, L = arena.shape[0], nrows
     cdef CryptoOp op
@@ -521,7 +532,7 @@ def ah_sign_hmac(uint8_t[::1] arena, uint8_t[::1] ops, const int32_t[::1] idx, o
         if r < 0 or r >= nrows:
             raise ValueError(f"{what}: idx[{i}] = {r} is out of range for {nrows} ops")
         memcpy(&op, ops_p + r * op_size, sizeof(CryptoOp))
-        if (op.kind != OP_AH_SIGN or op.suite != SUITE_AH_HMAC or op.integ != integ
+        if (op.kind != kind or op.suite != SUITE_AH_HMAC or op.integ != integ
                 or op.icv_len != icv_len or op.esn != esn or op.iv_len != 0):
             raise ValueError(f"{what}: op {r} does not match the AH HMAC key context")
         ah_check_op(what, &op, r, L)
@@ -546,15 +557,23 @@ def ah_sign_hmac(uint8_t[::1] arena, uint8_t[::1] ops, const int32_t[::1] idx, o
             d = final(h)
         if not PyBytes_CheckExact(d) or PyBytes_GET_SIZE(d) < icv_len:
             raise RuntimeError(f"{what}: the HMAC context returned no digest")
+        if verify:
+            row.status = OP_DONE if cbc_ct_equal(<const uint8_t*>PyBytes_AS_STRING(d),
+                                                 arena_p + row.icv_off, icv_len) \
+                else OP_AUTH_FAILED
+            continue
         memcpy(arena_p + row.icv_off, PyBytes_AS_STRING(d), icv_len)
         row.status = OP_DONE
 
 
-def cbc_only_seal(uint8_t[::1] arena, uint8_t[::1] ops, const int32_t[::1] idx, object keys):
+def cbc_only_seal(uint8_t[::1] arena, uint8_t[::1] ops, const int32_t[::1] idx, object keys,
+                  bint decrypt=False):
     """AES-CBC without integrity, the ESP of an AH+ESP bundle (docs/spec-gaps.md G14): the
     interleaved CBC encryption of the OP_ESP_SEAL ops ``idx``, no ICV (the bundle's AH, in
-    the next pass, authenticates). Every op is checked first."""
-    cdef str what = "cbc-hmac seal (encryption only)"
+    the next pass, authenticates); ``decrypt``: the CBC decryption of OP_ESP_OPEN ops, whose
+    AH the receive path verified first. Every op is checked first."""
+    cdef str what = ("cbc-hmac open (encryption only)" if decrypt
+                     else "cbc-hmac seal (encryption only)")
     cdef Py_ssize_t i, n = idx.shape[0], op_size = sizeof(CryptoOp)
     cdef CryptoOp probe
     cdef Py_ssize_t status_off = <char*>&probe.status - <char*>&probe
@@ -573,9 +592,15 @@ def cbc_only_seal(uint8_t[::1] arena, uint8_t[::1] ops, const int32_t[::1] idx, 
         raise MemoryError()
     try:
         cbc_load_jobs(what, arena_p, arena.shape[0], ops_p, ops.shape[0] // op_size, idx,
-                      OP_ESP_SEAL, SUITE_AES_CBC, INTEG_AEAD, 0, 1 if keys.esn else 0, jobs)
-        qsort(jobs, n, sizeof(cbc_job), cbc_cmp_blocks_desc)
-        cbc_encrypt(jobs, n, keys.ecb_encryptor().update_into)
+                      OP_ESP_OPEN if decrypt else OP_ESP_SEAL, SUITE_AES_CBC, INTEG_AEAD, 0,
+                      1 if keys.esn else 0, jobs)
+        if decrypt:
+            for i in range(n):
+                jobs[i].ok = 1
+            cbc_decrypt(jobs, n, keys.ecb_decryptor().update_into)
+        else:
+            qsort(jobs, n, sizeof(cbc_job), cbc_cmp_blocks_desc)
+            cbc_encrypt(jobs, n, keys.ecb_encryptor().update_into)
         for i in range(n):
             ops_p[jobs[i].row * op_size + status_off] = OP_DONE
     finally:

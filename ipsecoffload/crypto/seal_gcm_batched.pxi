@@ -54,8 +54,9 @@ cdef inline int64_t gcm_blocks_of(const CryptoOp* op) noexcept nogil:
 
 
 cdef int gcm_check_ops(int64_t size, const CryptoOp* op0, int64_t n_ops, const int32_t* idx,
-                       int64_t n) except -1:
-    """Every op of the group lies inside the arena and is a GCM/GMAC ESP op."""
+                       int64_t n, bint seal) except -1:
+    """Every op of the group lies inside the arena and is a GCM/GMAC ESP op, or an AH
+    AES-GMAC sign (seal) or verify (open) op."""
     cdef int64_t i, j
     cdef const CryptoOp* op
     for i in range(n):
@@ -64,8 +65,10 @@ cdef int gcm_check_ops(int64_t size, const CryptoOp* op0, int64_t n_ops, const i
             raise ValueError(f"idx[{i}] = {j} names no op")
         op = op0 + j
         if op.suite == SUITE_AH_GMAC:  # AH: header copy, rest of packet, IV || ICV
-            if op.kind != OP_AH_SIGN or op.iv_len != 8 or op.icv_len != 16:
-                raise ValueError(f"op {j} is not an AH AES-GMAC sign op")
+            if op.kind != (OP_AH_SIGN if seal else OP_AH_VERIFY) or op.iv_len != 8 \
+                    or op.icv_len != 16:
+                raise ValueError(f"op {j} is not an AH AES-GMAC {'sign' if seal else 'verify'}"
+                                 f" op")
             if (op.ip_off < 0 or op.text_off < op.ip_off + 36 or op.text_off > size
                     or op.text_len < 0 or op.text_len > 0x7FFFFFFF
                     or op.text_len > size - op.text_off or op.auth_off < 0
@@ -205,7 +208,7 @@ cdef class GcmBatchedBackend:
             raise ValueError("ops buffer size does not match the CryptoOp layout")
         if n == 0:
             return
-        gcm_check_ops(size, op0, ops_size // sizeof(CryptoOp), ix, n)
+        gcm_check_ops(size, op0, ops_size // sizeof(CryptoOp), ix, n, seal)
         self._group(base, op0, ix, n, keys, seal)
 
     cdef _group(self, uint8_t* base, CryptoOp* op0, const int32_t* idx, int64_t n,

@@ -5,6 +5,8 @@
 
 cdef enum:
     NAT_T_PORT = 4500
+    RX_NEEDS_OPEN = 1         # rx_classify_one wrote an ESP open op
+    RX_NEEDS_VERIFY = 2       # ... and / or an AH verify op
 
 
 cdef inline void rx_no_info(RxPlan* p, uint8_t reason) noexcept nogil:
@@ -89,13 +91,40 @@ cdef int64_t rx_lookup(const RxSaKey* keys, int64_t nkeys, uint32_t spi, bint ip
     return -1
 
 
+cdef inline uint32_t rx_seq_hi(const Transform* xf, RxState* states, RxState* prov,
+                               int32_t* prov_rows, uint32_t low) noexcept nogil:
+    """The ESN high word to check a received number with (0 without ESN)."""
+    cdef RxState* pst
+    if not xf.esn:
+        return 0
+    pst = rx_provisional(states, prov, prov_rows, xf.key_row)
+    return esn_infer_hi(pst if pst != NULL else states + xf.key_row, xf.seq_hi, low)
+
+
+cdef inline void rx_op_init(CryptoOp* op, const Transform* xf, int kind, int64_t l2,
+                            uint32_t hi) noexcept nogil:
+    memset(op, 0, sizeof(CryptoOp))
+    op.ip_off = l2
+    op.key_row = xf.key_row
+    op.seq_hi = hi
+    op.kind = kind
+    op.suite = xf.suite
+    op.integ = xf.integ
+    op.iv_len = xf.iv_len
+    op.icv_len = xf.icv_len
+    op.esn = xf.esn
+    op.status = OP_PENDING
+
+
 cdef int rx_classify_one(const uint8_t* f, int64_t flen, int64_t l2, int cfg,
                          const SaRecord* recs, int64_t nrec, const RxSaKey* keys,
                          int64_t nkeys, RxState* states, RxState* prov, int32_t* prov_rows,
-                         RxPlan* p, CryptoOp* op) except -1 nogil:
-    """Fill the plan of one frame; returns 1 when it needs an open op (written to op)."""
-    cdef int64_t ihl, off, ip_end, end, ext_len, esp_off, k, text_len
-    cdef int version, nh, proto, guard
+                         RxPlan* p, CryptoOp* op, CryptoOp* ah_op) except -1 nogil:
+    """Fill the plan of one frame; returns RX_NEEDS_OPEN when it needs an ESP open op
+    (written to op), plus RX_NEEDS_VERIFY when it needs an AH verify op (written to ah_op;
+    rx_run then makes the ICV-input copy its auth_off names)."""
+    cdef int64_t ihl, off, ip_end, end, ext_len, esp_off, k, text_len, ah_len, unpadded
+    cdef int version, nh, proto, guard, needs = 0, esp_bit, ah_bit
     cdef bint ipv6, options = False, udp = False
     cdef uint16_t sport, dport
     cdef uint32_t spi, low, hi
@@ -104,10 +133,10 @@ cdef int rx_classify_one(const uint8_t* f, int64_t flen, int64_t l2, int cfg,
     cdef const SaRecord* rec
     cdef const Transform* xf
     cdef const RxSaKey* key
-    cdef RxState* pst
     memset(p, 0, sizeof(RxPlan))
     p.slot = -1
     p.op = -1
+    p.ah_op = -1
     p.ip_off = l2
     if l2 < 0 or flen < l2 + 20:
         rx_no_info(p, RX_NOT_IP)
@@ -121,7 +150,8 @@ cdef int rx_classify_one(const uint8_t* f, int64_t flen, int64_t l2, int cfg,
         if ihl < 20 or l2 + ihl > flen or ip_end < l2 + ihl:
             rx_no_info(p, RX_NOT_IP)
             return 0
-        if not cfg & CFG_ESP_IPV4:
+        esp_bit, ah_bit = CFG_ESP_IPV4, CFG_AH_IPV4
+        if not cfg & (esp_bit | ah_bit):
             rx_no_info(p, RX_OFFLOAD_OFF)
             return 0
         if ld16(f + l2 + 6) & 0x3FFF:
@@ -140,7 +170,8 @@ cdef int rx_classify_one(const uint8_t* f, int64_t flen, int64_t l2, int cfg,
             return 0
         check(l2, 40, flen)
         ip_end = l2 + 40 + ld16(f + l2 + 4)
-        if not cfg & CFG_ESP_IPV6:
+        esp_bit, ah_bit = CFG_ESP_IPV6, CFG_AH_IPV6
+        if not cfg & (esp_bit | ah_bit):
             rx_no_info(p, RX_OFFLOAD_OFF)
             return 0
         proto = f[l2 + 6]
@@ -196,6 +227,9 @@ cdef int rx_classify_one(const uint8_t* f, int64_t flen, int64_t l2, int cfg,
     elif proto != PROTO_ESP and proto != PROTO_AH:
         rx_no_info(p, RX_NOT_IPSEC)
         return 0
+    if not cfg & (ah_bit if proto == PROTO_AH else esp_bit):
+        rx_no_info(p, RX_OFFLOAD_OFF)
+        return 0
     # the SPI must be readable to find the SA; a frame cut after it is the SA's syntax error
     if off + (8 if proto == PROTO_AH else 4) > flen:
         rx_no_info(p, RX_SHORT)
@@ -223,47 +257,81 @@ cdef int rx_classify_one(const uint8_t* f, int64_t flen, int64_t l2, int cfg,
         # an SPI found on the other protocol, or a bundle's ESP without its AH
         rx_fail(p, RX_BAD_PROTOCOL, CRYPTO_INVALID_PROTOCOL)
         return 0
-    if proto == PROTO_AH:
-        rx_no_info(p, RX_GATED)  # AH verification is not offered yet
+    if rec.n_xf > 1 and not cfg & esp_bit:  # an AH+ESP bundle needs both offloads on
+        rx_no_info(p, RX_OFFLOAD_OFF)
         p.slot = -1
         p.handle = 0
         return 0
-    esp_off = off
-    p.esp_off = esp_off
     p.tunnel = states[xf.key_row].tunnel
+    esp_off = off
+    if proto == PROTO_AH:
+        # RFC 4302 §2: Next Header, Payload Len ((AH length in 32-bit words) - 2), SPI, SN,
+        # [IV], ICV, padding to 4 (IPv4) or 8 (IPv6) bytes
+        ah_len = (<int64_t>f[off + 1] + 2) * 4
+        unpadded = 12 + xf.iv_len + xf.icv_len
+        p.ah_off = off
+        p.ah_len = <int32_t>ah_len
+        p.ah_layer = key.layer
+        p.ah_next_header = f[off]
+        if f[off] == 4 or f[off] == 41:
+            p.tunnel = 1  # docs/spec-gaps.md G12: AH shows its layer without decryption
+        if (ip_end > flen or ah_len != (unpadded + (7 if ipv6 else 3)) & ~(7 if ipv6 else 3)
+                or off + ah_len > ip_end):
+            rx_fail(p, RX_BAD_SYNTAX, CRYPTO_INVALID_PACKET_SYNTAX)
+            return 0
+        check(off, ah_len, flen)
+        low = ld32(f + off + 8)
+        hi = rx_seq_hi(xf, states, prov, prov_rows, low)
+        p.ah_seq64 = (<uint64_t>hi << 32) | low
+        p.seq64 = p.ah_seq64
+        rx_op_init(ah_op, xf, OP_AH_VERIFY, l2, hi)
+        ah_op.text_off = off + ah_len
+        ah_op.text_len = ip_end - (off + ah_len)
+        ah_op.icv_off = off + 12 + xf.iv_len
+        if xf.suite == SUITE_AH_GMAC:
+            memcpy(ah_op.nonce, xf.salt, 4)
+            memcpy(ah_op.nonce + 4, f + off + 12, 8)
+        p.crypto_done = 1
+        needs = RX_NEEDS_VERIFY
+        if rec.n_xf == 1:
+            p.reason = RX_OK
+            return needs
+        # the bundle's ESP follows its AH (RFC 4301 §4.5, docs/protocol.md)
+        esp_off = off + ah_len
+        xf = &rec.xf[0]
+        if f[off] != PROTO_ESP:
+            rx_fail(p, RX_BAD_PROTOCOL, CRYPTO_INVALID_PROTOCOL)
+            return 0
+        if esp_off + 8 > ip_end:
+            rx_fail(p, RX_BAD_SYNTAX, CRYPTO_INVALID_PACKET_SYNTAX)
+            return 0
+        check(esp_off, 8, flen)
+        if ld32(f + esp_off) != xf.spi:
+            rx_fail(p, RX_BAD_PROTOCOL, CRYPTO_INVALID_PROTOCOL)
+            return 0
+        p.layer = 0
+        p.tunnel = states[xf.key_row].tunnel
+    p.esp_off = esp_off
     p.text_off = esp_off + 8 + xf.iv_len
     p.icv_off = ip_end - xf.icv_len
     text_len = p.icv_off - p.text_off
     p.text_len = text_len
-    if ip_end > flen or text_len < 2 or (xf.suite == SUITE_AES_CBC_HMAC and text_len % 16):
+    if ip_end > flen or text_len < 2 or ((xf.suite == SUITE_AES_CBC_HMAC
+                                          or xf.suite == SUITE_AES_CBC) and text_len % 16):
         rx_fail(p, RX_BAD_SYNTAX, CRYPTO_INVALID_PACKET_SYNTAX)
         return 0
     check(esp_off, 8 + xf.iv_len, flen)
     check(p.text_off, text_len + xf.icv_len, flen)
     low = ld32(f + esp_off + 4)
-    hi = 0
-    if xf.esn:
-        pst = rx_provisional(states, prov, prov_rows, xf.key_row)
-        hi = esn_infer_hi(pst if pst != NULL else states + xf.key_row, xf.seq_hi, low)
+    hi = rx_seq_hi(xf, states, prov, prov_rows, low)
     p.seq64 = (<uint64_t>hi << 32) | low
     p.crypto_done = 1
-    memset(op, 0, sizeof(CryptoOp))
+    rx_op_init(op, xf, OP_ESP_OPEN, l2, hi)
     op.auth_off = esp_off
     op.text_off = p.text_off
     op.text_len = text_len
     op.icv_off = p.icv_off
-    op.ip_off = l2
-    op.key_row = xf.key_row
-    op.seq_hi = hi
-    op.kind = OP_ESP_OPEN
-    op.pass_no = 0
-    op.suite = xf.suite
-    op.integ = xf.integ
-    op.iv_len = xf.iv_len
-    op.icv_len = xf.icv_len
-    op.esn = xf.esn
-    op.status = OP_PENDING
     if xf.suite == SUITE_AES_GCM or xf.suite == SUITE_AES_GMAC:
         memcpy(op.nonce, xf.salt, 4)
         memcpy(op.nonce + 4, f + esp_off + 8, 8)
-    return 1
+    return needs | RX_NEEDS_OPEN

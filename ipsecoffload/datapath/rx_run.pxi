@@ -1,6 +1,86 @@
-# rx_complete and rx_run: after the open ops, the receive indication of every frame
+# rx_complete and rx_run: after the verify and open ops, the receive indication of every frame
 # (CryptoDone, CryptoStatus, the receive header info) and the NIC's ESN state; rx_run chains
-# rx_classify, the backends and rx_complete in one compiled call. Included by _fastpath.pyx.
+# rx_classify, the backends (AH verify ops first, then ESP open ops: spec step 5, "AH first,
+# then ESP") and rx_complete in one compiled call. Included by _fastpath.pyx.
+
+
+cdef inline void rx_count_up(RxState* st, uint64_t seq64) noexcept nogil:
+    if not st.seen or seq64 > st.top:
+        st.top = seq64
+    st.seen = 1
+
+
+cdef void rx_ah_complete_one(RxPlan* p, const CryptoOp* aop, RxState* st,
+                             uint32_t delete_after) noexcept nogil:
+    """The AH layer's verdict. A failed AH fails the frame (its ESP is never opened); a
+    verified one counts for ESN inference; AH alone then succeeds."""
+    cdef bint tunnel = p.ah_next_header == 4 or p.ah_next_header == 41 or st.tunnel
+    if aop.status != OP_DONE:
+        if st.auth_failures < <uint32_t>0xFFFFFFFF:
+            st.auth_failures += 1
+        if delete_after and st.auth_failures >= delete_after:
+            p.sa_delete_req = 1
+        p.tunnel = tunnel
+        rx_fail(p, RX_AUTH_FAILED, CRYPTO_TUNNEL_AH_AUTH_FAILED if tunnel
+                else CRYPTO_TRANSPORT_AH_AUTH_FAILED)
+        return
+    if delete_after and st.auth_failures >= delete_after:
+        p.sa_delete_req = 1
+    rx_count_up(st, p.ah_seq64)
+    if p.ah_next_header == 4 or p.ah_next_header == 41:
+        st.tunnel = 1
+    if p.op < 0:
+        p.seq64 = p.ah_seq64
+        p.tunnel = tunnel
+        p.reason = RX_OK
+        p.crypto_status = CRYPTO_SUCCESS
+
+
+cdef int64_t rx_mark_misled(RxPlan* p, CryptoOp* op, const RxState* st, uint32_t seq_hi,
+                            uint64_t* seq64) noexcept nogil:
+    """An ESN op that failed with a high word inferred from frames that did not verify:
+    mark it for a second try with the committed state's inference; 1 if marked."""
+    cdef uint32_t hi
+    if op.status == OP_DONE or not op.esn:
+        return 0
+    hi = esn_infer_hi(st, seq_hi, <uint32_t>seq64[0])
+    if hi == op.seq_hi:
+        return 0
+    op.seq_hi = hi
+    op.status = OP_PENDING
+    op.reserved[0] = 1  # retried
+    seq64[0] = (<uint64_t>hi << 32) | <uint32_t>seq64[0]
+    return 1
+
+
+cdef rx_open_pending(out_arr, ops_arr, keys, backends):
+    """Open the ops still OP_PENDING (a bundle's ESP whose AH failed is not), as one op table."""
+    cdef uint8_t[::1] ops_mv = ops_arr
+    cdef int64_t n = ops_mv.shape[0] // sizeof(CryptoOp), i, k = 0
+    if n == 0:
+        return
+    cdef CryptoOp* op0 = <CryptoOp*>&ops_mv[0]
+    for i in range(n):
+        if op0[i].status == OP_PENDING:
+            k += 1
+    if k == n:
+        run_op_groups(out_arr, ops_arr, keys, backends, "open")
+        return
+    if k == 0:
+        return
+    sub_arr = np.empty(k * sizeof(CryptoOp), np.uint8)
+    cdef CryptoOp* s0 = <CryptoOp*>array_data(sub_arr)
+    k = 0
+    for i in range(n):
+        if op0[i].status == OP_PENDING:
+            s0[k] = op0[i]
+            k += 1
+    run_op_groups(out_arr, sub_arr, keys, backends, "open")
+    k = 0
+    for i in range(n):
+        if op0[i].status == OP_PENDING:
+            op0[i].status = s0[k].status
+            k += 1
 
 
 cdef int rx_complete_one(const uint8_t* frame_in, uint8_t* frame_out, int64_t flen,
@@ -71,7 +151,8 @@ def rx_run(batch, table, rx_state, int config, backends, lock, uint32_t delete_a
     (records_bytes, rx_keys, keys) and the NIC's receive state ``rx_state`` (RX_STATE_DTYPE,
     updated under ``lock``); ``delete_after`` > 0 sets SaDeleteReq on the frames of an SA
     with that many ICV failures. Returns (out, plans, ops, counters): ``out`` is a copy of the
-    arena with every verified ESP text decrypted in place."""
+    arena with every verified ESP text decrypted in place; ``ops`` the ESP open ops, then the
+    AH verify ops (RxPlan.op and RxPlan.ah_op index it)."""
     cdef BatchView b = BatchView(batch)
     cdef const uint8_t[::1] records = table.records_bytes
     cdef const uint8_t[::1] key_bytes = table.rx_keys
@@ -87,34 +168,55 @@ def rx_run(batch, table, rx_state, int config, backends, lock, uint32_t delete_a
     cdef const SaRecord* recs = <const SaRecord*>&records[0] if nrec else NULL
     cdef const RxSaKey* keys = <const RxSaKey*>&key_bytes[0] if nkeys else NULL
     cdef RxState* states = <RxState*>&state_bytes[0] if nrows else NULL
-    cdef int64_t n = b.n_nb, i, nops = 0, nretry = 0, l2
+    cdef int64_t n = b.n_nb, i, nops = 0, nah = 0, nretry = 0, l2, copy_len = 0, hdr
+    cdef int needs
     plans_arr = np.empty(n * sizeof(RxPlan), np.uint8)
-    ops_arr = np.empty(n * sizeof(CryptoOp), np.uint8)
+    ops_arr = np.empty(2 * n * sizeof(CryptoOp), np.uint8)
     counters_arr = np.zeros(RX_REASON_COUNT, np.int64)
-    out_arr = np.array(batch.arena, dtype=np.uint8, copy=True)
     cdef RxPlan* plan0 = <RxPlan*>array_data(plans_arr) if n else NULL
     cdef CryptoOp* op0 = <CryptoOp*>array_data(ops_arr) if n else NULL
+    cdef CryptoOp* ah0 = op0 + n if n else NULL  # the AH ops, moved after the ESP ops below
     cdef RxState prov[RX_PROV_SLOTS]
     cdef int32_t prov_rows[RX_PROV_SLOTS]
     cdef int64_t* counters = <int64_t*>array_data(counters_arr)
-    cdef uint8_t* out = <uint8_t*>array_data(out_arr) if b.arena_size else NULL
     cdef const uint8_t* arena = b.c_arena
     cdef const int64_t* nb_off = b.c_nb_off
     cdef const int64_t* nb_len = b.c_nb_len
     cdef const int32_t* nb_nbl = b.c_nb_nbl
     cdef const NblOob* oob = b.c_oob
+    cdef int64_t asize = b.arena_size
     cdef RxPlan* p
     cdef CryptoOp* op
+    cdef CryptoOp* aop
     cdef RxState* st
+    cdef uint8_t* c
     with nogil:
         for i in range(RX_PROV_SLOTS):
             prov_rows[i] = -1
         for i in range(n):
             l2 = oob[nb_nbl[i]].l2_len
-            if rx_classify_one(arena + nb_off[i], nb_len[i], l2, config, recs, nrec, keys,
-                               nkeys, states, prov, prov_rows, plan0 + i, op0 + nops):
+            p = plan0 + i
+            needs = rx_classify_one(arena + nb_off[i], nb_len[i], l2, config, recs, nrec, keys,
+                                    nkeys, states, prov, prov_rows, p, op0 + nops, ah0 + nah)
+            if needs & RX_NEEDS_VERIFY:
+                aop = ah0 + nah
+                p.ah_op = <int32_t>nah
+                aop.frame = <int32_t>i
+                # frame-relative offsets made arena offsets; the copy goes after the frames
+                aop.text_off += nb_off[i]
+                aop.icv_off += nb_off[i]
+                aop.ip_off += nb_off[i]
+                p.ah_copy = asize + copy_len
+                aop.auth_off = p.ah_copy
+                copy_len += p.ah_off + p.ah_len - p.ip_off
+                if aop.esn:
+                    st = rx_provisional(states, prov, prov_rows, aop.key_row)
+                    if st != NULL:
+                        rx_count_up(st, p.ah_seq64)
+                nah += 1
+            if needs & RX_NEEDS_OPEN:
                 op = op0 + nops
-                plan0[i].op = <int32_t>nops
+                p.op = <int32_t>nops
                 op.frame = <int32_t>i
                 # the op's offsets are frame-relative until here: make them arena offsets
                 op.auth_off += nb_off[i]
@@ -123,46 +225,96 @@ def rx_run(batch, table, rx_state, int config, backends, lock, uint32_t delete_a
                 op.ip_off += nb_off[i]
                 if op.esn:
                     st = rx_provisional(states, prov, prov_rows, op.key_row)
-                    if st != NULL and (not st.seen or plan0[i].seq64 > st.top):
-                        st.top = plan0[i].seq64
                     if st != NULL:
-                        st.seen = 1
+                        rx_count_up(st, p.seq64)
                 nops += 1
-    ops_arr = ops_arr[:nops * sizeof(CryptoOp)]
+    # the frames, then each AH frame's ICV input: its header region with the mutable fields
+    # and the ICV zeroed (RFC 4302 §3.3.3.1), the real fields untouched
+    out_arr = np.empty(asize + copy_len, np.uint8)
+    cdef uint8_t* out = <uint8_t*>array_data(out_arr) if asize + copy_len else NULL
+    with nogil:
+        if asize:
+            memcpy(out, arena, asize)
+        for i in range(n):
+            p = plan0 + i
+            if p.ah_op < 0:
+                continue
+            aop = ah0 + p.ah_op
+            hdr = p.ah_off + p.ah_len - p.ip_off
+            check(p.ah_copy, hdr, asize + copy_len)
+            c = out + p.ah_copy
+            memcpy(c, arena + nb_off[i] + p.ip_off, hdr)
+            if p.ipv6:
+                ah_zero_ipv6(c, p.ah_off - p.ip_off)
+            else:
+                ah_zero_ipv4(c, (c[0] & 0xF) * 4)
+            memset(c + (p.ah_off - p.ip_off) + 12 + aop.iv_len, 0, aop.icv_len)
+    ah_arr = ops_arr[n * sizeof(CryptoOp):(n + nah) * sizeof(CryptoOp)]
+    if nah:
+        run_op_groups(out_arr, ah_arr, table.keys, backends, "open")
+        with lock:
+            with nogil:
+                for i in range(n):
+                    p = plan0 + i
+                    if p.ah_op < 0:
+                        continue
+                    aop = ah0 + p.ah_op
+                    if rx_mark_misled(p, aop, states + aop.key_row,
+                                      recs[p.slot].xf[p.ah_layer].seq_hi, &p.ah_seq64):
+                        nretry += 1
+                        continue
+                    rx_ah_complete_one(p, aop, states + aop.key_row, delete_after)
+            if nretry:
+                rx_retry(out_arr, ah_arr, nretry, table.keys, backends)
+                with nogil:
+                    for i in range(n):
+                        p = plan0 + i
+                        if p.ah_op >= 0 and ah0[p.ah_op].reserved[0]:
+                            aop = ah0 + p.ah_op
+                            rx_ah_complete_one(p, aop, states + aop.key_row, delete_after)
+                nretry = 0
+            with nogil:
+                for i in range(n):
+                    p = plan0 + i
+                    if p.op >= 0 and p.ah_op >= 0 and ah0[p.ah_op].status != OP_DONE:
+                        op0[p.op].status = OP_AUTH_FAILED  # never opened: its AH failed
+    esp_arr = ops_arr[:nops * sizeof(CryptoOp)]
     if nops:
-        run_op_groups(out_arr, ops_arr, table.keys, backends, "open")
-    op0 = <CryptoOp*>array_data(ops_arr) if nops else NULL
-    cdef uint32_t hi
+        rx_open_pending(out_arr, esp_arr, table.keys, backends)
     with lock:
         with nogil:
             for i in range(n):
                 p = plan0 + i
-                if p.op < 0:
+                if p.op < 0 or (p.ah_op >= 0 and ah0[p.ah_op].status != OP_DONE):
                     continue
                 op = op0 + p.op
                 st = states + op.key_row
-                if op.status != OP_DONE and op.esn:
+                if rx_mark_misled(p, op, st, recs[p.slot].xf[p.layer].seq_hi, &p.seq64):
                     # inferred from frames that did not verify: try the committed state
-                    hi = esn_infer_hi(st, recs[p.slot].xf[p.layer].seq_hi, <uint32_t>p.seq64)
-                    if hi != op.seq_hi:
-                        memcpy(out + nb_off[i] + p.text_off, arena + nb_off[i] + p.text_off,
-                               p.text_len)
-                        op.seq_hi = hi
-                        op.status = OP_PENDING
-                        op.reserved[0] = 1  # retried
-                        p.seq64 = (<uint64_t>hi << 32) | <uint32_t>p.seq64
-                        nretry += 1
-                        continue
+                    memcpy(out + nb_off[i] + p.text_off, arena + nb_off[i] + p.text_off,
+                           p.text_len)
+                    nretry += 1
+                    continue
                 rx_complete_one(arena + nb_off[i], out + nb_off[i], nb_len[i], p, op, st,
                                 delete_after)
+                if p.ah_op >= 0 and p.tunnel:
+                    states[ah0[p.ah_op].key_row].tunnel = 1
         if nretry:
-            rx_retry(out_arr, ops_arr, nretry, table.keys, backends)
+            rx_retry(out_arr, esp_arr, nretry, table.keys, backends)
             with nogil:
                 for i in range(n):
                     p = plan0 + i
-                    if p.op >= 0 and op0[p.op].reserved[0]:
+                    if p.op >= 0 and op0[p.op].reserved[0] and (
+                            p.ah_op < 0 or ah0[p.ah_op].status == OP_DONE):
                         rx_complete_one(arena + nb_off[i], out + nb_off[i], nb_len[i], p,
                                         op0 + p.op, states + op0[p.op].key_row, delete_after)
+                        if p.ah_op >= 0 and p.tunnel:
+                            states[ah0[p.ah_op].key_row].tunnel = 1
         for i in range(n):
             counters[plan0[i].reason] += 1
-    return out_arr, plans_arr, ops_arr, counters_arr
+            if plan0[i].ah_op >= 0:
+                plan0[i].ah_op += <int32_t>nops
+    if nah and nops < n:  # the AH ops follow the ESP ops in the table returned
+        memmove(op0 + nops, ah0, nah * sizeof(CryptoOp))
+    ops_out = ops_arr[:(nops + nah) * sizeof(CryptoOp)]
+    return out_arr[:asize], plans_arr, ops_out, counters_arr

@@ -88,6 +88,16 @@ class Received:
         return f"Received({len(self)} frames, {self.counts()})"
 
 
+def _layers(config: SaConfig) -> list:
+    """(Operation, SPI) of each layer of the SA's bundle."""
+    if config.protocol == "ah":
+        return [(ndis.IpsecOperation.AH, config.spi)]
+    layers = [(ndis.IpsecOperation.ESP, config.spi)]
+    if config.protocol == "ah+esp" and config.ah_spi is not None:
+        layers.append((ndis.IpsecOperation.AH, config.ah_spi))
+    return layers
+
+
 def _prefix(text: Optional[str], ipv6: bool) -> tuple[bytes, int]:
     if text is None:
         return bytes(16), 0
@@ -255,10 +265,11 @@ class ReceiveMixin:
                     # its own state infers the high word (App. A); UPDATE_SA would reset it
                     sa.bundle_hi[ipv6] = max(sa.bundle_hi.get(ipv6, 0), hi)
                 elif sa.bundle_hi.get(ipv6, 0) < hi:
-                    update = ndis.IpsecOffloadV2UpdateSa(
-                        offload_handle=handle, operation=ndis.IpsecOperation.ESP,
-                        spi=sa.config.spi, sequence_number_high_order=hi)
-                    if self.miniport.update_sa(update) == NdisStatus.SUCCESS:
+                    # UPDATE_SA names one layer by Operation and SPI: each layer of the bundle
+                    if all(self.miniport.update_sa(ndis.IpsecOffloadV2UpdateSa(
+                            offload_handle=handle, operation=operation, spi=spi,
+                            sequence_number_high_order=hi)) == NdisStatus.SUCCESS
+                           for operation, spi in _layers(sa.config)):
                         sa.bundle_hi[ipv6] = hi
                         updated.add(handle)
         return updated

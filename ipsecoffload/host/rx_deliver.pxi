@@ -101,6 +101,14 @@ cdef bint rx_plan_fits(const uint8_t* f, int64_t flen, int64_t l2,
         return True
     if not p.ipv6:
         hdr = (f[p.ip_off] & 0xF) * 4  # the checksum covers the whole header
+    if p.ah_off:  # AH alone, or an AH+ESP bundle: the headers end where AH starts
+        if (p.ah_len < 12 or p.ah_off < p.ip_off + hdr or p.ah_off > p.ip_end - p.ah_len
+                or p.ip_end > flen or p.nh_off < p.ip_off or p.nh_off >= p.ah_off):
+            return False
+        if p.op < 0:
+            return True
+        return (p.esp_off >= p.ah_off + p.ah_len and p.esp_off + 8 <= p.text_off
+                and p.text_len >= 2 + p.pad_length and p.text_off <= flen - p.text_len)
     hdr_end = p.udp_off if p.udp_off else p.esp_off
     return (hdr_end >= p.ip_off + hdr and p.nh_off >= p.ip_off and p.nh_off < hdr_end
             and (not p.udp_off or p.udp_off + 8 <= p.esp_off)
@@ -118,7 +126,7 @@ cdef int rx_deliver_one(const uint8_t* f, int64_t flen, const uint8_t* dec, int6
     cdef int64_t hdr_end, pay_off, pay_len, hlen, inner_len, ihl
     cdef const uint8_t* ip
     cdef uint8_t* o
-    cdef int outer_ecn, inner_ecn, new_ecn, inner_v
+    cdef int outer_ecn, inner_ecn, new_ecn, inner_v, nh
     out_len[0] = 0
     sa_index[0] = -1
     if not p.crypto_done:
@@ -142,15 +150,21 @@ cdef int rx_deliver_one(const uint8_t* f, int64_t flen, const uint8_t* dec, int6
         return DELIVERY_CRYPTO
     if not rx_window_accept(w, p.seq64):
         return DELIVERY_REPLAY
-    pay_off = p.text_off
-    pay_len = p.text_len - 2 - p.pad_length
-    if p.next_header == 59:
+    if p.ah_off and p.op < 0:  # AH alone: what follows the AH header, as received
+        nh = p.ah_next_header
+        pay_off = p.ah_off + p.ah_len
+        pay_len = p.ip_end - pay_off
+    else:  # ESP (alone or inside a bundle): the decrypted payload
+        nh = p.next_header
+        pay_off = p.text_off
+        pay_len = p.text_len - 2 - p.pad_length
+    if nh == 59:
         return DELIVERY_DUMMY
     memcpy(out, f, l2)
     o = out + l2
-    if p.next_header == 4 or p.next_header == 41:
+    if nh == 4 or nh == 41:
         # tunnel: the inner packet, as sent but for ECN (RFC 4301 §5.1.2.2, RFC 6040 §4.2)
-        inner_v = 4 if p.next_header == 4 else 6
+        inner_v = 4 if nh == 4 else 6
         if pay_len < (20 if inner_v == 4 else 40) or (dec[pay_off] >> 4) != inner_v:
             return DELIVERY_INNER
         if inner_v == 4:
@@ -182,12 +196,12 @@ cdef int rx_deliver_one(const uint8_t* f, int64_t flen, const uint8_t* dec, int6
             st16(out + l2 - 2, 0x0800 if inner_v == 4 else 0x86DD)
         out_len[0] = l2 + inner_len
         return DELIVERY_DECAP
-    # transport: headers before ESP (or its UDP header), then the payload
-    hdr_end = p.udp_off if p.udp_off else p.esp_off
+    # transport: headers before AH / ESP (or ESP's UDP header), then the payload
+    hdr_end = p.ah_off if p.ah_off else (p.udp_off if p.udp_off else p.esp_off)
     hlen = hdr_end - p.ip_off
     memcpy(o, ip, hlen)
     memcpy(o + hlen, dec + pay_off, pay_len)
-    o[p.nh_off - p.ip_off] = p.next_header
+    o[p.nh_off - p.ip_off] = nh
     if p.ipv6:
         st16(o + 4, <uint32_t>(hlen + pay_len - 40))
     else:

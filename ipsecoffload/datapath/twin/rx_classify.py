@@ -93,14 +93,42 @@ def rx_lookup(keys, spi: int, ipv6: bool, src: bytes, dst: bytes, udp: bool) -> 
     return -1
 
 
+RX_NEEDS_OPEN = 1  # rx_classify_one wrote an ESP open op
+RX_NEEDS_VERIFY = 2  # ... and / or an AH verify op
+
+
+def rx_seq_hi(xf, states, prov, touched, low: int) -> int:
+    """The ESN high word to check a received number with (0 without ESN)."""
+    if not xf["esn"]:
+        return 0
+    return esn_infer_hi(rx_provisional(states, prov, touched, int(xf["key_row"])),
+                        int(xf["seq_hi"]), low)
+
+
+def rx_op_init(op, xf, kind: int, l2: int, hi: int) -> None:
+    _zero(op)
+    op["ip_off"] = l2
+    op["key_row"] = xf["key_row"]
+    op["seq_hi"] = hi
+    op["kind"] = kind
+    op["suite"] = xf["suite"]
+    op["integ"] = xf["integ"]
+    op["iv_len"] = xf["iv_len"]
+    op["icv_len"] = xf["icv_len"]
+    op["esn"] = xf["esn"]
+    op["status"] = OpStatus.PENDING
+
+
 def rx_classify_one(f: bytes, l2: int, cfg: int, recs, keys, states, prov, touched, p,
-                    op) -> int:
-    """Fill the plan ``p`` of one frame; returns 1 when it needs an open op (written to
-    ``op``), else 0 (``op`` untouched)."""
+                    op, ah_op) -> int:
+    """Fill the plan ``p`` of one frame; returns RX_NEEDS_OPEN when it needs an ESP open op
+    (written to ``op``), plus RX_NEEDS_VERIFY when it needs an AH verify op (written to
+    ``ah_op``; rx_run then makes the ICV-input copy), else 0."""
     flen = len(f)
     _zero(p)
     p["slot"] = -1
     p["op"] = -1
+    p["ah_op"] = -1
     p["ip_off"] = l2
     options = udp = False
     if l2 < 0 or flen < l2 + 20:
@@ -114,7 +142,8 @@ def rx_classify_one(f: bytes, l2: int, cfg: int, recs, keys, states, prov, touch
         if ihl < 20 or l2 + ihl > flen or ip_end < l2 + ihl:
             rx_no_info(p, RxReason.NOT_IP)
             return 0
-        if not cfg & Config.ESP_IPV4:
+        esp_bit, ah_bit = Config.ESP_IPV4, Config.AH_IPV4
+        if not cfg & (esp_bit | ah_bit):
             rx_no_info(p, RxReason.OFFLOAD_OFF)
             return 0
         if _ld16(f, l2 + 6) & 0x3FFF:  # MF or a fragment offset (RFC 791)
@@ -131,7 +160,8 @@ def rx_classify_one(f: bytes, l2: int, cfg: int, recs, keys, states, prov, touch
             rx_no_info(p, RxReason.NOT_IP)
             return 0
         ip_end = l2 + 40 + _ld16(f, l2 + 4)
-        if not cfg & Config.ESP_IPV6:
+        esp_bit, ah_bit = Config.ESP_IPV6, Config.AH_IPV6
+        if not cfg & (esp_bit | ah_bit):
             rx_no_info(p, RxReason.OFFLOAD_OFF)
             return 0
         proto = f[l2 + 6]
@@ -184,6 +214,9 @@ def rx_classify_one(f: bytes, l2: int, cfg: int, recs, keys, states, prov, touch
     elif proto not in (PROTO_ESP, PROTO_AH):
         rx_no_info(p, RxReason.NOT_IPSEC)
         return 0
+    if not cfg & (ah_bit if proto == PROTO_AH else esp_bit):
+        rx_no_info(p, RxReason.OFFLOAD_OFF)
+        return 0
     # the SPI must be readable to find the SA; a frame cut after it is the SA's syntax error
     if off + (8 if proto == PROTO_AH else 4) > flen:
         rx_no_info(p, RxReason.SHORT)
@@ -211,47 +244,78 @@ def rx_classify_one(f: bytes, l2: int, cfg: int, recs, keys, states, prov, touch
         # an SPI found on the other protocol, or a bundle's ESP without its AH
         rx_fail(p, RxReason.BAD_PROTOCOL, CryptoStatus.INVALID_PROTOCOL)
         return 0
-    if proto == PROTO_AH:
-        rx_no_info(p, RxReason.GATED)  # AH verification is not offered yet
+    if rec["n_xf"] > 1 and not cfg & esp_bit:  # an AH+ESP bundle needs both offloads on
+        rx_no_info(p, RxReason.OFFLOAD_OFF)
         p["slot"] = -1
         p["handle"] = 0
         return 0
+    p["tunnel"] = states[int(xf["key_row"])]["tunnel"]
     esp_off = off
+    needs = 0
+    if proto == PROTO_AH:
+        # RFC 4302 §2: Next Header, Payload Len ((AH length in 32-bit words) - 2), SPI, SN,
+        # [IV], ICV, padding to 4 (IPv4) or 8 (IPv6) bytes
+        ah_len = (f[off + 1] + 2) * 4
+        unpadded = 12 + int(xf["iv_len"]) + int(xf["icv_len"])
+        align = 8 if ipv6 else 4
+        p["ah_off"] = off
+        p["ah_len"] = ah_len
+        p["ah_layer"] = layer
+        p["ah_next_header"] = f[off]
+        if f[off] in (4, 41):
+            p["tunnel"] = 1  # G12: AH shows its layer without decryption
+        if ip_end > flen or ah_len != -(-unpadded // align) * align or off + ah_len > ip_end:
+            rx_fail(p, RxReason.BAD_SYNTAX, CryptoStatus.INVALID_PACKET_SYNTAX)
+            return 0
+        low = _ld32(f, off + 8)
+        hi = rx_seq_hi(xf, states, prov, touched, low)
+        p["ah_seq64"] = (hi << 32) | low
+        p["seq64"] = (hi << 32) | low
+        rx_op_init(ah_op, xf, OpKind.AH_VERIFY, l2, hi)
+        ah_op["text_off"] = off + ah_len
+        ah_op["text_len"] = ip_end - (off + ah_len)
+        ah_op["icv_off"] = off + 12 + int(xf["iv_len"])
+        if int(xf["suite"]) == Suite.AH_GMAC:
+            ah_op["nonce"] = list(bytes(xf["salt"]) + f[off + 12:off + 20])
+        p["crypto_done"] = 1
+        needs = RX_NEEDS_VERIFY
+        if rec["n_xf"] == 1:
+            p["reason"] = RxReason.OK
+            return needs
+        # the bundle's ESP follows its AH
+        esp_off = off + ah_len
+        xf = rec["xf"][0]
+        if f[off] != PROTO_ESP:
+            rx_fail(p, RxReason.BAD_PROTOCOL, CryptoStatus.INVALID_PROTOCOL)
+            return 0
+        if esp_off + 8 > ip_end:
+            rx_fail(p, RxReason.BAD_SYNTAX, CryptoStatus.INVALID_PACKET_SYNTAX)
+            return 0
+        if _ld32(f, esp_off) != int(xf["spi"]):
+            rx_fail(p, RxReason.BAD_PROTOCOL, CryptoStatus.INVALID_PROTOCOL)
+            return 0
+        p["layer"] = 0
+        p["tunnel"] = states[int(xf["key_row"])]["tunnel"]
     iv_len, icv_len, suite = int(xf["iv_len"]), int(xf["icv_len"]), int(xf["suite"])
-    key_row = int(xf["key_row"])
     p["esp_off"] = esp_off
-    p["tunnel"] = states[key_row]["tunnel"]
     text_off = esp_off + 8 + iv_len
     icv_off = ip_end - icv_len
     text_len = icv_off - text_off
     p["text_off"], p["icv_off"], p["text_len"] = text_off, icv_off, text_len
-    if ip_end > flen or text_len < 2 or (suite == Suite.AES_CBC_HMAC and text_len % 16):
+    if ip_end > flen or text_len < 2 or (suite in (Suite.AES_CBC_HMAC, Suite.AES_CBC)
+                                         and text_len % 16):
         rx_fail(p, RxReason.BAD_SYNTAX, CryptoStatus.INVALID_PACKET_SYNTAX)
         return 0
     low = _ld32(f, esp_off + 4)
-    hi = 0
-    if xf["esn"]:
-        hi = esn_infer_hi(rx_provisional(states, prov, touched, key_row), int(xf["seq_hi"]),
-                          low)
+    hi = rx_seq_hi(xf, states, prov, touched, low)
     p["seq64"] = (hi << 32) | low
     p["crypto_done"] = 1
-    _zero(op)
+    rx_op_init(op, xf, OpKind.ESP_OPEN, l2, hi)
     op["auth_off"] = esp_off
     op["text_off"] = text_off
     op["text_len"] = text_len
     op["icv_off"] = icv_off
-    op["ip_off"] = l2
-    op["key_row"] = key_row
-    op["seq_hi"] = hi
-    op["kind"] = OpKind.ESP_OPEN
-    op["pass_no"] = 0
-    op["suite"] = suite
-    op["integ"] = xf["integ"]
-    op["iv_len"] = iv_len
-    op["icv_len"] = icv_len
-    op["esn"] = xf["esn"]
-    op["status"] = OpStatus.PENDING
     if suite in (Suite.AES_GCM, Suite.AES_GMAC):
         # nonce = salt || IV (RFC 4106 §4, RFC 4543 §3.1)
         op["nonce"] = list(bytes(xf["salt"]) + f[esp_off + 8:esp_off + 16])
-    return 1
+    return needs | RX_NEEDS_OPEN

@@ -108,6 +108,15 @@ def rx_plan_fits(f: bytes, l2: int, p) -> bool:
         hdr = (f[ip_off] & 0xF) * 4  # the checksum covers the whole header
     udp_off, esp_off, nh_off = int(p["udp_off"]), int(p["esp_off"]), int(p["nh_off"])
     text_off, text_len = int(p["text_off"]), int(p["text_len"])
+    ah_off, ah_len, ip_end = int(p["ah_off"]), int(p["ah_len"]), int(p["ip_end"])
+    if ah_off:  # AH alone, or an AH+ESP bundle: the headers end where AH starts
+        if (ah_len < 12 or ah_off < ip_off + hdr or ah_off > ip_end - ah_len or ip_end > flen
+                or not ip_off <= nh_off < ah_off):
+            return False
+        if p["op"] < 0:
+            return True
+        return (esp_off >= ah_off + ah_len and esp_off + 8 <= text_off
+                and text_len >= 2 + int(p["pad_length"]) and text_off <= flen - text_len)
     hdr_end = udp_off or esp_off
     return (hdr_end >= ip_off + hdr and ip_off <= nh_off < hdr_end
             and (not udp_off or udp_off + 8 <= esp_off)
@@ -139,9 +148,14 @@ def rx_deliver_one(f: bytes, dec: bytes, l2: int, p, slot_sa, slot_handle,
         return Delivery.CRYPTO, b"", sa
     if not rx_window_accept(w, int(p["seq64"])):
         return Delivery.REPLAY, b"", sa
-    pay_off = int(p["text_off"])
-    pay_len = int(p["text_len"]) - 2 - int(p["pad_length"])
-    nh = int(p["next_header"])
+    if p["ah_off"] and p["op"] < 0:  # AH alone: what follows the AH header, as received
+        nh = int(p["ah_next_header"])
+        pay_off = int(p["ah_off"]) + int(p["ah_len"])
+        pay_len = int(p["ip_end"]) - pay_off
+    else:  # ESP (alone or inside a bundle): the decrypted payload
+        nh = int(p["next_header"])
+        pay_off = int(p["text_off"])
+        pay_len = int(p["text_len"]) - 2 - int(p["pad_length"])
     if nh == 59:  # a dummy packet (RFC 4303 §2.6)
         return Delivery.DUMMY, b"", sa
     payload = dec[pay_off:pay_off + pay_len]
@@ -176,8 +190,8 @@ def rx_deliver_one(f: bytes, dec: bytes, l2: int, p, slot_sa, slot_handle,
         if l2 >= 14:  # the EtherType names the inner IP version
             o[l2 - 2:l2] = struct.pack("!H", 0x0800 if inner_v == 4 else 0x86DD)
         return Delivery.DECAP, bytes(o), sa
-    # transport: headers before ESP (or its UDP header), then the payload
-    hdr_end = int(p["udp_off"]) or int(p["esp_off"])
+    # transport: headers before AH / ESP (or ESP's UDP header), then the payload
+    hdr_end = int(p["ah_off"]) or int(p["udp_off"]) or int(p["esp_off"])
     hlen = hdr_end - ip_off
     o = bytearray(f[:l2] + ip[:hlen] + payload)
     o[l2 + int(p["nh_off"]) - ip_off] = nh
