@@ -242,3 +242,37 @@ def test_pcapng_in_and_out_and_standard_streams(encrypted, capsys, monkeypatch):
     assert [r.data for r in read_pcap(tmp_path / "stdout.pcap")[1]] == plain
     summary = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert summary["packets_out"] == len(plain)
+
+
+@pytest.mark.parametrize("workers", [2, 3, 8])
+def test_workers_give_the_one_worker_output(encrypted, capsys, workers):
+    """--workers N: the same capture and the same summary as one worker, failures and replays
+    included (the SAs spread over N stacks by SPI group, each SA's window in one of them)."""
+    tmp_path, sa, plain = encrypted
+    _, records = read_pcap(tmp_path / "esp.pcap")
+    # a replay, a tampered frame and a frame of no SA, among the rest
+    data = [r.data for r in records]
+    tampered = bytearray(data[0])
+    tampered[-1] ^= 1
+    spoofed = bytearray(data[1])
+    spoofed[14 + 20 + 3] ^= 0x55  # another SPI
+    data += [data[2], bytes(tampered), bytes(spoofed)]
+    write_pcap(tmp_path / "mixed.pcap", LINKTYPE_ETHERNET, data,
+               [T0 + 1000 * i for i in range(len(data))])
+    outs = []
+    for n in (1, workers):
+        code, out, err = run(capsys, "decrypt", "-i", tmp_path / "mixed.pcap", "-o",
+                             tmp_path / f"dec{n}.pcap", "--sa", sa, "--json", "--workers", n)
+        assert code == 0, err
+        summary = json.loads(out)
+        summary.pop("version")
+        outs.append((summary, (tmp_path / f"dec{n}.pcap").read_bytes()))
+    assert outs[0] == outs[1]
+    assert outs[0][0]["no_sa"] == 1
+    assert sum(s["replayed"] for s in outs[0][0]["sas"].values()) == 1
+
+
+def test_workers_must_be_positive(tmp_path, capsys):
+    code, _, err = run(capsys, "decrypt", "-i", tmp_path / "x.pcap", "-o", tmp_path / "y.pcap",
+                       "--sa", tmp_path / "sa.json", "--workers", "0")
+    assert code == 2 and "workers" in err

@@ -225,7 +225,8 @@ def cmd_decrypt(args) -> int:
     summary = _with_progress("decrypt", lambda progress: decrypt_capture(
         args.input, args.output, policies, replay_window=args.replay_window,
         keep_failed=args.keep_failed, batch_size=args.batch, count=args.count,
-        progress=progress, output_format=args.format, protect=[(args.sa, "SA file")]),
+        progress=progress, output_format=args.format, protect=[(args.sa, "SA file")],
+        workers=args.workers),
         quiet=args.quiet)
     for warning in summary.warnings:
         _warn(warning)
@@ -469,6 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     decrypt.add_argument("--format", choices=("pcap", "pcapng"), default=None,
                          help="output format (default: the input's)")
     decrypt.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    decrypt.add_argument("--workers", metavar="N", type=_positive, default=1,
+                         help="spread the SAs over N threads (each SA's window stays in one)")
     decrypt.set_defaults(run=cmd_decrypt)
     wireshark = commands.add_parser(
         "wireshark-sa", epilog=_epilog("wireshark-sa"), formatter_class=_HelpFormatter,

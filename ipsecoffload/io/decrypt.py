@@ -82,30 +82,126 @@ def _versions(policy: SaPolicy) -> tuple:
     return tuple(v == 6 for v in policy.selector.versions)
 
 
+def _spi_groups(policies: Sequence[SaPolicy]) -> list:
+    """The policies' indices in groups that share no SPI with another group (a bundle's AH SPI
+    counts too): one NIC lookup can never match SAs of two groups."""
+    parent = list(range(len(policies)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+    owner: dict = {}
+    for i, policy in enumerate(policies):
+        config = policy.config
+        for spi in (config.spi, config.ah_spi):
+            if spi is None:
+                continue
+            if spi in owner:
+                parent[root(i)] = root(owner[spi])
+            else:
+                owner[spi] = i
+    groups: dict = {}
+    for i in range(len(policies)):
+        groups.setdefault(root(i), []).append(i)
+    return list(groups.values())
+
+
+class _Shard:
+    """One worker's stack: the inbound SAs of some SPI groups (``index`` maps its SA indices
+    to the file's)."""
+
+    def __init__(self, stack: HostStack, index: list):
+        self.stack = stack
+        self.index = np.asarray(index, np.int32)
+
+
+class _Merged:
+    """The deliveries of several shards' stacks, one per frame (the shard that owns the frame's
+    SA, else the first), with the file's SA index."""
+
+    __slots__ = ("delivery", "sa", "nic", "_picked", "_gots")
+
+    def __init__(self, gots: list, shards: list):
+        deliveries = np.stack([g.delivery for g in gots])
+        owned = ~np.isin(deliveries, (Delivery.NO_SA, Delivery.SELECTOR))
+        selector = deliveries == Delivery.SELECTOR
+        picked = np.where(owned.any(axis=0), owned.argmax(axis=0),
+                          np.where(selector.any(axis=0), selector.argmax(axis=0), 0))
+        cols = np.arange(deliveries.shape[1])
+        self.delivery = deliveries[picked, cols]
+        local = np.stack([g.sa for g in gots])[picked, cols]
+        sa = np.full(len(cols), -1, np.int32)
+        for w, shard in enumerate(shards):
+            mine = (picked == w) & (local >= 0)
+            sa[mine] = shard.index[local[mine]]
+        self.sa = sa
+        status = np.stack([g.nic.crypto_status for g in gots])[picked, cols]
+        self.nic = type("MergedIndication", (), {"crypto_status": status})()
+        self._picked, self._gots = picked, gots
+
+    def packet(self, i: int) -> bytes:
+        return self._gots[int(self._picked[i])].packet(i)
+
+
 class CaptureDecryptor:
-    """The stack, the miniport and the running summary of one capture."""
+    """The stack, the miniport and the running summary of one capture. ``workers`` > 1: the
+    SAs in that many stacks (SPI groups dealt round-robin, so each SA's window stays in one
+    place), each receiving every batch on its own thread; the output and the summary are the
+    one-worker ones."""
 
     def __init__(self, policies: Sequence[SaPolicy], summary: DecryptSummary, *,
                  replay_window: int = DEFAULT_REPLAY_WINDOW, keep_failed: bool = False,
-                 miniport: Optional[Miniport] = None):
+                 miniport: Optional[Miniport] = None, workers: int = 1):
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ValueError(f"workers must be a positive integer, got {workers!r}")
         self.policies = list(policies)
         self.summary = summary
         self.keep_failed = keep_failed
         # the record path reads one link type; the bulk path has one per record (pcapng)
         self.ethernet = summary.linktype == LINKTYPE_ETHERNET
         self.l2 = 14 if self.ethernet else 0
-        self.stack = HostStack(miniport or Miniport(), link="ethernet" if self.ethernet
-                               else "raw")
-        self.inbound = []
-        for policy in self.policies:
-            selector = None
-            if policy.config.mode == "transport":
-                selector = (policy.selector.src, policy.selector.dst)
-            self.inbound.append(self.stack.add_inbound_sa(
-                policy.config, replay_window=replay_window, selector=selector,
-                versions=_versions(policy)))
+        link = "ethernet" if self.ethernet else "raw"
+        groups = _spi_groups(self.policies)
+        workers = max(1, min(workers, len(groups)))
+        dealt: list = [[] for _ in range(workers)]
+        for k, group in enumerate(groups):
+            dealt[k % workers] += group
+        self.shards = []
+        for w, members in enumerate(dealt):
+            nic = miniport if (w == 0 and miniport is not None) else Miniport()
+            self.shards.append(_Shard(HostStack(nic, link=link), sorted(members)))
+        self.stack = self.shards[0].stack
+        self.inbound: list = [None] * len(self.policies)
+        for shard in self.shards:
+            for i in shard.index.tolist():
+                policy = self.policies[i]
+                selector = None
+                if policy.config.mode == "transport":
+                    selector = (policy.selector.src, policy.selector.dst)
+                self.inbound[i] = shard.stack.add_inbound_sa(
+                    policy.config, replay_window=replay_window, selector=selector,
+                    versions=_versions(policy))
+        self._pool = None
+        if len(self.shards) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+            self._pool = ThreadPoolExecutor(max_workers=len(self.shards) - 1,
+                                            thread_name_prefix="ipsecoffload-decrypt")
         summary.sas = {p.name: DecryptSaStats() for p in self.policies}
         self._names = [p.name for p in self.policies]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _receive(self, batch: PacketBatch):
+        if self._pool is None:
+            return self.stack.receive(batch)
+        futures = [self._pool.submit(shard.stack.receive, batch) for shard in self.shards[1:]]
+        gots = [self.stack.receive(batch)] + [f.result() for f in futures]
+        return _Merged(gots, self.shards)
 
     def _link_length(self, frame: bytes) -> int:
         """The link header before IP (802.1Q / 802.1ad tags understood), or -1: not IP."""
@@ -136,7 +232,7 @@ class CaptureDecryptor:
         got: Optional[Received] = None
         if frames:
             batch = PacketBatch.from_frames(frames, l2_len=np.array(l2s, np.uint16))
-            got = self.stack.receive(batch)
+            got = self._receive(batch)
             self._count(got)
             delivery = got.delivery.tolist()
             for k, index in enumerate(to_nic):
@@ -182,7 +278,7 @@ class CaptureDecryptor:
             frames = PacketBatch(arena, off[picked], cap[picked],
                                  np.arange(len(picked), dtype=np.int32),
                                  l2_len=l2[picked].astype(np.uint16))
-            got = self.stack.receive(frames)
+            got = self._receive(frames)
             self._count(got)
             delivery = got.delivery.tolist()
             for k, i in enumerate(picked.tolist()):
@@ -195,7 +291,7 @@ class CaptureDecryptor:
         summary.packets_out += len(written)
         return written
 
-    def _count(self, got: Received) -> None:
+    def _count(self, got) -> None:
         summary = self.summary
         delivery = got.delivery
         counts = np.bincount(delivery, minlength=len(Delivery))
@@ -229,14 +325,15 @@ def decrypt_capture(input_path, output_path, policies: Sequence[SaPolicy], *,
                     batch_size: int = DEFAULT_BATCH, count: Optional[int] = None,
                     progress: Optional[Callable[[int], None]] = None,
                     miniport: Optional[Miniport] = None, output_format: Optional[str] = None,
-                    protect=()) -> DecryptSummary:
+                    protect=(), workers: int = 1) -> DecryptSummary:
     """Decrypt a pcap or pcapng capture with the SA policies; returns the summary.
 
     ``input_path`` / ``output_path`` may be ``"-"`` (standard input / output); the output is
     in the input's format unless ``output_format``. It goes to a temporary file beside
     ``output_path``, renamed into place on success; on any error only that temporary file is
     removed (io/atomic.py), and an output path naming the input (or a path in ``protect``)
-    is refused. Raises ``PcapError`` for an unusable capture and ``OSError`` for file
+    is refused. ``workers``: the SAs spread over that many stacks on as many threads
+    (CaptureDecryptor). Raises ``PcapError`` for an unusable capture and ``OSError`` for file
     problems.
     """
     from ..host.tx_frame import kernels
@@ -246,12 +343,12 @@ def decrypt_capture(input_path, output_path, policies: Sequence[SaPolicy], *,
         return _decrypt_bulk(input_path, output_path, policies, replay_window=replay_window,
                              keep_failed=keep_failed, batch_size=batch_size, count=count,
                              progress=progress, miniport=miniport, output_format=output_format,
-                             protect=protect)
+                             protect=protect, workers=workers)
     if output_format == "pcapng" or input_path == "-" or output_path == "-":
         raise PcapError("pcapng, standard input and standard output need the compiled kernels")
     return _decrypt_records(input_path, output_path, policies, replay_window=replay_window,
                             keep_failed=keep_failed, batch_size=batch_size, count=count,
-                            progress=progress, miniport=miniport)
+                            progress=progress, miniport=miniport, workers=workers)
 
 
 def _record_bytes(fmt: str, data: bytes, ts_ns: int, iface: int, orig_len: int,
@@ -272,7 +369,8 @@ def _record_bytes(fmt: str, data: bytes, ts_ns: int, iface: int, orig_len: int,
 
 
 def _decrypt_bulk(input_path, output_path, policies, *, replay_window, keep_failed, batch_size,
-                  count, progress, miniport, output_format, protect) -> DecryptSummary:
+                  count, progress, miniport, output_format, protect,
+                  workers: int = 1) -> DecryptSummary:
     from .atomic import SafeOutput
     from .bulk import BulkReader, BulkWriter
     start = time.perf_counter()
@@ -288,8 +386,9 @@ def _decrypt_bulk(input_path, output_path, policies, *, replay_window, keep_fail
         if summary.linktype in (228, 229):
             summary.linktype = 101
         decryptor = CaptureDecryptor(policies, summary, replay_window=replay_window,
-                                     keep_failed=keep_failed, miniport=miniport)
-        with out:
+                                     keep_failed=keep_failed, miniport=miniport,
+                                     workers=workers)
+        with out, _closing(decryptor):
             assert out.file is not None
             writer = None  # made at the first batch: a pcapng's interfaces come with its blocks
             for batch in reader.batches(batch_size):
@@ -320,7 +419,7 @@ def _decrypt_records(input_path, output_path, policies: Sequence[SaPolicy], *,
                      replay_window: int = DEFAULT_REPLAY_WINDOW, keep_failed: bool = False,
                      batch_size: int = DEFAULT_BATCH, count: Optional[int] = None,
                      progress: Optional[Callable[[int], None]] = None,
-                     miniport: Optional[Miniport] = None) -> DecryptSummary:
+                     miniport: Optional[Miniport] = None, workers: int = 1) -> DecryptSummary:
     """The record-by-record path for the pure-Python kernels (classic pcap files only)."""
     start = time.perf_counter()
     output_path = os.fspath(output_path)
@@ -331,7 +430,8 @@ def _decrypt_records(input_path, output_path, policies: Sequence[SaPolicy], *,
         summary = DecryptSummary(input=os.fspath(input_path), output=output_path,
                                  linktype=reader.linktype)
         decryptor = CaptureDecryptor(policies, summary, replay_window=replay_window,
-                                     keep_failed=keep_failed, miniport=miniport)
+                                     keep_failed=keep_failed, miniport=miniport,
+                                     workers=workers)
         directory = os.path.dirname(os.path.abspath(output_path))
         fd, temp = tempfile.mkstemp(prefix=".ipsecoffload-", suffix=".pcap.part", dir=directory)
         try:
@@ -354,14 +454,27 @@ def _decrypt_records(input_path, output_path, policies: Sequence[SaPolicy], *,
                         break
             os.replace(temp, output_path)
         except BaseException:
+            decryptor.close()
             try:
                 os.unlink(temp)
             except OSError:
                 pass
             raise
+    decryptor.close()
     keep_truncation_warnings(caught, summary.warnings)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+class _closing:
+    def __init__(self, decryptor: CaptureDecryptor):
+        self.decryptor = decryptor
+
+    def __enter__(self) -> CaptureDecryptor:
+        return self.decryptor
+
+    def __exit__(self, *exc) -> None:
+        self.decryptor.close()
 
 
 __all__ = ["CaptureDecryptor", "DecryptSaStats", "DecryptSummary", "decrypt_capture"]
