@@ -30,6 +30,7 @@ from ipsecoffload import Miniport, PacketBatchBuilder, Reason, SaConfig, ndis
 from ipsecoffload.ndis import NdisStatus
 
 FAILURE = 0xC0000001
+INVALID_PACKET = 0xC001000F  # NDIS_STATUS_INVALID_PACKET
 assert NdisStatus.FAILURE == FAILURE
 LSO_V2_TYPE = 1 << 30
 ETH = bytes.fromhex("020000000002020000000001")
@@ -771,7 +772,9 @@ def test_bad_lso_input_fails_whole_nbl(pure, bad):
     sup = BAD[bad](small if bad in ("tcp-header-past-end", "pad-length-eats-tcp-header")
                    else good)
     result = send(miniport, good, sup, good)
-    assert [int(s) for s in result.status] == [0, FAILURE, 0]
+    # an ESP offset off the header chain is refused as in a non-LSO frame (INVALID_PACKET)
+    status = INVALID_PACKET if bad == "esp-offset-disagrees" else FAILURE
+    assert [int(s) for s in result.status] == [0, status, 0]
     assert result.wire.frames_of(1) == []
     assert list(result.lso_complete) == [LSO_V2_TYPE] * 3
     check_segments(result.wire.frames_of(0), good, full_scapy=False)
@@ -968,7 +971,12 @@ def test_fuzz_compiled_matches_twin(case):
     if damage == "ip-version-bit" and sup.lso_version == 1:
         damage = None  # LSOv1 has no IPVersion bit
     exhausted = not cfg.esn and cfg.seq + sup.nsegs - 1 > 0xFFFFFFFF
-    if exhausted or damage in ALWAYS_BAD:
+    if sup.ipv6 and case["ext"] == "bogus":
+        # the extension header claims more bytes than it has: ESP is not where the header
+        # chain says (INVALID_PACKET, as in a non-LSO frame), whatever else is damaged
+        assert int(compiled.status[0]) in (FAILURE, INVALID_PACKET)
+        assert compiled.wire.num_buffers == 0
+    elif exhausted or damage in ALWAYS_BAD:
         assert int(compiled.status[0]) == FAILURE and compiled.wire.num_buffers == 0
     elif not damage and not (sup.ipv6 and case["ext"] == "bogus"):
         check_or_refused(compiled, sup, full_scapy=False)

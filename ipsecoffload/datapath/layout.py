@@ -130,6 +130,7 @@ class Config(enum.IntFlag):
     AH_IPV4 = 64
     AH_IPV6 = 128
     TUNNEL_ALONE_SINGLE = 256  # docs/spec-gaps.md G13: a lone TunnelHandle is the single SA
+    DISABLED_FAIL = 512  # docs/spec-gaps.md G21: a handle while offload is off fails the NBL
 
 
 class Reason(enum.IntEnum):
@@ -151,6 +152,11 @@ class Reason(enum.IntEnum):
     LSO_BAD_PARAMS = 14
     NBL_FAILED = 15
     BAD_AH_OFFSET = 16
+    SPI_MISMATCH = 17
+    PROTOCOL_MISMATCH = 18
+    DISABLED_WITH_HANDLE = 19
+    SEQ_REUSED = 20
+    LSO_LIMIT = 21
 
 
 class OpKind(enum.IntEnum):
@@ -239,6 +245,11 @@ REASON_STATUS = {
     Reason.LSO_BAD_PARAMS: STATUS_FAILURE,
     Reason.NBL_FAILED: STATUS_FAILURE,  # replaced by the failing sibling's status
     Reason.BAD_AH_OFFSET: STATUS_INVALID_PACKET,
+    Reason.SPI_MISMATCH: STATUS_FAILURE,
+    Reason.PROTOCOL_MISMATCH: STATUS_FAILURE,
+    Reason.DISABLED_WITH_HANDLE: STATUS_FAILURE,
+    Reason.SEQ_REUSED: STATUS_FAILURE,
+    Reason.LSO_LIMIT: STATUS_FAILURE,
 }
 
 # The counters tx_plan fills per batch: one per Reason, then these NBL status counts.
