@@ -1,7 +1,7 @@
 """Type stubs of the compiled stages and backends (ipsecoffload/_fastpath.pyx); the package
 ipsecoffload/datapath/twin/ is the pure-Python twin of every stage."""
 import enum
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Optional, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -36,8 +36,11 @@ def tx_plan(batch: _Batch, records: _U8, plans: _U8, nbl_status: npt.NDArray[np.
 def tx_emit(batch: _Batch, records: _U8, plans: _U8, rand: _U8, out: _U8, frames: _U8,
             ops: _U8) -> None: ...
 def tx_fixup(out: _U8, ops: _U8) -> None: ...
+def tx_mark(batch: _Batch, records: _U8, plans: _U8,
+            marks: npt.NDArray[np.uint64]) -> int: ...
 def tx_run(batch: _Batch, table: _Table, config: int, icv_space: int, iv_source: int,
-           backends: Mapping[int, Any], random_source: Callable[[int], bytes]
+           backends: Mapping[int, Any], random_source: Callable[[int], bytes],
+           marks: Optional[npt.NDArray[np.uint64]] = ..., mark_lock: Any = ...
            ) -> tuple[_U8, _U8, _U8, _U8, npt.NDArray[np.uint32], npt.NDArray[np.uint64],
                       npt.NDArray[np.int64]]: ...
 def op_groups(ops: _U8) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]: ...

@@ -632,8 +632,11 @@ def test_no_esn_exhaustion(pure, seq, L, ok):
     miniport = seeded_miniport(pure)
     h = offload(miniport, cfg, False)
     sup = build_super(cfg, h, payload_of(L), 1000)
-    good = build_super(gcm(), offload(miniport, gcm(), False), payload_of(1500), 1000)
-    result = send(miniport, good, sup, good)
+    g = gcm()
+    hg = offload(miniport, g, False)
+    good = build_super(g, hg, payload_of(1500), 1000)
+    good2 = build_super(replace(g, seq=g.seq + 100), hg, payload_of(1500), 1000)  # fresh SNs
+    result = send(miniport, good, sup, good2)
     if ok:
         assert list(result.status) == [0, 0, 0]
         check_segments(result.wire.frames_of(1), sup)
@@ -642,7 +645,7 @@ def test_no_esn_exhaustion(pure, seq, L, ok):
         assert result.wire.frames_of(1) == []
         assert Reason.SEQ_EXHAUSTED in set(result.reasons)
     check_segments(result.wire.frames_of(0), good)
-    check_segments(result.wire.frames_of(2), good)
+    check_segments(result.wire.frames_of(2), good2)
 
 
 @pytest.mark.parametrize("pure", KERNELS)
@@ -768,17 +771,19 @@ def test_bad_lso_input_fails_whole_nbl(pure, bad):
     cfg = gcm()
     h = offload(miniport, cfg, False)
     good = build_super(cfg, h, payload_of(2500), 1000)
+    # the second good one with fresh SNs: an SN is sealed once (docs/send-path.md)
+    good2 = build_super(replace(cfg, seq=cfg.seq + 100), h, payload_of(2500), 1000)
     small = build_super(cfg, h, payload_of(30), 1000)  # 60-byte TCP header / 255 pad overrun it
     sup = BAD[bad](small if bad in ("tcp-header-past-end", "pad-length-eats-tcp-header")
                    else good)
-    result = send(miniport, good, sup, good)
+    result = send(miniport, good, sup, good2)
     # an ESP offset off the header chain is refused as in a non-LSO frame (INVALID_PACKET)
     status = INVALID_PACKET if bad == "esp-offset-disagrees" else FAILURE
     assert [int(s) for s in result.status] == [0, status, 0]
     assert result.wire.frames_of(1) == []
     assert list(result.lso_complete) == [LSO_V2_TYPE] * 3
     check_segments(result.wire.frames_of(0), good, full_scapy=False)
-    check_segments(result.wire.frames_of(2), good, full_scapy=False)
+    check_segments(result.wire.frames_of(2), good2, full_scapy=False)
 
 
 @pytest.mark.parametrize("pure", KERNELS)
@@ -867,7 +872,7 @@ def test_completion_info(pure):
     v2 = build_super(cfg, h6, payload_of(3333), 1000, ipv6=True)
     v1_bad = _with_lso(v1, mss=0)
     v2_bad = _with_oob(v2, next_header=17)
-    v1_empty = build_super(cfg, h4, b"", 1000, lso_version=1)
+    v1_empty = build_super(replace(cfg, seq=cfg.seq + 100), h4, b"", 1000, lso_version=1)
     result = send(miniport, v1, v2, v1_bad, v2_bad, v1_empty)
     assert [int(s) for s in result.status] == [0, 0, FAILURE, FAILURE, 0]
     assert [int(v) for v in result.lso_complete] == [3333, LSO_V2_TYPE, 0, LSO_V2_TYPE, 0]

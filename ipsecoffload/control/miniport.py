@@ -251,7 +251,8 @@ class Miniport:
         result = run_send(batch, self.sas.snapshot(), config=self.config_bits(),
                           icv_space=self.icv_space, iv_source=self.iv_source,
                           kernels=self.kernels, backends=self.backends,
-                          random_source=self.random_source)
+                          random_source=self.random_source, marks=self.sas.tx_marks,
+                          mark_lock=self.sas.tx_lock)
         if not isinstance(nbls, PacketBatch):
             for nbl, status, lso_done in zip(nbls, result.status, result.lso_complete):
                 nbl.status = int(status)

@@ -11,10 +11,13 @@ The stack does no crypto: the IV slot and the ICV are left for the NIC.
 from __future__ import annotations
 
 import ipaddress
+import os
 import struct
 import threading
 from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple, Optional, Sequence
+
+import numpy as np
 
 from .. import ndis
 from ..datapath.batch import PacketBatch, PacketBatchBuilder
@@ -297,11 +300,18 @@ class HostStack(ReceiveMixin):
     §8.1's per-SA choices; docs/protocol.md). Transport-mode packets keep their own TTL and ID.
 
     The stack is thread-safe: one lock orders sequence-number assignment and sends.
+
+    ``fresh_ivs``: with ``Miniport(iv_source="packet")`` the NIC keeps the IV slot's bytes,
+    so the stack fills a fresh random IV into every IV slot it frames (ESP, and AH-GMAC of
+    protocol 'ah'); an all-zero IV repeated would reuse the AES-GCM / GMAC nonce (RFC 4106
+    §3.1). ``ivs=`` given to ``build`` / ``send`` are always kept; ``fresh_ivs=False`` keeps
+    the zero IV slot too (for tests that want fixed bytes).
     """
 
     def __init__(self, miniport, *, link: str = "ethernet",
                  src_mac: bytes = b"\x02\0\0\0\0\x01", dst_mac: bytes = b"\x02\0\0\0\0\x02",
-                 ttl: int = 64, ipv4_id: int = 0, tunnel_df: str = "copy"):
+                 ttl: int = 64, ipv4_id: int = 0, tunnel_df: str = "copy",
+                 fresh_ivs: bool = True):
         if link not in ("ethernet", "raw"):
             raise ValueError(f"link must be 'ethernet' or 'raw', got {link!r}")
         for name, mac in (("src_mac", src_mac), ("dst_mac", dst_mac)):
@@ -312,6 +322,9 @@ class HostStack(ReceiveMixin):
         if tunnel_df not in DF_POLICIES:
             raise ValueError(f"tunnel_df must be one of {', '.join(map(repr, DF_POLICIES))}, "
                              f"got {tunnel_df!r}")
+        if not isinstance(fresh_ivs, bool):
+            raise TypeError(f"fresh_ivs must be True or False, got {fresh_ivs!r}")
+        self.fresh_ivs = fresh_ivs
         self.miniport = miniport
         self.link = link
         self.src_mac, self.dst_mac = bytes(src_mac), bytes(dst_mac)
@@ -611,8 +624,9 @@ class HostStack(ReceiveMixin):
         with self._lock:
             packets, fast = self._compiled(packets, sa, ivs, send=False)
             if fast is not None:
-                return fast
-            return _to_batch(self._prepare(packets, sa, ivs))
+                return self.fill_fresh_ivs(fast) if ivs is None else fast
+            batch = _to_batch(self._prepare(packets, sa, ivs))
+            return self.fill_fresh_ivs(batch) if ivs is None else batch
 
     def send(self, packets: Sequence[bytes], sa: Optional[StackSa], *,
              ivs: Optional[Sequence[bytes]] = None) -> SendResult:
@@ -622,7 +636,7 @@ class HostStack(ReceiveMixin):
             packets, fast = self._compiled(packets, sa, ivs, send=True)
             if fast is not None:
                 return fast
-            return self._transmit(sa, self._prepare(packets, sa, ivs))
+            return self._transmit(sa, self._prepare(packets, sa, ivs), fill=ivs is None)
 
     # Frame ESP batches in compiled code (host/tx_frame.py); this Python framer is its twin
     # and frames whatever that one does not. False: always the Python framer.
@@ -635,7 +649,7 @@ class HostStack(ReceiveMixin):
             return packets, None
         packets = [p if isinstance(p, (bytes, bytearray, memoryview))
                    or not hasattr(type(p), "__bytes__") else bytes(p) for p in packets]
-        if ivs is not None or not self.compiled_framing:
+        if ivs is not None or not self.compiled_framing or (send and self._needs_fresh_ivs()):
             return packets, None
         from . import tx_frame
         return packets, tx_frame.stack_send(self, packets, sa, send=send)
@@ -648,14 +662,48 @@ class HostStack(ReceiveMixin):
         from . import tx_frame
         return tx_frame.send_batch(self, packets, sas, mss=mss)
 
-    def _transmit(self, sa: Optional[StackSa], nbls: list[_Nbl]) -> SendResult:
+    def _needs_fresh_ivs(self) -> bool:
+        return self.fresh_ivs and int(getattr(self.miniport, "iv_source", 0)) == 1  # PACKET
+
+    def fill_fresh_ivs(self, batch: PacketBatch) -> PacketBatch:
+        """With ``Miniport(iv_source="packet")`` (and ``fresh_ivs``): a fresh random IV in the
+        IV slot of every non-LSO NBL of this stack's SAs (ESP; AH-GMAC of protocol 'ah'),
+        in place; LSO segments always get NIC IVs (docs/spec-gaps.md G5). Returns ``batch``."""
+        if not self._needs_fresh_ivs() or not len(batch.oob):
+            return batch
+        slots = {}
+        for sa in self.sas:
+            iv_len = sa.layout.iv_len
+            if iv_len:
+                for handle in sa.handles.values():
+                    slots[handle] = (iv_len, sa.config.protocol == "ah")
+        oob = batch.oob
+        arena = batch.arena
+        for k, (handle, lso, first, l2, esp4, ah4) in enumerate(zip(
+                oob["offload_handle"].tolist(), oob["lso_info"].tolist(),
+                oob["first_nb"].tolist(), oob["l2_len"].tolist(), oob["esp_off4"].tolist(),
+                oob["ah_off4"].tolist())):
+            slot = slots.get(handle)
+            if slot is None or lso or int(oob["nb_count"][k]) < 1:
+                continue
+            iv_len, ah = slot
+            for nb in range(first, first + int(oob["nb_count"][k])):
+                start = int(batch.nb_off[nb]) + l2 + (4 * ah4 + 12 if ah else 4 * esp4 + 8)
+                if (ah4 if ah else esp4) and start + iv_len <= int(batch.nb_off[nb]) + int(
+                        batch.nb_len[nb]):
+                    arena[start:start + iv_len] = np.frombuffer(os.urandom(iv_len), np.uint8)
+        return batch
+
+    def _transmit(self, sa: Optional[StackSa], nbls: list[_Nbl], *,
+                  fill: bool = False) -> SendResult:
         esn_sa = sa if sa is not None and sa.config.esn else None
         results = []
         for part in (_split_by_seq_hi(nbls) if esn_sa else [nbls]):
             bundles = {nbl.bundle for nbl in part if nbl.bundle is not None}
             if esn_sa and part:
                 self._sync_seq_hi(esn_sa, bundles, part[0].first_sn >> 32)
-            results.append(self.miniport.send(_to_batch(part)))
+            batch = _to_batch(part)
+            results.append(self.miniport.send(self.fill_fresh_ivs(batch) if fill else batch))
             if esn_sa and part:
                 # an LSO super-packet may end in the next high word: the NIC carried into
                 # it for its segments only (docs/send-path.md); the record must follow

@@ -217,6 +217,8 @@ def frame_and_send(stack, arena: np.ndarray, pkts: np.ndarray, sas: Sequence,
             esn = [s for s in touched if table["esn"][s]]
             for s in esn:
                 stack._sync_seq_hi(sas[s], _bundles(table, s), int(table["first_sn"][s]) >> 32)
+            if hasattr(stack, "fill_fresh_ivs"):
+                stack.fill_fresh_ivs(batch)  # Miniport(iv_source="packet"): fresh IVs
             result = stack.miniport.send(batch) if sender is None \
                 else sender(batch, pkts, start, stop)
             for s in esn:
