@@ -72,7 +72,8 @@ cpdef enum Reason:
     REASON_DISABLED_WITH_HANDLE = 19  # offload off, a handle, and G21 "fail" or an LSO request
     REASON_SEQ_REUSED = 20            # an AEAD seal at or below the SA's sealed high-water mark
     REASON_LSO_LIMIT = 21             # over MaxOffLoadSize or under MinSegmentCount (NDIS LSO)
-    REASON_COUNT = 22
+    REASON_OUTPUT_LIMIT = 22          # the batch's output would pass the send's arena cap
+    REASON_COUNT = 23
 
 # What a crypto op does; the pass orders the ops of one packet (inner before outer, ESP
 # before AH on send; the reverse on receive).

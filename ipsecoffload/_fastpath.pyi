@@ -38,9 +38,11 @@ def tx_emit(batch: _Batch, records: _U8, plans: _U8, rand: _U8, out: _U8, frames
 def tx_fixup(out: _U8, ops: _U8) -> None: ...
 def tx_mark(batch: _Batch, records: _U8, plans: _U8,
             marks: npt.NDArray[np.uint64]) -> int: ...
+def tx_limit(batch: _Batch, plans: _U8, limits: npt.NDArray[np.int64]) -> int: ...
 def tx_run(batch: _Batch, table: _Table, config: int, icv_space: int, iv_source: int,
            backends: Mapping[int, Any], random_source: Callable[[int], bytes],
-           marks: Optional[npt.NDArray[np.uint64]] = ..., mark_lock: Any = ...
+           marks: Optional[npt.NDArray[np.uint64]] = ..., mark_lock: Any = ...,
+           limits: Optional[npt.NDArray[np.int64]] = ...
            ) -> tuple[_U8, _U8, _U8, _U8, npt.NDArray[np.uint32], npt.NDArray[np.uint64],
                       npt.NDArray[np.int64]]: ...
 def op_groups(ops: _U8) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]: ...
@@ -142,7 +144,8 @@ class Reason(enum.IntEnum):
     REASON_DISABLED_WITH_HANDLE = 19
     REASON_SEQ_REUSED = 20
     REASON_LSO_LIMIT = 21
-    REASON_COUNT = 22
+    REASON_OUTPUT_LIMIT = 22
+    REASON_COUNT = 23
 
 class StatusCounter(enum.IntEnum):
     COUNT_SUCCESS = 0
@@ -214,6 +217,7 @@ REASON_PROTOCOL_MISMATCH: int
 REASON_DISABLED_WITH_HANDLE: int
 REASON_SEQ_REUSED: int
 REASON_LSO_LIMIT: int
+REASON_OUTPUT_LIMIT: int
 REASON_COUNT: int
 COUNT_SUCCESS: int
 COUNT_FAILURE: int

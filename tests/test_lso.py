@@ -89,9 +89,22 @@ def offload(miniport: Miniport, cfg: SaConfig, ipv6: bool) -> int:
     return entry.offload_handle
 
 
+# The segmentation tests below cut single-segment and very large super-packets too: their
+# miniport offers MinSegmentCount 1 and no MaxOffLoadSize bound. The NDIS defaults (65535, 2)
+# are tested in tests/test_lso_limits.py.
+_NO_LSO_LIMITS = dict(
+    lso_v1=ndis.NdisTcpLargeSendOffloadV1(max_offload_size=2**32 - 1, min_segment_count=1),
+    lso_v2=ndis.NdisTcpLargeSendOffloadV2(ipv4_max_offload_size=2**32 - 1,
+                                          ipv4_min_segment_count=1,
+                                          ipv6_max_offload_size=2**32 - 1,
+                                          ipv6_min_segment_count=1))
+
+
 def seeded_miniport(pure: bool, seed: int = 7) -> Miniport:
-    """A miniport whose CBC IVs come from a seeded generator (reproducible output)."""
-    return Miniport(pure_python=pure, random_source=random.Random(seed).randbytes)
+    """A miniport whose CBC IVs come from a seeded generator (reproducible output), without
+    LSO limits (see above)."""
+    return Miniport(pure_python=pure, random_source=random.Random(seed).randbytes,
+                    **_NO_LSO_LIMITS)
 
 
 # -- checksums -------------------------------------------------------------------------------
@@ -432,6 +445,11 @@ def test_round_trip_every_suite(pure, suite, ipv6, lso_version):
     h = offload(miniport, cfg, ipv6)
     sup = build_super(cfg, h, payload_of(2 * 700 + 123, seed=len(suite)), 700, ipv6=ipv6,
                       lso_version=lso_version, flags=0xD9)  # CWR ECE ACK PSH FIN
+    if ipv6 and lso_version == 1:  # NDIS LSOv1 is IPv4 only: the NBL fails, nothing leaves
+        result = send(miniport, sup)
+        assert [int(s) for s in result.status] == [FAILURE]
+        assert result.reasons[0] == Reason.LSO_DISABLED and result.wire.num_buffers == 0
+        return
     segs = run_ok(miniport, sup)
     assert [s.flags for s in segs] == [0xD0, 0x50, 0x59]
 
@@ -576,7 +594,7 @@ def test_several_super_packets_in_one_batch(pure):
                                      (null(), True)]):
         h = offload(miniport, cfg, ipv6)
         sups.append(build_super(cfg, h, payload_of(1000 + 900 * k, seed=k), 600 + k,
-                                ipv6=ipv6, lso_version=2 - k % 2))
+                                ipv6=ipv6, lso_version=2 if ipv6 else 1 + k % 2))
     result = send(miniport, *sups)
     assert list(result.status) == [0] * 4
     for k, sup in enumerate(sups):
@@ -981,6 +999,9 @@ def test_fuzz_compiled_matches_twin(case):
         # chain says (INVALID_PACKET, as in a non-LSO frame), whatever else is damaged
         assert int(compiled.status[0]) in (FAILURE, INVALID_PACKET)
         assert compiled.wire.num_buffers == 0
+    elif sup.ipv6 and sup.lso_version == 1:  # NDIS LSOv1 is IPv4 only
+        assert int(compiled.status[0]) in (FAILURE, INVALID_PACKET)
+        assert compiled.wire.num_buffers == 0
     elif exhausted or damage in ALWAYS_BAD:
         assert int(compiled.status[0]) == FAILURE and compiled.wire.num_buffers == 0
     elif not damage and not (sup.ipv6 and case["ext"] == "bogus"):
@@ -1044,6 +1065,11 @@ def test_stack_send_lso(suite, ipv6, lso_version):
     (stack, sa), (twin, twin_sa) = stack_pair(cfg)
     payload = payload_of(5000, seed=3)
     packet = plain_tcp(payload, ipv6=ipv6, options=TS_OPTIONS)
+    if ipv6 and lso_version == 1:  # NDIS LSOv1 is IPv4 only: the stack refuses to frame it
+        with pytest.raises(ValueError, match="LSOv1"):
+            stack.send_lso(packet, sa, 1200, lso_version=1)
+        assert sa.next_seq == 1000
+        return
     sup = super_from_batch(twin.build_lso(packet, twin_sa, 1200, lso_version=lso_version,
                                           pad_length=6), cfg, payload, 1200, lso_version, 1000)
     assert sup.oob["pad_length"] == 6 and sup.oob["next_header"] == 6
@@ -1063,7 +1089,7 @@ def test_stack_send_lso(suite, ipv6, lso_version):
 def test_stack_build_lso_matches_the_nic_side_helper():
     """HostStack.build_lso and build_super describe the same super-packet to the NIC."""
     for ipv6 in (False, True):
-        for lso_version in (1, 2):
+        for lso_version in ((2,) if ipv6 else (1, 2)):  # LSOv1 is IPv4 only
             for cfg in (gcm(), cbc(udp_encap=(4500, 4500))):
                 (_, _), (twin, twin_sa) = stack_pair(cfg)
                 payload = payload_of(3000)

@@ -157,6 +157,7 @@ class Reason(enum.IntEnum):
     DISABLED_WITH_HANDLE = 19
     SEQ_REUSED = 20
     LSO_LIMIT = 21
+    OUTPUT_LIMIT = 22
 
 
 class OpKind(enum.IntEnum):
@@ -225,6 +226,7 @@ RX_REASON_COUNT = len(RxReason)
 STATUS_SUCCESS = 0x00000000
 STATUS_FAILURE = 0xC0000001
 STATUS_INVALID_PACKET = 0xC001000F
+STATUS_RESOURCES = 0xC000009A
 
 # The NDIS_STATUS each reason completes its NBL with (docs/send-path.md; §2.2 for INVALID_PACKET).
 REASON_STATUS = {
@@ -250,6 +252,7 @@ REASON_STATUS = {
     Reason.DISABLED_WITH_HANDLE: STATUS_FAILURE,
     Reason.SEQ_REUSED: STATUS_FAILURE,
     Reason.LSO_LIMIT: STATUS_FAILURE,
+    Reason.OUTPUT_LIMIT: STATUS_RESOURCES,
 }
 
 # The counters tx_plan fills per batch: one per Reason, then these NBL status counts.

@@ -21,8 +21,10 @@ cdef int64_t lso_segment_len(int64_t hdr_len, int64_t thl, int64_t chunk, int64_
 
 
 cdef bint lso_enabled(int lso_kind, bint ipv6, int cfg) noexcept nogil:
+    """This LSO kind is on for this IP version; NDIS LSOv1 is IPv4 only
+    (NDIS_TCP_LARGE_SEND_OFFLOAD_V1 has IPv4 members only)."""
     if lso_kind == 1:
-        return (cfg & CFG_LSO_V1) != 0
+        return not ipv6 and (cfg & CFG_LSO_V1) != 0
     return (cfg & (CFG_LSO_V2_IPV6 if ipv6 else CFG_LSO_V2_IPV4)) != 0
 
 
@@ -430,8 +432,7 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
         return 0
 
     # LSO: the checks of docs/send-path.md, step 3, then the segment plan of §6.8
-    if not (cfg & CFG_LSO_WITH_IPSEC) or (lso_kind == 1 and not (cfg & CFG_LSO_V1)) or (
-            lso_kind == 2 and not (cfg & (CFG_LSO_V2_IPV6 if p.ipv6 else CFG_LSO_V2_IPV4))):
+    if not (cfg & CFG_LSO_WITH_IPSEC) or not lso_enabled(lso_kind, p.ipv6, cfg):
         fail(p, STATUS_FAILURE, REASON_LSO_DISABLED)
         return 0
     p.mss = <int32_t>(lso & 0xFFFFF)

@@ -269,3 +269,84 @@ cdef int tx_mark_check(BatchView b, const SaRecord* recs, const NbPlan* plan0, i
                 and (p.ah_off < 0 or p.ah_off + 12 > b.c_nb_len[i])):
             raise ValueError(f"plan {i} is corrupt")
     return 0
+
+
+# -- LSO capability limits and the output cap (docs/send-path.md, "Limits") --------------------
+
+cdef extern from *:
+    """
+    #define IPO_STATUS_RESOURCES ((uint32_t)0xC000009AU)
+    """
+    const uint32_t STATUS_RESOURCES "IPO_STATUS_RESOURCES"
+
+cdef enum:
+    N_LIMITS = 7   # (MaxOffLoadSize, MinSegmentCount) of LSOv1, LSOv2 IPv4, LSOv2 IPv6; cap
+
+
+cdef int64_t tx_limit_run(BatchView b, NbPlan* plan0, int64_t n_nb,
+                          const int64_t* limits) noexcept nogil:
+    """Every LSO NET_BUFFER classify left sending: its TCP payload at most MaxOffLoadSize and
+    at least MinSegmentCount segments of its LSO kind (NDIS_TCP_LARGE_SEND_OFFLOAD_V1 / _V2),
+    else LSO_LIMIT. Then, NBL by NBL in order, the output so far plus this NBL's must stay
+    within ``limits[6]`` bytes, else its NET_BUFFERs fail with NDIS_STATUS_RESOURCES
+    (OUTPUT_LIMIT): one send never allocates more. Returns how many it failed."""
+    cdef int64_t i, j, k, idx, total = 0, nbl_bytes, failed = 0
+    cdef NbPlan* p
+    cdef bint ok
+    for i in range(n_nb):
+        p = plan0 + i
+        if p.status != 0 or p.lso == 0:
+            continue
+        idx = 0 if p.lso == 1 else (4 if p.ipv6 else 2)
+        if p.body_len > limits[idx] or p.nsegs < limits[idx + 1]:
+            fail(p, STATUS_FAILURE, REASON_LSO_LIMIT)
+            failed += 1
+    i = 0
+    while i < n_nb:
+        j = i
+        ok = True
+        nbl_bytes = 0
+        while j < n_nb and plan0[j].nbl == plan0[i].nbl:
+            if plan0[j].status != 0:
+                ok = False
+            nbl_bytes += plan0[j].out_len
+            j += 1
+        if ok:
+            if nbl_bytes > limits[6] - total:
+                for k in range(i, j):
+                    fail(plan0 + k, STATUS_RESOURCES, REASON_OUTPUT_LIMIT)
+                    failed += 1
+            else:
+                total += nbl_bytes
+        i = j
+    return failed
+
+
+cdef int tx_limit_check(BatchView b, const NbPlan* plan0, int64_t n_nb,
+                        const int64_t[::1] limits) except -1:
+    cdef int64_t i
+    if limits.shape[0] != N_LIMITS:
+        raise ValueError(f"limits needs {N_LIMITS} entries")
+    for i in range(N_LIMITS):
+        if limits[i] < 0:
+            raise ValueError("limits must not be negative")
+    for i in range(n_nb):
+        if plan0[i].nbl != b.c_nb_nbl[i] or plan0[i].out_len < 0 or plan0[i].out_len > MAX_OUTPUT:
+            raise ValueError(f"plan {i} is corrupt")
+    return 0
+
+
+def tx_limit(batch, uint8_t[::1] plans not None, const int64_t[::1] limits not None):
+    """The LSO limits and the output cap over classified ``plans`` (between tx_classify and
+    tx_mark). ``limits``: MaxOffLoadSize, MinSegmentCount of LSOv1, LSOv2 IPv4, LSOv2 IPv6,
+    then the output cap in bytes. Returns how many NET_BUFFERs it failed."""
+    cdef BatchView b = BatchView(batch)
+    cdef int64_t n_nb = plans.shape[0] // sizeof(NbPlan)
+    if plans.shape[0] != b.n_nb * <int64_t>sizeof(NbPlan):
+        raise ValueError("plans buffer size does not match the struct layout")
+    cdef NbPlan* plan0 = <NbPlan*>&plans[0] if n_nb else NULL
+    tx_limit_check(b, plan0, n_nb, limits)
+    cdef int64_t failed
+    with nogil:
+        failed = tx_limit_run(b, plan0, n_nb, &limits[0])
+    return failed

@@ -3,10 +3,11 @@
 # that no per-batch bookkeeping runs in Python between the stages. Included by _fastpath.pyx.
 
 def tx_run(batch, table, int config, int icv_space, int iv_source, backends, random_source,
-           marks=None, mark_lock=None):
+           marks=None, mark_lock=None, limits=None):
     """Send ``batch`` through the stages with the SA table snapshot ``table`` (records_bytes,
-    keys). With ``marks`` (uint64 (handle, mark) per key row) tx_mark runs between classify
-    and plan, under ``mark_lock``. Returns (out, frames, ops, plans, nbl_status, lso_done,
+    keys). With ``limits`` (int64: the LSO limits and the output cap) tx_limit runs after
+    classify; with ``marks`` (uint64 (handle, mark) per key row) tx_mark runs next, under
+    ``mark_lock``. Returns (out, frames, ops, plans, nbl_status, lso_done,
     counters) as numpy arrays (frames, ops and plans as struct bytes)."""
     cdef BatchView b = BatchView(batch)
     cdef const uint8_t[::1] records = table.records_bytes
@@ -33,8 +34,14 @@ def tx_run(batch, table, int config, int icv_space, int iv_source, backends, ran
             raise ValueError("marks holds (handle, mark) pairs")
         n_rows = mark_view.shape[0] // 2
         mark0 = &mark_view[0] if n_rows else NULL
+    cdef const int64_t[::1] limit_view
     with nogil:
         tx_classify_run(b, recs, nrec, config, icv_space, iv_source, plan0)
+    if limits is not None:
+        limit_view = limits
+        tx_limit_check(b, plan0, b.n_nb, limit_view)
+        with nogil:
+            tx_limit_run(b, plan0, b.n_nb, &limit_view[0])
     if marks is not None:
         tx_mark_check(b, recs, plan0, b.n_nb, nrec)
         with mark_lock:

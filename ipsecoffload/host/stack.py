@@ -703,7 +703,8 @@ class HostStack(ReceiveMixin):
             if esn_sa and part:
                 self._sync_seq_hi(esn_sa, bundles, part[0].first_sn >> 32)
             batch = _to_batch(part)
-            results.append(self.miniport.send(self.fill_fresh_ivs(batch) if fill else batch))
+            results.append(send_within_cap(self.miniport,
+                                           self.fill_fresh_ivs(batch) if fill else batch))
             if esn_sa and part:
                 # an LSO super-packet may end in the next high word: the NIC carried into
                 # it for its segments only (docs/send-path.md); the record must follow
@@ -714,20 +715,38 @@ class HostStack(ReceiveMixin):
     def build_lso(self, packet: bytes, sa: Optional[StackSa], mss: int, *,
                   lso_version: int = 2, pad_length: int = 0) -> PacketBatch:
         """One LSO super-packet NBL: transport-mode ESP (UDP-encapsulated too), AH or AH+ESP
-        over TCP."""
+        over TCP. Within the miniport's LSO limits (docs/send-path.md, "Limits"): a packet
+        with more TCP payload than MaxOffLoadSize becomes several super-packets, one with
+        fewer segments than MinSegmentCount plain packets (cut by the stack)."""
         with self._lock:
-            return _to_batch([self._prepare_lso(packet, sa, mss, lso_version, pad_length)])
+            return self.fill_fresh_ivs(_to_batch(self._prepare_lso(packet, sa, mss, lso_version,
+                                                                   pad_length)))
 
     def send_lso(self, packet: bytes, sa: Optional[StackSa], mss: int, *,
                  lso_version: int = 2, pad_length: int = 0) -> SendResult:
         """``build_lso`` then ``miniport.send``. With ESN the super-packet goes whole even
         when its segments cross into the next high word (the NIC carries, docs/send-path.md)."""
         with self._lock:
-            return self._transmit(sa, [self._prepare_lso(packet, sa, mss, lso_version,
-                                                         pad_length)])
+            return self._transmit(sa, self._prepare_lso(packet, sa, mss, lso_version,
+                                                        pad_length), fill=True)
+
+    def lso_limits(self, lso_version: int, ipv6: bool) -> tuple[int, int]:
+        """(MaxOffLoadSize, MinSegmentCount) the miniport offers for this LSO kind (NDIS
+        defaults 65535, 2 when it does not say)."""
+        if lso_version == 1:
+            v1 = getattr(self.miniport, "lso_v1", None)
+            return ((v1.max_offload_size, v1.min_segment_count) if v1 is not None
+                    else (65535, 2))
+        v2 = getattr(self.miniport, "lso_v2", None)
+        if v2 is None:
+            return 65535, 2
+        return ((v2.ipv6_max_offload_size, v2.ipv6_min_segment_count) if ipv6
+                else (v2.ipv4_max_offload_size, v2.ipv4_min_segment_count))
 
     def _prepare_lso(self, packet: bytes, sa: Optional[StackSa], mss: int, lso_version: int,
-                     pad_length: int) -> _Nbl:
+                     pad_length: int) -> list[_Nbl]:
+        """The NBLs of one TCP packet sent with LSO: one super-packet, or within the LSO
+        limits several, or plain packets (docs/send-path.md, "Limits")."""
         _check_lso_args(mss, lso_version, pad_length, sa)
         if sa is not None:
             self._check_sa(sa)
@@ -741,6 +760,44 @@ class HostStack(ReceiveMixin):
             if parsed.fragment:
                 raise ValueError("an LSO packet must not be an IP fragment (docs/send-path.md)")
         tcp_len = _check_lso_tcp(parsed)
+        if lso_version == 1 and parsed.version == 6:
+            raise ValueError("LSOv1 is IPv4 only (NDIS_TCP_LARGE_SEND_OFFLOAD_V1); use "
+                             "lso_version=2 for IPv6")
+        max_size, min_segments = self.lso_limits(lso_version, parsed.version == 6)
+        payload_len = len(parsed.data) - parsed.l4_offset - tcp_len
+        if payload_len <= max_size and max(1, -(-payload_len // mss)) >= min_segments:
+            return [self._one_lso_nbl(parsed, sa, bundle, tcp_len, mss, lso_version,
+                                      pad_length)]
+        # over MaxOffLoadSize: pieces of whole segments; a piece of fewer segments than
+        # MinSegmentCount (or a segment larger than MaxOffLoadSize) goes as plain packets
+        chunk = max_size // mss * mss
+        step = chunk if chunk and payload_len > max_size else max(payload_len, 1)
+        nbls: list[_Nbl] = []
+        plain: list[bytes] = []
+        for start in range(0, max(payload_len, 1), step):
+            length = min(step, payload_len - start)
+            n = max(1, -(-length // mss))
+            if chunk and n >= min_segments:
+                piece = _tcp_piece(parsed, tcp_len, start, length, payload_len, -(-start // mss))
+                nbls += self._flush_plain(plain, sa)
+                nbls.append(self._one_lso_nbl(parse_ip_packet(piece), sa, bundle, tcp_len, mss,
+                                              lso_version, pad_length))
+            else:
+                plain += [_tcp_piece(parsed, tcp_len, s, min(mss, payload_len - s),
+                                     payload_len, s // mss)
+                          for s in range(start, start + max(length, 1), mss)]
+        return nbls + self._flush_plain(plain, sa)
+
+    def _flush_plain(self, plain: list[bytes], sa: Optional[StackSa]) -> list[_Nbl]:
+        """The stack-cut segments so far as non-LSO NBLs (fresh SNs), emptying ``plain``."""
+        if not plain:
+            return []
+        packets = list(plain)
+        plain.clear()
+        return self._prepare(packets, sa, None)
+
+    def _one_lso_nbl(self, parsed: IpPacket, sa: Optional[StackSa], bundle: Optional[bool],
+                     tcp_len: int, mss: int, lso_version: int, pad_length: int) -> _Nbl:
         if sa is None:
             return self._plain_lso_nbl(parsed, tcp_len, mss, lso_version)
         payload_len = len(parsed.data) - parsed.l4_offset - tcp_len
@@ -814,6 +871,98 @@ class HostStack(ReceiveMixin):
 
 
 # -- helpers without state ----------------------------------------------------------------------
+_TCP_FIN, _TCP_PSH, _TCP_CWR = 0x01, 0x08, 0x80
+
+
+def output_bound(batch: PacketBatch) -> np.ndarray:
+    """Per NBL an upper bound of the bytes the miniport's send produces for it: an LSO NBL
+    n segments of its headers (TCP header up to 60 bytes) plus ESP padding, trailer and
+    ICV (at most 16 + 2 + 32 + 8 bytes), a non-LSO one its frames plus an ICV."""
+    oob = batch.oob
+    n_nbl = len(oob)
+    sizes = np.zeros(n_nbl, np.int64)
+    if not n_nbl:
+        return sizes
+    np.add.at(sizes, np.asarray(batch.nb_nbl, np.int64), np.asarray(batch.nb_len, np.int64))
+    lso = oob["lso_info"].astype(np.uint64)
+    mss = (lso & np.uint64(0xFFFFF)).astype(np.int64)
+    tcp_off = ((lso >> np.uint64(20)) & np.uint64(0x3FF)).astype(np.int64)
+    is_lso = (lso != 0) & (mss > 0)
+    payload = np.maximum(sizes - tcp_off, 0)
+    n = np.where(is_lso, np.maximum(1, -(-payload // np.maximum(mss, 1))), 1)
+    segment_extra = tcp_off + 60 + 16 + 2 + 32 + 8
+    return np.where(is_lso, n * segment_extra + payload, sizes + 64 * np.maximum(
+        oob["nb_count"].astype(np.int64), 1))
+
+
+def split_by_output(batch: PacketBatch, cap: int) -> list[np.ndarray]:
+    """NBL index runs of ``batch`` whose output bound stays within ``cap`` bytes (a single
+    NBL over it stands alone): the miniport never has to refuse one for its output cap."""
+    bound = output_bound(batch)
+    runs, start, total = [], 0, 0
+    for k, size in enumerate(bound.tolist()):
+        if k > start and total + size > cap:
+            runs.append(np.arange(start, k))
+            start, total = k, 0
+        total += size
+    if len(bound):
+        runs.append(np.arange(start, len(bound)))
+    return runs
+
+
+def sub_batch(batch: PacketBatch, nbls: np.ndarray) -> PacketBatch:
+    """The NBLs ``nbls`` (a consecutive run) of ``batch`` as a batch of their own."""
+    oob = batch.oob[nbls].copy()
+    first = int(oob["first_nb"][0])
+    last = int(oob["first_nb"][-1]) + int(oob["nb_count"][-1])
+    oob["first_nb"] -= first
+    return PacketBatch(batch.arena, batch.nb_off[first:last], batch.nb_len[first:last],
+                       batch.nb_nbl[first:last] - int(nbls[0]), n_nbl=len(nbls), oob=oob)
+
+
+def send_within_cap(miniport, batch: PacketBatch, send=None) -> SendResult:
+    """``miniport.send(batch)``, in several sends when the batch's output could pass the
+    miniport's ``max_send_output`` (docs/send-path.md, "Limits"); one SendResult."""
+    send = send or miniport.send
+    cap = getattr(miniport, "max_send_output", None)
+    if cap is None or not len(batch.oob):
+        return send(batch)
+    runs = split_by_output(batch, cap)
+    if len(runs) < 2:
+        return send(batch)
+    return concat_results([send(sub_batch(batch, run)) for run in runs])
+
+
+def _tcp_piece(parsed: IpPacket, tcp_len: int, start: int, length: int, total: int,
+               index: int) -> bytes:
+    """Bytes ``start`` .. ``start + length`` of the TCP payload of ``parsed`` as a packet of
+    their own, as a segmenter cuts them (docs/send-path.md): sequence number + start, FIN
+    and PSH only on the last piece, CWR only on the first, IPv4 ID + ``index`` (the segments
+    before it), lengths and the IPv4 checksum set, the TCP checksum computed (RFC 9293)."""
+    data = parsed.data
+    l4 = parsed.l4_offset
+    header = bytearray(data[:l4])
+    tcp = bytearray(data[l4:l4 + tcp_len])
+    seq = struct.unpack_from("!I", tcp, 4)[0]
+    struct.pack_into("!I", tcp, 4, (seq + start) & 0xFFFFFFFF)
+    if start + length < total:
+        tcp[13] &= ~(_TCP_FIN | _TCP_PSH) & 0xFF
+    if start:
+        tcp[13] &= ~_TCP_CWR & 0xFF
+    payload = data[l4 + tcp_len + start:l4 + tcp_len + start + length]
+    tcp[16:18] = b"\0\0"
+    segment = bytes(tcp) + payload
+    seed = _tcp_pseudo_header_seed(parsed) + len(segment)
+    csum = ones_complement_sum(struct.pack("!I", seed) + segment)
+    struct.pack_into("!H", tcp, 16, ~csum & 0xFFFF)
+    datagram = header + tcp + payload
+    if parsed.version == 4:
+        ident = struct.unpack_from("!H", datagram, 4)[0]
+        struct.pack_into("!H", datagram, 4, (ident + index) & 0xFFFF)
+    _set_ip_length(datagram, len(datagram))
+    return bytes(datagram)
+
+
 def _status_name(status: int) -> str:
     try:
         return NdisStatus(int(status)).name

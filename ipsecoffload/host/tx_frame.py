@@ -219,8 +219,13 @@ def frame_and_send(stack, arena: np.ndarray, pkts: np.ndarray, sas: Sequence,
                 stack._sync_seq_hi(sas[s], _bundles(table, s), int(table["first_sn"][s]) >> 32)
             if hasattr(stack, "fill_fresh_ivs"):
                 stack.fill_fresh_ivs(batch)  # Miniport(iv_source="packet"): fresh IVs
-            result = stack.miniport.send(batch) if sender is None \
-                else sender(batch, pkts, start, stop)
+            from .stack import send_within_cap, split_by_output
+            cap = getattr(stack.miniport, "max_send_output", None)
+            if sender is None or (cap is not None and len(split_by_output(batch, cap)) > 1):
+                # the output could pass the miniport's cap: several sends, in order
+                result = send_within_cap(stack.miniport, batch)
+            else:
+                result = sender(batch, pkts, start, stop)
             for s in esn:
                 # an LSO super-packet may end in the next high word (docs/send-path.md)
                 stack._sync_seq_hi(sas[s], _bundles(table, s), int(table["last_sn"][s]) >> 32)
@@ -329,7 +334,8 @@ def stack_send(stack, packets, sa, *, send: bool = True):
         return batch
     if sa.config.esn:
         stack._sync_seq_hi(sa, _bundles(table, 0), first >> 32)
-    result = stack.miniport.send(batch)
+    from .stack import send_within_cap
+    result = send_within_cap(stack.miniport, batch)
     if sa.config.esn:
         stack._sync_seq_hi(sa, _bundles(table, 0), (sa.next_seq - 1) >> 32)
     return result
@@ -384,7 +390,8 @@ def send_batch(stack, packets, sas, *, mss: Optional[int] = None) -> BatchSend:
     with stack._lock:
         fp.host_parse_for_stack(arena, pkts.view(np.uint8), n)
         if mss is not None:
-            _mark_lso(pkts, arena, mss, distinct, per_packet, index)
+            _mark_lso(pkts, arena, mss, distinct, per_packet, index,
+                      getattr(stack, "lso_limits", None))
         sa_idx = np.fromiter((index[id(s)] if s is not None else -1 for s in per_packet),
                              np.int32, n)
         clear = sa_idx < 0
@@ -424,9 +431,12 @@ def _as_bytes(packet) -> bytes:
                         f"{type(packet).__name__}") from None
 
 
-def _mark_lso(pkts, arena, mss, distinct, per_packet, index) -> None:
+def _mark_lso(pkts, arena, mss, distinct, per_packet, index, lso_limits=None) -> None:
     """TCP packets with more than mss payload bytes under transport SAs: LSO super-packets
-    (docs/send-path.md: no SYN, RST, URG, urgent pointer 0)."""
+    (docs/send-path.md: no SYN, RST, URG, urgent pointer 0), within the miniport's LSOv2
+    limits (``lso_limits(2, ipv6)`` -> (MaxOffLoadSize, MinSegmentCount)): a packet outside
+    them goes as one ESP packet, as a packet of at most mss payload does."""
+    limits = {v6: lso_limits(2, v6) if lso_limits else (65535, 2) for v6 in (False, True)}
     for i in np.flatnonzero(pkts["kind"] == PKT_ESP).tolist():
         sa = per_packet[i]
         if sa is None or sa.config.mode != "transport" or pkts["proto"][i] != 6:
@@ -440,7 +450,8 @@ def _mark_lso(pkts, arena, mss, distinct, per_packet, index) -> None:
                 or arena[l4 + 18] or arena[l4 + 19]:
             continue
         payload = end - l4 - tcp_len
-        if payload > mss:
+        max_size, min_segments = limits[bool(pkts["version"][i] == 6)]
+        if payload > mss and payload <= max_size and -(-payload // mss) >= min_segments:
             pkts["kind"][i] = PKT_LSO
             pkts["tcp_len"][i] = tcp_len
             pkts["nsn"][i] = -(-payload // mss)

@@ -42,8 +42,8 @@ def _buffers(**args) -> None:
 
 
 def _lso_enabled(lso_kind: int, ipv6: bool, config: int) -> bool:
-    if lso_kind == 1:
-        return bool(config & Config.LSO_V1)
+    if lso_kind == 1:  # NDIS LSOv1 is IPv4 only
+        return not ipv6 and bool(config & Config.LSO_V1)
     return bool(config & (Config.LSO_V2_IPV6 if ipv6 else Config.LSO_V2_IPV4))
 
 

@@ -255,8 +255,7 @@ def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int
                 "body_len": text_len, "nsegs": 1, "out_len": trailer_end + icv,
                 "reason": Reason.OK, "status": 0}
 
-    enabled = {1: Config.LSO_V1, 2: Config.LSO_V2_IPV6 if ipv6 else Config.LSO_V2_IPV4}
-    if not config & Config.LSO_WITH_IPSEC or not config & enabled[lso_kind]:
+    if not config & Config.LSO_WITH_IPSEC or not _lso_enabled(lso_kind, ipv6, config):
         return fail(STATUS_FAILURE, Reason.LSO_DISABLED)
     mss, tcp_off = lso & 0xFFFFF, (lso >> 20) & 0x3FF
     plan.update(mss=mss, tcp_off=tcp_off)
@@ -276,8 +275,10 @@ def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int
             ah_rec is not None and not _sn_room(ah_sn, nsegs, ah_rec["esn"])):
         return fail(STATUS_FAILURE, Reason.SEQ_EXHAUSTED)
     hdr_len = tcp_off + thl
-    chunks = [min(mss, payload - i * mss) for i in range(nsegs)]
-    out_len = sum(_lso_segment_len(hdr_len, thl, c, align, icv) for c in chunks)
+    full, rem = divmod(payload, mss)  # as the compiled stage: no per-segment list
+    out_len = full * _lso_segment_len(hdr_len, thl, mss, align, icv)
+    if rem or payload == 0:
+        out_len += _lso_segment_len(hdr_len, thl, rem, align, icv)
     return {**plan, "slot": slot, "fresh_iv": int(int(rec["iv_len"]) != 0), "hdr_len": hdr_len,
             "body_off": hdr_len, "body_len": payload,
             "nsegs": nsegs, "out_len": out_len, "reason": Reason.OK, "status": 0}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..layout import (COUNTERS, NB_PLAN_DTYPE, NBL_OOB_DTYPE, REASON_COUNT, SA_RECORD_DTYPE,
-                      STATUS_FAILURE, STATUS_INVALID_PACKET, Reason, Suite)
+                      STATUS_FAILURE, STATUS_INVALID_PACKET, STATUS_RESOURCES, Reason, Suite)
 from .common import _buffers, _records, xf0
 
 LSO_TYPE_BIT = 1 << 30
@@ -158,4 +158,55 @@ def tx_mark(batch, records, plans, marks) -> int:
             continue
         for row, last in moves:
             marks[2 * row + 1] = last
+    return failed
+
+
+N_LIMITS = 7
+
+
+def tx_limit(batch, plans, limits) -> int:
+    """Twin of the compiled tx_limit (datapath/tx_plan.pxi): LSO payload above MaxOffLoadSize
+    or fewer segments than MinSegmentCount fails (LSO_LIMIT); then NBL by NBL the output must
+    stay within the cap, else NDIS_STATUS_RESOURCES (OUTPUT_LIMIT)."""
+    _buffers(plans=(plans, np.uint8, True), limits=(limits, np.int64, False))
+    if len(plans) != len(batch.nb_off) * NB_PLAN_DTYPE.itemsize:
+        raise ValueError("plans buffer size does not match the struct layout")
+    if len(limits) != N_LIMITS:
+        raise ValueError(f"limits needs {N_LIMITS} entries")
+    lim = [int(v) for v in limits]
+    if min(lim) < 0:
+        raise ValueError("limits must not be negative")
+    plan = np.asarray(plans).view(NB_PLAN_DTYPE)
+    for i in range(len(plan)):
+        if int(plan[i]["nbl"]) != int(batch.nb_nbl[i]) or not 0 <= int(plan[i]["out_len"]) \
+                <= MAX_OUTPUT:
+            raise ValueError(f"plan {i} is corrupt")
+
+    def fail(i, status, reason):
+        plan[i]["status"], plan[i]["reason"] = status, reason
+        plan[i]["nsegs"], plan[i]["out_len"] = 0, 0
+
+    failed = 0
+    for i in range(len(plan)):
+        p = plan[i]
+        if int(p["status"]) or not int(p["lso"]):
+            continue
+        idx = 0 if int(p["lso"]) == 1 else (4 if p["ipv6"] else 2)
+        if int(p["body_len"]) > lim[idx] or int(p["nsegs"]) < lim[idx + 1]:
+            fail(i, STATUS_FAILURE, Reason.LSO_LIMIT)
+            failed += 1
+    total, i = 0, 0
+    while i < len(plan):
+        j = i
+        while j < len(plan) and int(plan[j]["nbl"]) == int(plan[i]["nbl"]):
+            j += 1
+        if all(int(plan[k]["status"]) == 0 for k in range(i, j)):
+            size = sum(int(plan[k]["out_len"]) for k in range(i, j))
+            if size > lim[6] - total:
+                for k in range(i, j):
+                    fail(k, STATUS_RESOURCES, Reason.OUTPUT_LIMIT)
+                    failed += 1
+            else:
+                total += size
+        i = j
     return failed
