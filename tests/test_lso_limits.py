@@ -256,3 +256,39 @@ def test_limit_values_are_checked(bad):
         Miniport(lso_v1=ndis.NdisTcpLargeSendOffloadV1(max_offload_size=bad))
     with pytest.raises(ValueError):
         Miniport(max_send_output=0)
+
+
+def test_encrypt_mss_1_writes_each_send_and_stays_within_the_cap(tmp_path):
+    """encrypt --mss 1 on 20 KB TCP packets: every miniport send stays within the output cap
+    (here 2 MiB), and every segment reaches the output capture."""
+    import json
+
+    from ipsecoffload.io.capture import encrypt_capture
+    from ipsecoffload.io.pcap import LINKTYPE_ETHERNET, read_pcap, write_pcap
+    from ipsecoffload.io.safile import load_sa_file
+    sa_file = tmp_path / "sa.json"
+    sa_file.write_text(json.dumps([{"name": "gcm", "selector": {"proto": "tcp"},
+                                    "spi": "0x6101", "encryption": "aes-gcm-128",
+                                    "key": (KEY + SALT).hex()}]))
+    ether = b"\x02\0\0\0\0\xbb\x02\0\0\0\0\xaa\x08\x00"
+    frames = [ether + _tcp_packet(20000, seq=i) for i in range(6)]
+    plain = tmp_path / "plain.pcap"
+    write_pcap(plain, LINKTYPE_ETHERNET, frames, [1_700_000_000_000_000_000 + i
+                                                  for i in range(6)])
+    cap = 2 << 20
+    nic = Miniport(max_send_output=cap)
+    sizes = []
+    original = nic.send
+
+    def send(batch):
+        result = original(batch)
+        sizes.append(len(result.wire.arena))
+        return result
+    nic.send = send  # type: ignore[method-assign]
+    summary = encrypt_capture(plain, tmp_path / "out.pcap", load_sa_file(sa_file), mss=1,
+                              miniport=nic)
+    assert summary.as_dict()["packets_in"] == 6
+    assert len(sizes) >= 2 and max(sizes) <= cap
+    out = read_pcap(tmp_path / "out.pcap")
+    records = out[1] if isinstance(out, tuple) else out
+    assert len(records) == 6 * 20000

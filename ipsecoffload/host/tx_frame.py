@@ -181,13 +181,16 @@ def _load_seq(sas, table: np.ndarray) -> None:
 def frame_and_send(stack, arena: np.ndarray, pkts: np.ndarray, sas: Sequence,
                    table: np.ndarray, *, l2_mode: int, mss: int = 0,
                    send: bool = True, scratch: Optional[dict] = None,
-                   sender=None) -> list:
+                   sender=None, on_part=None) -> list:
     """Frame every packet of ``pkts`` (classified HostPkt rows over ``arena``) and send them
     through the stack's miniport in as few sends as ESN allows. Returns the FramedParts (with
     ``send=False`` one part whose ``result`` is the PacketBatch). The caller holds the lock.
     ``scratch`` (a dict the caller keeps) lets batch after batch reuse the same buffers.
     ``sender(batch, pkts, start, stop)`` replaces ``miniport.send`` (io/capture.py's workers
-    send shards of the batch at once, between the same UPDATE_SA requests)."""
+    send shards of the batch at once, between the same UPDATE_SA requests). A framed batch
+    whose output could pass the miniport's ``max_send_output`` goes in several sends, one
+    part each (docs/send-path.md, "Limits"); ``on_part(part)``, if given, takes every sent
+    part as it is made (so the caller can write it and let it go) instead of the list."""
     fp = kernels()
     n = len(pkts)
     _ensure_bundles(stack, sas, table, pkts)
@@ -219,20 +222,41 @@ def frame_and_send(stack, arena: np.ndarray, pkts: np.ndarray, sas: Sequence,
                 stack._sync_seq_hi(sas[s], _bundles(table, s), int(table["first_sn"][s]) >> 32)
             if hasattr(stack, "fill_fresh_ivs"):
                 stack.fill_fresh_ivs(batch)  # Miniport(iv_source="packet"): fresh IVs
-            from .stack import send_within_cap, split_by_output
-            cap = getattr(stack.miniport, "max_send_output", None)
-            if sender is None or (cap is not None and len(split_by_output(batch, cap)) > 1):
-                # the output could pass the miniport's cap: several sends, in order
-                result = send_within_cap(stack.miniport, batch)
-            else:
-                result = sender(batch, pkts, start, stop)
+            for part in _send_by_output(stack, batch, pkts, start, stop, sender):
+                if on_part is not None:
+                    on_part(part)
+                else:
+                    parts.append(part)
             for s in esn:
                 # an LSO super-packet may end in the next high word (docs/send-path.md)
                 stack._sync_seq_hi(sas[s], _bundles(table, s), int(table["last_sn"][s]) >> 32)
-            parts.append(FramedPart(start, stop, result))
         if stop >= n:
             return parts
         start = stop
+
+
+def _send_by_output(stack, batch, pkts: np.ndarray, start: int, stop: int, sender):
+    """The framed ``batch`` of packets start .. stop in sends whose output bound stays within
+    the miniport's ``max_send_output``: one FramedPart per send, its packets' ``nbl``
+    renumbered to its own NBLs (the FramedPart convention)."""
+    from .stack import split_by_output, sub_batch
+    cap = getattr(stack.miniport, "max_send_output", None)
+    runs = split_by_output(batch, cap) if cap is not None and len(batch.oob) else []
+    if len(runs) < 2:
+        result = stack.miniport.send(batch) if sender is None \
+            else sender(batch, pkts, start, stop)
+        yield FramedPart(start, stop, result)
+        return
+    nbl = pkts["nbl"][start:stop]
+    bounds = [start] + [start + int(np.flatnonzero(nbl >= int(run[0]))[0]) for run in runs[1:]]
+    bounds.append(stop)
+    for r, run in enumerate(runs):
+        lo, hi = bounds[r], bounds[r + 1]
+        rows = pkts["nbl"][lo:hi]
+        rows[rows >= 0] -= int(run[0])
+        sub = sub_batch(batch, run)
+        result = stack.miniport.send(sub) if sender is None else sender(sub, pkts, lo, hi)
+        yield FramedPart(lo, hi, result)
 
 
 def _buffers(scratch: Optional[dict], size: int, n: int) -> tuple:
