@@ -6,7 +6,6 @@ with cryptography's AESGCM, independently of the project."""
 from __future__ import annotations
 
 import struct
-import time
 
 import numpy as np
 import pytest
@@ -84,13 +83,11 @@ def test_a_100_mib_super_packet_with_mss_1_fails_fast(pure):
     lso = int(oob["lso_info"][0])
     oob["lso_info"] = (lso & ~0xFFFFF) | 1  # MSS 1
     huge = PacketBatch(big, [0], [len(big)], [0], oob=oob)
-    start = time.perf_counter()
-    result = stack.miniport.send(huge)
+    result = stack.miniport.send(huge)  # refused before anything is sized or allocated
     assert result.status.tolist() == [STATUS_FAILURE]
     assert Reason(int(result.reasons[0])) == Reason.LSO_LIMIT
     assert result.wire.num_buffers == 0 and len(result.wire.arena) == 0
     assert stack.miniport.counters["nb.LSO_LIMIT"] == 1
-    del start  # no timing assertion: the point is that it returns at all
 
 
 def test_over_max_offload_size_fails_and_under_min_segment_count_fails(pure):
@@ -108,9 +105,8 @@ def test_over_max_offload_size_fails_and_under_min_segment_count_fails(pure):
         built = plain.build_lso(_tcp_packet(size), psa, mss)
         oob = built.oob.copy()
         oob["offload_handle"] = sa.handles[False]
-        struct_sn = sa.next_seq
         frame = bytearray(built.frame(0))
-        struct.pack_into("!I", frame, L2 + 24, struct_sn)
+        struct.pack_into("!I", frame, L2 + 24, sa.next_seq)  # fresh SNs on this SA
         sa.next_seq += -(-size // mss)
         batch = PacketBatch(np.frombuffer(bytes(frame), np.uint8), [0], [len(frame)], [0],
                             oob=oob)

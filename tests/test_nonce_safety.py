@@ -241,3 +241,13 @@ def test_packet_ivs_are_fresh_unless_told_otherwise(pure, how):
 def test_fresh_ivs_is_checked():
     with pytest.raises(TypeError, match="fresh_ivs"):
         HostStack(Miniport(), fresh_ivs="yes")
+
+
+def test_send_batch_fills_fresh_packet_ivs_too():
+    nic = Miniport(iv_source="packet")
+    stack = HostStack(nic)
+    sa = stack.add_sa(SaConfig(spi=0x500F, **GCM))
+    sent = stack.send_batch([_ipv4(), _ipv4(), _ipv4()], sa)
+    assert sent.result.status.tolist() == [0, 0, 0]
+    ivs = [f[L2 + 20 + 8:L2 + 20 + 16] for f in sent.result.wire.frames()]
+    assert bytes(8) not in ivs and len(set(ivs)) == 3
