@@ -251,3 +251,14 @@ def test_send_batch_fills_fresh_packet_ivs_too():
     assert sent.result.status.tolist() == [0, 0, 0]
     ivs = [f[L2 + 20 + 8:L2 + 20 + 16] for f in sent.result.wire.frames()]
     assert bytes(8) not in ivs and len(set(ivs)) == 3
+
+
+def test_bench_resend_times_sealing_not_refusals():
+    """ipsecoffload bench and the benchmarks send one batch over and over: they clear the
+    marks first (SaTable.reset_tx_marks), so every round seals."""
+    from ipsecoffload.cli import bench
+    miniport, frames = bench.prepared_send(64, 8)
+    for _ in range(3):
+        result = bench.resend(miniport, frames)
+        assert result.status.tolist() == [0] * 8
+    assert miniport.send(frames).status.tolist() == [STATUS_FAILURE] * 8  # without: refused

@@ -412,6 +412,13 @@ class SaTable:
             self._publish(records, self._snapshot.keys)
         return True
 
+    def reset_tx_marks(self) -> None:
+        """Forget what every SA sealed, so that the same frames seal again: only for
+        benchmarks that time one batch over and over (a real stack never resends an AEAD
+        SN; docs/send-path.md, "Nonce safety")."""
+        with self.tx_lock:
+            self.tx_marks[1::2] = 0
+
     def clear(self) -> None:
         """Delete every SA (adapter halt, docs/protocol.md)."""
         with self._lock:
