@@ -46,6 +46,7 @@ cpdef enum Config:
     CFG_AH_IPV4 = 64
     CFG_AH_IPV6 = 128
     CFG_TUNNEL_ALONE_SINGLE = 256   # docs/spec-gaps.md G13: a lone TunnelHandle is the SA
+    CFG_DISABLED_FAIL = 512         # docs/spec-gaps.md G21: a handle while offload is off fails
 
 # Per-NET_BUFFER outcome (counted per batch).
 cpdef enum Reason:
@@ -66,7 +67,13 @@ cpdef enum Reason:
     REASON_LSO_BAD_PARAMS = 14
     REASON_NBL_FAILED = 15
     REASON_BAD_AH_OFFSET = 16
-    REASON_COUNT = 17
+    REASON_SPI_MISMATCH = 17          # the SPI in the frame is not the SA's
+    REASON_PROTOCOL_MISMATCH = 18     # the header before AH / ESP / UDP-ESP does not name it
+    REASON_DISABLED_WITH_HANDLE = 19  # offload off, a handle, and G21 "fail" or an LSO request
+    REASON_SEQ_REUSED = 20            # an AEAD seal at or below the SA's sealed high-water mark
+    REASON_LSO_LIMIT = 21             # over MaxOffLoadSize or under MinSegmentCount (NDIS LSO)
+    REASON_OUTPUT_LIMIT = 22          # the batch's output would pass the send's arena cap
+    REASON_COUNT = 23
 
 # What a crypto op does; the pass orders the ops of one packet (inner before outer, ESP
 # before AH on send; the reverse on receive).

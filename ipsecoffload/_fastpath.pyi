@@ -1,7 +1,7 @@
 """Type stubs of the compiled stages and backends (ipsecoffload/_fastpath.pyx); the package
 ipsecoffload/datapath/twin/ is the pure-Python twin of every stage."""
 import enum
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Optional, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -36,8 +36,13 @@ def tx_plan(batch: _Batch, records: _U8, plans: _U8, nbl_status: npt.NDArray[np.
 def tx_emit(batch: _Batch, records: _U8, plans: _U8, rand: _U8, out: _U8, frames: _U8,
             ops: _U8) -> None: ...
 def tx_fixup(out: _U8, ops: _U8) -> None: ...
+def tx_mark(batch: _Batch, records: _U8, plans: _U8,
+            marks: npt.NDArray[np.uint64]) -> int: ...
+def tx_limit(batch: _Batch, plans: _U8, limits: npt.NDArray[np.int64]) -> int: ...
 def tx_run(batch: _Batch, table: _Table, config: int, icv_space: int, iv_source: int,
-           backends: Mapping[int, Any], random_source: Callable[[int], bytes]
+           backends: Mapping[int, Any], random_source: Callable[[int], bytes],
+           marks: Optional[npt.NDArray[np.uint64]] = ..., mark_lock: Any = ...,
+           limits: Optional[npt.NDArray[np.int64]] = ...
            ) -> tuple[_U8, _U8, _U8, _U8, npt.NDArray[np.uint32], npt.NDArray[np.uint64],
                       npt.NDArray[np.int64]]: ...
 def op_groups(ops: _U8) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]: ...
@@ -79,6 +84,7 @@ class Config(enum.IntEnum):
     CFG_AH_IPV4 = 64
     CFG_AH_IPV6 = 128
     CFG_TUNNEL_ALONE_SINGLE = 256
+    CFG_DISABLED_FAIL = 512
 
 class Fixup(enum.IntEnum):
     FIXUP_NONE = 0
@@ -133,7 +139,13 @@ class Reason(enum.IntEnum):
     REASON_LSO_BAD_PARAMS = 14
     REASON_NBL_FAILED = 15
     REASON_BAD_AH_OFFSET = 16
-    REASON_COUNT = 17
+    REASON_SPI_MISMATCH = 17
+    REASON_PROTOCOL_MISMATCH = 18
+    REASON_DISABLED_WITH_HANDLE = 19
+    REASON_SEQ_REUSED = 20
+    REASON_LSO_LIMIT = 21
+    REASON_OUTPUT_LIMIT = 22
+    REASON_COUNT = 23
 
 class StatusCounter(enum.IntEnum):
     COUNT_SUCCESS = 0
@@ -161,6 +173,7 @@ CFG_LSO_WITH_IPSEC: int
 CFG_AH_IPV4: int
 CFG_AH_IPV6: int
 CFG_TUNNEL_ALONE_SINGLE: int
+CFG_DISABLED_FAIL: int
 FIXUP_NONE: int
 FIXUP_UDP6_CHECKSUM: int
 ICV_SPACE_AUTO: int
@@ -199,6 +212,12 @@ REASON_LSO_DISABLED: int
 REASON_LSO_BAD_PARAMS: int
 REASON_NBL_FAILED: int
 REASON_BAD_AH_OFFSET: int
+REASON_SPI_MISMATCH: int
+REASON_PROTOCOL_MISMATCH: int
+REASON_DISABLED_WITH_HANDLE: int
+REASON_SEQ_REUSED: int
+REASON_LSO_LIMIT: int
+REASON_OUTPUT_LIMIT: int
 REASON_COUNT: int
 COUNT_SUCCESS: int
 COUNT_FAILURE: int

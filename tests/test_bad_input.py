@@ -136,13 +136,20 @@ def test_truncated_with_the_ip_length_following_the_cut(mp):
             struct.pack_into("!H", cut_frame, 24, 0)
             struct.pack_into("!H", cut_frame, 24, _checksum(bytes(cut_frame[14:34])))
         nbls.append(([bytes(cut_frame)], dict(offload_handle=handle, **oob)))
-    result = send(mp, *nbls)
-    sent = [k for k in range(len(nbls)) if result.status[k] == SUCCESS]
-    assert sent == [len(frame) - 16, len(frame)]
-    assert result.wire.frame(0) == result.wire.frame(1)
+    result = send(mp, *nbls[:-1])
+    sent = [k for k in range(len(nbls) - 1) if result.status[k] == SUCCESS]
+    assert sent == [len(frame) - 16]
     for k, reason in enumerate(reasons(result)):
         if k not in sent:
             assert reason in (Reason.MALFORMED_IP, Reason.BAD_ESP_OFFSET, Reason.BAD_TRAILER)
+    # the whole frame carries the same SN: on this SA it was sealed (docs/send-path.md,
+    # "Nonce safety"); on a fresh NIC with the same SA it leaves as the same wire frame
+    again = send(mp, nbls[-1])
+    assert reasons(again) == [Reason.SEQ_REUSED] and again.status.tolist() == [FAILURE]
+    mp2 = Miniport(random_source=fixed_random)
+    whole = send(mp2, ([frame], dict(offload_handle=add(mp2, GCM), **oob)))
+    assert whole.status.tolist() == [SUCCESS]
+    assert whole.wire.frame(0) == result.wire.frame(0)
 
 
 @pytest.mark.parametrize("cut", [0, 1, 13, 14, 15, 33, 34, 41, 49, 50])
@@ -540,7 +547,9 @@ def test_add_and_delete_while_sending():
             assert result.status[-1] == SUCCESS
             for status, reason in zip(result.status, reasons(result)):
                 assert status in (SUCCESS, FAILURE)
-                assert reason in (Reason.OK, Reason.UNKNOWN_HANDLE, Reason.PASS_NO_HANDLE)
+                # the same GCM frame again on a handle that sealed it: SEQ_REUSED
+                assert reason in (Reason.OK, Reason.UNKNOWN_HANDLE, Reason.PASS_NO_HANDLE,
+                                  Reason.SEQ_REUSED)
                 seen.add(reason)
         assert Reason.OK in seen
     finally:

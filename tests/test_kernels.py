@@ -682,7 +682,8 @@ def nbls(draw, damage: bool = True):
         frame, oob = lso_frame(sa, ipv6=ipv6, payload_len=payload_len, mss=mss,
                                thl=draw(st.sampled_from([20, 32, 60])),
                                padl=draw(st.integers(0, 5)), seq=seq, l2=l2,
-                               v2=draw(st.booleans()),
+                               # NDIS LSOv1 is IPv4 only: a good IPv6 frame uses LSOv2
+                               v2=draw(st.booleans()) or (ipv6 and not damage),
                                flags=draw(st.integers(0, 255)))
         frames = [frame]
     else:

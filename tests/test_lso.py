@@ -30,6 +30,7 @@ from ipsecoffload import Miniport, PacketBatchBuilder, Reason, SaConfig, ndis
 from ipsecoffload.ndis import NdisStatus
 
 FAILURE = 0xC0000001
+INVALID_PACKET = 0xC001000F  # NDIS_STATUS_INVALID_PACKET
 assert NdisStatus.FAILURE == FAILURE
 LSO_V2_TYPE = 1 << 30
 ETH = bytes.fromhex("020000000002020000000001")
@@ -88,9 +89,22 @@ def offload(miniport: Miniport, cfg: SaConfig, ipv6: bool) -> int:
     return entry.offload_handle
 
 
+# The segmentation tests below cut single-segment and very large super-packets too: their
+# miniport offers MinSegmentCount 1 and no MaxOffLoadSize bound. The NDIS defaults (65535, 2)
+# are tested in tests/test_lso_limits.py.
+_NO_LSO_LIMITS = dict(
+    lso_v1=ndis.NdisTcpLargeSendOffloadV1(max_offload_size=2**32 - 1, min_segment_count=1),
+    lso_v2=ndis.NdisTcpLargeSendOffloadV2(ipv4_max_offload_size=2**32 - 1,
+                                          ipv4_min_segment_count=1,
+                                          ipv6_max_offload_size=2**32 - 1,
+                                          ipv6_min_segment_count=1))
+
+
 def seeded_miniport(pure: bool, seed: int = 7) -> Miniport:
-    """A miniport whose CBC IVs come from a seeded generator (reproducible output)."""
-    return Miniport(pure_python=pure, random_source=random.Random(seed).randbytes)
+    """A miniport whose CBC IVs come from a seeded generator (reproducible output), without
+    LSO limits (see above)."""
+    return Miniport(pure_python=pure, random_source=random.Random(seed).randbytes,
+                    **_NO_LSO_LIMITS)
 
 
 # -- checksums -------------------------------------------------------------------------------
@@ -431,6 +445,11 @@ def test_round_trip_every_suite(pure, suite, ipv6, lso_version):
     h = offload(miniport, cfg, ipv6)
     sup = build_super(cfg, h, payload_of(2 * 700 + 123, seed=len(suite)), 700, ipv6=ipv6,
                       lso_version=lso_version, flags=0xD9)  # CWR ECE ACK PSH FIN
+    if ipv6 and lso_version == 1:  # NDIS LSOv1 is IPv4 only: the NBL fails, nothing leaves
+        result = send(miniport, sup)
+        assert [int(s) for s in result.status] == [FAILURE]
+        assert result.reasons[0] == Reason.LSO_DISABLED and result.wire.num_buffers == 0
+        return
     segs = run_ok(miniport, sup)
     assert [s.flags for s in segs] == [0xD0, 0x50, 0x59]
 
@@ -575,7 +594,7 @@ def test_several_super_packets_in_one_batch(pure):
                                      (null(), True)]):
         h = offload(miniport, cfg, ipv6)
         sups.append(build_super(cfg, h, payload_of(1000 + 900 * k, seed=k), 600 + k,
-                                ipv6=ipv6, lso_version=2 - k % 2))
+                                ipv6=ipv6, lso_version=2 if ipv6 else 1 + k % 2))
     result = send(miniport, *sups)
     assert list(result.status) == [0] * 4
     for k, sup in enumerate(sups):
@@ -631,8 +650,11 @@ def test_no_esn_exhaustion(pure, seq, L, ok):
     miniport = seeded_miniport(pure)
     h = offload(miniport, cfg, False)
     sup = build_super(cfg, h, payload_of(L), 1000)
-    good = build_super(gcm(), offload(miniport, gcm(), False), payload_of(1500), 1000)
-    result = send(miniport, good, sup, good)
+    g = gcm()
+    hg = offload(miniport, g, False)
+    good = build_super(g, hg, payload_of(1500), 1000)
+    good2 = build_super(replace(g, seq=g.seq + 100), hg, payload_of(1500), 1000)  # fresh SNs
+    result = send(miniport, good, sup, good2)
     if ok:
         assert list(result.status) == [0, 0, 0]
         check_segments(result.wire.frames_of(1), sup)
@@ -641,7 +663,7 @@ def test_no_esn_exhaustion(pure, seq, L, ok):
         assert result.wire.frames_of(1) == []
         assert Reason.SEQ_EXHAUSTED in set(result.reasons)
     check_segments(result.wire.frames_of(0), good)
-    check_segments(result.wire.frames_of(2), good)
+    check_segments(result.wire.frames_of(2), good2)
 
 
 @pytest.mark.parametrize("pure", KERNELS)
@@ -767,15 +789,19 @@ def test_bad_lso_input_fails_whole_nbl(pure, bad):
     cfg = gcm()
     h = offload(miniport, cfg, False)
     good = build_super(cfg, h, payload_of(2500), 1000)
+    # the second good one with fresh SNs: an SN is sealed once (docs/send-path.md)
+    good2 = build_super(replace(cfg, seq=cfg.seq + 100), h, payload_of(2500), 1000)
     small = build_super(cfg, h, payload_of(30), 1000)  # 60-byte TCP header / 255 pad overrun it
     sup = BAD[bad](small if bad in ("tcp-header-past-end", "pad-length-eats-tcp-header")
                    else good)
-    result = send(miniport, good, sup, good)
-    assert [int(s) for s in result.status] == [0, FAILURE, 0]
+    result = send(miniport, good, sup, good2)
+    # an ESP offset off the header chain is refused as in a non-LSO frame (INVALID_PACKET)
+    status = INVALID_PACKET if bad == "esp-offset-disagrees" else FAILURE
+    assert [int(s) for s in result.status] == [0, status, 0]
     assert result.wire.frames_of(1) == []
     assert list(result.lso_complete) == [LSO_V2_TYPE] * 3
     check_segments(result.wire.frames_of(0), good, full_scapy=False)
-    check_segments(result.wire.frames_of(2), good, full_scapy=False)
+    check_segments(result.wire.frames_of(2), good2, full_scapy=False)
 
 
 @pytest.mark.parametrize("pure", KERNELS)
@@ -864,7 +890,7 @@ def test_completion_info(pure):
     v2 = build_super(cfg, h6, payload_of(3333), 1000, ipv6=True)
     v1_bad = _with_lso(v1, mss=0)
     v2_bad = _with_oob(v2, next_header=17)
-    v1_empty = build_super(cfg, h4, b"", 1000, lso_version=1)
+    v1_empty = build_super(replace(cfg, seq=cfg.seq + 100), h4, b"", 1000, lso_version=1)
     result = send(miniport, v1, v2, v1_bad, v2_bad, v1_empty)
     assert [int(s) for s in result.status] == [0, 0, FAILURE, FAILURE, 0]
     assert [int(v) for v in result.lso_complete] == [3333, LSO_V2_TYPE, 0, LSO_V2_TYPE, 0]
@@ -968,8 +994,18 @@ def test_fuzz_compiled_matches_twin(case):
     if damage == "ip-version-bit" and sup.lso_version == 1:
         damage = None  # LSOv1 has no IPVersion bit
     exhausted = not cfg.esn and cfg.seq + sup.nsegs - 1 > 0xFFFFFFFF
-    if exhausted or damage in ALWAYS_BAD:
-        assert int(compiled.status[0]) == FAILURE and compiled.wire.num_buffers == 0
+    if sup.ipv6 and case["ext"] == "bogus":
+        # the extension header claims more bytes than it has: ESP is not where the header
+        # chain says (INVALID_PACKET, as in a non-LSO frame), whatever else is damaged
+        assert int(compiled.status[0]) in (FAILURE, INVALID_PACKET)
+        assert compiled.wire.num_buffers == 0
+    elif sup.ipv6 and sup.lso_version == 1:  # NDIS LSOv1 is IPv4 only
+        assert int(compiled.status[0]) in (FAILURE, INVALID_PACKET)
+        assert compiled.wire.num_buffers == 0
+    elif exhausted or damage in ALWAYS_BAD:
+        # an ESP offset off the header chain is INVALID_PACKET (as without LSO)
+        expect = (FAILURE, INVALID_PACKET) if damage == "esp-offset-disagrees" else (FAILURE,)
+        assert int(compiled.status[0]) in expect and compiled.wire.num_buffers == 0
     elif not damage and not (sup.ipv6 and case["ext"] == "bogus"):
         check_or_refused(compiled, sup, full_scapy=False)
 
@@ -1031,6 +1067,11 @@ def test_stack_send_lso(suite, ipv6, lso_version):
     (stack, sa), (twin, twin_sa) = stack_pair(cfg)
     payload = payload_of(5000, seed=3)
     packet = plain_tcp(payload, ipv6=ipv6, options=TS_OPTIONS)
+    if ipv6 and lso_version == 1:  # NDIS LSOv1 is IPv4 only: the stack refuses to frame it
+        with pytest.raises(ValueError, match="LSOv1"):
+            stack.send_lso(packet, sa, 1200, lso_version=1)
+        assert sa.next_seq == 1000
+        return
     sup = super_from_batch(twin.build_lso(packet, twin_sa, 1200, lso_version=lso_version,
                                           pad_length=6), cfg, payload, 1200, lso_version, 1000)
     assert sup.oob["pad_length"] == 6 and sup.oob["next_header"] == 6
@@ -1050,7 +1091,7 @@ def test_stack_send_lso(suite, ipv6, lso_version):
 def test_stack_build_lso_matches_the_nic_side_helper():
     """HostStack.build_lso and build_super describe the same super-packet to the NIC."""
     for ipv6 in (False, True):
-        for lso_version in (1, 2):
+        for lso_version in ((2,) if ipv6 else (1, 2)):  # LSOv1 is IPv4 only
             for cfg in (gcm(), cbc(udp_encap=(4500, 4500))):
                 (_, _), (twin, twin_sa) = stack_pair(cfg)
                 payload = payload_of(3000)

@@ -27,6 +27,11 @@ _LSO_V2_IPV4, _LSO_V2_IPV6 = int(Config.LSO_V2_IPV4), int(Config.LSO_V2_IPV6)
 _LSO_WITH_IPSEC = int(Config.LSO_WITH_IPSEC)
 _AH_IPV4, _AH_IPV6 = int(Config.AH_IPV4), int(Config.AH_IPV6)
 _TUNNEL_ALONE_SINGLE = int(Config.TUNNEL_ALONE_SINGLE)
+_DISABLED_FAIL = int(Config.DISABLED_FAIL)
+DISABLED_POLICIES = ("pass", "fail")
+# The most output bytes (frames and AH scratch) one send allocates; NBLs past it complete
+# with NDIS_STATUS_RESOURCES (docs/send-path.md, "Limits"). HostStack splits its batches.
+MAX_SEND_OUTPUT = 256 << 20
 TUNNEL_HANDLE_ALONE = ("fail", "single")
 
 
@@ -67,7 +72,12 @@ class Miniport:
     ``sa_delete_after`` (off by default) sets SaDeleteReq on the received frames of an inbound
     SA once it has had that many ICV failures. ``tunnel_handle_alone`` is G13: a TunnelHandle
     without an OffloadHandle fails the NBL (``"fail"``, default) or names the single SA
-    (``"single"``).
+    (``"single"``). ``disabled_policy`` is G21: with offload off for what a frame's handle
+    needs, ``"pass"`` (default) sends a non-LSO frame unchanged and fails an LSO frame (an
+    ESP-framed super-packet cannot be segmented as plain TCP); ``"fail"`` fails every frame
+    that carries a handle. ``lso_v1`` / ``lso_v2`` are the NDIS LSO capabilities
+    (MaxOffLoadSize, MinSegmentCount; defaults 65535 and 2) that send enforces;
+    ``max_send_output`` caps the output bytes of one send (default 256 MiB).
     """
 
     def __init__(self, capabilities: Optional[ndis.NdisIpsecOffloadV2] = None, *,
@@ -75,12 +85,31 @@ class Miniport:
                  icv_space: Union[str, IcvSpace] = "auto", strict_salt: bool = False,
                  random_source: Callable[[int], bytes] = os.urandom,
                  backend: Optional[CryptoBackend] = None, pure_python: Optional[bool] = None,
-                 sa_delete_after: Optional[int] = None, tunnel_handle_alone: str = "fail"):
+                 sa_delete_after: Optional[int] = None, tunnel_handle_alone: str = "fail",
+                 disabled_policy: str = "pass",
+                 lso_v1: Optional[ndis.NdisTcpLargeSendOffloadV1] = None,
+                 lso_v2: Optional[ndis.NdisTcpLargeSendOffloadV2] = None,
+                 max_send_output: int = MAX_SEND_OUTPUT):
         if tunnel_handle_alone not in TUNNEL_HANDLE_ALONE:
             raise ValueError(f"tunnel_handle_alone must be one of "
                              f"{', '.join(map(repr, TUNNEL_HANDLE_ALONE))}, "
                              f"got {tunnel_handle_alone!r}")
         self.tunnel_handle_alone = tunnel_handle_alone
+        if disabled_policy not in DISABLED_POLICIES:
+            raise ValueError(f"disabled_policy must be one of "
+                             f"{', '.join(map(repr, DISABLED_POLICIES))}, got {disabled_policy!r}")
+        self.disabled_policy = disabled_policy
+        self.lso_v1 = lso_v1 if lso_v1 is not None else ndis.NdisTcpLargeSendOffloadV1()
+        self.lso_v2 = lso_v2 if lso_v2 is not None else ndis.NdisTcpLargeSendOffloadV2()
+        if not isinstance(self.lso_v1, ndis.NdisTcpLargeSendOffloadV1) or not isinstance(
+                self.lso_v2, ndis.NdisTcpLargeSendOffloadV2):
+            raise TypeError("lso_v1 / lso_v2 must be NdisTcpLargeSendOffloadV1 / V2")
+        if isinstance(max_send_output, bool) or not isinstance(max_send_output, int) \
+                or not 1 <= max_send_output <= 1 << 40:
+            raise ValueError(f"max_send_output must be a number of bytes from 1 to 2**40, "
+                             f"got {max_send_output!r}")
+        self.max_send_output = max_send_output
+        self.send_limits()  # checks the LSO values
         self.capabilities = capabilities or default_capabilities()
         self.iv_source = _policy(IvSource, iv_source, "iv_source")
         self.icv_space = _policy(IcvSpace, icv_space, "icv_space")
@@ -128,11 +157,14 @@ class Miniport:
             return NdisStatus.SUCCESS, self.current_config()
         return NdisStatus.INVALID_OID, None
 
-    def current_config(self) -> ndis.NdisIpsecOffloadV2:
-        """The capabilities as the offload parameters leave them switched on."""
+    def current_config(self, ipv6: Optional[bool] = None) -> ndis.NdisIpsecOffloadV2:
+        """The capabilities as the offload parameters leave them switched on; with ``ipv6``
+        (False / True) what is on for that IP version alone (what ADD_SA checks)."""
         on = self.offload
-        esp = on.esp_ipv4 or on.esp_ipv6
-        ah = on.ah_ipv4 or on.ah_ipv6
+        esp = (on.esp_ipv6 if ipv6 else on.esp_ipv4) if ipv6 is not None else (
+            on.esp_ipv4 or on.esp_ipv6)
+        ah = (on.ah_ipv6 if ipv6 else on.ah_ipv4) if ipv6 is not None else (
+            on.ah_ipv4 or on.ah_ipv6)
         return dataclasses.replace(
             self.capabilities, esp=self.capabilities.esp and esp,
             ah=self.capabilities.ah and ah,
@@ -182,7 +214,11 @@ class Miniport:
     def _add_one(self, entry) -> NdisStatus:
         entry.offload_handle = 0
         try:
-            entry.offload_handle = self.sas.add(entry, self.current_config(), self.strict_salt)
+            # ESP / AH for the SA's own IP version (an IPv4 SA while ESP for IPv4 is off
+            # is refused, issue 11)
+            ipv6 = bool(getattr(entry, "flags", 0) & ndis.IPSEC_OFFLOAD_V2_IPV6)
+            entry.offload_handle = self.sas.add(entry, self.current_config(ipv6),
+                                                self.strict_salt)
         except SaRejected as rejected:
             self._count(f"add_sa_rejected.{rejected.status.name}")
             return rejected.status
@@ -221,7 +257,21 @@ class Miniport:
                 | (_LSO_V1 if on.lso_v1 else 0) | (_LSO_V2_IPV4 if on.lso_v2_ipv4 else 0)
                 | (_LSO_V2_IPV6 if on.lso_v2_ipv6 else 0)
                 | (_LSO_WITH_IPSEC if caps.lso_supported else 0)
-                | (_TUNNEL_ALONE_SINGLE if self.tunnel_handle_alone == "single" else 0))
+                | (_TUNNEL_ALONE_SINGLE if self.tunnel_handle_alone == "single" else 0)
+                | (_DISABLED_FAIL if self.disabled_policy == "fail" else 0))
+
+    def send_limits(self) -> np.ndarray:
+        """What tx_limit enforces: (MaxOffLoadSize, MinSegmentCount) of LSOv1, LSOv2 IPv4,
+        LSOv2 IPv6, then ``max_send_output``."""
+        v1, v2 = self.lso_v1, self.lso_v2
+        values = [v1.max_offload_size, v1.min_segment_count, v2.ipv4_max_offload_size,
+                  v2.ipv4_min_segment_count, v2.ipv6_max_offload_size,
+                  v2.ipv6_min_segment_count, self.max_send_output]
+        for value in values[:6]:
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+                raise ValueError(f"LSO MaxOffLoadSize / MinSegmentCount must be ULONG values, "
+                                 f"got {value!r}")
+        return np.array(values, np.int64)
 
     def send(self, nbls: Union[PacketBatch, Sequence[ndis.NetBufferList]]) -> SendResult:
         """MiniportSendNetBufferLists over a chain of NBLs (docs/send-path.md).
@@ -233,7 +283,8 @@ class Miniport:
         result = run_send(batch, self.sas.snapshot(), config=self.config_bits(),
                           icv_space=self.icv_space, iv_source=self.iv_source,
                           kernels=self.kernels, backends=self.backends,
-                          random_source=self.random_source)
+                          random_source=self.random_source, marks=self.sas.tx_marks,
+                          mark_lock=self.sas.tx_lock, limits=self.send_limits())
         if not isinstance(nbls, PacketBatch):
             for nbl, status, lso_done in zip(nbls, result.status, result.lso_complete):
                 nbl.status = int(status)

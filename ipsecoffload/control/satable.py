@@ -253,6 +253,11 @@ class SaTable:
         # reset when a slot is (re)used or UPDATE_SA sets a new high word.
         self.rx_state = np.zeros(2 * capacity, RX_STATE_DTYPE)
         self.rx_lock = threading.Lock()
+        # The NIC's sealed high-water mark per key row, (handle, last SN sealed) pairs: an
+        # AEAD seal at or below it is refused (docs/send-path.md, "Nonce safety"). Set when
+        # a slot is (re)used, handle 0 when it is freed; tx_mark updates it under tx_lock.
+        self.tx_marks = np.zeros(4 * capacity, np.uint64)
+        self.tx_lock = threading.Lock()
         self._publish(np.zeros(capacity, SA_RECORD_DTYPE), (None,) * (2 * capacity))
 
     def _publish(self, records: np.ndarray, keys: tuple) -> None:
@@ -360,6 +365,8 @@ class SaTable:
             if record["inbound"]:
                 self._endpoints[slot] = (bytes(entry.src_address), bytes(entry.dest_address))
             self.rx_state[2 * slot:2 * slot + 2] = np.zeros((), RX_STATE_DTYPE)
+            with self.tx_lock:
+                self.tx_marks[4 * slot:4 * slot + 4] = [handle, 0, handle, 0]
             self._publish(records, tuple(key_list))
         return handle
 
@@ -375,6 +382,8 @@ class SaTable:
             key_list = list(self._snapshot.keys)
             key_list[2 * slot] = key_list[2 * slot + 1] = None
             self._endpoints.pop(slot, None)
+            with self.tx_lock:
+                self.tx_marks[4 * slot:4 * slot + 4] = 0
             self._free.append(slot)
             self._publish(records, tuple(key_list))
         return True
@@ -388,7 +397,12 @@ class SaTable:
             if info is None or (spi, operation) not in info or not 0 <= seq_hi <= 0xFFFFFFFF:
                 return False
             layer = info.index((spi, operation))
-            if not self._snapshot.records[slot]["xf"][layer]["esn"]:
+            record = self._snapshot.records[slot]
+            if not record["xf"][layer]["esn"]:
+                return False
+            if not record["inbound"] and seq_hi < int(record["xf"][layer]["seq_hi"]):
+                # an outbound SA's high word never moves back: its SNs (the AEAD nonces,
+                # RFC 4106 §3.1) would be sent again (docs/send-path.md, "Nonce safety")
                 return False
             records = self._snapshot.records.copy()
             records[slot]["xf"][layer]["seq_hi"] = seq_hi
@@ -398,11 +412,20 @@ class SaTable:
             self._publish(records, self._snapshot.keys)
         return True
 
+    def reset_tx_marks(self) -> None:
+        """Forget what every SA sealed, so that the same frames seal again: only for
+        benchmarks that time one batch over and over (a real stack never resends an AEAD
+        SN; docs/send-path.md, "Nonce safety")."""
+        with self.tx_lock:
+            self.tx_marks[1::2] = 0
+
     def clear(self) -> None:
         """Delete every SA (adapter halt, docs/protocol.md)."""
         with self._lock:
             self._sa_info.clear()
             self._endpoints.clear()
+            with self.tx_lock:
+                self.tx_marks[:] = 0
             self._free = list(range(self.capacity - 1, -1, -1))
             self._publish(np.zeros(self.capacity, SA_RECORD_DTYPE), (None,) * (2 * self.capacity))
 

@@ -132,6 +132,7 @@ class Config(enum.IntFlag):
     AH_IPV4 = 64
     AH_IPV6 = 128
     TUNNEL_ALONE_SINGLE = 256  # docs/spec-gaps.md G13: a lone TunnelHandle is the single SA
+    DISABLED_FAIL = 512  # docs/spec-gaps.md G21: a handle while offload is off fails the NBL
 
 
 class Reason(enum.IntEnum):
@@ -153,6 +154,12 @@ class Reason(enum.IntEnum):
     LSO_BAD_PARAMS = 14
     NBL_FAILED = 15
     BAD_AH_OFFSET = 16
+    SPI_MISMATCH = 17
+    PROTOCOL_MISMATCH = 18
+    DISABLED_WITH_HANDLE = 19
+    SEQ_REUSED = 20
+    LSO_LIMIT = 21
+    OUTPUT_LIMIT = 22
 
 
 class OpKind(enum.IntEnum):
@@ -221,6 +228,7 @@ RX_REASON_COUNT = len(RxReason)
 STATUS_SUCCESS = 0x00000000
 STATUS_FAILURE = 0xC0000001
 STATUS_INVALID_PACKET = 0xC001000F
+STATUS_RESOURCES = 0xC000009A
 
 # The NDIS_STATUS each reason completes its NBL with (docs/send-path.md; §2.2 for INVALID_PACKET).
 REASON_STATUS = {
@@ -241,6 +249,12 @@ REASON_STATUS = {
     Reason.LSO_BAD_PARAMS: STATUS_FAILURE,
     Reason.NBL_FAILED: STATUS_FAILURE,  # replaced by the failing sibling's status
     Reason.BAD_AH_OFFSET: STATUS_INVALID_PACKET,
+    Reason.SPI_MISMATCH: STATUS_FAILURE,
+    Reason.PROTOCOL_MISMATCH: STATUS_FAILURE,
+    Reason.DISABLED_WITH_HANDLE: STATUS_FAILURE,
+    Reason.SEQ_REUSED: STATUS_FAILURE,
+    Reason.LSO_LIMIT: STATUS_FAILURE,
+    Reason.OUTPUT_LIMIT: STATUS_RESOURCES,
 }
 
 # The counters tx_plan fills per batch: one per Reason, then these NBL status counts.

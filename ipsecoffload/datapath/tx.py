@@ -109,9 +109,14 @@ class SendResult:
 
 def run_send(batch: PacketBatch, table, *, config: int, icv_space: int, iv_source: int,
              kernels: ModuleType, backends: Mapping[int, object],
-             random_source: Callable[[int], bytes]) -> SendResult:
+             random_source: Callable[[int], bytes], marks: Optional[np.ndarray] = None,
+             mark_lock=None, limits: Optional[np.ndarray] = None) -> SendResult:
+    """The send stages over ``batch``; with ``limits`` the LSO limits and the output cap
+    apply (docs/send-path.md, "Limits"); with ``marks`` (and its lock) AEAD seals are checked
+    against the table's sealed high-water marks (docs/send-path.md, "Nonce safety")."""
     out, frames, ops, plans, status, lso_done, counters = kernels.tx_run(
-        batch, table, int(config), int(icv_space), int(iv_source), backends, random_source)
+        batch, table, int(config), int(icv_space), int(iv_source), backends, random_source,
+        marks, mark_lock, limits)
     wire = WireFrames(out, table_bytes=frames, oob_bytes=batch.oob_bytes.copy(), status=status)
     return SendResult(wire, status, lso_done, counters, plan_bytes=plans)
 

@@ -21,8 +21,10 @@ cdef int64_t lso_segment_len(int64_t hdr_len, int64_t thl, int64_t chunk, int64_
 
 
 cdef bint lso_enabled(int lso_kind, bint ipv6, int cfg) noexcept nogil:
+    """This LSO kind is on for this IP version; NDIS LSOv1 is IPv4 only
+    (NDIS_TCP_LARGE_SEND_OFFLOAD_V1 has IPv4 members only)."""
     if lso_kind == 1:
-        return (cfg & CFG_LSO_V1) != 0
+        return not ipv6 and (cfg & CFG_LSO_V1) != 0
     return (cfg & (CFG_LSO_V2_IPV6 if ipv6 else CFG_LSO_V2_IPV4)) != 0
 
 
@@ -71,6 +73,54 @@ cdef int plan_without_ipsec(const uint8_t* frame, int64_t flen, int32_t nb_count
     p.nsegs = <int32_t>n
     p.out_len = n * p.hdr_len + L
     return 0
+
+
+cdef int disabled(const uint8_t* frame, int64_t flen, int32_t nb_count, uint64_t lso,
+                  int32_t l2, int cfg, NbPlan* p) except -1 nogil:
+    """Offload is off for what this frame's handle needs (docs/spec-gaps.md G21): under
+    "pass" a non-LSO frame leaves unchanged, but an LSO frame fails, as an ESP-framed
+    super-packet can never be segmented as plain TCP; under "fail" every such frame fails."""
+    if (cfg & CFG_DISABLED_FAIL) or lso != 0:
+        fail(p, STATUS_FAILURE, REASON_DISABLED_WITH_HANDLE)
+        return 0
+    return plan_without_ipsec(frame, flen, nb_count, lso, l2, cfg, p, REASON_PASS_DISABLED)
+
+
+cdef int header_named(const uint8_t* frame, int64_t flen, int64_t l2, bint ipv6, int64_t ihl,
+                      int64_t target, int64_t limit) except -3 nogil:
+    """The Protocol / Next Header value that names the header at ``target``, walking from the
+    IP header over IPv6 extension headers (RFC 8200 §4: hop-by-hop 0, routing 43, fragment
+    44, destination options 60) and AH (51, RFC 4302 §2.2); -1 if ``target`` is not where a
+    header starts, -2 if it names an IPv6 extension header (an offset inside them)."""
+    cdef int64_t off = l2 + ihl, hlen
+    cdef int nh, k
+    check(l2 + (6 if ipv6 else 9), 1, flen)
+    nh = frame[l2 + (6 if ipv6 else 9)]
+    for k in range(64):
+        if off == target:
+            return -2 if ipv6 and (nh == 0 or nh == 43 or nh == 44 or nh == 60) else nh
+        if off > target:
+            return -1
+        if ipv6 and (nh == 0 or nh == 43 or nh == 60):
+            if off + 2 > limit:
+                return -1
+            check(off, 2, flen)
+            hlen = (<int64_t>frame[off + 1] + 1) * 8
+        elif ipv6 and nh == 44:
+            hlen = 8
+        elif nh == 51:
+            if off + 2 > limit:
+                return -1
+            check(off, 2, flen)
+            hlen = (<int64_t>frame[off + 1] + 2) * 4
+        else:
+            return -1
+        if off + hlen > limit:
+            return -1
+        check(off, 1, flen)
+        nh = frame[off]
+        off += hlen
+    return -1
 
 
 cdef bint trailer_fits(const uint8_t* frame, int64_t flen, int64_t tend, int64_t text_off,
@@ -181,7 +231,7 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
     cdef uint64_t slot, sn64
     cdef bint ok_res, ok_app
     cdef const SaRecord* rec
-    cdef int version, lso_kind
+    cdef int version, lso_kind, named
 
     zero16n(p, sizeof(NbPlan) // 16)
     p.slot = -1
@@ -191,7 +241,7 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
     if handle == 0 and tunnel_handle == 0:
         return plan_without_ipsec(frame, flen, nb_count, lso, l2, cfg, p, REASON_PASS_NO_HANDLE)
     if not (cfg & (CFG_ESP_IPV4 | CFG_ESP_IPV6 | CFG_AH_IPV4 | CFG_AH_IPV6)):  # docs/send-path.md, step 1 precedes step 2 (G21)
-        return plan_without_ipsec(frame, flen, nb_count, lso, l2, cfg, p, REASON_PASS_DISABLED)
+        return disabled(frame, flen, nb_count, lso, l2, cfg, p)
     if tunnel_handle != 0 and handle == 0 and (cfg & CFG_TUNNEL_ALONE_SINGLE):
         handle = tunnel_handle  # docs/spec-gaps.md G13, policy "single"
     elif tunnel_handle != 0:  # G13; transport-over-tunnel is not offered (caps)
@@ -207,7 +257,7 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
         return 0
     p.ipv6 = version == 6
     if not (cfg & ((CFG_ESP_IPV6 | CFG_AH_IPV6) if p.ipv6 else (CFG_ESP_IPV4 | CFG_AH_IPV4))):  # G21
-        return plan_without_ipsec(frame, flen, nb_count, lso, l2, cfg, p, REASON_PASS_DISABLED)
+        return disabled(frame, flen, nb_count, lso, l2, cfg, p)
     slot = handle & SLOT_MASK
     if slot >= <uint64_t>nrec or not recs[slot].in_use or recs[slot].handle != handle:
         fail(p, STATUS_FAILURE, REASON_UNKNOWN_HANDLE)
@@ -233,7 +283,7 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
     if ah_xf != NULL:
         need |= CFG_AH_IPV6 if p.ipv6 else CFG_AH_IPV4
     if (cfg & need) != need:
-        return plan_without_ipsec(frame, flen, nb_count, lso, l2, cfg, p, REASON_PASS_DISABLED)
+        return disabled(frame, flen, nb_count, lso, l2, cfg, p)
     lso_kind = 0
     if lso != 0:
         lso_kind = 2 if (lso >> 30) & 1 else 1
@@ -278,6 +328,17 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
         if frame[ah + 1] != ah_len // 4 - 2:  # Payload Length (RFC 4302 §2.2)
             fail(p, STATUS_INVALID_PACKET, REASON_BAD_AH_OFFSET)
             return 0
+        named = header_named(frame, flen, l2, p.ipv6, p.ip_hdr_len, ah, ip_end)
+        if named < 0:  # inside the IP or extension headers (docs/send-path.md)
+            fail(p, STATUS_INVALID_PACKET, REASON_BAD_AH_OFFSET)
+            return 0
+        if named != PROTO_AH:  # the frame does not say AH where the SA has it
+            fail(p, STATUS_FAILURE, REASON_PROTOCOL_MISMATCH)
+            return 0
+        check(ah + 4, 4, flen)
+        if ld32(frame + ah + 4) != ah_xf.spi:
+            fail(p, STATUS_FAILURE, REASON_SPI_MISMATCH)
+            return 0
         ah_sn = ld32(frame + ah + 8)
         if ah_xf.esn:
             ah_sn |= <uint64_t>ah_xf.seq_hi << 32
@@ -307,8 +368,20 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
             or (ah_xf != NULL and esp < <int64_t>p.ah_off + p.ah_len):
         fail(p, STATUS_INVALID_PACKET, REASON_BAD_ESP_OFFSET)
         return 0
+    # the header before ESP (or before its UDP header) names it, and the SPI is the SA's
+    named = header_named(frame, flen, l2, p.ipv6, p.ip_hdr_len, esp - (8 if xf.udp_encap else 0),
+                         ip_end)
+    if named < 0:  # inside the IPv6 extension headers, as inside the IPv4 header
+        fail(p, STATUS_INVALID_PACKET, REASON_BAD_ESP_OFFSET)
+        return 0
+    if named != (17 if xf.udp_encap else PROTO_ESP):
+        fail(p, STATUS_FAILURE, REASON_PROTOCOL_MISMATCH)
+        return 0
     p.esp_off = <int32_t>esp
-    check(esp + 4, 4, flen)
+    check(esp, 8, flen)
+    if ld32(frame + esp) != xf.spi:
+        fail(p, STATUS_FAILURE, REASON_SPI_MISMATCH)
+        return 0
     sn64 = ld32(frame + esp + 4)
     if xf.esn:
         sn64 |= <uint64_t>xf.seq_hi << 32
@@ -359,8 +432,7 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
         return 0
 
     # LSO: the checks of docs/send-path.md, step 3, then the segment plan of §6.8
-    if not (cfg & CFG_LSO_WITH_IPSEC) or (lso_kind == 1 and not (cfg & CFG_LSO_V1)) or (
-            lso_kind == 2 and not (cfg & (CFG_LSO_V2_IPV6 if p.ipv6 else CFG_LSO_V2_IPV4))):
+    if not (cfg & CFG_LSO_WITH_IPSEC) or not lso_enabled(lso_kind, p.ipv6, cfg):
         fail(p, STATUS_FAILURE, REASON_LSO_DISABLED)
         return 0
     p.mss = <int32_t>(lso & 0xFFFFF)

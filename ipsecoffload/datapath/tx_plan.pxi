@@ -158,3 +158,195 @@ def tx_plan(batch, const uint8_t[::1] records not None, uint8_t[::1] plans not N
         t = tx_plan_run(b, recs, plan0, n_nb, &nbl_status[0] if b.n_nbl else NULL,
                         &lso_done[0] if b.n_nbl else NULL, &counters[0])
     return t.out_bytes + t.scratch_bytes, t.frames, t.ops, t.rand_bytes
+
+
+# -- the sealed high-water mark of AEAD SAs (docs/send-path.md, "Nonce safety") ---------------
+
+cdef inline bint aead_suite(uint8_t suite) noexcept nogil:
+    """AES-GCM and AES-GMAC: the nonce is salt + the 64-bit SN (RFC 4106 §3.1, RFC 4543 §3.1)."""
+    return suite == SUITE_AES_GCM or suite == SUITE_AES_GMAC or suite == SUITE_AH_GMAC
+
+
+cdef int64_t tx_mark_run(BatchView b, const SaRecord* recs, NbPlan* plan0, int64_t n_nb,
+                         uint64_t* marks, int64_t n_rows) noexcept nogil:
+    """In batch order, every NET_BUFFER that classify left sending and that seals under an
+    AEAD transform: its first SN (segment 0) must lie above the transform's mark (the last
+    SN it sealed), else the NET_BUFFER fails with SEQ_REUSED; then the mark moves to its
+    last SN. NBLs that classify already fails are skipped. ``marks`` holds (handle, mark)
+    per key row; a row whose handle is not the record's (the SA was deleted after the
+    snapshot) fails the NET_BUFFER with UNKNOWN_HANDLE. Returns how many failed."""
+    cdef int64_t i = 0, j, k, row, failed = 0
+    cdef NbPlan* p
+    cdef const SaRecord* rec
+    cdef const uint8_t* frame
+    cdef uint64_t first[2]
+    cdef uint64_t last[2]
+    cdef bint use[2]
+    cdef bint bad, skip
+    cdef int layer
+    cdef uint64_t ah_sn
+    while i < n_nb:
+        j = i
+        skip = False
+        while j < n_nb and plan0[j].nbl == plan0[i].nbl:
+            if plan0[j].status != 0:
+                skip = True
+            j += 1
+        if skip:
+            i = j
+            continue
+        for k in range(i, j):
+            p = plan0 + k
+            if p.slot < 0 or p.nsegs <= 0:
+                continue
+            rec = recs + p.slot
+            bad = False
+            for layer in range(2):
+                use[layer] = False
+                if layer >= rec.n_xf or not aead_suite(rec.xf[layer].suite):
+                    continue
+                row = 2 * <int64_t>p.slot + layer
+                if row >= n_rows or marks[2 * row] != rec.handle:
+                    fail(p, STATUS_FAILURE, REASON_UNKNOWN_HANDLE)
+                    bad = True
+                    break
+                if layer == 1:  # the AH of an AH + ESP bundle: its own SN, in the frame
+                    frame = b.c_arena + b.c_nb_off[k]
+                    ah_sn = ld32(frame + p.ah_off + 8)
+                    if rec.xf[1].esn:
+                        ah_sn |= <uint64_t>rec.xf[1].seq_hi << 32
+                    first[1] = ah_sn
+                else:
+                    first[0] = p.sn64
+                last[layer] = first[layer] + <uint64_t>(p.nsegs - 1)
+                if first[layer] <= marks[2 * row + 1]:
+                    fail(p, STATUS_FAILURE, REASON_SEQ_REUSED)
+                    bad = True
+                    break
+                use[layer] = True
+            if bad:
+                failed += 1
+                continue
+            for layer in range(2):
+                if use[layer]:
+                    marks[2 * (2 * <int64_t>p.slot + layer) + 1] = last[layer]
+        i = j
+    return failed
+
+
+def tx_mark(batch, const uint8_t[::1] records not None, uint8_t[::1] plans not None,
+            uint64_t[::1] marks not None):
+    """The sealed high-water mark check of classified ``plans`` (between tx_classify and
+    tx_plan; the caller holds the table's mark lock). ``marks``: (handle, mark) per key row
+    (slot * 2 + layer). Returns how many NET_BUFFERs it failed."""
+    cdef BatchView b = BatchView(batch)
+    cdef int64_t n_nb = plans.shape[0] // sizeof(NbPlan)
+    cdef int64_t nrec = records.shape[0] // sizeof(SaRecord)
+    if plans.shape[0] != b.n_nb * <int64_t>sizeof(NbPlan) or records.shape[0] % sizeof(SaRecord):
+        raise ValueError("plans / records buffer size does not match the struct layout")
+    if marks.shape[0] % 2:
+        raise ValueError("marks holds (handle, mark) pairs")
+    cdef NbPlan* plan0 = <NbPlan*>&plans[0] if n_nb else NULL
+    cdef const SaRecord* recs = <const SaRecord*>&records[0] if nrec else NULL
+    tx_mark_check(b, recs, plan0, n_nb, nrec)
+    cdef uint64_t* m = &marks[0] if marks.shape[0] else NULL
+    cdef int64_t failed
+    with nogil:
+        failed = tx_mark_run(b, recs, plan0, n_nb, m, marks.shape[0] // 2)
+    return failed
+
+
+cdef int tx_mark_check(BatchView b, const SaRecord* recs, const NbPlan* plan0, int64_t n_nb,
+                       int64_t nrec) except -1:
+    """What tx_mark_run reads: slots inside the table, an AH offset of a bundle inside its
+    frame, NBLs in order."""
+    cdef int64_t i
+    cdef const NbPlan* p
+    for i in range(n_nb):
+        p = plan0 + i
+        if p.nbl != b.c_nb_nbl[i] or (p.slot >= nrec) or (
+                p.status == 0 and p.slot >= 0 and recs[p.slot].n_xf == 2
+                and (p.ah_off < 0 or p.ah_off + 12 > b.c_nb_len[i])):
+            raise ValueError(f"plan {i} is corrupt")
+    return 0
+
+
+# -- LSO capability limits and the output cap (docs/send-path.md, "Limits") --------------------
+
+cdef extern from *:
+    """
+    #define IPO_STATUS_RESOURCES ((uint32_t)0xC000009AU)
+    """
+    const uint32_t STATUS_RESOURCES "IPO_STATUS_RESOURCES"
+
+cdef enum:
+    N_LIMITS = 7   # (MaxOffLoadSize, MinSegmentCount) of LSOv1, LSOv2 IPv4, LSOv2 IPv6; cap
+
+
+cdef int64_t tx_limit_run(BatchView b, NbPlan* plan0, int64_t n_nb,
+                          const int64_t* limits) noexcept nogil:
+    """Every LSO NET_BUFFER classify left sending: its TCP payload at most MaxOffLoadSize and
+    at least MinSegmentCount segments of its LSO kind (NDIS_TCP_LARGE_SEND_OFFLOAD_V1 / _V2),
+    else LSO_LIMIT. Then, NBL by NBL in order, the output so far plus this NBL's must stay
+    within ``limits[6]`` bytes, else its NET_BUFFERs fail with NDIS_STATUS_RESOURCES
+    (OUTPUT_LIMIT): one send never allocates more. Returns how many it failed."""
+    cdef int64_t i, j, k, idx, total = 0, nbl_bytes, failed = 0
+    cdef NbPlan* p
+    cdef bint ok
+    for i in range(n_nb):
+        p = plan0 + i
+        if p.status != 0 or p.lso == 0:
+            continue
+        idx = 0 if p.lso == 1 else (4 if p.ipv6 else 2)
+        if p.body_len > limits[idx] or p.nsegs < limits[idx + 1]:
+            fail(p, STATUS_FAILURE, REASON_LSO_LIMIT)
+            failed += 1
+    i = 0
+    while i < n_nb:
+        j = i
+        ok = True
+        nbl_bytes = 0
+        while j < n_nb and plan0[j].nbl == plan0[i].nbl:
+            if plan0[j].status != 0:
+                ok = False
+            nbl_bytes += plan0[j].out_len
+            j += 1
+        if ok:
+            if nbl_bytes > limits[6] - total:
+                for k in range(i, j):
+                    fail(plan0 + k, STATUS_RESOURCES, REASON_OUTPUT_LIMIT)
+                    failed += 1
+            else:
+                total += nbl_bytes
+        i = j
+    return failed
+
+
+cdef int tx_limit_check(BatchView b, const NbPlan* plan0, int64_t n_nb,
+                        const int64_t[::1] limits) except -1:
+    cdef int64_t i
+    if limits.shape[0] != N_LIMITS:
+        raise ValueError(f"limits needs {N_LIMITS} entries")
+    for i in range(N_LIMITS):
+        if limits[i] < 0:
+            raise ValueError("limits must not be negative")
+    for i in range(n_nb):
+        if plan0[i].nbl != b.c_nb_nbl[i] or plan0[i].out_len < 0 or plan0[i].out_len > MAX_OUTPUT:
+            raise ValueError(f"plan {i} is corrupt")
+    return 0
+
+
+def tx_limit(batch, uint8_t[::1] plans not None, const int64_t[::1] limits not None):
+    """The LSO limits and the output cap over classified ``plans`` (between tx_classify and
+    tx_mark). ``limits``: MaxOffLoadSize, MinSegmentCount of LSOv1, LSOv2 IPv4, LSOv2 IPv6,
+    then the output cap in bytes. Returns how many NET_BUFFERs it failed."""
+    cdef BatchView b = BatchView(batch)
+    cdef int64_t n_nb = plans.shape[0] // sizeof(NbPlan)
+    if plans.shape[0] != b.n_nb * <int64_t>sizeof(NbPlan):
+        raise ValueError("plans buffer size does not match the struct layout")
+    cdef NbPlan* plan0 = <NbPlan*>&plans[0] if n_nb else NULL
+    tx_limit_check(b, plan0, n_nb, limits)
+    cdef int64_t failed
+    with nogil:
+        failed = tx_limit_run(b, plan0, n_nb, &limits[0])
+    return failed

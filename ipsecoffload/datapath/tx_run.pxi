@@ -2,10 +2,13 @@
 # backends (one call per op group) and tx_fixup — over one validated view of the batch, so
 # that no per-batch bookkeeping runs in Python between the stages. Included by _fastpath.pyx.
 
-def tx_run(batch, table, int config, int icv_space, int iv_source, backends, random_source):
+def tx_run(batch, table, int config, int icv_space, int iv_source, backends, random_source,
+           marks=None, mark_lock=None, limits=None):
     """Send ``batch`` through the stages with the SA table snapshot ``table`` (records_bytes,
-    keys). Returns (out, frames, ops, plans, nbl_status, lso_done, counters) as numpy arrays
-    (frames, ops and plans as struct bytes)."""
+    keys). With ``limits`` (int64: the LSO limits and the output cap) tx_limit runs after
+    classify; with ``marks`` (uint64 (handle, mark) per key row) tx_mark runs next, under
+    ``mark_lock``. Returns (out, frames, ops, plans, nbl_status, lso_done,
+    counters) as numpy arrays (frames, ops and plans as struct bytes)."""
     cdef BatchView b = BatchView(batch)
     cdef const uint8_t[::1] records = table.records_bytes
     cdef int64_t nrec = records.shape[0] // sizeof(SaRecord)
@@ -22,8 +25,29 @@ def tx_run(batch, table, int config, int icv_space, int iv_source, backends, ran
     cdef uint64_t* lso_done = <uint64_t*>array_data(lso_arr) if b.n_nbl else NULL
     cdef int64_t* counters = <int64_t*>array_data(counters_arr)
     cdef TxTotals t
+    cdef uint64_t[::1] mark_view
+    cdef uint64_t* mark0 = NULL
+    cdef int64_t n_rows = 0
+    if marks is not None:
+        mark_view = marks
+        if mark_view.shape[0] % 2:
+            raise ValueError("marks holds (handle, mark) pairs")
+        n_rows = mark_view.shape[0] // 2
+        mark0 = &mark_view[0] if n_rows else NULL
+    cdef const int64_t[::1] limit_view
     with nogil:
         tx_classify_run(b, recs, nrec, config, icv_space, iv_source, plan0)
+    if limits is not None:
+        limit_view = limits
+        tx_limit_check(b, plan0, b.n_nb, limit_view)
+        with nogil:
+            tx_limit_run(b, plan0, b.n_nb, &limit_view[0])
+    if marks is not None:
+        tx_mark_check(b, recs, plan0, b.n_nb, nrec)
+        with mark_lock:
+            with nogil:
+                tx_mark_run(b, recs, plan0, b.n_nb, mark0, n_rows)
+    with nogil:
         t = tx_plan_run(b, recs, plan0, b.n_nb, status, lso_done, counters)
     # the frames, then the AH scratch (docs/send-path.md); the wire sees the frames only
     arena_arr = np.empty(t.out_bytes + t.scratch_bytes, np.uint8)

@@ -11,10 +11,13 @@ The stack does no crypto: the IV slot and the ICV are left for the NIC.
 from __future__ import annotations
 
 import ipaddress
+import os
 import struct
 import threading
 from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple, Optional, Sequence
+
+import numpy as np
 
 from .. import ndis
 from ..datapath.batch import PacketBatch, PacketBatchBuilder
@@ -297,11 +300,18 @@ class HostStack(ReceiveMixin):
     §8.1's per-SA choices; docs/protocol.md). Transport-mode packets keep their own TTL and ID.
 
     The stack is thread-safe: one lock orders sequence-number assignment and sends.
+
+    ``fresh_ivs``: with ``Miniport(iv_source="packet")`` the NIC keeps the IV slot's bytes,
+    so the stack fills a fresh random IV into every IV slot it frames (ESP, and AH-GMAC of
+    protocol 'ah'); an all-zero IV repeated would reuse the AES-GCM / GMAC nonce (RFC 4106
+    §3.1). ``ivs=`` given to ``build`` / ``send`` are always kept; ``fresh_ivs=False`` keeps
+    the zero IV slot too (for tests that want fixed bytes).
     """
 
     def __init__(self, miniport, *, link: str = "ethernet",
                  src_mac: bytes = b"\x02\0\0\0\0\x01", dst_mac: bytes = b"\x02\0\0\0\0\x02",
-                 ttl: int = 64, ipv4_id: int = 0, tunnel_df: str = "copy"):
+                 ttl: int = 64, ipv4_id: int = 0, tunnel_df: str = "copy",
+                 fresh_ivs: bool = True):
         if link not in ("ethernet", "raw"):
             raise ValueError(f"link must be 'ethernet' or 'raw', got {link!r}")
         for name, mac in (("src_mac", src_mac), ("dst_mac", dst_mac)):
@@ -312,6 +322,9 @@ class HostStack(ReceiveMixin):
         if tunnel_df not in DF_POLICIES:
             raise ValueError(f"tunnel_df must be one of {', '.join(map(repr, DF_POLICIES))}, "
                              f"got {tunnel_df!r}")
+        if not isinstance(fresh_ivs, bool):
+            raise TypeError(f"fresh_ivs must be True or False, got {fresh_ivs!r}")
+        self.fresh_ivs = fresh_ivs
         self.miniport = miniport
         self.link = link
         self.src_mac, self.dst_mac = bytes(src_mac), bytes(dst_mac)
@@ -611,8 +624,9 @@ class HostStack(ReceiveMixin):
         with self._lock:
             packets, fast = self._compiled(packets, sa, ivs, send=False)
             if fast is not None:
-                return fast
-            return _to_batch(self._prepare(packets, sa, ivs))
+                return self.fill_fresh_ivs(fast) if ivs is None else fast
+            batch = _to_batch(self._prepare(packets, sa, ivs))
+            return self.fill_fresh_ivs(batch) if ivs is None else batch
 
     def send(self, packets: Sequence[bytes], sa: Optional[StackSa], *,
              ivs: Optional[Sequence[bytes]] = None) -> SendResult:
@@ -622,7 +636,7 @@ class HostStack(ReceiveMixin):
             packets, fast = self._compiled(packets, sa, ivs, send=True)
             if fast is not None:
                 return fast
-            return self._transmit(sa, self._prepare(packets, sa, ivs))
+            return self._transmit(sa, self._prepare(packets, sa, ivs), fill=ivs is None)
 
     # Frame ESP batches in compiled code (host/tx_frame.py); this Python framer is its twin
     # and frames whatever that one does not. False: always the Python framer.
@@ -635,7 +649,7 @@ class HostStack(ReceiveMixin):
             return packets, None
         packets = [p if isinstance(p, (bytes, bytearray, memoryview))
                    or not hasattr(type(p), "__bytes__") else bytes(p) for p in packets]
-        if ivs is not None or not self.compiled_framing:
+        if ivs is not None or not self.compiled_framing or (send and self._needs_fresh_ivs()):
             return packets, None
         from . import tx_frame
         return packets, tx_frame.stack_send(self, packets, sa, send=send)
@@ -648,14 +662,49 @@ class HostStack(ReceiveMixin):
         from . import tx_frame
         return tx_frame.send_batch(self, packets, sas, mss=mss)
 
-    def _transmit(self, sa: Optional[StackSa], nbls: list[_Nbl]) -> SendResult:
+    def _needs_fresh_ivs(self) -> bool:
+        return self.fresh_ivs and int(getattr(self.miniport, "iv_source", 0)) == 1  # PACKET
+
+    def fill_fresh_ivs(self, batch: PacketBatch) -> PacketBatch:
+        """With ``Miniport(iv_source="packet")`` (and ``fresh_ivs``): a fresh random IV in the
+        IV slot of every non-LSO NBL of this stack's SAs (ESP; AH-GMAC of protocol 'ah'),
+        in place; LSO segments always get NIC IVs (docs/spec-gaps.md G5). Returns ``batch``."""
+        if not self._needs_fresh_ivs() or not len(batch.oob):
+            return batch
+        slots = {}
+        for sa in self.sas:
+            iv_len = sa.layout.iv_len
+            if iv_len:
+                for handle in sa.handles.values():
+                    slots[handle] = (iv_len, sa.config.protocol == "ah")
+        oob = batch.oob
+        arena = batch.arena
+        for k, (handle, lso, first, l2, esp4, ah4) in enumerate(zip(
+                oob["offload_handle"].tolist(), oob["lso_info"].tolist(),
+                oob["first_nb"].tolist(), oob["l2_len"].tolist(), oob["esp_off4"].tolist(),
+                oob["ah_off4"].tolist())):
+            slot = slots.get(handle)
+            if slot is None or lso or int(oob["nb_count"][k]) < 1:
+                continue
+            iv_len, ah = slot
+            for nb in range(first, first + int(oob["nb_count"][k])):
+                start = int(batch.nb_off[nb]) + l2 + (4 * ah4 + 12 if ah else 4 * esp4 + 8)
+                if (ah4 if ah else esp4) and start + iv_len <= int(batch.nb_off[nb]) + int(
+                        batch.nb_len[nb]):
+                    arena[start:start + iv_len] = np.frombuffer(os.urandom(iv_len), np.uint8)
+        return batch
+
+    def _transmit(self, sa: Optional[StackSa], nbls: list[_Nbl], *,
+                  fill: bool = False) -> SendResult:
         esn_sa = sa if sa is not None and sa.config.esn else None
         results = []
         for part in (_split_by_seq_hi(nbls) if esn_sa else [nbls]):
             bundles = {nbl.bundle for nbl in part if nbl.bundle is not None}
             if esn_sa and part:
                 self._sync_seq_hi(esn_sa, bundles, part[0].first_sn >> 32)
-            results.append(self.miniport.send(_to_batch(part)))
+            batch = _to_batch(part)
+            results.append(send_within_cap(self.miniport,
+                                           self.fill_fresh_ivs(batch) if fill else batch))
             if esn_sa and part:
                 # an LSO super-packet may end in the next high word: the NIC carried into
                 # it for its segments only (docs/send-path.md); the record must follow
@@ -666,20 +715,38 @@ class HostStack(ReceiveMixin):
     def build_lso(self, packet: bytes, sa: Optional[StackSa], mss: int, *,
                   lso_version: int = 2, pad_length: int = 0) -> PacketBatch:
         """One LSO super-packet NBL: transport-mode ESP (UDP-encapsulated too), AH or AH+ESP
-        over TCP."""
+        over TCP. Within the miniport's LSO limits (docs/send-path.md, "Limits"): a packet
+        with more TCP payload than MaxOffLoadSize becomes several super-packets, one with
+        fewer segments than MinSegmentCount plain packets (cut by the stack)."""
         with self._lock:
-            return _to_batch([self._prepare_lso(packet, sa, mss, lso_version, pad_length)])
+            return self.fill_fresh_ivs(_to_batch(self._prepare_lso(packet, sa, mss, lso_version,
+                                                                   pad_length)))
 
     def send_lso(self, packet: bytes, sa: Optional[StackSa], mss: int, *,
                  lso_version: int = 2, pad_length: int = 0) -> SendResult:
         """``build_lso`` then ``miniport.send``. With ESN the super-packet goes whole even
         when its segments cross into the next high word (the NIC carries, docs/send-path.md)."""
         with self._lock:
-            return self._transmit(sa, [self._prepare_lso(packet, sa, mss, lso_version,
-                                                         pad_length)])
+            return self._transmit(sa, self._prepare_lso(packet, sa, mss, lso_version,
+                                                        pad_length), fill=True)
+
+    def lso_limits(self, lso_version: int, ipv6: bool) -> tuple[int, int]:
+        """(MaxOffLoadSize, MinSegmentCount) the miniport offers for this LSO kind (NDIS
+        defaults 65535, 2 when it does not say)."""
+        if lso_version == 1:
+            v1 = getattr(self.miniport, "lso_v1", None)
+            return ((v1.max_offload_size, v1.min_segment_count) if v1 is not None
+                    else (65535, 2))
+        v2 = getattr(self.miniport, "lso_v2", None)
+        if v2 is None:
+            return 65535, 2
+        return ((v2.ipv6_max_offload_size, v2.ipv6_min_segment_count) if ipv6
+                else (v2.ipv4_max_offload_size, v2.ipv4_min_segment_count))
 
     def _prepare_lso(self, packet: bytes, sa: Optional[StackSa], mss: int, lso_version: int,
-                     pad_length: int) -> _Nbl:
+                     pad_length: int) -> list[_Nbl]:
+        """The NBLs of one TCP packet sent with LSO: one super-packet, or within the LSO
+        limits several, or plain packets (docs/send-path.md, "Limits")."""
         _check_lso_args(mss, lso_version, pad_length, sa)
         if sa is not None:
             self._check_sa(sa)
@@ -693,6 +760,44 @@ class HostStack(ReceiveMixin):
             if parsed.fragment:
                 raise ValueError("an LSO packet must not be an IP fragment (docs/send-path.md)")
         tcp_len = _check_lso_tcp(parsed)
+        if lso_version == 1 and parsed.version == 6:
+            raise ValueError("LSOv1 is IPv4 only (NDIS_TCP_LARGE_SEND_OFFLOAD_V1); use "
+                             "lso_version=2 for IPv6")
+        max_size, min_segments = self.lso_limits(lso_version, parsed.version == 6)
+        payload_len = len(parsed.data) - parsed.l4_offset - tcp_len
+        if payload_len <= max_size and max(1, -(-payload_len // mss)) >= min_segments:
+            return [self._one_lso_nbl(parsed, sa, bundle, tcp_len, mss, lso_version,
+                                      pad_length)]
+        # over MaxOffLoadSize: pieces of whole segments; a piece of fewer segments than
+        # MinSegmentCount (or a segment larger than MaxOffLoadSize) goes as plain packets
+        chunk = max_size // mss * mss
+        step = chunk if chunk and payload_len > max_size else max(payload_len, 1)
+        nbls: list[_Nbl] = []
+        plain: list[bytes] = []
+        for start in range(0, max(payload_len, 1), step):
+            length = min(step, payload_len - start)
+            n = max(1, -(-length // mss))
+            if chunk and n >= min_segments:
+                piece = _tcp_piece(parsed, tcp_len, start, length, payload_len, -(-start // mss))
+                nbls += self._flush_plain(plain, sa)
+                nbls.append(self._one_lso_nbl(parse_ip_packet(piece), sa, bundle, tcp_len, mss,
+                                              lso_version, pad_length))
+            else:
+                plain += [_tcp_piece(parsed, tcp_len, s, min(mss, payload_len - s),
+                                     payload_len, s // mss)
+                          for s in range(start, start + max(length, 1), mss)]
+        return nbls + self._flush_plain(plain, sa)
+
+    def _flush_plain(self, plain: list[bytes], sa: Optional[StackSa]) -> list[_Nbl]:
+        """The stack-cut segments so far as non-LSO NBLs (fresh SNs), emptying ``plain``."""
+        if not plain:
+            return []
+        packets = list(plain)
+        plain.clear()
+        return self._prepare(packets, sa, None)
+
+    def _one_lso_nbl(self, parsed: IpPacket, sa: Optional[StackSa], bundle: Optional[bool],
+                     tcp_len: int, mss: int, lso_version: int, pad_length: int) -> _Nbl:
         if sa is None:
             return self._plain_lso_nbl(parsed, tcp_len, mss, lso_version)
         payload_len = len(parsed.data) - parsed.l4_offset - tcp_len
@@ -766,6 +871,98 @@ class HostStack(ReceiveMixin):
 
 
 # -- helpers without state ----------------------------------------------------------------------
+_TCP_FIN, _TCP_PSH, _TCP_CWR = 0x01, 0x08, 0x80
+
+
+def output_bound(batch: PacketBatch) -> np.ndarray:
+    """Per NBL an upper bound of the bytes the miniport's send produces for it: an LSO NBL
+    n segments of its headers (TCP header up to 60 bytes) plus ESP padding, trailer and
+    ICV (at most 16 + 2 + 32 + 8 bytes), a non-LSO one its frames plus an ICV."""
+    oob = batch.oob
+    n_nbl = len(oob)
+    sizes = np.zeros(n_nbl, np.int64)
+    if not n_nbl:
+        return sizes
+    np.add.at(sizes, np.asarray(batch.nb_nbl, np.int64), np.asarray(batch.nb_len, np.int64))
+    lso = oob["lso_info"].astype(np.uint64)
+    mss = (lso & np.uint64(0xFFFFF)).astype(np.int64)
+    tcp_off = ((lso >> np.uint64(20)) & np.uint64(0x3FF)).astype(np.int64)
+    is_lso = (lso != 0) & (mss > 0)
+    payload = np.maximum(sizes - tcp_off, 0)
+    n = np.where(is_lso, np.maximum(1, -(-payload // np.maximum(mss, 1))), 1)
+    segment_extra = tcp_off + 60 + 16 + 2 + 32 + 8
+    return np.where(is_lso, n * segment_extra + payload, sizes + 64 * np.maximum(
+        oob["nb_count"].astype(np.int64), 1))
+
+
+def split_by_output(batch: PacketBatch, cap: int) -> list[np.ndarray]:
+    """NBL index runs of ``batch`` whose output bound stays within ``cap`` bytes (a single
+    NBL over it stands alone): the miniport never has to refuse one for its output cap."""
+    bound = output_bound(batch)
+    runs, start, total = [], 0, 0
+    for k, size in enumerate(bound.tolist()):
+        if k > start and total + size > cap:
+            runs.append(np.arange(start, k))
+            start, total = k, 0
+        total += size
+    if len(bound):
+        runs.append(np.arange(start, len(bound)))
+    return runs
+
+
+def sub_batch(batch: PacketBatch, nbls: np.ndarray) -> PacketBatch:
+    """The NBLs ``nbls`` (a consecutive run) of ``batch`` as a batch of their own."""
+    oob = batch.oob[nbls].copy()
+    first = int(oob["first_nb"][0])
+    last = int(oob["first_nb"][-1]) + int(oob["nb_count"][-1])
+    oob["first_nb"] -= first
+    return PacketBatch(batch.arena, batch.nb_off[first:last], batch.nb_len[first:last],
+                       batch.nb_nbl[first:last] - int(nbls[0]), n_nbl=len(nbls), oob=oob)
+
+
+def send_within_cap(miniport, batch: PacketBatch, send=None) -> SendResult:
+    """``miniport.send(batch)``, in several sends when the batch's output could pass the
+    miniport's ``max_send_output`` (docs/send-path.md, "Limits"); one SendResult."""
+    send = send or miniport.send
+    cap = getattr(miniport, "max_send_output", None)
+    if cap is None or not len(batch.oob):
+        return send(batch)
+    runs = split_by_output(batch, cap)
+    if len(runs) < 2:
+        return send(batch)
+    return concat_results([send(sub_batch(batch, run)) for run in runs])
+
+
+def _tcp_piece(parsed: IpPacket, tcp_len: int, start: int, length: int, total: int,
+               index: int) -> bytes:
+    """Bytes ``start`` .. ``start + length`` of the TCP payload of ``parsed`` as a packet of
+    their own, as a segmenter cuts them (docs/send-path.md): sequence number + start, FIN
+    and PSH only on the last piece, CWR only on the first, IPv4 ID + ``index`` (the segments
+    before it), lengths and the IPv4 checksum set, the TCP checksum computed (RFC 9293)."""
+    data = parsed.data
+    l4 = parsed.l4_offset
+    header = bytearray(data[:l4])
+    tcp = bytearray(data[l4:l4 + tcp_len])
+    seq = struct.unpack_from("!I", tcp, 4)[0]
+    struct.pack_into("!I", tcp, 4, (seq + start) & 0xFFFFFFFF)
+    if start + length < total:
+        tcp[13] &= ~(_TCP_FIN | _TCP_PSH) & 0xFF
+    if start:
+        tcp[13] &= ~_TCP_CWR & 0xFF
+    payload = data[l4 + tcp_len + start:l4 + tcp_len + start + length]
+    tcp[16:18] = b"\0\0"
+    segment = bytes(tcp) + payload
+    seed = _tcp_pseudo_header_seed(parsed) + len(segment)
+    csum = ones_complement_sum(struct.pack("!I", seed) + segment)
+    struct.pack_into("!H", tcp, 16, ~csum & 0xFFFF)
+    datagram = header + tcp + payload
+    if parsed.version == 4:
+        ident = struct.unpack_from("!H", datagram, 4)[0]
+        struct.pack_into("!H", datagram, 4, (ident + index) & 0xFFFF)
+    _set_ip_length(datagram, len(datagram))
+    return bytes(datagram)
+
+
 def _status_name(status: int) -> str:
     try:
         return NdisStatus(int(status)).name

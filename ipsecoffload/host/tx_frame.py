@@ -181,13 +181,16 @@ def _load_seq(sas, table: np.ndarray) -> None:
 def frame_and_send(stack, arena: np.ndarray, pkts: np.ndarray, sas: Sequence,
                    table: np.ndarray, *, l2_mode: int, mss: int = 0,
                    send: bool = True, scratch: Optional[dict] = None,
-                   sender=None) -> list:
+                   sender=None, on_part=None) -> list:
     """Frame every packet of ``pkts`` (classified HostPkt rows over ``arena``) and send them
     through the stack's miniport in as few sends as ESN allows. Returns the FramedParts (with
     ``send=False`` one part whose ``result`` is the PacketBatch). The caller holds the lock.
     ``scratch`` (a dict the caller keeps) lets batch after batch reuse the same buffers.
     ``sender(batch, pkts, start, stop)`` replaces ``miniport.send`` (io/capture.py's workers
-    send shards of the batch at once, between the same UPDATE_SA requests)."""
+    send shards of the batch at once, between the same UPDATE_SA requests). A framed batch
+    whose output could pass the miniport's ``max_send_output`` goes in several sends, one
+    part each (docs/send-path.md, "Limits"); ``on_part(part)``, if given, takes every sent
+    part as it is made (so the caller can write it and let it go) instead of the list."""
     fp = kernels()
     n = len(pkts)
     _ensure_bundles(stack, sas, table, pkts)
@@ -217,15 +220,43 @@ def frame_and_send(stack, arena: np.ndarray, pkts: np.ndarray, sas: Sequence,
             esn = [s for s in touched if table["esn"][s]]
             for s in esn:
                 stack._sync_seq_hi(sas[s], _bundles(table, s), int(table["first_sn"][s]) >> 32)
-            result = stack.miniport.send(batch) if sender is None \
-                else sender(batch, pkts, start, stop)
+            if hasattr(stack, "fill_fresh_ivs"):
+                stack.fill_fresh_ivs(batch)  # Miniport(iv_source="packet"): fresh IVs
+            for part in _send_by_output(stack, batch, pkts, start, stop, sender):
+                if on_part is not None:
+                    on_part(part)
+                else:
+                    parts.append(part)
             for s in esn:
                 # an LSO super-packet may end in the next high word (docs/send-path.md)
                 stack._sync_seq_hi(sas[s], _bundles(table, s), int(table["last_sn"][s]) >> 32)
-            parts.append(FramedPart(start, stop, result))
         if stop >= n:
             return parts
         start = stop
+
+
+def _send_by_output(stack, batch, pkts: np.ndarray, start: int, stop: int, sender):
+    """The framed ``batch`` of packets start .. stop in sends whose output bound stays within
+    the miniport's ``max_send_output``: one FramedPart per send, its packets' ``nbl``
+    renumbered to its own NBLs (the FramedPart convention)."""
+    from .stack import split_by_output, sub_batch
+    cap = getattr(stack.miniport, "max_send_output", None)
+    runs = split_by_output(batch, cap) if cap is not None and len(batch.oob) else []
+    if len(runs) < 2:
+        result = stack.miniport.send(batch) if sender is None \
+            else sender(batch, pkts, start, stop)
+        yield FramedPart(start, stop, result)
+        return
+    nbl = pkts["nbl"][start:stop]
+    bounds = [start] + [start + int(np.flatnonzero(nbl >= int(run[0]))[0]) for run in runs[1:]]
+    bounds.append(stop)
+    for r, run in enumerate(runs):
+        lo, hi = bounds[r], bounds[r + 1]
+        rows = pkts["nbl"][lo:hi]
+        rows[rows >= 0] -= int(run[0])
+        sub = sub_batch(batch, run)
+        result = stack.miniport.send(sub) if sender is None else sender(sub, pkts, lo, hi)
+        yield FramedPart(lo, hi, result)
 
 
 def _buffers(scratch: Optional[dict], size: int, n: int) -> tuple:
@@ -327,7 +358,8 @@ def stack_send(stack, packets, sa, *, send: bool = True):
         return batch
     if sa.config.esn:
         stack._sync_seq_hi(sa, _bundles(table, 0), first >> 32)
-    result = stack.miniport.send(batch)
+    from .stack import send_within_cap
+    result = send_within_cap(stack.miniport, batch)
     if sa.config.esn:
         stack._sync_seq_hi(sa, _bundles(table, 0), (sa.next_seq - 1) >> 32)
     return result
@@ -382,7 +414,8 @@ def send_batch(stack, packets, sas, *, mss: Optional[int] = None) -> BatchSend:
     with stack._lock:
         fp.host_parse_for_stack(arena, pkts.view(np.uint8), n)
         if mss is not None:
-            _mark_lso(pkts, arena, mss, distinct, per_packet, index)
+            _mark_lso(pkts, arena, mss, distinct, per_packet, index,
+                      getattr(stack, "lso_limits", None))
         sa_idx = np.fromiter((index[id(s)] if s is not None else -1 for s in per_packet),
                              np.int32, n)
         clear = sa_idx < 0
@@ -422,9 +455,12 @@ def _as_bytes(packet) -> bytes:
                         f"{type(packet).__name__}") from None
 
 
-def _mark_lso(pkts, arena, mss, distinct, per_packet, index) -> None:
+def _mark_lso(pkts, arena, mss, distinct, per_packet, index, lso_limits=None) -> None:
     """TCP packets with more than mss payload bytes under transport SAs: LSO super-packets
-    (docs/send-path.md: no SYN, RST, URG, urgent pointer 0)."""
+    (docs/send-path.md: no SYN, RST, URG, urgent pointer 0), within the miniport's LSOv2
+    limits (``lso_limits(2, ipv6)`` -> (MaxOffLoadSize, MinSegmentCount)): a packet outside
+    them goes as one ESP packet, as a packet of at most mss payload does."""
+    limits = {v6: lso_limits(2, v6) if lso_limits else (65535, 2) for v6 in (False, True)}
     for i in np.flatnonzero(pkts["kind"] == PKT_ESP).tolist():
         sa = per_packet[i]
         if sa is None or sa.config.mode != "transport" or pkts["proto"][i] != 6:
@@ -438,7 +474,8 @@ def _mark_lso(pkts, arena, mss, distinct, per_packet, index) -> None:
                 or arena[l4 + 18] or arena[l4 + 19]:
             continue
         payload = end - l4 - tcp_len
-        if payload > mss:
+        max_size, min_segments = limits[bool(pkts["version"][i] == 6)]
+        if payload > mss and payload <= max_size and -(-payload // mss) >= min_segments:
             pkts["kind"][i] = PKT_LSO
             pkts["tcp_len"][i] = tcp_len
             pkts["nsn"][i] = -(-payload // mss)

@@ -310,15 +310,14 @@ class BatchEncryptor:
         n = len(pkts)
         fp.host_classify(arena, pkts.view(np.uint8), n, self.selectors.view(np.uint8),
                          len(self.selectors), summary.mss or 0)
-        with self.stack._lock:
-            parts = tf.frame_and_send(self.stack, arena, pkts, self.sas, self.table,
-                                      l2_mode=2, mss=summary.mss or 0, scratch=self._scratch,
-                                      sender=self._sender)
         frames = np.zeros(n, np.int64)
         nbytes = np.zeros(n, np.int64)
         status = np.zeros(n, np.int64)
         pkt_bytes = pkts.view(np.uint8)
-        for part in parts:
+
+        def write(part) -> None:
+            # each send's frames are written as it is made: with --mss the output of one
+            # batch can be many times its input (docs/send-path.md, "Limits")
             wire = part.result.wire
             table = wire._table_bytes if wire._table is None else wire._table.view(np.uint8)
             count = wire.num_buffers
@@ -332,6 +331,10 @@ class BatchEncryptor:
             sent = pkts["nbl"][part.start:part.stop]
             mask = sent >= 0
             status[part.start:part.stop][mask] = part.result.status[sent[mask]]
+        with self.stack._lock:
+            tf.frame_and_send(self.stack, arena, pkts, self.sas, self.table, l2_mode=2,
+                              mss=summary.mss or 0, scratch=self._scratch, sender=self._sender,
+                              on_part=write)
         self._account(pkts, frames, nbytes, status)
 
     def _account(self, pkts, frames, nbytes, status) -> None:

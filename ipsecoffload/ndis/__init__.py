@@ -260,6 +260,35 @@ class NdisObjectHeader:
         return cls(*struct.unpack_from(cls._FMT, buf, 0))
 
 
+# --- LSO capabilities (NDIS_TCP_LARGE_SEND_OFFLOAD_V1 / _V2, ntddndis.h) --------------------------
+@dataclass
+class NdisTcpLargeSendOffloadV1:
+    """NDIS_TCP_LARGE_SEND_OFFLOAD_V1: IPv4 only ("NDIS_TCP_LARGE_SEND_OFFLOAD_V1 structure").
+    ``max_offload_size``: the most TCP payload bytes of one large packet; ``min_segment_count``:
+    the fewest segments a large packet must be cut into."""
+
+    encapsulation: int = NDIS_ENCAPSULATION_IEEE_802_3
+    max_offload_size: int = 65535
+    min_segment_count: int = 2
+    tcp_options: bool = True
+    ip_options: bool = True
+
+
+@dataclass
+class NdisTcpLargeSendOffloadV2:
+    """NDIS_TCP_LARGE_SEND_OFFLOAD_V2: its IPv4 and IPv6 members
+    ("NDIS_TCP_LARGE_SEND_OFFLOAD_V2 structure")."""
+
+    ipv4_encapsulation: int = NDIS_ENCAPSULATION_IEEE_802_3
+    ipv4_max_offload_size: int = 65535
+    ipv4_min_segment_count: int = 2
+    ipv6_encapsulation: int = NDIS_ENCAPSULATION_IEEE_802_3
+    ipv6_max_offload_size: int = 65535
+    ipv6_min_segment_count: int = 2
+    ipv6_extension_headers_supported: bool = True
+    tcp_options_supported: bool = True
+
+
 # --- docs/protocol.md: capabilities --------------------------------------------------------------
 _CAPS_BOOLS = ("ipv6_supported", "ipv4_options", "ipv6_non_ipsec_extension_headers", "ah", "esp",
                "ah_esp_combined", "transport", "tunnel", "transport_tunnel_combined",

@@ -13,7 +13,7 @@ from .rx_run import rx_run
 from .tx_classify import tx_classify
 from .tx_emit import tx_emit
 from .tx_fixup import tx_fixup
-from .tx_plan import tx_plan
+from .tx_plan import tx_limit, tx_mark, tx_plan
 from .tx_run import run_op_groups, tx_run
 
 STRUCT_SIZES = {"NblOob": NBL_OOB_DTYPE.itemsize, "Transform": TRANSFORM_DTYPE.itemsize,
@@ -24,4 +24,5 @@ STRUCT_SIZES = {"NblOob": NBL_OOB_DTYPE.itemsize, "Transform": TRANSFORM_DTYPE.i
 BOUNDS_CHECKED = True  # Python slicing never reaches outside a buffer
 
 __all__ = ["BOUNDS_CHECKED", "COUNTERS", "STRUCT_SIZES", "op_groups", "run_op_groups",
-           "rx_deliver", "rx_run", "tx_classify", "tx_emit", "tx_fixup", "tx_plan", "tx_run"]
+           "rx_deliver", "rx_run", "tx_classify", "tx_emit", "tx_fixup", "tx_limit", "tx_mark", "tx_plan",
+           "tx_run"]

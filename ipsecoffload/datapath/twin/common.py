@@ -42,9 +42,37 @@ def _buffers(**args) -> None:
 
 
 def _lso_enabled(lso_kind: int, ipv6: bool, config: int) -> bool:
-    if lso_kind == 1:
-        return bool(config & Config.LSO_V1)
+    if lso_kind == 1:  # NDIS LSOv1 is IPv4 only
+        return not ipv6 and bool(config & Config.LSO_V1)
     return bool(config & (Config.LSO_V2_IPV6 if ipv6 else Config.LSO_V2_IPV4))
+
+
+def header_named(frame: bytes, l2: int, ipv6: bool, ihl: int, target: int, limit: int) -> int:
+    """The Protocol / Next Header value that names the header at ``target``, walking IPv6
+    extension headers (RFC 8200 §4) and AH (RFC 4302 §2.2) from the IP header; -1 if no
+    header starts there, -2 if it names an IPv6 extension header."""
+    off, nh = l2 + ihl, frame[l2 + (6 if ipv6 else 9)]
+    for _ in range(64):
+        if off == target:
+            return -2 if ipv6 and nh in (0, 43, 44, 60) else nh
+        if off > target:
+            return -1
+        if ipv6 and nh in (0, 43, 60):
+            if off + 2 > limit:
+                return -1
+            hlen = (frame[off + 1] + 1) * 8
+        elif ipv6 and nh == 44:
+            hlen = 8
+        elif nh == 51:
+            if off + 2 > limit:
+                return -1
+            hlen = (frame[off + 1] + 2) * 4
+        else:
+            return -1
+        if off + hlen > limit:
+            return -1
+        nh, off = frame[off], off + hlen
+    return -1
 
 
 def _records(records: np.ndarray) -> np.ndarray:

@@ -6,10 +6,11 @@ import struct
 
 import numpy as np
 
-from ..layout import (HANDLE_SLOT_MASK, NB_PLAN_DTYPE, NBL_OOB_DTYPE, PROTO_AH,
+from ..layout import (HANDLE_SLOT_MASK, NB_PLAN_DTYPE, NBL_OOB_DTYPE, PROTO_AH, PROTO_ESP,
                       SA_RECORD_DTYPE, STATUS_FAILURE,
                       STATUS_INVALID_PACKET, Config, IcvSpace, IvSource, Reason)
-from .common import _buffers, _c_ints, _lso_enabled, _lso_segment_len, _records, xf0
+from .common import (_buffers, _c_ints, _lso_enabled, _lso_segment_len, _records, header_named,
+                     xf0)
 
 def _sn_room(sn0: int, n: int, esn) -> bool:
     """SN0 .. SN0 + n - 1 are all sendable (none 0, none past the SA's last SN)."""
@@ -100,11 +101,18 @@ def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int
         return {**plan, "reason": reason, "body_off": plan["hdr_len"], "body_len": payload,
                 "nsegs": nsegs, "out_len": nsegs * plan["hdr_len"] + payload}
 
+    def disabled():
+        """Offload off for this handle (docs/spec-gaps.md G21): "pass" sends a non-LSO frame
+        unchanged and fails an LSO one; "fail" fails every one."""
+        if config & Config.DISABLED_FAIL or lso != 0:
+            return fail(STATUS_FAILURE, Reason.DISABLED_WITH_HANDLE)
+        return without_ipsec(Reason.PASS_DISABLED)
+
     if handle == 0 and tunnel_handle == 0:
         return without_ipsec(Reason.PASS_NO_HANDLE)
     # docs/send-path.md: step 1 precedes step 2 (G21)
     if not config & (Config.ESP_IPV4 | Config.ESP_IPV6 | Config.AH_IPV4 | Config.AH_IPV6):
-        return without_ipsec(Reason.PASS_DISABLED)
+        return disabled()
     if tunnel_handle != 0 and handle == 0 and config & Config.TUNNEL_ALONE_SINGLE:
         handle = tunnel_handle  # docs/spec-gaps.md G13, policy "single"
     elif tunnel_handle != 0:  # G13; transport over tunnel is not offered
@@ -118,7 +126,7 @@ def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int
     plan["ipv6"] = int(ipv6)
     if not config & ((Config.ESP_IPV6 | Config.AH_IPV6) if ipv6
                      else (Config.ESP_IPV4 | Config.AH_IPV4)):  # docs/spec-gaps.md G21
-        return without_ipsec(Reason.PASS_DISABLED)
+        return disabled()
     slot = handle & HANDLE_SLOT_MASK
     if slot >= len(recs) or not recs[slot]["in_use"] or int(recs[slot]["handle"]) != handle:
         return fail(STATUS_FAILURE, Reason.UNKNOWN_HANDLE)
@@ -140,7 +148,7 @@ def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int
     if ah_rec is not None:
         need |= Config.AH_IPV6 if ipv6 else Config.AH_IPV4
     if config & need != need:  # docs/send-path.md step 1: a needed protocol is off
-        return without_ipsec(Reason.PASS_DISABLED)
+        return disabled()
     lso_kind = 0 if lso == 0 else (2 if (lso >> 30) & 1 else 1)
     plan["lso"] = lso_kind
 
@@ -171,6 +179,13 @@ def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int
             return fail(STATUS_INVALID_PACKET, Reason.BAD_AH_OFFSET)
         if frame[ah + 1] != ah_len // 4 - 2:  # Payload Length (RFC 4302 §2.2)
             return fail(STATUS_INVALID_PACKET, Reason.BAD_AH_OFFSET)
+        named = header_named(frame, l2, ipv6, ip_hdr_len, ah, ip_end)
+        if named < 0:
+            return fail(STATUS_INVALID_PACKET, Reason.BAD_AH_OFFSET)
+        if named != PROTO_AH:
+            return fail(STATUS_FAILURE, Reason.PROTOCOL_MISMATCH)
+        if struct.unpack_from("!I", frame, ah + 4)[0] != int(ah_rec["spi"]):
+            return fail(STATUS_FAILURE, Reason.SPI_MISMATCH)
         ah_sn = struct.unpack_from("!I", frame, ah + 8)[0]
         if ah_rec["esn"]:
             ah_sn |= int(ah_rec["seq_hi"]) << 32
@@ -194,7 +209,15 @@ def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int
         min_esp = max(min_esp, plan["ah_off"] + plan["ah_len"])
     if esp4 == 0 or esp < min_esp or text_off > ip_end:
         return fail(STATUS_INVALID_PACKET, Reason.BAD_ESP_OFFSET)
+    named = header_named(frame, l2, ipv6, ip_hdr_len, esp - (8 if rec["udp_encap"] else 0),
+                         ip_end)
+    if named < 0:  # inside the IPv6 extension headers, as inside the IPv4 header
+        return fail(STATUS_INVALID_PACKET, Reason.BAD_ESP_OFFSET)
+    if named != (17 if rec["udp_encap"] else PROTO_ESP):
+        return fail(STATUS_FAILURE, Reason.PROTOCOL_MISMATCH)
     plan["esp_off"] = esp
+    if struct.unpack_from("!I", frame, esp)[0] != int(rec["spi"]):
+        return fail(STATUS_FAILURE, Reason.SPI_MISMATCH)
     sn64 = struct.unpack_from("!I", frame, esp + 4)[0]
     if rec["esn"]:
         sn64 |= int(rec["seq_hi"]) << 32
@@ -232,8 +255,7 @@ def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int
                 "body_len": text_len, "nsegs": 1, "out_len": trailer_end + icv,
                 "reason": Reason.OK, "status": 0}
 
-    enabled = {1: Config.LSO_V1, 2: Config.LSO_V2_IPV6 if ipv6 else Config.LSO_V2_IPV4}
-    if not config & Config.LSO_WITH_IPSEC or not config & enabled[lso_kind]:
+    if not config & Config.LSO_WITH_IPSEC or not _lso_enabled(lso_kind, ipv6, config):
         return fail(STATUS_FAILURE, Reason.LSO_DISABLED)
     mss, tcp_off = lso & 0xFFFFF, (lso >> 20) & 0x3FF
     plan.update(mss=mss, tcp_off=tcp_off)
@@ -253,8 +275,10 @@ def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int
             ah_rec is not None and not _sn_room(ah_sn, nsegs, ah_rec["esn"])):
         return fail(STATUS_FAILURE, Reason.SEQ_EXHAUSTED)
     hdr_len = tcp_off + thl
-    chunks = [min(mss, payload - i * mss) for i in range(nsegs)]
-    out_len = sum(_lso_segment_len(hdr_len, thl, c, align, icv) for c in chunks)
+    full, rem = divmod(payload, mss)  # as the compiled stage: no per-segment list
+    out_len = full * _lso_segment_len(hdr_len, thl, mss, align, icv)
+    if rem or payload == 0:
+        out_len += _lso_segment_len(hdr_len, thl, rem, align, icv)
     return {**plan, "slot": slot, "fresh_iv": int(int(rec["iv_len"]) != 0), "hdr_len": hdr_len,
             "body_off": hdr_len, "body_len": payload,
             "nsegs": nsegs, "out_len": out_len, "reason": Reason.OK, "status": 0}

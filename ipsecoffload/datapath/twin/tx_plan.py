@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..layout import (COUNTERS, NB_PLAN_DTYPE, NBL_OOB_DTYPE, REASON_COUNT, SA_RECORD_DTYPE,
-                      STATUS_FAILURE, STATUS_INVALID_PACKET, Reason, Suite)
+                      STATUS_FAILURE, STATUS_INVALID_PACKET, STATUS_RESOURCES, Reason, Suite)
 from .common import _buffers, _records, xf0
 
 LSO_TYPE_BIT = 1 << 30
@@ -96,3 +96,117 @@ def tx_plan(batch, records, plans, nbl_status, lso_done, counters):
         counters[REASON_COUNT + bucket] += 1
     # the output arena: the frames, then the AH scratch
     return out_bytes + scratch, frames, ops, rand_bytes
+
+
+_AEAD_SUITES = (Suite.AES_GCM, Suite.AES_GMAC, Suite.AH_GMAC)
+
+
+def tx_mark(batch, records, plans, marks) -> int:
+    """Twin of the compiled tx_mark (datapath/tx_plan.pxi): in batch order, an AEAD seal
+    whose first SN is not above its transform's mark fails (SEQ_REUSED), else the mark moves
+    to its last SN; NBLs that classify fails are skipped; a mark row of another handle
+    fails the NET_BUFFER (UNKNOWN_HANDLE). Returns how many failed."""
+    _buffers(records=(records, np.uint8, False), plans=(plans, np.uint8, True),
+             marks=(marks, np.uint64, True))
+    if len(plans) != len(batch.nb_off) * NB_PLAN_DTYPE.itemsize \
+            or len(records) % SA_RECORD_DTYPE.itemsize:
+        raise ValueError("plans / records buffer size does not match the struct layout")
+    if len(marks) % 2:
+        raise ValueError("marks holds (handle, mark) pairs")
+    plan = np.asarray(plans).view(NB_PLAN_DTYPE)
+    recs = np.asarray(records).view(SA_RECORD_DTYPE)
+    arena, nb_off, nb_len, nb_nbl = batch.arena, batch.nb_off, batch.nb_len, batch.nb_nbl
+    for i in range(len(plan)):
+        p = plan[i]
+        slot = int(p["slot"])
+        if int(p["nbl"]) != int(nb_nbl[i]) or slot >= len(recs) or (
+                int(p["status"]) == 0 and slot >= 0 and int(recs[slot]["n_xf"]) == 2
+                and (int(p["ah_off"]) < 0 or int(p["ah_off"]) + 12 > int(nb_len[i]))):
+            raise ValueError(f"plan {i} is corrupt")
+    failed_nbls = {int(p["nbl"]) for p in plan if int(p["status"]) != 0}
+    n_rows, failed = len(marks) // 2, 0
+    for i in range(len(plan)):
+        p = plan[i]
+        slot, nsegs = int(p["slot"]), int(p["nsegs"])
+        if int(p["nbl"]) in failed_nbls or slot < 0 or nsegs <= 0:
+            continue
+        rec = recs[slot]
+        moves, reason = [], None
+        for layer in range(int(rec["n_xf"])):
+            xf = rec["xf"][layer]
+            if int(xf["suite"]) not in _AEAD_SUITES:
+                continue
+            row = 2 * slot + layer
+            if row >= n_rows or int(marks[2 * row]) != int(rec["handle"]):
+                reason = Reason.UNKNOWN_HANDLE
+                break
+            if layer == 1:
+                off = int(nb_off[i]) + int(p["ah_off"]) + 8
+                first = int.from_bytes(bytes(arena[off:off + 4]), "big")
+                if xf["esn"]:
+                    first |= int(xf["seq_hi"]) << 32
+            else:
+                first = int(p["sn64"])
+            if first <= int(marks[2 * row + 1]):
+                reason = Reason.SEQ_REUSED
+                break
+            moves.append((row, (first + nsegs - 1) & (2**64 - 1)))
+        if reason is not None:
+            plan[i]["status"], plan[i]["reason"] = STATUS_FAILURE, reason
+            plan[i]["nsegs"], plan[i]["out_len"] = 0, 0
+            failed += 1
+            continue
+        for row, last in moves:
+            marks[2 * row + 1] = last
+    return failed
+
+
+N_LIMITS = 7
+
+
+def tx_limit(batch, plans, limits) -> int:
+    """Twin of the compiled tx_limit (datapath/tx_plan.pxi): LSO payload above MaxOffLoadSize
+    or fewer segments than MinSegmentCount fails (LSO_LIMIT); then NBL by NBL the output must
+    stay within the cap, else NDIS_STATUS_RESOURCES (OUTPUT_LIMIT)."""
+    _buffers(plans=(plans, np.uint8, True), limits=(limits, np.int64, False))
+    if len(plans) != len(batch.nb_off) * NB_PLAN_DTYPE.itemsize:
+        raise ValueError("plans buffer size does not match the struct layout")
+    if len(limits) != N_LIMITS:
+        raise ValueError(f"limits needs {N_LIMITS} entries")
+    lim = [int(v) for v in limits]
+    if min(lim) < 0:
+        raise ValueError("limits must not be negative")
+    plan = np.asarray(plans).view(NB_PLAN_DTYPE)
+    for i in range(len(plan)):
+        if int(plan[i]["nbl"]) != int(batch.nb_nbl[i]) or not 0 <= int(plan[i]["out_len"]) \
+                <= MAX_OUTPUT:
+            raise ValueError(f"plan {i} is corrupt")
+
+    def fail(i, status, reason):
+        plan[i]["status"], plan[i]["reason"] = status, reason
+        plan[i]["nsegs"], plan[i]["out_len"] = 0, 0
+
+    failed = 0
+    for i in range(len(plan)):
+        p = plan[i]
+        if int(p["status"]) or not int(p["lso"]):
+            continue
+        idx = 0 if int(p["lso"]) == 1 else (4 if p["ipv6"] else 2)
+        if int(p["body_len"]) > lim[idx] or int(p["nsegs"]) < lim[idx + 1]:
+            fail(i, STATUS_FAILURE, Reason.LSO_LIMIT)
+            failed += 1
+    total, i = 0, 0
+    while i < len(plan):
+        j = i
+        while j < len(plan) and int(plan[j]["nbl"]) == int(plan[i]["nbl"]):
+            j += 1
+        if all(int(plan[k]["status"]) == 0 for k in range(i, j)):
+            size = sum(int(plan[k]["out_len"]) for k in range(i, j))
+            if size > lim[6] - total:
+                for k in range(i, j):
+                    fail(k, STATUS_RESOURCES, Reason.OUTPUT_LIMIT)
+                    failed += 1
+            else:
+                total += size
+        i = j
+    return failed

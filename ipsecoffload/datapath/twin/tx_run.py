@@ -8,13 +8,19 @@ from .op_groups import op_groups
 from .tx_classify import tx_classify
 from .tx_emit import tx_emit
 from .tx_fixup import tx_fixup
-from .tx_plan import tx_plan
+from .tx_plan import tx_limit, tx_mark, tx_plan
 
 
-def tx_run(batch, table, config, icv_space, iv_source, backends, random_source):
+def tx_run(batch, table, config, icv_space, iv_source, backends, random_source, marks=None,
+           mark_lock=None, limits=None):
     records = table.records_bytes
     plans = np.empty(len(batch.nb_off) * NB_PLAN_DTYPE.itemsize, np.uint8)
     tx_classify(batch, records, config, icv_space, iv_source, plans)
+    if limits is not None:
+        tx_limit(batch, plans, limits)
+    if marks is not None:
+        with mark_lock:
+            tx_mark(batch, records, plans, marks)
     n_nbl = len(batch.oob_bytes) // NBL_OOB_DTYPE.itemsize
     status = np.empty(n_nbl, np.uint32)
     lso_done = np.empty(n_nbl, np.uint64)
