@@ -307,12 +307,15 @@ ctypedef struct RxPlan:
     uint8_t sa_delete_req     # the NIC asks the stack to delete this inbound SA
     uint8_t ah_next_header    # AH's Next Header (readable without decryption)
     uint8_t ah_layer          # index of the AH transform in SaRecord.xf
-    uint8_t reserved[2]
+    uint8_t next_crypto_done  # a second (transport) layer inside this tunnel layer was checked
+    uint8_t reserved[1]
     int64_t ah_off            # AH header; 0 = none
     int64_t ah_copy           # output-arena offset of its zeroed ICV-input copy
     uint64_t ah_seq64         # 64-bit sequence number the AH ICV was checked with
     int32_t ah_op             # its verify op; -1 = none
     int32_t ah_len            # AH header bytes: (Payload Len + 2) * 4 (RFC 4302 §2.2)
+    int32_t inner             # plan row of the inner (transport) layer (after the frames' rows); 0 = none
+    int32_t reserved2
 
 
 # The host stack's anti-replay window and selector of one inbound SA (rx_deliver).

@@ -71,8 +71,9 @@ RX_PLAN_DTYPE = np.dtype([
     ("crypto_done", np.uint8), ("tunnel", np.uint8), ("next_header", np.uint8),
     ("pad_length", np.uint8), ("header_info_set", np.uint8), ("layer", np.uint8),
     ("pad_ok", np.uint8), ("sa_delete_req", np.uint8), ("ah_next_header", np.uint8),
-    ("ah_layer", np.uint8), ("reserved", np.uint8, (2,)), ("ah_off", np.int64),
-    ("ah_copy", np.int64), ("ah_seq64", np.uint64), ("ah_op", np.int32), ("ah_len", np.int32),
+    ("ah_layer", np.uint8), ("next_crypto_done", np.uint8), ("reserved", np.uint8, (1,)),
+    ("ah_off", np.int64), ("ah_copy", np.int64), ("ah_seq64", np.uint64), ("ah_op", np.int32),
+    ("ah_len", np.int32), ("inner", np.int32), ("reserved2", np.int32),
 ], align=True)
 
 RX_WINDOW_WORDS = 64

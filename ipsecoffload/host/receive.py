@@ -280,7 +280,7 @@ class ReceiveMixin:
         through the NIC once more; their indication replaces the first one."""
         plans = nic.plans
         failed = (plans["reason"] == RxReason.AUTH_FAILED) & np.isin(
-            plans["handle"], np.fromiter(updated, np.uint64))
+            plans["handle"], np.fromiter(updated, np.uint64)) & (plans["inner"] == 0)
         picked = np.flatnonzero(failed)
         if not len(picked):
             return
@@ -296,7 +296,9 @@ class ReceiveMixin:
     def _honour_delete_requests(self, nic: ReceiveResult) -> list:
         """SaDeleteReq (docs/receive-path.md): delete the inbound SA and its paired outbound
         one. The frames of this batch were delivered first."""
-        asked = nic.plans["slot"][nic.sa_delete_req.astype(bool)]
+        inner = nic.inner_plans
+        asked = np.concatenate([nic.plans["slot"][nic.sa_delete_req.astype(bool)],
+                                inner["slot"][inner["sa_delete_req"].astype(bool)]])
         deleted = []
         for slot in np.unique(asked).tolist():
             index = int(self._rx_slot_sa[slot]) if 0 <= slot < len(self._rx_slot_sa) else -1

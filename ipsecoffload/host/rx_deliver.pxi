@@ -87,6 +87,35 @@ cdef void ipv4_fix_checksum(uint8_t* ip) noexcept nogil:
     st16(ip + 10, (~csum_fold(csum_add(0, ip, ihl))) & 0xFFFF)
 
 
+cdef bint rx_inner_fits(const uint8_t* f, int64_t flen, const uint8_t* dec, int64_t l2,
+                        const RxPlan* p, const RxPlan* plan0, int64_t n,
+                        int64_t nplans) noexcept nogil:
+    """The frame's plan fits (rx_plan_fits) and so does its inner layer's, if it names one: a
+    row after the frames' rows, itself not nested, inside the decrypted inner packet."""
+    cdef const RxPlan* q
+    cdef int64_t pay_off, pay_len
+    if not rx_plan_fits(f, flen, l2, p):
+        return False
+    if p.inner <= 0:
+        return True
+    if not p.crypto_done or p.inner < n or p.inner >= nplans:
+        return False
+    q = plan0 + p.inner
+    if q.inner != 0 or not q.crypto_done:
+        return False
+    if p.crypto_status != CRYPTO_SUCCESS or q.crypto_status != CRYPTO_SUCCESS:
+        return True  # only the layers' SAs are read
+    if p.ah_off and p.op < 0:
+        pay_off = p.ah_off + p.ah_len
+        pay_len = p.ip_end - pay_off
+    else:
+        pay_off = p.text_off
+        pay_len = p.text_len - 2 - p.pad_length
+    if pay_len < 0:
+        return False
+    return rx_plan_fits(dec + pay_off, pay_len, 0, q)
+
+
 cdef bint rx_plan_fits(const uint8_t* f, int64_t flen, int64_t l2,
                        const RxPlan* p) noexcept nogil:
     """Everything rx_deliver_one reads and writes for this plan lies inside the frame and
@@ -116,12 +145,23 @@ cdef bint rx_plan_fits(const uint8_t* f, int64_t flen, int64_t l2,
             and p.text_off <= flen - p.text_len)
 
 
+cdef inline int32_t rx_owner(const RxPlan* p, const int32_t* slot_sa, const uint64_t* slot_handle,
+                             int64_t nslots, int64_t nwin) noexcept nogil:
+    """The stack's SA index of a plan's layer, -1 if none (a stale or foreign handle)."""
+    if p.slot < 0 or p.slot >= nslots or slot_handle[p.slot] != p.handle \
+            or slot_sa[p.slot] < 0 or slot_sa[p.slot] >= nwin:
+        return -1
+    return slot_sa[p.slot]
+
+
 cdef int rx_deliver_one(const uint8_t* f, int64_t flen, const uint8_t* dec, int64_t l2,
-                        const RxPlan* p, const int32_t* slot_sa, const uint64_t* slot_handle,
-                        int64_t nslots, RxWindow* windows, int64_t nwin, uint8_t* out,
-                        int64_t* out_len, int32_t* sa_index) noexcept nogil:
-    """One frame; returns its Delivery code and writes what it delivers at out."""
-    cdef int32_t sa
+                        const RxPlan* p, const RxPlan* q, const int32_t* slot_sa,
+                        const uint64_t* slot_handle, int64_t nslots, RxWindow* windows,
+                        int64_t nwin, uint8_t* out, int64_t* out_len,
+                        int32_t* sa_index) noexcept nogil:
+    """One frame; returns its Delivery code and writes what it delivers at out. ``q``: the
+    inner (transport) layer of a nested frame, or NULL."""
+    cdef int32_t sa, sa_q = -1
     cdef RxWindow* w
     cdef int64_t hdr_end, pay_off, pay_len, hlen, inner_len, ihl
     cdef const uint8_t* ip
@@ -137,17 +177,23 @@ cdef int rx_deliver_one(const uint8_t* f, int64_t flen, const uint8_t* dec, int6
         memcpy(out, f, flen)
         out_len[0] = flen
         return DELIVERY_CLEAR
-    if p.slot < 0 or p.slot >= nslots or slot_handle[p.slot] != p.handle \
-            or slot_sa[p.slot] < 0 or slot_sa[p.slot] >= nwin:
+    sa = rx_owner(p, slot_sa, slot_handle, nslots, nwin)
+    if sa < 0:
         return DELIVERY_NO_SA
-    sa = slot_sa[p.slot]
     w = windows + sa
     ip = f + p.ip_off
     if not rx_selector_ok(w, ip, p.ipv6):
         return DELIVERY_SELECTOR
     sa_index[0] = sa
-    if p.crypto_status != CRYPTO_SUCCESS:
+    if q != NULL:
+        sa_q = rx_owner(q, slot_sa, slot_handle, nslots, nwin)
+    if q != NULL and q.crypto_status != CRYPTO_SUCCESS and sa_q >= 0:
+        sa_index[0] = sa_q  # the inner layer failed: its SA's failure
         return DELIVERY_CRYPTO
+    if p.crypto_status != CRYPTO_SUCCESS or (q != NULL and q.crypto_status != CRYPTO_SUCCESS):
+        return DELIVERY_CRYPTO
+    if q != NULL and sa_q < 0:
+        return DELIVERY_NO_SA
     if not rx_window_accept(w, p.seq64):
         return DELIVERY_REPLAY
     if p.ah_off and p.op < 0:  # AH alone: what follows the AH header, as received
@@ -185,30 +231,73 @@ cdef int rx_deliver_one(const uint8_t* f, int64_t flen, const uint8_t* dec, int6
             new_ecn = 3
         elif outer_ecn == 1 and inner_ecn == 2:
             new_ecn = 1
-        memcpy(o, dec + pay_off, inner_len)
-        if new_ecn != inner_ecn:
-            if inner_v == 6:
-                o[1] = (o[1] & 0xCF) | (new_ecn << 4)
+        if q != NULL:
+            # transport over tunnel: the inner packet's own layer, its selector and window
+            # (RFC 4301 §5.2), then the innermost packet
+            if q.ip_end > inner_len or q.next_header == 4 or q.next_header == 41 \
+                    or (q.ah_off and q.op < 0 and (q.ah_next_header == 4
+                                                    or q.ah_next_header == 41)):
+                return DELIVERY_INNER  # one tunnel layer only
+            if not rx_selector_ok(windows + sa_q, dec + pay_off + q.ip_off, q.ipv6):
+                return DELIVERY_SELECTOR
+            sa_index[0] = sa_q
+            if not rx_window_accept(windows + sa_q, q.seq64):
+                return DELIVERY_REPLAY
+            if q.ah_off and q.op < 0:
+                nh = q.ah_next_header
+                if nh == 59:
+                    return DELIVERY_DUMMY
+                inner_len = rx_strip_transport(dec + pay_off, dec + pay_off, q, nh,
+                                               q.ah_off + q.ah_len,
+                                               q.ip_end - (q.ah_off + q.ah_len), o)
             else:
-                o[1] = (o[1] & 0xFC) | new_ecn
-                ipv4_fix_checksum(o)
+                nh = q.next_header
+                if nh == 59:
+                    return DELIVERY_DUMMY
+                inner_len = rx_strip_transport(dec + pay_off, dec + pay_off, q, nh, q.text_off,
+                                               q.text_len - 2 - q.pad_length, o)
+            if new_ecn != inner_ecn:
+                rx_set_ecn(o, inner_v == 6, new_ecn)
+        else:
+            memcpy(o, dec + pay_off, inner_len)
+            if new_ecn != inner_ecn:
+                rx_set_ecn(o, inner_v == 6, new_ecn)
         if l2 >= 14:
             st16(out + l2 - 2, 0x0800 if inner_v == 4 else 0x86DD)
         out_len[0] = l2 + inner_len
         return DELIVERY_DECAP
-    # transport: headers before AH / ESP (or ESP's UDP header), then the payload
-    hdr_end = p.ah_off if p.ah_off else (p.udp_off if p.udp_off else p.esp_off)
-    hlen = hdr_end - p.ip_off
-    memcpy(o, ip, hlen)
-    memcpy(o + hlen, dec + pay_off, pay_len)
-    o[p.nh_off - p.ip_off] = nh
+    if q != NULL:
+        return DELIVERY_INNER  # an inner layer under a layer that does not decapsulate
+    out_len[0] = l2 + rx_strip_transport(f, dec, p, nh, pay_off, pay_len, o)
+    return DELIVERY_DECAP
+
+
+cdef void rx_set_ecn(uint8_t* ip, bint ipv6, int ecn) noexcept nogil:
+    if ipv6:
+        ip[1] = (ip[1] & 0xCF) | (ecn << 4)
+    else:
+        ip[1] = (ip[1] & 0xFC) | ecn
+        ipv4_fix_checksum(ip)
+
+
+cdef int64_t rx_strip_transport(const uint8_t* f, const uint8_t* dec, const RxPlan* p, int nh,
+                                int64_t pay_off, int64_t pay_len, uint8_t* o) noexcept nogil:
+    """Transport: the headers before AH / ESP (or ESP's UDP header) from ``f``, then the
+    payload from ``dec``, written at ``o`` (which may hold ``f``'s bytes: the payload moves
+    down); protocol / next header, lengths and the IPv4 checksum restored. Returns the
+    length."""
+    cdef int64_t hdr_end = p.ah_off if p.ah_off else (p.udp_off if p.udp_off else p.esp_off)
+    cdef int64_t hlen = hdr_end - p.ip_off
+    if o != f + p.ip_off:
+        memmove(o, f + p.ip_off, hlen)
+    memmove(o + hlen, dec + pay_off, pay_len)
+    o[p.nh_off - p.ip_off] = <uint8_t>nh
     if p.ipv6:
         st16(o + 4, <uint32_t>(hlen + pay_len - 40))
     else:
         st16(o + 2, <uint32_t>(hlen + pay_len))
         ipv4_fix_checksum(o)
-    out_len[0] = l2 + hlen + pay_len
-    return DELIVERY_DECAP
+    return hlen + pay_len
 
 
 def rx_deliver(batch, out, plans, slot_sa, slot_handle, windows):
@@ -224,9 +313,11 @@ def rx_deliver(batch, out, plans, slot_sa, slot_handle, windows):
     cdef const uint64_t[::1] handles = slot_handle
     cdef uint8_t[::1] win_bytes = windows.view(np.uint8)
     cdef int64_t n = b.n_nb, i, pos = 0, nslots = sas.shape[0]
-    if dec.shape[0] != b.arena_size or plan_bytes.shape[0] != n * sizeof(RxPlan) \
-            or handles.shape[0] != nslots or win_bytes.shape[0] % sizeof(RxWindow):
+    if dec.shape[0] != b.arena_size or plan_bytes.shape[0] < n * sizeof(RxPlan) \
+            or plan_bytes.shape[0] % sizeof(RxPlan) or handles.shape[0] != nslots \
+            or win_bytes.shape[0] % sizeof(RxWindow):
         raise ValueError("rx_deliver: out, plans, slot maps or windows do not match the batch")
+    cdef int64_t nplans = plan_bytes.shape[0] // sizeof(RxPlan)
     cdef int64_t nwin = win_bytes.shape[0] // sizeof(RxWindow)
     cdef const RxWindow* row = <const RxWindow*>&win_bytes[0] if nwin else NULL
     cdef int limit
@@ -263,7 +354,8 @@ def rx_deliver(batch, out, plans, slot_sa, slot_handle, windows):
             l2 = b.c_oob[b.c_nb_nbl[i]].l2_len
             if l2 > b.c_nb_len[i]:
                 l2 = b.c_nb_len[i]
-            if not rx_plan_fits(b.c_arena + b.c_nb_off[i], b.c_nb_len[i], l2, plan0 + i):
+            if not rx_inner_fits(b.c_arena + b.c_nb_off[i], b.c_nb_len[i],
+                                 dec_p + b.c_nb_off[i], l2, plan0 + i, plan0, n, nplans):
                 bad = i
                 break
     if bad >= 0:
@@ -275,9 +367,10 @@ def rx_deliver(batch, out, plans, slot_sa, slot_handle, windows):
                 l2 = b.c_nb_len[i]
             out_off[i] = pos
             deliveries[i] = rx_deliver_one(b.c_arena + b.c_nb_off[i], b.c_nb_len[i],
-                                           dec_p + b.c_nb_off[i], l2, plan0 + i, sas_p,
-                                           handles_p, nslots, win, nwin, delivered + pos,
-                                           out_len + i, sa_index + i)
+                                           dec_p + b.c_nb_off[i], l2, plan0 + i,
+                                           plan0 + plan0[i].inner if plan0[i].inner > 0
+                                           else NULL, sas_p, handles_p, nslots, win, nwin,
+                                           delivered + pos, out_len + i, sa_index + i)
             pos += out_len[i]
     # only what was delivered: the rest of the allocation was never written
     return delivered_arr[:pos], deliveries_arr, sa_arr, off_arr, len_arr

@@ -124,9 +124,76 @@ def rx_plan_fits(f: bytes, l2: int, p) -> bool:
             and text_off <= flen - text_len)
 
 
+def rx_owner(p, slot_sa, slot_handle, windows) -> int:
+    """The stack's SA index of a plan's layer, -1 if none (a stale or foreign handle)."""
+    slot = int(p["slot"])
+    if (slot < 0 or slot >= len(slot_sa) or int(slot_handle[slot]) != int(p["handle"])
+            or not 0 <= int(slot_sa[slot]) < len(windows)):
+        return -1
+    return int(slot_sa[slot])
+
+
+def rx_inner_fits(f: bytes, dec: bytes, l2: int, p, plan, n: int) -> bool:
+    """The frame's plan fits and so does its inner layer's, if it names one: a row after the
+    frames' rows, itself not nested, inside the decrypted inner packet."""
+    if not rx_plan_fits(f, l2, p):
+        return False
+    k = int(p["inner"])
+    if k <= 0:
+        return True
+    if not p["crypto_done"] or k < n or k >= len(plan):
+        return False
+    q = plan[k]
+    if int(q["inner"]) != 0 or not q["crypto_done"]:
+        return False
+    if p["crypto_status"] != CryptoStatus.SUCCESS or q["crypto_status"] != CryptoStatus.SUCCESS:
+        return True
+    pay_off, pay_len = _payload(p)
+    if pay_len < 0:
+        return False
+    return rx_plan_fits(dec[pay_off:pay_off + pay_len], 0, q)
+
+
+def _payload(p) -> tuple[int, int]:
+    """What follows a layer: after AH alone, as received; else the decrypted ESP payload."""
+    if p["ah_off"] and p["op"] < 0:
+        pay_off = int(p["ah_off"]) + int(p["ah_len"])
+        return pay_off, int(p["ip_end"]) - pay_off
+    return int(p["text_off"]), int(p["text_len"]) - 2 - int(p["pad_length"])
+
+
+def _next_header(p) -> int:
+    return int(p["ah_next_header"]) if p["ah_off"] and p["op"] < 0 else int(p["next_header"])
+
+
+def rx_strip_transport(f: bytes, dec: bytes, p, nh: int, pay_off: int, pay_len: int) -> bytes:
+    """Transport: the headers before AH / ESP (or ESP's UDP header) from ``f``, then the
+    payload from ``dec``; protocol / next header, lengths and the IPv4 checksum restored."""
+    ip_off, ipv6 = int(p["ip_off"]), bool(p["ipv6"])
+    hdr_end = int(p["ah_off"]) or int(p["udp_off"]) or int(p["esp_off"])
+    hlen = hdr_end - ip_off
+    o = bytearray(f[ip_off:ip_off + hlen] + dec[pay_off:pay_off + pay_len])
+    o[int(p["nh_off"]) - ip_off] = nh
+    if ipv6:
+        o[4:6] = struct.pack("!H", (hlen + pay_len - 40) & 0xFFFF)
+    else:
+        o[2:4] = struct.pack("!H", (hlen + pay_len) & 0xFFFF)
+        ipv4_fix_checksum(o, 0)
+    return bytes(o)
+
+
+def rx_set_ecn(o: bytearray, at: int, ipv6: bool, ecn: int) -> None:
+    if ipv6:
+        o[at + 1] = (o[at + 1] & 0xCF) | (ecn << 4)
+    else:
+        o[at + 1] = (o[at + 1] & 0xFC) | ecn
+        ipv4_fix_checksum(o, at)
+
+
 def rx_deliver_one(f: bytes, dec: bytes, l2: int, p, slot_sa, slot_handle,
-                   windows) -> tuple[int, bytes, int]:
-    """One frame: its Delivery code, what it delivers and its SA index (-1 for none)."""
+                   windows, q=None) -> tuple[int, bytes, int]:
+    """One frame: its Delivery code, what it delivers and its SA index (-1 for none). ``q``:
+    the inner (transport) layer of a nested frame, or None."""
     if not p["crypto_done"]:
         reason = int(p["reason"])
         if reason == RxReason.NOT_IP:
@@ -134,28 +201,26 @@ def rx_deliver_one(f: bytes, dec: bytes, l2: int, p, slot_sa, slot_handle,
         if reason in (RxReason.SHORT, RxReason.NO_SA, RxReason.GATED):
             return Delivery.NO_SA, b"", -1
         return Delivery.CLEAR, f, -1
-    slot = int(p["slot"])
-    if (slot < 0 or slot >= len(slot_sa) or int(slot_handle[slot]) != int(p["handle"])
-            or not 0 <= int(slot_sa[slot]) < len(windows)):
+    sa = rx_owner(p, slot_sa, slot_handle, windows)
+    if sa < 0:
         return Delivery.NO_SA, b"", -1
-    sa = int(slot_sa[slot])
     w = windows[sa]
     ip_off, ipv6 = int(p["ip_off"]), bool(p["ipv6"])
     ip = f[ip_off:]
     if not rx_selector_ok(w, ip, ipv6):
         return Delivery.SELECTOR, b"", -1
-    if p["crypto_status"] != CryptoStatus.SUCCESS:
+    sa_q = rx_owner(q, slot_sa, slot_handle, windows) if q is not None else -1
+    if q is not None and q["crypto_status"] != CryptoStatus.SUCCESS and sa_q >= 0:
+        return Delivery.CRYPTO, b"", sa_q  # the inner layer failed: its SA's failure
+    if p["crypto_status"] != CryptoStatus.SUCCESS or (
+            q is not None and q["crypto_status"] != CryptoStatus.SUCCESS):
         return Delivery.CRYPTO, b"", sa
+    if q is not None and sa_q < 0:
+        return Delivery.NO_SA, b"", sa
     if not rx_window_accept(w, int(p["seq64"])):
         return Delivery.REPLAY, b"", sa
-    if p["ah_off"] and p["op"] < 0:  # AH alone: what follows the AH header, as received
-        nh = int(p["ah_next_header"])
-        pay_off = int(p["ah_off"]) + int(p["ah_len"])
-        pay_len = int(p["ip_end"]) - pay_off
-    else:  # ESP (alone or inside a bundle): the decrypted payload
-        nh = int(p["next_header"])
-        pay_off = int(p["text_off"])
-        pay_len = int(p["text_len"]) - 2 - int(p["pad_length"])
+    pay_off, pay_len = _payload(p)
+    nh = _next_header(p)
     if nh == 59:  # a dummy packet (RFC 4303 §2.6)
         return Delivery.DUMMY, b"", sa
     payload = dec[pay_off:pay_off + pay_len]
@@ -180,27 +245,31 @@ def rx_deliver_one(f: bytes, dec: bytes, l2: int, p, slot_sa, slot_handle,
             new_ecn = 3
         elif outer_ecn == 1 and inner_ecn == 2:  # ECT(1) over ECT(0)
             new_ecn = 1
-        o = bytearray(f[:l2] + payload[:inner_len])
+        if q is not None:
+            # transport over tunnel: the inner packet's own layer, its selector and window
+            # (RFC 4301 §5.2), then the innermost packet
+            if int(q["ip_end"]) > inner_len or _next_header(q) in (4, 41):
+                return Delivery.INNER, b"", sa  # one tunnel layer only
+            if not rx_selector_ok(windows[sa_q], payload[int(q["ip_off"]):], bool(q["ipv6"])):
+                return Delivery.SELECTOR, b"", sa
+            if not rx_window_accept(windows[sa_q], int(q["seq64"])):
+                return Delivery.REPLAY, b"", sa_q
+            sa = sa_q
+            nh_q = _next_header(q)
+            if nh_q == 59:
+                return Delivery.DUMMY, b"", sa
+            q_off, q_len = _payload(q)
+            o = bytearray(f[:l2] + rx_strip_transport(payload, payload, q, nh_q, q_off, q_len))
+        else:
+            o = bytearray(f[:l2] + payload[:inner_len])
         if new_ecn != inner_ecn:
-            if inner_v == 6:
-                o[l2 + 1] = (o[l2 + 1] & 0xCF) | (new_ecn << 4)
-            else:
-                o[l2 + 1] = (o[l2 + 1] & 0xFC) | new_ecn
-                ipv4_fix_checksum(o, l2)
+            rx_set_ecn(o, l2, inner_v == 6, new_ecn)
         if l2 >= 14:  # the EtherType names the inner IP version
             o[l2 - 2:l2] = struct.pack("!H", 0x0800 if inner_v == 4 else 0x86DD)
         return Delivery.DECAP, bytes(o), sa
-    # transport: headers before AH / ESP (or ESP's UDP header), then the payload
-    hdr_end = int(p["ah_off"]) or int(p["udp_off"]) or int(p["esp_off"])
-    hlen = hdr_end - ip_off
-    o = bytearray(f[:l2] + ip[:hlen] + payload)
-    o[l2 + int(p["nh_off"]) - ip_off] = nh
-    if ipv6:
-        o[l2 + 4:l2 + 6] = struct.pack("!H", (hlen + pay_len - 40) & 0xFFFF)
-    else:
-        o[l2 + 2:l2 + 4] = struct.pack("!H", (hlen + pay_len) & 0xFFFF)
-        ipv4_fix_checksum(o, l2)
-    return Delivery.DECAP, bytes(o), sa
+    if q is not None:
+        return Delivery.INNER, b"", sa  # an inner layer under a layer that does not decapsulate
+    return Delivery.DECAP, f[:l2] + rx_strip_transport(f, dec, p, nh, pay_off, pay_len), sa
 
 
 def rx_deliver(batch, out, plans, slot_sa, slot_handle, windows):
@@ -214,8 +283,8 @@ def rx_deliver(batch, out, plans, slot_sa, slot_handle, windows):
     win_bytes = windows.view(np.uint8)
     _buffers(windows=(win_bytes, np.uint8, True))
     n = len(nb_off)
-    if (len(out) != len(arena) or len(plans) != n * RX_PLAN_DTYPE.itemsize
-            or len(slot_handle) != len(slot_sa) or len(win_bytes) % RX_WINDOW_DTYPE.itemsize):
+    if (len(out) != len(arena) or len(plans) < n * RX_PLAN_DTYPE.itemsize
+            or len(plans) % RX_PLAN_DTYPE.itemsize or len(slot_handle) != len(slot_sa) or len(win_bytes) % RX_WINDOW_DTYPE.itemsize):
         raise ValueError("rx_deliver: out, plans, slot maps or windows do not match the batch")
     plan = np.asarray(plans).view(RX_PLAN_DTYPE)
     rows = np.asarray(win_bytes).view(RX_WINDOW_DTYPE)  # shares the windows' memory
@@ -234,14 +303,17 @@ def rx_deliver(batch, out, plans, slot_sa, slot_handle, windows):
         frames.append(bytes(arena[start:start + length]))
         l2s.append(min(int(oob[int(nb_nbl[i])]["l2_len"]), length))
         # the plans against their frames before any write (as tx_emit checks its plans)
-        if not rx_plan_fits(frames[i], l2s[i], plan[i]):
+        if not rx_inner_fits(frames[i], dec_all[start:start + length], l2s[i], plan[i], plan,
+                             n):
             raise ValueError(f"rx_deliver: plan {i} does not fit its frame")
     parts, deliveries, sa_index, out_off, out_len = [], [], [], [], []
     pos = 0
     for i in range(n):
         start, length = int(nb_off[i]), int(nb_len[i])
+        inner = int(plan[i]["inner"])
         code, data, sa = rx_deliver_one(frames[i], dec_all[start:start + length], l2s[i],
-                                        plan[i], slot_sa, slot_handle, rows)
+                                        plan[i], slot_sa, slot_handle, rows,
+                                        plan[inner] if inner > 0 else None)
         parts.append(data)
         deliveries.append(int(code))
         sa_index.append(sa)
