@@ -134,6 +134,8 @@ def _inner_layers(batch, table, rx_state, lock, config, kernels, backends, delet
     rows (``inner`` names it) and, when that layer fails, its status (transport codes) and
     reason; the inner text is decrypted in place. One level: the inner rows are never nested
     (their ``inner`` is 0, which no inner row can be: they follow the frames' rows)."""
+    if not kernels.rx_nested_candidates(plan_bytes, len(batch.nb_off)):
+        return out, plan_bytes
     plans = plan_bytes.view(RX_PLAN_DTYPE)
     esp = plans["op"] >= 0
     nh = np.where(esp, plans["next_header"], plans["ah_next_header"])

@@ -318,3 +318,29 @@ def rx_run(batch, table, rx_state, int config, backends, lock, uint32_t delete_a
         memmove(op0 + nops, ah0, nah * sizeof(CryptoOp))
     ops_out = ops_arr[:(nops + nah) * sizeof(CryptoOp)]
     return out_arr[:asize], plans_arr, ops_out, counters_arr
+
+
+def rx_nested_candidates(const uint8_t[::1] plans not None, int64_t n):
+    """How many of the first ``n`` plans are verified tunnel layers whose inner packet may
+    carry a second layer (datapath/rx.py runs those again); a compiled count so that batches
+    with none cost nothing more."""
+    if plans.shape[0] < n * <int64_t>sizeof(RxPlan) or n < 0:
+        raise ValueError("plans holds fewer than n RxPlan rows")
+    cdef const RxPlan* p0 = <const RxPlan*>&plans[0] if n else NULL
+    cdef const RxPlan* p
+    cdef int64_t i, count = 0
+    cdef int nh
+    with nogil:
+        for i in range(n):
+            p = p0 + i
+            if p.reason != RX_OK or not p.crypto_done:
+                continue
+            if p.op >= 0:
+                nh = p.next_header
+            elif p.ah_off:
+                nh = p.ah_next_header
+            else:
+                continue
+            if nh == 4 or nh == 41:
+                count += 1
+    return count

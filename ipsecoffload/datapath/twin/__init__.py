@@ -9,7 +9,7 @@ from ..layout import (COUNTERS, CRYPTO_OP_DTYPE, NB_PLAN_DTYPE, NBL_OOB_DTYPE, R
                       TRANSFORM_DTYPE, WIRE_FRAME_DTYPE)
 from .op_groups import op_groups
 from .rx_deliver import rx_deliver
-from .rx_run import rx_run
+from .rx_run import rx_nested_candidates, rx_run
 from .tx_classify import tx_classify
 from .tx_emit import tx_emit
 from .tx_fixup import tx_fixup
@@ -24,5 +24,5 @@ STRUCT_SIZES = {"NblOob": NBL_OOB_DTYPE.itemsize, "Transform": TRANSFORM_DTYPE.i
 BOUNDS_CHECKED = True  # Python slicing never reaches outside a buffer
 
 __all__ = ["BOUNDS_CHECKED", "COUNTERS", "STRUCT_SIZES", "op_groups", "run_op_groups",
-           "rx_deliver", "rx_run", "tx_classify", "tx_emit", "tx_fixup", "tx_limit", "tx_mark", "tx_plan",
+           "rx_deliver", "rx_nested_candidates", "rx_run", "tx_classify", "tx_emit", "tx_fixup", "tx_limit", "tx_mark", "tx_plan",
            "tx_run"]

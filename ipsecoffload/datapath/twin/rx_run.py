@@ -290,3 +290,23 @@ def rx_run(batch, table, rx_state, config, backends, lock, delete_after=0):
                 plans[i]["ah_op"] += nops
     all_ops = np.concatenate([ops, ah_ops]).view(np.uint8)
     return out[:asize], plans.view(np.uint8), all_ops, counters
+
+
+def rx_nested_candidates(plans, n: int) -> int:
+    """How many of the first ``n`` plans are verified tunnel layers whose inner packet may
+    carry a second layer (datapath/rx.py runs those again)."""
+    _buffers(plans=(plans, np.uint8, False))
+    if len(plans) < n * RX_PLAN_DTYPE.itemsize or n < 0:
+        raise ValueError("plans holds fewer than n RxPlan rows")
+    count = 0
+    for p in np.asarray(plans)[:n * RX_PLAN_DTYPE.itemsize].view(RX_PLAN_DTYPE):
+        if p["reason"] != RxReason.OK or not p["crypto_done"]:
+            continue
+        if p["op"] >= 0:
+            nh = int(p["next_header"])
+        elif p["ah_off"]:
+            nh = int(p["ah_next_header"])
+        else:
+            continue
+        count += nh in (4, 41)
+    return count
