@@ -67,7 +67,9 @@ class Miniport:
     ``sa_delete_after`` (off by default) sets SaDeleteReq on the received frames of an inbound
     SA once it has had that many ICV failures. ``tunnel_handle_alone`` is G13: a TunnelHandle
     without an OffloadHandle fails the NBL (``"fail"``, default) or names the single SA
-    (``"single"``).
+    (``"single"``). ``pointer_size`` is the OID buffer layout (4: x86, 8: x64): raw ADD_SA_EX
+    bytes are read in it (x64 when None) and an ADD header's ``Size`` is checked against its
+    ``NDIS_SIZEOF`` value; None accepts the ``Size`` of either layout (docs/spec-gaps.md G26).
     """
 
     def __init__(self, capabilities: Optional[ndis.NdisIpsecOffloadV2] = None, *,
@@ -75,7 +77,12 @@ class Miniport:
                  icv_space: Union[str, IcvSpace] = "auto", strict_salt: bool = False,
                  random_source: Callable[[int], bytes] = os.urandom,
                  backend: Optional[CryptoBackend] = None, pure_python: Optional[bool] = None,
-                 sa_delete_after: Optional[int] = None, tunnel_handle_alone: str = "fail"):
+                 sa_delete_after: Optional[int] = None, tunnel_handle_alone: str = "fail",
+                 pointer_size: Optional[int] = None):
+        if pointer_size not in (None, 4, 8) or isinstance(pointer_size, bool):
+            raise ValueError(f"pointer_size must be None, 4 (x86) or 8 (x64), "
+                             f"got {pointer_size!r}")
+        self.pointer_size = pointer_size
         if tunnel_handle_alone not in TUNNEL_HANDLE_ALONE:
             raise ValueError(f"tunnel_handle_alone must be one of "
                              f"{', '.join(map(repr, TUNNEL_HANDLE_ALONE))}, "
@@ -174,7 +181,7 @@ class Miniport:
         """OID_TCP_TASK_IPSEC_OFFLOAD_V2_ADD_SA_EX: one bundle; raw OID bytes are accepted."""
         if isinstance(entry, (bytes, bytearray, memoryview)):
             try:
-                entry = ndis.IpsecOffloadV2AddSaEx.from_bytes(entry)
+                entry = ndis.IpsecOffloadV2AddSaEx.from_bytes(entry, self.pointer_size or 8)
             except ValueError:
                 return NdisStatus.INVALID_LENGTH
         return self._add_one(entry)
@@ -182,7 +189,8 @@ class Miniport:
     def _add_one(self, entry) -> NdisStatus:
         entry.offload_handle = 0
         try:
-            entry.offload_handle = self.sas.add(entry, self.current_config(), self.strict_salt)
+            entry.offload_handle = self.sas.add(entry, self.current_config(), self.strict_salt,
+                                                ptr_size=self.pointer_size)
         except SaRejected as rejected:
             self._count(f"add_sa_rejected.{rejected.status.name}")
             return rejected.status
@@ -297,7 +305,8 @@ class Miniport:
     @property
     def counters(self) -> Counter:
         """Counts per NET_BUFFER reason (``nb.NAME``), NBL status (``nbl.NAME``), frames and
-        bytes out, and OID outcomes (a snapshot)."""
+        bytes out, and OID outcomes (a snapshot); ``sa_added_duplicate_spi`` counts outbound
+        SAs added while another with the same SPI and endpoints was live (G28)."""
         with self._counter_lock:
             counts = self._send_counts.tolist() + [self._frames_out, self._bytes_out]
             out = Counter(self._oid_counts)
@@ -310,6 +319,8 @@ class Miniport:
         for i, name in enumerate(("frames_out", "bytes_out")):
             if counts[COUNTERS + i]:
                 out[name] = counts[COUNTERS + i]
+        if self.sas.outbound_duplicates:  # docs/spec-gaps.md G28
+            out["sa_added_duplicate_spi"] = self.sas.outbound_duplicates
         with self._counter_lock:
             received = self._recv_counts.tolist()
         for i, count in enumerate(received):
