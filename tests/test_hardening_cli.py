@@ -135,3 +135,285 @@ def test_a_duplicate_outbound_spi_is_counted():
     for entry in entries[1:]:
         _delete(mp, entry.offload_handle)
     assert mp.counters["sa_added_duplicate_spi"] == 3
+
+
+# -- item 6: the command line -----------------------------------------------------------------
+from ipsecoffload.cli.main import main  # noqa: E402
+from ipsecoffload.io.pcap import (LINKTYPE_ETHERNET, MAX_RECORD_LEN, PcapError,  # noqa: E402
+                                  PcapReader, write_pcap)
+
+KEY_HEX = "40c9343ec96c147b86fa948ee1d641d28a188da1"  # AES-128 key || salt, as typed by a user
+CBC_KEY_HEX = "000102030405060708090a0b0c0d0e0f"
+HMAC_KEY_HEX = "6465666768696a6b6c6d6e6f7071727374757677"
+
+
+def _gcm_sa(**changes) -> dict:
+    sa = {"name": "web", "spi": "0x00001001", "encryption": "aes-gcm-128", "key": KEY_HEX,
+          "selector": {"proto": "tcp"}, "seq": 1}
+    sa.update(changes)
+    return sa
+
+
+def _tcp_frame(i: int, payload: int = 100) -> bytes:
+    """Ethernet | IPv4 | TCP | payload, checksums left zero (the stack does not check them)."""
+    tcp = struct.pack("!HHIIBBHHH", 40000, 443, 1000 + i, 0, 0x50, 0x18, 8192, 0, 0)
+    body = tcp + bytes([i & 0xFF]) * payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), i, 0, 64, 6, 0,
+                     bytes([10, 0, 0, 1]), bytes([10, 1, 0, 2]))
+    return bytes(6) + bytes([2, 0, 0, 0, 0, 1]) + b"\x08\x00" + ip + body
+
+
+@pytest.fixture
+def plain(tmp_path):
+    path = tmp_path / "plain.pcap"
+    write_pcap(path, LINKTYPE_ETHERNET, [_tcp_frame(i) for i in range(20)],
+               [1_700_000_000 * 10**9 + i * 1000 for i in range(20)])
+    return path
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_short_line(err: str, limit: int = 400) -> str:
+    lines = err.splitlines()
+    assert len(lines) == 1, err[:500]
+    assert len(lines[0]) <= limit, lines[0][:500]
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize("content, expect", [
+    ('[{"spi": 1, "encryption": "aes-gcm-128", "seq": ' + "9" * 5000 + "}]", "5000 digits"),
+    ("[" * 100_000 + "]" * 100_000, "too deeply"),
+    ("[" + " " * (5 << 20) + "]", "larger than"),
+    ('[{"spi": 1e999999}]', ""),
+], ids=["5000-digit integer", "100000 nested lists", "5 MiB file", "huge float"])
+def test_an_unusable_sa_file_is_one_line_and_exit_2(tmp_path, plain, capsys, content, expect):
+    """These ended in a traceback (ValueError, RecursionError) or read without a bound."""
+    sa = tmp_path / "sa.json"
+    sa.write_text(content)
+    code, _, err = _run(capsys, "encrypt", "-i", plain, "-o", tmp_path / "o.pcap", "--sa", sa)
+    assert code == 2
+    assert expect in _one_short_line(err)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero")
+def test_sa_file_dev_zero_ends_quickly(tmp_path, plain, capsys):
+    code, _, err = _run(capsys, "encrypt", "-i", plain, "-o", tmp_path / "o.pcap",
+                        "--sa", "/dev/zero")
+    assert code == 2 and "larger than" in _one_short_line(err)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("encryption", KEY_HEX), ("mode", KEY_HEX), ("spi", KEY_HEX), ("protocol", KEY_HEX),
+    ("icv_len", KEY_HEX), ("seq", KEY_HEX), ("esn", KEY_HEX),
+    ("selector", {"src": KEY_HEX}), ("tunnel", {"src": KEY_HEX, "dst": "192.0.2.1"}),
+    ("encryption", KEY_HEX[:16]), ("spi", "0x" + KEY_HEX), ("name", ["x", KEY_HEX]),
+])
+def test_a_key_typed_into_another_field_is_not_echoed(tmp_path, plain, capsys, field, value):
+    sa = _gcm_sa(**{field: value})
+    if field == "tunnel":
+        sa["mode"] = "tunnel"
+    path = tmp_path / "sa.json"
+    path.write_text(json.dumps([sa]))
+    code, _, err = _run(capsys, "encrypt", "-i", plain, "-o", tmp_path / "o.pcap", "--sa", path)
+    line = _one_short_line(err)
+    assert code == 2 and field in line
+    assert KEY_HEX[:16] not in line
+
+
+def test_a_key_typed_into_integrity_is_not_echoed(tmp_path, plain, capsys):
+    sa = {"spi": 5, "encryption": "aes-cbc-128", "key": CBC_KEY_HEX, "integrity": HMAC_KEY_HEX,
+          "auth_key": HMAC_KEY_HEX}
+    path = tmp_path / "sa.json"
+    path.write_text(json.dumps([sa]))
+    code, _, err = _run(capsys, "encrypt", "-i", plain, "-o", tmp_path / "o.pcap", "--sa", path)
+    line = _one_short_line(err)
+    assert code == 2 and "integrity" in line and HMAC_KEY_HEX[:16] not in line
+
+
+def test_a_short_wrong_value_is_still_quoted(tmp_path, plain, capsys):
+    path = tmp_path / "sa.json"
+    path.write_text(json.dumps([_gcm_sa(mode="tunel")]))
+    code, _, err = _run(capsys, "encrypt", "-i", plain, "-o", tmp_path / "o.pcap", "--sa", path)
+    assert code == 2 and "'tunel'" in _one_short_line(err)
+
+
+def test_a_long_sa_name_is_cut_in_messages_and_refused_in_the_file(tmp_path, plain, capsys):
+    path = tmp_path / "sa.json"
+    path.write_text(json.dumps([_gcm_sa(name="N" * 200, spi="bad")]))
+    code, _, err = _run(capsys, "encrypt", "-i", plain, "-o", tmp_path / "o.pcap", "--sa", path)
+    line = _one_short_line(err, limit=250)
+    assert code == 2 and "NNN...'" in line and "spi" in line
+    path.write_text(json.dumps([_gcm_sa(name="N" * 1_000_000)]))
+    code, _, err = _run(capsys, "encrypt", "-i", plain, "-o", tmp_path / "o.pcap", "--sa", path)
+    assert code == 2 and "at most 256 characters" in _one_short_line(err, limit=250)
+
+
+def test_not_a_pcap_does_not_print_the_files_bytes(tmp_path, capsys):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(bytes.fromhex(KEY_HEX) * 4)
+    sa = tmp_path / "sa.json"
+    sa.write_text(json.dumps([_gcm_sa()]))
+    for command in ("encrypt", "decrypt"):
+        code, _, err = _run(capsys, command, "-i", secret, "-o", tmp_path / "o.pcap", "--sa", sa)
+        line = _one_short_line(err)
+        assert code == 2 and "not a pcap" in line
+        assert KEY_HEX[:8].lower() not in line.lower()
+
+
+def test_a_bad_record_timestamp_is_no_traceback(tmp_path, plain, capsys):
+    data = bytearray(plain.read_bytes())
+    struct.pack_into("<II", data, 24, 0xFFFFFFFF, 0xFFFFFFFF)  # 2106 and 4295 s of "usec"
+    bad = tmp_path / "badts.pcap"
+    bad.write_bytes(bytes(data))
+    sa = tmp_path / "sa.json"
+    sa.write_text(json.dumps([_gcm_sa()]))
+    for fmt in ("pcap", "pcapng"):
+        code, out, err = _run(capsys, "encrypt", "-q", "--format", fmt, "-i", bad, "-o",
+                              tmp_path / f"o.{fmt}", "--sa", sa, "--json")
+        assert "Traceback" not in err
+        assert code in (0, 2)
+        if code == 0:
+            assert json.loads(out)["packets_in"] == 20
+
+
+def test_a_4_gib_snaplen_does_not_let_a_huge_record_through(tmp_path):
+    path = tmp_path / "snap.pcap"
+    head = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 0xFFFFFFFF, 1)
+    path.write_bytes(head + struct.pack("<IIII", 0, 0, 512 << 20, 512 << 20) + bytes(64))
+    with pytest.raises(PcapError, match="limit"):
+        list(PcapReader(path))
+    assert MAX_RECORD_LEN <= 64 << 20
+
+
+@pytest.mark.parametrize("argv", [
+    ["bench", "--min-time", "inf"], ["bench", "--min-time", "nan"],
+    ["bench", "--min-time", "61"], ["bench", "--batch", "100000000"],
+    ["bench", "--batch", "9" * 5000], ["bench", "--sizes", ",".join(["64"] * 1000)],
+    ["encrypt", "-i", "x", "-o", "y", "--sa", "z", "--batch", "100000000"],
+    ["decrypt", "-i", "x", "-o", "y", "--sa", "z", "--batch", "100000000"],
+])
+def test_runaway_arguments_are_refused(capsys, argv):
+    code, _, err = _run(capsys, *argv)
+    assert code == 2
+    _one_short_line(err, limit=300)
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_a_stop_signal_gives_a_message_and_a_nonzero_status(tmp_path, signame):
+    """SIGHUP killed the run without a word; both signals now say so and exit 128 + signum,
+    leaving the destination as it was."""
+    signum = getattr(signal, signame, None)
+    if signum is None:
+        pytest.skip(f"no {signame} here")
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs here")
+    sa = tmp_path / "sa.json"
+    sa.write_text(json.dumps([_gcm_sa()]))
+    dest = tmp_path / "dest.pcap"
+    dest.write_bytes(b"precious")
+    fifo = tmp_path / "slow"
+    os.mkfifo(fifo)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "ipsecoffload", "encrypt", "-q", "-i",
+                             str(fifo), "-o", str(dest), "--sa", str(sa), "--batch", "4"],
+                            env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE)
+    frames = [_tcp_frame(i) for i in range(50)]
+    with open(fifo, "wb") as feed:
+        buffer = tmp_path / "p.pcap"
+        write_pcap(buffer, LINKTYPE_ETHERNET, frames, [i * 1000 for i in range(50)])
+        feed.write(buffer.read_bytes()[:3000])  # a partial capture: the reader waits for more
+        feed.flush()
+        for _ in range(200):  # until the run is under way (its temporary output exists)
+            if any(p.name.startswith(".dest.pcap.") for p in tmp_path.iterdir()):
+                break
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum
+    text = err.decode()
+    assert signame in text and "Traceback" not in text and len(text.splitlines()) == 1
+    assert dest.read_bytes() == b"precious"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".dest.pcap.")]
+
+
+# -- item 6: the Python API ---------------------------------------------------------------------
+@pytest.mark.parametrize("changes, field", [
+    (dict(esn="no"), "esn"), (dict(esn=1), "esn"), (dict(encryption=["x"]), "encryption"),
+    (dict(encryption=None, integrity={}, protocol="ah"), "integrity"),
+    (dict(udp_encap=5), "udp_encap"), (dict(udp_encap=(True, 4500)), "udp_encap"),
+    (dict(spi=True), "spi"), (dict(spi=2**70), "spi"), (dict(seq="1"), "seq"),
+    (dict(name=b"x"), "name"), (dict(src=5), "src"), (dict(mode=None), "mode"),
+    (dict(icv_len="16"), "icv_len"), (dict(tunnel_src=1, mode="tunnel"), "tunnel_src"),
+])
+def test_saconfig_wrong_types_are_value_errors_naming_the_field(changes, field):
+    """SaConfig(esn="no") turned ESN on; other wrong types gave AttributeError/TypeError from
+    a lookup, or a 4-byte-int IP address."""
+    kwargs = dict(spi=1, encryption="aes-gcm-128", key=GCM_KEY)
+    kwargs.update(changes)
+    with pytest.raises(ValueError, match=field):
+        SaConfig(**kwargs)
+
+
+def test_saconfig_errors_do_not_echo_a_key():
+    with pytest.raises(ValueError) as caught:
+        SaConfig(spi=1, encryption=KEY_HEX, key=GCM_KEY)
+    assert KEY_HEX[:16] not in str(caught.value)
+
+
+def test_one_bad_value_does_not_poison_the_batch_builder():
+    from ipsecoffload import PacketBatchBuilder
+    builder = PacketBatchBuilder()
+    builder.add_nbl([b"good"], next_header=17)
+    for frames, oob, error in (([b"x"], dict(offload_handle=-1), ValueError),
+                               ([b"x"], dict(pad_length=300), ValueError),
+                               ([b"x"], dict(offload_handle="a"), TypeError),
+                               ([b"x"], dict(lso_info=2**64), ValueError),
+                               ([5], {}, TypeError), (["ab"], {}, TypeError),
+                               (b"abc", {}, TypeError), ([b"x", 7], {}, TypeError)):
+        with pytest.raises(error):
+            builder.add_nbl(frames, **oob)
+        batch = builder.build()  # still the one good NBL
+        assert len(batch) == 1 and batch.frames() == [b"good"]
+    for override, name in ((dict(offload_handle=-1), "offload_handle"),
+                           (dict(next_header="x"), "next_header"),
+                           (dict(pad_length=[1, 2]), "pad_length")):
+        with pytest.raises(ValueError, match=name):
+            builder.build(**override)
+    assert builder.build(next_header=[6]).next_header.tolist() == [6]
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: Miniport("caps"), "capabilities"),
+    (lambda: Miniport(strict_salt="no"), "strict_salt"),
+    (lambda: Miniport(pure_python="yes"), "pure_python"),
+    (lambda: Miniport(random_source=5), "random_source"),
+    (lambda: Miniport().send("abc"), "send"),
+    (lambda: Miniport().send([1, 2]), "item 0"),
+    (lambda: Miniport().receive([None]), "item 0"),
+    (lambda: Miniport().add_sa(None), "add_sa"),
+    (lambda: Miniport().add_sa_ex("abc"), "add_sa_ex"),
+    (lambda: Miniport().delete_sa(5), "delete_sa"),
+    (lambda: Miniport().update_sa(None), "update_sa"),
+])
+def test_miniport_wrong_types_are_type_errors(call, name):
+    with pytest.raises(TypeError, match=name):
+        call()
+
+
+def test_wrong_types_elsewhere_in_the_api(tmp_path, plain):
+    import ipsecoffload
+    from ipsecoffload import HostStack
+    with pytest.raises(TypeError, match="miniport"):
+        HostStack(5)
+    with pytest.raises(ValueError, match="sa_delete_after"):
+        Miniport(sa_delete_after=True)
+    for batch in ("x", 0, 2**70, True):
+        with pytest.raises(ValueError, match="batch_size"):
+            ipsecoffload.encrypt_pcap(plain, tmp_path / "o.pcap", [_gcm_sa()], batch_size=batch)
+        with pytest.raises(ValueError, match="batch_size"):
+            ipsecoffload.decrypt_pcap(plain, tmp_path / "o.pcap", [_gcm_sa()], batch_size=batch)

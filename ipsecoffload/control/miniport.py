@@ -88,11 +88,25 @@ class Miniport:
                              f"{', '.join(map(repr, TUNNEL_HANDLE_ALONE))}, "
                              f"got {tunnel_handle_alone!r}")
         self.tunnel_handle_alone = tunnel_handle_alone
+        if capabilities is not None and not isinstance(capabilities, ndis.NdisIpsecOffloadV2):
+            raise TypeError(f"capabilities must be an NdisIpsecOffloadV2 (see "
+                            f"default_capabilities()), got {type(capabilities).__name__}")
+        capacity = (capabilities or ndis.NdisIpsecOffloadV2()).sa_offload_capacity
+        if not isinstance(capacity, int) or isinstance(capacity, bool):
+            raise TypeError(f"capabilities.sa_offload_capacity must be an integer, got "
+                            f"{type(capacity).__name__}")
+        for name, flag in (("strict_salt", strict_salt), ("pure_python", pure_python)):
+            if not isinstance(flag, bool) and not (name == "pure_python" and flag is None):
+                raise TypeError(f"{name} must be True or False, got {type(flag).__name__}")
+        if not callable(random_source):
+            raise TypeError(f"random_source must be a callable n -> n bytes, got "
+                            f"{type(random_source).__name__}")
         self.capabilities = capabilities or default_capabilities()
         self.iv_source = _policy(IvSource, iv_source, "iv_source")
         self.icv_space = _policy(IcvSpace, icv_space, "icv_space")
         self.strict_salt = strict_salt
         if sa_delete_after is not None and (not isinstance(sa_delete_after, int)
+                                            or isinstance(sa_delete_after, bool)
                                             or not 1 <= sa_delete_after <= 0xFFFFFFFF):
             raise ValueError(f"sa_delete_after must be None (off) or a positive number of ICV "
                              f"failures, got {sa_delete_after!r}")
@@ -172,6 +186,7 @@ class Miniport:
     def add_sa(self, entries: ndis.IpsecOffloadV2AddSa) -> NdisStatus:
         """OID_TCP_TASK_IPSEC_OFFLOAD_V2_ADD_SA over the Next-linked list (docs/protocol.md):
         SUCCESS if any entry was offloaded; each failed entry gets handle 0."""
+        _expect(entries, ndis.IpsecOffloadV2AddSa, "add_sa", "entries")
         statuses = [self._add_one(entry) for entry in entries.entries()]
         if any(s == NdisStatus.SUCCESS for s in statuses):
             return NdisStatus.SUCCESS
@@ -184,6 +199,7 @@ class Miniport:
                 entry = ndis.IpsecOffloadV2AddSaEx.from_bytes(entry, self.pointer_size or 8)
             except ValueError:
                 return NdisStatus.INVALID_LENGTH
+        _expect(entry, ndis.IpsecOffloadV2AddSaEx, "add_sa_ex", "entry", "or its bytes")
         return self._add_one(entry)
 
     def _add_one(self, entry) -> NdisStatus:
@@ -199,6 +215,7 @@ class Miniport:
 
     def delete_sa(self, entries: ndis.IpsecOffloadV2DeleteSa) -> NdisStatus:
         """OID_..._DELETE_SA over the Next list; an unknown handle is ignored (docs/protocol.md)."""
+        _expect(entries, ndis.IpsecOffloadV2DeleteSa, "delete_sa", "entries")
         for entry in entries.entries():
             if self.sas.delete(entry.offload_handle):
                 self._count("sa_deleted")
@@ -206,6 +223,7 @@ class Miniport:
 
     def update_sa(self, entry: ndis.IpsecOffloadV2UpdateSa) -> NdisStatus:
         """OID_..._UPDATE_SA: new ESN high-order bits (docs/protocol.md)."""
+        _expect(entry, ndis.IpsecOffloadV2UpdateSa, "update_sa", "entry")
         if not self.capabilities.extended_sequence_numbers or not self.sas.update_seq_hi(
                 entry.offload_handle, entry.operation, entry.spi,
                 entry.sequence_number_high_order):
@@ -237,7 +255,8 @@ class Miniport:
         Given ``NetBufferList`` objects, each is completed in place (``status``, LSO
         completion info in slot 2). The frames that leave are in ``result.wire``.
         """
-        batch = nbls if isinstance(nbls, PacketBatch) else PacketBatch.from_nbls(nbls)
+        batch = nbls if isinstance(nbls, PacketBatch) else PacketBatch.from_nbls(
+            _nbl_list(nbls, "send"))
         result = run_send(batch, self.sas.snapshot(), config=self.config_bits(),
                           icv_space=self.icv_space, iv_source=self.iv_source,
                           kernels=self.kernels, backends=self.backends,
@@ -276,7 +295,7 @@ class Miniport:
         if isinstance(frames, PacketBatch):
             batch = frames
         else:
-            nbls = list(frames)
+            nbls = _nbl_list(frames, "receive")
             batch = PacketBatch.from_nbls(nbls)
         result = run_receive(batch, self.sas.snapshot(), self.sas.rx_state, self.sas.rx_lock,
                              config=self.receive_config_bits(), kernels=self.kernels,
@@ -345,6 +364,29 @@ class Miniport:
             ah = record["xf"][1]
             fields["ah"] = {name: int(ah[name]) for name in ah.dtype.names if name != "salt"}
         return fields
+
+
+def _expect(value, cls, method: str, name: str, extra: str = "") -> None:
+    if not isinstance(value, cls):
+        raise TypeError(f"{method}: {name} must be an {cls.__name__}{' ' + extra if extra else ''}"
+                        f", got {type(value).__name__}")
+
+
+def _nbl_list(nbls, method: str) -> list:
+    """The NetBufferList objects of a send or receive call; anything else is a TypeError."""
+    if isinstance(nbls, (str, bytes, bytearray, memoryview)):
+        raise TypeError(f"{method}: expected a PacketBatch or a sequence of NetBufferList, got "
+                        f"{type(nbls).__name__}")
+    try:
+        items = list(nbls)
+    except TypeError:
+        raise TypeError(f"{method}: expected a PacketBatch or a sequence of NetBufferList, got "
+                        f"{type(nbls).__name__}") from None
+    for i, nbl in enumerate(items):
+        if not isinstance(nbl, ndis.NetBufferList):
+            raise TypeError(f"{method}: item {i} must be a NetBufferList, got "
+                            f"{type(nbl).__name__}")
+    return items
 
 
 def _policy(enum_cls, value, name: str):

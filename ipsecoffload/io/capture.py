@@ -25,6 +25,9 @@ from ..host.stack import HostStack, SequenceNumberExhausted
 from ..ndis import NdisStatus
 
 DEFAULT_BATCH = 4096
+# The most packets per batch encrypt, decrypt and their API take: a batch's arrays are
+# allocated whole, so an absurd size must be refused, not tried
+MAX_BATCH = 1 << 20
 _IP_ETHERTYPES = (b"\x08\x00", b"\x86\xdd")
 CLEAR = "(clear)"  # the summary's name for packets that no selector matched
 
