@@ -417,3 +417,111 @@ def test_wrong_types_elsewhere_in_the_api(tmp_path, plain):
             ipsecoffload.encrypt_pcap(plain, tmp_path / "o.pcap", [_gcm_sa()], batch_size=batch)
         with pytest.raises(ValueError, match="batch_size"):
             ipsecoffload.decrypt_pcap(plain, tmp_path / "o.pcap", [_gcm_sa()], batch_size=batch)
+
+
+# -- item 2, the command line: encrypt --update-sa ------------------------------------------------
+def _esp_sns(path) -> dict:
+    """SPI -> the ESP sequence numbers (low 32 bits) of an Ethernet/IPv4 capture, in order."""
+    sns: dict = {}
+    for record in PcapReader(path):
+        ip = record.data[14:]
+        if ip[9] != 50:
+            continue
+        spi, sn = struct.unpack_from("!II", ip, (ip[0] & 15) * 4)
+        sns.setdefault(spi, []).append(sn)
+    return sns
+
+
+def _two_sas() -> list:
+    return [_gcm_sa(selector={"proto": "tcp", "dport": 443}),
+            {"spi": "0x00002002", "encryption": "aes-gcm-256", "key": "11" * 36, "esn": True,
+             "name": "esn", "seq": 2**32 - 5}]
+
+
+def _frames_for_both(n: int) -> list:
+    frames = [_tcp_frame(i) for i in range(n)]
+    other = []
+    for frame in frames:  # the same packets to port 80: the second SA (no selector) takes them
+        other.append(frame[:14 + 22] + struct.pack("!H", 80) + frame[14 + 24:])
+    return [f for pair in zip(frames, other) for f in pair]
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_update_sa_lets_the_next_run_continue_the_sequence_numbers(tmp_path, capsys, workers):
+    """Two runs from one SA file started at the same seq: with AES-GCM the same nonces
+    twice. With --update-sa the second run continues where the first stopped, ESN high word
+    included, with --workers too."""
+    sa = tmp_path / "sa.json"
+    sa.write_text(json.dumps(_two_sas()))
+    os.chmod(sa, 0o600)
+    plain = tmp_path / "plain.pcap"
+    write_pcap(plain, LINKTYPE_ETHERNET, _frames_for_both(10), [i * 1000 for i in range(20)])
+    runs = []
+    for k in range(2):
+        out = tmp_path / f"esp{k}.pcap"
+        code, _, err = _run(capsys, "encrypt", "-q", "-i", plain, "-o", out, "--sa", sa,
+                            "--update-sa", "--workers", workers, "--batch", 7)
+        assert code == 0, err
+        assert "updated seq of 2 SA(s)" in err
+        runs.append(_esp_sns(out))
+    assert runs[0][0x1001] == list(range(1, 11)) and runs[1][0x1001] == list(range(11, 21))
+    low = [(2**32 - 5 + i) & 0xFFFFFFFF for i in range(20)]
+    assert runs[0][0x2002] == low[:10] and runs[1][0x2002] == low[10:]
+    document = json.loads(sa.read_text())
+    assert [entry["seq"] for entry in document] == [21, 2**32 - 5 + 20]
+    # every other key and value kept, in order
+    expected = _two_sas()
+    for entry, original in zip(document, expected):
+        original["seq"] = entry["seq"]
+        assert list(entry) == list(original) and entry == original
+    assert os.stat(sa).st_mode & 0o777 == 0o600
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".sa.json.")]
+
+
+def test_without_update_sa_the_sa_file_is_never_written(tmp_path, plain, capsys):
+    sa = tmp_path / "sa.json"
+    sa.write_text(json.dumps([_gcm_sa()]))
+    before = sa.read_bytes()
+    os.utime(sa, ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
+    for k in range(2):
+        code, _, err = _run(capsys, "encrypt", "-q", "-i", plain, "-o", tmp_path / f"o{k}.pcap",
+                            "--sa", sa)
+        assert code == 0, err
+    assert sa.read_bytes() == before
+    assert os.stat(sa).st_mtime_ns == 1_600_000_000 * 10**9
+    assert _esp_sns(tmp_path / "o0.pcap") == _esp_sns(tmp_path / "o1.pcap")  # why it matters
+
+
+def test_update_sa_on_the_python_path(tmp_path, plain, capsys):
+    """An AH SA sends the capture through the Python framer: its next seq is kept too."""
+    sa = tmp_path / "sa.json"
+    sa.write_text(json.dumps([{"name": "ah", "protocol": "ah", "spi": 7,
+                               "integrity": "hmac-sha1-96", "auth_key": HMAC_KEY_HEX,
+                               "seq": 100}]))
+    code, _, err = _run(capsys, "encrypt", "-q", "-i", plain, "-o", tmp_path / "o.pcap",
+                        "--sa", sa, "--update-sa")
+    assert code == 0, err
+    assert json.loads(sa.read_text())[0]["seq"] == 120
+
+
+def test_update_sa_refuses_a_file_that_changed_during_the_run(tmp_path):
+    from ipsecoffload.io.safile import SaFileError, load_sa_file, update_sa_file_seq
+    sa = tmp_path / "sa.json"
+    sa.write_text(json.dumps([_gcm_sa()]))
+    policies = load_sa_file(sa)
+    sa.write_text(json.dumps([_gcm_sa(spi="0x00009999")]))
+    before = sa.read_bytes()
+    with pytest.raises(SaFileError, match="changed during the run"):
+        update_sa_file_seq(sa, policies, {"web": 50})
+    assert sa.read_bytes() == before
+
+
+def test_update_sa_follows_a_symlink(tmp_path, plain, capsys):
+    real = tmp_path / "real.json"
+    real.write_text(json.dumps([_gcm_sa()]))
+    link = tmp_path / "sa.json"
+    link.symlink_to(real)
+    code, _, err = _run(capsys, "encrypt", "-q", "-i", plain, "-o", tmp_path / "o.pcap",
+                        "--sa", link, "--update-sa")
+    assert code == 0, err
+    assert link.is_symlink() and json.loads(real.read_text())[0]["seq"] == 21

@@ -19,7 +19,8 @@ from ..host.receive import DEFAULT_REPLAY_WINDOW
 from ..io.decrypt import DecryptSummary, decrypt_capture
 from ..io.pcap import LINKTYPE_ETHERNET, PcapError
 from ..io.atomic import OutputRefused
-from ..io.safile import SaFileError, SaPolicy, load_sa_file, wireshark_esp_sa
+from ..io.safile import (SaFileError, SaPolicy, load_sa_file, update_sa_file_seq,
+                          wireshark_esp_sa)
 
 PROG = "ipsecoffload"
 MAX_SIZES = 64  # bench --sizes: each size is a measurement of --min-time or more
@@ -231,6 +232,8 @@ def cmd_encrypt(args) -> int:
         progress=progress, output_format=args.format, count=args.count,
         protect=[(args.sa, "SA file")], workers=args.workers), quiet=args.quiet)
     _print_warnings(summary)
+    if args.update_sa:
+        _update_sa_file(args, policies, summary)
     # with -o - the capture owns standard output: the summary goes to stderr
     stream = sys.stderr if args.output == "-" else sys.stdout
     if args.json:
@@ -238,6 +241,21 @@ def cmd_encrypt(args) -> int:
     else:
         print(format_summary(summary), file=stream)
     return EXIT_OK
+
+
+def _update_sa_file(args, policies, summary: EncryptSummary) -> None:
+    """encrypt --update-sa: each SA's seq becomes its next unused sequence number, so that
+    the next run never repeats one (README: with AES-GCM/GMAC a repeat reuses the nonce)."""
+    try:
+        changed = update_sa_file_seq(args.sa, policies, summary.next_seq)
+    except (SaFileError, OSError) as error:
+        reason = _os_error(error) if isinstance(error, OSError) else str(error)
+        pending = ", ".join(f"{name} {seq}" for name, seq in list(summary.next_seq.items())[:8])
+        raise UsageError(f"{summary.output} was written, but the SA file was not updated "
+                         f"({reason}); next sequence numbers: {pending}"
+                         f"{', ...' if len(summary.next_seq) > 8 else ''}") from None
+    if changed:
+        print(f"{PROG}: updated seq of {len(changed)} SA(s) in {args.sa}", file=sys.stderr)
 
 
 def format_decrypt_summary(summary: DecryptSummary) -> str:
@@ -391,7 +409,8 @@ EPILOGS = {
     "encrypt": """examples:
   ipsecoffload encrypt -i plain.pcap -o esp.pcap --sa sa.json
   ipsecoffload encrypt -i plain.pcap -o esp.pcap --sa sa.json --mss 1448   # LSO segments
-  ipsecoffload encrypt -i plain.pcap -o esp.pcap --sa sa.json --json       # summary as JSON""",
+  ipsecoffload encrypt -i plain.pcap -o esp.pcap --sa sa.json --json       # summary as JSON
+  ipsecoffload encrypt -i day2.pcap -o esp2.pcap --sa sa.json --update-sa  # seq continues""",
     "wireshark-sa": "\n".join([
         "examples:",
         "  ipsecoffload wireshark-sa --sa demo-out/sa.json   # the demo's SAs",
@@ -470,6 +489,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="TCP packets with more than N payload bytes in transport-mode "
                               "SAs go as LSO super-packets and leave as N-byte segments")
     encrypt.add_argument("--json", action="store_true", help="the summary as one JSON object")
+    encrypt.add_argument("--update-sa", action="store_true",
+                         help="after a successful run, rewrite each SA's seq in the SA file "
+                              "(atomically; formatting may change) to its next unused "
+                              "sequence number, so that the next run continues it: two runs "
+                              "from the same seq reuse AES-GCM/GMAC nonces. Without it the SA "
+                              "file is never written")
     encrypt.add_argument("--batch", metavar="N", type=_batch, default=DEFAULT_BATCH,
                          help=f"packets per batch, at most {MAX_BATCH} (default: "
                               f"{DEFAULT_BATCH})")

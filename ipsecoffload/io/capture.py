@@ -68,6 +68,9 @@ class EncryptSummary:
     malformed: Counter = field(default_factory=Counter)  # reason -> packets dropped
     warnings: list = field(default_factory=list)
     format: str = "pcap"  # the output's
+    # SA name -> the 64-bit sequence number its next packet would get (2**64 or the 32-bit
+    # limit + 1 once exhausted); what 'encrypt --update-sa' writes back as the SA's seq
+    next_seq: dict = field(default_factory=dict)
 
     @property
     def packets_per_second(self) -> float:
@@ -269,6 +272,7 @@ def encrypt_capture_python(input_path, output_path, policies: Sequence[SaPolicy]
                 os.unlink(output_path)
             raise
     keep_truncation_warnings(caught, summary.warnings)
+    summary.next_seq = {p.name: sa.next_seq for p, sa in zip(encryptor.policies, encryptor.sas)}
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -506,5 +510,6 @@ def encrypt_capture(input_path, output_path, policies: Sequence[SaPolicy], *,
                     fraction = reader.bytes_consumed / reader.size if reader.size else None
                     progress(summary.packets_in, fraction)
         summary.warnings.extend(reader.warnings)
+    summary.next_seq = {p.name: sa.next_seq for p, sa in zip(encryptor.policies, encryptor.sas)}
     summary.seconds = time.perf_counter() - start
     return summary

@@ -17,7 +17,7 @@ from ..errors import IpsecOffloadError, shown, shown_name
 from ..host.packetinfo import ICMP, ICMPV6, TCP, UDP, MalformedPacket, PacketInfo, parse_packet
 from ..host.saconfig import SaConfig
 
-__all__ = ["MAX_SA_FILE_BYTES", "SaFileError", "Selector", "SaPolicy", "load_sa_file", "parse_sa_list",
+__all__ = ["MAX_SA_FILE_BYTES", "SaFileError", "update_sa_file_seq", "Selector", "SaPolicy", "load_sa_file", "parse_sa_list",
            "save_sa_file", "policy_to_dict", "wireshark_esp_sa", "wireshark_notes"]
 
 PROTOCOL_NAMES = {"tcp": (TCP,), "udp": (UDP,), "icmp": (ICMP, ICMPV6)}
@@ -172,8 +172,14 @@ def load_sa_file(path: Union[str, "os.PathLike[str]"]) -> list:
     /dev/zero, is refused), integers have at most MAX_INT_DIGITS digits, and nesting deep
     enough to exhaust the decoder's recursion is refused."""
     source = os.fspath(path)
+    document = _read_sa_document(source)
+    return parse_sa_list(document, source)
+
+
+def _read_sa_document(source: str):
+    """The decoded JSON of an SA file, with load_sa_file's bounds."""
     try:
-        with open(path, "rb") as f:
+        with open(source, "rb") as f:
             raw = f.read(MAX_SA_FILE_BYTES + 1)
     except OSError as error:
         raise SaFileError(f"cannot read SA file {source!r}: {error.strerror or error}") from None
@@ -181,7 +187,7 @@ def load_sa_file(path: Union[str, "os.PathLike[str]"]) -> list:
         raise SaFileError(f"SA file {source!r} is larger than {MAX_SA_FILE_BYTES} bytes; "
                           f"an SA file is a short JSON list")
     try:
-        document = json.loads(raw, parse_int=_bounded_int)
+        return json.loads(raw, parse_int=_bounded_int)
     except UnicodeDecodeError:
         raise SaFileError(f"SA file {source!r} is not UTF-8 text") from None
     except json.JSONDecodeError as error:
@@ -194,7 +200,38 @@ def load_sa_file(path: Union[str, "os.PathLike[str]"]) -> list:
         raise SaFileError(f"SA file {source!r} nests lists or objects too deeply") from None
     except ValueError:  # any other refusal of the decoder; its message may quote content
         raise SaFileError(f"SA file {source!r} is not a usable JSON SA list") from None
-    return parse_sa_list(document, source)
+
+
+def update_sa_file_seq(path: Union[str, "os.PathLike[str]"], policies: Sequence[SaPolicy],
+                       next_seq: dict) -> list:
+    """Rewrite the ``seq`` of each SA in ``next_seq`` (SA name -> the next unused 64-bit
+    sequence number) so that the next run continues them (README, "encrypt --update-sa").
+
+    The file is read again and must still hold ``policies`` (else SaFileError: it changed
+    during the run); every other key and value, and the key order, stay; the formatting
+    becomes ``json.dumps(indent=2)``. Written to a temporary file beside it and renamed into
+    place, with the file's permissions (io/atomic.py). Returns the names of the SAs changed.
+    """
+    from .atomic import SafeOutput
+    source = os.fspath(path)
+    document = _read_sa_document(source)
+    if parse_sa_list(document, source) != list(policies):
+        raise SaFileError(f"SA file {source!r} changed during the run; its seq values were "
+                          f"not updated")
+    changed = []
+    for entry, policy in zip(document, policies):
+        seq = next_seq.get(policy.name)
+        if seq is None or seq == policy.config.seq:
+            continue
+        entry["seq"] = int(seq)
+        changed.append(policy.name)
+    if changed:
+        text = json.dumps(document, indent=2) + "\n"
+        # the real file, not a symlink to it, is replaced
+        with SafeOutput(os.path.realpath(source)) as out:
+            assert out.file is not None
+            out.file.write(text.encode("utf-8"))
+    return changed
 
 
 def parse_sa_list(document, source: str = "SA list") -> list:
