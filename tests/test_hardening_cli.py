@@ -525,3 +525,25 @@ def test_update_sa_follows_a_symlink(tmp_path, plain, capsys):
                         "--sa", link, "--update-sa")
     assert code == 0, err
     assert link.is_symlink() and json.loads(real.read_text())[0]["seq"] == 21
+
+
+# -- item 6: the dependency floors ------------------------------------------------------------------
+def test_the_declared_floors_are_true_and_ci_installs_them():
+    """pyproject.toml said cryptography>=42, but bench needs AESGCM.encrypt_into (47)."""
+    tomllib = pytest.importorskip("tomllib")
+    import re
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        deps = tomllib.load(f)["project"]["dependencies"]
+    floors = {}
+    for dep in deps:
+        match = re.fullmatch(r"(\w+)>=([\d.]+)(; python_version (..) '3\.(\d+)')?", dep)
+        assert match, dep
+        floors.setdefault(match.group(1), []).append(match.group(2))
+    assert floors["cryptography"] == ["47"]
+    assert sorted(floors["numpy"]) == ["1.24", "1.26", "2.1"]
+    with open(os.path.join(ROOT, ".ci", "run")) as f:
+        ci = f.read()
+    for pin in ("cryptography==47.0.0", '"1.24.0"', '"1.26.0"', '"2.1.0"'):
+        assert pin in ci
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    assert hasattr(AESGCM, "encrypt_into")
