@@ -28,6 +28,7 @@ DEFAULT_BATCH = 4096
 # The most packets per batch encrypt, decrypt and their API take: a batch's arrays are
 # allocated whole, so an absurd size must be refused, not tried
 MAX_BATCH = 1 << 20
+_PCAP_NS_RANGE = (1 << 32) * 10**9  # a pcap record's seconds field is 32 bits
 _IP_ETHERTYPES = (b"\x08\x00", b"\x86\xdd")
 CLEAR = "(clear)"  # the summary's name for packets that no selector matched
 
@@ -263,7 +264,10 @@ def encrypt_capture_python(input_path, output_path, policies: Sequence[SaPolicy]
             with writer:
                 for records in reader.batches(batch_size):
                     for frame, ts_ns in encryptor.process(records):
-                        writer.write(frame, ts_ns=ts_ns)
+                        # a record's timestamp past 2106 (a bad record, or a usec field over
+                        # 10**6) wraps at 2**32 s as the compiled path's 32-bit field does,
+                        # instead of stopping the run with a ValueError
+                        writer.write(frame, ts_ns=ts_ns % _PCAP_NS_RANGE)
                     if progress is not None:
                         progress(summary.packets_in)
         except BaseException:
