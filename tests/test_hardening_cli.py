@@ -310,8 +310,9 @@ def test_runaway_arguments_are_refused(capsys, argv):
     _one_short_line(err, limit=300)
 
 
+@pytest.mark.parametrize("command", ["encrypt", "decrypt"])
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
-def test_a_stop_signal_gives_a_message_and_a_nonzero_status(tmp_path, signame):
+def test_a_stop_signal_gives_a_message_and_a_nonzero_status(tmp_path, signame, command):
     """SIGHUP killed the run without a word; both signals now say so and exit 128 + signum,
     leaving the destination as it was."""
     signum = getattr(signal, signame, None)
@@ -326,7 +327,7 @@ def test_a_stop_signal_gives_a_message_and_a_nonzero_status(tmp_path, signame):
     fifo = tmp_path / "slow"
     os.mkfifo(fifo)
     env = dict(os.environ, PYTHONPATH=ROOT)
-    proc = subprocess.Popen([sys.executable, "-m", "ipsecoffload", "encrypt", "-q", "-i",
+    proc = subprocess.Popen([sys.executable, "-m", "ipsecoffload", command, "-q", "-i",
                              str(fifo), "-o", str(dest), "--sa", str(sa), "--batch", "4"],
                             env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE)
     frames = [_tcp_frame(i) for i in range(50)]
@@ -335,7 +336,7 @@ def test_a_stop_signal_gives_a_message_and_a_nonzero_status(tmp_path, signame):
         write_pcap(buffer, LINKTYPE_ETHERNET, frames, [i * 1000 for i in range(50)])
         feed.write(buffer.read_bytes()[:3000])  # a partial capture: the reader waits for more
         feed.flush()
-        for _ in range(200):  # until the run is under way (its temporary output exists)
+        for _ in range(40):  # until the run is under way (its temporary output exists)
             if any(p.name.startswith(".dest.pcap.") for p in tmp_path.iterdir()):
                 break
             time.sleep(0.05)
