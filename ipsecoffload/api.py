@@ -25,7 +25,7 @@ from .datapath.layout import Reason
 from .host.packetinfo import TCP, MalformedPacket, parse_packet
 from .host.saconfig import SaConfig
 from .host.stack import MAX_LSO_MSS, HostStack, SequenceNumberExhausted, StackSa
-from .io.capture import DEFAULT_BATCH, EncryptSummary, encrypt_capture
+from .io.capture import DEFAULT_BATCH, MAX_BATCH, EncryptSummary, encrypt_capture
 from .io.safile import SaFileError, SaPolicy, Selector, load_sa_file, parse_sa_list
 from .datapath.layout import Delivery
 from .host.receive import DEFAULT_REPLAY_WINDOW
@@ -193,6 +193,13 @@ def sa_config(sa: SaLike) -> SaConfig:
         return parse_sa_list([dict(sa)], "sa")[0].config
     raise TypeError(f"sa must be an SaConfig, an SaPolicy or a dict in the SA-file format, "
                     f"got {type(sa).__name__}")
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) \
+            or not 1 <= batch_size <= MAX_BATCH:
+        raise ValueError(f"batch_size must be an integer from 1 to {MAX_BATCH}, "
+                         f"got {batch_size!r}"[:200])
 
 
 def _check_mss(mss: Optional[int]) -> None:
@@ -540,6 +547,7 @@ def encrypt_pcap(input: Union[str, "os.PathLike[str]"], output: Union[str, "os.P
     ``OSError``.
     """
     _check_mss(mss)
+    _check_batch_size(batch_size)
     return encrypt_capture(input, output, sa_policies(sas), mss=mss, batch_size=batch_size)
 
 
@@ -548,5 +556,8 @@ def decrypt_pcap(input: Union[str, "os.PathLike[str]"], output: Union[str, "os.P
                  keep_failed: bool = False, batch_size: int = DEFAULT_BATCH) -> DecryptSummary:
     """IPsec capture to plaintext, as ``ipsecoffload decrypt`` does it (README, "Receive"):
     returns the summary (``.as_dict()`` is the command's ``--json`` object)."""
+    _check_batch_size(batch_size)
+    if not isinstance(keep_failed, bool):
+        raise ValueError(f"keep_failed must be True or False, got {type(keep_failed).__name__}")
     return decrypt_capture(input, output, sa_policies(sas), replay_window=replay_window,
                            keep_failed=keep_failed, batch_size=batch_size)

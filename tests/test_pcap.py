@@ -341,8 +341,9 @@ def test_empty_file(tmp_path):
 def test_garbage_file(tmp_path):
     path = tmp_path / "garbage.pcap"
     path.write_bytes(b"GIF89a" + bytes(100))
-    with pytest.raises(PcapError, match=r"garbage\.pcap.*not a pcap.*0x47494638"):
+    with pytest.raises(PcapError, match=r"garbage\.pcap.*not a pcap.*magic") as caught:
         read_pcap(path)
+    assert "47494638" not in str(caught.value)  # the file's bytes are never shown
 
 
 def test_tiny_garbage_file(tmp_path):
@@ -408,11 +409,11 @@ def test_absurd_incl_len_is_corruption_not_allocation():
 
 
 def test_incl_len_over_snaplen_in_short_file_reads_in_chunks():
-    # Larger than the snap length but under the 256 MiB limit: accepted, then found truncated.
+    # Larger than the snap length but under the 16 MiB limit: accepted, then found truncated.
     data = handmade_pcap("<", False, LINKTYPE_RAW, [], snaplen=1500)
-    data += struct.pack("<IIII", T0, 0, 200 * 2**20, 200 * 2**20) + b"\x00" * 100
+    data += struct.pack("<IIII", T0, 0, 10 * 2**20, 10 * 2**20) + b"\x00" * 100
     spy = ReadSpy(data)
-    with pytest.warns(PcapTruncatedWarning, match=r"read 0 complete record.*100 of 209715200"):
+    with pytest.warns(PcapTruncatedWarning, match=r"read 0 complete record.*100 of 10485760"):
         assert list(PcapReader(spy)) == []
     assert max(spy.requests) <= 2**20
 

@@ -14,14 +14,16 @@ import time
 from typing import Optional, Sequence
 
 from ..cli import bench
-from ..io.capture import CLEAR, DEFAULT_BATCH, EncryptSummary, SaStats, encrypt_capture
+from ..io.capture import CLEAR, DEFAULT_BATCH, MAX_BATCH, EncryptSummary, SaStats, encrypt_capture
 from ..host.receive import DEFAULT_REPLAY_WINDOW
 from ..io.decrypt import DecryptSummary, decrypt_capture
 from ..io.pcap import LINKTYPE_ETHERNET, PcapError
 from ..io.atomic import OutputRefused
-from ..io.safile import SaFileError, SaPolicy, load_sa_file, wireshark_esp_sa
+from ..io.safile import (SaFileError, SaPolicy, load_sa_file, update_sa_file_seq,
+                          wireshark_esp_sa)
 
 PROG = "ipsecoffload"
+MAX_SIZES = 64  # bench --sizes: each size is a measurement of --min-time or more
 EXIT_OK, EXIT_USAGE = 0, 2
 
 
@@ -35,13 +37,26 @@ class _Parser(argparse.ArgumentParser):
 
 
 # -- helpers ---------------------------------------------------------------------------------
+def _quoted(text: str, limit: int = 24) -> str:
+    """An argument as an error message quotes it: cut short, so that a line stays a line."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
+
+
 def _positive(text: str) -> int:
     try:
-        value = int(text)
+        value = int(text) if len(text) <= 20 else -1
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+        value = -1
     if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {_quoted(text)}")
+    return value
+
+
+def _batch(text: str) -> int:
+    value = _positive(text) if len(text) <= 20 else MAX_BATCH + 1
+    if value > MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_BATCH} packets per batch, "
+                                         f"got {_quoted(text)}")
     return value
 
 
@@ -52,12 +67,14 @@ def _sizes(text: str) -> list:
             size = int(part)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected comma-separated packet sizes such as "
-                                             f"64,512,1400, got {text!r}") from None
+                                             f"64,512,1400, got {_quoted(text)}") from None
         # 40: IPv4 and TCP headers; the ESP overhead must fit in an IPv4 datagram
         if not 40 <= size <= 65000:
             raise argparse.ArgumentTypeError(f"packet sizes must be from 40 to 65000 bytes, "
-                                             f"got {size}")
+                                             f"got {_quoted(part)}")
         sizes.append(size)
+    if len(sizes) > MAX_SIZES:
+        raise argparse.ArgumentTypeError(f"at most {MAX_SIZES} packet sizes, got {len(sizes)}")
     return sizes
 
 
@@ -68,7 +85,7 @@ def _min_time(text: str) -> float:
         value = -1.0
     if not 0 < value <= 60:
         raise argparse.ArgumentTypeError(f"expected a number of seconds in (0, 60], "
-                                         f"got {text!r}")
+                                         f"got {_quoted(text)}")
     return value
 
 
@@ -174,27 +191,49 @@ def _print_warnings(summary: EncryptSummary) -> None:
 
 # -- commands --------------------------------------------------------------------------------
 class _Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the program runs so that the output is cleaned up."""
+    """SIGTERM or SIGHUP, raised where the program runs so that the output is cleaned up
+    (io/atomic.py) and the exit says why."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
-def _on_sigterm(signum, frame):
-    raise _Terminated()
+def _on_signal(signum, frame):
+    raise _Terminated(signum)
+
+
+_STOP_SIGNALS = ("SIGTERM", "SIGHUP")
+
+
+def _catch_stop_signals() -> list:
+    """Turn SIGTERM and SIGHUP into _Terminated (main thread only); returns what to restore."""
+    import signal
+    if not threading_main():
+        return []
+    previous = []
+    for name in _STOP_SIGNALS:
+        signum = getattr(signal, name, None)
+        if signum is not None:
+            previous.append((signum, signal.signal(signum, _on_signal)))
+    return previous
+
+
+def _restore_signals(previous: list) -> None:
+    import signal
+    for signum, handler in previous:
+        signal.signal(signum, handler)
 
 
 def cmd_encrypt(args) -> int:
-    import signal
     policies = load_sa_file(args.sa)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) \
-        if threading_main() else None
-    try:
-        summary = _with_progress("encrypt", lambda progress: encrypt_capture(
-            args.input, args.output, policies, mss=args.mss, batch_size=args.batch,
-            progress=progress, output_format=args.format, count=args.count,
-            protect=[(args.sa, "SA file")], workers=args.workers), quiet=args.quiet)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    summary = _with_progress("encrypt", lambda progress: encrypt_capture(
+        args.input, args.output, policies, mss=args.mss, batch_size=args.batch,
+        progress=progress, output_format=args.format, count=args.count,
+        protect=[(args.sa, "SA file")], workers=args.workers), quiet=args.quiet)
     _print_warnings(summary)
+    if args.update_sa:
+        _update_sa_file(args, policies, summary)
     # with -o - the capture owns standard output: the summary goes to stderr
     stream = sys.stderr if args.output == "-" else sys.stdout
     if args.json:
@@ -202,6 +241,21 @@ def cmd_encrypt(args) -> int:
     else:
         print(format_summary(summary), file=stream)
     return EXIT_OK
+
+
+def _update_sa_file(args, policies, summary: EncryptSummary) -> None:
+    """encrypt --update-sa: each SA's seq becomes its next unused sequence number, so that
+    the next run never repeats one (README: with AES-GCM/GMAC a repeat reuses the nonce)."""
+    try:
+        changed = update_sa_file_seq(args.sa, policies, summary.next_seq)
+    except (SaFileError, OSError) as error:
+        reason = _os_error(error) if isinstance(error, OSError) else str(error)
+        pending = ", ".join(f"{name} {seq}" for name, seq in list(summary.next_seq.items())[:8])
+        raise UsageError(f"{summary.output} was written, but the SA file was not updated "
+                         f"({reason}); next sequence numbers: {pending}"
+                         f"{', ...' if len(summary.next_seq) > 8 else ''}") from None
+    if changed:
+        print(f"{PROG}: updated seq of {len(changed)} SA(s) in {args.sa}", file=sys.stderr)
 
 
 def format_decrypt_summary(summary: DecryptSummary) -> str:
@@ -247,7 +301,7 @@ def _window(text: str) -> int:
         value = -1
     if not 0 <= value <= RX_WINDOW_MAX:
         raise argparse.ArgumentTypeError(f"expected a window of 0 to {RX_WINDOW_MAX} packets, "
-                                         f"got {text!r}")
+                                         f"got {_quoted(text)}")
     return value
 
 
@@ -356,7 +410,8 @@ EPILOGS = {
     "encrypt": """examples:
   ipsecoffload encrypt -i plain.pcap -o esp.pcap --sa sa.json
   ipsecoffload encrypt -i plain.pcap -o esp.pcap --sa sa.json --mss 1448   # LSO segments
-  ipsecoffload encrypt -i plain.pcap -o esp.pcap --sa sa.json --json       # summary as JSON""",
+  ipsecoffload encrypt -i plain.pcap -o esp.pcap --sa sa.json --json       # summary as JSON
+  ipsecoffload encrypt -i day2.pcap -o esp2.pcap --sa sa.json --update-sa  # seq continues""",
     "wireshark-sa": "\n".join([
         "examples:",
         "  ipsecoffload wireshark-sa --sa demo-out/sa.json   # the demo's SAs",
@@ -435,8 +490,15 @@ def build_parser() -> argparse.ArgumentParser:
                          help="TCP packets with more than N payload bytes in transport-mode "
                               "SAs go as LSO super-packets and leave as N-byte segments")
     encrypt.add_argument("--json", action="store_true", help="the summary as one JSON object")
-    encrypt.add_argument("--batch", metavar="N", type=_positive, default=DEFAULT_BATCH,
-                         help=f"packets per batch (default: {DEFAULT_BATCH})")
+    encrypt.add_argument("--update-sa", action="store_true",
+                         help="after a successful run, rewrite each SA's seq in the SA file "
+                              "(atomically; formatting may change) to its next unused "
+                              "sequence number, so that the next run continues it: two runs "
+                              "from the same seq reuse AES-GCM/GMAC nonces. Without it the SA "
+                              "file is never written")
+    encrypt.add_argument("--batch", metavar="N", type=_batch, default=DEFAULT_BATCH,
+                         help=f"packets per batch, at most {MAX_BATCH} (default: "
+                              f"{DEFAULT_BATCH})")
     encrypt.set_defaults(run=cmd_encrypt)
 
     decrypt = commands.add_parser(
@@ -465,8 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="write failed IPsec packets too, exactly as read")
     decrypt.add_argument("-c", "--count", metavar="N", type=_positive, default=None,
                          help="stop after N packets")
-    decrypt.add_argument("--batch", metavar="N", type=_positive, default=DEFAULT_BATCH,
-                         help=f"packets per batch (default: {DEFAULT_BATCH})")
+    decrypt.add_argument("--batch", metavar="N", type=_batch, default=DEFAULT_BATCH,
+                         help=f"packets per batch, at most {MAX_BATCH} (default: "
+                              f"{DEFAULT_BATCH})")
     decrypt.add_argument("--format", choices=("pcap", "pcapng"), default=None,
                          help="output format (default: the input's)")
     decrypt.add_argument("-q", "--quiet", action="store_true", help="no progress display")
@@ -528,6 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = None
+    previous = _catch_stop_signals()
     try:
         args = build_parser().parse_args(argv)
         return args.run(args)
@@ -537,9 +601,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         message = str(error)
     except OSError as error:
         message = _os_error(error)
+    except _Terminated as stop:
+        import signal
+        name = signal.Signals(stop.signum).name
+        print(f"{PROG}: stopped by {name}: the run did not finish, and an output file was "
+              f"left as it was (a capture on standard output is cut short)", file=sys.stderr)
+        return 128 + stop.signum  # the shell's status for a death by that signal
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _restore_signals(previous)
     message = " ".join(message.split())
     print(f"{PROG}: error: {message}", file=sys.stderr)
     wants_json = getattr(args, "json", False) if args is not None else "--json" in argv

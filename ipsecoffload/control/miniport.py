@@ -78,6 +78,9 @@ class Miniport:
     that carries a handle. ``lso_v1`` / ``lso_v2`` are the NDIS LSO capabilities
     (MaxOffLoadSize, MinSegmentCount; defaults 65535 and 2) that send enforces;
     ``max_send_output`` caps the output bytes of one send (default 256 MiB).
+    ``pointer_size`` is the OID buffer layout (4: x86, 8: x64): raw ADD_SA_EX
+    bytes are read in it (x64 when None) and an ADD header's ``Size`` is checked against its
+    ``NDIS_SIZEOF`` value; None accepts the ``Size`` of either layout (docs/spec-gaps.md G26).
     """
 
     def __init__(self, capabilities: Optional[ndis.NdisIpsecOffloadV2] = None, *,
@@ -89,7 +92,11 @@ class Miniport:
                  disabled_policy: str = "pass",
                  lso_v1: Optional[ndis.NdisTcpLargeSendOffloadV1] = None,
                  lso_v2: Optional[ndis.NdisTcpLargeSendOffloadV2] = None,
-                 max_send_output: int = MAX_SEND_OUTPUT):
+                 max_send_output: int = MAX_SEND_OUTPUT, pointer_size: Optional[int] = None):
+        if pointer_size not in (None, 4, 8) or isinstance(pointer_size, bool):
+            raise ValueError(f"pointer_size must be None, 4 (x86) or 8 (x64), "
+                             f"got {pointer_size!r}")
+        self.pointer_size = pointer_size
         if tunnel_handle_alone not in TUNNEL_HANDLE_ALONE:
             raise ValueError(f"tunnel_handle_alone must be one of "
                              f"{', '.join(map(repr, TUNNEL_HANDLE_ALONE))}, "
@@ -110,11 +117,25 @@ class Miniport:
                              f"got {max_send_output!r}")
         self.max_send_output = max_send_output
         self.send_limits()  # checks the LSO values
+        if capabilities is not None and not isinstance(capabilities, ndis.NdisIpsecOffloadV2):
+            raise TypeError(f"capabilities must be an NdisIpsecOffloadV2 (see "
+                            f"default_capabilities()), got {type(capabilities).__name__}")
+        capacity = (capabilities or ndis.NdisIpsecOffloadV2()).sa_offload_capacity
+        if not isinstance(capacity, int) or isinstance(capacity, bool):
+            raise TypeError(f"capabilities.sa_offload_capacity must be an integer, got "
+                            f"{type(capacity).__name__}")
+        for name, flag in (("strict_salt", strict_salt), ("pure_python", pure_python)):
+            if not isinstance(flag, bool) and not (name == "pure_python" and flag is None):
+                raise TypeError(f"{name} must be True or False, got {type(flag).__name__}")
+        if not callable(random_source):
+            raise TypeError(f"random_source must be a callable n -> n bytes, got "
+                            f"{type(random_source).__name__}")
         self.capabilities = capabilities or default_capabilities()
         self.iv_source = _policy(IvSource, iv_source, "iv_source")
         self.icv_space = _policy(IcvSpace, icv_space, "icv_space")
         self.strict_salt = strict_salt
         if sa_delete_after is not None and (not isinstance(sa_delete_after, int)
+                                            or isinstance(sa_delete_after, bool)
                                             or not 1 <= sa_delete_after <= 0xFFFFFFFF):
             raise ValueError(f"sa_delete_after must be None (off) or a positive number of ICV "
                              f"failures, got {sa_delete_after!r}")
@@ -197,6 +218,7 @@ class Miniport:
     def add_sa(self, entries: ndis.IpsecOffloadV2AddSa) -> NdisStatus:
         """OID_TCP_TASK_IPSEC_OFFLOAD_V2_ADD_SA over the Next-linked list (docs/protocol.md):
         SUCCESS if any entry was offloaded; each failed entry gets handle 0."""
+        _expect(entries, ndis.IpsecOffloadV2AddSa, "add_sa", "entries")
         statuses = [self._add_one(entry) for entry in entries.entries()]
         if any(s == NdisStatus.SUCCESS for s in statuses):
             return NdisStatus.SUCCESS
@@ -206,9 +228,10 @@ class Miniport:
         """OID_TCP_TASK_IPSEC_OFFLOAD_V2_ADD_SA_EX: one bundle; raw OID bytes are accepted."""
         if isinstance(entry, (bytes, bytearray, memoryview)):
             try:
-                entry = ndis.IpsecOffloadV2AddSaEx.from_bytes(entry)
+                entry = ndis.IpsecOffloadV2AddSaEx.from_bytes(entry, self.pointer_size or 8)
             except ValueError:
                 return NdisStatus.INVALID_LENGTH
+        _expect(entry, ndis.IpsecOffloadV2AddSaEx, "add_sa_ex", "entry", "or its bytes")
         return self._add_one(entry)
 
     def _add_one(self, entry) -> NdisStatus:
@@ -218,7 +241,7 @@ class Miniport:
             # is refused, issue 11)
             ipv6 = bool(getattr(entry, "flags", 0) & ndis.IPSEC_OFFLOAD_V2_IPV6)
             entry.offload_handle = self.sas.add(entry, self.current_config(ipv6),
-                                                self.strict_salt)
+                                                self.strict_salt, ptr_size=self.pointer_size)
         except SaRejected as rejected:
             self._count(f"add_sa_rejected.{rejected.status.name}")
             return rejected.status
@@ -227,6 +250,7 @@ class Miniport:
 
     def delete_sa(self, entries: ndis.IpsecOffloadV2DeleteSa) -> NdisStatus:
         """OID_..._DELETE_SA over the Next list; an unknown handle is ignored (docs/protocol.md)."""
+        _expect(entries, ndis.IpsecOffloadV2DeleteSa, "delete_sa", "entries")
         for entry in entries.entries():
             if self.sas.delete(entry.offload_handle):
                 self._count("sa_deleted")
@@ -234,6 +258,7 @@ class Miniport:
 
     def update_sa(self, entry: ndis.IpsecOffloadV2UpdateSa) -> NdisStatus:
         """OID_..._UPDATE_SA: new ESN high-order bits (docs/protocol.md)."""
+        _expect(entry, ndis.IpsecOffloadV2UpdateSa, "update_sa", "entry")
         if not self.capabilities.extended_sequence_numbers or not self.sas.update_seq_hi(
                 entry.offload_handle, entry.operation, entry.spi,
                 entry.sequence_number_high_order):
@@ -279,7 +304,8 @@ class Miniport:
         Given ``NetBufferList`` objects, each is completed in place (``status``, LSO
         completion info in slot 2). The frames that leave are in ``result.wire``.
         """
-        batch = nbls if isinstance(nbls, PacketBatch) else PacketBatch.from_nbls(nbls)
+        batch = nbls if isinstance(nbls, PacketBatch) else PacketBatch.from_nbls(
+            _nbl_list(nbls, "send"))
         result = run_send(batch, self.sas.snapshot(), config=self.config_bits(),
                           icv_space=self.icv_space, iv_source=self.iv_source,
                           kernels=self.kernels, backends=self.backends,
@@ -321,7 +347,7 @@ class Miniport:
         if isinstance(frames, PacketBatch):
             batch = frames
         else:
-            nbls = list(frames)
+            nbls = _nbl_list(frames, "receive")
             batch = PacketBatch.from_nbls(nbls)
         result = run_receive(batch, self.sas.snapshot(), self.sas.rx_state, self.sas.rx_lock,
                              config=self.receive_config_bits(), kernels=self.kernels,
@@ -350,7 +376,8 @@ class Miniport:
     @property
     def counters(self) -> Counter:
         """Counts per NET_BUFFER reason (``nb.NAME``), NBL status (``nbl.NAME``), frames and
-        bytes out, and OID outcomes (a snapshot)."""
+        bytes out, and OID outcomes (a snapshot); ``sa_added_duplicate_spi`` counts outbound
+        SAs added while another with the same SPI and endpoints was live (G28)."""
         with self._counter_lock:
             counts = self._send_counts.tolist() + [self._frames_out, self._bytes_out]
             out = Counter(self._oid_counts)
@@ -363,6 +390,8 @@ class Miniport:
         for i, name in enumerate(("frames_out", "bytes_out")):
             if counts[COUNTERS + i]:
                 out[name] = counts[COUNTERS + i]
+        if self.sas.outbound_duplicates:  # docs/spec-gaps.md G28
+            out["sa_added_duplicate_spi"] = self.sas.outbound_duplicates
         with self._counter_lock:
             received = self._recv_counts.tolist()
         for i, count in enumerate(received):
@@ -387,6 +416,29 @@ class Miniport:
             ah = record["xf"][1]
             fields["ah"] = {name: int(ah[name]) for name in ah.dtype.names if name != "salt"}
         return fields
+
+
+def _expect(value, cls, method: str, name: str, extra: str = "") -> None:
+    if not isinstance(value, cls):
+        raise TypeError(f"{method}: {name} must be an {cls.__name__}{' ' + extra if extra else ''}"
+                        f", got {type(value).__name__}")
+
+
+def _nbl_list(nbls, method: str) -> list:
+    """The NetBufferList objects of a send or receive call; anything else is a TypeError."""
+    if isinstance(nbls, (str, bytes, bytearray, memoryview)):
+        raise TypeError(f"{method}: expected a PacketBatch or a sequence of NetBufferList, got "
+                        f"{type(nbls).__name__}")
+    try:
+        items = list(nbls)
+    except TypeError:
+        raise TypeError(f"{method}: expected a PacketBatch or a sequence of NetBufferList, got "
+                        f"{type(nbls).__name__}") from None
+    for i, nbl in enumerate(items):
+        if not isinstance(nbl, ndis.NetBufferList):
+            raise TypeError(f"{method}: item {i} must be a NetBufferList, got "
+                            f"{type(nbl).__name__}")
+    return items
 
 
 def _policy(enum_cls, value, name: str):

@@ -23,6 +23,9 @@ from ..ndis import EncryptionAlgorithm as Enc
 from ..ndis import NdisStatus
 
 MAX_CAPACITY = 1 << HANDLE_SLOT_BITS
+# docs/spec-gaps.md G27: a handle is (serial << HANDLE_SLOT_BITS) | slot and must fit the 32-bit
+# OffloadHandle of the x86 layout, so the serial counts 1 .. MAX_SERIAL and then starts again
+MAX_SERIAL = (1 << (32 - HANDLE_SLOT_BITS)) - 1
 
 _GCM_KEY_BYTES = {Enc.AES_GCM_128: 16, Enc.AES_GCM_192: 24, Enc.AES_GCM_256: 32}
 _GMAC_KEY_BYTES = {Auth.AES_GCM_128: 16, Auth.AES_GCM_192: 24, Auth.AES_GCM_256: 32}
@@ -238,9 +241,12 @@ def _aes_key_and_salt(material: bytes, key_bytes: int, strict_salt: bool,
 
 
 class SaTable:
-    """Offloaded SA bundles by handle. Handles are never reused (docs/protocol.md)."""
+    """Offloaded SA bundles by handle. A handle fits 32 bits and comes back only after
+    MAX_SERIAL more ADDs (docs/protocol.md, docs/spec-gaps.md G27)."""
 
     def __init__(self, capacity: int):
+        if not isinstance(capacity, int) or isinstance(capacity, bool):
+            raise TypeError(f"capacity must be an integer, got {type(capacity).__name__}")
         if not 1 <= capacity <= MAX_CAPACITY:
             raise ValueError(f"capacity must be between 1 and {MAX_CAPACITY}, got {capacity}")
         self.capacity = capacity
@@ -249,6 +255,10 @@ class SaTable:
         self._free = list(range(capacity - 1, -1, -1))
         self._sa_info: dict[int, tuple] = {}  # handle -> ((spi, operation) per layer)
         self._endpoints: dict[int, tuple[bytes, bytes]] = {}  # inbound slot -> (src, dst)
+        # docs/spec-gaps.md G28: what a receiver's SA lookup tells apart, per live bundle
+        self._lookup_keys: dict[int, tuple] = {}  # handle -> lookup keys of its layers
+        self._lookup_owner: dict[tuple, int] = {}  # lookup key -> handle
+        self.outbound_duplicates = 0  # outbound ADDs that repeated a live SA's lookup key
         # The NIC's mutable receive state per key row (ESN inference, docs/receive-path.md);
         # reset when a slot is (re)used or UPDATE_SA sets a new high word.
         self.rx_state = np.zeros(2 * capacity, RX_STATE_DTYPE)
@@ -298,11 +308,17 @@ class SaTable:
         return list(self._sa_info)
 
     def add(self, entry: Union[ndis.IpsecOffloadV2AddSa, ndis.IpsecOffloadV2AddSaEx],
-            caps: ndis.NdisIpsecOffloadV2, strict_salt: bool = False) -> int:
-        """Offload one bundle; returns its handle or raises SaRejected (docs/protocol.md step 1)."""
+            caps: ndis.NdisIpsecOffloadV2, strict_salt: bool = False,
+            ptr_size: Optional[int] = None) -> int:
+        """Offload one bundle; returns its handle or raises SaRejected (docs/protocol.md step 1).
+
+        ``ptr_size`` is the layout the entry came in (4: x86, 8: x64); None (a structure built
+        in Python, no layout) accepts the Size of either (docs/spec-gaps.md G26).
+        """
         header = entry.header
-        minimum = (ndis.SIZEOF_ADD_SA_EX_REV1 if isinstance(entry, ndis.IpsecOffloadV2AddSaEx)
-                   else ndis.SIZEOF_ADD_SA_REV1)[8]
+        sizes = (ndis.SIZEOF_ADD_SA_EX_REV1 if isinstance(entry, ndis.IpsecOffloadV2AddSaEx)
+                 else ndis.SIZEOF_ADD_SA_REV1)
+        minimum = sizes[ptr_size] if ptr_size in sizes else min(sizes.values())
         if header.type != ndis.NDIS_OBJECT_TYPE_DEFAULT or header.revision < 1 \
                 or header.size < minimum:
             raise SaRejected(NdisStatus.INVALID_DATA,
@@ -338,11 +354,29 @@ class SaTable:
             raise SaRejected(NdisStatus.NOT_SUPPORTED, "AH is never UDP-encapsulated")
         compiled = [compile_sa(sa, blob, caps, strict_salt, ipv6=ipv6,
                                in_bundle=entry.num_ext_hdrs == 2) for sa in layers]
+        inbound = bool(entry.flags & ndis.IPSEC_OFFLOAD_V2_INBOUND)
+        src, dst = bytes(entry.src_address), bytes(entry.dest_address)
+        lookup = tuple((inbound, ipv6, bool(udp) and sa.operation == ndis.IpsecOperation.ESP,
+                        sa.spi, src, dst) for sa in layers)
         with self._lock:
             if not self._free or len(self._sa_info) >= caps.sa_offload_capacity:
                 raise SaRejected(NdisStatus.RESOURCES, "SA capacity exhausted")
+            for key in lookup:
+                if key in self._lookup_owner:
+                    if inbound:
+                        # G28: the receive lookup finds an SA by SPI, destination, source, IP
+                        # version and UDP encapsulation; a second one equal in all is unreachable
+                        raise SaRejected(NdisStatus.INVALID_DATA,
+                                         f"inbound SPI {key[3]:#010x} is already offloaded for "
+                                         f"the same endpoints, IP version and UDP "
+                                         f"encapsulation")
+                    # G28: outbound SAs are found by handle; counted, not refused
+                    self.outbound_duplicates += 1
+                    break
             slot = self._free.pop()
-            self._serial += 1
+            # G27: the serial wraps below 2**12, so a handle fits 32 bits; a handle comes back
+            # only after MAX_SERIAL more ADDs, and never while its slot is live
+            self._serial = self._serial % MAX_SERIAL + 1
             handle = (self._serial << HANDLE_SLOT_BITS) | slot
             records = self._snapshot.records.copy()
             record = records[slot]
@@ -362,6 +396,9 @@ class SaTable:
                     xf[name] = value
                 key_list[2 * slot + layer] = keys
             self._sa_info[handle] = tuple((sa.spi, sa.operation) for sa in layers)
+            self._lookup_keys[handle] = lookup
+            for key in lookup:
+                self._lookup_owner.setdefault(key, handle)
             if record["inbound"]:
                 self._endpoints[slot] = (bytes(entry.src_address), bytes(entry.dest_address))
             self.rx_state[2 * slot:2 * slot + 2] = np.zeros((), RX_STATE_DTYPE)
@@ -376,6 +413,14 @@ class SaTable:
         with self._lock:
             if self._sa_info.pop(handle, None) is None:
                 return False
+            for key in self._lookup_keys.pop(handle, ()):
+                if self._lookup_owner.get(key) == handle:
+                    del self._lookup_owner[key]
+                    # an outbound duplicate still live takes the key over
+                    for other, keys in self._lookup_keys.items():
+                        if key in keys:
+                            self._lookup_owner[key] = other
+                            break
             slot = handle & HANDLE_SLOT_MASK
             records = self._snapshot.records.copy()
             records[slot] = np.zeros((), SA_RECORD_DTYPE)
@@ -426,6 +471,8 @@ class SaTable:
             self._endpoints.clear()
             with self.tx_lock:
                 self.tx_marks[:] = 0
+            self._lookup_keys.clear()
+            self._lookup_owner.clear()
             self._free = list(range(self.capacity - 1, -1, -1))
             self._publish(np.zeros(self.capacity, SA_RECORD_DTYPE), (None,) * (2 * self.capacity))
 

@@ -200,7 +200,45 @@ for _name in NBL_FIELDS:
 
 
 def _oob_values(name: str, value, n_nbl: int) -> np.ndarray:
-    return np.broadcast_to(np.asarray(value, dtype=NBL_FIELDS[name]), (n_nbl,))
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = _oob_int(name, value)
+    try:
+        array = np.asarray(value)
+        if array.size and array.dtype.kind not in "iub":
+            raise TypeError
+        if array.size and array.dtype.kind in "iu":
+            info = _field_range(name)
+            if int(array.min()) < info.min or int(array.max()) > info.max:
+                raise OverflowError
+        return np.broadcast_to(array.astype(NBL_FIELDS[name]), (n_nbl,))
+    except (TypeError, OverflowError, ValueError):
+        info = _field_range(name)
+        raise ValueError(f"{name} must be an integer from 0 to {info.max} or {n_nbl} of them"
+                         ) from None
+
+
+class _Range:
+    def __init__(self, lo: int, hi: int):
+        self.min, self.max = lo, hi
+
+
+# the value range of each OOB column (all unsigned integers)
+_FIELD_RANGES = {name: _Range(0, (1 << (8 * np.dtype(dtype).itemsize)) - 1)
+                 for name, dtype in NBL_FIELDS.items()}
+
+
+def _field_range(name: str) -> _Range:
+    return _FIELD_RANGES[name]
+
+
+def _oob_int(name: str, value) -> int:
+    """One OOB value as add_nbl takes it: an integer within its field's range."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    info = _field_range(name)
+    if not info.min <= int(value) <= info.max:
+        raise ValueError(f"{name} must be from 0 to {info.max}, got {int(value)}")
+    return int(value)
 
 
 class WireFrames:
@@ -343,15 +381,26 @@ class PacketBatchBuilder:
     def add_nbl(self, frames: Sequence[bytes], **oob: int) -> int:
         """Append one NBL holding ``frames``; returns its index."""
         unknown = set(oob) - set(NBL_FIELDS)
-        if unknown:  # checked before anything is appended: a refused NBL leaves no trace
+        # everything is checked before anything is appended: a refused NBL leaves no trace,
+        # and the builder stays usable
+        if unknown:
             raise TypeError(f"unknown NBL field(s): {', '.join(sorted(unknown))}")
+        values_of = {name: _oob_int(name, oob.get(name, 14 if name == "l2_len" else 0))
+                     for name in self._fields}
+        if isinstance(frames, (bytes, bytearray, memoryview, str)):
+            raise TypeError("frames must be a sequence of frames (bytes-like), not one "
+                            f"{type(frames).__name__}")
+        try:
+            chunks = [_frame_bytes(frame) for frame in frames]
+        except TypeError as error:
+            raise TypeError(f"frames: {error}") from None
         index = self._n_nbl
-        for frame in frames:
-            self._chunks.append(bytes(frame))
-            self._lengths.append(len(frame))
+        for chunk in chunks:
+            self._chunks.append(chunk)
+            self._lengths.append(len(chunk))
             self._nbl_of.append(index)
         for name, values in self._fields.items():
-            values.append(oob.get(name, 14 if name == "l2_len" else 0))
+            values.append(values_of[name])
         self._n_nbl += 1
         return index
 
@@ -370,6 +419,16 @@ class PacketBatchBuilder:
         fields.update({k: v for k, v in overrides.items() if v is not None})
         return PacketBatch(arena, offsets, lengths, np.asarray(self._nbl_of, dtype=np.int32),
                            n_nbl=self._n_nbl, **fields)
+
+
+def _frame_bytes(frame) -> bytes:
+    """A frame's bytes; an int or str is refused (bytes(5) would be five zero bytes)."""
+    if isinstance(frame, (int, str)):
+        raise TypeError(f"a frame must be bytes-like, got {type(frame).__name__}")
+    try:
+        return bytes(memoryview(frame).cast("B"))
+    except TypeError:
+        raise TypeError(f"a frame must be bytes-like, got {type(frame).__name__}") from None
 
 
 def _as_array(value, dtype, name: str) -> np.ndarray:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .. import ndis
+from ..errors import shown, shown_name
 from ..ndis import AuthenticationAlgorithm as Auth
 from ..ndis import EncryptionAlgorithm as Enc
 
@@ -64,15 +65,38 @@ class SaConfig:
     ah_auth_key: bytes = field(default=b"", repr=False)
 
     def __post_init__(self):
-        where = f"SA {self.name!r}: " if self.name else "SA: "
+        if not isinstance(self.name, str):
+            raise ValueError(f"SA: name must be a string, got {shown(self.name)}")
+        where = f"SA {shown_name(self.name)}: " if self.name else "SA: "
 
         def bad(field_name: str, message: str) -> ValueError:
             return ValueError(f"{where}{field_name} {message}")
 
+        # types first: a wrong type is a ValueError naming the field, never an AttributeError,
+        # a TypeError from a dictionary lookup, or a truthy string taken as True
+        for name in ("encryption", "integrity", "tunnel_src", "tunnel_dst", "src", "dst",
+                     "ah_integrity"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise bad(name, f"must be a string or None, got {shown(value)}")
+        for name in ("mode", "protocol"):
+            if not isinstance(getattr(self, name), str):
+                raise bad(name, f"must be a string, got {shown(getattr(self, name))}")
+        if not isinstance(self.esn, bool):
+            raise bad("esn", f"must be True or False, got {shown(self.esn)}")
+        for name in ("spi", "seq", "icv_len", "ah_spi"):
+            value = getattr(self, name)
+            if (value is not None or name in ("spi", "seq")) and (
+                    not isinstance(value, int) or isinstance(value, bool)):
+                raise bad(name, f"must be an integer, got {shown(value)}")
+        if self.udp_encap is not None and not isinstance(self.udp_encap, (tuple, list)):
+            raise bad("udp_encap", f"must be (sport, dport) with ports 1-65535, "
+                                   f"got {shown(self.udp_encap)}")
+
         if self.protocol not in PROTOCOLS:
-            raise bad("protocol", f"must be one of {_choices(PROTOCOLS)}, got {self.protocol!r}")
+            raise bad("protocol", f"must be one of {_choices(PROTOCOLS)}, got {shown(self.protocol)}")
         if not isinstance(self.spi, int) or not 1 <= self.spi <= 0xFFFFFFFF:
-            raise bad("spi", f"must be an integer from 1 to 0xFFFFFFFF, got {self.spi!r}")
+            raise bad("spi", f"must be an integer from 1 to 0xFFFFFFFF, got {shown(self.spi)}")
         for name in ("key", "auth_key", "ah_auth_key"):
             if not isinstance(getattr(self, name), (bytes, bytearray)):
                 raise bad(name, "must be bytes")
@@ -84,13 +108,13 @@ class SaConfig:
             implied = INTEGRITIES[self._integrity][2]
             if self.icv_len not in (None, implied):
                 raise bad("icv_len", f"is fixed at {implied} by {self.integrity!r}, "
-                                     f"got {self.icv_len!r}")
+                                     f"got {shown(self.icv_len)}")
         else:
             self._check_esp(bad)
         if self.protocol == "ah+esp":
             if not isinstance(self.ah_spi, int) or not 1 <= self.ah_spi <= 0xFFFFFFFF:
                 raise bad("ah.spi", f"must be an integer from 1 to 0xFFFFFFFF, "
-                                    f"got {self.ah_spi!r}")
+                                    f"got {shown(self.ah_spi)}")
             _check_ah_layer(self.ah_integrity, self.ah_auth_key, bad, "ah.integrity",
                             "ah.auth_key")
         elif self.ah_spi is not None or self.ah_integrity is not None or self.ah_auth_key:
@@ -98,7 +122,7 @@ class SaConfig:
         if self.protocol != "esp" and self.udp_encap is not None:
             raise bad("udp_encap", "is for ESP alone: AH is never UDP-encapsulated (RFC 3948)")
         if self.mode not in ("transport", "tunnel"):
-            raise bad("mode", f"must be 'transport' or 'tunnel', got {self.mode!r}")
+            raise bad("mode", f"must be 'transport' or 'tunnel', got {shown(self.mode)}")
         if self.mode == "tunnel":
             if not self.tunnel_src or not self.tunnel_dst:
                 raise bad("tunnel", "needs both src and dst addresses in tunnel mode")
@@ -114,26 +138,27 @@ class SaConfig:
             raise bad("src/dst", "must be of the same IP version")
         if self.udp_encap is not None:
             if (len(self.udp_encap) != 2
-                    or not all(isinstance(p, int) and 1 <= p <= 0xFFFF for p in self.udp_encap)):
+                    or not all(isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 0xFFFF
+                            for p in self.udp_encap)):
                 raise bad("udp_encap", f"must be (sport, dport) with ports 1-65535, "
-                                       f"got {self.udp_encap!r}")
+                                       f"got {shown(self.udp_encap)}")
         limit = 2**64 - 1 if self.esn else 2**32 - 1
         if not isinstance(self.seq, int) or not 1 <= self.seq <= limit:
             raise bad("seq", f"must be from 1 to {limit} ({'with' if self.esn else 'without'} "
-                             f"ESN), got {self.seq!r}")
+                             f"ESN), got {shown(self.seq)}")
 
 
     def _check_esp(self, bad) -> None:
         """The ESP layer's fields (protocol 'esp', or the ESP of 'ah+esp')."""
         if self.encryption not in ENCRYPTIONS:
             raise bad("encryption", f"must be one of {_choices(ENCRYPTIONS)}, "
-                                    f"got {self.encryption!r}")
+                                    f"got {shown(self.encryption)}")
         gcm = self.encryption.startswith("aes-gcm")
         if gcm:
             if self.integrity is not None:
                 raise bad("integrity", "must be null with AES-GCM (it carries its own ICV)")
             if self.icv_len not in (None, *GCM_ICV_LENGTHS):
-                raise bad("icv_len", f"must be one of 8, 12, 16 for AES-GCM, got {self.icv_len!r}")
+                raise bad("icv_len", f"must be one of 8, 12, 16 for AES-GCM, got {shown(self.icv_len)}")
         elif self.integrity is None and self.protocol == "ah+esp" \
                 and self.encryption.startswith("aes-cbc"):
             if self.icv_len is not None:
@@ -142,13 +167,13 @@ class SaConfig:
             if self.integrity not in INTEGRITIES:
                 raise bad("integrity", f"must be one of {_choices(INTEGRITIES)} with "
                                        f"{self.encryption!r} (every ESP SA needs integrity), "
-                                       f"got {self.integrity!r}")
+                                       f"got {shown(self.integrity)}")
             if self.integrity.startswith("aes-gmac") and self.encryption != "null":
                 raise bad("integrity", "AES-GMAC goes only with encryption 'null'")
             implied = INTEGRITIES[self.integrity][2]
             if self.icv_len not in (None, implied):
                 raise bad("icv_len", f"is fixed at {implied} by {self.integrity!r}, "
-                                     f"got {self.icv_len!r}")
+                                     f"got {shown(self.icv_len)}")
         want = ENCRYPTIONS[self.encryption][1]
         if len(self.key) != want:
             what = "AES key || 4-byte salt" if gcm else ("empty" if not want else "the AES key")
@@ -296,7 +321,7 @@ def _check_ah_layer(integrity, key, bad, integrity_name: str, key_name: str) -> 
     """An AH layer: an HMAC or AES-GMAC (key || 4-byte salt) and its key (RFC 4302)."""
     if integrity not in INTEGRITIES:
         raise bad(integrity_name, f"must be one of {_choices(INTEGRITIES)} for AH, "
-                                  f"got {integrity!r}")
+                                  f"got {shown(integrity)}")
     want = INTEGRITIES[integrity][1]
     if len(key) != want:
         what = "AES key || 4-byte salt" if integrity.startswith("aes-gmac") else "the HMAC key"
@@ -308,7 +333,7 @@ def _address(text: str, bad, name: str):
     try:
         return ipaddress.ip_address(text)
     except ValueError:
-        raise bad(name, f"is not an IP address: {text!r}") from None
+        raise bad(name, f"is not an IP address: {shown(text)}") from None
 
 
 def _packed(address: Optional[str], size: int) -> bytes:

@@ -312,6 +312,9 @@ class HostStack(ReceiveMixin):
                  src_mac: bytes = b"\x02\0\0\0\0\x01", dst_mac: bytes = b"\x02\0\0\0\0\x02",
                  ttl: int = 64, ipv4_id: int = 0, tunnel_df: str = "copy",
                  fresh_ivs: bool = True):
+        if not all(callable(getattr(miniport, name, None))
+                   for name in ("send", "add_sa", "delete_sa", "update_sa")):
+            raise TypeError(f"miniport must be a Miniport, got {type(miniport).__name__}")
         if link not in ("ethernet", "raw"):
             raise ValueError(f"link must be 'ethernet' or 'raw', got {link!r}")
         for name, mac in (("src_mac", src_mac), ("dst_mac", dst_mac)):

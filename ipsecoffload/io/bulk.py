@@ -131,8 +131,9 @@ class BulkReader:
         elif len(head) >= 4 and int.from_bytes(head[:4], "big") in (MAGIC_US, MAGIC_NS):
             order = ">"
         else:
-            raise PcapError(f"{self.name!r} is not a pcap or pcapng capture file: its first "
-                            f"bytes are 0x{head[:4].hex().upper()}.")
+            # the bytes themselves are not shown: the file may be a key file
+            raise PcapError(f"{self.name!r} is not a pcap or pcapng capture file: it does not "
+                            f"start with a pcap or pcapng magic number.")
         if len(head) < 24:
             raise PcapError(f"{self.name!r} is too short to be a pcap capture file: the "
                             f"global header needs 24 bytes but the file has only {len(head)}.")

@@ -25,6 +25,10 @@ from ..host.stack import HostStack, SequenceNumberExhausted
 from ..ndis import NdisStatus
 
 DEFAULT_BATCH = 4096
+# The most packets per batch encrypt, decrypt and their API take: a batch's arrays are
+# allocated whole, so an absurd size must be refused, not tried
+MAX_BATCH = 1 << 20
+_PCAP_NS_RANGE = (1 << 32) * 10**9  # a pcap record's seconds field is 32 bits
 _IP_ETHERTYPES = (b"\x08\x00", b"\x86\xdd")
 CLEAR = "(clear)"  # the summary's name for packets that no selector matched
 
@@ -65,6 +69,9 @@ class EncryptSummary:
     malformed: Counter = field(default_factory=Counter)  # reason -> packets dropped
     warnings: list = field(default_factory=list)
     format: str = "pcap"  # the output's
+    # SA name -> the 64-bit sequence number its next packet would get (2**64 or the 32-bit
+    # limit + 1 once exhausted); what 'encrypt --update-sa' writes back as the SA's seq
+    next_seq: dict = field(default_factory=dict)
 
     @property
     def packets_per_second(self) -> float:
@@ -257,7 +264,10 @@ def encrypt_capture_python(input_path, output_path, policies: Sequence[SaPolicy]
             with writer:
                 for records in reader.batches(batch_size):
                     for frame, ts_ns in encryptor.process(records):
-                        writer.write(frame, ts_ns=ts_ns)
+                        # a record's timestamp past 2106 (a bad record, or a usec field over
+                        # 10**6) wraps at 2**32 s as the compiled path's 32-bit field does,
+                        # instead of stopping the run with a ValueError
+                        writer.write(frame, ts_ns=ts_ns % _PCAP_NS_RANGE)
                     if progress is not None:
                         progress(summary.packets_in)
         except BaseException:
@@ -266,6 +276,7 @@ def encrypt_capture_python(input_path, output_path, policies: Sequence[SaPolicy]
                 os.unlink(output_path)
             raise
     keep_truncation_warnings(caught, summary.warnings)
+    summary.next_seq = {p.name: sa.next_seq for p, sa in zip(encryptor.policies, encryptor.sas)}
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -506,5 +517,6 @@ def encrypt_capture(input_path, output_path, policies: Sequence[SaPolicy], *,
                     fraction = reader.bytes_consumed / reader.size if reader.size else None
                     progress(summary.packets_in, fraction)
         summary.warnings.extend(reader.warnings)
+    summary.next_seq = {p.name: sa.next_seq for p, sa in zip(encryptor.policies, encryptor.sas)}
     summary.seconds = time.perf_counter() - start
     return summary

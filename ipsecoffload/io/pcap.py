@@ -39,9 +39,10 @@ LINKTYPE_IPV4 = 228
 LINKTYPE_IPV6 = 229
 
 DEFAULT_SNAPLEN = 262144
-# A record longer than both the file's snap length and this is treated as corruption
-# rather than allocated.
-MAX_RECORD_LEN = 256 * 1024 * 1024
+# A record longer than this is treated as corruption rather than allocated, whatever the
+# file's snap length says (a 4 GiB snap length must not let a 512 MiB record through): the
+# largest IP packet without a jumbogram option is 64 KiB, an LSO super-packet rarely more.
+MAX_RECORD_LEN = 16 * 1024 * 1024
 
 MAGIC_US = 0xA1B2C3D4
 MAGIC_NS = 0xA1B23C4D
@@ -189,9 +190,9 @@ class PcapReader:
                 )
             else:
                 raise PcapError(
-                    f"{self.name!r} is not a pcap capture file: its first bytes are "
-                    f"0x{header[:4].hex().upper()}, not the magic 0xA1B2C3D4 or 0xA1B23C4D "
-                    f"in either byte order."
+                    # the bytes themselves are not shown: the file may be a key file
+                    f"{self.name!r} is not a pcap capture file: it does not start with the "
+                    f"magic 0xA1B2C3D4 or 0xA1B23C4D in either byte order."
                 )
         if len(header) < _GLOBAL_HEADER_LEN:
             raise PcapError(
@@ -219,7 +220,7 @@ class PcapReader:
         self.linktype = _READ_LINKTYPES[file_linktype]
         self._record = _RECORD_LE if order == "little" else _RECORD_BE
         self._frac_ns = 1 if self.nanosecond else 1000
-        self._max_incl = max(snaplen, MAX_RECORD_LEN)
+        self._max_incl = MAX_RECORD_LEN
 
     def _read_exact(self, n: int) -> bytes:
         """Read up to n bytes, fewer only at end of file; large n is read in chunks so a
@@ -264,8 +265,8 @@ class PcapReader:
             self._done = True
             raise PcapError(
                 f"{self.name!r} is corrupt: record {self.records_read + 1} claims {incl_len} "
-                f"captured bytes, more than both the snap length {self.snaplen} and the "
-                f"{MAX_RECORD_LEN} byte limit."
+                f"captured bytes, more than the {MAX_RECORD_LEN} byte limit (snap length "
+                f"{self.snaplen})."
             )
         data = self._read_exact(incl_len)
         if len(data) < incl_len:

@@ -13,11 +13,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Optional, Sequence, Union
 
-from ..errors import IpsecOffloadError
+from ..errors import IpsecOffloadError, shown, shown_name
 from ..host.packetinfo import ICMP, ICMPV6, TCP, UDP, MalformedPacket, PacketInfo, parse_packet
 from ..host.saconfig import SaConfig
 
-__all__ = ["SaFileError", "Selector", "SaPolicy", "load_sa_file", "parse_sa_list",
+__all__ = ["MAX_SA_FILE_BYTES", "SaFileError", "update_sa_file_seq", "Selector", "SaPolicy", "load_sa_file", "parse_sa_list",
            "save_sa_file", "policy_to_dict", "wireshark_esp_sa", "wireshark_notes"]
 
 PROTOCOL_NAMES = {"tcp": (TCP,), "udp": (UDP,), "icmp": (ICMP, ICMPV6)}
@@ -33,7 +33,7 @@ class SaFileError(IpsecOffloadError, ValueError):
 
 
 def _allowed(names) -> str:
-    return ", ".join(repr(n) for n in names)
+    return ", ".join(shown_name(n) for n in names)
 
 
 def _is_int(value) -> bool:
@@ -64,11 +64,11 @@ class Selector:
                 continue
             if not isinstance(value, str):
                 raise ValueError(f"selector.{name} must be an address prefix string such as "
-                                 f"'10.0.0.0/8' or '2001:db8::/32', got {value!r}")
+                                 f"'10.0.0.0/8' or '2001:db8::/32', got {shown(value)}")
             try:
                 nets[name] = ipaddress.ip_network(value, strict=False)
             except ValueError:
-                raise ValueError(f"selector.{name} is not an address prefix: {value!r}") from None
+                raise ValueError(f"selector.{name} is not an address prefix: {shown(value)}") from None
         if len(nets) == 2 and nets["src"].version != nets["dst"].version:
             raise ValueError("selector.src and selector.dst must be of the same IP version")
         protos = None
@@ -80,13 +80,13 @@ class Selector:
                 protos = (self.proto,)
             else:
                 raise ValueError(f"selector.proto must be one of {_allowed(PROTOCOL_NAMES)} or "
-                                 f"a protocol number 0-255, got {self.proto!r}")
+                                 f"a protocol number 0-255, got {shown(self.proto)}")
         for name in ("sport", "dport"):
             value = getattr(self, name)
             if value is None:
                 continue
             if not _is_int(value) or not 0 <= value <= 0xFFFF:
-                raise ValueError(f"selector.{name} must be a port number 0-65535, got {value!r}")
+                raise ValueError(f"selector.{name} must be a port number 0-65535, got {shown(value)}")
             if protos is not None and not set(protos) <= {TCP, UDP}:
                 raise ValueError(f"selector.{name} needs proto 'tcp' or 'udp' (or no proto), "
                                  f"got proto {self.proto!r}")
@@ -148,23 +148,90 @@ class SaPolicy(NamedTuple):
 
 
 # -- loading -------------------------------------------------------------------------------
+# room for 4096 SAs (the default SaOffloadCapacity) of about 1 KB each; reading stops there
+MAX_SA_FILE_BYTES = 4 << 20
+MAX_NAME_CHARS = 256  # a name is a label in summaries and messages
+MAX_INT_DIGITS = 40  # the largest integer an SA file needs (a 64-bit seq) has 20 digits
+
+
+class _TooLarge(ValueError):
+    pass
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise _TooLarge(f"an integer of {len(text.lstrip('-'))} digits (at most "
+                        f"{MAX_INT_DIGITS})")
+    return int(text)
+
+
 def load_sa_file(path: Union[str, "os.PathLike[str]"]) -> list:
-    """The SA policies of an SA file (README), in file order; raises SaFileError."""
+    """The SA policies of an SA file (README), in file order; raises SaFileError.
+
+    The file is read up to MAX_SA_FILE_BYTES (a larger file, or an endless one such as
+    /dev/zero, is refused), integers have at most MAX_INT_DIGITS digits, and nesting deep
+    enough to exhaust the decoder's recursion is refused."""
     source = os.fspath(path)
+    document = _read_sa_document(source)
+    return parse_sa_list(document, source)
+
+
+def _read_sa_document(source: str):
+    """The decoded JSON of an SA file, with load_sa_file's bounds."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        with open(source, "rb") as f:
+            raw = f.read(MAX_SA_FILE_BYTES + 1)
     except OSError as error:
         raise SaFileError(f"cannot read SA file {source!r}: {error.strerror or error}") from None
+    if len(raw) > MAX_SA_FILE_BYTES:
+        raise SaFileError(f"SA file {source!r} is larger than {MAX_SA_FILE_BYTES} bytes; "
+                          f"an SA file is a short JSON list")
     try:
-        document = json.loads(raw)
+        return json.loads(raw, parse_int=_bounded_int)
     except UnicodeDecodeError:
         raise SaFileError(f"SA file {source!r} is not UTF-8 text") from None
     except json.JSONDecodeError as error:
         # The position only: the message must not echo the file's content (keys).
         raise SaFileError(f"SA file {source!r} is not valid JSON: {error.msg} at line "
                           f"{error.lineno} column {error.colno}") from None
-    return parse_sa_list(document, source)
+    except _TooLarge as error:
+        raise SaFileError(f"SA file {source!r} holds {error}") from None
+    except RecursionError:  # the decoder recurses once per level of nesting
+        raise SaFileError(f"SA file {source!r} nests lists or objects too deeply") from None
+    except ValueError:  # any other refusal of the decoder; its message may quote content
+        raise SaFileError(f"SA file {source!r} is not a usable JSON SA list") from None
+
+
+def update_sa_file_seq(path: Union[str, "os.PathLike[str]"], policies: Sequence[SaPolicy],
+                       next_seq: dict) -> list:
+    """Rewrite the ``seq`` of each SA in ``next_seq`` (SA name -> the next unused 64-bit
+    sequence number) so that the next run continues them (README, "encrypt --update-sa").
+
+    The file is read again and must still hold ``policies`` (else SaFileError: it changed
+    during the run); every other key and value, and the key order, stay; the formatting
+    becomes ``json.dumps(indent=2)``. Written to a temporary file beside it and renamed into
+    place, with the file's permissions (io/atomic.py). Returns the names of the SAs changed.
+    """
+    from .atomic import SafeOutput
+    source = os.fspath(path)
+    document = _read_sa_document(source)
+    if parse_sa_list(document, source) != list(policies):
+        raise SaFileError(f"SA file {source!r} changed during the run; its seq values were "
+                          f"not updated")
+    changed = []
+    for entry, policy in zip(document, policies):
+        seq = next_seq.get(policy.name)
+        if seq is None or seq == policy.config.seq:
+            continue
+        entry["seq"] = int(seq)
+        changed.append(policy.name)
+    if changed:
+        text = json.dumps(document, indent=2) + "\n"
+        # the real file, not a symlink to it, is replaced
+        with SafeOutput(os.path.realpath(source)) as out:
+            assert out.file is not None
+            out.file.write(text.encode("utf-8"))
+    return changed
 
 
 def parse_sa_list(document, source: str = "SA list") -> list:
@@ -179,7 +246,7 @@ def parse_sa_list(document, source: str = "SA list") -> list:
     for index, entry in enumerate(document):
         policy = _parse_sa(entry, index, source)
         if policy.name in names:
-            raise SaFileError(f"{source}: SA at index {index}: name {policy.name!r} is already "
+            raise SaFileError(f"{source}: SA at index {index}: name {shown_name(policy.name)} is already "
                               f"used by the SA at index {names[policy.name]}")
         names[policy.name] = index
         policies.append(policy)
@@ -194,7 +261,7 @@ def _json_type(value) -> str:
 def _parse_sa(entry, index: int, source: str) -> SaPolicy:
     label = f"SA at index {index}"
     if isinstance(entry, dict) and isinstance(entry.get("name"), str) and entry["name"]:
-        label = f"SA {entry['name']!r}"
+        label = f"SA {shown_name(entry['name'])}"
 
     def bad(message: str) -> SaFileError:
         return SaFileError(f"{source}: {label}: {message}")
@@ -206,13 +273,15 @@ def _parse_sa(entry, index: int, source: str) -> SaPolicy:
         raise bad(f"unknown key(s) {_allowed(unknown)}; allowed: {_allowed(SA_KEYS)}")
     protocol = entry.get("protocol", "esp")
     if protocol not in PROTOCOLS:
-        raise bad(f"protocol must be one of {_allowed(PROTOCOLS)}, got {protocol!r}")
+        raise bad(f"protocol must be one of {_allowed(PROTOCOLS)}, got {shown(protocol)}")
     for required in ("spi",) + (("encryption",) if protocol != "ah" else ()):
         if required not in entry:
             raise bad(f"{required} is missing")
     name = entry.get("name")
     if name is not None and (not isinstance(name, str) or not name):
-        raise bad(f"name must be a non-empty string, got {name!r}")
+        raise bad(f"name must be a non-empty string, got {shown(name)}")
+    if name is not None and len(name) > MAX_NAME_CHARS:
+        raise bad(f"name must be at most {MAX_NAME_CHARS} characters, got {len(name)}")
     name = name or f"sa{index}"
     try:
         selector = Selector.from_dict(entry.get("selector"))
@@ -227,18 +296,18 @@ def _parse_sa(entry, index: int, source: str) -> SaPolicy:
                 raise bad(f"{key} must be a string, got null")
             continue
         if value is not None and not isinstance(value, str):
-            raise bad(f"{key} must be a string, got {value!r}")
+            raise bad(f"{key} must be a string, got {shown(value)}")
         kwargs[key] = value
     for key in ("key", "auth_key"):
         kwargs[key] = _hex_key(entry.get(key), key, bad)
     for key in ("icv_len", "seq"):
         if entry.get(key) is not None:
             if not _is_int(entry[key]):
-                raise bad(f"{key} must be an integer, got {entry[key]!r}")
+                raise bad(f"{key} must be an integer, got {shown(entry[key])}")
             kwargs[key] = entry[key]
     if "esn" in entry:
         if not isinstance(entry["esn"], bool):
-            raise bad(f"esn must be true or false, got {entry['esn']!r}")
+            raise bad(f"esn must be true or false, got {shown(entry['esn'])}")
         kwargs["esn"] = entry["esn"]
     tunnel = entry.get("tunnel")
     if tunnel is not None:
@@ -258,7 +327,7 @@ def _parse_sa(entry, index: int, source: str) -> SaPolicy:
             if ah.get(required) is None:
                 raise bad(f"ah.{required} is missing")
         if not isinstance(ah["integrity"], str):
-            raise bad(f"ah.integrity must be a string, got {ah['integrity']!r}")
+            raise bad(f"ah.integrity must be a string, got {shown(ah['integrity'])}")
         kwargs["ah_spi"] = _spi(ah["spi"], bad)
         kwargs["ah_integrity"] = ah["integrity"]
         kwargs["ah_auth_key"] = _hex_key(ah["auth_key"], "ah.auth_key", bad)
@@ -270,7 +339,7 @@ def _parse_sa(entry, index: int, source: str) -> SaPolicy:
         kwargs["udp_encap"] = (udp.get("sport", 4500), udp.get("dport", 4500))
     try:
         config = SaConfig(**kwargs)
-    except ValueError as error:
+    except (TypeError, ValueError) as error:
         raise bad(_strip_sa_prefix(str(error), name)) from None
     return SaPolicy(name, selector, config)
 
@@ -284,7 +353,7 @@ def _check_object(value, name: str, keys: tuple, bad) -> None:
 
 
 def _strip_sa_prefix(message: str, name: str) -> str:
-    for prefix in (f"SA {name!r}: ", "SA: "):
+    for prefix in (f"SA {shown_name(name)}: ", "SA: "):
         if message.startswith(prefix):
             return message[len(prefix):]
     return message
@@ -298,7 +367,7 @@ def _spi(value, bad) -> int:
             return int(value[2:], 16)
         except ValueError:
             pass
-    raise bad(f"spi must be an integer or a hex string such as '0x00001001', got {value!r}")
+    raise bad(f"spi must be an integer or a hex string such as '0x00001001', got {shown(value)}")
 
 
 def _hex_key(value, name: str, bad) -> bytes:
