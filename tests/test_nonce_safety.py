@@ -262,3 +262,22 @@ def test_bench_resend_times_sealing_not_refusals():
         result = bench.resend(miniport, frames)
         assert result.status.tolist() == [0] * 8
     assert miniport.send(frames).status.tolist() == [STATUS_FAILURE] * 8  # without: refused
+
+
+def test_fresh_ivs_fill_the_ah_gmac_iv_of_a_bundle(pure):
+    """An AH+ESP bundle whose AH is AES-GMAC has two IV slots: with iv_source="packet" both
+    get fresh IVs (a zero AH-GMAC IV in every packet would repeat the GMAC nonce, RFC 4543
+    §3.1)."""
+    nic = Miniport(pure_python=pure, iv_source="packet")
+    stack = HostStack(nic)
+    sa = stack.add_sa(SaConfig(spi=0x5010, protocol="ah+esp", **GCM, ah_spi=0x5011,
+                               ah_integrity="aes-gmac-128", ah_auth_key=bytes(range(20))))
+    result = stack.send([_ipv4(), _ipv4()], sa)
+    assert result.status.tolist() == [0, 0]
+    frames = result.wire.frames()
+    ah = L2 + 20
+    ah_ivs = [f[ah + 12:ah + 20] for f in frames]
+    ah_len = (frames[0][ah + 1] + 2) * 4
+    esp_ivs = [f[ah + ah_len + 8:ah + ah_len + 16] for f in frames]
+    assert bytes(8) not in ah_ivs + esp_ivs
+    assert len(set(ah_ivs)) == 2 and len(set(esp_ivs)) == 2

@@ -670,31 +670,40 @@ class HostStack(ReceiveMixin):
 
     def fill_fresh_ivs(self, batch: PacketBatch) -> PacketBatch:
         """With ``Miniport(iv_source="packet")`` (and ``fresh_ivs``): a fresh random IV in the
-        IV slot of every non-LSO NBL of this stack's SAs (ESP; AH-GMAC of protocol 'ah'),
-        in place; LSO segments always get NIC IVs (docs/spec-gaps.md G5). Returns ``batch``."""
+        IV slots of every non-LSO NBL of this stack's SAs (ESP; AH-GMAC, alone or in an
+        AH+ESP bundle), in place; LSO segments always get NIC IVs (docs/spec-gaps.md G5). Returns ``batch``."""
         if not self._needs_fresh_ivs() or not len(batch.oob):
             return batch
-        slots = {}
+        slots: dict = {}
         for sa in self.sas:
-            iv_len = sa.layout.iv_len
-            if iv_len:
+            # (is the slot AH's, its length): ESP's IV, and AH-GMAC's (alone or in a bundle)
+            ivs = []
+            if sa.config.protocol == "ah":
+                ivs.append((True, sa.layout.iv_len))
+            else:
+                ivs.append((False, sa.layout.iv_len))
+                if sa.config.protocol == "ah+esp":
+                    ivs.append((True, sa.config.ah_iv_len))
+            ivs = [(ah, n) for ah, n in ivs if n]
+            if ivs:
                 for handle in sa.handles.values():
-                    slots[handle] = (iv_len, sa.config.protocol == "ah")
+                    slots[handle] = ivs
         oob = batch.oob
         arena = batch.arena
         for k, (handle, lso, first, l2, esp4, ah4) in enumerate(zip(
                 oob["offload_handle"].tolist(), oob["lso_info"].tolist(),
                 oob["first_nb"].tolist(), oob["l2_len"].tolist(), oob["esp_off4"].tolist(),
                 oob["ah_off4"].tolist())):
-            slot = slots.get(handle)
-            if slot is None or lso or int(oob["nb_count"][k]) < 1:
+            wanted = slots.get(handle)
+            if wanted is None or lso or int(oob["nb_count"][k]) < 1:
                 continue
-            iv_len, ah = slot
             for nb in range(first, first + int(oob["nb_count"][k])):
-                start = int(batch.nb_off[nb]) + l2 + (4 * ah4 + 12 if ah else 4 * esp4 + 8)
-                if (ah4 if ah else esp4) and start + iv_len <= int(batch.nb_off[nb]) + int(
-                        batch.nb_len[nb]):
-                    arena[start:start + iv_len] = np.frombuffer(os.urandom(iv_len), np.uint8)
+                end = int(batch.nb_off[nb]) + int(batch.nb_len[nb])
+                for ah, iv_len in wanted:
+                    start = int(batch.nb_off[nb]) + l2 + (4 * ah4 + 12 if ah else 4 * esp4 + 8)
+                    if (ah4 if ah else esp4) and start + iv_len <= end:
+                        arena[start:start + iv_len] = np.frombuffer(os.urandom(iv_len),
+                                                                    np.uint8)
         return batch
 
     def _transmit(self, sa: Optional[StackSa], nbls: list[_Nbl], *,
