@@ -288,3 +288,28 @@ def test_encrypt_mss_1_writes_each_send_and_stays_within_the_cap(tmp_path):
     out = read_pcap(tmp_path / "out.pcap")
     records = out[1] if isinstance(out, tuple) else out
     assert len(records) == 6 * 20000
+
+
+def test_split_by_output_is_the_greedy_split():
+    """split_by_output (vectorised) cuts where a plain greedy loop over the NBLs cuts."""
+    import random
+
+    from ipsecoffload.host import stack as stack_module
+    rng = random.Random(5)
+    for _ in range(200):
+        bounds = [rng.choice((1, 50, 999, 5000, 70000)) for _ in range(rng.randint(1, 40))]
+        cap = rng.choice((1, 1000, 6000, 100000, 10**9))
+        want, start, total = [], 0, 0
+        for k, size in enumerate(bounds):
+            if k > start and total + size > cap:
+                want.append(list(range(start, k)))
+                start, total = k, 0
+            total += size
+        want.append(list(range(start, len(bounds))))
+        original = stack_module.output_bound
+        stack_module.output_bound = lambda batch, b=bounds: np.asarray(b, np.int64)
+        try:
+            got = stack_module.split_by_output(None, cap)
+        finally:
+            stack_module.output_bound = original
+        assert [r.tolist() for r in got] == want

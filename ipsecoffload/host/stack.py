@@ -895,7 +895,9 @@ def output_bound(batch: PacketBatch) -> np.ndarray:
     sizes = np.zeros(n_nbl, np.int64)
     if not n_nbl:
         return sizes
-    np.add.at(sizes, np.asarray(batch.nb_nbl, np.int64), np.asarray(batch.nb_len, np.int64))
+    if len(batch.nb_len):
+        sizes = np.bincount(np.asarray(batch.nb_nbl, np.int64), weights=np.asarray(
+            batch.nb_len, np.float64), minlength=n_nbl)[:n_nbl].astype(np.int64)
     lso = oob["lso_info"].astype(np.uint64)
     mss = (lso & np.uint64(0xFFFFF)).astype(np.int64)
     tcp_off = ((lso >> np.uint64(20)) & np.uint64(0x3FF)).astype(np.int64)
@@ -911,14 +913,18 @@ def split_by_output(batch: PacketBatch, cap: int) -> list[np.ndarray]:
     """NBL index runs of ``batch`` whose output bound stays within ``cap`` bytes (a single
     NBL over it stands alone): the miniport never has to refuse one for its output cap."""
     bound = output_bound(batch)
-    runs, start, total = [], 0, 0
-    for k, size in enumerate(bound.tolist()):
-        if k > start and total + size > cap:
-            runs.append(np.arange(start, k))
-            start, total = k, 0
-        total += size
-    if len(bound):
-        runs.append(np.arange(start, len(bound)))
+    n = len(bound)
+    if not n:
+        return []
+    cum = np.cumsum(bound)
+    if int(cum[-1]) <= cap:
+        return [np.arange(n)]
+    runs, start = [], 0
+    while start < n:  # one step per run, not per NBL
+        before = int(cum[start - 1]) if start else 0
+        end = max(start + 1, int(np.searchsorted(cum, before + cap, side="right")))
+        runs.append(np.arange(start, end))
+        start = end
     return runs
 
 
