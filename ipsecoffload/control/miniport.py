@@ -289,14 +289,20 @@ class Miniport:
         """What tx_limit enforces: (MaxOffLoadSize, MinSegmentCount) of LSOv1, LSOv2 IPv4,
         LSOv2 IPv6, then ``max_send_output``."""
         v1, v2 = self.lso_v1, self.lso_v2
-        values = [v1.max_offload_size, v1.min_segment_count, v2.ipv4_max_offload_size,
+        values = (v1.max_offload_size, v1.min_segment_count, v2.ipv4_max_offload_size,
                   v2.ipv4_min_segment_count, v2.ipv6_max_offload_size,
-                  v2.ipv6_min_segment_count, self.max_send_output]
+                  v2.ipv6_min_segment_count, self.max_send_output)
+        cached = getattr(self, "_limits", None)
+        if cached is not None and cached[0] == values:
+            return cached[1]  # checked once per change, not once per send
         for value in values[:6]:
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
                 raise ValueError(f"LSO MaxOffLoadSize / MinSegmentCount must be ULONG values, "
                                  f"got {value!r}")
-        return np.array(values, np.int64)
+        limits = np.array(values, np.int64)
+        limits.flags.writeable = False
+        self._limits = (values, limits)
+        return limits
 
     def send(self, nbls: Union[PacketBatch, Sequence[ndis.NetBufferList]]) -> SendResult:
         """MiniportSendNetBufferLists over a chain of NBLs (docs/send-path.md).
