@@ -281,3 +281,19 @@ def test_fresh_ivs_fill_the_ah_gmac_iv_of_a_bundle(pure):
     esp_ivs = [f[ah + ah_len + 8:ah + ah_len + 16] for f in frames]
     assert bytes(8) not in ah_ivs + esp_ivs
     assert len(set(ah_ivs)) == 2 and len(set(esp_ivs)) == 2
+
+
+def test_reset_tx_marks_of_some_handles_only():
+    nic = Miniport()
+    stack = HostStack(nic)
+    a = stack.add_sa(SaConfig(spi=0x5020, **GCM, src="10.0.0.1", dst="10.0.0.2"))
+    b = stack.add_sa(SaConfig(spi=0x5021, **GCM, src="10.0.0.1", dst="10.0.0.2"))
+    stack.send([_ipv4()], a)
+    stack.send([_ipv4()], b)
+    (ha,), (hb,) = a.handles.values(), b.handles.values()
+    marks = nic.sas.tx_marks.reshape(-1, 4)
+    slot_a, slot_b = ha & 0xFFFFF, hb & 0xFFFFF
+    assert marks[slot_a][1] and marks[slot_b][1]
+    nic.sas.reset_tx_marks([ha])
+    assert marks[slot_a][1] == 0 and marks[slot_b][1] != 0
+    assert marks[slot_a][0] == ha  # the handle stays: only what it sealed is forgotten

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import warnings
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -457,12 +457,18 @@ class SaTable:
             self._publish(records, self._snapshot.keys)
         return True
 
-    def reset_tx_marks(self) -> None:
-        """Forget what every SA sealed, so that the same frames seal again: only for
-        benchmarks that time one batch over and over (a real stack never resends an AEAD
-        SN; docs/send-path.md, "Nonce safety")."""
+    def reset_tx_marks(self, handles: Optional[Sequence[int]] = None) -> None:
+        """Forget what every SA (or the SAs of ``handles``) sealed, so that the same frames
+        seal again: only for benchmarks that time one batch over and over (a real stack never
+        resends an AEAD SN; docs/send-path.md, "Nonce safety")."""
         with self.tx_lock:
-            self.tx_marks[1::2] = 0
+            if handles is None:
+                self.tx_marks[1::2] = 0
+                return
+            for handle in handles:
+                slot = int(handle) & HANDLE_SLOT_MASK
+                if slot < self.capacity:
+                    self.tx_marks[4 * slot + 1:4 * slot + 4:2] = 0  # both layers' marks
 
     def clear(self) -> None:
         """Delete every SA (adapter halt, docs/protocol.md)."""
