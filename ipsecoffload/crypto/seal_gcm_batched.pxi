@@ -4,10 +4,84 @@
 # and computes GHASH (crypto/ghash.h). NIST SP 800-38D §7.1: J0 = nonce || 0^31 || 1, the
 # text uses inc32(J0) onwards, T = MSB_t(GHASH_H(A, C) XOR E_K(J0)). Included by _fastpath.pyx.
 
+from cpython.buffer cimport PyBUF_READ, PyBUF_WRITE
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.memoryview cimport PyMemoryView_FromMemory
+
 # Keystream bytes per ECB call: large enough that the call cost vanishes, small enough to
 # stay in L2 between the AES pass and the XOR + GHASH pass.
 cdef enum:
     GCM_CHUNK_BYTES = 65536
+
+# Above this many text bytes an AES-GCM op with a 16-byte tag goes to OpenSSL's own GCM, one
+# AESGCM.encrypt_into / decrypt_into call per op from this loop: its stitched AES + GHASH beats
+# ECB keystream + our GHASH once the ~0.5 us call is paid for (measured with `ipsecoffload
+# bench`; docs/benchmarks.md). IPSECOFFLOAD_GCM_ONE_CALL_MIN overrides it (0: every such op;
+# a huge value: none), which the tests use to run both paths.
+GCM_ONE_CALL_ENV = "IPSECOFFLOAD_GCM_ONE_CALL_MIN"
+GCM_ONE_CALL_DEFAULT = 8192
+cdef int64_t _gcm_one_call_min = -1
+
+
+def gcm_one_call_min():
+    """The text length from which an AES-GCM op (16-byte tag) is one OpenSSL call."""
+    global _gcm_one_call_min
+    if _gcm_one_call_min < 0:
+        import os
+        text = os.environ.get(GCM_ONE_CALL_ENV, "")
+        try:
+            value = int(text) if text else GCM_ONE_CALL_DEFAULT
+        except ValueError:
+            raise ValueError(f"{GCM_ONE_CALL_ENV} must be a number of bytes, got "
+                             f"{text[:20]!r}") from None
+        _gcm_one_call_min = value if value >= 0 else 0
+    return _gcm_one_call_min
+
+
+def gcm_one_call_reset():
+    """Reads IPSECOFFLOAD_GCM_ONE_CALL_MIN again at the next group (tests)."""
+    global _gcm_one_call_min
+    _gcm_one_call_min = -1
+
+
+cdef inline bint gcm_one_call(const CryptoOp* op, int64_t limit) noexcept nogil:
+    return (op.suite == SUITE_AES_GCM and op.icv_len == 16 and op.text_len >= limit
+            and op.icv_off == op.text_off + op.text_len)
+
+
+cdef int gcm_ops_one_call(uint8_t* base, CryptoOp* op0, const int32_t* idx, int64_t n,
+                          object aead, bint seal) except -1:
+    """Each op through AESGCM.encrypt_into / decrypt_into over the arena in place: the text
+    and, right after it, the 16-byte tag (RFC 4106 §4-5: nonce salt || IV, AAD SPI || [SN
+    high word] || SN). A tag that does not verify is OP_AUTH_FAILED (the receive path puts such
+    a text back as received)."""
+    from cryptography.exceptions import InvalidTag
+    cdef int64_t i
+    cdef CryptoOp* op
+    cdef uint8_t aad[12]
+    cdef int64_t aad_len
+    encrypt_into, decrypt_into = aead.encrypt_into, aead.decrypt_into
+    for i in range(n):
+        op = op0 + idx[i]
+        gcm_aad_header(aad, &aad_len, base + op.auth_off, op)
+        nonce = PyBytes_FromStringAndSize(<char*>op.nonce, 12)
+        aad_bytes = PyBytes_FromStringAndSize(<char*>aad, aad_len)
+        if seal:
+            encrypt_into(nonce, PyMemoryView_FromMemory(<char*>(base + op.text_off),
+                                                        op.text_len, PyBUF_READ),
+                         aad_bytes, PyMemoryView_FromMemory(<char*>(base + op.text_off),
+                                                            op.text_len + 16, PyBUF_WRITE))
+            op.status = OP_DONE
+            continue
+        try:
+            decrypt_into(nonce, PyMemoryView_FromMemory(<char*>(base + op.text_off),
+                                                        op.text_len + 16, PyBUF_READ),
+                         aad_bytes, PyMemoryView_FromMemory(<char*>(base + op.text_off),
+                                                            op.text_len, PyBUF_WRITE))
+            op.status = OP_DONE
+        except InvalidTag:
+            op.status = OP_AUTH_FAILED
+    return 0
 
 
 cdef extern from *:
@@ -209,7 +283,29 @@ cdef class GcmBatchedBackend:
         if n == 0:
             return
         gcm_check_ops(size, op0, ops_size // sizeof(CryptoOp), ix, n, seal)
-        self._group(base, op0, ix, n, keys, seal)
+        cdef int64_t limit = gcm_one_call_min(), i, big = 0
+        aead = getattr(keys, "aead", None)
+        if aead is not None:
+            for i in range(n):
+                if gcm_one_call(op0 + ix[i], limit):
+                    big += 1
+        if big == 0:
+            self._group(base, op0, ix, n, keys, seal)
+            return
+        # the large AES-GCM ops one OpenSSL call each, the rest batched
+        split = np.empty(n, np.int32)
+        cdef int32_t[::1] sp = split
+        cdef int64_t lo = 0, hi = big
+        for i in range(n):
+            if gcm_one_call(op0 + ix[i], limit):
+                sp[lo] = ix[i]
+                lo += 1
+            else:
+                sp[hi] = ix[i]
+                hi += 1
+        gcm_ops_one_call(base, op0, &sp[0], big, aead, seal)
+        if big < n:
+            self._group(base, op0, &sp[big], n - big, keys, seal)
 
     cdef _group(self, uint8_t* base, CryptoOp* op0, const int32_t* idx, int64_t n,
                 object keys, bint seal):
