@@ -108,7 +108,7 @@ class ReceiveResult:
         return f"ReceiveResult({len(self)} frames, {done} with CryptoDone)"
 
 
-# a failed inner layer is the transport layer of a nested packet (spec §7.2)
+# a failed inner layer is the transport layer of a nested packet (docs/receive-path.md, "Nested packets")
 _TRANSPORT_CODE = {int(CryptoStatus.TUNNEL_AH_AUTH_FAILED): int(CryptoStatus.TRANSPORT_AH_AUTH_FAILED),
                    int(CryptoStatus.TUNNEL_ESP_AUTH_FAILED):
                        int(CryptoStatus.TRANSPORT_ESP_AUTH_FAILED)}
@@ -118,7 +118,7 @@ def run_receive(batch: PacketBatch, table, rx_state: np.ndarray, lock, *, config
                 kernels: ModuleType, backends: Mapping[int, object],
                 delete_after: int = 0) -> ReceiveResult:
     """rx_run over the frames, then once more over the inner packets of the tunnel layers that
-    verified (spec §7.1 step 5: the outer layer, then the inner one if its SA is offloaded)."""
+    verified (docs/receive-path.md: the outer layer, then the inner one if its SA is offloaded)."""
     out, plans, _ops, counters = kernels.rx_run(batch, table, rx_state, int(config), backends,
                                                 lock, int(delete_after))
     out, plans = _inner_layers(batch, table, rx_state, lock, int(config), kernels, backends,
