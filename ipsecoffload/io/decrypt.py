@@ -117,6 +117,15 @@ class _Shard:
         self.index = np.asarray(index, np.int32)
 
 
+class _MergedIndication:
+    """The part of a ReceiveResult that the summary reads."""
+
+    __slots__ = ("crypto_status",)
+
+    def __init__(self, crypto_status: np.ndarray):
+        self.crypto_status = crypto_status
+
+
 class _Merged:
     """The deliveries of several shards' stacks, one per frame (the shard that owns the frame's
     SA, else the first), with the file's SA index."""
@@ -137,8 +146,7 @@ class _Merged:
             mine = (picked == w) & (local >= 0)
             sa[mine] = shard.index[local[mine]]
         self.sa = sa
-        status = np.stack([g.nic.crypto_status for g in gots])[picked, cols]
-        self.nic = type("MergedIndication", (), {"crypto_status": status})()
+        self.nic = _MergedIndication(np.stack([g.nic.crypto_status for g in gots])[picked, cols])
         self._picked, self._gots = picked, gots
 
     def packet(self, i: int) -> bytes:
@@ -229,7 +237,7 @@ class CaptureDecryptor:
                 l2s.append(l2)
         outputs: list[Optional[bytes]] = [record.data for record in records]
         passed_clear = len(records) - len(to_nic)
-        got: Optional[Received] = None
+        got = None  # a Received, or _Merged with --workers
         if frames:
             batch = PacketBatch.from_frames(frames, l2_len=np.array(l2s, np.uint16))
             got = self._receive(batch)
