@@ -22,7 +22,7 @@ from .. import ndis
 from ..control.miniport import Miniport
 from ..datapath.batch import PacketBatch
 from ..datapath.layout import Delivery
-from ..host.receive import DEFAULT_REPLAY_WINDOW, Received
+from ..host.receive import DEFAULT_REPLAY_WINDOW
 from ..host.stack import HostStack
 from .pcap import (DEFAULT_SNAPLEN, LINKTYPE_ETHERNET, PcapError, PcapReader, PcapWriter,
                    keep_truncation_warnings)
