@@ -141,7 +141,8 @@ def supported(sa) -> bool:
     """Whether the compiled framer frames this SA (ESP alone; AH and bundles are framed by
     host/stack.py)."""
     config = sa.config
-    return getattr(config, "protocol", "esp") == "esp" and getattr(config, "via", None) is None
+    return (getattr(config, "protocol", "esp") == "esp" and getattr(config, "via", None) is None
+            and getattr(sa, "via", None) is None)
 
 
 # -- one framed send --------------------------------------------------------------------------
