@@ -884,8 +884,9 @@ class HostStack(ReceiveMixin):
         _check_lso_args(mss, lso_version, pad_length, sa)
         if sa is not None:
             self._check_sa(sa)
-            if sa.config.mode == "tunnel":
-                raise ValueError("LSO is never combined with tunnel-mode IPsec (docs/send-path.md)")
+            if sa.config.mode == "tunnel" or sa.via is not None:
+                raise ValueError("LSO is never combined with tunnel-mode IPsec (docs/send-path.md)"
+                                 + ("; this SA goes over a tunnel" if sa.via else ""))
             if sa.config.protocol == "ah" and pad_length:
                 raise ValueError("pad_length is ESP padding; an AH SA has none")
             parsed, bundle = self._parse_for(sa, packet)
