@@ -494,3 +494,123 @@ def test_twin_equals_compiled_on_damaged_nested_frames(seed):
     batch = _build(damaged)
     results = tk.run_both(batch, config=NESTED_CONFIG, table=miniport.sas.snapshot())
     tk.assert_same(results, batch)
+
+
+# -- SA file and ``ipsecoffload encrypt`` ---------------------------------------------------------
+VIA_FILE = [
+    {"name": "site", "selector": {"dst": "10.9.0.0/16"}, "mode": "tunnel",
+     "tunnel": {"src": "198.51.100.1", "dst": "198.51.100.2"}, "spi": "0x00002001",
+     "encryption": "aes-cbc-128", "key": "11" * 16, "integrity": "hmac-sha1-96",
+     "auth_key": "22" * 20, "seq": 1},
+    {"name": "inner", "selector": {"dst": "10.1.0.0/16", "proto": "tcp"}, "mode": "transport",
+     "spi": "0x00001001", "encryption": "aes-gcm-128", "key": "33" * 20, "seq": 1,
+     "via": "site"},
+]
+
+
+def test_sa_file_reads_via_and_writes_it_back(tmp_path):
+    from ipsecoffload.io.safile import load_sa_file, parse_sa_list, save_sa_file
+    policies = parse_sa_list(VIA_FILE)
+    assert [p.via for p in policies] == [None, "site"]
+    assert policies[1]._fields[-1] == "via"
+    save_sa_file(tmp_path / "sa.json", policies)
+    assert [p.via for p in load_sa_file(tmp_path / "sa.json")] == [None, "site"]
+
+
+@pytest.mark.parametrize("change,message", [
+    ({1: {"via": "nowhere"}}, "no SA of this file"),
+    ({1: {"via": "inner"}}, "the SA itself"),
+    ({1: {"via": 7}}, "must be the name"),
+    ({0: {"via": "inner"}}, "via is for mode 'transport'"),
+    ({2: {"via": "inner"}}, "must name a mode 'tunnel' SA"),
+    ({2: {"via": "site"}, 1: {"via": "x"}}, None),
+    ({0: {"udp_encap": {"sport": 4500, "dport": 4500}},
+      1: {"udp_encap": {"sport": 4500, "dport": 4500}}}, "udp_encap on both"),
+])
+def test_sa_file_via_errors(change, message):
+    from ipsecoffload.io.safile import SaFileError, parse_sa_list
+    document = [dict(entry) for entry in VIA_FILE] + [
+        {"name": "x", "mode": "tunnel", "tunnel": {"src": "192.0.2.1", "dst": "192.0.2.2"},
+         "spi": 9, "encryption": "aes-gcm-128", "key": "44" * 20, "via": "site"}
+        if message is None else
+        {"name": "plain", "spi": 8, "encryption": "aes-gcm-128", "key": "44" * 20}]
+    for index, fields in change.items():
+        document[index] = {**document[index], **fields}
+    with pytest.raises(SaFileError) as caught:
+        parse_sa_list(document)
+    text = str(caught.value)
+    assert "\n" not in text and "33" * 8 not in text and "44" * 8 not in text
+    if message is None:  # a chain: 'inner' via 'x', a tunnel SA that has a via itself
+        message = "tunnels do not chain"
+    assert message in text
+
+
+def test_wireshark_lines_of_a_via_file():
+    from ipsecoffload.io.safile import parse_sa_list, wireshark_esp_sa
+    lines = wireshark_esp_sa(parse_sa_list(VIA_FILE))
+    assert len(lines) == 2 and '"0x00001001"' in lines[1] and '"0x00002001"' in lines[0]
+
+
+def _capture(tmp_path):
+    from ipsecoffload.io.pcap import LINKTYPE_RAW, write_pcap
+    packets = [bytes(IP(src="10.0.0.1", dst="10.1.0.2") / TCP(sport=1000 + i, dport=80)
+                     / (b"x" * (20 + i))) for i in range(3)]
+    packets.insert(1, bytes(IP(src="10.0.0.1", dst="10.9.0.3") / UDP(sport=5, dport=6) / b"own"))
+    path = tmp_path / "plain.pcap"
+    write_pcap(path, LINKTYPE_RAW, packets)
+    (tmp_path / "sa.json").write_text(__import__("json").dumps(VIA_FILE))
+    return path, packets
+
+
+def test_encrypt_command_with_a_via_sa_file(tmp_path, capsys):
+    from ipsecoffload.cli.main import main
+    from ipsecoffload.io.pcap import read_pcap
+    from ipsecoffload.io.safile import load_sa_file
+    path, packets = _capture(tmp_path)
+    code = main(["encrypt", "-i", str(path), "-o", str(tmp_path / "esp.pcap"), "--sa",
+                 str(tmp_path / "sa.json"), "--json", "-q"])
+    assert code == 0, capsys.readouterr()
+    _, records = read_pcap(tmp_path / "esp.pcap")
+    assert len(records) == 4
+    site, inner = (p.config for p in load_sa_file(tmp_path / "sa.json"))
+    for record, plain in zip(records, packets):
+        data = record.data
+        opened = _open(data, site, 4)
+        if plain == packets[1]:  # the tunnel SA's own packet
+            _same_packet(opened, plain)
+        else:
+            _same_packet(_open(opened, inner), plain)
+    # one counter for the tunnel SA: its own packet and the three it carries
+    assert sorted(_esp_sn(r.data, 20) for r in records) == [1, 2, 3, 4]
+
+
+def test_tshark_dissects_nested_packets_with_both_lines(tmp_path, capsys):
+    import subprocess
+
+    from test_cli import tshark_or_skip
+
+    from ipsecoffload.cli.main import main
+    from ipsecoffload.io.wireshark import TSHARK_OPTIONS
+    tshark = tshark_or_skip()
+    path, packets = _capture(tmp_path)
+    assert main(["encrypt", "-i", str(path), "-o", str(tmp_path / "esp.pcap"), "--sa",
+                 str(tmp_path / "sa.json"), "-q"]) == 0
+    assert main(["wireshark-sa", "--sa", str(tmp_path / "sa.json")]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith('"')]
+    options = list(TSHARK_OPTIONS)
+    for line in lines:
+        options += ["-o", f"uat:esp_sa:{line}"]
+    done = subprocess.run([tshark, "-n", "-r", str(tmp_path / "esp.pcap"), *options,
+                           "-T", "fields", "-e", "esp.spi", "-e", "esp.icv_good",
+                           "-e", "frame.protocols"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = done.stdout.splitlines()
+    assert len(rows) == 4
+    for row, plain in zip(rows, packets):
+        spis, good, protocols = row.split("\t")
+        if plain == packets[1]:
+            assert spis == "0x00002001" and protocols.endswith("ip:esp:ip:udp:data")
+        else:  # the outer ESP decrypted, then the inner ESP, down to TCP
+            assert spis.split(",") == ["0x00002001", "0x00001001"], row
+            assert "esp:ip:esp:tcp" in protocols, row
+            assert good.split(",") == ["1", "1"], row
