@@ -212,7 +212,7 @@ cdef int emit_nb(const uint8_t* frame, int64_t flen, int32_t nb, const NbPlan* p
             emit_ah_op(out, osize, pos, seg_len, p, ah, i, scratch, fi - 1,
                        (1 if xf != NULL else 0) + (2 if p.nested else 0), ops + oi)
             oi += 1
-        if p.nested:  # the transport layer inside, sealed in passes 0 and 1
+        if p.nested and sa_in != NULL:  # the transport layer inside, in passes 0 and 1
             emit_inner(out, osize, pos, p, sa_in, rand, rand_size,
                        p.rand_off + (xf.iv_len if xf != NULL and p.fresh_iv
                                      and random_suite(xf.suite) else 0),
@@ -425,6 +425,8 @@ cdef int64_t tx_emit_check(BatchView b, const SaRecord* recs, int64_t nrec,
         flen = b.c_nb_len[i]
         if p.nsegs < 0 or p.out_len < 0 or (p.nsegs == 0 and p.out_len != 0):
             raise ValueError("corrupt plan")
+        if p.slot >= 0 and p.nested and (p.in_slot < 0 or p.in_slot >= nrec or p.slot >= nrec):
+            raise ValueError(f"plan {i} is inconsistent with its frame or SA record")
         if p.nsegs and p.slot >= 0:
             if p.slot >= nrec or not recs[p.slot].in_use \
                     or not plan_is_consistent(p, recs + p.slot, flen) or (p.nested and (

@@ -173,6 +173,9 @@ def tx_emit(batch, records, plans, rand, out, frames, ops):
         nsegs, slot = int(p["nsegs"]), int(p["slot"])
         if nsegs < 0 or p["out_len"] < 0 or (nsegs == 0 and p["out_len"] != 0):
             raise ValueError("corrupt plan")
+        if slot >= 0 and p["nested"] and not (0 <= int(p["in_slot"]) < len(recs)
+                                              and slot < len(recs)):
+            raise ValueError(f"plan {i} is inconsistent with its frame or SA record")
         if nsegs and slot >= 0:
             if (slot >= len(recs) or not recs[slot]["in_use"]
                     or not _plan_is_consistent(p, recs[slot], int(nb_len[i])) or (p["nested"] and (
