@@ -614,3 +614,32 @@ def test_tshark_dissects_nested_packets_with_both_lines(tmp_path, capsys):
             assert spis.split(",") == ["0x00002001", "0x00001001"], row
             assert "esp:ip:esp:tcp" in protocols, row
             assert good.split(",") == ["1", "1"], row
+
+
+@pytest.mark.parametrize("pure", KERNELS, ids=KERNEL_IDS)
+def test_send_batch_with_a_via_sa(pure):
+    """send_batch frames via SAs run by run (host/stack.py); refused packets are faults,
+    the others are sent in order, and the tunnel SA's counter is shared."""
+    stack = _stack(pure)
+    u_config = _tunnel("esp-gcm256", 4, False)
+    t_config = _transport("esp-cbc-sha256", False)
+    u = stack.add_sa(u_config)
+    t = stack.add_sa(t_config, via=u)
+    plain = _plain(4)
+    packets = [plain, plain, b"\x00junk", plain, plain, _plain(6)]
+    sas = [t, u, t, t, None, t]
+    sent = stack.send_batch(packets, sas, mss=20)
+    assert [i for i, _ in sent.faults] == [2]
+    assert (sent.nbl >= 0).tolist() == [True, True, False, True, True, True]
+    frames = sent.result.wire.frames()
+    assert len(frames) == 5
+    assert frames[3] == plain  # no SA: as given
+    _same_packet(_open(_open(frames[0], u_config, 4), t_config), plain)
+    _same_packet(_open(frames[1], u_config, 4), plain)
+    outer = [_esp_sn(f, 20) for k, f in enumerate(frames) if k != 3]
+    assert outer == [U_SEQ[False] + k for k in range(4)]
+    # a plain transport SA in the same list: its big TCP packets still go as LSO
+    e = stack.add_sa(_transport("esp-gcm128", False))
+    sent = stack.send_batch([plain, plain], [e, t], mss=20)
+    assert sent.faults == [] and sent.nbl.tolist() == [0, 1]
+    assert len(sent.result.wire.frames()) == 3  # 40 payload bytes in 20-byte segments, + 1
