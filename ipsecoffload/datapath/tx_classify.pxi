@@ -570,12 +570,9 @@ cdef int classify_nested(const uint8_t* frame, int64_t flen, const NblOob* oob, 
         hlen = 8 if nh == 44 else (<int64_t>frame[off + 1] + 1) * 8
         nh = frame[off]
         off += hlen
-    if u.xf[0].proto == PROTO_AH:
-        ux = &u.xf[0]
-    else:
-        ux = &u.xf[0]
-        if u.n_xf == 2:
-            ux = &u.xf[1]
+    ux = &u.xf[0]  # U's first header: its AH (AH alone, or the AH of an AH + ESP bundle)
+    if u.xf[0].proto == PROTO_ESP and u.n_xf == 2:
+        ux = &u.xf[1]
     # the tunnel layer as a single tunnel frame: slot 12 as parsing finds it, ICV reserved
     memset(&uo, 0, sizeof(NblOob))
     uo.offload_handle = th
