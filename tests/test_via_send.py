@@ -643,3 +643,33 @@ def test_send_batch_with_a_via_sa(pure):
     sent = stack.send_batch([plain, plain], [e, t], mss=20)
     assert sent.faults == [] and sent.nbl.tolist() == [0, 1]
     assert len(sent.result.wire.frames()) == 3  # 40 payload bytes in 20-byte segments, + 1
+
+
+def test_a_tunnel_sa_that_carries_another_is_removed_last():
+    stack = _stack(False)
+    u = stack.add_sa(_tunnel("esp-gcm256", 4, False))
+    t = stack.add_sa(_transport("esp-gcm128", False), via=u)
+    with pytest.raises(ValueError, match="remove that SA first"):
+        stack.remove_sa(u)
+    stack.remove_sa(t)
+    stack.remove_sa(u)
+    assert stack.sas == []
+
+
+@pytest.mark.parametrize("pure", KERNELS, ids=KERNEL_IDS)
+def test_packet_ivs_are_fresh_in_both_layers(pure):
+    """Miniport(iv_source="packet") keeps the frame's IVs: the stack fills fresh random ones
+    into both layers of a nested frame (an all-zero IV would repeat the GCM nonce)."""
+    stack = _stack(pure, iv_source="packet")
+    u_config, t_config = _tunnel("esp-gcm256", 6, False), _transport("esp-gcm128", False)
+    u = stack.add_sa(u_config)
+    t = stack.add_sa(t_config, via=u)
+    result = stack.send([_plain(4)] * 2, t)
+    assert result.status.tolist() == [NdisStatus.SUCCESS] * 2
+    ivs = set()
+    for frame in result.wire.frames():
+        ivs.add(frame[48:56])  # the tunnel ESP's IV after the outer IPv6 header
+        inner = _open(frame, u_config, 6)
+        ivs.add(inner[28:36])
+        _same_packet(_open(inner, t_config), _plain(4))
+    assert len(ivs) == 4 and bytes(8) not in ivs

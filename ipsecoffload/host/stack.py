@@ -421,6 +421,10 @@ class HostStack(ReceiveMixin):
         """One DELETE_SA request naming every bundle this SA added (docs/protocol.md)."""
         with self._lock:
             self._check_sa(sa)
+            carried = [other for other in self.sas if other.via is sa]
+            if carried:
+                raise ValueError(f"{_sa_label(sa.config)} carries "
+                                 f"{_sa_label(carried[0].config)} (via): remove that SA first")
             head = None
             for handle in reversed(list(sa.handles.values())):
                 head = ndis.IpsecOffloadV2DeleteSa(next=head, offload_handle=handle)
