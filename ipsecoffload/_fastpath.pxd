@@ -47,6 +47,7 @@ cpdef enum Config:
     CFG_AH_IPV6 = 128
     CFG_TUNNEL_ALONE_SINGLE = 256   # docs/spec-gaps.md G13: a lone TunnelHandle is the SA
     CFG_DISABLED_FAIL = 512         # docs/spec-gaps.md G21: a handle while offload is off fails
+    CFG_TRANSPORT_TUNNEL = 4096     # TransportTunnelCombined: both handles = transport over tunnel
 
 # Per-NET_BUFFER outcome (counted per batch).
 cpdef enum Reason:
@@ -73,7 +74,9 @@ cpdef enum Reason:
     REASON_SEQ_REUSED = 20            # an AEAD seal at or below the SA's sealed high-water mark
     REASON_LSO_LIMIT = 21             # over MaxOffLoadSize or under MinSegmentCount (NDIS LSO)
     REASON_OUTPUT_LIMIT = 22          # the batch's output would pass the send's arena cap
-    REASON_COUNT = 23
+    REASON_NESTING = 23               # transport over tunnel: the handle pair or its
+                                      # UdpEspEncapsulation values cannot nest (docs/send-path.md)
+    REASON_COUNT = 24
 
 # What a crypto op does; the pass orders the ops of one packet (inner before outer, ESP
 # before AH on send; the reverse on receive).
@@ -188,7 +191,8 @@ ctypedef struct SaRecord:
     uint8_t inbound
     uint8_t ipv6
     uint8_t n_xf              # transforms in use
-    uint8_t reserved[4]
+    uint8_t udp_type          # the bundle's UdpEspEncapsulation value (0x0 .. 0x8)
+    uint8_t reserved[3]
     Transform xf[2]           # [0] = ESP, or the single transform (ESP or AH); [1] = AH of a bundle
 
 
@@ -222,6 +226,22 @@ ctypedef struct NbPlan:
     int64_t scratch_pos       # tx_plan: where its AH ICV-input copies start in the scratch
     int32_t ah_off            # frame offset of the AH header; 0 = no AH layer
     int32_t ah_len            # AH header bytes: 12 + IV + ICV + explicit pad
+    # transport over tunnel (nested = 1): the fields above describe the tunnel layer
+    # (TunnelHandle), these the transport layer (OffloadHandle) inside it
+    uint64_t in_sn64          # its ESP SN (or AH SN for AH alone), with the high word
+    int32_t in_slot           # its SA slot
+    int32_t in_ip_off         # frame offset of the inner IP header
+    int32_t in_ip_hdr_len
+    int32_t in_end            # frame offset of the inner datagram's end
+    int32_t in_esp_off        # 0 = no ESP layer
+    int32_t in_ah_off         # 0 = no AH layer
+    int32_t in_ah_len
+    int32_t in_body_len       # its ESP text incl. trailer
+    uint8_t nested
+    uint8_t in_ipv6
+    uint8_t in_fresh_iv
+    uint8_t in_ah_fresh_iv
+    uint8_t reserved2[4]
 
 
 # One output frame.

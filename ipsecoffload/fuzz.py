@@ -66,7 +66,17 @@ def _sa_configs() -> list:
         SaConfig(spi=0x10A, protocol="ah+esp", encryption="aes-gcm-128", key=key(20, 12),
                  ah_spi=0x10B, ah_integrity="hmac-sha1-96", ah_auth_key=key(20, 13),
                  src="2001:db8::1", dst="2001:db8::2"),
+        # transport over tunnel (VIA): the transport SA 0x10D carried by the tunnel SA 0x10C
+        SaConfig(spi=0x10C, encryption="aes-cbc-128", key=key(16, 14), integrity="hmac-sha1-96",
+                 auth_key=key(20, 15), mode="tunnel", tunnel_src="192.0.2.5",
+                 tunnel_dst="192.0.2.6", esn=True, seq=(4 << 32) + 3),
+        SaConfig(spi=0x10D, encryption="aes-gcm-128", key=key(20, 16), src="10.0.0.1",
+                 dst="10.0.0.2"),
     ]
+
+
+# index of a transport SA in _sa_configs() -> index of the tunnel SA that carries it
+VIA = {11: 10}
 
 
 def _plain_packet(rng: random.Random, config: SaConfig, tcp: bool) -> bytes:
@@ -160,10 +170,13 @@ class Fuzzer:
         self.twin = Miniport(pure_python=True, backend=ReferenceBackend(),
                              random_source=self._random)
         self.stack = HostStack(self.nic, link="ethernet")
-        self.sas = [self.stack.add_sa(c) for c in self.configs]
+        self.sas: list = []
+        for k, c in enumerate(self.configs):
+            self.sas.append(self.stack.add_sa(c, via=self.sas[VIA[k]] if k in VIA else None))
         twin_stack = HostStack(self.twin, link="ethernet")
-        for config in self.configs:
-            twin_stack.add_sa(config)
+        twin_sas: list = []
+        for k, config in enumerate(self.configs):
+            twin_sas.append(twin_stack.add_sa(config, via=twin_sas[VIA[k]] if k in VIA else None))
         self.rx = Miniport(backend=ReferenceBackend())  # the oracle receiver
         self.rx_fast = Miniport()
         self.rx_twin = Miniport(pure_python=True, backend=ReferenceBackend())

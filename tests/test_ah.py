@@ -898,9 +898,9 @@ def test_tunnel_handle_alone_fails_or_names_the_single_sa(pure):
         builder.add_nbl([frame], tunnel_handle=int(oob["offload_handle"]),
                         offload_handle=int(oob["offload_handle"]), **fields)
         result = miniport.send(builder.build())
-        # both handles: transport over tunnel, not offered, under either policy
+        # both handles naming one SA: it cannot be both layers, under either policy
         assert result.status.tolist() == [want, NdisStatus.FAILURE]
-        assert result.reasons.tolist()[1] == Reason.TUNNEL_HANDLE
+        assert result.reasons.tolist()[1] == Reason.NESTING
         if policy == "single":
             (out,) = result.wire.frames()
             _verify_ah(out, config)

@@ -259,9 +259,10 @@ def test_handle_zero_leaves_unchanged(mp):
 def test_tunnel_handle_set(mp):
     handle = add(mp, GCM)
     frame, oob = esp_frame(GCM)
-    for offload in (handle, 0):  # spec §9 G13: a tunnel handle alone fails too
+    # spec §9 G13: a tunnel handle alone fails; one SA as both layers cannot nest
+    for offload, reason in ((handle, Reason.NESTING), (0, Reason.TUNNEL_HANDLE)):
         result = send(mp, ([frame], dict(offload_handle=offload, tunnel_handle=handle, **oob)))
-        assert result.status.tolist() == [FAILURE] and reasons(result) == [Reason.TUNNEL_HANDLE]
+        assert result.status.tolist() == [FAILURE] and reasons(result) == [reason]
 
 
 def test_ipv6_frame_on_an_ipv4_sa(mp):

@@ -359,7 +359,7 @@ def _apply(plan, target, corruption, names=None) -> None:
         if names is not None and name not in names:
             continue
         lo, hi = _limits(NB_PLAN_DTYPE.fields[name][0])
-        if name == "reserved":
+        if name in ("reserved", "reserved2"):
             plan[target][name][0] = min(max(int(plan[target][name][0]) + value
                                             if how == "delta" else value, lo), hi)
             continue

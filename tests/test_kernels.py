@@ -394,6 +394,14 @@ def assert_well_formed(result, rec, batch, table):
             op0 += nsegs * int(records[int(p["slot"])]["n_xf"])
             if p["ah_off"]:
                 scratch += nsegs * (int(p["ah_off"]) + int(p["ah_len"]) - int(p["ip_off"]))
+            if p["nested"]:  # transport over tunnel: the transport SA's layers too
+                op0 += int(records[int(p["in_slot"])]["n_xf"])
+                if p["in_ah_off"]:
+                    scratch += int(p["in_ah_off"]) + int(p["in_ah_len"]) - int(p["in_ip_off"])
+                xf = records[int(p["in_slot"])]["xf"][0]
+                if p["in_fresh_iv"] and int(xf["suite"]) not in (
+                        Suite.AES_GCM, Suite.AES_GMAC, Suite.AH_GMAC):
+                    rand_off += int(xf["iv_len"])
         rand_off += random_iv_bytes(p, records)
     # tx_plan's output arena: the frames, then the AH scratch
     assert rec.sizes == (out_pos + scratch, frame0, op0, rand_off)
@@ -425,6 +433,12 @@ def assert_well_formed(result, rec, batch, table):
     assert np.all(ops["status"] == OpStatus.DONE)
     for i, p in enumerate(plan):
         if p["slot"] < 0 or not p["nsegs"]:
+            continue
+        if p["nested"]:  # transport layer in passes 0-1, the tunnel layer in 2-3
+            n = int(records[int(p["slot"])]["n_xf"]) + int(records[int(p["in_slot"])]["n_xf"])
+            mine = ops[int(p["op0"]):int(p["op0"]) + n]
+            assert np.all(mine["frame"] == int(p["frame0"]))
+            assert sorted(mine["pass_no"].tolist())[-1] >= 2
             continue
         sa = records[int(p["slot"])]
         n_xf = int(sa["n_xf"])

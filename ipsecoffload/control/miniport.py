@@ -28,6 +28,7 @@ _LSO_WITH_IPSEC = int(Config.LSO_WITH_IPSEC)
 _AH_IPV4, _AH_IPV6 = int(Config.AH_IPV4), int(Config.AH_IPV6)
 _TUNNEL_ALONE_SINGLE = int(Config.TUNNEL_ALONE_SINGLE)
 _DISABLED_FAIL = int(Config.DISABLED_FAIL)
+_TRANSPORT_TUNNEL = int(Config.TRANSPORT_TUNNEL)
 DISABLED_POLICIES = ("pass", "fail")
 # The most output bytes (frames and AH scratch) one send allocates; NBLs past it complete
 # with NDIS_STATUS_RESOURCES (docs/send-path.md, "Limits"). HostStack splits its batches.
@@ -36,15 +37,17 @@ TUNNEL_HANDLE_ALONE = ("fail", "single")
 
 
 def default_capabilities(capacity: int = 4096) -> ndis.NdisIpsecOffloadV2:
-    """What this emulator supports (docs/protocol.md): ESP, AH and AH+ESP bundles, transport and
-    single-layer tunnel, ESN, UDP-ESP, LSO with ESP; AES-GCM, AES-GMAC, AES-CBC + HMAC and
+    """What this emulator supports (docs/protocol.md): ESP, AH and AH+ESP bundles, transport,
+    tunnel and transport over tunnel (two handles), ESN, UDP-ESP, LSO with ESP; AES-GCM, AES-GMAC, AES-CBC + HMAC and
     NULL + HMAC for ESP, HMAC and AES-GMAC for AH."""
     return ndis.NdisIpsecOffloadV2(
         encapsulation=ndis.NDIS_ENCAPSULATION_IEEE_802_3 | ndis.NDIS_ENCAPSULATION_NULL,
         ipv6_supported=True, ipv4_options=True, ipv6_non_ipsec_extension_headers=True,
         ah=True, esp=True, ah_esp_combined=True, transport=True, tunnel=True,
-        transport_tunnel_combined=False, lso_supported=True, extended_sequence_numbers=True,
-        udp_esp=ndis.UdpEspEncapsulation.TRANSPORT | ndis.UdpEspEncapsulation.TUNNEL,
+        transport_tunnel_combined=True, lso_supported=True, extended_sequence_numbers=True,
+        udp_esp=(ndis.UdpEspEncapsulation.TRANSPORT | ndis.UdpEspEncapsulation.TUNNEL
+                 | ndis.UdpEspEncapsulation.TRANSPORT_OVER_UDP_ESP_TUNNEL
+                 | ndis.UdpEspEncapsulation.UDP_ESP_TRANSPORT_OVER_TUNNEL),
         authentication_algorithms=int(Auth.MD5 | Auth.SHA_1 | Auth.SHA_256 | Auth.AES_GCM_128
                                       | Auth.AES_GCM_192 | Auth.AES_GCM_256),
         encryption_algorithms=int(Enc.NONE | Enc.AES_GCM_128 | Enc.AES_GCM_192 | Enc.AES_GCM_256
@@ -283,7 +286,8 @@ class Miniport:
                 | (_LSO_V2_IPV6 if on.lso_v2_ipv6 else 0)
                 | (_LSO_WITH_IPSEC if caps.lso_supported else 0)
                 | (_TUNNEL_ALONE_SINGLE if self.tunnel_handle_alone == "single" else 0)
-                | (_DISABLED_FAIL if self.disabled_policy == "fail" else 0))
+                | (_DISABLED_FAIL if self.disabled_policy == "fail" else 0)
+                | (_TRANSPORT_TUNNEL if caps.transport_tunnel_combined and caps.tunnel else 0))
 
     def send_limits(self) -> np.ndarray:
         """What tx_limit enforces: (MaxOffLoadSize, MinSegmentCount) of LSOv1, LSOv2 IPv4,

@@ -240,6 +240,12 @@ def _aes_key_and_salt(material: bytes, key_bytes: int, strict_salt: bool,
                      f"(key || salt) or {key_bytes}")
 
 
+# UdpEspEncapsulation values whose bundle's own ESP sits behind a UDP header (0x4: the
+# tunnel's ESP is, not this bundle's)
+_UDP_ESP_IN_UDP = (ndis.UdpEspEncapsulation.TRANSPORT, ndis.UdpEspEncapsulation.TUNNEL,
+                   ndis.UdpEspEncapsulation.UDP_ESP_TRANSPORT_OVER_TUNNEL)
+
+
 class SaTable:
     """Offloaded SA bundles by handle. A handle fits 32 bits and comes back only after
     MAX_SERIAL more ADDs (docs/protocol.md, docs/spec-gaps.md G27)."""
@@ -333,7 +339,10 @@ class SaTable:
             raise SaRejected(NdisStatus.NOT_SUPPORTED, "IPv6 is not enabled in the capabilities")
         udp = entry.udp_esp_encapsulation
         if udp not in (ndis.UdpEspEncapsulation.NONE, ndis.UdpEspEncapsulation.TRANSPORT,
-                       ndis.UdpEspEncapsulation.TUNNEL) or (udp and not udp & caps.udp_esp):
+                       ndis.UdpEspEncapsulation.TUNNEL,
+                       ndis.UdpEspEncapsulation.TRANSPORT_OVER_UDP_ESP_TUNNEL,
+                       ndis.UdpEspEncapsulation.UDP_ESP_TRANSPORT_OVER_TUNNEL) or (
+                           udp and not udp & caps.udp_esp):
             raise SaRejected(NdisStatus.NOT_SUPPORTED,
                              f"UdpEspEncapsulation {udp:#x} is not offered")
         blob = bytes(entry.key_data)
@@ -349,7 +358,16 @@ class SaTable:
             if (layers[0].flags ^ layers[1].flags) & ndis.IPSEC_OFFLOAD_V2_ESN_SA:
                 raise SaRejected(NdisStatus.INVALID_DATA,
                                  "the ESP and AH entries of a bundle disagree on ESN")
-        if udp and any(sa.operation == ndis.IpsecOperation.AH for sa in layers):
+        if udp in (ndis.UdpEspEncapsulation.TRANSPORT_OVER_UDP_ESP_TUNNEL,
+                   ndis.UdpEspEncapsulation.UDP_ESP_TRANSPORT_OVER_TUNNEL):
+            # transport over tunnel (docs/send-path.md): 0x4 is an ESP (or AH+ESP) transport
+            # bundle over a UDP tunnel, not itself in UDP; 0x8 a UDP-encapsulated ESP one
+            if layers[0].operation != ndis.IpsecOperation.ESP or (
+                    udp == ndis.UdpEspEncapsulation.UDP_ESP_TRANSPORT_OVER_TUNNEL
+                    and len(layers) != 1):
+                raise SaRejected(NdisStatus.NOT_SUPPORTED,
+                                 f"UdpEspEncapsulation {udp:#x} needs an ESP transport bundle")
+        elif udp and any(sa.operation == ndis.IpsecOperation.AH for sa in layers):
             # RFC 3948 encapsulates ESP only; AH cannot cross a NAT
             raise SaRejected(NdisStatus.NOT_SUPPORTED, "AH is never UDP-encapsulated")
         compiled = [compile_sa(sa, blob, caps, strict_salt, ipv6=ipv6,
@@ -385,12 +403,14 @@ class SaTable:
             record["inbound"] = bool(entry.flags & ndis.IPSEC_OFFLOAD_V2_INBOUND)
             record["ipv6"] = ipv6
             record["n_xf"] = len(layers)
+            record["udp_type"] = int(udp)
             key_list = list(self._snapshot.keys)
             for layer, (sa, (fields, keys)) in enumerate(zip(layers, compiled)):
                 xf = record["xf"][layer]
                 xf["spi"], xf["seq_hi"] = sa.spi, sa.sequence_number_high_order
                 xf["key_row"] = 2 * slot + layer
-                xf["udp_encap"] = 1 if udp and fields["proto"] == PROTO_ESP else 0
+                xf["udp_encap"] = 1 if udp in _UDP_ESP_IN_UDP and fields["proto"] == PROTO_ESP \
+                    else 0
                 xf["salt"] = np.frombuffer(keys.salt.ljust(4, b"\0"), np.uint8)
                 for name, value in fields.items():
                     xf[name] = value

@@ -25,7 +25,8 @@ TRANSFORM_DTYPE = np.dtype([
 
 SA_RECORD_DTYPE = np.dtype([
     ("handle", np.uint64), ("in_use", np.uint8), ("inbound", np.uint8), ("ipv6", np.uint8),
-    ("n_xf", np.uint8), ("reserved", np.uint8, (4,)), ("xf", TRANSFORM_DTYPE, (2,)),
+    ("n_xf", np.uint8), ("udp_type", np.uint8), ("reserved", np.uint8, (3,)),
+    ("xf", TRANSFORM_DTYPE, (2,)),
 ], align=True)
 
 NB_PLAN_DTYPE = np.dtype([
@@ -37,6 +38,11 @@ NB_PLAN_DTYPE = np.dtype([
     ("lso", np.uint8), ("next_header", np.uint8), ("reason", np.uint8), ("fresh_iv", np.uint8),
     ("ah_fresh_iv", np.uint8), ("reserved", np.uint8, (2,)), ("scratch_pos", np.int64), ("ah_off", np.int32),
     ("ah_len", np.int32),
+    ("in_sn64", np.uint64), ("in_slot", np.int32), ("in_ip_off", np.int32),
+    ("in_ip_hdr_len", np.int32), ("in_end", np.int32), ("in_esp_off", np.int32),
+    ("in_ah_off", np.int32), ("in_ah_len", np.int32), ("in_body_len", np.int32),
+    ("nested", np.uint8), ("in_ipv6", np.uint8), ("in_fresh_iv", np.uint8),
+    ("in_ah_fresh_iv", np.uint8), ("reserved2", np.uint8, (4,)),
 ], align=True)
 
 WIRE_FRAME_DTYPE = np.dtype([
@@ -134,6 +140,7 @@ class Config(enum.IntFlag):
     AH_IPV6 = 128
     TUNNEL_ALONE_SINGLE = 256  # docs/spec-gaps.md G13: a lone TunnelHandle is the single SA
     DISABLED_FAIL = 512  # docs/spec-gaps.md G21: a handle while offload is off fails the NBL
+    TRANSPORT_TUNNEL = 4096  # TransportTunnelCombined: both handles nest (docs/send-path.md)
 
 
 class Reason(enum.IntEnum):
@@ -161,6 +168,7 @@ class Reason(enum.IntEnum):
     SEQ_REUSED = 20
     LSO_LIMIT = 21
     OUTPUT_LIMIT = 22
+    NESTING = 23  # transport over tunnel: the pair cannot nest (docs/send-path.md)
 
 
 class OpKind(enum.IntEnum):
@@ -256,6 +264,7 @@ REASON_STATUS = {
     Reason.SEQ_REUSED: STATUS_FAILURE,
     Reason.LSO_LIMIT: STATUS_FAILURE,
     Reason.OUTPUT_LIMIT: STATUS_RESOURCES,
+    Reason.NESTING: STATUS_FAILURE,
 }
 
 # The counters tx_plan fills per batch: one per Reason, then these NBL status counts.

@@ -215,8 +215,9 @@ cdef inline int64_t ah_header_len(const Transform* ah) noexcept nogil:
 
 cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int32_t nbl,
                       const SaRecord* recs, int64_t nrec, int cfg, int icv_space, int iv_source,
-                      NbPlan* p) except -1 nogil:
-    """Steps 1-3 of the send procedure for one NET_BUFFER (docs/send-path.md): fills *p."""
+                      NbPlan* p, bint nested_layer=False) except -1 nogil:
+    """Steps 1-3 of the send procedure for one NET_BUFFER (docs/send-path.md): fills *p.
+    ``nested_layer``: *oob is one layer of a transport-over-tunnel frame (classify_nested)."""
     cdef int32_t nb_count = oob.nb_count, l2 = oob.l2_len
     cdef uint64_t handle = oob.offload_handle, tunnel_handle = oob.tunnel_handle
     cdef uint64_t lso = oob.lso_info
@@ -244,7 +245,9 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
         return disabled(frame, flen, nb_count, lso, l2, cfg, p)
     if tunnel_handle != 0 and handle == 0 and (cfg & CFG_TUNNEL_ALONE_SINGLE):
         handle = tunnel_handle  # docs/spec-gaps.md G13, policy "single"
-    elif tunnel_handle != 0:  # G13; transport-over-tunnel is not offered (caps)
+    elif tunnel_handle != 0 and handle != 0 and (cfg & CFG_TRANSPORT_TUNNEL):
+        return classify_nested(frame, flen, oob, nbl, recs, nrec, cfg, iv_source, p)
+    elif tunnel_handle != 0:  # G13; or transport over tunnel not offered (caps)
         fail(p, STATUS_FAILURE, REASON_TUNNEL_HANDLE)
         return 0
     if l2 < 0 or flen < l2 + 1:
@@ -269,6 +272,10 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
         return 0
     if rec.ipv6 != p.ipv6:
         fail(p, STATUS_FAILURE, REASON_IP_VERSION_MISMATCH)
+        return 0
+    if not nested_layer and (rec.udp_type == UDP_ESP_TRANSPORT_OVER_UDP_TUNNEL
+                             or rec.udp_type == UDP_ESP_UDP_TRANSPORT_OVER_TUNNEL):
+        fail(p, STATUS_FAILURE, REASON_NESTING)  # a bundle for a nested frame, alone
         return 0
     # The SA's layers: AH alone (xf[0]), ESP alone, or ESP + AH (xf[0], xf[1])
     if xf.proto == PROTO_AH:
@@ -470,6 +477,189 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
     p.out_len = full * lso_segment_len(p.hdr_len, thl, p.mss, align, icv)
     if rem or L == 0:
         p.out_len += lso_segment_len(p.hdr_len, thl, rem, align, icv)
+    return 0
+
+
+cdef enum:
+    UDP_ESP_TUNNEL = 0x2                      # IPSEC_OFFLOAD_V2_UDP_ESP_ENCAPSULATION_TUNNEL
+    UDP_ESP_TRANSPORT_OVER_UDP_TUNNEL = 0x4   # ..._TRANSPORT_OVER_UDP_ESP_ENCAPSULATION_TUNNEL
+    UDP_ESP_UDP_TRANSPORT_OVER_TUNNEL = 0x8   # ..._UDP_ESP_ENCAPSULATION_TRANSPORT_OVER_TUNNEL
+
+
+cdef int nesting_ok(const SaRecord* t, const SaRecord* u) noexcept nogil:
+    """The UdpEspEncapsulation values of a transport bundle ``t`` and a tunnel bundle ``u``
+    agree (docs/send-path.md, "Transport over tunnel"): ``u`` carries 0 or TUNNEL (0x2);
+    over a UDP tunnel ``t`` carries 0x4 when it has ESP, else 0; over a plain tunnel 0x8
+    (its ESP in UDP) or 0. Both UDP-encapsulated is unsupported (NDIS)."""
+    cdef bint t_esp = t.xf[0].proto == PROTO_ESP
+    if u.udp_type == UDP_ESP_TUNNEL:
+        return t.udp_type == (UDP_ESP_TRANSPORT_OVER_UDP_TUNNEL if t_esp else 0)
+    if u.udp_type != 0:
+        return False
+    return t.udp_type == 0 or (t.udp_type == UDP_ESP_UDP_TRANSPORT_OVER_TUNNEL and t_esp)
+
+
+cdef int classify_nested(const uint8_t* frame, int64_t flen, const NblOob* oob, int32_t nbl,
+                         const SaRecord* recs, int64_t nrec, int cfg, int iv_source,
+                         NbPlan* p) except -1 nogil:
+    """Transport over tunnel (docs/send-path.md): OffloadHandle T, TunnelHandle U. The
+    tunnel layer is found by parsing the outer header (its trailer from the datagram end
+    with U's ICV length), the transport layer by slot 12 from the inner IP header
+    (docs/spec-gaps.md G11); both ICV rooms reserved (G30). *p describes U's layer as a
+    single tunnel frame would, its in_* fields T's layer."""
+    cdef uint64_t handle = oob.offload_handle, th = oob.tunnel_handle
+    cdef uint64_t ts = handle & SLOT_MASK, us = th & SLOT_MASK
+    cdef int32_t l2 = oob.l2_len
+    cdef const SaRecord* t
+    cdef const SaRecord* u
+    cdef NblOob uo, to
+    cdef NbPlan q
+    cdef int64_t off, ihl, ip_end, hlen, tend, inner, inner_end, limit
+    cdef int nh, k, version
+    cdef bint ipv6
+    cdef const Transform* ux
+    if us >= <uint64_t>nrec or not recs[us].in_use or recs[us].handle != th \
+            or ts >= <uint64_t>nrec or not recs[ts].in_use or recs[ts].handle != handle:
+        fail(p, STATUS_FAILURE, REASON_UNKNOWN_HANDLE)
+        return 0
+    if recs[us].inbound or recs[ts].inbound:
+        fail(p, STATUS_FAILURE, REASON_INBOUND_HANDLE)
+        return 0
+    t = &recs[ts]
+    u = &recs[us]
+    if oob.lso_info != 0:  # LSO is never combined with tunnel packets (NDIS)
+        fail(p, STATUS_FAILURE, REASON_LSO_BAD_PARAMS)
+        return 0
+    if ts == us or not nesting_ok(t, u):
+        fail(p, STATUS_FAILURE, REASON_NESTING)
+        return 0
+    # the outer header and U's first header, past any IPv6 extension headers
+    if l2 < 0 or flen < l2 + 20:
+        fail(p, STATUS_INVALID_PACKET, REASON_MALFORMED_IP)
+        return 0
+    check(l2, 20, flen)
+    version = frame[l2] >> 4
+    ipv6 = version == 6
+    if version == 4:
+        ihl = (frame[l2] & 0xF) * 4
+        ip_end = l2 + ld16(frame + l2 + 2)
+        nh = frame[l2 + 9]
+        if ihl < 20 or ip_end < l2 + ihl:
+            fail(p, STATUS_INVALID_PACKET, REASON_MALFORMED_IP)
+            return 0
+    elif version == 6:
+        ihl = 40
+        if flen < l2 + 40:
+            fail(p, STATUS_INVALID_PACKET, REASON_MALFORMED_IP)
+            return 0
+        ip_end = l2 + 40 + ld16(frame + l2 + 4)
+        nh = frame[l2 + 6]
+    else:
+        fail(p, STATUS_INVALID_PACKET, REASON_MALFORMED_IP)
+        return 0
+    if ip_end > flen or l2 + ihl > flen:
+        fail(p, STATUS_INVALID_PACKET, REASON_MALFORMED_IP)
+        return 0
+    off = l2 + ihl
+    for k in range(64):
+        if not (ipv6 and (nh == 0 or nh == 43 or nh == 44 or nh == 60)):
+            break
+        if off + 8 > ip_end:
+            break
+        check(off, 2, flen)
+        hlen = 8 if nh == 44 else (<int64_t>frame[off + 1] + 1) * 8
+        nh = frame[off]
+        off += hlen
+    ux = &u.xf[0]  # U's first header: its AH (AH alone, or the AH of an AH + ESP bundle)
+    if u.xf[0].proto == PROTO_ESP and u.n_xf == 2:
+        ux = &u.xf[1]
+    # the tunnel layer as a single tunnel frame: slot 12 as parsing finds it, ICV reserved
+    memset(&uo, 0, sizeof(NblOob))
+    uo.offload_handle = th
+    uo.nb_count = oob.nb_count
+    uo.l2_len = oob.l2_len
+    if ux.proto == PROTO_AH:  # AH first: its offset here; ESP (bundle) right after it
+        if (off - l2) % 4 or off - l2 > 1020:
+            fail(p, STATUS_INVALID_PACKET, REASON_BAD_AH_OFFSET)
+            return 0
+        uo.ah_off4 = <uint8_t>((off - l2) // 4)
+        if u.n_xf == 2:
+            off += ah_header_len(ux)
+    if u.xf[0].proto == PROTO_ESP:
+        if u.xf[0].udp_encap:
+            off += 8
+        if (off - l2) % 4 or off - l2 > 1020 or off < l2 + ihl:
+            fail(p, STATUS_INVALID_PACKET, REASON_BAD_ESP_OFFSET)
+            return 0
+        uo.esp_off4 = <uint8_t>((off - l2) // 4)
+        tend = ip_end - u.xf[0].icv_len
+        if tend - 2 < off:
+            fail(p, STATUS_INVALID_PACKET, REASON_BAD_TRAILER)
+            return 0
+        check(tend - 2, 2, flen)
+        uo.pad_length = frame[tend - 2]
+        uo.next_header = frame[tend - 1]
+        inner = off + 8 + u.xf[0].iv_len
+        limit = tend - 2 - uo.pad_length
+    else:
+        inner = off + ah_header_len(ux)
+        limit = ip_end
+    classify_one(frame, flen, &uo, nbl, recs, nrec, cfg, ICV_SPACE_RESERVED, iv_source, p,
+                 True)
+    if p.status != 0 or p.slot < 0:  # failed, or offload off for it (G21): as it says
+        return 0
+    if p.ah_off:
+        check(p.ah_off, 1, flen)
+        nh = frame[p.ah_off] if u.xf[0].proto == PROTO_AH else uo.next_header
+    else:
+        nh = uo.next_header
+    # the inner IP header: what U's next header names, where its protected text starts
+    if inner + 20 > limit or inner > 0xFFFF or (nh != 4 and nh != 41):
+        fail(p, STATUS_INVALID_PACKET, REASON_MALFORMED_IP)
+        return 0
+    check(inner, 1, flen)
+    if (frame[inner] >> 4) != (4 if nh == 4 else 6):
+        fail(p, STATUS_INVALID_PACKET, REASON_MALFORMED_IP)
+        return 0
+    memset(&to, 0, sizeof(NblOob))
+    to.offload_handle = handle
+    to.nb_count = oob.nb_count
+    to.l2_len = <uint16_t>inner
+    to.next_header = oob.next_header
+    to.pad_length = oob.pad_length
+    to.ah_off4 = oob.ah_off4
+    to.esp_off4 = oob.esp_off4
+    classify_one(frame, limit, &to, nbl, recs, nrec, cfg, ICV_SPACE_RESERVED, iv_source, &q,
+                 True)
+    if q.status != 0:
+        fail(p, q.status, q.reason)
+        return 0
+    if q.slot < 0:  # offload off for the transport layer (G21): the frame as it says
+        p.ah_off = 0
+        p.esp_off = 0
+        passthrough(p, flen, q.reason)
+        return 0
+    inner_end = q.out_len  # the inner datagram as the transport layer leaves it
+    if inner_end != limit:  # U's payload is exactly the inner packet
+        fail(p, STATUS_INVALID_PACKET, REASON_MALFORMED_IP)
+        return 0
+    if t.udp_type == UDP_ESP_UDP_TRANSPORT_OVER_TUNNEL and q.ipv6:
+        # its UDP checksum would have to be computed between T's and U's seal: not done
+        fail(p, STATUS_FAILURE, REASON_NESTING)
+        return 0
+    p.nested = 1
+    p.in_slot = q.slot
+    p.in_sn64 = q.sn64
+    p.in_ip_off = q.ip_off
+    p.in_ip_hdr_len = q.ip_hdr_len
+    p.in_end = <int32_t>inner_end
+    p.in_esp_off = q.esp_off
+    p.in_ah_off = q.ah_off
+    p.in_ah_len = q.ah_len
+    p.in_body_len = <int32_t>q.body_len
+    p.in_ipv6 = q.ipv6
+    p.in_fresh_iv = q.fresh_iv
+    p.in_ah_fresh_iv = q.ah_fresh_iv
     return 0
 
 

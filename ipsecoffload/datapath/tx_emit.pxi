@@ -140,7 +140,7 @@ cdef int emit_ah_op(uint8_t* out, int64_t osize, int64_t pos, int64_t seg_len,
 
 
 cdef int emit_nb(const uint8_t* frame, int64_t flen, int32_t nb, const NbPlan* p,
-                 const SaRecord* sa, const uint8_t* rand, int64_t rand_size, uint8_t* out,
+                 const SaRecord* sa, const SaRecord* sa_in, const uint8_t* rand, int64_t rand_size, uint8_t* out,
                  int64_t osize, int64_t scratch0, WireFrame* frames,
                  CryptoOp* ops) except -1 nogil:
     cdef int64_t i, chunk, pad, seg_len, thl, body_done, k, icv, pos = p.out_pos
@@ -205,34 +205,103 @@ cdef int emit_nb(const uint8_t* frame, int64_t flen, int32_t nb, const NbPlan* p
             sn = p.sn64 + <uint64_t>i
             write_esp_fields(o, p, xf, sn, rand, rand_size, p.rand_off + i * xf.iv_len,
                              osize - pos)
-            op = ops + oi
-            zero16n(op, sizeof(CryptoOp) // 16)
-            base = pos + p.esp_off
-            op.auth_off = base
-            op.text_off = base + 8 + xf.iv_len
-            op.text_len = seg_len - icv - (p.esp_off + 8 + xf.iv_len)
-            op.icv_off = pos + seg_len - icv
-            op.ip_off = pos + p.ip_off
-            op.key_row = xf.key_row
-            op.frame = <int32_t>(fi - 1)
-            op.seq_hi = <uint32_t>(sn >> 32)
-            op.kind = OP_ESP_SEAL
-            op.suite = xf.suite
-            op.integ = xf.integ
-            op.iv_len = xf.iv_len
-            op.icv_len = xf.icv_len
-            op.esn = xf.esn
-            op.fixup = FIXUP_UDP6_CHECKSUM if (xf.udp_encap and p.ipv6) else FIXUP_NONE
-            if xf.suite == SUITE_AES_GCM or xf.suite == SUITE_AES_GMAC:
-                memcpy(op.nonce, xf.salt, 4)
-                memcpy(op.nonce + 4, o + p.esp_off + 8, 8)
+            emit_esp_op(o, pos, seg_len, p, xf, sn, fi - 1, 2 if p.nested else 0, ops + oi)
             oi += 1
         if ah != NULL:  # AH over the result, in the pass after ESP (RFC 4301 §5.1.1)
             scratch = scratch0 + p.scratch_pos + i * (<int64_t>p.ah_off + p.ah_len - p.ip_off)
             emit_ah_op(out, osize, pos, seg_len, p, ah, i, scratch, fi - 1,
-                       1 if xf != NULL else 0, ops + oi)
+                       (1 if xf != NULL else 0) + (2 if p.nested else 0), ops + oi)
             oi += 1
+        if p.nested and sa_in != NULL:  # the transport layer inside, in passes 0 and 1
+            emit_inner(out, osize, pos, p, sa_in, rand, rand_size,
+                       p.rand_off + (xf.iv_len if xf != NULL and p.fresh_iv
+                                     and random_suite(xf.suite) else 0),
+                       scratch0 + p.scratch_pos + outer_scratch_len(p), fi - 1, ops + oi)
         pos += seg_len
+    return 0
+
+
+cdef int emit_esp_op(uint8_t* o, int64_t pos, int64_t seg_len, const NbPlan* p,
+                     const Transform* xf, uint64_t sn, int64_t fi, uint8_t pass_no,
+                     CryptoOp* op) except -1 nogil:
+    """The ESP seal op of a segment whose datagram ends at ``seg_len`` (its ICV room last)."""
+    cdef int64_t base = pos + p.esp_off, icv = xf.icv_len
+    zero16n(op, sizeof(CryptoOp) // 16)
+    op.auth_off = base
+    op.text_off = base + 8 + xf.iv_len
+    op.text_len = seg_len - icv - (p.esp_off + 8 + xf.iv_len)
+    op.icv_off = pos + seg_len - icv
+    op.ip_off = pos + p.ip_off
+    op.key_row = xf.key_row
+    op.frame = <int32_t>fi
+    op.seq_hi = <uint32_t>(sn >> 32)
+    op.kind = OP_ESP_SEAL
+    op.pass_no = pass_no
+    op.suite = xf.suite
+    op.integ = xf.integ
+    op.iv_len = xf.iv_len
+    op.icv_len = xf.icv_len
+    op.esn = xf.esn
+    op.fixup = FIXUP_UDP6_CHECKSUM if (xf.udp_encap and p.ipv6) else FIXUP_NONE
+    if xf.suite == SUITE_AES_GCM or xf.suite == SUITE_AES_GMAC:
+        memcpy(op.nonce, xf.salt, 4)
+        memcpy(op.nonce + 4, o + p.esp_off + 8, 8)
+    return 0
+
+
+cdef void inner_plan(const NbPlan* p, const SaRecord* sa, NbPlan* q) noexcept nogil:
+    """The transport layer of a nested plan as a plan of its own (non-LSO, one segment)."""
+    zero16n(q, sizeof(NbPlan) // 16)
+    q.slot = p.in_slot
+    q.nbl = p.nbl
+    q.nsegs = 1
+    q.ip_off = p.in_ip_off
+    q.ip_hdr_len = p.in_ip_hdr_len
+    q.ipv6 = p.in_ipv6
+    q.sn64 = p.in_sn64
+    q.esp_off = p.in_esp_off
+    q.ah_off = p.in_ah_off
+    q.ah_len = p.in_ah_len
+    q.fresh_iv = p.in_fresh_iv
+    q.ah_fresh_iv = p.in_ah_fresh_iv
+    q.out_len = p.in_end
+    if p.in_esp_off:
+        q.hdr_len = p.in_esp_off + 8 + sa.xf[0].iv_len
+        q.body_off = q.hdr_len
+    else:
+        q.hdr_len = p.in_end
+        q.body_off = p.in_end
+    q.body_len = p.in_body_len
+
+
+cdef int emit_inner(uint8_t* out, int64_t osize, int64_t pos, const NbPlan* p,
+                    const SaRecord* sa, const uint8_t* rand, int64_t rand_size,
+                    int64_t rand_pos, int64_t scratch, int64_t fi,
+                    CryptoOp* ops) except -1 nogil:
+    """Transport over tunnel: the transport layer's fields and ops (docs/send-path.md): the
+    inner IP header's length and checksum, its UDP header (0x8), ESP SN and IV, ICV room, the
+    ESP op in pass 0 and the AH op in pass 1 (pass 0 alone)."""
+    cdef NbPlan q
+    cdef uint8_t* o = out + pos
+    cdef const Transform* xf = NULL
+    cdef const Transform* ah = NULL
+    cdef int64_t oi = 0
+    if sa.xf[0].proto == PROTO_AH:
+        ah = &sa.xf[0]
+    else:
+        xf = &sa.xf[0]
+        if sa.n_xf == 2:
+            ah = &sa.xf[1]
+    inner_plan(p, sa, &q)
+    patch_segment(o, p.in_end, &q, xf, 0, 0, osize - pos)
+    if xf != NULL:
+        zero_icv(o + p.in_end - xf.icv_len, xf.icv_len)
+        write_esp_fields(o, &q, xf, q.sn64, rand, rand_size, rand_pos, osize - pos)
+        emit_esp_op(o, pos, p.in_end, &q, xf, q.sn64, fi, 0, ops)
+        oi += 1
+    if ah != NULL:
+        emit_ah_op(out, osize, pos, p.in_end, &q, ah, 0, scratch, fi, 1 if xf != NULL else 0,
+                   ops + oi)
     return 0
 
 
@@ -263,6 +332,26 @@ cdef bint ah_plan_is_consistent(const NbPlan* p, const Transform* ah,
     return (ah.align != 0 and p.ah_len == ah_header_len(ah) and p.ah_len >= 24
             and p.ah_off >= <int64_t>p.ip_off + p.ip_hdr_len
             and <int64_t>p.ah_off + p.ah_len <= datagram_end)
+
+
+cdef bint nested_is_consistent(const NbPlan* p, const SaRecord* sa, const SaRecord* sa_in,
+                               int64_t flen) noexcept nogil:
+    """Transport over tunnel: the tunnel layer is a single non-LSO tunnel plan, and the
+    transport layer's plan lies inside the tunnel layer's protected text."""
+    cdef NbPlan q
+    cdef int64_t start, stop
+    if p.lso or p.nsegs != 1 or not sa_in.in_use or sa_in.n_xf < 1 or sa_in.n_xf > 2:
+        return False
+    if sa.xf[0].proto == PROTO_ESP:
+        start = <int64_t>p.esp_off + 8 + sa.xf[0].iv_len
+        stop = start + p.body_len
+    else:
+        start = <int64_t>p.ah_off + p.ah_len
+        stop = p.out_len
+    inner_plan(p, sa_in, &q)
+    return (p.in_ip_off >= start and p.in_end <= stop and p.in_end <= flen
+            and p.in_ip_off >= 0 and p.in_body_len >= 0
+            and plan_is_consistent(&q, sa_in, p.in_end))
 
 
 cdef bint plan_is_consistent(const NbPlan* p, const SaRecord* sa, int64_t flen) noexcept nogil:
@@ -336,14 +425,18 @@ cdef int64_t tx_emit_check(BatchView b, const SaRecord* recs, int64_t nrec,
         flen = b.c_nb_len[i]
         if p.nsegs < 0 or p.out_len < 0 or (p.nsegs == 0 and p.out_len != 0):
             raise ValueError("corrupt plan")
+        if p.slot >= 0 and p.nested and (p.in_slot < 0 or p.in_slot >= nrec or p.slot >= nrec):
+            raise ValueError(f"plan {i} is inconsistent with its frame or SA record")
         if p.nsegs and p.slot >= 0:
             if p.slot >= nrec or not recs[p.slot].in_use \
-                    or not plan_is_consistent(p, recs + p.slot, flen):
+                    or not plan_is_consistent(p, recs + p.slot, flen) or (p.nested and (
+                        p.in_slot < 0 or p.in_slot >= nrec
+                        or not nested_is_consistent(p, recs + p.slot, recs + p.in_slot, flen))):
                 raise ValueError(f"plan {i} is inconsistent with its frame or SA record")
-            if random_iv(p, recs):
+            if rand_len(p, recs):
                 if p.rand_off != nrand:
                     raise ValueError("rand_off disagrees with the plans")
-                nrand += p.nsegs * <int64_t>recs[p.slot].xf[0].iv_len
+                nrand += p.nsegs * rand_len(p, recs)
                 if nrand > rand_size:
                     raise ValueError(f"rand holds {rand_size} bytes; plan {i} needs "
                                      f"{nrand} for its random IVs")
@@ -377,7 +470,8 @@ cdef int tx_emit_run(BatchView b, const SaRecord* recs, const NbPlan* plan0,
         if p.nsegs == 0:
             continue
         emit_nb(b.c_arena + b.c_nb_off[i], b.c_nb_len[i], <int32_t>i, p,
-                recs + p.slot if p.slot >= 0 else NULL, rand, rand_size, out, out_size,
+                recs + p.slot if p.slot >= 0 else NULL,
+                recs + p.in_slot if p.slot >= 0 and p.nested else NULL, rand, rand_size, out, out_size,
                 scratch0, frames, ops)
     return 0
 

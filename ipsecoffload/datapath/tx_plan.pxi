@@ -36,18 +36,45 @@ cdef inline bint random_iv(const NbPlan* p, const SaRecord* recs) noexcept nogil
     return suite != SUITE_AES_GCM and suite != SUITE_AES_GMAC and suite != SUITE_AH_GMAC
 
 
+cdef inline bint random_suite(uint8_t suite) noexcept nogil:
+    return suite != SUITE_AES_GCM and suite != SUITE_AES_GMAC and suite != SUITE_AH_GMAC
+
+
+cdef inline int64_t rand_len(const NbPlan* p, const SaRecord* recs) noexcept nogil:
+    """Random IV bytes of one segment: its layer's CBC IV, and for transport over tunnel
+    the transport layer's after it."""
+    cdef int64_t n = 0
+    if random_iv(p, recs):
+        n = recs[p.slot].xf[0].iv_len
+    if p.slot >= 0 and p.nested and p.in_fresh_iv and random_suite(recs[p.in_slot].xf[0].suite):
+        n += recs[p.in_slot].xf[0].iv_len
+    return n
+
+
 cdef inline int64_t ops_per_segment(const NbPlan* p, const SaRecord* recs) noexcept nogil:
-    """Crypto ops of one protected segment: one per layer (ESP seal, AH sign)."""
+    """Crypto ops of one protected segment: one per layer (ESP seal, AH sign), of both
+    SAs for transport over tunnel."""
     if p.slot < 0:
         return 0
+    if p.nested:
+        return recs[p.slot].n_xf + recs[p.in_slot].n_xf
     return recs[p.slot].n_xf
 
 
-cdef inline int64_t ah_scratch_len(const NbPlan* p) noexcept nogil:
-    """Scratch bytes of one AH segment: its IP header region through the AH header."""
+cdef inline int64_t outer_scratch_len(const NbPlan* p) noexcept nogil:
+    """Scratch bytes of the plan's own AH layer: its IP header region through the AH header."""
     if p.slot < 0 or p.ah_off == 0:
         return 0
     return <int64_t>p.ah_off + p.ah_len - p.ip_off
+
+
+cdef inline int64_t ah_scratch_len(const NbPlan* p) noexcept nogil:
+    """Scratch bytes of one AH segment: its IP header region through the AH header; for
+    transport over tunnel the transport layer's region after the tunnel layer's."""
+    cdef int64_t n = outer_scratch_len(p)
+    if p.slot >= 0 and p.nested and p.in_ah_off != 0:
+        n += <int64_t>p.in_ah_off + p.in_ah_len - p.in_ip_off
+    return n
 
 
 ctypedef struct TxTotals:
@@ -67,6 +94,11 @@ cdef int tx_plan_check(BatchView b, const SaRecord* recs, const NbPlan* plan0, i
         if (p.nbl < 0 or p.nbl >= b.n_nbl or p.nsegs < 0 or p.out_len < 0
                 or (p.nsegs == 0 and p.out_len != 0) or p.reason >= REASON_COUNT
                 or (p.slot >= 0 and (p.slot >= nrec or recs[p.slot].n_xf > 2))
+                or (p.slot >= 0 and p.nested and (p.in_slot < 0 or p.in_slot >= nrec
+                                                  or recs[p.in_slot].n_xf > 2
+                                                  or p.in_ah_off < 0 or p.in_ah_len < 0
+                                                  or p.in_ah_len > 1020
+                                                  or p.in_ah_off > p.in_end))
                 or p.ah_off < 0 or p.ah_len < 0 or p.ah_len > 1020
                 or p.out_len > MAX_OUTPUT - total):
             raise ValueError(f"plan {i} is corrupt")
@@ -110,8 +142,7 @@ cdef TxTotals tx_plan_run(BatchView b, const SaRecord* recs, NbPlan* plan0, int6
         t.scratch_bytes += p.nsegs * ah_scratch_len(p)
         if p.slot >= 0:
             t.ops += p.nsegs * ops_per_segment(p, recs)
-            if random_iv(p, recs):
-                t.rand_bytes += p.nsegs * <int64_t>recs[p.slot].xf[0].iv_len
+            t.rand_bytes += p.nsegs * rand_len(p, recs)
         if p.lso and p.status == 0 and oob[p.nbl].lso_info != 0 \
                 and not (oob[p.nbl].lso_info & LSO_TYPE_BIT):
             lso_done[p.nbl] += <uint64_t>p.body_len  # LSOv1 reports the TCP payload sent
@@ -179,11 +210,13 @@ cdef int64_t tx_mark_run(BatchView b, const SaRecord* recs, NbPlan* plan0, int64
     cdef NbPlan* p
     cdef const SaRecord* rec
     cdef const uint8_t* frame
-    cdef uint64_t first[2]
-    cdef uint64_t last[2]
-    cdef bint use[2]
+    cdef uint64_t first[4]
+    cdef uint64_t last[4]
+    cdef int64_t rows[4]
+    cdef bint use[4]
     cdef bint bad, skip
-    cdef int layer
+    cdef int layer, e
+    cdef int32_t sl
     cdef uint64_t ah_sn
     while i < n_nb:
         j = i
@@ -199,37 +232,43 @@ cdef int64_t tx_mark_run(BatchView b, const SaRecord* recs, NbPlan* plan0, int64
             p = plan0 + k
             if p.slot < 0 or p.nsegs <= 0:
                 continue
-            rec = recs + p.slot
             bad = False
-            for layer in range(2):
-                use[layer] = False
+            # the layers: (slot, layer) of the plan's SA, then of the transport SA inside it
+            for e in range(4):
+                use[e] = False
+                if e >= 2 and not p.nested:
+                    continue
+                sl = p.slot if e < 2 else p.in_slot
+                layer = e & 1
+                rec = recs + sl
                 if layer >= rec.n_xf or not aead_suite(rec.xf[layer].suite):
                     continue
-                row = 2 * <int64_t>p.slot + layer
+                row = 2 * <int64_t>sl + layer
                 if row >= n_rows or marks[2 * row] != rec.handle:
                     fail(p, STATUS_FAILURE, REASON_UNKNOWN_HANDLE)
                     bad = True
                     break
                 if layer == 1:  # the AH of an AH + ESP bundle: its own SN, in the frame
                     frame = b.c_arena + b.c_nb_off[k]
-                    ah_sn = ld32(frame + p.ah_off + 8)
+                    ah_sn = ld32(frame + (p.ah_off if e < 2 else p.in_ah_off) + 8)
                     if rec.xf[1].esn:
                         ah_sn |= <uint64_t>rec.xf[1].seq_hi << 32
-                    first[1] = ah_sn
+                    first[e] = ah_sn
                 else:
-                    first[0] = p.sn64
-                last[layer] = first[layer] + <uint64_t>(p.nsegs - 1)
-                if first[layer] <= marks[2 * row + 1]:
+                    first[e] = p.sn64 if e < 2 else p.in_sn64
+                last[e] = first[e] + <uint64_t>(p.nsegs - 1)
+                if first[e] <= marks[2 * row + 1]:
                     fail(p, STATUS_FAILURE, REASON_SEQ_REUSED)
                     bad = True
                     break
-                use[layer] = True
+                rows[e] = row
+                use[e] = True
             if bad:
                 failed += 1
                 continue
-            for layer in range(2):
-                if use[layer]:
-                    marks[2 * (2 * <int64_t>p.slot + layer) + 1] = last[layer]
+            for e in range(4):
+                if use[e]:
+                    marks[2 * rows[e] + 1] = last[e]
         i = j
     return failed
 
@@ -266,7 +305,10 @@ cdef int tx_mark_check(BatchView b, const SaRecord* recs, const NbPlan* plan0, i
         p = plan0 + i
         if p.nbl != b.c_nb_nbl[i] or (p.slot >= nrec) or (
                 p.status == 0 and p.slot >= 0 and recs[p.slot].n_xf == 2
-                and (p.ah_off < 0 or p.ah_off + 12 > b.c_nb_len[i])):
+                and (p.ah_off < 0 or p.ah_off + 12 > b.c_nb_len[i])) or (
+                p.status == 0 and p.slot >= 0 and p.nested and (
+                    p.in_slot < 0 or p.in_slot >= nrec or (recs[p.in_slot].n_xf == 2 and (
+                        p.in_ah_off < 0 or p.in_ah_off + 12 > b.c_nb_len[i])))):
             raise ValueError(f"plan {i} is corrupt")
     return 0
 

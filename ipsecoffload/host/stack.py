@@ -89,6 +89,8 @@ class StackSa:
         # ESN high-order word each bundle's miniport record holds (docs/protocol.md UPDATE_SA)
         self._nic_seq_hi: dict[bool, int] = {}
         self._owner: Optional[HostStack] = None
+        # transport over tunnel: the tunnel SA (of the same stack) that carries this one
+        self.via: Optional[StackSa] = None
         self._tunnel_endpoints: Optional[tuple[bytes, bytes]] = None
         if config.mode == "tunnel":
             assert config.tunnel_src and config.tunnel_dst  # SaConfig checked them
@@ -100,6 +102,7 @@ class StackSa:
     def __repr__(self) -> str:
         handles = {("ipv6" if v6 else "ipv4"): f"{h:#x}" for v6, h in self.handles.items()}
         return (f"StackSa({_sa_label(self.config)}, mode={self.config.mode}, "
+                f"{'via=' + _sa_label(self.via.config) + ', ' if self.via else ''}"
                 f"next_seq={self.next_seq}, handles={handles}"
                 f"{', removed' if self.removed else ''})")
 
@@ -264,6 +267,28 @@ class _Nbl(NamedTuple):
     last_sn: int
 
 
+class _ViaNbl(NamedTuple):
+    """A nested NBL (transport over tunnel): an _Nbl plus the tunnel layer's SN."""
+    frame: bytes
+    oob: dict
+    bundle: Optional[bool]  # the transport bundle's IP version key
+    first_sn: int  # the transport SA's SN
+    last_sn: int
+    tunnel_sn: int
+
+
+def _via_udp_type(transport: SaConfig, tunnel: SaConfig) -> int:
+    """UdpEspEncapsulation of a transport bundle carried by ``tunnel`` (docs/send-path.md):
+    0x4 over a UDP-encapsulated tunnel when the transport SA has ESP, 0x8 when the transport
+    SA's ESP is UDP-encapsulated (the tunnel's is not), else 0."""
+    if tunnel.udp_encap:
+        return int(ndis.UdpEspEncapsulation.TRANSPORT_OVER_UDP_ESP_TUNNEL) if transport.has_esp \
+            else 0
+    if transport.udp_encap:
+        return int(ndis.UdpEspEncapsulation.UDP_ESP_TRANSPORT_OVER_TUNNEL)
+    return 0
+
+
 # -- results ----------------------------------------------------------------------------------
 def concat_results(results: Sequence[SendResult]) -> SendResult:
     """One SendResult for several miniport sends made in order (NBL order kept)."""
@@ -356,15 +381,20 @@ class HostStack(ReceiveMixin):
         return ETHERNET_HEADER_LEN if self.link == "ethernet" else 0
 
     # -- SA management (docs/protocol.md) ----------------------------------------------------
-    def add_sa(self, config: SaConfig) -> StackSa:
+    def add_sa(self, config: SaConfig, *, via: Optional[StackSa] = None) -> StackSa:
         """Register an outbound SA. Its bundle is offloaded now when the SA has one IP
         version (tunnel, or transport with endpoints), else the first time a packet of a
-        version needs it."""
+        version needs it. ``via``: a tunnel SA of this stack that carries this transport SA
+        (transport over tunnel, docs/send-path.md): its packets get both layers and both
+        handles; the tunnel SA's sequence numbers are shared with its own packets."""
         if not isinstance(config, SaConfig):
             raise TypeError(f"add_sa takes a SaConfig, got {type(config).__name__}")
         if config.mode == "transport" and len(_endpoint_versions(config)) > 1:
             raise ValueError(f"{_sa_label(config)}: src and dst must be of one IP version")
+        if via is not None:
+            self._check_via(config, via)
         sa = StackSa(config)
+        sa.via = via
         with self._lock:
             versions = _bundle_versions(config)
             if len(versions) == 1:
@@ -373,10 +403,31 @@ class HostStack(ReceiveMixin):
             self.sas.append(sa)
         return sa
 
+    def _check_via(self, config: SaConfig, via) -> None:
+        """A transport SA over a tunnel SA of this stack, never both UDP-encapsulated (NDIS:
+        UDP-ESP transport over a UDP-ESP tunnel is unsupported)."""
+        label = _sa_label(config)
+        if not isinstance(via, StackSa):
+            raise TypeError(f"via must be a StackSa from add_sa, got {type(via).__name__}")
+        self._check_sa(via)
+        if config.mode != "transport":
+            raise ValueError(f"{label}: via is for transport SAs; a tunnel SA cannot be "
+                             f"carried by another tunnel")
+        if via.config.mode != "tunnel" or via.via is not None:
+            raise ValueError(f"{label}: via must name a tunnel SA, and "
+                             f"{_sa_label(via.config)} is a {via.config.mode} SA")
+        if config.udp_encap and via.config.udp_encap:
+            raise ValueError(f"{label}: UDP encapsulation on both the transport SA and its "
+                             f"tunnel SA {_sa_label(via.config)} is not supported")
+
     def remove_sa(self, sa: StackSa) -> None:
         """One DELETE_SA request naming every bundle this SA added (docs/protocol.md)."""
         with self._lock:
             self._check_sa(sa)
+            carried = [other for other in self.sas if other.via is sa]
+            if carried:
+                raise ValueError(f"{_sa_label(sa.config)} carries "
+                                 f"{_sa_label(carried[0].config)} (via): remove that SA first")
             head = None
             for handle in reversed(list(sa.handles.values())):
                 head = ndis.IpsecOffloadV2DeleteSa(next=head, offload_handle=handle)
@@ -405,6 +456,8 @@ class HostStack(ReceiveMixin):
         if handle:
             return handle
         entry = sa.config.add_sa_entry(ipv6)
+        if sa.via is not None:
+            entry.udp_esp_encapsulation = int(_via_udp_type(sa.config, sa.via.config))
         status = self.miniport.add_sa(entry)
         if status != NdisStatus.SUCCESS or not entry.offload_handle:
             raise SaOffloadRefused(f"ADD_SA ({'IPv6' if ipv6 else 'IPv4'}) for "
@@ -609,6 +662,8 @@ class HostStack(ReceiveMixin):
             self._check_ivs(None, ivs, len(packets))
             return [self._plain_nbl(p) for p in packets]
         self._check_sa(sa)
+        if sa.via is not None:
+            return self._prepare_via(packets, sa, ivs)
         parsed = [self._parse_for(sa, p) for p in packets]
         ivs = self._check_ivs(sa, ivs, len(parsed))
         for bundle in sorted({bundle for _, bundle in parsed}):
@@ -695,7 +750,8 @@ class HostStack(ReceiveMixin):
                 oob["first_nb"].tolist(), oob["l2_len"].tolist(), oob["esp_off4"].tolist(),
                 oob["ah_off4"].tolist())):
             wanted = slots.get(handle)
-            if wanted is None or lso or int(oob["nb_count"][k]) < 1:
+            if wanted is None or lso or int(oob["nb_count"][k]) < 1 \
+                    or int(oob["tunnel_handle"][k]):  # nested: framed with fresh IVs
                 continue
             for nb in range(first, first + int(oob["nb_count"][k])):
                 end = int(batch.nb_off[nb]) + int(batch.nb_len[nb])
@@ -708,6 +764,8 @@ class HostStack(ReceiveMixin):
 
     def _transmit(self, sa: Optional[StackSa], nbls: list[_Nbl], *,
                   fill: bool = False) -> SendResult:
+        if sa is not None and sa.via is not None:
+            return self._transmit_via(sa, nbls)
         esn_sa = sa if sa is not None and sa.config.esn else None
         results = []
         for part in (_split_by_seq_hi(nbls) if esn_sa else [nbls]):
@@ -721,6 +779,84 @@ class HostStack(ReceiveMixin):
                 # an LSO super-packet may end in the next high word: the NIC carried into
                 # it for its segments only (docs/send-path.md); the record must follow
                 self._sync_seq_hi(esn_sa, bundles, part[-1].last_sn >> 32)
+        return concat_results(results)
+
+    # -- transport over tunnel (docs/send-path.md) -------------------------------------------
+    _FRAMERS = {"esp": "_esp_nbl", "ah": "_ah_nbl", "ah+esp": "_ah_esp_nbl"}
+
+    def _prepare_via(self, packets: list, sa: StackSa, ivs) -> list:
+        """Nested frames: the transport SA's frame (slot 12 from its IP header, its ICV room
+        reserved), then the tunnel SA's frame around that datagram; OffloadHandle = the
+        transport bundle, TunnelHandle = the tunnel bundle. Each layer draws its own SN: the
+        tunnel SA's counter is the one its own packets use."""
+        tunnel = sa.via
+        assert tunnel is not None
+        self._check_sa(tunnel)
+        parsed = [self._parse_for(sa, p) for p in packets]
+        fresh = self._needs_fresh_ivs() and ivs is None
+        ivs = self._check_ivs(sa, ivs, len(parsed))
+        for packet, bundle in parsed:
+            if bundle and sa.config.udp_encap:
+                raise ValueError(f"{_sa_label(sa.config)}: a UDP-encapsulated transport SA over "
+                                 f"a tunnel carries IPv4 only (docs/send-path.md: the NIC would "
+                                 f"have to checksum the inner UDP header between the two seals)")
+        tunnel_bundle = len(tunnel._tunnel_endpoints[0]) == 16  # type: ignore[index]
+        for bundle in sorted({bundle for _, bundle in parsed}):
+            self._ensure_bundle(sa, bundle)
+        self._ensure_bundle(tunnel, tunnel_bundle)
+        n = len(parsed)
+        first_t = self._check_room(sa, n)
+        first_u = self._check_room(tunnel, n)
+        inner_framer = getattr(self, self._FRAMERS[sa.config.protocol])
+        outer_framer = getattr(self, self._FRAMERS[tunnel.config.protocol])
+        next_ipv4_id = self._next_ipv4_id
+        nbls = []
+        try:
+            for i, ((packet, bundle), iv) in enumerate(zip(parsed, ivs)):
+                if fresh:
+                    iv = os.urandom(len(iv))
+                inner = inner_framer(sa, packet, bundle, first_t + i, iv)
+                datagram = inner.frame[self.l2_length:]
+                u_iv = bytes(tunnel.layout.iv_len)
+                if self._needs_fresh_ivs():
+                    u_iv = os.urandom(len(u_iv))
+                outer = outer_framer(tunnel, parse_ip_packet(datagram), tunnel_bundle,
+                                     first_u + i, u_iv)
+                oob = dict(inner.oob)
+                oob["offload_handle"] = sa.handles[bundle]
+                oob["tunnel_handle"] = tunnel.handles[tunnel_bundle]
+                oob["l2_len"] = self.l2_length
+                nbls.append(_ViaNbl(frame=outer.frame, oob=oob, bundle=bundle,
+                                    first_sn=first_t + i, last_sn=first_t + i,
+                                    tunnel_sn=first_u + i))
+        except Exception:
+            self._next_ipv4_id = next_ipv4_id
+            raise
+        sa.next_seq = first_t + n
+        tunnel.next_seq = first_u + n
+        return nbls
+
+    def _transmit_via(self, sa: StackSa, nbls: list) -> SendResult:
+        """Send nested NBLs in runs whose two ESN high words stay the same, with UPDATE_SA
+        for either SA before a run that crosses into a new high word."""
+        tunnel = sa.via
+        assert tunnel is not None
+        tunnel_bundle = len(tunnel._tunnel_endpoints[0]) == 16  # type: ignore[index]
+        parts: list[list] = []
+        for nbl in nbls:
+            key = (nbl.first_sn >> 32, nbl.tunnel_sn >> 32)
+            if parts and (parts[-1][0].first_sn >> 32, parts[-1][0].tunnel_sn >> 32) == key:
+                parts[-1].append(nbl)
+            else:
+                parts.append([nbl])
+        results = []
+        for part in parts or [[]]:
+            if part:
+                if sa.config.esn:
+                    self._sync_seq_hi(sa, {nbl.bundle for nbl in part}, part[0].first_sn >> 32)
+                if tunnel.config.esn:
+                    self._sync_seq_hi(tunnel, {tunnel_bundle}, part[0].tunnel_sn >> 32)
+            results.append(send_within_cap(self.miniport, _to_batch(part)))
         return concat_results(results)
 
     # -- LSO super-packets (docs/send-path.md) ----------------------------------------------------
@@ -762,8 +898,9 @@ class HostStack(ReceiveMixin):
         _check_lso_args(mss, lso_version, pad_length, sa)
         if sa is not None:
             self._check_sa(sa)
-            if sa.config.mode == "tunnel":
-                raise ValueError("LSO is never combined with tunnel-mode IPsec (docs/send-path.md)")
+            if sa.config.mode == "tunnel" or sa.via is not None:
+                raise ValueError("LSO is never combined with tunnel-mode IPsec (docs/send-path.md)"
+                                 + ("; this SA goes over a tunnel" if sa.via else ""))
             if sa.config.protocol == "ah" and pad_length:
                 raise ValueError("pad_length is ESP padding; an AH SA has none")
             parsed, bundle = self._parse_for(sa, packet)

@@ -141,7 +141,8 @@ def supported(sa) -> bool:
     """Whether the compiled framer frames this SA (ESP alone; AH and bundles are framed by
     host/stack.py)."""
     config = sa.config
-    return getattr(config, "protocol", "esp") == "esp" and getattr(config, "via", None) is None
+    return (getattr(config, "protocol", "esp") == "esp" and getattr(config, "via", None) is None
+            and getattr(sa, "via", None) is None)
 
 
 # -- one framed send --------------------------------------------------------------------------
@@ -401,13 +402,19 @@ def send_batch(stack, packets, sas, *, mss: Optional[int] = None) -> BatchSend:
         raise ValueError(f"mss must be an integer from 1 to {(1 << 20) - 1}, got {mss!r}")
     distinct: list = []
     index: dict = {}
+    nested = False
     for sa in per_packet:
         if sa is not None and id(sa) not in index:
             stack._check_sa(sa)
-            if not supported(sa):
+            if getattr(sa, "via", None) is not None and getattr(
+                    sa.config, "protocol", "esp") == "esp":
+                nested = True  # transport over tunnel: the Python framer, run by run
+            elif not supported(sa):
                 raise ValueError("send_batch frames ESP SAs; use send() for this SA")
             index[id(sa)] = len(distinct)
             distinct.append(sa)
+    if nested:
+        return _send_runs(stack, packets, per_packet, mss)
     arena, pkts = _pack([p if p is not None else b"" for p in packets]) or (None, None)
     if arena is None:
         raise TypeError("every packet must be bytes-like or a scapy packet")
@@ -445,6 +452,72 @@ def send_batch(stack, packets, sas, *, mss: Optional[int] = None) -> BatchSend:
     for _, reason in faults:
         counts[reason] = counts.get(reason, 0) + 1
     return BatchSend(SendResult.concat(results), nbl, faults, counts)
+
+
+def _send_runs(stack, packets: list, per_packet: list, mss: Optional[int]) -> BatchSend:
+    """send_batch for a list that holds a ``via`` SA (transport over tunnel, framed by
+    host/stack.py): runs of consecutive packets of one SA through ``stack.send`` (TCP
+    packets over ``mss`` under a transport SA without ``via`` through ``send_lso``); a run
+    the stack refuses is sent packet by packet, so only the refused packets are faults."""
+    from .stack import SequenceNumberExhausted, parse_ip_packet
+    results: list = []
+    nbl = np.full(len(packets), -1, np.int64)
+    faults: list = []
+    base = 0
+
+    def lso(i: int) -> bool:
+        sa = per_packet[i]
+        if mss is None or sa is None or sa.config.mode != "transport" or sa.via is not None:
+            return False
+        try:
+            parsed = parse_ip_packet(packets[i])
+        except ValueError:
+            return False
+        data, l4 = parsed.data, parsed.l4_offset
+        if parsed.protocol != 6 or l4 + 20 > len(data) or data[l4 + 13] & 0x26 \
+                or data[l4 + 18] or data[l4 + 19]:
+            return False
+        return len(data) - l4 - (data[l4 + 12] >> 4) * 4 > mss
+
+    def sent(indices: list, result) -> None:
+        nonlocal base
+        results.append(result)
+        for k, i in enumerate(indices):
+            if result.status[k] == 0:
+                nbl[i] = base + k
+        base += len(result.status)
+
+    with stack._lock:
+        i = 0
+        while i < len(packets):
+            j = i
+            while j < len(packets) and per_packet[j] is per_packet[i] and not lso(j):
+                j += 1
+            run = list(range(i, max(j, i + 1)))
+            try:
+                if j == i:  # an LSO super-packet alone
+                    result = stack.send_lso(packets[i], per_packet[i], mss)
+                    results.append(result)
+                    if (result.status == 0).all():
+                        nbl[i] = base
+                    base += len(result.status)
+                else:
+                    sent(run, stack.send([packets[k] for k in run], per_packet[i]))
+            except (ValueError, TypeError, SequenceNumberExhausted) as error:
+                if len(run) == 1:
+                    faults.append((i, str(error)))
+                else:
+                    for k in run:
+                        try:
+                            sent([k], stack.send([packets[k]], per_packet[k]))
+                        except (ValueError, TypeError, SequenceNumberExhausted) as one:
+                            faults.append((k, str(one)))
+            i = run[-1] + 1
+    counts: dict = {}
+    for _, reason in faults:
+        counts[reason] = counts.get(reason, 0) + 1
+    return BatchSend(SendResult.concat(results) if results else stack.send([], None), nbl,
+                     faults, counts)
 
 
 def _as_bytes(packet) -> bytes:

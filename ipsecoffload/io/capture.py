@@ -20,7 +20,7 @@ from ..control.miniport import Miniport
 from ..host.packetinfo import TCP, MalformedPacket, parse_packet
 from ..io.pcap import (DEFAULT_SNAPLEN, LINKTYPE_ETHERNET, PcapError, PcapReader,
                    PcapWriter, keep_truncation_warnings, l2_length)
-from ..io.safile import SaPolicy
+from ..io.safile import SaFileError, SaPolicy
 from ..host.stack import HostStack, SequenceNumberExhausted
 from ..ndis import NdisStatus
 
@@ -111,6 +111,23 @@ class _Job:
         self.index, self.packet, self.lso = index, packet, lso
 
 
+def add_policy_sas(stack: HostStack, policies: Sequence[SaPolicy]) -> list:
+    """One StackSa per policy, in order: the tunnel SAs first, so that a ``via`` SA
+    (transport over tunnel) is added with the StackSa of the tunnel SA it names."""
+    sas: list = [None] * len(policies)
+    index = {p.name: i for i, p in enumerate(policies)}
+    for i, p in enumerate(policies):
+        if getattr(p, "via", None) is None:
+            sas[i] = stack.add_sa(p.config)
+    for i, p in enumerate(policies):
+        if getattr(p, "via", None) is not None:
+            if p.via not in index or sas[index[p.via]] is None:
+                raise SaFileError(f"SA {p.name!r}: via names {p.via!r}, which is no tunnel SA "
+                                  f"of this list")
+            sas[i] = stack.add_sa(p.config, via=sas[index[p.via]])
+    return sas
+
+
 class CaptureEncryptor:
     """Holds the stack, the miniport and the running summary for one capture."""
 
@@ -121,7 +138,7 @@ class CaptureEncryptor:
         self.l2 = l2_length(summary.linktype)
         self.stack = HostStack(miniport or Miniport(),
                                link="ethernet" if summary.linktype == LINKTYPE_ETHERNET else "raw")
-        self.sas = [self.stack.add_sa(p.config) for p in self.policies]
+        self.sas = add_policy_sas(self.stack, self.policies)
         summary.sas = {p.name: SaStats() for p in self.policies}
 
     def process(self, records) -> list:
@@ -157,7 +174,8 @@ class CaptureEncryptor:
             lso = (policy_index >= 0 and summary.mss is not None and info.proto == TCP
                    and info.lso_capable and info.tcp_payload is not None
                    and info.tcp_payload > summary.mss
-                   and self.policies[policy_index].config.mode == "transport")
+                   and self.policies[policy_index].config.mode == "transport"
+                   and getattr(self.policies[policy_index], "via", None) is None)
             packet = frame[l2:l2 + info.length]
             groups.setdefault(policy_index, []).append(_Job(index, packet, lso))
         for policy_index, jobs in groups.items():
@@ -482,7 +500,8 @@ def encrypt_capture(input_path, output_path, policies: Sequence[SaPolicy], *,
         raise ValueError(f"output_format must be 'pcap' or 'pcapng', got {output_format!r}")
     # AH and AH+ESP SAs are framed by the host stack's Python framer (host/stack.py): a file
     # that holds one goes the per-SA capture path
-    ah_sas = any(getattr(p.config, "protocol", "esp") != "esp" for p in policies)
+    ah_sas = any(getattr(p.config, "protocol", "esp") != "esp" or getattr(p, "via", None)
+                 for p in policies)  # and via SAs (transport over tunnel): the same
     if ah_sas or kernels() is None or (miniport is not None and not hasattr(miniport.kernels,
                                                                             "host_frame")):
         if output_format == "pcapng" or input_path == "-" or output_path == "-":

@@ -22,7 +22,7 @@ __all__ = ["MAX_SA_FILE_BYTES", "SaFileError", "update_sa_file_seq", "Selector",
 
 PROTOCOL_NAMES = {"tcp": (TCP,), "udp": (UDP,), "icmp": (ICMP, ICMPV6)}
 SA_KEYS = ("name", "selector", "protocol", "mode", "tunnel", "spi", "encryption", "icv_len",
-           "key", "integrity", "auth_key", "esn", "seq", "udp_encap", "ah")
+           "key", "integrity", "auth_key", "esn", "seq", "udp_encap", "ah", "via")
 PROTOCOLS = ("esp", "ah", "ah+esp")
 AH_KEYS = ("spi", "integrity", "auth_key")
 SELECTOR_KEYS = ("src", "dst", "proto", "sport", "dport")
@@ -145,6 +145,8 @@ class SaPolicy(NamedTuple):
     name: str
     selector: Selector
     config: SaConfig
+    # transport over tunnel: the name of the tunnel SA (same file) that carries this one
+    via: Optional[str] = None
 
 
 # -- loading -------------------------------------------------------------------------------
@@ -250,7 +252,32 @@ def parse_sa_list(document, source: str = "SA list") -> list:
                               f"used by the SA at index {names[policy.name]}")
         names[policy.name] = index
         policies.append(policy)
+    for index, policy in enumerate(policies):
+        if policy.via is not None:
+            _check_via(policy, policies, names, f"{source}: SA {policy.name!r}")
     return policies
+
+
+def _check_via(policy: SaPolicy, policies: list, names: dict, label: str) -> None:
+    """``via`` names a tunnel SA of the same file that has no ``via`` itself, on a transport
+    SA, never with UDP encapsulation on both (docs/send-path.md)."""
+    if policy.config.mode != "transport":
+        raise SaFileError(f"{label}: via is for mode 'transport' SAs; a tunnel SA cannot be "
+                          f"carried by another tunnel")
+    if policy.via == policy.name:
+        raise SaFileError(f"{label}: via names the SA itself")
+    if policy.via not in names:
+        raise SaFileError(f"{label}: via names {policy.via!r}, which is no SA of this file")
+    target = policies[names[policy.via]]
+    if target.config.mode != "tunnel":
+        raise SaFileError(f"{label}: via must name a mode 'tunnel' SA; {policy.via!r} is "
+                          f"mode {target.config.mode!r}")
+    if target.via is not None:
+        raise SaFileError(f"{label}: via names {policy.via!r}, which has a via itself; "
+                          f"tunnels do not chain")
+    if policy.config.udp_encap and target.config.udp_encap:
+        raise SaFileError(f"{label}: udp_encap on both this SA and its tunnel {policy.via!r} "
+                          f"is not supported; keep it on one layer")
 
 
 def _json_type(value) -> str:
@@ -337,11 +364,15 @@ def _parse_sa(entry, index: int, source: str) -> SaPolicy:
     if udp is not None:
         _check_object(udp, "udp_encap", ("sport", "dport"), bad)
         kwargs["udp_encap"] = (udp.get("sport", 4500), udp.get("dport", 4500))
+    via = entry.get("via")
+    if via is not None and (not isinstance(via, str) or not via):
+        raise bad(f"via must be the name of a tunnel SA of this file (a string), got a JSON "
+                  f"{_json_type(via)}")
     try:
         config = SaConfig(**kwargs)
     except (TypeError, ValueError) as error:
         raise bad(_strip_sa_prefix(str(error), name)) from None
-    return SaPolicy(name, selector, config)
+    return SaPolicy(name, selector, config, via)
 
 
 def _check_object(value, name: str, keys: tuple, bad) -> None:
@@ -405,6 +436,8 @@ def policy_to_dict(policy: SaPolicy) -> dict:
     entry.update({"esn": config.esn, "seq": config.seq})
     if config.udp_encap:
         entry["udp_encap"] = {"sport": config.udp_encap[0], "dport": config.udp_encap[1]}
+    if policy.via is not None:
+        entry["via"] = policy.via
     return entry
 
 

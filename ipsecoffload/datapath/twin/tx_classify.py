@@ -56,8 +56,9 @@ def ah_header_len(ah) -> int:
 
 
 def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int,
-                  iv_source: int) -> dict:
-    """Steps 1-3 of the send procedure for one NET_BUFFER; returns the plan's fields."""
+                  iv_source: int, nested_layer: bool = False) -> dict:
+    """Steps 1-3 of the send procedure for one NET_BUFFER; returns the plan's fields.
+    ``nested_layer``: ``oob`` is one layer of a transport-over-tunnel frame."""
     nb_count, handle, tunnel_handle = int(oob["nb_count"]), int(oob["offload_handle"]), \
         int(oob["tunnel_handle"])
     nh, padl, ah4, esp4 = (int(oob["next_header"]), int(oob["pad_length"]), int(oob["ah_off4"]),
@@ -115,7 +116,9 @@ def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int
         return disabled()
     if tunnel_handle != 0 and handle == 0 and config & Config.TUNNEL_ALONE_SINGLE:
         handle = tunnel_handle  # docs/spec-gaps.md G13, policy "single"
-    elif tunnel_handle != 0:  # G13; transport over tunnel is not offered
+    elif tunnel_handle != 0 and handle != 0 and config & Config.TRANSPORT_TUNNEL:
+        return _classify_nested(frame, oob, nbl, recs, config, iv_source, plan, fail)
+    elif tunnel_handle != 0:  # G13; or transport over tunnel not offered
         return fail(STATUS_FAILURE, Reason.TUNNEL_HANDLE)
     if flen < l2 + 1:
         return fail(STATUS_INVALID_PACKET, Reason.MALFORMED_IP)
@@ -136,6 +139,9 @@ def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int
         return fail(STATUS_FAILURE, Reason.INBOUND_HANDLE)
     if bool(sa["ipv6"]) != ipv6:
         return fail(STATUS_FAILURE, Reason.IP_VERSION_MISMATCH)
+    if not nested_layer and int(sa["udp_type"]) in (UDP_TRANSPORT_OVER_UDP_TUNNEL,
+                                                    UDP_UDP_TRANSPORT_OVER_TUNNEL):
+        return fail(STATUS_FAILURE, Reason.NESTING)  # a bundle for a nested frame, alone
     # The SA's layers: AH alone, ESP alone, or ESP then AH
     ah_rec = None
     if rec["proto"] == PROTO_AH:
@@ -282,6 +288,131 @@ def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int
     return {**plan, "slot": slot, "fresh_iv": int(int(rec["iv_len"]) != 0), "hdr_len": hdr_len,
             "body_off": hdr_len, "body_len": payload,
             "nsegs": nsegs, "out_len": out_len, "reason": Reason.OK, "status": 0}
+
+
+UDP_TUNNEL = 0x2  # IPSEC_OFFLOAD_V2_UDP_ESP_ENCAPSULATION_TUNNEL
+UDP_TRANSPORT_OVER_UDP_TUNNEL = 0x4  # ..._TRANSPORT_OVER_UDP_ESP_ENCAPSULATION_TUNNEL
+UDP_UDP_TRANSPORT_OVER_TUNNEL = 0x8  # ..._UDP_ESP_ENCAPSULATION_TRANSPORT_OVER_TUNNEL
+
+
+def _nesting_ok(t, u) -> bool:
+    """The UdpEspEncapsulation values of transport bundle ``t`` and tunnel bundle ``u``
+    agree (docs/send-path.md, "Transport over tunnel")."""
+    t_esp = int(t["xf"][0]["proto"]) == PROTO_ESP
+    tu, uu = int(t["udp_type"]), int(u["udp_type"])
+    if uu == UDP_TUNNEL:
+        return tu == (UDP_TRANSPORT_OVER_UDP_TUNNEL if t_esp else 0)
+    if uu != 0:
+        return False
+    return tu == 0 or (tu == UDP_UDP_TRANSPORT_OVER_TUNNEL and t_esp)
+
+
+def _classify_nested(frame: bytes, oob, nbl: int, recs, config: int, iv_source: int,
+                     plan: dict, fail) -> dict:
+    """Transport over tunnel: the tunnel layer found by parsing the outer header, the
+    transport layer by slot 12 from the inner IP header (G11); both ICVs reserved (G30)."""
+    handle, th = int(oob["offload_handle"]), int(oob["tunnel_handle"])
+    ts, us = handle & HANDLE_SLOT_MASK, th & HANDLE_SLOT_MASK
+    l2, flen = int(oob["l2_len"]), len(frame)
+    def live(slot, h):
+        return slot < len(recs) and recs[slot]["in_use"] and int(recs[slot]["handle"]) == h
+    if not live(us, th) or not live(ts, handle):
+        return fail(STATUS_FAILURE, Reason.UNKNOWN_HANDLE)
+    t, u = recs[ts], recs[us]
+    if u["inbound"] or t["inbound"]:
+        return fail(STATUS_FAILURE, Reason.INBOUND_HANDLE)
+    if int(oob["lso_info"]) != 0:  # LSO is never combined with tunnel packets (NDIS)
+        return fail(STATUS_FAILURE, Reason.LSO_BAD_PARAMS)
+    if ts == us or not _nesting_ok(t, u):
+        return fail(STATUS_FAILURE, Reason.NESTING)
+    if l2 < 0 or flen < l2 + 20:
+        return fail(STATUS_INVALID_PACKET, Reason.MALFORMED_IP)
+    version = frame[l2] >> 4
+    ipv6 = version == 6
+    if version == 4:
+        ihl = (frame[l2] & 0xF) * 4
+        ip_end = l2 + struct.unpack_from("!H", frame, l2 + 2)[0]
+        nh = frame[l2 + 9]
+        if ihl < 20 or ip_end < l2 + ihl:
+            return fail(STATUS_INVALID_PACKET, Reason.MALFORMED_IP)
+    elif version == 6:
+        ihl = 40
+        if flen < l2 + 40:
+            return fail(STATUS_INVALID_PACKET, Reason.MALFORMED_IP)
+        ip_end = l2 + 40 + struct.unpack_from("!H", frame, l2 + 4)[0]
+        nh = frame[l2 + 6]
+    else:
+        return fail(STATUS_INVALID_PACKET, Reason.MALFORMED_IP)
+    if ip_end > flen or l2 + ihl > flen:
+        return fail(STATUS_INVALID_PACKET, Reason.MALFORMED_IP)
+    off = l2 + ihl
+    for _ in range(64):
+        if not (ipv6 and nh in (0, 43, 44, 60)) or off + 8 > ip_end:
+            break
+        hlen = 8 if nh == 44 else (frame[off + 1] + 1) * 8
+        nh = frame[off]
+        off += hlen
+    u0 = u["xf"][0]
+    ux = u["xf"][1] if int(u0["proto"]) == PROTO_ESP and u["n_xf"] == 2 else u0
+    uo = dict(offload_handle=th, tunnel_handle=0, lso_info=0, nb_count=int(oob["nb_count"]),
+              l2_len=l2, next_header=0, pad_length=0, ah_off4=0, esp_off4=0)
+    if int(ux["proto"]) == PROTO_AH:
+        if (off - l2) % 4 or off - l2 > 1020:
+            return fail(STATUS_INVALID_PACKET, Reason.BAD_AH_OFFSET)
+        uo["ah_off4"] = (off - l2) // 4
+        if u["n_xf"] == 2:
+            off += ah_header_len(ux)
+    if int(u0["proto"]) == PROTO_ESP:
+        if u0["udp_encap"]:
+            off += 8
+        if (off - l2) % 4 or off - l2 > 1020 or off < l2 + ihl:
+            return fail(STATUS_INVALID_PACKET, Reason.BAD_ESP_OFFSET)
+        uo["esp_off4"] = (off - l2) // 4
+        tend = ip_end - int(u0["icv_len"])
+        if tend - 2 < off:
+            return fail(STATUS_INVALID_PACKET, Reason.BAD_TRAILER)
+        uo["pad_length"], uo["next_header"] = frame[tend - 2], frame[tend - 1]
+        inner = off + 8 + int(u0["iv_len"])
+        limit = tend - 2 - uo["pad_length"]
+    else:
+        inner = off + ah_header_len(ux)
+        limit = ip_end
+    p = _classify_one(frame, uo, nbl, recs, config, IcvSpace.RESERVED, iv_source, True)
+    if p.get("status", 0) != 0 or p.get("slot", -1) < 0:
+        return p
+    if p.get("ah_off", 0) and int(u0["proto"]) == PROTO_AH:
+        nh = frame[p["ah_off"]]
+    else:
+        nh = uo["next_header"]
+    if inner + 20 > limit or inner > 0xFFFF or nh not in (4, 41):
+        return {**p, **_failed(fail(STATUS_INVALID_PACKET, Reason.MALFORMED_IP))}
+    if frame[inner] >> 4 != (4 if nh == 4 else 6):
+        return {**p, **_failed(fail(STATUS_INVALID_PACKET, Reason.MALFORMED_IP))}
+    to = dict(offload_handle=handle, tunnel_handle=0, lso_info=0, nb_count=int(oob["nb_count"]),
+              l2_len=inner, next_header=int(oob["next_header"]),
+              pad_length=int(oob["pad_length"]), ah_off4=int(oob["ah_off4"]),
+              esp_off4=int(oob["esp_off4"]))
+    q = _classify_one(frame[:limit], to, nbl, recs, config, IcvSpace.RESERVED, iv_source, True)
+    if q.get("status", 0) != 0:
+        return {**p, **_failed(q)}
+    if q.get("slot", -1) < 0:  # offload off for the transport layer (G21)
+        return {**p, "ah_off": 0, "esp_off": 0, "slot": -1, "reason": q["reason"], "nsegs": 1,
+                "out_len": flen}
+    if q["out_len"] != limit:  # U's payload is exactly the inner packet
+        return {**p, **_failed(fail(STATUS_INVALID_PACKET, Reason.MALFORMED_IP))}
+    if int(t["udp_type"]) == UDP_UDP_TRANSPORT_OVER_TUNNEL and q.get("ipv6", 0):
+        return {**p, **_failed(fail(STATUS_FAILURE, Reason.NESTING))}
+    return {**p, "nested": 1, "in_slot": q["slot"], "in_sn64": q.get("sn64", 0),
+            "in_ip_off": q["ip_off"], "in_ip_hdr_len": q.get("ip_hdr_len", 0),
+            "in_end": limit, "in_esp_off": q.get("esp_off", 0), "in_ah_off": q.get("ah_off", 0),
+            "in_ah_len": q.get("ah_len", 0), "in_body_len": q.get("body_len", 0),
+            "in_ipv6": q.get("ipv6", 0), "in_fresh_iv": q.get("fresh_iv", 0),
+            "in_ah_fresh_iv": q.get("ah_fresh_iv", 0)}
+
+
+def _failed(p: dict) -> dict:
+    """The status fields of a failed plan (the compiled fail() keeps the other fields)."""
+    return {"status": p["status"], "reason": p["reason"], "nsegs": 0, "out_len": 0}
 
 
 def tx_classify(batch, records, config, icv_space, iv_source, plans):

@@ -11,7 +11,7 @@ from ..layout import (CRYPTO_OP_DTYPE, NB_PLAN_DTYPE, PROTO_AH, SA_RECORD_DTYPE,
 from .ah_mutable import ah_zero_ipv4, ah_zero_ipv6
 from .common import (_buffers, _pad, _patch_segment, _plain_lso_is_consistent,
                      _plan_is_consistent, _records, xf0)
-from .tx_plan import ah_scratch_len, ops_per_segment, random_iv
+from .tx_plan import ah_scratch_len, ops_per_segment, outer_scratch_len, rand_len, random_iv
 
 
 def _ah_op(seg: bytearray, pos: int, p, ah, i: int, scratch: int, out, fi: int, pass_no: int,
@@ -56,6 +56,97 @@ def _ah_op(seg: bytearray, pos: int, p, ah, i: int, scratch: int, out, fi: int, 
                                     np.uint8)
 
 
+def _inner_plan(p, sa):
+    """The transport layer of a nested plan as a plan of its own (one non-LSO segment)."""
+    q = np.zeros((), NB_PLAN_DTYPE)
+    for name in ("nbl",):
+        q[name] = p[name]
+    q["slot"], q["nsegs"] = p["in_slot"], 1
+    q["ip_off"], q["ip_hdr_len"], q["ipv6"] = p["in_ip_off"], p["in_ip_hdr_len"], p["in_ipv6"]
+    q["sn64"], q["esp_off"] = p["in_sn64"], p["in_esp_off"]
+    q["ah_off"], q["ah_len"] = p["in_ah_off"], p["in_ah_len"]
+    q["fresh_iv"], q["ah_fresh_iv"] = p["in_fresh_iv"], p["in_ah_fresh_iv"]
+    q["out_len"] = p["in_end"]
+    if p["in_esp_off"]:
+        q["hdr_len"] = int(p["in_esp_off"]) + 8 + int(xf0(sa)["iv_len"])
+        q["body_off"] = q["hdr_len"]
+    else:
+        q["hdr_len"] = q["body_off"] = p["in_end"]
+    q["body_len"] = p["in_body_len"]
+    return q
+
+
+def _nested_is_consistent(p, sa, sa_in, flen: int) -> bool:
+    """The tunnel layer is one non-LSO segment; the transport layer's plan lies inside the
+    tunnel layer's protected text."""
+    if p["lso"] or int(p["nsegs"]) != 1 or not sa_in["in_use"] or not 1 <= sa_in["n_xf"] <= 2:
+        return False
+    x = xf0(sa)
+    if x["proto"] != PROTO_AH:
+        start = int(p["esp_off"]) + 8 + int(x["iv_len"])
+        stop = start + int(p["body_len"])
+    else:
+        start = int(p["ah_off"]) + int(p["ah_len"])
+        stop = int(p["out_len"])
+    end = int(p["in_end"])
+    return (int(p["in_ip_off"]) >= start and end <= stop and end <= flen
+            and int(p["in_ip_off"]) >= 0 and int(p["in_body_len"]) >= 0
+            and _plan_is_consistent(_inner_plan(p, sa_in), sa_in, end))
+
+
+def _esp_op(seg, pos: int, p, rec, sn: int, fi: int, pass_no: int, otab, oi: int) -> None:
+    """The ESP seal op of a segment whose datagram is ``seg`` (its ICV room last)."""
+    esp, iv_len, icv = int(p["esp_off"]), int(rec["iv_len"]), int(rec["icv_len"])
+    otab[oi] = np.zeros((), CRYPTO_OP_DTYPE)
+    op = otab[oi]
+    op["auth_off"] = pos + esp
+    op["text_off"] = pos + esp + 8 + iv_len
+    op["text_len"] = len(seg) - icv - (esp + 8 + iv_len)
+    op["icv_off"] = pos + len(seg) - icv
+    op["ip_off"] = pos + int(p["ip_off"])
+    op["key_row"] = rec["key_row"]
+    op["frame"] = fi
+    op["seq_hi"] = sn >> 32
+    op["kind"] = OpKind.ESP_SEAL
+    op["pass_no"] = pass_no
+    for name in ("suite", "integ", "iv_len", "icv_len", "esn"):
+        op[name] = rec[name]
+    op["fixup"] = Fixup.UDP6_CHECKSUM if rec["udp_encap"] and p["ipv6"] else Fixup.NONE
+    if rec["suite"] in (Suite.AES_GCM, Suite.AES_GMAC):
+        op["nonce"] = np.frombuffer(bytes(rec["salt"]) + bytes(seg[esp + 8:esp + 16]),
+                                    np.uint8)
+
+
+def _emit_inner(seg: bytearray, pos: int, p, sa, rand, rand_pos: int, scratch: int, out,
+                fi: int, otab, oi: int) -> None:
+    """Transport over tunnel: the transport layer inside ``seg`` (passes 0 and 1)."""
+    q = _inner_plan(p, sa)
+    end = int(p["in_end"])
+    rec, ah = xf0(sa), None
+    if rec["proto"] == PROTO_AH:
+        rec, ah = None, rec
+    elif sa["n_xf"] == 2:
+        ah = sa["xf"][1]
+    sub = bytearray(seg[:end])
+    _patch_segment(sub, q, rec, 0, 0)
+    if rec is not None:
+        iv_len, icv = int(rec["iv_len"]), int(rec["icv_len"])
+        sub[end - icv:end] = bytes(icv)
+        sn, esp = int(q["sn64"]), int(q["esp_off"])
+        struct.pack_into("!I", sub, esp + 4, sn & 0xFFFFFFFF)
+        if iv_len and q["fresh_iv"]:
+            if rec["suite"] in (Suite.AES_GCM, Suite.AES_GMAC):
+                struct.pack_into("!Q", sub, esp + 8, sn)
+            else:
+                sub[esp + 8:esp + 8 + iv_len] = bytes(rand[rand_pos:rand_pos + iv_len])
+        _esp_op(sub, pos, q, rec, sn, fi, 0, otab, oi)
+        oi += 1
+    if ah is not None:
+        _ah_op(sub, pos, q, ah, 0, scratch, out, fi, 1 if rec is not None else 0, otab, oi)
+    seg[:end] = sub
+
+
+
 def tx_emit(batch, records, plans, rand, out, frames, ops):
     arena, nb_off, nb_len = batch.arena, batch.nb_off, batch.nb_len
     _buffers(arena=(arena, np.uint8, False), nb_off=(nb_off, np.int64, False),
@@ -82,14 +173,19 @@ def tx_emit(batch, records, plans, rand, out, frames, ops):
         nsegs, slot = int(p["nsegs"]), int(p["slot"])
         if nsegs < 0 or p["out_len"] < 0 or (nsegs == 0 and p["out_len"] != 0):
             raise ValueError("corrupt plan")
+        if slot >= 0 and p["nested"] and not (0 <= int(p["in_slot"]) < len(recs)
+                                              and slot < len(recs)):
+            raise ValueError(f"plan {i} is inconsistent with its frame or SA record")
         if nsegs and slot >= 0:
             if (slot >= len(recs) or not recs[slot]["in_use"]
-                    or not _plan_is_consistent(p, recs[slot], int(nb_len[i]))):
+                    or not _plan_is_consistent(p, recs[slot], int(nb_len[i])) or (p["nested"] and (
+                        not 0 <= int(p["in_slot"]) < len(recs) or not _nested_is_consistent(
+                            p, recs[slot], recs[int(p["in_slot"])], int(nb_len[i]))))):
                 raise ValueError(f"plan {i} is inconsistent with its frame or SA record")
-            if random_iv(p, recs):
+            if rand_len(p, recs):
                 if int(p["rand_off"]) != nrand:
                     raise ValueError("rand_off disagrees with the plans")
-                nrand += nsegs * int(xf0(recs[slot])["iv_len"])
+                nrand += nsegs * rand_len(p, recs)
                 if nrand > len(rand):
                     raise ValueError(f"rand holds {len(rand)} bytes; plan {i} needs "
                                      f"{nrand} for its random IVs")
@@ -153,8 +249,12 @@ def tx_emit(batch, records, plans, rand, out, frames, ops):
                     chunk, seg = 0, bytearray(frame[:hdr_len])
                 _patch_segment(seg, p, None, s, chunk)
                 scratch = scratch0 + int(p["scratch_pos"]) + s * ah_scratch_len(p)
-                _ah_op(seg, pos, p, ah, s, scratch, out, fi, 0, otab, oi)
+                _ah_op(seg, pos, p, ah, s, scratch, out, fi, 2 if p["nested"] else 0, otab, oi)
                 oi += 1
+                if p["nested"]:
+                    _emit_inner(seg, pos, p, recs[int(p["in_slot"])], rand, int(p["rand_off"]),
+                                scratch0 + int(p["scratch_pos"]) + outer_scratch_len(p), out,
+                                fi, otab, oi)
                 put(seg)
             continue
         iv_len, icv = int(rec["iv_len"]), int(rec["icv_len"])
@@ -179,26 +279,16 @@ def tx_emit(batch, records, plans, rand, out, frames, ops):
                 else:
                     r = int(p["rand_off"]) + s * iv_len
                     seg[esp + 8:esp + 8 + iv_len] = bytes(rand[r:r + iv_len])
-            otab[oi] = np.zeros((), CRYPTO_OP_DTYPE)
-            op = otab[oi]
-            op["auth_off"] = pos + esp
-            op["text_off"] = pos + esp + 8 + iv_len
-            op["text_len"] = len(seg) - icv - (esp + 8 + iv_len)
-            op["icv_off"] = pos + len(seg) - icv
-            op["ip_off"] = pos + int(p["ip_off"])
-            op["key_row"] = rec["key_row"]
-            op["frame"] = fi
-            op["seq_hi"] = sn >> 32
-            op["kind"] = OpKind.ESP_SEAL
-            for name in ("suite", "integ", "iv_len", "icv_len", "esn"):
-                op[name] = rec[name]
-            op["fixup"] = Fixup.UDP6_CHECKSUM if rec["udp_encap"] and p["ipv6"] else Fixup.NONE
-            if rec["suite"] in (Suite.AES_GCM, Suite.AES_GMAC):
-                op["nonce"] = np.frombuffer(bytes(rec["salt"]) + bytes(seg[esp + 8:esp + 16]),
-                                            np.uint8)
+            _esp_op(seg, pos, p, rec, sn, fi, 2 if p["nested"] else 0, otab, oi)
             oi += 1
             if ah is not None:  # AH over the result, in the pass after ESP
                 scratch = scratch0 + int(p["scratch_pos"]) + s * ah_scratch_len(p)
-                _ah_op(seg, pos, p, ah, s, scratch, out, fi, 1, otab, oi)
+                _ah_op(seg, pos, p, ah, s, scratch, out, fi, 3 if p["nested"] else 1, otab, oi)
                 oi += 1
+            if p["nested"]:  # the transport layer inside, in passes 0 and 1
+                _emit_inner(seg, pos, p, recs[int(p["in_slot"])], rand,
+                            int(p["rand_off"]) + (iv_len if iv_len and p["fresh_iv"]
+                                                  and random_iv(p, recs) else 0),
+                            scratch0 + int(p["scratch_pos"]) + outer_scratch_len(p), out, fi,
+                            otab, oi)
             put(seg)

@@ -20,16 +20,39 @@ def random_iv(p, recs) -> bool:
                                                       Suite.AH_GMAC))
 
 
+def rand_len(p, recs) -> int:
+    """Random IV bytes of one segment: its layer's CBC IV, then (nested) the transport
+    layer's."""
+    n = int(xf0(recs[int(p["slot"])])["iv_len"]) if random_iv(p, recs) else 0
+    if p["slot"] >= 0 and p["nested"] and p["in_fresh_iv"]:
+        xf = xf0(recs[int(p["in_slot"])])
+        if int(xf["suite"]) not in (Suite.AES_GCM, Suite.AES_GMAC, Suite.AH_GMAC):
+            n += int(xf["iv_len"])
+    return n
+
+
 def ops_per_segment(p, recs) -> int:
-    """Crypto ops of one protected segment: one per layer (ESP seal, AH sign)."""
-    return 0 if p["slot"] < 0 else int(recs[int(p["slot"])]["n_xf"])
+    """Crypto ops of one protected segment: one per layer (ESP seal, AH sign), of both SAs
+    for transport over tunnel."""
+    if p["slot"] < 0:
+        return 0
+    n = int(recs[int(p["slot"])]["n_xf"])
+    return n + int(recs[int(p["in_slot"])]["n_xf"]) if p["nested"] else n
 
 
-def ah_scratch_len(p) -> int:
-    """Scratch bytes of one AH segment: its IP header region through the AH header."""
+def outer_scratch_len(p) -> int:
+    """Scratch bytes of the plan's own AH layer: its IP header region through the AH header."""
     if p["slot"] < 0 or not p["ah_off"]:
         return 0
     return int(p["ah_off"]) + int(p["ah_len"]) - int(p["ip_off"])
+
+
+def ah_scratch_len(p) -> int:
+    """Scratch bytes of one AH segment; nested: the transport layer's region after it."""
+    n = outer_scratch_len(p)
+    if p["slot"] >= 0 and p["nested"] and p["in_ah_off"]:
+        n += int(p["in_ah_off"]) + int(p["in_ah_len"]) - int(p["in_ip_off"])
+    return n
 
 
 def tx_plan(batch, records, plans, nbl_status, lso_done, counters):
@@ -53,6 +76,11 @@ def tx_plan(batch, records, plans, nbl_status, lso_done, counters):
                 or (p["nsegs"] == 0 and p["out_len"] != 0) or p["reason"] >= REASON_COUNT
                 or (p["slot"] >= 0 and (p["slot"] >= len(recs)
                                         or recs[int(p["slot"])]["n_xf"] > 2))
+                or (p["slot"] >= 0 and p["nested"] and (
+                    p["in_slot"] < 0 or p["in_slot"] >= len(recs)
+                    or recs[int(p["in_slot"])]["n_xf"] > 2 or p["in_ah_off"] < 0
+                    or p["in_ah_len"] < 0 or p["in_ah_len"] > 1020
+                    or p["in_ah_off"] > p["in_end"]))
                 or p["ah_off"] < 0 or p["ah_len"] < 0 or p["ah_len"] > 1020
                 or int(p["out_len"]) > MAX_OUTPUT - total):
             raise ValueError(f"plan {i} is corrupt")
@@ -79,8 +107,7 @@ def tx_plan(batch, records, plans, nbl_status, lso_done, counters):
         scratch += int(p["nsegs"]) * ah_scratch_len(p)
         if p["slot"] >= 0:
             ops += int(p["nsegs"]) * ops_per_segment(p, recs)
-            if random_iv(p, recs):
-                rand_bytes += int(p["nsegs"]) * int(xf0(recs[int(p["slot"])])["iv_len"])
+            rand_bytes += int(p["nsegs"]) * rand_len(p, recs)
         lso = int(oob[k]["lso_info"])
         if p["lso"] and not p["status"] and lso and not lso & LSO_TYPE_BIT:
             payload[k] += int(p["body_len"])  # LSOv1 reports the TCP payload sent
@@ -121,7 +148,12 @@ def tx_mark(batch, records, plans, marks) -> int:
         slot = int(p["slot"])
         if int(p["nbl"]) != int(nb_nbl[i]) or slot >= len(recs) or (
                 int(p["status"]) == 0 and slot >= 0 and int(recs[slot]["n_xf"]) == 2
-                and (int(p["ah_off"]) < 0 or int(p["ah_off"]) + 12 > int(nb_len[i]))):
+                and (int(p["ah_off"]) < 0 or int(p["ah_off"]) + 12 > int(nb_len[i]))) or (
+                int(p["status"]) == 0 and slot >= 0 and p["nested"] and (
+                    not 0 <= int(p["in_slot"]) < len(recs) or (
+                        int(recs[int(p["in_slot"])]["n_xf"]) == 2 and (
+                            int(p["in_ah_off"]) < 0
+                            or int(p["in_ah_off"]) + 12 > int(nb_len[i]))))):
             raise ValueError(f"plan {i} is corrupt")
     failed_nbls = {int(p["nbl"]) for p in plan if int(p["status"]) != 0}
     n_rows, failed = len(marks) // 2, 0
@@ -130,27 +162,33 @@ def tx_mark(batch, records, plans, marks) -> int:
         slot, nsegs = int(p["slot"]), int(p["nsegs"])
         if int(p["nbl"]) in failed_nbls or slot < 0 or nsegs <= 0:
             continue
-        rec = recs[slot]
         moves, reason = [], None
-        for layer in range(int(rec["n_xf"])):
-            xf = rec["xf"][layer]
-            if int(xf["suite"]) not in _AEAD_SUITES:
-                continue
-            row = 2 * slot + layer
-            if row >= n_rows or int(marks[2 * row]) != int(rec["handle"]):
-                reason = Reason.UNKNOWN_HANDLE
+        sides = [(slot, int(p["ah_off"]), int(p["sn64"]))]
+        if p["nested"]:  # the transport layer's SA inside
+            sides.append((int(p["in_slot"]), int(p["in_ah_off"]), int(p["in_sn64"])))
+        for side_slot, ah_off, sn64 in sides:
+            rec = recs[side_slot]
+            for layer in range(int(rec["n_xf"])):
+                xf = rec["xf"][layer]
+                if int(xf["suite"]) not in _AEAD_SUITES:
+                    continue
+                row = 2 * side_slot + layer
+                if row >= n_rows or int(marks[2 * row]) != int(rec["handle"]):
+                    reason = Reason.UNKNOWN_HANDLE
+                    break
+                if layer == 1:
+                    off = int(nb_off[i]) + ah_off + 8
+                    first = int.from_bytes(bytes(arena[off:off + 4]), "big")
+                    if xf["esn"]:
+                        first |= int(xf["seq_hi"]) << 32
+                else:
+                    first = sn64
+                if first <= int(marks[2 * row + 1]):
+                    reason = Reason.SEQ_REUSED
+                    break
+                moves.append((row, (first + nsegs - 1) & (2**64 - 1)))
+            if reason is not None:
                 break
-            if layer == 1:
-                off = int(nb_off[i]) + int(p["ah_off"]) + 8
-                first = int.from_bytes(bytes(arena[off:off + 4]), "big")
-                if xf["esn"]:
-                    first |= int(xf["seq_hi"]) << 32
-            else:
-                first = int(p["sn64"])
-            if first <= int(marks[2 * row + 1]):
-                reason = Reason.SEQ_REUSED
-                break
-            moves.append((row, (first + nsegs - 1) & (2**64 - 1)))
         if reason is not None:
             plan[i]["status"], plan[i]["reason"] = STATUS_FAILURE, reason
             plan[i]["nsegs"], plan[i]["out_len"] = 0, 0
