@@ -283,3 +283,33 @@ def test_inner_rows_are_not_reused_as_plans_of_frames():
                 kernels.rx_deliver(batch, nic.arena, corrupt, stack._rx_slot_sa,
                                    stack._rx_slot_handle, windows)
     assert threading is not None and BACKENDS is not None
+
+
+ROUND_TRIP = [(t, u, i, o, e) for t in TRANSPORT for u in TUNNEL for i in (4, 6) for o in (4, 6)
+              for e in (False, True)]
+
+
+@pytest.mark.parametrize("t,u,inner,outer,esn", ROUND_TRIP,
+                         ids=[f"{t}-in-{u}-inner{i}-outer{o}-{'esn' if e else 'plain'}"
+                              for t, u, i, o, e in ROUND_TRIP])
+def test_our_nested_send_opens_on_our_receive(t, u, inner, outer, esn):
+    """What our stack sends over a `via` pair (transport SA carried by a tunnel SA, one
+    counter for the tunnel's own packets and the carried ones) opens on our receive path;
+    scapy checks each direction alone in this file and in tests/test_via_send.py."""
+    inner_cfg, outer_cfg = _configs(t, u, outer, esn)
+    tx = HostStack(Miniport(), link="raw")
+    tunnel = tx.add_sa(outer_cfg)
+    transport = tx.add_sa(inner_cfg, via=tunnel)
+    plains = [_plain(inner, k) for k in range(5)]
+    wires = []
+    for sa, group in ((transport, plains[:2]), (tunnel, plains[2:3]), (transport, plains[3:])):
+        sent = tx.send(group, sa)
+        assert sent.status.tolist() == [0] * len(group), tx.miniport.counters
+        wires += sent.wire.frames()
+    for pure in (False, True):
+        stack, _, _ = _receiver(inner_cfg, outer_cfg, pure)
+        got = stack.receive(wires)
+        assert got.delivery.tolist() == [Delivery.DECAP] * 5, got.nic.reason_counts()
+        assert got.packets() == plains
+        assert got.nic.next_crypto_done.tolist() == [1, 1, 0, 1, 1]
+        assert got.nic.crypto_status.tolist() == [CryptoStatus.SUCCESS] * 5

@@ -584,6 +584,30 @@ def test_encrypt_command_with_a_via_sa_file(tmp_path, capsys):
     assert sorted(_esp_sn(r.data, 20) for r in records) == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_decrypt_command_opens_what_encrypt_sent_with_a_via_file(tmp_path, capsys, workers):
+    import json
+
+    from ipsecoffload.cli.main import main
+    from ipsecoffload.io.pcap import read_pcap
+    path, packets = _capture(tmp_path)
+    sa = str(tmp_path / "sa.json")
+    assert main(["encrypt", "-i", str(path), "-o", str(tmp_path / "esp.pcap"), "--sa", sa,
+                 "-q"]) == 0
+    capsys.readouterr()
+    document = json.loads((tmp_path / "sa.json").read_text())
+    # a second SPI group, so that two workers have a shard each: the via SA stays with its tunnel
+    document.append({"name": "other", "spi": 7, "encryption": "aes-gcm-128", "key": "44" * 20})
+    (tmp_path / "sa.json").write_text(json.dumps(document))
+    assert main(["decrypt", "-i", str(tmp_path / "esp.pcap"), "-o", str(tmp_path / "back.pcap"),
+                 "--sa", sa, "--json", "--workers", str(workers)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["packets_out"] == 4
+    assert summary["sas"]["inner"]["crypto_status"] == {"SUCCESS": 3}
+    assert summary["sas"]["site"]["crypto_status"] == {"SUCCESS": 1}
+    assert [r.data for r in read_pcap(tmp_path / "back.pcap")[1]] == packets
+
+
 def test_tshark_dissects_nested_packets_with_both_lines(tmp_path, capsys):
     import subprocess
 

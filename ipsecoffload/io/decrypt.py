@@ -84,7 +84,8 @@ def _versions(policy: SaPolicy) -> tuple:
 
 def _spi_groups(policies: Sequence[SaPolicy]) -> list:
     """The policies' indices in groups that share no SPI with another group (a bundle's AH SPI
-    counts too): one NIC lookup can never match SAs of two groups."""
+    counts too): one NIC lookup can never match SAs of two groups. A ``via`` SA joins its
+    tunnel SA's group: the stack that opens the outer layer opens the inner one."""
     parent = list(range(len(policies)))
 
     def root(i: int) -> int:
@@ -102,6 +103,10 @@ def _spi_groups(policies: Sequence[SaPolicy]) -> list:
                 parent[root(i)] = root(owner[spi])
             else:
                 owner[spi] = i
+    names = {policy.name: i for i, policy in enumerate(policies)}
+    for i, policy in enumerate(policies):
+        if policy.via is not None and policy.via in names:
+            parent[root(i)] = root(names[policy.via])
     groups: dict = {}
     for i in range(len(policies)):
         groups.setdefault(root(i), []).append(i)
