@@ -21,11 +21,28 @@ static inline void ipo_zero16n(void* p, size_t n16) {
     __m128i z = _mm_setzero_si128();
     unsigned char* q = (unsigned char*)p;
     size_t i;
-    for (i = 0; i < n16; i++) _mm_storeu_si128((__m128i*)(q + 16 * i), z);
+    for (i = 0; i < n16; i++) {
+        _mm_storeu_si128((__m128i*)(q + 16 * i), z);
+#if defined(__GNUC__)
+        /* else GCC's loop distribution turns the loop back into memset, hence rep stos */
+        __asm__("" : "+r"(q));
+#endif
+    }
 }
 #else
 static inline void ipo_zero16n(void* p, size_t n16) { memset(p, 0, 16 * n16); }
 #endif
+/* Zeroing a struct of n bytes: 16-byte stores, then the tail. */
+static inline void ipo_zero_struct(void* p, size_t n) {
+    unsigned char* q = (unsigned char*)p;
+    ipo_zero16n(q, n / 16);
+    q += n & ~(size_t)15;
+    if (n & 8) {
+        memset(q, 0, 8);
+        q += 8;
+    }
+    if (n & 7) memset(q, 0, n & 7);
+}
 /* Zeroing an ICV field (8, 12 or 16 bytes) with fixed-size stores, for the same reason. */
 static inline void ipo_zero_icv(void* p, size_t n) {
     static const unsigned char z[16] = {0};
@@ -33,6 +50,14 @@ static inline void ipo_zero_icv(void* p, size_t n) {
     else if (n == 12) memcpy(p, z, 12);
     else if (n == 8) memcpy(p, z, 8);
     else memset(p, 0, n);
+}
+/* Copying an ICV (8, 12 or 16 bytes) with fixed-size moves: a memcpy of a length GCC knows
+ * is small becomes `rep movsq`, whose start-up cost is many times the copy. */
+static inline void ipo_copy_icv(void* dst, const void* src, size_t n) {
+    if (n == 16) memcpy(dst, src, 16);
+    else if (n == 12) memcpy(dst, src, 12);
+    else if (n == 8) memcpy(dst, src, 8);
+    else memcpy(dst, src, n);
 }
 /* RFC 1071 one's-complement sum of big-endian 16-bit words added to s (not folded); an odd
  * tail byte is zero-padded. Eight bytes at a time: the sum is byte-order independent (RFC

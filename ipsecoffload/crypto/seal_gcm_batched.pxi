@@ -219,7 +219,7 @@ cdef void gcm_finish_op(uint8_t* arena, CryptoOp* op, const uint8_t* ks, int pat
         ipo_gcm_open_ghash_xor(path, key, aad, aad_len, arena + op.text_off, op.text_len,
                                ks + 16, ks, tag)
     if seal:
-        memcpy(arena + op.icv_off, tag, op.icv_len)
+        copy_icv(arena + op.icv_off, tag, op.icv_len)
         op.status = OP_DONE
         return
     for k in range(op.icv_len):

@@ -103,7 +103,7 @@ cdef inline uint32_t rx_seq_hi(const Transform* xf, RxState* states, RxState* pr
 
 cdef inline void rx_op_init(CryptoOp* op, const Transform* xf, int kind, int64_t l2,
                             uint32_t hi) noexcept nogil:
-    memset(op, 0, sizeof(CryptoOp))
+    zero_struct(op, sizeof(CryptoOp))
     op.ip_off = l2
     op.key_row = xf.key_row
     op.seq_hi = hi
@@ -133,7 +133,7 @@ cdef int rx_classify_one(const uint8_t* f, int64_t flen, int64_t l2, int cfg,
     cdef const SaRecord* rec
     cdef const Transform* xf
     cdef const RxSaKey* key
-    memset(p, 0, sizeof(RxPlan))
+    zero_struct(p, sizeof(RxPlan))
     p.slot = -1
     p.op = -1
     p.ah_op = -1

@@ -29,19 +29,25 @@ cdef int patch_segment(uint8_t* o, int64_t seg_len, const NbPlan* p, const Trans
     cdef uint8_t* tcp
     cdef int64_t thl, tcp_len, ext_end
     cdef uint64_t s
-    cdef uint32_t ident
+    cdef uint32_t word
     cdef uint8_t flags
     if p.ipv6:
         check(p.ip_off + 4, 2, osize)
         st16(ip + 4, <uint32_t>(seg_len - p.ip_off - 40))
     else:
         check(p.ip_off, p.ip_hdr_len, osize)
-        st16(ip + 2, <uint32_t>(seg_len - p.ip_off))
+        # The header checksum from the sum of the header as copied, the old length, ID and
+        # checksum words taken out and the new ones put in (RFC 1624 §3): summing the header
+        # again after the 2-byte stores would stall on store forwarding.
+        s = csum_add(0, ip, p.ip_hdr_len) + (~ld16(ip + 10) & 0xFFFF)
+        word = <uint32_t>(seg_len - p.ip_off)
+        s += (~ld16(ip + 2) & 0xFFFF) + word
+        st16(ip + 2, word)
         if p.lso:  # docs/send-path.md / G16: LSOv2 IDs stay in 15 bits
-            ident = ld16(ip + 4) + <uint32_t>i
-            st16(ip + 4, ident & (0x7FFF if p.lso == 2 else 0xFFFF))
-        st16(ip + 10, 0)
-        st16(ip + 10, ~csum_fold(csum_add(0, ip, p.ip_hdr_len)) & 0xFFFF)
+            word = (ld16(ip + 4) + <uint32_t>i) & (0x7FFF if p.lso == 2 else 0xFFFF)
+            s += (~ld16(ip + 4) & 0xFFFF) + word
+            st16(ip + 4, word)
+        st16(ip + 10, ~csum_fold(s) & 0xFFFF)
     # RFC 3948: IPv4 sends checksum 0; IPv6 is finished after sealing (tx_fixup)
     if rec != NULL and rec.udp_encap:
         check(p.esp_off - 8, 8, osize)
@@ -116,7 +122,7 @@ cdef int emit_ah_op(uint8_t* out, int64_t osize, int64_t pos, int64_t seg_len,
         ah_zero_ipv6(out + scratch, <int64_t>p.ah_off - p.ip_off)
     else:
         ah_zero_ipv4(out + scratch, p.ip_hdr_len)
-    zero16n(op, sizeof(CryptoOp) // 16)
+    zero_struct(op, sizeof(CryptoOp))
     op.auth_off = scratch
     op.text_off = pos + ah_end
     op.text_len = seg_len - ah_end
@@ -226,7 +232,7 @@ cdef int emit_esp_op(uint8_t* o, int64_t pos, int64_t seg_len, const NbPlan* p,
                      CryptoOp* op) except -1 nogil:
     """The ESP seal op of a segment whose datagram ends at ``seg_len`` (its ICV room last)."""
     cdef int64_t base = pos + p.esp_off, icv = xf.icv_len
-    zero16n(op, sizeof(CryptoOp) // 16)
+    zero_struct(op, sizeof(CryptoOp))
     op.auth_off = base
     op.text_off = base + 8 + xf.iv_len
     op.text_len = seg_len - icv - (p.esp_off + 8 + xf.iv_len)
@@ -251,7 +257,7 @@ cdef int emit_esp_op(uint8_t* o, int64_t pos, int64_t seg_len, const NbPlan* p,
 
 cdef void inner_plan(const NbPlan* p, const SaRecord* sa, NbPlan* q) noexcept nogil:
     """The transport layer of a nested plan as a plan of its own (non-LSO, one segment)."""
-    zero16n(q, sizeof(NbPlan) // 16)
+    zero_struct(q, sizeof(NbPlan))
     q.slot = p.in_slot
     q.nbl = p.nbl
     q.nsegs = 1
