@@ -849,12 +849,15 @@ def test_lso_takes_one_sequence_number_per_segment(payload_len, mss, segments):
 def test_lso_with_ipv6_extension_headers_and_ipv4_options():
     stack = HostStack(Miniport())
     sa = stack.add_sa(sa_config("gcm"))
-    # hop-by-hop, destination options and routing all go before ESP (a destination
-    # options header after the routing header would go inside ESP, before TCP: no LSO)
+    # hop-by-hop, destination options and routing all go before ESP; a destination
+    # options header after the routing header goes inside ESP, before TCP, and
+    # TcpHeaderOffset points past it (tests/test_lso_ext_headers.py sends such packets)
     v6 = stack.build_lso(ipv6_with_routing_last(b"e" * 3000), sa, 1000)
     assert v6.esp_off4[0] == 80 // 4 and v6.frame(0)[14 + 56] == 50
-    with pytest.raises(ValueError, match="TCP"):
-        stack.build_lso(ipv6_with_extension_headers(b"e" * 3000), sa, 1000)
+    inside = stack.build_lso(ipv6_with_extension_headers(b"e" * 3000), sa, 1000)
+    assert inside.esp_off4[0] == 80 // 4 and int(inside.oob["next_header"][0]) == 60
+    assert ndis.LsoV2Transmit.from_value(int(inside.lso_info[0])).tcp_header_offset == (
+        14 + 80 + 16 + 8)
     v4 = stack.build_lso(tcp_packet(4, b"o" * 3000, ip=ip_layer(
         4, options=[IPOption_Router_Alert()])), sa, 1000)
     assert v4.esp_off4[0] == 24 // 4

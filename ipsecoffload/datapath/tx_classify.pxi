@@ -15,9 +15,31 @@ cdef inline void passthrough(NbPlan* p, int64_t flen, uint8_t reason) noexcept n
     p.out_len = flen
 
 
-cdef int64_t lso_segment_len(int64_t hdr_len, int64_t thl, int64_t chunk, int64_t align,
+cdef int64_t lso_segment_len(int64_t hdr_len, int64_t ptl, int64_t chunk, int64_t align,
                              int64_t icv) noexcept nogil:
-    return hdr_len + chunk + esp_pad(thl + chunk + 2, align) + 2 + icv
+    """One ESP LSO segment: ``ptl`` is the protected header bytes each segment repeats
+    (the TCP header, and destination options before it), ``chunk`` its TCP payload."""
+    return hdr_len + chunk + esp_pad(ptl + chunk + 2, align) + 2 + icv
+
+
+cdef bint dstopts_to_tcp(const uint8_t* frame, int64_t flen, int64_t start, int nh,
+                        int64_t tcp_off, bint ipv6) except -1 nogil:
+    """LSO: the TCP header at TcpHeaderOffset is where the IPsec header's protected text
+    starts (``start``, named TCP by ``nh``), or past a chain of IPv6 destination-options
+    headers that ends exactly there with Next Header TCP (RFC 8200 §4.1: the destination
+    options after a routing header follow AH / ESP; docs/send-path.md, step 3). The caller
+    has checked tcp_off + 20 against the frame."""
+    cdef int64_t off = start
+    cdef int k
+    for k in range(128):  # TcpHeaderOffset < 1024: at most 128 headers of 8 bytes
+        if off == tcp_off:
+            return nh == 6
+        if not ipv6 or nh != 60 or off + 8 > tcp_off:
+            return False
+        check(off, 2, flen)
+        nh = frame[off]
+        off += (<int64_t>frame[off + 1] + 1) * 8
+    return False
 
 
 cdef bint lso_enabled(int lso_kind, bint ipv6, int cfg) noexcept nogil:
@@ -168,8 +190,9 @@ cdef int lso_ah_alone(const uint8_t* frame, int64_t flen, NbPlan* p, const Trans
                       uint64_t lso, int lso_kind, int32_t nb_count, int cfg, uint8_t padl,
                       uint64_t slot, uint64_t sn64) except -1 nogil:
     """LSO of an AH super-packet without ESP (docs/send-path.md step 3): the TCP header right
-    after the AH header (TcpHeaderOffset counts the AH length), no ESP padding, AH Next
-    Header TCP, one AH sequence number per segment (G6)."""
+    after the AH header (TcpHeaderOffset counts the AH length), or after IPv6 destination
+    options that follow it (dstopts_to_tcp), no ESP padding, one AH sequence number per
+    segment (G6)."""
     cdef int64_t ah_end = <int64_t>p.ah_off + p.ah_len, thl, L, n
     if not (cfg & CFG_LSO_WITH_IPSEC) or not lso_enabled(lso_kind, p.ipv6, cfg):
         fail(p, STATUS_FAILURE, REASON_LSO_DISABLED)
@@ -177,9 +200,10 @@ cdef int lso_ah_alone(const uint8_t* frame, int64_t flen, NbPlan* p, const Trans
     p.mss = <int32_t>(lso & 0xFFFFF)
     p.tcp_off = <int32_t>((lso >> 20) & 0x3FF)
     check(p.ah_off, 1, flen)
-    if (nb_count != 1 or p.mss == 0 or padl != 0 or frame[p.ah_off] != 6
-            or p.tcp_off != ah_end or (lso_kind == 2 and <int>((lso >> 31) & 1) != p.ipv6)
-            or p.tcp_off + 20 > flen):
+    if (nb_count != 1 or p.mss == 0 or padl != 0
+            or (lso_kind == 2 and <int>((lso >> 31) & 1) != p.ipv6)
+            or p.tcp_off + 20 > flen
+            or not dstopts_to_tcp(frame, flen, ah_end, frame[p.ah_off], p.tcp_off, p.ipv6)):
         fail(p, STATUS_FAILURE, REASON_LSO_BAD_PARAMS)
         return 0
     check(p.tcp_off + 12, 1, flen)
@@ -228,7 +252,7 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
     cdef int64_t ah, ah_len, need
     cdef uint64_t ah_sn = 0
     cdef int64_t ip_end, ihl, tot, esp, text_off, tend, text_len, pay_end, thl, L, n
-    cdef int64_t full, rem, icv, align
+    cdef int64_t full, rem, icv, align, ptl
     cdef uint64_t slot, sn64
     cdef bint ok_res, ok_app
     cdef const SaRecord* rec
@@ -445,9 +469,10 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
     p.mss = <int32_t>(lso & 0xFFFFF)
     p.tcp_off = <int32_t>((lso >> 20) & 0x3FF)
     pay_end = flen - padl  # docs/spec-gaps.md G7: the discardable pad is dropped
-    if (nb_count != 1 or p.mss == 0 or nh != 6 or p.tcp_off != text_off
+    if (nb_count != 1 or p.mss == 0
             or (lso_kind == 2 and <int>((lso >> 31) & 1) != p.ipv6)
-            or p.tcp_off + 20 > pay_end):
+            or p.tcp_off + 20 > pay_end
+            or not dstopts_to_tcp(frame, flen, text_off, nh, p.tcp_off, p.ipv6)):
         fail(p, STATUS_FAILURE, REASON_LSO_BAD_PARAMS)
         return 0
     check(p.tcp_off + 12, 1, flen)
@@ -457,7 +482,8 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
         return 0
     L = pay_end - p.tcp_off - thl
     n = 1 if L == 0 else (L + p.mss - 1) // p.mss
-    if lso_segment_len(p.tcp_off + thl, thl, L if L < p.mss else p.mss, align, icv) - l2 - (
+    ptl = p.tcp_off + thl - text_off  # protected header bytes: destination options, TCP
+    if lso_segment_len(p.tcp_off + thl, ptl, L if L < p.mss else p.mss, align, icv) - l2 - (
             40 if p.ipv6 else 0) > 0xFFFF:  # a full segment would overflow the IP length field
         fail(p, STATUS_FAILURE, REASON_LSO_BAD_PARAMS)
         return 0
@@ -474,9 +500,9 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
     p.nsegs = <int32_t>n
     full = L // p.mss
     rem = L - full * p.mss
-    p.out_len = full * lso_segment_len(p.hdr_len, thl, p.mss, align, icv)
+    p.out_len = full * lso_segment_len(p.hdr_len, ptl, p.mss, align, icv)
     if rem or L == 0:
-        p.out_len += lso_segment_len(p.hdr_len, thl, rem, align, icv)
+        p.out_len += lso_segment_len(p.hdr_len, ptl, rem, align, icv)
     return 0
 
 

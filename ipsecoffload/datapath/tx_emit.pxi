@@ -149,7 +149,7 @@ cdef int emit_nb(const uint8_t* frame, int64_t flen, int32_t nb, const NbPlan* p
                  const SaRecord* sa, const SaRecord* sa_in, const uint8_t* rand, int64_t rand_size, uint8_t* out,
                  int64_t osize, int64_t scratch0, WireFrame* frames,
                  CryptoOp* ops) except -1 nogil:
-    cdef int64_t i, chunk, pad, seg_len, thl, body_done, k, icv, pos = p.out_pos
+    cdef int64_t i, chunk, pad, seg_len, ptl, body_done, k, icv, pos = p.out_pos
     cdef int64_t fi = p.frame0, oi = p.op0, base, scratch
     cdef uint8_t* o
     cdef uint64_t sn
@@ -174,7 +174,8 @@ cdef int emit_nb(const uint8_t* frame, int64_t flen, int32_t nb, const NbPlan* p
             if sa.n_xf == 2:
                 ah = &sa.xf[1]
     icv = xf.icv_len if xf != NULL else 0
-    thl = <int64_t>p.hdr_len - p.tcp_off
+    # the protected header bytes every ESP segment repeats: destination options, TCP header
+    ptl = <int64_t>p.hdr_len - (<int64_t>p.esp_off + 8 + xf.iv_len) if xf != NULL else 0
     for i in range(p.nsegs):
         o = out + pos
         if p.lso:
@@ -182,7 +183,7 @@ cdef int emit_nb(const uint8_t* frame, int64_t flen, int32_t nb, const NbPlan* p
             chunk = p.body_len - body_done
             if chunk > p.mss:
                 chunk = p.mss
-            pad = esp_pad(thl + chunk + 2, xf.align) if xf != NULL else 0
+            pad = esp_pad(ptl + chunk + 2, xf.align) if xf != NULL else 0
             seg_len = p.hdr_len + chunk + (pad + 2 + icv if xf != NULL else 0)
             check(pos, seg_len, osize)
             check(0, p.hdr_len, flen)
@@ -366,7 +367,7 @@ cdef bint plan_is_consistent(const NbPlan* p, const SaRecord* sa, int64_t flen) 
     cdef const Transform* rec = &sa.xf[0]
     cdef const Transform* ah = NULL
     cdef int64_t ip_end = <int64_t>p.ip_off + p.ip_hdr_len
-    cdef int64_t text_off, thl, full, rem, n, size, big
+    cdef int64_t text_off, thl, ptl, full, rem, n, size, big
     if sa.n_xf < 1 or sa.n_xf > 2 or (p.ipv6 and p.ip_hdr_len != 40) or p.ip_off < 0 \
             or p.ip_hdr_len < 20 or p.ipv6 != sa.ipv6:
         return False
@@ -375,7 +376,7 @@ cdef bint plan_is_consistent(const NbPlan* p, const SaRecord* sa, int64_t flen) 
             return False
         if p.lso:
             return (plain_lso_layout_is_consistent(p, flen) and ah_plan_is_consistent(p, rec, p.tcp_off)
-                    and p.tcp_off == <int64_t>p.ah_off + p.ah_len
+                    and p.tcp_off >= <int64_t>p.ah_off + p.ah_len
                     and p.sn64 <= UINT64_MAX - <uint64_t>(p.nsegs - 1))
         return (p.nsegs == 1 and p.hdr_len == p.out_len and p.body_off == p.hdr_len
                 and p.body_len == 0 and p.out_len <= flen
@@ -403,18 +404,19 @@ cdef bint plan_is_consistent(const NbPlan* p, const SaRecord* sa, int64_t flen) 
         big = p.out_len
     else:
         thl = <int64_t>p.hdr_len - p.tcp_off
-        if (p.tcp_off != text_off or thl < 20 or thl > 60 or p.mss <= 0
+        if (p.tcp_off < text_off or thl < 20 or thl > 60 or p.mss <= 0
                 or p.body_off != p.hdr_len):
             return False
+        ptl = <int64_t>p.hdr_len - text_off  # destination options (if any) and TCP header
         full = p.body_len // p.mss
         rem = p.body_len - full * p.mss
         n = 1 if p.body_len == 0 else full + (1 if rem else 0)
-        size = full * lso_segment_len(p.hdr_len, thl, p.mss, rec.align, rec.icv_len)
+        size = full * lso_segment_len(p.hdr_len, ptl, p.mss, rec.align, rec.icv_len)
         if rem or p.body_len == 0:
-            size += lso_segment_len(p.hdr_len, thl, rem, rec.align, rec.icv_len)
+            size += lso_segment_len(p.hdr_len, ptl, rem, rec.align, rec.icv_len)
         if p.nsegs != n or p.out_len != size:
             return False
-        big = lso_segment_len(p.hdr_len, thl, p.mss if p.body_len > p.mss else p.body_len,
+        big = lso_segment_len(p.hdr_len, ptl, p.mss if p.body_len > p.mss else p.body_len,
                               rec.align, rec.icv_len)
     return big - p.ip_off - (40 if p.ipv6 else 0) <= 0xFFFF  # the IP length field holds it
 

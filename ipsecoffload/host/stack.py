@@ -909,11 +909,12 @@ class HostStack(ReceiveMixin):
             if parsed.fragment:
                 raise ValueError("an LSO packet must not be an IP fragment (docs/send-path.md)")
         tcp_len = _check_lso_tcp(parsed)
+        tcp_at = _lso_tcp_at(parsed)
         if lso_version == 1 and parsed.version == 6:
             raise ValueError("LSOv1 is IPv4 only (NDIS_TCP_LARGE_SEND_OFFLOAD_V1); use "
                              "lso_version=2 for IPv6")
         max_size, min_segments = self.lso_limits(lso_version, parsed.version == 6)
-        payload_len = len(parsed.data) - parsed.l4_offset - tcp_len
+        payload_len = len(parsed.data) - tcp_at - tcp_len
         if payload_len <= max_size and max(1, -(-payload_len // mss)) >= min_segments:
             return [self._one_lso_nbl(parsed, sa, bundle, tcp_len, mss, lso_version,
                                       pad_length)]
@@ -949,7 +950,7 @@ class HostStack(ReceiveMixin):
                      tcp_len: int, mss: int, lso_version: int, pad_length: int) -> _Nbl:
         if sa is None:
             return self._plain_lso_nbl(parsed, tcp_len, mss, lso_version)
-        payload_len = len(parsed.data) - parsed.l4_offset - tcp_len
+        payload_len = len(parsed.data) - _lso_tcp_at(parsed) - tcp_len
         segments = max(1, -(-payload_len // mss))  # one SN per segment (docs/send-path.md G6)
         assert bundle is not None  # _parse_for gave it with the SA
         self._ensure_bundle(sa, bundle)
@@ -960,15 +961,16 @@ class HostStack(ReceiveMixin):
     @staticmethod
     def _lso_datagram(parsed: IpPacket, tcp_len: int, lso_version: int, protocol: int,
                       udp: bytes, esp_header: bytes, junk: bytes) -> bytearray:
-        """IP header (protocol rewritten) | [UDP] | [ESP header, IV slot] | TCP header
-        (checksum seeded) | TCP payload | junk, lengths as LSOv1/v2 want them
-        (docs/send-path.md)."""
+        """IP header (protocol rewritten) | [UDP] | [ESP header, IV slot] | [IPv6
+        destination options after a routing header] | TCP header (checksum seeded) | TCP
+        payload | junk, lengths as LSOv1/v2 want them (docs/send-path.md)."""
+        tcp_at = _lso_tcp_at(parsed)
         header = bytearray(parsed.data[:parsed.l4_offset])
         header[parsed.next_header_at] = protocol
-        tcp = bytearray(parsed.data[parsed.l4_offset:parsed.l4_offset + tcp_len])
+        tcp = bytearray(parsed.data[tcp_at:tcp_at + tcp_len])
         struct.pack_into("!H", tcp, 16, _tcp_pseudo_header_seed(parsed))
-        datagram = (header + udp + esp_header + tcp
-                    + parsed.data[parsed.l4_offset + tcp_len:] + junk)
+        datagram = (header + udp + esp_header + parsed.data[parsed.l4_offset:tcp_at] + tcp
+                    + parsed.data[tcp_at + tcp_len:] + junk)
         # LSOv2: IPv4 Total Length / IPv6 Payload Length 0; LSOv1: the IPv4 total length of
         # the large packet (IPv6 still 0). The UDP length follows the same rule.
         whole = lso_version == 1 and parsed.version == 4
@@ -987,19 +989,22 @@ class HostStack(ReceiveMixin):
             esp_header = (struct.pack("!II", sa.layout.spi, first_sn & 0xFFFFFFFF)
                           + bytes(sa.layout.iv_len))
         ah = b""
-        if config.has_ah:  # AH before ESP; its Next Header TCP, or ESP in a bundle
+        if config.has_ah:  # AH before ESP; its Next Header ESP in a bundle, else what follows
             ah = _ah_header(config, first_sn, bytes(config.ah_iv_len),
-                            IPPROTO_ESP if config.has_esp else IPPROTO_TCP,
+                            IPPROTO_ESP if config.has_esp else parsed.protocol,
                             parsed.version == 6)
         junk = bytes(range(1, pad_length + 1))  # discardable padding (docs/send-path.md G7)
         protocol = IPPROTO_AH if ah else (IPPROTO_UDP if udp else IPPROTO_ESP)
         datagram = self._lso_datagram(parsed, tcp_len, lso_version, protocol, udp,
                                       ah + esp_header, junk)
         esp_offset = parsed.l4_offset + len(udp) + len(ah)
-        tcp_offset = self.l2_length + esp_offset + len(esp_header)
+        # TcpHeaderOffset: past the IPsec headers and any destination options after them
+        tcp_offset = (self.l2_length + esp_offset + len(esp_header)
+                      + _lso_tcp_at(parsed) - parsed.l4_offset)
         lso_info = _lso_info(lso_version, mss, tcp_offset, parsed.version)
-        if config.has_esp:
-            oob = self._ipsec_oob(sa, bundle, IPPROTO_TCP, pad_length, esp_offset, lso_info)
+        if config.has_esp:  # the ESP trailer names TCP, or the destination options
+            oob = self._ipsec_oob(sa, bundle, parsed.protocol, pad_length, esp_offset,
+                                  lso_info)
         else:
             oob = dict(offload_handle=sa.handles[bundle], lso_info=lso_info,
                        l2_len=self.l2_length)
@@ -1012,7 +1017,7 @@ class HostStack(ReceiveMixin):
                        lso_version: int) -> _Nbl:
         datagram = self._lso_datagram(parsed, tcp_len, lso_version, parsed.protocol, b"", b"",
                                       b"")
-        tcp_offset = self.l2_length + parsed.l4_offset
+        tcp_offset = self.l2_length + _lso_tcp_at(parsed)
         return _Nbl(frame=self._link_header(parsed.version) + bytes(datagram),
                     oob=dict(lso_info=_lso_info(lso_version, mss, tcp_offset, parsed.version),
                              l2_len=self.l2_length),
@@ -1093,9 +1098,11 @@ def _tcp_piece(parsed: IpPacket, tcp_len: int, start: int, length: int, total: i
     """Bytes ``start`` .. ``start + length`` of the TCP payload of ``parsed`` as a packet of
     their own, as a segmenter cuts them (docs/send-path.md): sequence number + start, FIN
     and PSH only on the last piece, CWR only on the first, IPv4 ID + ``index`` (the segments
-    before it), lengths and the IPv4 checksum set, the TCP checksum computed (RFC 9293)."""
+    before it), lengths and the IPv4 checksum set, the TCP checksum computed (RFC 9293) over
+    the pseudo-header with the final destination (RFC 8200 §8.1). Every piece keeps the IP
+    header and all extension headers, destination options before TCP included."""
     data = parsed.data
-    l4 = parsed.l4_offset
+    l4 = _lso_tcp_at(parsed)
     header = bytearray(data[:l4])
     tcp = bytearray(data[l4:l4 + tcp_len])
     seq = struct.unpack_from("!I", tcp, 4)[0]
@@ -1107,7 +1114,11 @@ def _tcp_piece(parsed: IpPacket, tcp_len: int, start: int, length: int, total: i
     payload = data[l4 + tcp_len + start:l4 + tcp_len + start + length]
     tcp[16:18] = b"\0\0"
     segment = bytes(tcp) + payload
-    seed = _tcp_pseudo_header_seed(parsed) + len(segment)
+    if parsed.version == 4:
+        pseudo = data[12:20]
+    else:
+        pseudo = data[8:24] + _ipv6_final_destination(data, parsed.l4_offset)
+    seed = ones_complement_sum(pseudo + struct.pack("!H", IPPROTO_TCP)) + len(segment)
     csum = ones_complement_sum(struct.pack("!I", seed) + segment)
     struct.pack_into("!H", tcp, 16, ~csum & 0xFFFF)
     datagram = header + tcp + payload
@@ -1163,10 +1174,9 @@ def _check_lso_args(mss: int, lso_version: int, pad_length: int,
 
 def _check_lso_tcp(parsed: IpPacket) -> int:
     """The TCP header length; ValueError unless the packet is TCP fit for LSO (docs/send-path.md:
-    URG, RST, SYN clear, urgent pointer 0)."""
-    if parsed.protocol != IPPROTO_TCP:
-        raise ValueError(f"LSO needs a TCP packet; this one carries protocol {parsed.protocol}")
-    tcp = parsed.data[parsed.l4_offset:]
+    URG, RST, SYN clear, urgent pointer 0), right where AH / ESP go or after IPv6 destination
+    options there (_lso_tcp_at)."""
+    tcp = parsed.data[_lso_tcp_at(parsed):]
     if len(tcp) < 20:
         raise ValueError(f"TCP header truncated ({len(tcp)} bytes)")
     tcp_len = (tcp[12] >> 4) * 4
@@ -1175,6 +1185,42 @@ def _check_lso_tcp(parsed: IpPacket) -> int:
     if tcp[13] & (TCP_SYN | TCP_RST | TCP_URG) or struct.unpack_from("!H", tcp, 18)[0]:
         raise ValueError("LSO packets never carry SYN, RST or URG (docs/send-path.md)")
     return tcp_len
+
+
+def _lso_tcp_at(parsed: IpPacket) -> int:
+    """Where the TCP header of an LSO packet starts: at ``l4_offset`` (where AH / ESP go), or
+    past the IPv6 destination-options headers that follow a routing header there (RFC 8200
+    §4.1; they stay after AH / ESP, and every segment carries them). ValueError if what
+    follows is not TCP or a header runs past the packet."""
+    data, offset, protocol = parsed.data, parsed.l4_offset, parsed.protocol
+    while parsed.version == 6 and protocol == IPV6_DESTINATION_OPTIONS:
+        if offset + 8 > len(data):
+            raise ValueError(f"IPv6 destination options at byte {offset} are truncated")
+        protocol, offset = data[offset], offset + (data[offset + 1] + 1) * 8
+    if protocol != IPPROTO_TCP:
+        raise ValueError(f"LSO needs a TCP packet; this one carries protocol {protocol}")
+    if offset > len(data):
+        raise ValueError(f"IPv6 destination options run past the packet end ({len(data)})")
+    return offset
+
+
+def _ipv6_final_destination(data: bytes, ext_end: int) -> bytes:
+    """The destination a TCP pseudo-header names (RFC 8200 §8.1): with a routing header in
+    the headers before ``ext_end`` that has segments left, its final address (the last of
+    types 0 / 2, Segment List[0] of a type-4 SRH, RFC 8754 §4.3.1); else the header's."""
+    dst, nh, offset = data[24:40], data[6], 40
+    while nh in IPV6_HEADERS_BEFORE_ESP and offset + 8 <= ext_end:
+        length = (data[offset + 1] + 1) * 8
+        if offset + length > ext_end:
+            break
+        if nh == IPV6_ROUTING and data[offset + 3] and length >= 24:
+            if data[offset + 2] in (0, 2):
+                last = offset + 8 + ((length - 8) // 16 - 1) * 16
+                dst = data[last:last + 16]
+            elif data[offset + 2] == 4:
+                dst = data[offset + 8:offset + 24]
+        nh, offset = data[offset], offset + length
+    return dst
 
 
 def _lso_info(lso_version: int, mss: int, tcp_offset: int, ip_version: int) -> int:

@@ -409,7 +409,7 @@ def host_frame(const uint8_t[::1] arena, pkts, int64_t start, int64_t end, sas, 
     cdef int64_t* lens = <int64_t*>_host_buf(nb_len, 8, n_max, "nb_len")
     cdef NblOob* ob = <NblOob*>_host_buf(oob, sizeof(NblOob), n_max, "oob")
     cdef int64_t size = arena.shape[0], i, j = 0, pos = 0, need, l2, hl, udp, esp_off, ivl
-    cdef int64_t payload, pad, total, icv, tcp_off, body, sn_need
+    cdef int64_t payload, pad, total, icv, tcp_off, body, sn_need, ext
     cdef const uint8_t* rec
     cdef const uint8_t* ip
     cdef uint8_t* d
@@ -417,7 +417,7 @@ def host_frame(const uint8_t[::1] arena, pkts, int64_t start, int64_t end, sas, 
     cdef HostPkt* q
     cdef HostSa* s
     cdef int bundle, v6out, df, stop = 0
-    cdef uint8_t nxt, tos
+    cdef uint8_t nxt, tos, nh_ext
     cdef uint32_t flow
     cdef uint64_t sn, last, seed
     cdef int64_t m, l2o
@@ -511,12 +511,20 @@ def host_frame(const uint8_t[::1] arena, pkts, int64_t start, int64_t end, sas, 
                 i += 1
                 continue
             if q.kind == PKT_LSO:
-                body = payload  # TCP header and data
+                body = payload  # [destination options,] TCP header and data
                 pad = 0
                 total = hl + udp + 8 + ivl + body
+                # IPv6 destination options after a routing header stay after ESP (l4_off is
+                # before them): TCP starts past them (RFC 8200 §4.1; docs/send-path.md)
+                ext = 0
+                nh_ext = q.proto
+                while nh_ext == 60 and q.l4_off + ext + 8 <= q.ip_len:
+                    nh_ext = ip[q.l4_off + ext]
+                    ext += (<int64_t>ip[q.l4_off + ext + 1] + 1) * 8
                 tcp_off = (q.l2_len if l2_mode == 2 else (14 if l2_mode == 1 else 0)) \
-                    + esp_off + 8 + ivl
-                if tcp_off > 1023 or mss < 1 or mss > 0xFFFFF:
+                    + esp_off + 8 + ivl + ext
+                if tcp_off > 1023 or mss < 1 or mss > 0xFFFFF or nh_ext != 6 \
+                        or q.l4_off + ext + q.tcp_len > q.ip_len:
                     q.kind, q.fault = PKT_DROP, FAULT_LSO_PARAMS
                     i += 1
                     continue
@@ -581,7 +589,7 @@ def host_frame(const uint8_t[::1] arena, pkts, int64_t start, int64_t end, sas, 
             if q.kind == PKT_LSO:
                 # TCP checksum seeded with the pseudo-header sum, lengths 0 (LSOv2,
                 # docs/send-path.md)
-                e = e + 8 + ivl
+                e = e + 8 + ivl + ext
                 if q.version == 4:
                     seed = csum_fold(csum_add(6, ip + 12, 8))
                 else:
@@ -590,7 +598,7 @@ def host_frame(const uint8_t[::1] arena, pkts, int64_t start, int64_t end, sas, 
                 if udp:
                     d[hl + 4], d[hl + 5] = 0, 0
                 _ip_length(d, 0, hl)
-                ob[j].next_header = 6
+                ob[j].next_header = nxt  # TCP, or the destination options before it
                 ob[j].lso_info = (<uint64_t>mss | (<uint64_t>tcp_off << 20) | (<uint64_t>1 << 30)
                                   | (<uint64_t>(q.version == 6) << 31))
             else:

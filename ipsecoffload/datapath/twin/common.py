@@ -14,8 +14,24 @@ def _pad(unpadded: int, align: int) -> int:
     return -unpadded % align
 
 
-def _lso_segment_len(hdr_len: int, thl: int, chunk: int, align: int, icv: int) -> int:
-    return hdr_len + chunk + _pad(thl + chunk + 2, align) + 2 + icv
+def _lso_segment_len(hdr_len: int, ptl: int, chunk: int, align: int, icv: int) -> int:
+    """One ESP LSO segment: ``ptl`` protected header bytes each segment repeats (the TCP
+    header, and destination options before it), ``chunk`` its TCP payload."""
+    return hdr_len + chunk + _pad(ptl + chunk + 2, align) + 2 + icv
+
+
+def _dstopts_to_tcp(frame: bytes, start: int, nh: int, tcp_off: int, ipv6: bool) -> bool:
+    """LSO: TCP at TcpHeaderOffset is right at ``start`` (named TCP by ``nh``), or past a
+    chain of IPv6 destination-options headers ending exactly there with Next Header TCP
+    (RFC 8200 §4.1; docs/send-path.md, step 3). The caller checked tcp_off + 20."""
+    off = start
+    for _ in range(128):  # TcpHeaderOffset < 1024: at most 128 headers of 8 bytes
+        if off == tcp_off:
+            return nh == 6
+        if not ipv6 or nh != 60 or off + 8 > tcp_off:
+            return False
+        nh, off = frame[off], off + (frame[off + 1] + 1) * 8
+    return False
 
 
 def _buffers(**args) -> None:
@@ -174,7 +190,7 @@ def _plan_is_consistent(p, sa, flen: int) -> bool:
         if p["lso"]:
             return (_plain_lso_layout_is_consistent(p, flen)
                     and _ah_plan_is_consistent(p, rec, int(p["tcp_off"]))
-                    and int(p["tcp_off"]) == int(p["ah_off"]) + int(p["ah_len"])
+                    and int(p["tcp_off"]) >= int(p["ah_off"]) + int(p["ah_len"])
                     and int(p["sn64"]) <= 2**64 - 1 - (nsegs - 1))
         return (nsegs == 1 and hdr_len == out_len and body_off == hdr_len and body_len == 0
                 and out_len <= flen and _ah_plan_is_consistent(p, rec, out_len)
@@ -202,16 +218,17 @@ def _plan_is_consistent(p, sa, flen: int) -> bool:
     else:
         tcp_off, mss = int(p["tcp_off"]), int(p["mss"])
         thl = hdr_len - tcp_off
-        if tcp_off != text_off or thl < 20 or thl > 60 or mss <= 0 or body_off != hdr_len:
+        if tcp_off < text_off or thl < 20 or thl > 60 or mss <= 0 or body_off != hdr_len:
             return False
+        ptl = hdr_len - text_off  # destination options (if any) and TCP header
         full, rem = divmod(body_len, mss)
         n = 1 if body_len == 0 else full + (1 if rem else 0)
-        size = full * _lso_segment_len(hdr_len, thl, mss, align, icv)
+        size = full * _lso_segment_len(hdr_len, ptl, mss, align, icv)
         if rem or body_len == 0:
-            size += _lso_segment_len(hdr_len, thl, rem, align, icv)
+            size += _lso_segment_len(hdr_len, ptl, rem, align, icv)
         if nsegs != n or out_len != size:
             return False
-        big = _lso_segment_len(hdr_len, thl, min(mss, body_len), align, icv)
+        big = _lso_segment_len(hdr_len, ptl, min(mss, body_len), align, icv)
     return big - ip_off - (40 if p["ipv6"] else 0) <= 0xFFFF  # the IP length field holds it
 
 

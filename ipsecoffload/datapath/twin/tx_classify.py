@@ -9,8 +9,8 @@ import numpy as np
 from ..layout import (HANDLE_SLOT_MASK, NB_PLAN_DTYPE, NBL_OOB_DTYPE, PROTO_AH, PROTO_ESP,
                       SA_RECORD_DTYPE, STATUS_FAILURE,
                       STATUS_INVALID_PACKET, Config, IcvSpace, IvSource, Reason)
-from .common import (_buffers, _c_ints, _lso_enabled, _lso_segment_len, _records, header_named,
-                     xf0)
+from .common import (_buffers, _c_ints, _dstopts_to_tcp, _lso_enabled, _lso_segment_len,
+                     _records, header_named, xf0)
 
 def _sn_room(sn0: int, n: int, esn) -> bool:
     """SN0 .. SN0 + n - 1 are all sendable (none 0, none past the SA's last SN)."""
@@ -19,16 +19,16 @@ def _sn_room(sn0: int, n: int, esn) -> bool:
 
 def _lso_ah_alone(frame: bytes, plan: dict, fail, ah, lso: int, lso_kind: int, nb_count: int,
                   config: int, padl: int, slot: int, sn64: int, ipv6: bool) -> dict:
-    """LSO of an AH super-packet without ESP: the TCP header right after AH, no ESP
-    padding, AH Next Header TCP, one AH SN per segment."""
+    """LSO of an AH super-packet without ESP: the TCP header right after AH (or after IPv6
+    destination options that follow it), no ESP padding, one AH SN per segment."""
     flen, ah_end = len(frame), plan["ah_off"] + plan["ah_len"]
     if not config & Config.LSO_WITH_IPSEC or not _lso_enabled(lso_kind, ipv6, config):
         return fail(STATUS_FAILURE, Reason.LSO_DISABLED)
     mss, tcp_off = lso & 0xFFFFF, (lso >> 20) & 0x3FF
     plan.update(mss=mss, tcp_off=tcp_off)
-    if (nb_count != 1 or mss == 0 or padl != 0 or frame[plan["ah_off"]] != 6
-            or tcp_off != ah_end or (lso_kind == 2 and (lso >> 31) & 1 != int(ipv6))
-            or tcp_off + 20 > flen):
+    if (nb_count != 1 or mss == 0 or padl != 0
+            or (lso_kind == 2 and (lso >> 31) & 1 != int(ipv6)) or tcp_off + 20 > flen
+            or not _dstopts_to_tcp(frame, ah_end, frame[plan["ah_off"]], tcp_off, ipv6)):
         return fail(STATUS_FAILURE, Reason.LSO_BAD_PARAMS)
     thl = (frame[tcp_off + 12] >> 4) * 4
     if thl < 20 or tcp_off + thl > flen:
@@ -266,15 +266,17 @@ def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int
     mss, tcp_off = lso & 0xFFFFF, (lso >> 20) & 0x3FF
     plan.update(mss=mss, tcp_off=tcp_off)
     payload_end = flen - padl
-    if (nb_count != 1 or mss == 0 or nh != 6 or tcp_off != text_off
-            or (lso_kind == 2 and (lso >> 31) & 1 != int(ipv6)) or tcp_off + 20 > payload_end):
+    if (nb_count != 1 or mss == 0
+            or (lso_kind == 2 and (lso >> 31) & 1 != int(ipv6)) or tcp_off + 20 > payload_end
+            or not _dstopts_to_tcp(frame, text_off, nh, tcp_off, ipv6)):
         return fail(STATUS_FAILURE, Reason.LSO_BAD_PARAMS)
     thl = (frame[tcp_off + 12] >> 4) * 4
     if thl < 20 or tcp_off + thl > payload_end:
         return fail(STATUS_FAILURE, Reason.LSO_BAD_PARAMS)
     payload = payload_end - tcp_off - thl
     nsegs = max(1, -(-payload // mss))
-    if _lso_segment_len(tcp_off + thl, thl, min(payload, mss), align, icv) - l2 - (
+    ptl = tcp_off + thl - text_off  # protected header bytes: destination options, TCP
+    if _lso_segment_len(tcp_off + thl, ptl, min(payload, mss), align, icv) - l2 - (
             40 if ipv6 else 0) > 0xFFFF:  # a full segment would overflow the IP length field
         return fail(STATUS_FAILURE, Reason.LSO_BAD_PARAMS)
     if not _sn_room(sn64, nsegs, rec["esn"]) or (
@@ -282,9 +284,9 @@ def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int
         return fail(STATUS_FAILURE, Reason.SEQ_EXHAUSTED)
     hdr_len = tcp_off + thl
     full, rem = divmod(payload, mss)  # as the compiled stage: no per-segment list
-    out_len = full * _lso_segment_len(hdr_len, thl, mss, align, icv)
+    out_len = full * _lso_segment_len(hdr_len, ptl, mss, align, icv)
     if rem or payload == 0:
-        out_len += _lso_segment_len(hdr_len, thl, rem, align, icv)
+        out_len += _lso_segment_len(hdr_len, ptl, rem, align, icv)
     return {**plan, "slot": slot, "fresh_iv": int(int(rec["iv_len"]) != 0), "hdr_len": hdr_len,
             "body_off": hdr_len, "body_len": payload,
             "nsegs": nsegs, "out_len": out_len, "reason": Reason.OK, "status": 0}

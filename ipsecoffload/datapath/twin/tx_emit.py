@@ -224,7 +224,6 @@ def tx_emit(batch, records, plans, rand, out, frames, ops):
             put(frame)
             continue
         hdr_len = int(p["hdr_len"])
-        thl = hdr_len - int(p["tcp_off"])
         if p["slot"] < 0:  # plain LSO without IPsec: TCP segments, nothing else
             for s in range(int(p["nsegs"])):
                 start = int(p["body_off"]) + s * int(p["mss"])
@@ -258,11 +257,13 @@ def tx_emit(batch, records, plans, rand, out, frames, ops):
                 put(seg)
             continue
         iv_len, icv = int(rec["iv_len"]), int(rec["icv_len"])
+        # the protected header bytes every segment repeats: destination options, TCP header
+        ptl = hdr_len - (int(p["esp_off"]) + 8 + iv_len)
         for s in range(int(p["nsegs"])):
             if p["lso"]:
                 start = int(p["body_off"]) + s * int(p["mss"])
                 chunk = min(int(p["mss"]), int(p["body_len"]) - s * int(p["mss"]))
-                pad = _pad(thl + chunk + 2, int(rec["align"]))
+                pad = _pad(ptl + chunk + 2, int(rec["align"]))
                 seg = bytearray(frame[:hdr_len] + frame[start:start + chunk]
                                 + bytes(range(1, pad + 1)) + bytes([pad, p["next_header"]]))
             else:
