@@ -352,3 +352,18 @@ def test_encrypt_frames_lso_with_destination_options(tmp_path, framer):
     assert len(frames) == 3
     _check_segments([f[14:] for f in frames], config, packet)
     assert outputs["compiled"] == outputs["python"]
+
+
+@pytest.mark.parametrize("name", ["esp-gcm128", "esp-cbc128-sha256"])
+def test_send_batch_with_mss_segments_past_destination_options(name):
+    """HostStack.send_batch(mss=) turns such a packet into an LSO super-packet too (it went
+    as one large ESP packet before), with the same segments as send_lso."""
+    config = SUITES[name]
+    packet = _packet()
+    stack = HostStack(Miniport(random_source=tk.random_bytes), link="raw")
+    sa = stack.add_sa(config)
+    sent = stack.send_batch([packet], sa, mss=MSS)
+    assert not sent.faults, sent.counts
+    frames = sent.result.wire.frames()
+    assert len(frames) == 3
+    _check_segments(frames, config, packet)

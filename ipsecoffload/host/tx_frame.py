@@ -536,11 +536,16 @@ def _mark_lso(pkts, arena, mss, distinct, per_packet, index, lso_limits=None) ->
     limits = {v6: lso_limits(2, v6) if lso_limits else (65535, 2) for v6 in (False, True)}
     for i in np.flatnonzero(pkts["kind"] == PKT_ESP).tolist():
         sa = per_packet[i]
-        if sa is None or sa.config.mode != "transport" or pkts["proto"][i] != 6:
+        proto = int(pkts["proto"][i])
+        if sa is None or sa.config.mode != "transport" or proto not in (6, 60):
             continue
         l4 = int(pkts["off"][i]) + int(pkts["l4_off"][i])
         end = int(pkts["off"][i]) + int(pkts["ip_len"][i])
-        if l4 + 20 > end:
+        # IPv6 destination options after a routing header stay after ESP: TCP past them
+        # (RFC 8200 §4.1; docs/send-path.md, "Where TCP starts")
+        while proto == 60 and pkts["version"][i] == 6 and l4 + 8 <= end:
+            proto, l4 = int(arena[l4]), l4 + (int(arena[l4 + 1]) + 1) * 8
+        if proto != 6 or l4 + 20 > end:
             continue
         tcp_len = (int(arena[l4 + 12]) >> 4) * 4
         if tcp_len < 20 or l4 + tcp_len > end or arena[l4 + 13] & 0x26 \
