@@ -59,6 +59,28 @@ static inline void ipo_copy_icv(void* dst, const void* src, size_t n) {
     else if (n == 8) memcpy(dst, src, 8);
     else memcpy(dst, src, n);
 }
+/* Nonzero iff the n-byte ICVs differ; constant time in their contents (no early exit), with
+ * 8-byte words for the 8, 12 and 16-byte ICVs. */
+static inline uint64_t ipo_icv_differs(const void* a, const void* b, size_t n) {
+    const unsigned char* p = (const unsigned char*)a;
+    const unsigned char* q = (const unsigned char*)b;
+    uint64_t x, y, d = 0;
+    uint32_t u, v;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&x, p + i, 8);
+        memcpy(&y, q + i, 8);
+        d |= x ^ y;
+    }
+    if (i + 4 <= n) {
+        memcpy(&u, p + i, 4);
+        memcpy(&v, q + i, 4);
+        d |= u ^ v;
+        i += 4;
+    }
+    for (; i < n; i++) d |= (uint64_t)(p[i] ^ q[i]);
+    return d;
+}
 /* RFC 1071 one's-complement sum of big-endian 16-bit words added to s (not folded); an odd
  * tail byte is zero-padded. Eight bytes at a time: the sum is byte-order independent (RFC
  * 1071 §2(B)), so the words are added as little-endian 32-bit halves, folded to 16 bits and

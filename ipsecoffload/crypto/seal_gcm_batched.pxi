@@ -185,7 +185,6 @@ cdef void gcm_finish_op(uint8_t* arena, CryptoOp* op, const uint8_t* ks, int pat
     cdef uint8_t aad[12]
     cdef uint8_t tag[16]
     cdef int64_t aad_len, k
-    cdef uint8_t diff = 0
     cdef uint8_t* esp = arena + op.auth_off
     cdef int64_t hdr
     if op.suite == SUITE_AH_GMAC:
@@ -222,9 +221,8 @@ cdef void gcm_finish_op(uint8_t* arena, CryptoOp* op, const uint8_t* ks, int pat
         copy_icv(arena + op.icv_off, tag, op.icv_len)
         op.status = OP_DONE
         return
-    for k in range(op.icv_len):
-        diff |= tag[k] ^ arena[op.icv_off + k]
-    op.status = OP_DONE if diff == 0 else OP_AUTH_FAILED
+    op.status = OP_DONE if icv_differs(tag, arena + op.icv_off, op.icv_len) == 0 \
+        else OP_AUTH_FAILED
 
 
 cdef class GcmBatchedBackend:

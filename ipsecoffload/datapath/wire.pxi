@@ -12,6 +12,7 @@ cdef extern from "ipo_config.h":
     void zero16n "ipo_zero16n" (void* p, size_t n16) noexcept nogil
     void zero_icv "ipo_zero_icv" (void* p, size_t n) noexcept nogil
     void zero_struct "ipo_zero_struct" (void* p, size_t n) noexcept nogil
+    uint64_t icv_differs "ipo_icv_differs" (const void* a, const void* b, size_t n) noexcept nogil
     void copy_icv "ipo_copy_icv" (void* dst, const void* src, size_t n) noexcept nogil
 
 BOUNDS_CHECKED = bool(IPO_BOUNDS_CHECK)
