@@ -504,6 +504,19 @@ STRUCT_DTYPES = {"NblOob": NBL_OOB_DTYPE, "Transform": TRANSFORM_DTYPE,
                  "RxPlan": layout.RX_PLAN_DTYPE, "RxWindow": layout.RX_WINDOW_DTYPE}
 
 
+def test_structs_pxi_is_generated_from_the_pxd():
+    """datapath/structs.pxi lists every struct and field of _fastpath.pxd (tools/gen_structs.py)."""
+    import pathlib
+    import subprocess
+    import sys
+    root = pathlib.Path(__file__).resolve().parent.parent
+    if not (root / "tools" / "gen_structs.py").exists():
+        pytest.skip("not a source checkout (tools/ is not installed)")
+    done = subprocess.run([sys.executable, "tools/gen_structs.py", "--check"], cwd=root,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
 def test_struct_sizes_match_the_dtypes():
     assert _fastpath.STRUCT_SIZES == {name: dtype.itemsize
                                       for name, dtype in STRUCT_DTYPES.items()}

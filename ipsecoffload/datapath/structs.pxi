@@ -1,5 +1,6 @@
 # Sizes and field offsets of the C structs, for the layout test against the numpy dtypes
-# of datapath/layout.py. Included by _fastpath.pyx.
+# of datapath/layout.py. Included by _fastpath.pyx. Written by tools/gen_structs.py from
+# the .pxd: edit the structs there, then run it.
 
 STRUCT_SIZES = {"NblOob": sizeof(NblOob), "Transform": sizeof(Transform), "SaRecord": sizeof(SaRecord), "NbPlan": sizeof(NbPlan), "WireFrame": sizeof(WireFrame), "CryptoOp": sizeof(CryptoOp), "RxSaKey": sizeof(RxSaKey), "RxState": sizeof(RxState), "RxPlan": sizeof(RxPlan), "RxWindow": sizeof(RxWindow)}
 
