@@ -10,6 +10,7 @@ import threading
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.ipsec import ESP, SecurityAssociation
 
@@ -32,6 +33,8 @@ CONFIG = SaConfig(spi=0x4501, encryption="aes-gcm-128", key=KEY, src="10.0.0.1",
 BACKENDS = backends_for(twin, ReferenceBackend())
 RX_CFG = int(Config.ESP_IPV4 | Config.ESP_IPV6)
 T0 = 1_700_000_000 * 10**9
+FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow])
 
 
 def scapy_frames(count, config=CONFIG, sport=SPORT, dport=DPORT):
@@ -190,6 +193,23 @@ def test_compiled_and_twin_agree_on_port_sets(ports):
         esp[0][:30], esp[0][:28]]
     counters = run_both(mp, PacketBatch.from_frames(frames, l2_len=0), ports)
     assert sum(counters) == len(frames)
+
+
+PORTS = st.sampled_from([4500, DPORT, SPORT, 4499, 1, 65535])
+
+
+@FUZZ
+@given(ports=st.lists(PORTS, max_size=NAT_T_MAX_PORTS),
+       datagrams=st.lists(st.tuples(PORTS, PORTS, st.binary(max_size=40)), min_size=1,
+                          max_size=12),
+       cut=st.integers(0, 60))
+def test_compiled_and_twin_agree_on_random_datagrams(ports, datagrams, cut):
+    mp = Miniport()
+    inbound(mp)
+    _, esp = scapy_frames(1)
+    frames = [udp_frame(d, payload, sport=s) for s, d, payload in datagrams]
+    frames += [esp[0], esp[0][:len(esp[0]) - cut]]
+    run_both(mp, PacketBatch.from_frames(frames, l2_len=0), ports)
 
 
 @pytest.mark.parametrize("bad", [(0,), (65536,), (-1,), (4500.0,), (True,), ("4500",), None, 4500,
