@@ -174,9 +174,9 @@ def rx_run(batch, table, rx_state, int config, backends, lock, uint32_t delete_a
     (records_bytes, rx_keys, keys) and the NIC's receive state ``rx_state`` (RX_STATE_DTYPE,
     updated under ``lock``); ``delete_after`` > 0 sets SaDeleteReq on the frames of an SA
     with that many ICV failures; UDP to or from one of ``nat_t_ports`` (at most
-    NAT_T_MAX_PORTS) is UDP-ESP (RFC 3948 §2). Returns (out, plans, ops, counters): ``out`` is a copy of the
-    arena with every verified ESP text decrypted in place; ``ops`` the ESP open ops, then the
-    AH verify ops (RxPlan.op and RxPlan.ah_op index it)."""
+    NAT_T_MAX_PORTS) is UDP-ESP (RFC 3948 §2). Returns (out, plans, ops, counters): ``out``
+    is a copy of the arena with every verified ESP text decrypted in place; ``ops`` the ESP
+    open ops, then the AH verify ops (RxPlan.op and RxPlan.ah_op index it)."""
     cdef uint16_t ports[NAT_T_MAX_PORTS]
     cdef int nports = rx_ports(nat_t_ports, ports)
     cdef BatchView b = BatchView(batch)
