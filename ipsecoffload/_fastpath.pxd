@@ -118,7 +118,7 @@ cpdef enum RxReason:
     RX_BAD_PROTOCOL = 12      # protocols differ from the bundle (INVALID_PROTOCOL)
     RX_REASON_COUNT = 13
 
-# UDP-ESP on receive (RFC 3948 §2): the NAT-T port of the IKE pages, and how many ports one
+# UDP-ESP on receive (RFC 3948 §2): the NAT-T port, and how many ports one
 # NIC parses as UDP-ESP (docs/spec-gaps.md G31).
 cpdef enum NatT:
     NAT_T_PORT = 4500
