@@ -109,7 +109,7 @@ cpdef enum RxReason:
     RX_NOT_IPSEC = 3          # no AH, ESP or UDP-ESP
     RX_FRAGMENT = 4           # an IP fragment: the stack reassembles and checks it
     RX_KEEPALIVE = 5          # NAT-T keepalive (RFC 3948 §2.3)
-    RX_IKE = 6                # non-ESP marker on UDP 4500 (RFC 3948 §2.2)
+    RX_IKE = 6                # non-ESP marker on a NAT-T port (RFC 3948 §2.2)
     RX_SHORT = 7              # AH/ESP header cut short: no SPI to look up
     RX_NO_SA = 8              # no inbound SA for (SPI, destination, source, IP version)
     RX_GATED = 9              # uses something not enabled (capability gate)
@@ -117,6 +117,12 @@ cpdef enum RxReason:
     RX_BAD_SYNTAX = 11        # lengths that cannot be (INVALID_PACKET_SYNTAX)
     RX_BAD_PROTOCOL = 12      # protocols differ from the bundle (INVALID_PROTOCOL)
     RX_REASON_COUNT = 13
+
+# UDP-ESP on receive (RFC 3948 §2): the NAT-T port, and how many ports one
+# NIC parses as UDP-ESP (docs/spec-gaps.md G31).
+cpdef enum NatT:
+    NAT_T_PORT = 4500
+    NAT_T_MAX_PORTS = 8
 
 # CryptoStatus of the receive indication (NDIS_IPSEC_OFFLOAD_V2_NET_BUFFER_LIST_INFO).
 cpdef enum CryptoStatusCode:

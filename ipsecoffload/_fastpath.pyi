@@ -1,7 +1,7 @@
 """Type stubs of the compiled stages and backends (ipsecoffload/_fastpath.pyx); the package
 ipsecoffload/datapath/twin/ is the pure-Python twin of every stage."""
 import enum
-from typing import Any, Callable, Mapping, Optional, Protocol
+from typing import Any, Callable, Iterable, Mapping, Optional, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -253,7 +253,8 @@ def gcm_one_call_min() -> int: ...
 def gcm_one_call_reset() -> None: ...
 def rx_nested_candidates(plans: _U8, n: int) -> int: ...
 def rx_run(batch: _Batch, table: _RxTable, rx_state: npt.NDArray[Any], config: int,
-           backends: Mapping[int, Any], lock: Any, delete_after: int = ...
+           backends: Mapping[int, Any], lock: Any, delete_after: int = ...,
+           nat_t_ports: Iterable[int] = ...
            ) -> tuple[_U8, _U8, _U8, npt.NDArray[np.int64]]: ...
 def rx_deliver(batch: _Batch, out: _U8, plans: _U8, slot_sa: npt.NDArray[np.int32],
                slot_handle: npt.NDArray[np.uint64], windows: npt.NDArray[Any]
@@ -275,6 +276,10 @@ class RxReason(enum.IntEnum):
     RX_BAD_SYNTAX = 11
     RX_BAD_PROTOCOL = 12
     RX_REASON_COUNT = 13
+
+class NatT(enum.IntEnum):
+    NAT_T_PORT = 4500
+    NAT_T_MAX_PORTS = 8
 
 class CryptoStatusCode(enum.IntEnum):
     CRYPTO_SUCCESS = 0
@@ -316,6 +321,8 @@ RX_AUTH_FAILED: int
 RX_BAD_SYNTAX: int
 RX_BAD_PROTOCOL: int
 RX_REASON_COUNT: int
+NAT_T_PORT: int
+NAT_T_MAX_PORTS: int
 CRYPTO_SUCCESS: int
 CRYPTO_GENERIC_ERROR: int
 CRYPTO_TRANSPORT_AH_AUTH_FAILED: int

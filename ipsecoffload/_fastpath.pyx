@@ -39,6 +39,6 @@ include "io/capture_scan.pxi"
 
 # Every cpdef enum code is also a module attribute (REASON_OK, SUITE_AES_GCM, ...).
 for _code_enum in (Suite, Integrity, IcvSpace, IvSource, Config, Reason, OpKind, OpStatus, Fixup,
-                   IpProto, StatusCounter, RxReason, CryptoStatusCode, RxConfig, Delivery,
+                   IpProto, StatusCounter, RxReason, NatT, CryptoStatusCode, RxConfig, Delivery,
                    PktKind, PktFault, ScanStatus):
     globals().update({_member.name: int(_member) for _member in _code_enum})

@@ -567,7 +567,9 @@ ENUMS = [("Suite", "SUITE_", layout.Suite), ("Integrity", "INTEG_", layout.Integ
 # codes with no Python enum: C name -> layout value
 EXTRA_CODES = {"Reason": {"REASON_COUNT": layout.REASON_COUNT},
                "RxReason": {"RX_REASON_COUNT": layout.RX_REASON_COUNT},
-               "IpProto": {"PROTO_ESP": layout.PROTO_ESP, "PROTO_AH": layout.PROTO_AH}}
+               "IpProto": {"PROTO_ESP": layout.PROTO_ESP, "PROTO_AH": layout.PROTO_AH},
+               "NatT": {"NAT_T_PORT": layout.NAT_T_PORT,
+                        "NAT_T_MAX_PORTS": layout.NAT_T_MAX_PORTS}}
 
 
 def _expected_codes(c_enum: str) -> dict[str, int]:
@@ -578,7 +580,7 @@ def _expected_codes(c_enum: str) -> dict[str, int]:
     return codes
 
 
-C_ENUMS = [name for name, _, _ in ENUMS] + ["IpProto"]
+C_ENUMS = [name for name, _, _ in ENUMS] + ["IpProto", "NatT"]
 
 
 @pytest.mark.parametrize("c_enum", C_ENUMS)

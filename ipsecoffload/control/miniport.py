@@ -13,9 +13,9 @@ import numpy as np
 from .. import ndis
 from ..datapath.batch import PacketBatch
 from ..crypto import CryptoBackend, backends_for
-from ..datapath.layout import (COUNTERS, HANDLE_SLOT_MASK, REASON_COUNT, RX_REASON_COUNT,
-                               STATUS_COUNTER_NAMES, Config, IcvSpace, IvSource, Reason,
-                               RxConfig, RxReason)
+from ..datapath.layout import (COUNTERS, HANDLE_SLOT_MASK, NAT_T_PORT, REASON_COUNT,
+                               RX_REASON_COUNT, STATUS_COUNTER_NAMES, Config, IcvSpace,
+                               IvSource, Reason, RxConfig, RxReason, nat_t_port_set)
 from ..datapath.rx import ReceiveResult, run_receive
 from ..ndis import NdisStatus
 from ..control.satable import SaRejected, SaTable
@@ -84,6 +84,9 @@ class Miniport:
     ``pointer_size`` is the OID buffer layout (4: x86, 8: x64): raw ADD_SA_EX
     bytes are read in it (x64 when None) and an ADD header's ``Size`` is checked against its
     ``NDIS_SIZEOF`` value; None accepts the ``Size`` of either layout (docs/spec-gaps.md G26).
+    ``nat_t_ports`` are the UDP ports whose datagrams receive parses as UDP-ESP (source or
+    destination port; at most NAT_T_MAX_PORTS, default 4500 alone; docs/spec-gaps.md G31);
+    ``HostStack.add_inbound_sa`` adds the port of a ``udp_encap`` SA that is not in it.
     """
 
     def __init__(self, capabilities: Optional[ndis.NdisIpsecOffloadV2] = None, *,
@@ -95,11 +98,13 @@ class Miniport:
                  disabled_policy: str = "pass",
                  lso_v1: Optional[ndis.NdisTcpLargeSendOffloadV1] = None,
                  lso_v2: Optional[ndis.NdisTcpLargeSendOffloadV2] = None,
-                 max_send_output: int = MAX_SEND_OUTPUT, pointer_size: Optional[int] = None):
+                 max_send_output: int = MAX_SEND_OUTPUT, pointer_size: Optional[int] = None,
+                 nat_t_ports: Sequence[int] = (NAT_T_PORT,)):
         if pointer_size not in (None, 4, 8) or isinstance(pointer_size, bool):
             raise ValueError(f"pointer_size must be None, 4 (x86) or 8 (x64), "
                              f"got {pointer_size!r}")
         self.pointer_size = pointer_size
+        self.nat_t_ports = nat_t_ports  # the setter checks it
         if tunnel_handle_alone not in TUNNEL_HANDLE_ALONE:
             raise ValueError(f"tunnel_handle_alone must be one of "
                              f"{', '.join(map(repr, TUNNEL_HANDLE_ALONE))}, "
@@ -343,6 +348,15 @@ class Miniport:
                 | (int(RxConfig.IPV6_EXT_HEADERS) if caps.ipv6_non_ipsec_extension_headers
                    else 0))
 
+    @property
+    def nat_t_ports(self) -> tuple[int, ...]:
+        """The UDP ports receive parses as UDP-ESP (docs/spec-gaps.md G31)."""
+        return self._nat_t_ports
+
+    @nat_t_ports.setter
+    def nat_t_ports(self, ports: Sequence[int]) -> None:
+        self._nat_t_ports = nat_t_port_set(ports, "nat_t_ports")
+
     def receive(self, frames: Union[PacketBatch, Sequence[ndis.NetBufferList]]) -> ReceiveResult:
         """The NIC's receive path over a batch of received frames (docs/receive-path.md).
 
@@ -361,7 +375,8 @@ class Miniport:
             batch = PacketBatch.from_nbls(nbls)
         result = run_receive(batch, self.sas.snapshot(), self.sas.rx_state, self.sas.rx_lock,
                              config=self.receive_config_bits(), kernels=self.kernels,
-                             backends=self.backends, delete_after=self.sa_delete_after or 0)
+                             backends=self.backends, delete_after=self.sa_delete_after or 0,
+                             nat_t_ports=self._nat_t_ports)
         if nbls is not None:
             info, header = result.ipsec_info.tolist(), result.header_info.tolist()
             first = batch.oob["first_nb"].tolist()

@@ -6,6 +6,7 @@ them against the C structs (``_fastpath.struct_sizes``).
 from __future__ import annotations
 
 import enum
+import operator
 
 import numpy as np
 
@@ -232,6 +233,29 @@ class Delivery(enum.IntEnum):
 
 
 RX_REASON_COUNT = len(RxReason)
+
+# UDP-ESP on receive (RFC 3948 §2): the NAT-T port, and how many ports the NIC parses as
+# UDP-ESP (docs/spec-gaps.md G31); _fastpath.pxd's NatT
+NAT_T_PORT = 4500
+NAT_T_MAX_PORTS = 8
+
+
+def nat_t_port_set(value, name: str = "nat_t_ports") -> tuple[int, ...]:
+    """``value`` as the NIC's NAT-T port set: a tuple of at most NAT_T_MAX_PORTS UDP ports
+    (1-65535), duplicates dropped, in order; else ValueError naming ``name``."""
+    ports: list[int] = []
+    ok = not isinstance(value, (str, bytes))
+    try:
+        for v in value:
+            port = operator.index(v)
+            ok = ok and not isinstance(v, bool) and 1 <= port <= 0xFFFF
+            ports.append(port)
+    except TypeError:
+        ok = False
+    if not ok or len(set(ports)) > NAT_T_MAX_PORTS:
+        raise ValueError(f"{name} must be at most {NAT_T_MAX_PORTS} UDP ports from 1 to 65535, "
+                         f"got {value!r}")
+    return tuple(dict.fromkeys(ports))
 
 
 STATUS_SUCCESS = 0x00000000

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..ndis import CryptoStatus
 from .batch import PacketBatch
-from .layout import RX_PLAN_DTYPE, RX_REASON_COUNT, RxReason
+from .layout import NAT_T_PORT, RX_PLAN_DTYPE, RX_REASON_COUNT, RxReason
 
 
 class ReceiveResult:
@@ -116,18 +116,21 @@ _TRANSPORT_CODE = {int(CryptoStatus.TUNNEL_AH_AUTH_FAILED): int(CryptoStatus.TRA
 
 def run_receive(batch: PacketBatch, table, rx_state: np.ndarray, lock, *, config: int,
                 kernels: ModuleType, backends: Mapping[int, object],
-                delete_after: int = 0) -> ReceiveResult:
+                delete_after: int = 0,
+                nat_t_ports: tuple[int, ...] = (NAT_T_PORT,)) -> ReceiveResult:
     """rx_run over the frames, then once more over the inner packets of the tunnel layers that
-    verified (docs/receive-path.md: the outer layer, then the inner one if its SA is offloaded)."""
+    verified (docs/receive-path.md: the outer layer, then the inner one if its SA is offloaded);
+    both passes parse UDP to or from ``nat_t_ports`` as UDP-ESP."""
+    ports = tuple(nat_t_ports)
     out, plans, _ops, counters = kernels.rx_run(batch, table, rx_state, int(config), backends,
-                                                lock, int(delete_after))
+                                                lock, int(delete_after), ports)
     out, plans = _inner_layers(batch, table, rx_state, lock, int(config), kernels, backends,
-                               int(delete_after), out, plans, counters)
+                               int(delete_after), out, plans, counters, ports)
     return ReceiveResult(batch, out, plans, counters)
 
 
 def _inner_layers(batch, table, rx_state, lock, config, kernels, backends, delete_after,
-                  out, plan_bytes, counters):
+                  out, plan_bytes, counters, nat_t_ports):
     """Nested packets (transport over tunnel): the inner packet of every verified tunnel layer
     through rx_run as a batch of its own, over the decrypted arena. A frame whose inner packet
     has an inbound SA gets NextCryptoDone, its inner layer's row appended after the frames'
@@ -151,7 +154,7 @@ def _inner_layers(batch, table, rx_state, lock, config, kernels, backends, delet
     inner = PacketBatch(out, base + start, length, np.arange(len(picked), dtype=np.int32),
                         l2_len=np.zeros(len(picked), np.uint16))
     out2, inner_bytes, _ops, _counters = kernels.rx_run(inner, table, rx_state, config, backends,
-                                                         lock, delete_after)
+                                                         lock, delete_after, nat_t_ports)
     inner_plans = inner_bytes.view(RX_PLAN_DTYPE)
     checked = np.flatnonzero(inner_plans["crypto_done"] == 1)
     if not len(checked):

@@ -4,7 +4,6 @@
 # _fastpath.pyx.
 
 cdef enum:
-    NAT_T_PORT = 4500
     RX_NEEDS_OPEN = 1         # rx_classify_one wrote an ESP open op
     RX_NEEDS_VERIFY = 2       # ... and / or an AH verify op
 
@@ -116,13 +115,23 @@ cdef inline void rx_op_init(CryptoOp* op, const Transform* xf, int kind, int64_t
     op.status = OP_PENDING
 
 
+cdef inline bint rx_nat_t_port(const uint16_t* ports, int nports, uint16_t port) noexcept nogil:
+    cdef int i
+    for i in range(nports):
+        if ports[i] == port:
+            return True
+    return False
+
+
 cdef int rx_classify_one(const uint8_t* f, int64_t flen, int64_t l2, int cfg,
                          const SaRecord* recs, int64_t nrec, const RxSaKey* keys,
                          int64_t nkeys, RxState* states, RxState* prov, int32_t* prov_rows,
-                         RxPlan* p, CryptoOp* op, CryptoOp* ah_op) except -1 nogil:
+                         RxPlan* p, CryptoOp* op, CryptoOp* ah_op, const uint16_t* ports,
+                         int nports) except -1 nogil:
     """Fill the plan of one frame; returns RX_NEEDS_OPEN when it needs an ESP open op
     (written to op), plus RX_NEEDS_VERIFY when it needs an AH verify op (written to ah_op;
-    rx_run then makes the ICV-input copy its auth_off names)."""
+    rx_run then makes the ICV-input copy its auth_off names). UDP is UDP-ESP when its source
+    or destination port is one of the ``nports`` NAT-T ports (docs/spec-gaps.md G31)."""
     cdef int64_t ihl, off, ip_end, end, ext_len, esp_off, k, text_len, ah_len, unpadded
     cdef int version, nh, proto, guard, needs = 0, esp_bit, ah_bit
     cdef bint ipv6, options = False, udp = False
@@ -207,7 +216,7 @@ cdef int rx_classify_one(const uint8_t* f, int64_t flen, int64_t l2, int cfg,
         check(off, 8, flen)
         sport = ld16(f + off)
         dport = ld16(f + off + 2)
-        if sport != NAT_T_PORT and dport != NAT_T_PORT:
+        if not rx_nat_t_port(ports, nports, sport) and not rx_nat_t_port(ports, nports, dport):
             rx_no_info(p, RX_NOT_IPSEC)
             return 0
         # RFC 3948 §2.2-2.3: a keepalive, the non-ESP marker of IKE, or ESP

@@ -146,13 +146,39 @@ cdef rx_retry(out_arr, ops_arr, int64_t nretry, keys, backends):
             k += 1
 
 
-def rx_run(batch, table, rx_state, int config, backends, lock, uint32_t delete_after=0):
+cdef int rx_ports(object nat_t_ports, uint16_t* ports) except -1:
+    """The NAT-T ports of rx_run into ``ports`` (NAT_T_MAX_PORTS of room); returns how many."""
+    cdef int n = 0
+    bad = False
+    try:
+        values = list(nat_t_ports)
+    except TypeError:
+        values, bad = [], True
+    if len(values) > NAT_T_MAX_PORTS:
+        bad = True
+    for v in values:
+        if bad or isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 0xFFFF:
+            bad = True
+            break
+        ports[n] = <uint16_t>v
+        n += 1
+    if bad:
+        raise ValueError(f"nat_t_ports must be at most {NAT_T_MAX_PORTS} UDP ports from 1 to "
+                         f"65535, got {nat_t_ports!r}")
+    return n
+
+
+def rx_run(batch, table, rx_state, int config, backends, lock, uint32_t delete_after=0,
+           nat_t_ports=(NAT_T_PORT,)):
     """Receive ``batch`` (one frame per NET_BUFFER) with the SA table snapshot ``table``
     (records_bytes, rx_keys, keys) and the NIC's receive state ``rx_state`` (RX_STATE_DTYPE,
     updated under ``lock``); ``delete_after`` > 0 sets SaDeleteReq on the frames of an SA
-    with that many ICV failures. Returns (out, plans, ops, counters): ``out`` is a copy of the
-    arena with every verified ESP text decrypted in place; ``ops`` the ESP open ops, then the
-    AH verify ops (RxPlan.op and RxPlan.ah_op index it)."""
+    with that many ICV failures; UDP to or from one of ``nat_t_ports`` (at most
+    NAT_T_MAX_PORTS) is UDP-ESP (RFC 3948 §2). Returns (out, plans, ops, counters): ``out``
+    is a copy of the arena with every verified ESP text decrypted in place; ``ops`` the ESP
+    open ops, then the AH verify ops (RxPlan.op and RxPlan.ah_op index it)."""
+    cdef uint16_t ports[NAT_T_MAX_PORTS]
+    cdef int nports = rx_ports(nat_t_ports, ports)
     cdef BatchView b = BatchView(batch)
     cdef const uint8_t[::1] records = table.records_bytes
     cdef const uint8_t[::1] key_bytes = table.rx_keys
@@ -197,7 +223,8 @@ def rx_run(batch, table, rx_state, int config, backends, lock, uint32_t delete_a
             l2 = oob[nb_nbl[i]].l2_len
             p = plan0 + i
             needs = rx_classify_one(arena + nb_off[i], nb_len[i], l2, config, recs, nrec, keys,
-                                    nkeys, states, prov, prov_rows, p, op0 + nops, ah0 + nah)
+                                    nkeys, states, prov, prov_rows, p, op0 + nops, ah0 + nah,
+                                    ports, nports)
             if needs & RX_NEEDS_VERIFY:
                 aop = ah0 + nah
                 p.ah_op = <int32_t>nah

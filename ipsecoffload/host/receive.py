@@ -14,8 +14,8 @@ import numpy as np
 
 from .. import ndis
 from ..datapath.batch import PacketBatch
-from ..datapath.layout import (HANDLE_SLOT_MASK, RX_WINDOW_DTYPE, RX_WINDOW_MAX, Delivery,
-                               RxReason)
+from ..datapath.layout import (HANDLE_SLOT_MASK, NAT_T_MAX_PORTS, RX_WINDOW_DTYPE, RX_WINDOW_MAX,
+                               Delivery, RxReason)
 from ..datapath.rx import ReceiveResult
 from ..ndis import NdisStatus
 from .saconfig import SaConfig
@@ -139,7 +139,9 @@ class ReceiveMixin:
         version: a tunnel SA's, or ``versions``, else both) and start its anti-replay window
         empty just below ``config.seq`` (docs/receive-path.md). ``paired``: the outbound
         ``StackSa`` of the same negotiation, deleted with this one when the NIC sets
-        SaDeleteReq."""
+        SaDeleteReq. A ``udp_encap`` SA whose ports are not among the miniport's
+        ``nat_t_ports`` adds its destination port, the one its received packets carry
+        (docs/spec-gaps.md G31); ValueError when the NIC has no room for another port."""
         if not isinstance(config, SaConfig):
             raise TypeError(f"add_inbound_sa takes a SaConfig, got {type(config).__name__}")
         if not isinstance(replay_window, int) or not 0 <= replay_window <= RX_WINDOW_MAX:
@@ -154,6 +156,7 @@ class ReceiveMixin:
                          for a in (config.src, config.dst) if a}
                 versions = tuple(known) if known else (False, True)
         with self._rx_lock:
+            nat_t_ports = self._nat_t_ports_for(config)
             sa = InboundSa(config, len(self._rx_sas), replay_window, selector, paired)
             row = np.zeros(1, RX_WINDOW_DTYPE)
             row["size"] = replay_window
@@ -183,6 +186,8 @@ class ReceiveMixin:
             except BaseException:
                 self._delete_bundles(sa)
                 raise
+            if nat_t_ports != self.miniport.nat_t_ports:
+                self.miniport.nat_t_ports = nat_t_ports
             windows = np.concatenate([self._rx_windows, row])
             slot_sa, slot_handle = self._rx_slot_sa.copy(), self._rx_slot_handle.copy()
             for handle in sa.handles.values():
@@ -192,6 +197,20 @@ class ReceiveMixin:
             self._rx_windows, self._rx_slot_sa, self._rx_slot_handle = (windows, slot_sa,
                                                                         slot_handle)
         return sa
+
+    def _nat_t_ports_for(self, config: SaConfig) -> tuple[int, ...]:
+        """The miniport's NAT-T ports once ``config`` is offloaded: a received packet of a
+        ``udp_encap`` SA has the SA's (sport, dport), and the NIC parses it as UDP-ESP when
+        either is in the set; otherwise its dport joins (docs/spec-gaps.md G31)."""
+        ports = tuple(self.miniport.nat_t_ports)
+        if not config.udp_encap or any(p in ports for p in config.udp_encap):
+            return ports
+        if len(ports) >= NAT_T_MAX_PORTS:
+            raise ValueError(f"inbound SA {config.name or hex(config.spi)}: udp_encap ports "
+                             f"{config.udp_encap[0]}/{config.udp_encap[1]} would make more "
+                             f"than {NAT_T_MAX_PORTS} NAT-T ports on the miniport "
+                             f"(nat_t_ports {ports})")
+        return ports + (int(config.udp_encap[1]),)
 
     def _delete_bundles(self, sa: InboundSa) -> None:
         head = None

@@ -196,6 +196,14 @@ class CaptureDecryptor:
                 self.inbound[i] = shard.stack.add_inbound_sa(
                     policy.config, replay_window=replay_window, selector=selector,
                     versions=_versions(policy))
+        if len(self.shards) > 1:
+            # every shard's NIC parses the same UDP-ESP ports (docs/spec-gaps.md G31): a frame
+            # on a port one shard added would otherwise pass as clear through the others
+            ports: dict = {}
+            for shard in self.shards:
+                ports.update(dict.fromkeys(shard.stack.miniport.nat_t_ports))
+            for shard in self.shards:
+                shard.stack.miniport.nat_t_ports = tuple(ports)
         self._pool = None
         if len(self.shards) > 1:
             from concurrent.futures import ThreadPoolExecutor

@@ -13,9 +13,9 @@ from __future__ import annotations
 from bisect import bisect_left
 
 from ...ndis import CryptoStatus
-from ..layout import PROTO_AH, PROTO_ESP, Config, OpKind, OpStatus, RxConfig, RxReason, Suite
+from ..layout import (NAT_T_MAX_PORTS, NAT_T_PORT, PROTO_AH, PROTO_ESP, Config, OpKind, OpStatus,
+                      RxConfig, RxReason, Suite)
 
-NAT_T_PORT = 4500  # RFC 3948 §2
 ESN_WINDOW = 1 << 31  # the NIC infers the high word with a window of 2^31
 M32 = 0xFFFFFFFF
 
@@ -119,11 +119,29 @@ def rx_op_init(op, xf, kind: int, l2: int, hi: int) -> None:
     op["status"] = OpStatus.PENDING
 
 
+def rx_ports(nat_t_ports) -> tuple[int, ...]:
+    """The NAT-T ports of rx_run, checked as the compiled rx_ports checks them."""
+    bad = False
+    try:
+        values = list(nat_t_ports)
+    except TypeError:
+        values, bad = [], True
+    if len(values) > NAT_T_MAX_PORTS or any(
+            isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 0xFFFF
+            for v in values):
+        bad = True
+    if bad:
+        raise ValueError(f"nat_t_ports must be at most {NAT_T_MAX_PORTS} UDP ports from 1 to "
+                         f"65535, got {nat_t_ports!r}")
+    return tuple(values)
+
+
 def rx_classify_one(f: bytes, l2: int, cfg: int, recs, keys, states, prov, touched, p,
-                    op, ah_op) -> int:
+                    op, ah_op, ports=(NAT_T_PORT,)) -> int:
     """Fill the plan ``p`` of one frame; returns RX_NEEDS_OPEN when it needs an ESP open op
     (written to ``op``), plus RX_NEEDS_VERIFY when it needs an AH verify op (written to
-    ``ah_op``; rx_run then makes the ICV-input copy), else 0."""
+    ``ah_op``; rx_run then makes the ICV-input copy), else 0. UDP is UDP-ESP when its source
+    or destination port is one of ``ports`` (docs/spec-gaps.md G31)."""
     flen = len(f)
     _zero(p)
     p["slot"] = -1
@@ -193,7 +211,7 @@ def rx_classify_one(f: bytes, l2: int, cfg: int, recs, keys, states, prov, touch
             rx_no_info(p, RxReason.NOT_IPSEC)
             return 0
         sport, dport = _ld16(f, off), _ld16(f, off + 2)
-        if sport != NAT_T_PORT and dport != NAT_T_PORT:
+        if sport not in ports and dport not in ports:
             rx_no_info(p, RxReason.NOT_IPSEC)
             return 0
         # RFC 3948 §2.2-2.3: a keepalive, the non-ESP marker of IKE, or ESP

@@ -9,12 +9,12 @@ from __future__ import annotations
 import numpy as np
 
 from ...ndis import CryptoStatus
-from ..layout import (CRYPTO_OP_DTYPE, RX_PLAN_DTYPE, RX_REASON_COUNT, RX_SA_KEY_DTYPE,
-                      RX_STATE_DTYPE, SA_RECORD_DTYPE, OpStatus, RxReason)
+from ..layout import (CRYPTO_OP_DTYPE, NAT_T_PORT, RX_PLAN_DTYPE, RX_REASON_COUNT,
+                      RX_SA_KEY_DTYPE, RX_STATE_DTYPE, SA_RECORD_DTYPE, OpStatus, RxReason)
 from .common import _batch_view, _buffers, _c_ints
 from .ah_mutable import ah_zero_ipv4, ah_zero_ipv6
 from .rx_classify import (RX_NEEDS_OPEN, RX_NEEDS_VERIFY, esn_infer_hi, rx_classify_one,
-                          rx_fail, rx_provisional)
+                          rx_fail, rx_ports, rx_provisional)
 from .tx_run import run_op_groups
 
 
@@ -133,13 +133,16 @@ def rx_retry(out, ops, nretry: int, keys, backends) -> None:
         table[i]["status"] = retry[k]["status"]
 
 
-def rx_run(batch, table, rx_state, config, backends, lock, delete_after=0):
+def rx_run(batch, table, rx_state, config, backends, lock, delete_after=0,
+           nat_t_ports=(NAT_T_PORT,)):
     """Receive ``batch`` with the SA table snapshot ``table`` (records_bytes, rx_keys, keys)
-    and the NIC's receive state ``rx_state`` (RX_STATE_DTYPE, updated under ``lock``).
+    and the NIC's receive state ``rx_state`` (RX_STATE_DTYPE, updated under ``lock``); UDP to
+    or from one of ``nat_t_ports`` is UDP-ESP.
     Returns (out, plans, ops, counters), ``out`` a copy of the arena with every verified ESP
     text decrypted in place, ``ops`` the ESP open ops, then the AH verify ops."""
     _c_ints(config=config)
     config = int(config)
+    ports = rx_ports(nat_t_ports)
     arena, nb_off, nb_len, nb_nbl, oob = _batch_view(batch)
     records, key_bytes = table.records_bytes, table.rx_keys
     _buffers(records=(records, np.uint8, False), rx_keys=(key_bytes, np.uint8, False))
@@ -168,7 +171,7 @@ def rx_run(batch, table, rx_state, config, backends, lock, delete_after=0):
         l2 = int(oob[int(nb_nbl[i])]["l2_len"])
         p, op, aop = plans[i], ops[nops], ah_ops[nah]
         needs = rx_classify_one(frames[i], l2, config, recs, keys, states, prov, touched, p,
-                                op, aop)
+                                op, aop, ports)
         base = int(nb_off[i])
         if needs & RX_NEEDS_VERIFY:
             p["ah_op"] = nah
