@@ -1,4 +1,5 @@
-"""Collects each benchmark's mean time and prints the design §8 ratios at the end of the run."""
+"""Collects each benchmark's mean time and prints the ratios of docs/benchmarks.md at the end
+of the run."""
 import pytest
 
 RESULTS: dict = {}

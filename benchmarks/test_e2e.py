@@ -1,4 +1,4 @@
-"""End to end (design §8 "ours", separately end to end): ``encrypt`` on a generated raw-IP
+"""End to end (docs/benchmarks.md, "End to end"): ``encrypt`` on a generated raw-IP
 capture of TCP packets, pcap reading and writing included, in process (net of interpreter
 start-up), at 64 and 1400 B and for 64000-byte super-packets cut at MSS 1448, against the
 naive loop of one ``encrypt_into`` per packet timed in the same run (group ``e2e``).

@@ -1,6 +1,7 @@
-"""Combined LSO + ESP (spec §6.8): 64 KiB TCP super-packets into 1448-byte segments (MSS 1448),
-AES-128-GCM transport over IPv4, 16 super-packets per ``Miniport.send`` call; the figure is
-Gbit/s of TCP payload, printed against the raw cipher measured in the same run (``limit``).
+"""Combined LSO + ESP (docs/protocol.md section 11): 64 KiB TCP super-packets into 1448-byte
+segments (MSS 1448), AES-128-GCM transport over IPv4, 16 super-packets per ``Miniport.send``
+call; the figure is Gbit/s of TCP payload, printed against the raw cipher measured in the
+same run (``limit``).
 
 Works alone (it measures its own limit) and together with test_send_path.py:
 ``python -m pytest benchmarks/test_lso.py benchmarks/test_send_path.py -q -k "lso or limit"``.

@@ -12,7 +12,8 @@ project did not write:
 - a flipped covered byte makes the check fail, a changed TTL / hop limit / DSCP does not.
 
 The compiled stages and their twin are compared on AH frames, good and damaged, with the
-harness of test_kernels; bad input gets the spec's status and sends nothing.
+harness of test_kernels; bad input gets the documented status (docs/protocol.md section 15)
+and sends nothing.
 """
 from __future__ import annotations
 

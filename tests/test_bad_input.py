@@ -1,9 +1,10 @@
-"""The miniport on bad input, end to end through Miniport.send and the SA OIDs (design §6,
-spec §4.9, §6.1): a packet fault completes its NBL with a status and sends nothing of it,
-the rest of the batch goes on; API misuse raises before any work; keys never show.
+"""The miniport on bad input, end to end through Miniport.send and the SA OIDs
+(docs/protocol.md section 15, docs/send-path.md): a packet fault completes its NBL with a
+status and sends nothing of it, the rest of the batch goes on; API misuse raises before any
+work; keys never show.
 
-Frames are built here by a small helper (what the host stack hands over, spec §6.2), so the
-tests do not depend on ipsecoffload.host.stack.
+Frames are built here by a small helper (what the host stack hands over, docs/protocol.md
+section 3), so the tests do not depend on ipsecoffload.host.stack.
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def _checksum(data: bytes) -> int:
 def esp_frame(sa: SaConfig, *, ipv6: bool = False, payload: bytes = PAYLOAD, nh: int = 17,
               seq: int = 1, align: int | None = None) -> tuple[bytes, dict]:
     """Ethernet | IP | ESP(SPI, SN) | IV room | payload | pad | pad length | next header |
-    ICV room, and its slot-12 values (spec §5.2, §6.2)."""
+    ICV room, and its slot-12 values (docs/protocol.md sections 3, 13)."""
     pad = -(len(payload) + 2) % (align or sa.align)
     esp = (struct.pack("!II", sa.spi, seq & 0xFFFFFFFF) + bytes(sa.iv_len) + payload
            + bytes(range(1, pad + 1)) + bytes([pad, nh]) + bytes(sa.icv))
@@ -125,7 +126,7 @@ def test_truncated_at_every_length(mp):
 def test_truncated_with_the_ip_length_following_the_cut(mp):
     """A stack that cut the frame and fixed the IP length: the trailer is then looked for
     at the new end. Only the whole frame and the frame without its ICV room (the ICV is
-    appended, spec §9 G4 auto) are sent, and both leave as the same wire frame."""
+    appended, docs/spec-gaps.md G4 auto) are sent, and both leave as the same wire frame."""
     handle = add(mp, GCM)
     frame, oob = esp_frame(GCM)
     nbls = []
@@ -259,7 +260,7 @@ def test_handle_zero_leaves_unchanged(mp):
 def test_tunnel_handle_set(mp):
     handle = add(mp, GCM)
     frame, oob = esp_frame(GCM)
-    # spec §9 G13: a tunnel handle alone fails; one SA as both layers cannot nest
+    # docs/spec-gaps.md G13: a tunnel handle alone fails; one SA as both layers cannot nest
     for offload, reason in ((handle, Reason.NESTING), (0, Reason.TUNNEL_HANDLE)):
         result = send(mp, ([frame], dict(offload_handle=offload, tunnel_handle=handle, **oob)))
         assert result.status.tolist() == [FAILURE] and reasons(result) == [reason]
@@ -512,7 +513,7 @@ def test_saconfig_bad_value_messages_name_the_field():
         SaConfig(spi=1, encryption="aes-gcm-128", key=bytes(20), icv_len=10)
 
 
-# -- concurrency: OIDs on the direct path while sends run (spec §1.2 item 8) -------------------
+# -- concurrency: OIDs on the direct path while sends run (docs/protocol.md section 12) ------
 
 def test_add_and_delete_while_sending():
     mp = Miniport(random_source=fixed_random)

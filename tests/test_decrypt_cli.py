@@ -1,5 +1,5 @@
 """`ipsecoffload decrypt` end to end: the SA file that encrypted a capture decrypts it, to the
-plain packets byte for byte; failures are counted exactly as the design's JSON keys say;
+plain packets byte for byte; failures are counted exactly as the README's JSON keys say;
 scapy-encrypted captures decrypt too."""
 import json
 import os

@@ -5,15 +5,16 @@ only; nothing of it goes into the package. Every frame that ``HostStack`` + ``Mi
 put on the wire is decrypted by scapy and must give back the input packet byte for byte;
 a frame with one byte flipped (SPI, SN, IV, ciphertext, trailer, ICV) must be refused.
 The reverse direction checks that, given the same IV, our wire frame is byte-identical to
-the one scapy builds (spec §6.2-6.3, §6.6-6.7, §8.1, §8.4-8.8).
+the one scapy builds (docs/protocol.md sections 2-10; RFC 4303, RFC 4106, RFC 4543, RFC 3948).
 
 Two scapy limits are worked around here, each next to its workaround:
 - truncated AES-GCM ICVs (8, 12 bytes): scapy's stock 'AES-GCM' always emits and expects a
   16-byte tag (secdev/scapy#4903), so those cases use a scapy ``CryptAlgo`` built on
   ``modes.GCM``, whose code path honours ``crypt_icv_size``;
-- ESN with HMAC integrity: spec §10 warns that scapy may leave the ESN high word out of the
-  ESP HMAC input. Those cases are always checked by ``open_hmac_esp`` below (plain
-  ``cryptography``), and by scapy too when the installed scapy is probed to include it.
+- ESN with HMAC integrity: scapy releases before secdev/scapy#3908 leave the ESN high word
+  out of the ESP HMAC input (RFC 4303 §2.2.1 puts it in). Those cases are always checked by
+  ``open_hmac_esp`` below (plain ``cryptography``), and by scapy too when the installed
+  scapy is probed to include it.
 """
 from __future__ import annotations
 
@@ -106,7 +107,7 @@ SCAPY_GCM_SHORT_ICV = CryptAlgo("AES-GCM", cipher=algorithms.AES, mode=modes.GCM
 
 def _scapy_hmac_covers_esn() -> bool:
     """Whether this scapy appends the ESN high word to the ESP HMAC input (RFC 4303 §2.2.1);
-    spec §10 says it did not when the spec was written."""
+    it came with secdev/scapy#3908, older releases leave it out."""
     key = bytes(range(20))
     probe = SecurityAssociation(ESP, spi=0x1000, crypt_algo="NULL", auth_algo="HMAC-SHA1-96",
                                 auth_key=key, esn_en=True, esn=7)
@@ -242,7 +243,7 @@ class Layout(NamedTuple):
 def esp_layout(frame: bytes, config: SaConfig, *, checksums: bool = True) -> Layout:
     """Where ESP sits in a raw-link wire frame, checking the outer headers on the way:
     protocol 50 / 17, RFC 3948 UDP header, and unless ``checksums`` is off (tampered
-    frames) the IPv4 header and IPv6 UDP checksums (spec §6.7, §8.8)."""
+    frames) the IPv4 header and IPv6 UDP checksums (RFC 3948, docs/spec-gaps.md G25)."""
     if frame[0] >> 4 == 4:
         hdr = (frame[0] & 0xF) * 4
         end = struct.unpack_from("!H", frame, 2)[0]
@@ -259,7 +260,7 @@ def esp_layout(frame: bytes, config: SaConfig, *, checksums: bool = True) -> Lay
     assert (sport, dport) == config.udp_encap and length == end - hdr
     if frame[0] >> 4 == 4:
         assert checksum == 0  # RFC 3948: transmitted as 0 over IPv4
-    else:  # IPv6 forbids 0: a real checksum over the final ciphertext (spec §6.7)
+    else:  # IPv6 forbids 0: a real checksum over the final ciphertext (G25)
         pseudo = frame[8:40] + struct.pack("!IxxxB", length, 17)
         assert checksum != 0
         assert not checksums or _ones_sum(pseudo + frame[hdr:end]) == 0xFFFF
@@ -348,7 +349,7 @@ def open_hmac_esp(frame: bytes, config: SaConfig, suite: Suite, seq64: int, *,
                   checksums: bool = True) -> bytes:
     """Our own receiver for AES-CBC / NULL + HMAC, plain ``cryptography``: verify the ICV
     over SPI || SN || IV || ciphertext || SN_hi (the high word only with ESN, RFC 4303
-    §2.2.1, spec §8.1), then decrypt and rebuild the packet as a receiver would."""
+    §2.2.1), then decrypt and rebuild the packet as a receiver would."""
     layout = esp_layout(frame, config, checksums=checksums)
     esp = frame[layout.esp:layout.end]
     _, icv_len, hash_cls, _ = HMACS[suite.integrity]
@@ -406,14 +407,14 @@ def check_frames(case: Case, run: Sent) -> None:
         assert scapy_open(oracle, frame, seq64, verify=verify) == packet, f"frame {i}"
         plain = scapy_plain_esp(oracle, frame, seq64)
         body = len(packet) if case.mode == "tunnel" else len(packet) - _ip_header_len(packet)
-        align = 16 if suite.family == "cbc" else 4  # spec §8.1: lcm(block, 4)
+        align = 16 if suite.family == "cbc" else 4  # RFC 4303 §2.4: lcm(block, 4)
         assert plain.padlen == -(body + 2) % align
         assert plain.padding == bytes(range(1, plain.padlen + 1))
         if case.mode == "tunnel":
             assert plain.nh == (4 if packet[0] >> 4 == 4 else 41)
         if suite.hmac:
             assert open_hmac_esp(frame, config, suite, seq64) == packet, f"frame {i}"
-    if suite.iv_len:  # fresh IV per packet: GCM/GMAC never repeat one (§8.4), CBC random
+    if suite.iv_len:  # fresh IV per packet: GCM/GMAC never repeat one (RFC 4106 §3.1); CBC: random
         assert len(ivs) == len(run.frames)
 
 
@@ -527,7 +528,7 @@ def test_every_pad_length(suite_name: str, version: int):
 @pytest.mark.parametrize("suite_name", SHAPE_SUITES)
 @pytest.mark.parametrize("variant", ("plain", "udp"))
 def test_transport_keeps_ipv4_options(suite_name: str, variant: str):
-    """ESP goes after the IPv4 options; scapy's rebuilt packet keeps them (spec §6.2)."""
+    """ESP goes after the IPv4 options; scapy's rebuilt packet keeps them (RFC 4303 §3.1.1)."""
     suite = SUITES[suite_name]
     case = Case(suite, 4, "transport", variant)
     rng = _rng("options", suite_name, variant)
@@ -619,7 +620,7 @@ def _reverse_packets(version: int) -> list[bytes]:
 
 def _same_frame(ours: bytes, theirs: bytes, config: SaConfig) -> None:
     """Byte-identical, except the UDP-ESP checksum over IPv6: scapy sends 0 (its nat_t header
-    is IPv4-minded), we compute it (spec §6.7; esp_layout checks ours is right)."""
+    is IPv4-minded), we compute it (docs/spec-gaps.md G25; esp_layout checks ours)."""
     esp_layout(ours, config)
     if config.udp_encap and ours[0] >> 4 == 6:
         ours, theirs = ours[:46] + ours[48:], theirs[:46] + theirs[48:]
@@ -641,7 +642,7 @@ def test_scapy_encrypts_the_same_transport_frame(suite_name: str, version: int, 
     suite = SUITES[suite_name]
     if variant == "esn" and suite.hmac and not SCAPY_HMAC_COVERS_ESN:
         _FRAMES_SEEN["skipped"] = True
-        pytest.skip("this scapy leaves the ESN high word out of the ESP HMAC (spec §10)")
+        pytest.skip("this scapy leaves the ESN high word out of the ESP HMAC (secdev/scapy#3908)")
     case = Case(suite, version, "transport", variant)
     rng = _rng("reverse", case.id)
     config = make_config(case, rng)
@@ -704,7 +705,7 @@ def test_cbc_fixed_nic_iv_matches_scapy(suite_name: str, version: int):
 @pytest.mark.parametrize("suite_name", ("aes-gcm-128-icv16", "aes-cbc-256-hmac-sha256-128"))
 def test_scapy_encrypts_the_same_tunnel_frame(suite_name: str, outer: int, inner: int,
                                               variant: str):
-    """Tunnel mode: given the outer header spec §8.9 prescribes (DSCP+ECN and, for IPv6,
+    """Tunnel mode: given the outer header RFC 4301 §5.1.2 prescribes (DSCP+ECN and, for IPv6,
     the flow label copied; IPv4 DF copied from an inner IPv4 packet; TTL 64; the stack's
     IPv4 ID counter), scapy's tunnel frame equals ours."""
     suite = SUITES[suite_name]
@@ -748,7 +749,7 @@ LSO_SUITES = ("aes-gcm-128-icv16", "aes-gcm-256-icv12", "aes-gmac-128",
 def test_scapy_decrypts_lso_segments(suite_name: str, version: int, variant: str):
     """send_lso (LSOv2, MSS 1000, 2500 payload bytes): three ESP segments with consecutive SNs
     (ESN: across the 2**32 wrap), each opened by scapy into a valid TCP segment; together
-    they carry the payload (spec §6.8)."""
+    they carry the payload (docs/protocol.md section 11)."""
     suite = SUITES[suite_name]
     case = Case(suite, version, "transport", variant)
     rng = _rng("lso", case.id)

@@ -93,7 +93,8 @@ def link_header(ipv6: bool, l2: int) -> bytes:
 
 def esp_frame(sa: SaConfig, *, ipv6: bool, payload: bytes, nh: int = 17, seq: int = 1,
               l2: int = 14, icv_room: bool = True) -> tuple[bytes, dict]:
-    """A non-LSO frame as the stack hands it over (spec §6.2): trailer framed, ICV room."""
+    """A non-LSO frame as the stack hands it over (docs/protocol.md section 3): trailer framed,
+    ICV room."""
     pad = -(len(payload) + 2) % sa.align
     esp = (struct.pack("!II", sa.spi, seq & 0xFFFFFFFF) + bytes(range(0x40, 0x40 + sa.iv_len))
            + payload + bytes(range(1, pad + 1)) + bytes([pad, nh])
@@ -109,8 +110,8 @@ def esp_frame(sa: SaConfig, *, ipv6: bool, payload: bytes, nh: int = 17, seq: in
 def lso_frame(sa: SaConfig, *, ipv6: bool, payload_len: int, mss: int, thl: int = 20,
               padl: int = 0, seq: int = 1, l2: int = 14, v2: bool = True,
               flags: int = 0x18) -> tuple[bytes, dict]:
-    """An LSO super-packet (spec §6.8): headers, ESP header, IV room, one TCP header, the
-    whole payload, then `padl` discardable bytes; no trailer."""
+    """An LSO super-packet (docs/protocol.md section 11): headers, ESP header, IV room, one
+    TCP header, the whole payload, then `padl` discardable bytes; no trailer."""
     tcp = (struct.pack("!HHIIBBHHH", 1234, 443, 1000, 2000, (thl // 4) << 4, flags, 8192, 0,
                        0) + bytes(range(thl - 20)))
     body = tcp + bytes((i * 7) & 0xFF for i in range(payload_len)) + bytes(padl)
@@ -697,7 +698,7 @@ def nbls(draw, damage: bool = True):
         frames, oob = [], {}
         nh, size = draw(st.sampled_from([6, 17, 4, 41, 59])), draw(st.integers(0, 90))
         # good frames: payload bytes >= 0x80 never look like (pad length, next header), so
-        # the icv_space=auto probe (spec §9 G4) cannot mistake payload for a trailer
+        # the icv_space=auto probe (docs/spec-gaps.md G4) cannot mistake payload for a trailer
         byte = st.integers(0, 255) if damage else st.integers(0x80, 0xFF)
         for _ in range(draw(st.sampled_from([1, 1, 2, 3]))):
             payload = bytes(draw(st.lists(byte, min_size=size, max_size=size)))
@@ -1242,8 +1243,8 @@ def test_emit_takes_read_only_inputs(kernels):
 # -- LSO without IPsec: tx_emit checks plain TCP segmentation plans too ----------------------
 
 def _one_plain_lso(ipv6: bool, zeros: bool = False):
-    """A plain-LSO NBL (no handle: TCP segmentation only, spec §6.1 step 1) and a passthrough
-    NBL after it; the IPv6 one carries a hop-by-hop header before TCP. ``zeros``: the
+    """A plain-LSO NBL (no handle: TCP segmentation only, docs/send-path.md step 1) and a
+    passthrough NBL after it; the IPv6 one carries a hop-by-hop header before TCP. ``zeros``: the
     hop-by-hop header names another one next, and ports, ACK and payload are zero, so that
     the bytes after it read as a chain of 8-byte hop-by-hop headers too."""
     tcp = struct.pack("!HHIIBBHHH", 0 if zeros else 1234, 0 if zeros else 443, 1000,
@@ -1904,7 +1905,8 @@ def test_an_lso_segment_may_not_overflow_the_ip_length(ipv6):
 
 
 def test_offload_disabled_passes_before_looking_at_handles_or_bytes():
-    """spec §6.1: step 1 (offload disabled: transmit unchanged) comes before step 2."""
+    """docs/send-path.md: step 1 (offload disabled: transmit unchanged) comes before step 2
+    ("Sending Network Data with IPsec Offload Version 2")."""
     sa, ipv6 = SUITES[0]
     good, oob = esp_frame(sa, ipv6=ipv6, payload=bytes(20))
     builder = PacketBatchBuilder()

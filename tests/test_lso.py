@@ -1,5 +1,6 @@
 """Combined LSO + ESP on send: the NIC slices one TCP super-packet into ESP-protected segments
-(spec §5.4, §6.1 step 3, §6.8, §8.1, §8.10; §9 G6, G7, G16, G17, G23).
+(docs/protocol.md section 11, docs/send-path.md step 3; docs/spec-gaps.md G6, G7, G16, G17,
+G23).
 
 Every segment is opened with scapy's ``SecurityAssociation`` (with ``cryptography`` directly
 only where scapy cannot: AES-GCM with an 8- or 12-byte ICV) and checked field by field; the
@@ -120,7 +121,7 @@ def csum_sum(data: bytes) -> int:
 
 
 def final_destination(ipv6_header: bytes) -> bytes:
-    """The destination a TCP pseudo-header names (RFC 8200 §8.1, spec §8.10): with a routing
+    """The destination a TCP pseudo-header names (RFC 8200 §8.1): with a routing
     header that has segments left, the final one: the last address of types 0 and 2,
     Segment List[0] of an SRH (type 4); a type we do not know keeps the header's own."""
     dst, nh, off = ipv6_header[24:40], ipv6_header[6], 40
@@ -139,7 +140,7 @@ def pseudo_header(ipv6: bool, src: bytes, dst: bytes, proto: int, length: int) -
     return src + dst + struct.pack("!xBH", proto, length)
 
 
-# -- super-packets (what the stack hands over, spec §6.8 "Input frame") ----------------------
+# -- super-packets (what the stack hands over, docs/protocol.md section 11 "Input") ---------
 
 @dataclass
 class Super:
@@ -200,7 +201,7 @@ def build_super(cfg: SaConfig, handle: int, payload: bytes, mss: int, *, ipv6: b
     datagram_rest = udp + esp + tcp + payload
     proto = 17 if cfg.udp_encap else 50
     # LSOv2: IPv4 Total Length / IPv6 Payload Length 0; LSOv1: the IPv4 total length of the
-    # large packet, which agrees with the NET_BUFFER (junk pad included; spec §6.8)
+    # large packet, which agrees with the NET_BUFFER (junk pad included; docs/spec-gaps.md G7)
     if ipv6:
         chain = [(0, ip_options)] if isinstance(ip_options, bytes) and ip_options else \
             list(ip_options)
@@ -273,7 +274,7 @@ def open_esp(esp: bytes, cfg: SaConfig, hi: int) -> tuple[bytes, bytes, bytes, i
 
     Returns (iv, payload, padding, pad length, next header); raises OpenFailed."""
     sa = scapy_sa(cfg)
-    if sa is None:  # AES-GCM, truncated ICV: RFC 4106 by hand (spec §8.4)
+    if sa is None:  # AES-GCM, truncated ICV: RFC 4106 §5-6 by hand
         icv, iv = cfg.icv, esp[8:16]
         aad = esp[:4] + (struct.pack("!I", hi) if cfg.esn else b"") + esp[4:8]
         decryptor = Cipher(algorithms.AES(cfg.key[:-4]),
@@ -323,7 +324,8 @@ class Segment:
 
 def check_segments(frames: list[bytes], sup: Super, *, full_scapy: bool = True
                    ) -> list[Segment]:
-    """Every rule of spec §6.8 on the segments of ``sup``; returns what each one carried."""
+    """Every rule of docs/protocol.md section 11 on the segments of ``sup``; returns what
+    each one carried."""
     cfg, ipv6, mss, L = sup.cfg, sup.ipv6, sup.mss, len(sup.payload)
     n = sup.nsegs
     assert len(frames) == n
@@ -378,7 +380,7 @@ def check_segments(frames: list[bytes], sup: Super, *, full_scapy: bool = True
         assert padlen == -(len(tcp) + 2) % align
         assert padding == bytes(range(1, padlen + 1))
         assert len(esp) == 8 + cfg.iv_len + len(tcp) + padlen + 2 + cfg.icv
-        if cfg.gcm or cfg.iv_len == 8:  # GCM / GMAC: the IV is the 64-bit SN (spec G5)
+        if cfg.gcm or cfg.iv_len == 8:  # GCM / GMAC: the IV is the 64-bit SN (G5)
             assert iv == struct.pack("!Q", sn64)
         # TCP: the template with seq, flags and checksum per segment
         assert tcp[:4] == tcp_tpl[:4] and tcp[8:13] == tcp_tpl[8:13]
@@ -413,7 +415,7 @@ def run_ok(miniport: Miniport, sup: Super, **kw) -> list[Segment]:
     return check_segments(result.wire.frames_of(0), sup, **kw)
 
 
-# -- the worked example of spec §6.8 ----------------------------------------------------------
+# -- a worked example: IPv4, MSS 1400, 4000 payload bytes, TCP header 20 ---------------------
 
 @pytest.mark.parametrize("pure", KERNELS)
 @pytest.mark.parametrize("cfg, lengths, pads", [
@@ -548,7 +550,8 @@ def test_64k_super_packet(pure, ipv6):
 
 @pytest.mark.parametrize("pure", KERNELS)
 def test_tcp_options_copied(pure):
-    """Timestamps (12 option bytes) on every segment, unaltered (spec §6.8)."""
+    """Timestamps (12 option bytes) on every segment, unaltered ("Offloading the Segmentation of
+    Large TCP Packets")."""
     cfg = cbc(256, "hmac-sha256-128")
     miniport = seeded_miniport(pure)
     h = offload(miniport, cfg, False)
@@ -706,7 +709,7 @@ DSTOPT = bytes([0, 0, 1, 4, 0, 0, 0, 0])
     pytest.param([(43, _routing(253, 1, [VIA]))], ADDRS[True][1], id="unknown-type"),
 ])
 def test_ipv6_routing_header_final_destination(pure, chain, final):
-    """Spec §8.10: segment TCP checksums use the routing header's final destination. A NIC
+    """RFC 8200 §8.1: segment TCP checksums use the routing header's final destination. A NIC
     may instead refuse such a super-packet (FAILURE, nothing sent); it may never send a
     segment checksummed against the first hop. Without segments left nothing changes."""
     cfg = cbc()
@@ -806,7 +809,8 @@ def test_bad_lso_input_fails_whole_nbl(pure, bad):
 
 @pytest.mark.parametrize("pure", KERNELS)
 def test_two_net_buffers_in_lso_nbl(pure):
-    """An LSO NBL always has exactly one NET_BUFFER (spec §5.4): neither buffer leaves."""
+    """An LSO NBL always has exactly one NET_BUFFER ("Offloading the Segmentation of
+    Large TCP Packets"): neither buffer leaves."""
     miniport = seeded_miniport(pure)
     cfg = gcm()
     h = offload(miniport, cfg, False)
@@ -879,7 +883,7 @@ def test_segment_larger_than_an_ip_datagram_fails(pure, ipv6, make):
     assert len(segs) == 1 and segs[0].ip_len <= 65535 + (40 if ipv6 else 0)
 
 
-# -- LSO completion info (spec §6.8 Completion) ------------------------------------------------
+# -- LSO completion info ("NDIS_TCP_LARGE_SEND_OFFLOAD_NET_BUFFER_LIST_INFO") ----------------
 
 @pytest.mark.parametrize("pure", KERNELS)
 def test_completion_info(pure):

@@ -1,4 +1,5 @@
-"""Tests for ipsecoffload.ndis: constants, ABI layouts and NBL slot bit layouts (spec §2-5)."""
+"""Tests for ipsecoffload.ndis: constants, ABI layouts and NBL slot bit layouts (WDK ndis.h,
+ntddndis.h, nblinfo.h, nbllso.h; docs/protocol.md sections 12-13)."""
 from __future__ import annotations
 
 import struct
@@ -32,10 +33,10 @@ def assert_no_key(text: str, key: bytes = KEY) -> None:
     assert "SECRETKEY" not in text
 
 
-# --- constants (spec §2) -------------------------------------------------------------------------
+# --- constants (WDK ndis.h, ntddndis.h) -----------------------------------------------------------
 
 MODULE_CONSTANTS = {
-    # §2.1
+    # the OID_TCP_TASK_IPSEC_OFFLOAD_V2_* and OID_TCP_OFFLOAD_* pages (ntddndis.h)
     "OID_TCP_TASK_IPSEC_OFFLOAD_V2_ADD_SA": 0xFC030202,
     "OID_TCP_TASK_IPSEC_OFFLOAD_V2_DELETE_SA": 0xFC030203,
     "OID_TCP_TASK_IPSEC_OFFLOAD_V2_UPDATE_SA": 0xFC030204,
@@ -45,7 +46,7 @@ MODULE_CONSTANTS = {
     "OID_TCP_OFFLOAD_HARDWARE_CAPABILITIES": 0xFC01020D,
     "NDIS_STATUS_TASK_OFFLOAD_CURRENT_CONFIG": 0x40020006,
     "NDIS_STATUS_TASK_OFFLOAD_HARDWARE_CAPABILITIES": 0x40020007,
-    # §2.4
+    # flags: "IPSEC_OFFLOAD_V2_ADD_SA", "IPSEC_OFFLOAD_V2_SECURITY_ASSOCIATION", "NDIS_OFFLOAD"
     "IPSEC_OFFLOAD_V2_INBOUND": 0x1,
     "IPSEC_OFFLOAD_V2_IPV6": 0x10,
     "IPSEC_OFFLOAD_V2_ESN_SA": 0x1,
@@ -53,7 +54,7 @@ MODULE_CONSTANTS = {
     "IPSEC_OFFLOAD_V2_AND_TCP_CHECKSUM_COEXISTENCE": 0x2,
     "IPSEC_OFFLOAD_V2_AND_UDP_CHECKSUM_COEXISTENCE": 0x4,
     "NDIS_OFFLOAD_FLAGS_GROUP_CHECKSUM_CAPABILITIES": 0x1,
-    # §2.5
+    # "NDIS_IPSEC_OFFLOAD_V2" Encapsulation; NDIS_OBJECT_HEADER types and revisions (ndis.h)
     "NDIS_ENCAPSULATION_NOT_SUPPORTED": 0x0,
     "NDIS_ENCAPSULATION_NULL": 0x1,
     "NDIS_ENCAPSULATION_IEEE_802_3": 0x2,
@@ -66,7 +67,7 @@ MODULE_CONSTANTS = {
     "NDIS_IPSEC_OFFLOAD_V2_ADD_SA_EX_REVISION_1": 1,
     "NDIS_IPSEC_OFFLOAD_V2_DELETE_SA_REVISION_1": 1,
     "NDIS_IPSEC_OFFLOAD_V2_UPDATE_SA_REVISION_1": 1,
-    # §2.8
+    # nbllso.h
     "NDIS_TCP_LARGE_SEND_OFFLOAD_V1_TYPE": 0,
     "NDIS_TCP_LARGE_SEND_OFFLOAD_V2_TYPE": 1,
     "NDIS_TCP_LARGE_SEND_OFFLOAD_IPV4": 0,
@@ -81,36 +82,36 @@ def test_module_constant(name, value):
 
 
 ENUMS = {
-    "NdisStatus": {  # §2.2, unsigned 32-bit
+    "NdisStatus": {  # NDIS_STATUS values (ndis.h), unsigned 32-bit
         "SUCCESS": 0x00000000, "PENDING": 0x00000103, "NOT_ACCEPTED": 0x00010003,
         "FAILURE": 0xC0000001, "INVALID_PARAMETER": 0xC000000D, "RESOURCES": 0xC000009A,
         "NOT_SUPPORTED": 0xC00000BB, "REQUEST_ABORTED": 0xC001000C, "INVALID_PACKET": 0xC001000F,
         "INVALID_LENGTH": 0xC0010014, "INVALID_DATA": 0xC0010015, "BUFFER_TOO_SHORT": 0xC0010016,
         "INVALID_OID": 0xC0010017,
     },
-    "AuthenticationAlgorithm": {  # §2.3
+    "AuthenticationAlgorithm": {  # "NDIS_IPSEC_OFFLOAD_V2" (ntddndis.h)
         "MD5": 0x01, "SHA_1": 0x02, "SHA_256": 0x04, "AES_GCM_128": 0x08, "AES_GCM_192": 0x10,
         "AES_GCM_256": 0x20,
     },
-    "EncryptionAlgorithm": {  # §2.3
+    "EncryptionAlgorithm": {  # "NDIS_IPSEC_OFFLOAD_V2" (ntddndis.h)
         "NONE": 0x001, "DES_CBC": 0x002, "THREE_DES_CBC": 0x004, "AES_GCM_128": 0x008,
         "AES_GCM_192": 0x010, "AES_GCM_256": 0x020, "AES_CBC_128": 0x040, "AES_CBC_192": 0x080,
         "AES_CBC_256": 0x100,
     },
-    "IpsecOperation": {"AH": 1, "ESP": 2, "MAX": 3},  # §2.4
-    "UdpEspEncapsulation": {  # §2.4
+    "IpsecOperation": {"AH": 1, "ESP": 2, "MAX": 3},  # IPSEC_OFFLOAD_V2_OPERATION
+    "UdpEspEncapsulation": {  # "UDP-ESP Encapsulation Types"
         "NONE": 0, "TRANSPORT": 1, "TUNNEL": 2, "TRANSPORT_OVER_UDP_ESP_TUNNEL": 4,
         "UDP_ESP_TRANSPORT_OVER_TUNNEL": 8,
     },
-    "OffloadIpsecV2": {  # §2.5
+    "OffloadIpsecV2": {  # "NDIS_OFFLOAD_PARAMETERS" IPsecV2, IPsecV2IPv4
         "NO_CHANGE": 0, "DISABLED": 1, "AH_ENABLED": 2, "ESP_ENABLED": 3, "AH_AND_ESP_ENABLED": 4,
     },
-    "OffloadLso": {"NO_CHANGE": 0, "DISABLED": 1, "ENABLED": 2},  # §2.5
-    "NblInfo": {  # §2.6
+    "OffloadLso": {"NO_CHANGE": 0, "DISABLED": 1, "ENABLED": 2},  # NDIS_OFFLOAD_PARAMETERS LSO
+    "NblInfo": {  # NDIS_NET_BUFFER_LIST_INFO (nblinfo.h)
         "TCP_IP_CHECKSUM": 0, "IPSEC_OFFLOAD_V2": 1, "TCP_LARGE_SEND": 2, "IEEE_8021Q": 4,
         "IPSEC_OFFLOAD_V2_TUNNEL": 11, "IPSEC_OFFLOAD_V2_HEADER": 12,
     },
-    "CryptoStatus": {  # §2.7, Windows numbering
+    "CryptoStatus": {  # "NDIS_IPSEC_OFFLOAD_V2_NET_BUFFER_LIST_INFO", Windows numbering
         "SUCCESS": 0, "GENERIC_ERROR": 1, "TRANSPORT_AH_AUTH_FAILED": 2,
         "TRANSPORT_ESP_AUTH_FAILED": 3, "TUNNEL_AH_AUTH_FAILED": 4, "TUNNEL_ESP_AUTH_FAILED": 5,
         "INVALID_PACKET_SYNTAX": 6, "INVALID_PROTOCOL": 7,
@@ -145,7 +146,7 @@ def test_algorithm_masks_combine():
     assert int(enc) == 0x108
 
 
-SIZE_MACROS = {  # spec §4.3: NDIS_SIZEOF_*_REVISION_1
+SIZE_MACROS = {  # ndis.h NDIS_SIZEOF_*_REVISION_1 (docs/spec-gaps.md G26)
     "SIZEOF_ADD_SA_REV1": {8: 0xA9, 4: 0x9D},
     "SIZEOF_ADD_SA_EX_REV1": {8: 0xAA, 4: 0xA2},
     "SIZEOF_DELETE_SA_REV1": {8: 0x18, 4: 0x0C},
@@ -165,7 +166,7 @@ def test_size_macro_ndis_aliases():
     assert ndis.NDIS_SIZEOF_IPSEC_OFFLOAD_V2_UPDATE_SA_REVISION_1 == {8: 0x1C, 4: 0x14}
 
 
-# --- struct sizes (spec §3, §4) ------------------------------------------------------------------
+# --- struct sizes (WDK ndis.h, ntddndis.h) --------------------------------------------------------
 
 STRUCT_SIZES = [
     ("NdisIpsecOffloadV2", 8, 32), ("NdisIpsecOffloadV2", 4, 32),
@@ -209,7 +210,7 @@ def test_default_headers(name, size):
 
 @pytest.mark.parametrize("ptr_size", [4, 8])
 def test_default_header_size_accepted_by_macro(ptr_size):
-    # spec §4.3 / G26: a Size >= the NDIS_SIZEOF macro is acceptable
+    # docs/spec-gaps.md G26: a Size >= the NDIS_SIZEOF macro is acceptable
     assert ndis.IpsecOffloadV2AddSa().header.size >= ndis.SIZEOF_ADD_SA_REV1[ptr_size]
     assert ndis.IpsecOffloadV2AddSaEx().header.size >= ndis.SIZEOF_ADD_SA_EX_REV1[ptr_size]
     assert ndis.IpsecOffloadV2DeleteSa().header.size >= ndis.SIZEOF_DELETE_SA_REV1[ptr_size]
@@ -238,7 +239,7 @@ def test_bad_ptr_size(cls_name):
         cls.from_bytes(bytes(512), 2)
 
 
-# --- field offsets (spec §3, §4) -----------------------------------------------------------------
+# --- field offsets (WDK ndis.h, ntddndis.h) -------------------------------------------------------
 
 def test_capabilities_offsets():
     caps = ndis.NdisIpsecOffloadV2(
@@ -302,7 +303,7 @@ def test_security_association_offsets():
     assert sa.to_bytes(4) == raw
 
 
-ADD_SA_OFFSETS = {  # spec §4.3
+ADD_SA_OFFSETS = {  # "IPSEC_OFFLOAD_V2_ADD_SA" (ndis.h)
     8: dict(next=0x08, num=0x10, flags=0x14, ep=0x18, handle=0x38, udp=0x40, sa=0x44,
             klen=0xA4, kdata=0xA8),
     4: dict(next=0x04, num=0x08, flags=0x0C, ep=0x10, handle=0x30, udp=0x34, sa=0x38,
@@ -367,7 +368,7 @@ def test_add_sa_single_sa_leaves_second_slot_zero(ptr_size):
     assert raw[o["sa"] + 48:o["sa"] + 96] == bytes(48)
 
 
-ADD_SA_EX_OFFSETS = {  # spec §4.4
+ADD_SA_EX_OFFSETS = {  # "IPSEC_OFFLOAD_V2_ADD_SA_EX" (ndis.h)
     8: dict(num=0x04, flags=0x08, ep=0x0C, handle=0x30, udp=0x38, sa=0x3C, klen=0x9C,
             koff=0xA0, port=0xA4, vlan=0xA8, size=0xB0),
     4: dict(num=0x04, flags=0x08, ep=0x0C, handle=0x2C, udp=0x30, sa=0x34, klen=0x94,
@@ -443,7 +444,7 @@ def test_update_sa_offsets(ptr_size, offs, size):
 
 
 def test_update_sa_has_no_next():
-    assert not hasattr(ndis.IpsecOffloadV2UpdateSa(), "next")  # spec §4.5 / G9
+    assert not hasattr(ndis.IpsecOffloadV2UpdateSa(), "next")  # docs/spec-gaps.md G9
 
 
 # --- round trips ---------------------------------------------------------------------------------
@@ -658,7 +659,7 @@ def test_repr_and_str_hide_keys():
         assert_no_key(repr(type(obj).from_bytes(obj.to_bytes())))
 
 
-# --- NBL info slots (spec §5) --------------------------------------------------------------------
+# --- NBL info slots (docs/protocol.md section 13) -------------------------------------------------
 
 def test_offload_handle_slot():
     assert ndis.IpsecOffloadV2NblInfo(offload_handle=0x123456789A).value == 0x123456789A

@@ -320,7 +320,8 @@ def test_ah_lengths_and_truncation(pure):
 @pytest.mark.parametrize("pure", KERNELS, ids=KERNEL_IDS)
 def test_bundle_protocol_mismatches(pure):
     """A bundle SA receiving ESP alone, an AH whose next header is not ESP, an inner ESP
-    with another SPI: CRYPTO_INVALID_PROTOCOL (spec §7.2), found before any crypto."""
+    with another SPI: CRYPTO_INVALID_PROTOCOL (docs/receive-path.md step 5), found before
+    any crypto."""
     config = _bundle_config("cbc256-sha256+gmac128", "transport", 4, False)
     plain = _plain("v4")
     (frame,) = _send(config, [plain], pure=pure)

@@ -1,8 +1,10 @@
 """Transport over tunnel on the receive path (docs/receive-path.md "Nested packets"): the NIC
 checks the outer (tunnel) layer, then the inner (transport) layer if its inbound SA is
 offloaded, sets NextCryptoDone, and reports a failed inner layer with the transport codes
-(spec §7.1 step 5-6, §7.2); the stack checks both windows and the inner packet's selector and
-delivers the innermost packet (RFC 6040 ECN from the outer header).
+("Receiving Network Data with IPsec Offload Version 2",
+"NDIS_IPSEC_OFFLOAD_V2_NET_BUFFER_LIST_INFO"; docs/spec-gaps.md G12); the stack checks both
+windows and the inner packet's selector and delivers the innermost packet (RFC 6040 ECN from
+the outer header).
 
 The nested packets are built by scapy (an independent implementation): the inner packet
 protected by a transport SA, then the whole of it by a tunnel SA.

@@ -1,4 +1,4 @@
-"""The SA file (design §7): loading, validation messages, selectors, saving, and the
+"""The SA file (README.md, "SA file"): loading, validation messages, selectors, saving, and the
 Wireshark esp_sa table."""
 import json
 
@@ -18,7 +18,7 @@ HMAC_KEY = "b1" * 32
 
 
 def design_example():
-    """The SA file of design §7, with real keys."""
+    """The SA file of README.md's "SA file" example, with real keys."""
     return [
         {"name": "web", "selector": {"src": "10.0.0.0/8", "dst": "10.1.0.0/16", "proto": "tcp",
                                      "dport": 443},

@@ -1,8 +1,10 @@
 """Tests for ipsecoffload.host.stack: the host stack model in front of the miniport.
 
-Frame layouts (spec §6.2, §6.6, §6.7, §8.1, §8.9), OOB values (spec §5), bundles per IP
-version, sequence numbers and ESN (spec §4.9, §8.1), LSO super-packets (spec §6.8), and end
-to end through Miniport with scapy as the decrypting oracle.
+Frame layouts (docs/protocol.md sections 2-3, 9-10; RFC 4303, RFC 3948, RFC 4301 §5.1.2),
+OOB values (docs/protocol.md section 13), bundles per IP version, sequence numbers and ESN
+(RFC 4303 §2.2, §3.3.3; "OID_TCP_TASK_IPSEC_OFFLOAD_V2_UPDATE_SA"), LSO super-packets
+(docs/protocol.md section 11), and end to end through Miniport with scapy as the decrypting
+oracle.
 """
 from __future__ import annotations
 
@@ -90,7 +92,7 @@ def checksum_ok(data: bytes) -> bool:
 
 
 def pseudo_header_seed(packet: bytes) -> int:
-    """Addresses and protocol 6, no length, folded, not inverted (spec §6.8)."""
+    """Addresses and protocol 6, no length, folded, not inverted (docs/spec-gaps.md G23)."""
     addresses = packet[12:20] if packet[0] >> 4 == 4 else packet[8:40]
     data = addresses + b"\x00\x06"
     total = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -131,7 +133,7 @@ def esp_sn(frame: bytes, esp_off4: int, l2: int = 14) -> int:
 # -- the frame checker ------------------------------------------------------------------------
 def check_esp_frame(batch, index: int, stack: HostStack, sa: StackSa, packet: bytes, *,
                     l4_offset: int | None = None, next_header_at: int | None = None) -> dict:
-    """Assert every rule of a non-LSO ESP frame (spec §5, §6.2, §6.6, §6.7, §8.1, §8.10);
+    """Assert every rule of a non-LSO ESP frame (docs/protocol.md sections 2-3, 9-10, 13);
     return what the caller may check further."""
     config = sa.config
     frame = batch.frame(index)
@@ -158,12 +160,12 @@ def check_esp_frame(batch, index: int, stack: HostStack, sa: StackSa, packet: by
     spi, sn = struct.unpack_from("!II", ip, esp)
     assert spi == config.spi
     iv = ip[esp + 8:esp + 8 + config.iv_len]
-    assert iv == bytes(config.iv_len)  # the NIC writes the IV (spec §9 G5)
+    assert iv == bytes(config.iv_len)  # the NIC writes the IV (docs/spec-gaps.md G5)
     icv_at = len(ip) - config.icv
-    assert ip[icv_at:] == bytes(config.icv)  # ICV reserved (spec §9 G4)
+    assert ip[icv_at:] == bytes(config.icv)  # ICV reserved (docs/spec-gaps.md G4)
     text = ip[esp + 8 + config.iv_len:icv_at]
     pad, next_header = text[-2], text[-1]
-    assert len(text) % config.align == 0 and pad < config.align  # spec §8.1
+    assert len(text) % config.align == 0 and pad < config.align  # RFC 4303 §2.4
     assert text[len(text) - 2 - pad:-2] == bytes(range(1, pad + 1))
     payload = text[:len(text) - 2 - pad]
     outer_protocol = 17 if config.udp_encap else 50
@@ -184,7 +186,7 @@ def check_esp_frame(batch, index: int, stack: HostStack, sa: StackSa, packet: by
         for field in ((2, 4), (10, 12)) if version == 4 else ((4, 6),):
             expected[slice(*field)] = got[slice(*field)] = b"\0\0"
         assert got == expected
-    # OOB: slot 1 and slot 12 (spec §5.1, §5.2)
+    # OOB: slot 1 and slot 12 (docs/protocol.md section 13)
     assert batch.offload_handle[index] == sa.handles[version == 6]
     assert batch.next_header[index] == next_header
     assert batch.pad_length[index] == pad
@@ -210,7 +212,7 @@ def test_frame_layout(version, mode, udp, algorithm):
         pads.add(info["pad"])
     assert pads == set(range(sa.config.align))
     header = 20 if version == 4 else 40
-    assert set(batch.esp_off4.tolist()) == {(header + (8 if udp else 0)) // 4}  # spec §5.2
+    assert set(batch.esp_off4.tolist()) == {(header + (8 if udp else 0)) // 4}  # EspHeaderOffset
     assert sa.next_seq == 1 + len(packets)
 
 
@@ -310,7 +312,7 @@ def test_a_tunnel_carries_an_inner_fragment_whole():
     check_esp_frame(batch, 0, stack, sa, packet)
 
 
-# -- tunnel outer headers (spec §8.9) -----------------------------------------------------------
+# -- tunnel outer headers (RFC 4301 §5.1.2, RFC 6040) -------------------------------------------
 def inner_packet(version: int) -> bytes:
     """DSCP 46 with ECN CE; DF set (IPv4) or a flow label (IPv6)."""
     if version == 4:
@@ -493,7 +495,7 @@ def test_ivs_are_checked():
     assert sa.next_seq == 1
 
 
-# -- bundles per IP version (spec §4.3, §4.9) ------------------------------------------------------
+# -- bundles per IP version ("IPSEC_OFFLOAD_V2_ADD_SA": Flags IPv6) --------------------------------
 def test_wildcard_transport_sa_offloads_one_bundle_per_version_lazily():
     miniport = Miniport()
     stack = HostStack(miniport)
@@ -580,7 +582,7 @@ def test_reprs_and_errors_never_show_keys():
     assert_no_key(repr(stack))
 
 
-# -- sequence numbers (spec §8.1) ------------------------------------------------------------------
+# -- sequence numbers (RFC 4303 §2.2, §3.3.3) ------------------------------------------------------
 def test_sequence_numbers_advance_one_per_packet():
     stack = HostStack(Miniport())
     sa = stack.add_sa(sa_config("gcm", seq=1000))
@@ -647,7 +649,7 @@ def test_lso_exhaustion_counts_segments():
     assert sa.next_seq == 2**32
 
 
-# -- ESN (spec §4.9 UPDATE_SA, §6.8) ---------------------------------------------------------------
+# -- ESN ("OID_TCP_TASK_IPSEC_OFFLOAD_V2_UPDATE_SA"; docs/spec-gaps.md G6) -------------------------
 class Spy:
     """Records the miniport's update_sa and send calls."""
 
@@ -777,7 +779,7 @@ def test_concat_results():
         concat_results([])
 
 
-# -- LSO super-packets (spec §6.8) ----------------------------------------------------------------
+# -- LSO super-packets (docs/protocol.md section 11) ----------------------------------------------
 @pytest.mark.parametrize("lso_version", [1, 2], ids=["lsov1", "lsov2"])
 @pytest.mark.parametrize("udp", [False, True], ids=["esp", "udp-esp"])
 @pytest.mark.parametrize("algorithm", ["gcm", "cbc-hmac", "null-hmac"])
@@ -819,7 +821,7 @@ def test_lso_frame_layout(version, algorithm, udp, lso_version):
     assert ip[tcp:tcp + 16] == tcp_header[:16] and ip[tcp + 18:tcp + 20] == tcp_header[18:]
     assert struct.unpack_from("!H", ip, tcp + 16)[0] == pseudo_header_seed(packet)
     assert ip[tcp + 20:] == payload + bytes(range(1, 7))  # no trailer, no ICV; junk pad
-    # OOB (spec §5.1, §5.2, §5.4)
+    # OOB (docs/protocol.md section 13)
     assert batch.offload_handle[0] == sa.handles[version == 6]
     assert (batch.next_header[0], batch.pad_length[0]) == (6, 6)
     assert batch.esp_off4[0] * 4 == esp
@@ -939,7 +941,7 @@ def test_lso_end_to_end_every_segment_decrypts(case, pure_python):
             ip = IPv6(frame[14:])
             csum = ip[UDP].chksum
             del ip[UDP].chksum
-            assert IPv6(bytes(ip))[UDP].chksum == csum  # spec §6.7 / G25
+            assert IPv6(bytes(ip))[UDP].chksum == csum  # docs/spec-gaps.md G25
         plain = decrypt(frame, sa.config)
         assert tcp_checksum_ok(plain)
         segment = (IP if case["version"] == 4 else IPv6)(plain)
@@ -996,7 +998,7 @@ def test_lso_with_a_routing_header_checksums_against_the_final_destination(pure_
 @pytest.mark.parametrize("version", [4, 6])
 @pytest.mark.parametrize("lso_version", [1, 2])
 def test_lso_without_ipsec_is_segmented(pure_python, version, lso_version):
-    """spec §6.1 step 1: with no IPsec work the LSO request is still honoured."""
+    """docs/send-path.md step 1: with no IPsec work the LSO request is still honoured."""
     if version == 6 and lso_version == 1:
         return  # LSOv1 is IPv4-only in NDIS; covered by the v2 case
     stack = HostStack(Miniport(pure_python=pure_python), link="raw")

@@ -314,7 +314,7 @@ def test_via_errors():
     assert "via=" in repr(t)
 
 
-# -- the NIC's checks: the spec's status, nothing leaves ------------------------------------------
+# -- the NIC's checks: the documented status, nothing leaves -------------------------------------
 def _nested_batch(pure=False, **nic):
     stack = _stack(pure, **nic)
     u = stack.add_sa(_tunnel("esp-cbc-sha1", 4, False))
@@ -368,7 +368,7 @@ def test_transport_tunnel_combined_off_fails_both_handles(pure):
 @pytest.mark.parametrize("pure", KERNELS, ids=KERNEL_IDS)
 def test_a_frame_without_the_inner_layer_fails(pure):
     """The tunnel SA's own frame (no transport ESP inside) sent with both handles, and the
-    nested frame with the transport offsets moved: the spec's status, nothing leaves."""
+    nested frame with the transport offsets moved: the documented status, nothing leaves."""
     stack, t, u, frame, oob = _nested_batch(pure)
     alone = stack.build([_plain(4)], u)
     u_frame = bytes(alone.arena[:alone.nb_len[0]])

@@ -616,5 +616,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"{PROG}: error: {message}", file=sys.stderr)
     wants_json = getattr(args, "json", False) if args is not None else "--json" in argv
     if wants_json and getattr(args, "output", None) != "-":
-        print(json.dumps({"error": message}))  # design: --json callers read stdout
+        print(json.dumps({"error": message}))  # --json callers read stdout
     return EXIT_USAGE

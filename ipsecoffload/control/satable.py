@@ -78,7 +78,7 @@ def compile_sa(sa: ndis.IpsecOffloadV2SecurityAssociation, blob: bytes,
     ESP entry of an AH+ESP bundle (encryption without integrity is legal there, G14).
 
     Returns the record fields (``proto`` included) and the keys; raises SaRejected with the
-    spec's status.
+    status docs/protocol.md section 15 gives.
     """
     if sa.operation == ndis.IpsecOperation.AH:
         return compile_ah(sa, blob, caps, strict_salt, ipv6=ipv6)

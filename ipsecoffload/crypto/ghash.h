@@ -850,7 +850,7 @@ IPO__API int ipo_ghash_cpu_paths(void) {
     return paths;
 }
 
-/* X (16 bytes, GHASH state as in the spec) absorbs len bytes; a final partial block is
+/* X (16 bytes, GHASH state as in NIST SP 800-38D) absorbs len bytes; a final partial block is
  * zero-padded. path must have passed ipo_ghash_selftest. */
 IPO__API void ipo_ghash_update(int path, const ipo_ghash_key* k, uint8_t X[16],
                                const uint8_t* data, size_t len) {

@@ -18,7 +18,7 @@ from .. import ndis
 from .layout import NBL_OOB_DTYPE, WIRE_FRAME_DTYPE
 
 # Per-NBL OOB arrays: name -> dtype. Raw slot values where the kernels decode the bits
-# themselves (LSO, checksum), decoded fields where the design names them (§3).
+# themselves (LSO, checksum), decoded fields where docs/architecture.md ("Typed tables") names them.
 NBL_FIELDS = {
     "offload_handle": np.uint64,  # slot 1, Transmit.OffloadHandle
     "tunnel_handle": np.uint64,  # slot 11, Transmit.TunnelHandle

@@ -263,7 +263,8 @@ STATUS_FAILURE = 0xC0000001
 STATUS_INVALID_PACKET = 0xC001000F
 STATUS_RESOURCES = 0xC000009A
 
-# The NDIS_STATUS each reason completes its NBL with (docs/send-path.md; §2.2 for INVALID_PACKET).
+# The NDIS_STATUS each reason completes its NBL with (docs/send-path.md; docs/protocol.md,
+# section 15).
 REASON_STATUS = {
     Reason.OK: STATUS_SUCCESS,
     Reason.PASS_NO_HANDLE: STATUS_SUCCESS,

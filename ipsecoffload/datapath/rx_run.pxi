@@ -1,7 +1,7 @@
 # rx_complete and rx_run: after the verify and open ops, the receive indication of every frame
 # (CryptoDone, CryptoStatus, the receive header info) and the NIC's ESN state; rx_run chains
-# rx_classify, the backends (AH verify ops first, then ESP open ops: spec step 5, "AH first,
-# then ESP") and rx_complete in one compiled call. Included by _fastpath.pyx.
+# rx_classify, the backends (AH verify ops first, then ESP open ops: docs/receive-path.md step 8,
+# "AH first, then ESP") and rx_complete in one compiled call. Included by _fastpath.pyx.
 
 
 cdef inline void rx_count_up(RxState* st, uint64_t seq64) noexcept nogil:

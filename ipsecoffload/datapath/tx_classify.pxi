@@ -1,4 +1,5 @@
-# tx_classify: spec steps of MiniportSendNetBufferLists before any write (docs/send-path.md):
+# tx_classify: the documented steps of MiniportSendNetBufferLists before any write ("Sending
+# Network Data with IPsec Offload Version 2"; docs/send-path.md):
 # offload state, handles, IP header, ESP offset, trailer, LSO checks. Included by _fastpath.pyx.
 
 cdef inline void fail(NbPlan* p, uint32_t status, uint8_t reason) noexcept nogil:
@@ -466,7 +467,8 @@ cdef int classify_one(const uint8_t* frame, int64_t flen, const NblOob* oob, int
         p.out_len = tend + icv
         return 0
 
-    # LSO: the checks of docs/send-path.md, step 3, then the segment plan of §6.8
+    # LSO: the checks of docs/send-path.md, step 3, then the segment plan of docs/protocol.md,
+    # section 11
     if not (cfg & CFG_LSO_WITH_IPSEC) or not lso_enabled(lso_kind, p.ipv6, cfg):
         fail(p, STATUS_FAILURE, REASON_LSO_DISABLED)
         return 0

@@ -67,7 +67,7 @@ class DecryptSummary:
         return self.packets_in / self.seconds if self.seconds > 0 else 0.0
 
     def as_dict(self) -> dict:
-        """The ``decrypt --json`` object (design contract: these keys and ``version``)."""
+        """The ``decrypt --json`` object (README "Receive" contract: these keys and ``version``)."""
         from .. import __version__
         return {"version": __version__, "packets_in": self.packets_in,
                 "packets_out": self.packets_out, "clear": self.clear, "no_sa": self.no_sa,
