@@ -1921,3 +1921,22 @@ def test_offload_disabled_passes_before_looking_at_handles_or_bytes():
     result = results[0][1]
     assert set(Reason(int(r)) for r in result.reasons) == {Reason.PASS_DISABLED}
     assert result.wire.frames() == batch.frames()
+
+
+def test_a_record_with_alignment_0_fails_its_frames_in_both_kernels():
+    """A record whose ESP alignment is 0 (no ADD_SA makes one: a corrupt table) fails the
+    non-LSO frames with BAD_ALIGNMENT in both kernels, never a division by zero."""
+    table = TABLE.mp.sas.snapshot()
+    records = np.frombuffer(table.records_bytes, SA_RECORD_DTYPE).copy()
+    records["xf"]["align"][:] = 0
+    corrupt = SimpleNamespace(records_bytes=records.view(np.uint8), keys=table.keys)
+    builder = PacketBatchBuilder()
+    sa, ipv6 = SUITES[0]
+    frame, oob = esp_frame(sa, ipv6=ipv6, payload=bytes(range(37)), seq=sa.seq, icv_room=True)
+    builder.add_nbl([frame], offload_handle=TABLE.handles[0], **oob)
+    batch = builder.build()
+    for module in KERNELS:
+        result = run_send(batch, corrupt, config=ALL_CONFIG, icv_space=IcvSpace.AUTO,
+                          iv_source=IvSource.NIC, kernels=module,
+                          backends=_backends(RecordingBackend()), random_source=random_bytes)
+        assert result.reasons.tolist() == [Reason.BAD_ALIGNMENT]

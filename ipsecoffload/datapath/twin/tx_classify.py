@@ -250,7 +250,7 @@ def _classify_one(frame: bytes, oob, nbl: int, recs, config: int, icv_space: int
         text_len = trailer_end - text_off
         if padl + 2 > text_len:
             return fail(STATUS_INVALID_PACKET, Reason.BAD_TRAILER)
-        if text_len % align:
+        if align <= 0 or text_len % align:
             return fail(STATUS_INVALID_PACKET, Reason.BAD_ALIGNMENT)
         if trailer_end + icv - l2 - (40 if ipv6 else 0) > 0xFFFF:  # an appended ICV overflows
             return fail(STATUS_INVALID_PACKET, Reason.MALFORMED_IP)  # the IP length field
