@@ -455,7 +455,7 @@ def host_frame(const uint8_t[::1] arena, pkts, int64_t start, int64_t end, sas, 
                 continue
             rec = &arena[q.off]
             ip = rec + q.l2_len
-            memset(&ob[j], 0, sizeof(NblOob))
+            zero_struct(&ob[j], sizeof(NblOob))
             l2o = 0 if l2_mode == 0 or (l2_mode == 2 and not q.link) else (
                 14 if l2_mode == 1 else q.l2_len)
             if q.kind == PKT_CLEAR:
@@ -575,13 +575,13 @@ def host_frame(const uint8_t[::1] arena, pkts, int64_t start, int64_t end, sas, 
                     memcpy(d + 24, s.tun_dst, 16)
                 memcpy(d + hl + udp + 8 + ivl, ip, q.ip_len)
             else:
-                memcpy(d, ip, hl)
+                copy_ip_header(d, ip, hl)
                 d[q.nh_at] = 17 if udp else 50
                 memcpy(d + hl + udp + 8 + ivl, ip + hl, payload)
             e = d + esp_off
             st32(e, s.spi)
             st32(e + 4, <uint32_t>sn)
-            memset(e + 8, 0, ivl)
+            zero_icv(e + 8, ivl)
             if udp:
                 st16(d + hl, s.udp_sport)
                 st16(d + hl + 2, s.udp_dport)
@@ -607,7 +607,7 @@ def host_frame(const uint8_t[::1] arena, pkts, int64_t start, int64_t end, sas, 
                     e[m] = <uint8_t>(m + 1)
                 e[pad] = <uint8_t>pad
                 e[pad + 1] = nxt
-                memset(e + pad + 2, 0, icv)
+                zero_icv(e + pad + 2, icv)
                 if udp:
                     st16(d + hl + 4, <uint32_t>(total - hl))
                 _ip_length(d, total, hl)
