@@ -76,6 +76,10 @@ class Received:
     def packets(self) -> list[bytes]:
         return [self.packet(i) for i in range(len(self))]
 
+    def frames_of(self, mask: np.ndarray):
+        """(arena, off, length) of the delivered frames ``mask`` selects, for a bulk writer."""
+        return self.data, self.off[mask], self.length[mask]
+
     def sa_of(self, i: int) -> Optional[InboundSa]:
         k = int(self.sa[i])
         return self._sas[k] if k >= 0 else None

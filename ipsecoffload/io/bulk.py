@@ -278,12 +278,28 @@ class BulkReader:
 class BulkWriter:
     """Writes the records ``capture_emit`` lays out, after the file header: pcap
     (little-endian; nanoseconds when the input has them) or pcapng (one IDB per input
-    interface, written before the first record that needs it)."""
+    interface, written before the first record that needs it).
 
-    def __init__(self, file: BinaryIO, fmt: str, reader: BulkReader):
+    ``background``: each ``write`` is handed to one writer thread (the file's write releases
+    the GIL, so the copy into the OS overlaps the next batch's work on another core) and
+    returns at once; writes keep their order, at most one is in flight, and the caller must
+    not change a buffer until the write after it has been handed over (``capture_emit``
+    output alternates between two buffers: ``emit_buffer``). ``close()`` waits for the last
+    write; an error in the thread is raised by the next ``write`` or by ``close``."""
+
+    def __init__(self, file: BinaryIO, fmt: str, reader: BulkReader, *,
+                 background: bool = False):
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
         self.file, self.format = file, fmt
+        self._pool = None
+        self._pending = None
+        self._buffers: list = [np.zeros(0, np.uint8), np.zeros(0, np.uint8)]
+        self._turn = 0
+        if background:
+            from concurrent.futures import ThreadPoolExecutor
+            self._pool = ThreadPoolExecutor(max_workers=1,
+                                            thread_name_prefix="ipsecoffload-write")
         self.snaplen = reader.snaplen_out
         self.records_written = 0
         self._ifaces = 0
@@ -317,14 +333,50 @@ class BulkWriter:
             units = []
             for iface in new:
                 resol = 6 if not iface.nanosecond_or_finer else 9
-                self.file.write(pcapng.idb_bytes(_READ_LINKTYPES[iface.linktype],
+                self.write(pcapng.idb_bytes(_READ_LINKTYPES[iface.linktype],
                                                  self.snaplen, resol))
                 units.append(1000 if resol == 6 else 1)
             self.unit_ns = np.concatenate([self.unit_ns, np.asarray(units, np.int64)])
         self._ifaces = len(reader.interfaces)
 
+    def emit_buffer(self, size: int) -> np.ndarray:
+        """A buffer of at least ``size`` bytes to lay records out in: two used in turn, so
+        that one can be filled while the other is written."""
+        self._turn ^= 1
+        if len(self._buffers[self._turn]) < size:
+            self._wait()  # the buffer replaced may be the one in flight
+            self._buffers[self._turn] = np.empty(size + (size >> 2), np.uint8)
+        return self._buffers[self._turn]
+
     def write(self, data) -> None:
-        self.file.write(data)
+        if self._pool is None:
+            self.file.write(data)
+            return
+        self._wait()
+        self._pending = self._pool.submit(self.file.write, data)
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Waits for the write in flight (and raises its error); stops the thread."""
+        if self._pool is None:
+            return
+        try:
+            self._wait()
+        finally:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def abandon(self) -> None:
+        """On an error path: waits for the write in flight, whatever its outcome (the output
+        is about to be discarded), so that nothing writes to the file once it is closed."""
+        try:
+            self.close()
+        except Exception:
+            pass
 
 
 __all__ = ["BulkReader", "BulkWriter", "CHUNK", "FORMATS", "MAX_RECORD", "RecordBatch"]

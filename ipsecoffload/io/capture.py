@@ -320,18 +320,12 @@ class BatchEncryptor:
         self._stats = list(summary.sas.values())
         self._status_names: dict = {}
         self._scratch: dict = {}
-        self._emit = np.zeros(0, np.uint8)
         self.workers = workers
         self._sender = ShardedSender(self.stack.miniport, workers) if workers > 1 else None
 
     def close(self) -> None:
         if self._sender is not None:
             self._sender.close()
-
-    def _emit_buffer(self, size: int) -> np.ndarray:
-        if len(self._emit) < size:
-            self._emit = np.empty(size + (size >> 2), np.uint8)
-        return self._emit
 
     def process(self, batch, writer) -> None:
         tf, fp, summary = self.tx_frame, self.fp, self.summary
@@ -352,7 +346,7 @@ class BatchEncryptor:
             count = wire.num_buffers
             size = int(pkts["cap_len"][part.start:part.stop].sum()) + \
                 int(wire.nb_len.sum() if count else 0) + 36 * (part.stop - part.start + count)
-            out = self._emit_buffer(size)
+            out = writer.emit_buffer(size)
             used = fp.capture_emit(writer.code, out, pkt_bytes, part.start, part.stop, arena,
                                    wire.arena, table, count, writer.snaplen, writer.unit_ns,
                                    frames, nbytes)
@@ -528,13 +522,17 @@ def encrypt_capture(input_path, output_path, policies: Sequence[SaPolicy], *,
         encryptor = BatchEncryptor(policies, summary, miniport, workers=workers)
         with out, contextlib.closing(encryptor):
             assert out.file is not None
-            writer = BulkWriter(out.file, fmt, reader)
-            for batch in reader.batches(batch_size):
-                writer.interfaces(reader)
-                encryptor.process(batch, writer)
-                if progress is not None:
-                    fraction = reader.bytes_consumed / reader.size if reader.size else None
-                    progress(summary.packets_in, fraction)
+            writer = BulkWriter(out.file, fmt, reader, background=True)
+            try:
+                for batch in reader.batches(batch_size):
+                    writer.interfaces(reader)
+                    encryptor.process(batch, writer)
+                    if progress is not None:
+                        fraction = reader.bytes_consumed / reader.size if reader.size else None
+                        progress(summary.packets_in, fraction)
+                writer.close()
+            finally:
+                writer.abandon()
         summary.warnings.extend(reader.warnings)
     summary.next_seq = {p.name: sa.next_seq for p, sa in zip(encryptor.policies, encryptor.sas)}
     summary.seconds = time.perf_counter() - start

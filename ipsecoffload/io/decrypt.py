@@ -8,7 +8,6 @@ empty just below the file's ``seq``) and decapsulates. Order is kept.
 from __future__ import annotations
 
 import os
-import struct
 import tempfile
 import time
 import warnings
@@ -28,7 +27,7 @@ from .pcap import (DEFAULT_SNAPLEN, LINKTYPE_ETHERNET, PcapError, PcapReader, Pc
                    keep_truncation_warnings)
 from .safile import SaPolicy
 
-DEFAULT_BATCH = 256
+DEFAULT_BATCH = 4096  # as encrypt's (io/capture.py): the per-batch cost is paid once per 4096
 _ETH_IPV4, _ETH_IPV6, _ETH_VLAN = 0x0800, 0x86DD, (0x8100, 0x88A8, 0x9100)
 _CRYPTO_NAMES = {int(s): s.name for s in ndis.CryptoStatus}
 _ATTRIBUTED = np.array([d not in (Delivery.CLEAR, Delivery.MALFORMED, Delivery.NO_SA,
@@ -157,6 +156,15 @@ class _Merged:
     def packet(self, i: int) -> bytes:
         return self._gots[int(self._picked[i])].packet(i)
 
+    def frames_of(self, mask: np.ndarray):
+        """(arena, off, length) of the frames ``mask`` selects: the shards' arenas joined."""
+        bases = np.cumsum([0] + [len(g.data) for g in self._gots[:-1]])
+        picked = self._picked[mask]
+        cols = np.flatnonzero(mask)
+        offs = np.stack([g.off for g in self._gots])[picked, cols] + bases[picked]
+        lens = np.stack([g.length for g in self._gots])[picked, cols]
+        return np.concatenate([g.data for g in self._gots]), offs, lens
+
 
 class CaptureDecryptor:
     """The stack, the miniport and the running summary of one capture. ``workers`` > 1: the
@@ -268,10 +276,14 @@ class CaptureDecryptor:
         summary.packets_out += len(out)
         return out
 
-    def process_bulk(self, batch) -> list:
-        """One RecordBatch of the bulk reader (io/bulk.py): (index, bytes or None) per record to
-        write, in order; None keeps the record as read. Link headers are found in numpy:
-        Ethernet (802.1Q / 802.1ad tags understood) or raw IP, per record."""
+    def emit_bulk(self, batch, writer) -> memoryview:
+        """One RecordBatch of the bulk reader (io/bulk.py) to the output records, in input
+        order, laid out by one ``capture_emit`` pass (io/capture_scan.pxi): a record that is
+        not IP, passes in clear or (``keep_failed``) failed as read, a decapsulated packet
+        with the record's timestamp, a dropped one not at all. Link headers are found in
+        numpy: Ethernet (802.1Q / 802.1ad tags understood) or raw IP, per record."""
+        from ..datapath.layout import WIRE_FRAME_DTYPE
+        from ..host.tx_frame import HOST_PKT_DTYPE, PKT_CLEAR, PKT_DROP, PKT_NOT_IP, kernels
         arena, pkts = batch.arena, batch.pkts
         n = len(pkts)
         summary = self.summary
@@ -293,24 +305,41 @@ class CaptureDecryptor:
         kind = (arena[at].astype(np.int64) << 8) | arena[np.minimum(at + 1, len(arena) - 1)]
         is_ip &= ~ether | ((cap >= l2) & np.isin(kind, (_ETH_IPV4, _ETH_IPV6)))
         picked = np.flatnonzero(is_ip)
-        out: list = [(i, None) for i in range(n)]
         summary.clear += n - len(picked)
+        # the records as capture_emit reads them: PKT_NOT_IP = as read, nbl >= 0 = the
+        # decapsulated frame of that number, PKT_DROP = nothing
+        rows = np.zeros(n, HOST_PKT_DTYPE)
+        for name in ("off", "cap_len", "ts_ns", "iface"):
+            rows[name] = pkts[name]
+        rows["kind"] = PKT_NOT_IP
+        rows["nbl"] = -1
+        wire, table = np.zeros(0, np.uint8), np.zeros(0, WIRE_FRAME_DTYPE)
         if len(picked):
             frames = PacketBatch(arena, off[picked], cap[picked],
                                  np.arange(len(picked), dtype=np.int32),
                                  l2_len=l2[picked].astype(np.uint16))
             got = self._receive(frames)
             self._count(got)
-            delivery = got.delivery.tolist()
-            for k, i in enumerate(picked.tolist()):
-                code = delivery[k]
-                if code == Delivery.DECAP:
-                    out[i] = (i, got.packet(k))
-                elif code != Delivery.CLEAR and not self.keep_failed:
-                    out[i] = (i, b"")  # dropped
-        written = [(i, data) for i, data in out if data != b""]
-        summary.packets_out += len(written)
-        return written
+            delivery = got.delivery
+            decap = delivery == Delivery.DECAP
+            if not self.keep_failed:
+                rows["kind"][picked[~decap & (delivery != Delivery.CLEAR)]] = PKT_DROP
+            mine = picked[decap]
+            rows["kind"][mine] = PKT_CLEAR
+            rows["nbl"][mine] = np.arange(len(mine), dtype=np.int32)
+            wire, frame_off, frame_len = got.frames_of(decap)
+            table = np.zeros(len(mine), WIRE_FRAME_DTYPE)
+            table["off"], table["len"] = frame_off, frame_len
+            table["nbl"] = np.arange(len(mine), dtype=np.int32)
+        need = int(cap.sum()) + (int(table["len"].sum()) if len(table) else 0) + 36 * n
+        out = writer.emit_buffer(need)
+        counts = (np.empty(n, np.int64), np.empty(n, np.int64))
+        used = kernels().capture_emit(writer.code, out, rows.view(np.uint8), 0, n, arena,
+                                      np.ascontiguousarray(wire, np.uint8),
+                                      table.view(np.uint8), len(table), writer.snaplen,
+                                      writer.unit_ns, counts[0], counts[1])
+        summary.packets_out += int(np.count_nonzero(counts[0][:n]))
+        return out.data[:used]
 
     def _count(self, got) -> None:
         summary = self.summary
@@ -372,23 +401,6 @@ def decrypt_capture(input_path, output_path, policies: Sequence[SaPolicy], *,
                             progress=progress, miniport=miniport, workers=workers)
 
 
-def _record_bytes(fmt: str, data: bytes, ts_ns: int, iface: int, orig_len: int,
-                  nanosecond: bool, unit_ns) -> bytes:
-    """One output record: a pcap record header (little-endian, as BulkWriter's file header) or
-    a pcapng Enhanced Packet Block, then the bytes."""
-    if fmt == "pcap":
-        sec, frac = divmod(ts_ns, 10**9)
-        if not nanosecond:
-            frac //= 1000
-        return struct.pack("<IIII", sec & 0xFFFFFFFF, frac, len(data), orig_len) + data
-    ticks = ts_ns // int(unit_ns[iface]) if iface < len(unit_ns) else ts_ns // 1000
-    pad = -len(data) % 4
-    total = 32 + len(data) + pad
-    return (struct.pack("<IIIIIII", 6, total, iface, (ticks >> 32) & 0xFFFFFFFF,
-                        ticks & 0xFFFFFFFF, len(data), orig_len) + data + bytes(pad)
-            + struct.pack("<I", total))
-
-
 def _decrypt_bulk(input_path, output_path, policies, *, replay_window, keep_failed, batch_size,
                   count, progress, miniport, output_format, protect,
                   workers: int = 1) -> DecryptSummary:
@@ -412,24 +424,21 @@ def _decrypt_bulk(input_path, output_path, policies, *, replay_window, keep_fail
         with out, _closing(decryptor):
             assert out.file is not None
             writer = None  # made at the first batch: a pcapng's interfaces come with its blocks
-            for batch in reader.batches(batch_size):
+            try:
+                for batch in reader.batches(batch_size):
+                    if writer is None:
+                        writer = BulkWriter(out.file, fmt, reader, background=True)
+                    writer.interfaces(reader)
+                    writer.write(decryptor.emit_bulk(batch, writer))
+                    if progress is not None:
+                        progress(summary.packets_in)
                 if writer is None:
-                    writer = BulkWriter(out.file, fmt, reader)
-                    nanosecond = bool(getattr(writer, "nanosecond", True))
-                writer.interfaces(reader)
-                rows = batch.pkts
-                chunks = []
-                for i, data in decryptor.process_bulk(batch):
-                    record = batch.record(i) if data is None else data
-                    orig = int(rows["cap_len"][i]) if data is None else len(data)
-                    chunks.append(_record_bytes(fmt, record, int(rows["ts_ns"][i]),
-                                                int(rows["iface"][i]), orig, nanosecond,
-                                                writer.unit_ns))
-                writer.write(b"".join(chunks))
-                if progress is not None:
-                    progress(summary.packets_in)
-            if writer is None:
-                BulkWriter(out.file, fmt, reader)  # an empty capture: the header alone
+                    BulkWriter(out.file, fmt, reader)  # an empty capture: the header alone
+                else:
+                    writer.close()
+            finally:
+                if writer is not None:
+                    writer.abandon()
             out.commit()
     keep_truncation_warnings(caught, summary.warnings)
     summary.seconds = time.perf_counter() - start
