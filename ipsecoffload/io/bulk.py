@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import BinaryIO, Iterator, List, NamedTuple, Optional
+from typing import Any, BinaryIO, Iterator, List, NamedTuple, Optional
 
 import numpy as np
 
@@ -292,8 +292,8 @@ class BulkWriter:
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
         self.file, self.format = file, fmt
-        self._pool = None
-        self._pending = None
+        self._pool: Optional[Any] = None
+        self._pending: Optional[Any] = None  # the Future of the write in flight
         self._buffers: list = [np.zeros(0, np.uint8), np.zeros(0, np.uint8)]
         self._turn = 0
         if background:
