@@ -170,16 +170,8 @@ cdef bint trailer_fits(const uint8_t* frame, int64_t flen, int64_t tend, int64_t
 cdef bint zero_room(const uint8_t* frame, int64_t flen, int64_t tend,
                     int64_t icv) except -1 nogil:
     """The ``icv`` bytes after the trailer are all zero (room the stack left for the ICV)."""
-    cdef uint8_t zeros[32]
     check(tend, icv, flen)
-    if icv <= 32:  # 8, 12, 16, 24 or 32 bytes: word compares against zeros
-        memset(zeros, 0, 32)
-        return icv_differs(frame + tend, zeros, icv) == 0
-    cdef int64_t k
-    for k in range(icv):
-        if frame[tend + k]:
-            return False
-    return True
+    return icv <= 0 or any_nonzero(frame + tend, <size_t>icv) == 0
 
 
 cdef inline bint sn_room(uint64_t sn0, int64_t n, bint esn) noexcept nogil:

@@ -13,6 +13,7 @@ cdef extern from "ipo_config.h":
     void zero_icv "ipo_zero_icv" (void* p, size_t n) noexcept nogil
     void zero_struct "ipo_zero_struct" (void* p, size_t n) noexcept nogil
     uint64_t icv_differs "ipo_icv_differs" (const void* a, const void* b, size_t n) noexcept nogil
+    uint64_t any_nonzero "ipo_any_nonzero" (const void* p, size_t n) noexcept nogil
     void copy_ip_header "ipo_copy_ip_header" (void* dst, const void* src, size_t n) noexcept nogil
     void copy_icv "ipo_copy_icv" (void* dst, const void* src, size_t n) noexcept nogil
 
