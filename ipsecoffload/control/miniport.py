@@ -29,6 +29,7 @@ _AH_IPV4, _AH_IPV6 = int(Config.AH_IPV4), int(Config.AH_IPV6)
 _TUNNEL_ALONE_SINGLE = int(Config.TUNNEL_ALONE_SINGLE)
 _DISABLED_FAIL = int(Config.DISABLED_FAIL)
 _TRANSPORT_TUNNEL = int(Config.TRANSPORT_TUNNEL)
+_RX_IPV4_OPTIONS, _RX_IPV6_EXT_HEADERS = int(RxConfig.IPV4_OPTIONS), int(RxConfig.IPV6_EXT_HEADERS)
 DISABLED_POLICIES = ("pass", "fail")
 # The most output bytes (frames and AH scratch) one send allocates; NBLs past it complete
 # with NDIS_STATUS_RESOURCES (docs/send-path.md, "Limits"). HostStack splits its batches.
@@ -344,9 +345,8 @@ class Miniport:
                 | (_ESP_IPV6 if esp and v6 and on.esp_ipv6 else 0)
                 | (_AH_IPV4 if ah and on.ah_ipv4 else 0)
                 | (_AH_IPV6 if ah and v6 and on.ah_ipv6 else 0)
-                | (int(RxConfig.IPV4_OPTIONS) if caps.ipv4_options else 0)
-                | (int(RxConfig.IPV6_EXT_HEADERS) if caps.ipv6_non_ipsec_extension_headers
-                   else 0))
+                | (_RX_IPV4_OPTIONS if caps.ipv4_options else 0)
+                | (_RX_IPV6_EXT_HEADERS if caps.ipv6_non_ipsec_extension_headers else 0))
 
     @property
     def nat_t_ports(self) -> tuple[int, ...]:
@@ -389,12 +389,12 @@ class Miniport:
                 for j in range(len(nbl.net_buffers)):
                     nbl.net_buffers[j].data = result.frame(i + j)
         with self._counter_lock:
-            self._recv_counts += result.counters
+            np.add(self._recv_counts, result.counters, out=self._recv_counts)
         return result
 
     def _account(self, result: SendResult) -> None:
         with self._counter_lock:
-            self._send_counts[:COUNTERS] += result.counters
+            np.add(self._send_counts, result.counters, out=self._send_counts)
             self._frames_out += result.wire.num_buffers
             self._bytes_out += len(result.wire.arena)
 
