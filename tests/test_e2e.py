@@ -99,6 +99,22 @@ CONFIGS = {
                             tunnel_src="2001:db8:f::1", tunnel_dst="2001:db8:f::2",
                             udp_encap=(4500, 4501)),
     "null-gmac": dict(encryption="null", integrity="aes-gmac-128", auth_key=GCM),
+    # AH and AH + ESP (RFC 4302): the compiled framer frames them too
+    "ah-sha256": dict(protocol="ah", integrity="hmac-sha256-128", auth_key=bytes(range(32))),
+    "ah-gmac-esn-tunnel4": dict(protocol="ah", integrity="aes-gmac-128", auth_key=GCM,
+                                esn=True, seq=2**33 + 7, mode="tunnel",
+                                tunnel_src="192.0.2.1", tunnel_dst="192.0.2.2"),
+    "ah-sha1-tunnel6": dict(protocol="ah", integrity="hmac-sha1-96", auth_key=bytes(20),
+                            mode="tunnel", tunnel_src="2001:db8:f::1",
+                            tunnel_dst="2001:db8:f::2"),
+    "ah+esp-gcm": dict(protocol="ah+esp", encryption="aes-gcm-128", key=GCM, ah_spi=0x4321,
+                       ah_integrity="hmac-sha256-128", ah_auth_key=bytes(32)),
+    "ah+esp-cbc-gmac-tunnel6": dict(protocol="ah+esp", encryption="aes-cbc-128",
+                                    key=bytes(16), integrity="hmac-sha1-96",
+                                    auth_key=bytes(20), ah_spi=0x4322,
+                                    ah_integrity="aes-gmac-128", ah_auth_key=GCM,
+                                    mode="tunnel", tunnel_src="2001:db8:f::1",
+                                    tunnel_dst="2001:db8:f::2"),
 }
 
 
@@ -133,7 +149,7 @@ def test_compiled_framer_equals_the_python_framer(name, version, link, tunnel_df
         tx_frame.stack_send = original
     assert calls and all(calls)  # the compiled framer did frame them
     assert list(fast.status) == list(slow.status)
-    if CONFIGS[name]["encryption"] != "aes-cbc-256" and "cbc" not in name:
+    if "cbc" not in name:
         assert fast.wire.frames() == slow.wire.frames()  # deterministic IVs
     else:
         assert [len(f) for f in fast.wire.frames()] == [len(f) for f in slow.wire.frames()]
@@ -228,10 +244,31 @@ def write_plain(path, frames, linktype=LINKTYPE_ETHERNET, nanosecond=False):
     return path
 
 
+# the same traffic through AH and AH + ESP SAs (RFC 4302), LSO and an ESN crossing included
+SAS_AH = [
+    {"name": "ah4", "selector": {"src": "10.0.0.0/8", "proto": "tcp"}, "protocol": "ah",
+     "spi": "0x3001", "integrity": "hmac-sha256-128", "auth_key": "33" * 32},
+    {"name": "bundle6in4", "selector": {"src": "2001:db8:1::/48"}, "protocol": "ah+esp",
+     "mode": "tunnel", "tunnel": {"src": "192.0.2.1", "dst": "192.0.2.2"}, "spi": "0x3002",
+     "encryption": "aes-gcm-128", "key": "66" * 20,
+     "ah": {"spi": "0x3003", "integrity": "aes-gmac-128", "auth_key": "44" * 20}},
+    {"name": "esn", "selector": {"src": "172.20.0.0/16"}, "protocol": "ah+esp",
+     "spi": "0x3004", "encryption": "aes-gcm-128", "key": "11" * 20, "esn": True,
+     "seq": 2**32 - 5, "ah": {"spi": "0x3005", "integrity": "hmac-sha1-96",
+                               "auth_key": "55" * 20}},
+    {"name": "ah6", "selector": {"proto": "udp", "dport": 5000}, "protocol": "ah",
+     "spi": "0x3006", "integrity": "aes-gmac-256", "auth_key": "22" * 36},
+]
+
+
 @pytest.mark.parametrize("mss", [None, 1000])
 @pytest.mark.parametrize("batch", [7, 4096])
-def test_capture_compiled_equals_the_python_twin(tmp_path, sa_file, mss, batch):
+@pytest.mark.parametrize("sa_set", ["esp", "ah"])
+def test_capture_compiled_equals_the_python_twin(tmp_path, sa_file, mss, batch, sa_set):
     plain = write_plain(tmp_path / "plain.pcap", mixed_frames())
+    if sa_set == "ah":
+        sa_file = tmp_path / "sa_ah.json"
+        sa_file.write_text(json.dumps(SAS_AH))
     policies = load_sa_file(sa_file)
     fast = encrypt_capture(plain, tmp_path / "fast.pcap", policies, mss=mss, batch_size=batch)
     slow = encrypt_capture_python(plain, tmp_path / "slow.pcap", policies, mss=mss)
@@ -413,6 +450,31 @@ def test_failures_leave_the_destination_untouched(tmp_path, sa_file, capsys):
     # the SA file is never an output
     code = main(["encrypt", "-q", "-i", str(plain), "-o", str(sa_file), "--sa", str(sa_file)])
     assert code == 2 and "SA file" in capsys.readouterr().err
+    assert json.loads(sa_file.read_text()) == SAS
+
+
+def test_python_twin_counts_and_never_removes_the_destination(tmp_path, sa_file):
+    """The record-by-record path (pure-Python mode, via SAs) stops after ``count`` packets,
+    and a failure leaves the destination as it was (io/atomic.py), no file of its own left."""
+    frames = mixed_frames()
+    plain = write_plain(tmp_path / "plain.pcap", frames)
+    policies = load_sa_file(sa_file)
+    summary = encrypt_capture_python(plain, tmp_path / "five.pcap", policies, count=5)
+    # the fourth record is two bytes, no link header: dropped and counted
+    assert summary.packets_in == 5 and len(read_pcap(tmp_path / "five.pcap")[1]) == 4
+    dest = tmp_path / "dest.pcap"
+    dest.write_bytes(b"precious")
+
+    def interrupt(packets):  # as a SIGINT after the first batch would
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        encrypt_capture_python(plain, dest, policies, batch_size=8, progress=interrupt)
+    assert dest.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dest.pcap", "five.pcap",
+                                                          "plain.pcap", "sa.json"]
+    with pytest.raises(Exception, match="SA file"):
+        encrypt_capture_python(plain, sa_file, policies, protect=[(sa_file, "SA file")])
     assert json.loads(sa_file.read_text()) == SAS
 
 

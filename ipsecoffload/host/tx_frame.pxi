@@ -1,12 +1,12 @@
 # Host stack framing in compiled code (docs/send-path.md, "Host framing"): what
 # host/stack.py's Python framer does per packet, done for a whole batch. Included by
 # _fastpath.pyx. host/stack.py stays the twin (the tests compare the two byte for byte) and the
-# general path for what this one does not frame (caller IVs, AH, bundles).
+# general path for what this one does not frame (caller IVs, transport over tunnel).
 #
 # host_classify: link header (Ethernet with 802.1Q / 802.1ad tags, or raw IP), IPv4/IPv6
 #   parse, first-match SA selectors, fragment and LSO decisions, one pass.
 # host_frame: per packet the frame the miniport takes (RFC 4303 §2 ESP header, padding and
-#   trailer, RFC 3948 §2.1 UDP header, tunnel outer header with RFC 6040 normal-mode ECN copy,
+#   trailer, RFC 4302 §2 AH header with its ICV field zero, RFC 3948 §2.1 UDP header, tunnel outer header with RFC 6040 normal-mode ECN copy,
 #   LSO super-packet layout) and its NBL out-of-band info; sequence numbers per SA, checked
 #   against the SA's last number (RFC 4303 §3.3.3: never cycled).
 
@@ -67,7 +67,11 @@ ctypedef struct HostSa:
     uint8_t esn
     uint8_t versions          # bit 0: may use an IPv4 bundle, bit 1: an IPv6 bundle
     uint8_t used              # out: bundles used by this call (bits as ``versions``)
-    uint8_t reserved[7]
+    uint8_t ah                # 0: ESP alone; 1: AH alone; 2: AH then ESP (RFC 4302 §3.1)
+    uint8_t ah_body           # AH header bytes before padding: 12 + IV + ICV (RFC 4302 §2)
+    uint8_t ah_iv_len         # AES-GMAC's 8-byte IV in the AH (RFC 4543 §3), else 0
+    uint8_t reserved
+    uint32_t ah_spi
     uint8_t tun_src[16]
     uint8_t tun_dst[16]
 
@@ -116,6 +120,7 @@ def host_struct_offsets():
         "HostSa": {"handle": <char*>&a.handle - <char*>&a, "next_seq": <char*>&a.next_seq - <char*>&a,
                    "last_sn": <char*>&a.last_sn - <char*>&a, "spi": <char*>&a.spi - <char*>&a,
                    "tunnel": <char*>&a.tunnel - <char*>&a, "used": <char*>&a.used - <char*>&a,
+                   "ah": <char*>&a.ah - <char*>&a, "ah_spi": <char*>&a.ah_spi - <char*>&a,
                    "tun_src": <char*>&a.tun_src - <char*>&a, "tun_dst": <char*>&a.tun_dst - <char*>&a},
     }
 
@@ -409,7 +414,7 @@ def host_frame(const uint8_t[::1] arena, pkts, int64_t start, int64_t end, sas, 
     cdef int64_t* lens = <int64_t*>_host_buf(nb_len, 8, n_max, "nb_len")
     cdef NblOob* ob = <NblOob*>_host_buf(oob, sizeof(NblOob), n_max, "oob")
     cdef int64_t size = arena.shape[0], i, j = 0, pos = 0, need, l2, hl, udp, esp_off, ivl
-    cdef int64_t payload, pad, total, icv, tcp_off, body, sn_need, ext
+    cdef int64_t payload, pad, total, icv, tcp_off, body, sn_need, ext, ahl, esph
     cdef const uint8_t* rec
     cdef const uint8_t* ip
     cdef uint8_t* d
@@ -417,7 +422,7 @@ def host_frame(const uint8_t[::1] arena, pkts, int64_t start, int64_t end, sas, 
     cdef HostPkt* q
     cdef HostSa* s
     cdef int bundle, v6out, df, stop = 0
-    cdef uint8_t nxt, tos, nh_ext
+    cdef uint8_t nxt, tos, nh_ext, proto_out
     cdef uint32_t flow
     cdef uint64_t sn, last, seed
     cdef int64_t m, l2o
@@ -497,6 +502,13 @@ def host_frame(const uint8_t[::1] arena, pkts, int64_t start, int64_t end, sas, 
             ivl = s.iv_len
             icv = s.icv_len
             v6out = s.outer_ipv6 if s.tunnel else q.version == 6
+            # AH (RFC 4302 §2.2: its length a multiple of 8 bytes over IPv6, of 4 over IPv4)
+            # before ESP; an AH alone has no ESP header, trailer or ICV room
+            ahl = 0
+            if s.ah:
+                ahl = (s.ah_body + 7) & ~7 if v6out else (s.ah_body + 3) & ~3
+            esph = 0 if s.ah == 1 else 8 + ivl
+            proto_out = 51 if s.ah else (17 if udp else 50)
             if s.tunnel:
                 hl = 40 if s.outer_ipv6 else 20
                 payload = q.ip_len
@@ -505,15 +517,15 @@ def host_frame(const uint8_t[::1] arena, pkts, int64_t start, int64_t end, sas, 
                 hl = q.l4_off
                 nxt = q.proto
                 payload = q.ip_len - q.l4_off
-            esp_off = hl + udp
-            if esp_off % 4 or esp_off > 1020:
+            esp_off = hl + udp + ahl
+            if esp_off % 4 or esp_off > 1020 or (ahl and (hl % 4 or hl > 1020)):
                 q.kind, q.fault = PKT_DROP, FAULT_ESP_OFFSET
                 i += 1
                 continue
             if q.kind == PKT_LSO:
                 body = payload  # [destination options,] TCP header and data
                 pad = 0
-                total = hl + udp + 8 + ivl + body
+                total = hl + udp + ahl + esph + body
                 # IPv6 destination options after a routing header stay after ESP (l4_off is
                 # before them): TCP starts past them (RFC 8200 §4.1; docs/send-path.md)
                 ext = 0
@@ -522,15 +534,22 @@ def host_frame(const uint8_t[::1] arena, pkts, int64_t start, int64_t end, sas, 
                     nh_ext = ip[q.l4_off + ext]
                     ext += (<int64_t>ip[q.l4_off + ext + 1] + 1) * 8
                 tcp_off = (q.l2_len if l2_mode == 2 else (14 if l2_mode == 1 else 0)) \
-                    + esp_off + 8 + ivl + ext
+                    + esp_off + esph + ext
                 if tcp_off > 1023 or mss < 1 or mss > 0xFFFFF or nh_ext != 6 \
                         or q.l4_off + ext + q.tcp_len > q.ip_len:
                     q.kind, q.fault = PKT_DROP, FAULT_LSO_PARAMS
                     i += 1
                     continue
+            elif s.ah == 1:
+                pad = 0
+                total = hl + ahl + payload
+                if (not v6out and total > 0xFFFF) or (v6out and total - 40 > 0xFFFF):
+                    q.kind, q.fault = PKT_DROP, FAULT_TOO_LONG
+                    i += 1
+                    continue
             else:
                 pad = esp_pad(payload + 2, s.align)
-                total = hl + udp + 8 + ivl + payload + pad + 2 + icv
+                total = hl + udp + ahl + 8 + ivl + payload + pad + 2 + icv
                 if (not v6out and total > 0xFFFF) or (v6out and total - 40 > 0xFFFF):
                     q.kind, q.fault = PKT_DROP, FAULT_TOO_LONG
                     i += 1
@@ -565,23 +584,33 @@ def host_frame(const uint8_t[::1] arena, pkts, int64_t start, int64_t end, sas, 
                     st16(d + 4, <uint32_t>ipv4_id)
                     ipv4_id = (ipv4_id + 1) & 0xFFFF
                     st16(d + 6, 0x4000 if df else 0)
-                    d[8], d[9] = <uint8_t>ttl, 17 if udp else 50
+                    d[8], d[9] = <uint8_t>ttl, proto_out
                     memcpy(d + 12, s.tun_src, 4)
                     memcpy(d + 16, s.tun_dst, 4)
                 else:
                     st32(d, (6u << 28) | (<uint32_t>tos << 20) | flow)
-                    d[6], d[7] = 17 if udp else 50, <uint8_t>ttl
+                    d[6], d[7] = proto_out, <uint8_t>ttl
                     memcpy(d + 8, s.tun_src, 16)
                     memcpy(d + 24, s.tun_dst, 16)
-                memcpy(d + hl + udp + 8 + ivl, ip, q.ip_len)
+                memcpy(d + esp_off + esph, ip, q.ip_len)
             else:
                 copy_ip_header(d, ip, hl)
-                d[q.nh_at] = 17 if udp else 50
-                memcpy(d + hl + udp + 8 + ivl, ip + hl, payload)
+                d[q.nh_at] = proto_out
+                memcpy(d + esp_off + esph, ip + hl, payload)
+            if ahl:  # Next Header, Payload Length, Reserved, SPI, SN, IV + ICV + pad zero
+                e = d + hl
+                e[0] = nxt if s.ah == 1 else 50
+                e[1] = <uint8_t>(ahl // 4 - 2)
+                e[2], e[3] = 0, 0
+                st32(e + 4, s.ah_spi)
+                st32(e + 8, <uint32_t>sn)
+                memset(e + 12, 0, ahl - 12)
+                ob[j].ah_off4 = <uint8_t>(hl // 4)
             e = d + esp_off
-            st32(e, s.spi)
-            st32(e + 4, <uint32_t>sn)
-            zero_icv(e + 8, ivl)
+            if esph:
+                st32(e, s.spi)
+                st32(e + 4, <uint32_t>sn)
+                zero_icv(e + 8, ivl)
             if udp:
                 st16(d + hl, s.udp_sport)
                 st16(d + hl + 2, s.udp_dport)
@@ -589,7 +618,7 @@ def host_frame(const uint8_t[::1] arena, pkts, int64_t start, int64_t end, sas, 
             if q.kind == PKT_LSO:
                 # TCP checksum seeded with the pseudo-header sum, lengths 0 (LSOv2,
                 # docs/send-path.md)
-                e = e + 8 + ivl + ext
+                e = e + esph + ext
                 if q.version == 4:
                     seed = csum_fold(csum_add(6, ip + 12, 8))
                 else:
@@ -598,11 +627,12 @@ def host_frame(const uint8_t[::1] arena, pkts, int64_t start, int64_t end, sas, 
                 if udp:
                     d[hl + 4], d[hl + 5] = 0, 0
                 _ip_length(d, 0, hl)
-                ob[j].next_header = nxt  # TCP, or the destination options before it
+                if esph:
+                    ob[j].next_header = nxt  # TCP, or the destination options before it
                 ob[j].lso_info = (<uint64_t>mss | (<uint64_t>tcp_off << 20) | (<uint64_t>1 << 30)
                                   | (<uint64_t>(q.version == 6) << 31))
-            else:
-                e = d + hl + udp + 8 + ivl + payload
+            elif esph:
+                e = d + esp_off + esph + payload
                 for m in range(pad):
                     e[m] = <uint8_t>(m + 1)
                 e[pad] = <uint8_t>pad
@@ -613,8 +643,11 @@ def host_frame(const uint8_t[::1] arena, pkts, int64_t start, int64_t end, sas, 
                 _ip_length(d, total, hl)
                 ob[j].next_header = nxt
                 ob[j].pad_length = <uint8_t>pad
+            else:
+                _ip_length(d, total, hl)
             ob[j].offload_handle = s.handle[bundle]
-            ob[j].esp_off4 = <uint8_t>(esp_off // 4)
+            if esph:
+                ob[j].esp_off4 = <uint8_t>(esp_off // 4)
             ob[j].l2_len = <uint16_t>l2
             offs[j], lens[j] = pos, l2 + total
             pos += l2 + total

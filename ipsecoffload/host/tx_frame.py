@@ -41,7 +41,8 @@ HOST_SA_DTYPE = np.dtype([
     ("udp_sport", np.uint16), ("udp_dport", np.uint16), ("tunnel", np.uint8),
     ("outer_ipv6", np.uint8), ("udp_encap", np.uint8), ("iv_len", np.uint8),
     ("icv_len", np.uint8), ("align", np.uint8), ("esn", np.uint8), ("versions", np.uint8),
-    ("used", np.uint8), ("reserved", np.uint8, (7,)), ("tun_src", np.uint8, (16,)),
+    ("used", np.uint8), ("ah", np.uint8), ("ah_body", np.uint8), ("ah_iv_len", np.uint8),
+    ("reserved", np.uint8), ("ah_spi", np.uint32), ("tun_src", np.uint8, (16,)),
     ("tun_dst", np.uint8, (16,)),
 ], align=True)
 
@@ -116,11 +117,17 @@ def selector_table(policies) -> np.ndarray:
 
 
 def sa_table(sas: Sequence) -> np.ndarray:
-    """HostSa templates of StackSa objects (chosen once per SA: outer header, UDP, ESP)."""
+    """HostSa templates of StackSa objects (chosen once per SA: outer header, UDP, AH, ESP)."""
     table = np.zeros(len(sas), HOST_SA_DTYPE)
     for row, sa in zip(table, sas):
         config = sa.config
         row["spi"] = config.spi
+        protocol = getattr(config, "protocol", "esp")
+        if protocol != "esp":
+            row["ah"] = 1 if protocol == "ah" else 2
+            row["ah_spi"] = config.ah_layer[0]
+            row["ah_iv_len"] = config.ah_iv_len
+            row["ah_body"] = 12 + config.ah_iv_len + config.ah_icv
         row["iv_len"], row["icv_len"], row["align"] = config.iv_len, config.icv, config.align
         row["esn"] = config.esn
         row["limit"] = 2**64 - 1 if config.esn else 2**32 - 1
@@ -138,11 +145,11 @@ def sa_table(sas: Sequence) -> np.ndarray:
 
 
 def supported(sa) -> bool:
-    """Whether the compiled framer frames this SA (ESP alone; AH and bundles are framed by
-    host/stack.py)."""
+    """Whether the compiled framer frames this SA: ESP, AH or AH + ESP (transport over a
+    tunnel SA, ``via``, is framed by host/stack.py)."""
     config = sa.config
-    return (getattr(config, "protocol", "esp") == "esp" and getattr(config, "via", None) is None
-            and getattr(sa, "via", None) is None)
+    return (getattr(config, "protocol", "esp") in ("esp", "ah", "ah+esp")
+            and getattr(config, "via", None) is None and getattr(sa, "via", None) is None)
 
 
 # -- one framed send --------------------------------------------------------------------------
@@ -196,7 +203,9 @@ def frame_and_send(stack, arena: np.ndarray, pkts: np.ndarray, sas: Sequence,
     n = len(pkts)
     _ensure_bundles(stack, sas, table, pkts)
     ip_bytes = int(pkts["cap_len"].sum()) if n else 0
-    out, nb_off, nb_len, oob = _buffers(scratch, ip_bytes + 136 * n + 64, n)
+    # per packet at most: Ethernet 14, outer IPv6 40, UDP 8, AH 56 (12 + 8-byte IV + 32-byte
+    # ICV, padded to 8), ESP header 8 + IV 16, padding 15, trailer 2, ICV room 32: 191
+    out, nb_off, nb_len, oob = _buffers(scratch, ip_bytes + 192 * n + 64, n)
     oob_bytes = oob.view(np.uint8)
     macs = stack.dst_mac + stack.src_mac
     df = {"copy": 0, "set": 1, "clear": 2}[stack.tunnel_df]

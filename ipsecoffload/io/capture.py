@@ -255,32 +255,43 @@ def _refusal(error: Exception) -> str:
 
 
 def encrypt_capture_python(input_path, output_path, policies: Sequence[SaPolicy], *,
-                    mss: Optional[int] = None, batch_size: int = DEFAULT_BATCH,
-                    progress: Optional[Callable[[int], None]] = None,
-                    miniport: Optional[Miniport] = None) -> EncryptSummary:
+                           mss: Optional[int] = None, batch_size: int = DEFAULT_BATCH,
+                           progress: Optional[Callable[[int], None]] = None,
+                           miniport: Optional[Miniport] = None, count: Optional[int] = None,
+                           protect=()) -> EncryptSummary:
     """The Python twin of ``encrypt_capture`` (classic pcap only): record by record, each
-    SA's packets through HostStack.send. The pure-Python mode runs it.
+    SA's packets through HostStack.send. The pure-Python mode and SA files with ``via`` SAs
+    run it. ``count`` stops after that many packets.
 
-    Raises ``PcapError`` for an unusable capture and ``OSError`` for file problems; on
-    any error the output file is removed. A truncated last record is dropped with a
-    warning in ``summary.warnings``.
+    Raises ``PcapError`` for an unusable capture and ``OSError`` for file problems. The
+    output goes to a temporary file renamed into place on success; on any error only that
+    file is removed (io/atomic.py), and an output path naming the input (or a path in
+    ``protect``) is refused. A truncated last record is dropped with a warning in
+    ``summary.warnings``.
     """
+    from .atomic import SafeOutput
     if mss is not None and mss < 1:
         raise ValueError(f"mss must be at least 1, got {mss}")
+    if count is not None and count < 0:
+        raise ValueError(f"count must not be negative, got {count}")
     start = time.perf_counter()
     output_path = os.fspath(output_path)
     with warnings.catch_warnings(record=True) as caught, PcapReader(input_path) as reader:
         warnings.simplefilter("always")
-        if os.path.exists(output_path) and os.path.samefile(input_path, output_path):
-            raise PcapError(f"{output_path!r} is the input capture; choose another output file")
+        out = SafeOutput(output_path, protect=[(input_path, "input capture"), *protect])
         summary = EncryptSummary(input=os.fspath(input_path), output=output_path,
                                  linktype=reader.linktype, mss=mss)
         encryptor = CaptureEncryptor(policies, summary, miniport)
-        writer = PcapWriter(output_path, reader.linktype, nanosecond=reader.nanosecond,
-                            snaplen=max(reader.snaplen, DEFAULT_SNAPLEN))
-        try:
+        with out:
+            assert out.file is not None
+            writer = PcapWriter(out.file, reader.linktype, nanosecond=reader.nanosecond,
+                                snaplen=max(reader.snaplen, DEFAULT_SNAPLEN))
             with writer:
+                left = count
                 for records in reader.batches(batch_size):
+                    if left is not None:
+                        records = records[:left]
+                        left -= len(records)
                     for frame, ts_ns in encryptor.process(records):
                         # a record's timestamp past 2106 (a bad record, or a usec field over
                         # 10**6) wraps at 2**32 s as the compiled path's 32-bit field does,
@@ -288,11 +299,8 @@ def encrypt_capture_python(input_path, output_path, policies: Sequence[SaPolicy]
                         writer.write(frame, ts_ns=ts_ns % _PCAP_NS_RANGE)
                     if progress is not None:
                         progress(summary.packets_in)
-        except BaseException:
-            # no half-written capture left behind
-            with contextlib.suppress(OSError):
-                os.unlink(output_path)
-            raise
+                    if left is not None and left <= 0:
+                        break
     keep_truncation_warnings(caught, summary.warnings)
     summary.next_seq = {p.name: sa.next_seq for p, sa in zip(encryptor.policies, encryptor.sas)}
     summary.seconds = time.perf_counter() - start
@@ -492,20 +500,19 @@ def encrypt_capture(input_path, output_path, policies: Sequence[SaPolicy], *,
         raise ValueError(f"mss must be at least 1, got {mss}")
     if output_format not in (None, "pcap", "pcapng"):
         raise ValueError(f"output_format must be 'pcap' or 'pcapng', got {output_format!r}")
-    # AH and AH+ESP SAs are framed by the host stack's Python framer (host/stack.py): a file
-    # that holds one goes the per-SA capture path
-    ah_sas = any(getattr(p.config, "protocol", "esp") != "esp" or getattr(p, "via", None)
-                 for p in policies)  # and via SAs (transport over tunnel): the same
-    if ah_sas or kernels() is None or (miniport is not None and not hasattr(miniport.kernels,
+    # via SAs (transport over tunnel) are framed by the host stack's Python framer
+    # (host/stack.py): a file that holds one goes the per-SA capture path
+    via_sas = any(getattr(p, "via", None) for p in policies)
+    if via_sas or kernels() is None or (miniport is not None and not hasattr(miniport.kernels,
                                                                             "host_frame")):
         if output_format == "pcapng" or input_path == "-" or output_path == "-":
             raise PcapError("pcapng, standard input and standard output need the compiled "
-                            "kernels and ESP SAs only" if ah_sas else
+                            "kernels and no via SA" if via_sas else
                             "pcapng, standard input and standard output need the compiled "
                             "kernels")
         return encrypt_capture_python(input_path, output_path, policies, mss=mss,
                                       batch_size=min(batch_size, 256), progress=progress,
-                                      miniport=miniport)
+                                      miniport=miniport, count=count, protect=protect)
     start = time.perf_counter()
     output_path = output_path if output_path == "-" else os.fspath(output_path)
     with BulkReader(input_path, limit=count) as reader:
