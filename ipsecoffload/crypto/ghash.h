@@ -7,6 +7,8 @@
  *   IPO_GHASH_PORTABLE    plain C, constant time: carry-less multiply built from integer
  *                         multiplies with bit holes (no table indexed by secret data).
  *   IPO_GHASH_PCLMUL      128-bit PCLMULQDQ + SSSE3, 8 blocks per reduction.
+ *   IPO_GHASH_PCLMUL_AVX  the same source compiled with AVX (VEX encoding: three-operand
+ *                         forms, no register copies), for CPUs with AVX but no VPCLMULQDQ.
  *   IPO_GHASH_VPCLMUL256  VPCLMULQDQ on YMM + AVX2, 16 blocks (8 registers) per reduction.
  *   IPO_GHASH_VPCLMUL512  VPCLMULQDQ on ZMM + AVX512F/BW/VL, 16 blocks (4 registers) per
  *                         reduction.
@@ -39,10 +41,12 @@
 #include <string.h>
 
 #define IPO_GHASH_PORTABLE 0
+/* In order of preference, slowest first: the default is the highest usable code. */
 #define IPO_GHASH_PCLMUL 1
-#define IPO_GHASH_VPCLMUL256 2
-#define IPO_GHASH_VPCLMUL512 3
-#define IPO_GHASH_NPATHS 4
+#define IPO_GHASH_PCLMUL_AVX 2
+#define IPO_GHASH_VPCLMUL256 3
+#define IPO_GHASH_VPCLMUL512 4
+#define IPO_GHASH_NPATHS 5
 
 /* Powers H^1..H^16 of the hash key, one key for every path. Plain bytes: the struct has
  * alignment 1, no pointers, and may be copied with memcpy anywhere (e.g. into a numpy
@@ -254,6 +258,7 @@ static void ipo__crypt_portable(int open, const ipo_ghash_key* k, const uint8_t*
 #include <immintrin.h>
 
 #define IPO__TGT_PCL __attribute__((target("pclmul,sse2,ssse3,sse4.1")))
+#define IPO__TGT_PCLAVX __attribute__((target("avx,pclmul,sse2,ssse3,sse4.1")))
 #define IPO__H128 __attribute__((target("pclmul,sse2,ssse3"), always_inline))
 
 /* Keeps the accumulators in registers, in program order: without it GCC re-associates the
@@ -471,10 +476,12 @@ static inline IPO__H128 __m128i ipo__chunk_pcl(__m128i x, const ipo_ghash_key* k
     return ipo__reduce128(lo, mm, hi);
 }
 
-IPO__TGT_PCL static void ipo__crypt_pcl(int open, const ipo_ghash_key* k, const uint8_t* aad,
-                                        size_t aad_len, uint8_t* text, size_t len,
-                                        const uint8_t* ks, const uint8_t ekj0[16],
-                                        uint8_t tag[16]) {
+/* The bodies of the two 128-bit paths: inlined into a function per path, compiled under that
+ * function's target (SSE encoding for IPO_GHASH_PCLMUL, VEX for IPO_GHASH_PCLMUL_AVX). */
+static inline IPO__H128 void ipo__crypt128(int open, const ipo_ghash_key* k, const uint8_t* aad,
+                                           size_t aad_len, uint8_t* text, size_t len,
+                                           const uint8_t* ks, const uint8_t ekj0[16],
+                                           uint8_t tag[16]) {
     const uint8_t* bp[IPO__LIST_MAX];
     uint8_t apad[16], ext[32];
     size_t m, done, a = aad_len & ~(size_t)127;
@@ -502,8 +509,8 @@ IPO__TGT_PCL static void ipo__crypt_pcl(int open, const ipo_ghash_key* k, const 
     ipo__stx(tag, _mm_xor_si128(_mm_shuffle_epi8(x, ipo__bswap_mask128()), ipo__ldx(ekj0)));
 }
 
-IPO__TGT_PCL static void ipo__update_pcl(const ipo_ghash_key* k, uint8_t X[16],
-                                         const uint8_t* data, size_t len) {
+static inline IPO__H128 void ipo__update128(const ipo_ghash_key* k, uint8_t X[16],
+                                            const uint8_t* data, size_t len) {
     const __m128i bs = ipo__bswap_mask128();
     const uint8_t* bp[IPO__LIST_MAX];
     uint8_t pad[16];
@@ -512,6 +519,30 @@ IPO__TGT_PCL static void ipo__update_pcl(const ipo_ghash_key* k, uint8_t X[16],
     for (done = 0; done < a; done += 128) x = ipo__chunk_pcl(x, k, data + done, NULL, NULL, 0);
     x = ipo__list128(x, k, bp, ipo__list_add(bp, 0, data + a, len - a, pad));
     ipo__stx(X, _mm_shuffle_epi8(x, bs));
+}
+
+IPO__TGT_PCL static void ipo__crypt_pcl(int open, const ipo_ghash_key* k, const uint8_t* aad,
+                                        size_t aad_len, uint8_t* text, size_t len,
+                                        const uint8_t* ks, const uint8_t ekj0[16],
+                                        uint8_t tag[16]) {
+    ipo__crypt128(open, k, aad, aad_len, text, len, ks, ekj0, tag);
+}
+
+IPO__TGT_PCL static void ipo__update_pcl(const ipo_ghash_key* k, uint8_t X[16],
+                                         const uint8_t* data, size_t len) {
+    ipo__update128(k, X, data, len);
+}
+
+IPO__TGT_PCLAVX static void ipo__crypt_pclavx(int open, const ipo_ghash_key* k,
+                                              const uint8_t* aad, size_t aad_len,
+                                              uint8_t* text, size_t len, const uint8_t* ks,
+                                              const uint8_t ekj0[16], uint8_t tag[16]) {
+    ipo__crypt128(open, k, aad, aad_len, text, len, ks, ekj0, tag);
+}
+
+IPO__TGT_PCLAVX static void ipo__update_pclavx(const ipo_ghash_key* k, uint8_t X[16],
+                                               const uint8_t* data, size_t len) {
+    ipo__update128(k, X, data, len);
 }
 
 /* ---- x86: VPCLMULQDQ on YMM, 16 blocks per reduction ----------------------------------------- */
@@ -832,19 +863,21 @@ IPO__API int ipo_ghash_cpu_paths(void) {
     /* leaf 1 ECX: 1 PCLMULQDQ, 9 SSSE3, 19 SSE4.1, 27 OSXSAVE, 28 AVX */
     if (!((c >> 1) & 1) || !((c >> 9) & 1) || !((c >> 19) & 1)) return paths;
     paths |= 1 << IPO_GHASH_PCLMUL;
-#if IPO_GHASH_X86_WIDE
-    if (!((c >> 27) & 1) || !((c >> 28) & 1) || maxleaf < 7) return paths;
+    /* XCR0: 1 SSE, 2 AVX (YMM upper halves), 5-7 opmask, ZMM upper halves, ZMM16-31 */
+    if (!((c >> 27) & 1) || !((c >> 28) & 1)) return paths;
     xcr0 = ipo__xgetbv0();
+    if ((xcr0 & 0x6) != 0x6) return paths;
+    paths |= 1 << IPO_GHASH_PCLMUL_AVX;
+#if IPO_GHASH_X86_WIDE
+    if (maxleaf < 7) return paths;
     __cpuid_count(7, 0, a, b, c, d);
     /* leaf 7 EBX: 5 AVX2, 16 AVX512F, 30 AVX512BW, 31 AVX512VL; ECX: 10 VPCLMULQDQ */
     if (!((b >> 5) & 1) || !((c >> 10) & 1)) return paths;
-    /* XCR0: 1 SSE, 2 AVX (YMM upper halves), 5-7 opmask, ZMM upper halves, ZMM16-31 */
-    if ((xcr0 & 0x6) == 0x6) paths |= 1 << IPO_GHASH_VPCLMUL256;
+    paths |= 1 << IPO_GHASH_VPCLMUL256;
     if ((xcr0 & 0xE6) == 0xE6 && ((b >> 16) & 1) && ((b >> 30) & 1) && ((b >> 31) & 1))
         paths |= 1 << IPO_GHASH_VPCLMUL512;
 #else
     (void)maxleaf;
-    (void)xcr0;
 #endif
 #endif
     return paths;
@@ -861,6 +894,9 @@ IPO__API void ipo_ghash_update(int path, const ipo_ghash_key* k, uint8_t X[16],
 #if IPO_GHASH_X86
     case IPO_GHASH_PCLMUL:
         ipo__update_pcl(k, X, data, len);
+        return;
+    case IPO_GHASH_PCLMUL_AVX:
+        ipo__update_pclavx(k, X, data, len);
         return;
 #if IPO_GHASH_X86_WIDE
     case IPO_GHASH_VPCLMUL256:
@@ -894,6 +930,9 @@ static void ipo__crypt(int open, int path, const ipo_ghash_key* k, const uint8_t
 #if IPO_GHASH_X86
     case IPO_GHASH_PCLMUL:
         ipo__crypt_pcl(open, k, aad, aad_len, text, len, ks, ekj0, tag);
+        return;
+    case IPO_GHASH_PCLMUL_AVX:
+        ipo__crypt_pclavx(open, k, aad, aad_len, text, len, ks, ekj0, tag);
         return;
 #if IPO_GHASH_X86_WIDE
     case IPO_GHASH_VPCLMUL256:
