@@ -10,7 +10,10 @@ AESGCM(K).encrypt(N, plaintext, aad).
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -210,6 +213,10 @@ def test_key_bytes():
     assert key == F.ghash_key_bytes(h) != F.ghash_key_bytes(bytes(16))
 
 
+# Fastest first; GHASH_PATHS holds the same names the other way round.
+PREFERENCE = ("vpclmul512", "vpclmul256", "pclmul-avx", "pclmul", "portable")
+
+
 def test_cpu_paths():
     cpu = F.ghash_cpu_paths()
     assert "portable" in cpu
@@ -217,6 +224,31 @@ def test_cpu_paths():
     assert list(cpu) == [p for p in F.GHASH_PATHS if p in cpu]
     assert set(PATHS) <= set(cpu)
     assert "portable" in PATHS
+    # each x86 path needs what the one before it needs (pclmul-avx: PCLMULQDQ and AVX)
+    for slower, faster in zip(F.GHASH_PATHS[1:], F.GHASH_PATHS[2:]):
+        assert faster not in cpu or slower in cpu, (slower, faster)
+
+
+def _linux_cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def test_cpu_paths_agree_with_the_kernel():
+    """Linux lists avx only when the OS saves the YMM state, as ghash.h asks XCR0."""
+    flags = _linux_cpu_flags()
+    if not {"sse2", "pclmulqdq"} <= flags:
+        pytest.skip("not an x86 Linux CPU with PCLMULQDQ")
+    cpu = F.ghash_cpu_paths()
+    assert ("pclmul" in cpu) == ({"ssse3", "sse4_1"} <= flags)
+    assert ("pclmul-avx" in cpu) == ({"ssse3", "sse4_1", "avx"} <= flags)
+    assert ("vpclmul256" in cpu) == ({"ssse3", "sse4_1", "avx", "avx2", "vpclmulqdq"} <= flags)
 
 
 @pytest.mark.parametrize("name", F.GHASH_PATHS)
@@ -262,6 +294,30 @@ def test_default_is_fastest_usable(fresh_default):
     assert F.ghash_default_path() == PATHS[-1]
     fresh_default.setenv("IPSECOFFLOAD_GHASH", "portable")
     assert F.ghash_default_path() == PATHS[-1]  # chosen once, until reset
+
+
+def test_default_is_the_preferred_usable_path(fresh_default):
+    assert sorted(PREFERENCE) == sorted(F.GHASH_PATHS)
+    assert F.GHASH_PATHS == PREFERENCE[::-1]
+    want = next(p for p in PREFERENCE if p in PATHS)
+    assert F.ghash_default_path() == want
+    flags = _linux_cpu_flags()
+    if {"pclmulqdq", "ssse3", "sse4_1", "avx"} <= flags and "vpclmulqdq" not in flags:
+        assert want == "pclmul-avx"  # e.g. AMD Zen 3: the VEX-encoded 128-bit path
+
+
+@pytest.mark.parametrize("name", [None] + list(PATHS))
+def test_version_reports_the_path(name):
+    """`ipsecoffload --version` names the path the kernels use (the default, or the forced one)."""
+    root = str(Path(F.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    env.pop("IPSECOFFLOAD_GHASH", None)
+    if name:
+        env["IPSECOFFLOAD_GHASH"] = name
+    out = subprocess.run([sys.executable, "-m", "ipsecoffload", "--version"], env=env,
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    want = name or next(p for p in PREFERENCE if p in PATHS)
+    assert out.rstrip().endswith(f"GHASH path: {want}"), out
 
 
 @pytest.mark.parametrize("name", PATHS)

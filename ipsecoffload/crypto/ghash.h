@@ -7,6 +7,8 @@
  *   IPO_GHASH_PORTABLE    plain C, constant time: carry-less multiply built from integer
  *                         multiplies with bit holes (no table indexed by secret data).
  *   IPO_GHASH_PCLMUL      128-bit PCLMULQDQ + SSSE3, 8 blocks per reduction.
+ *   IPO_GHASH_PCLMUL_AVX  the same source compiled with AVX (VEX encoding: three-operand
+ *                         forms, no register copies), for CPUs with AVX but no VPCLMULQDQ.
  *   IPO_GHASH_VPCLMUL256  VPCLMULQDQ on YMM + AVX2, 16 blocks (8 registers) per reduction.
  *   IPO_GHASH_VPCLMUL512  VPCLMULQDQ on ZMM + AVX512F/BW/VL, 16 blocks (4 registers) per
  *                         reduction.
@@ -39,10 +41,12 @@
 #include <string.h>
 
 #define IPO_GHASH_PORTABLE 0
+/* In order of preference, slowest first: the default is the highest usable code. */
 #define IPO_GHASH_PCLMUL 1
-#define IPO_GHASH_VPCLMUL256 2
-#define IPO_GHASH_VPCLMUL512 3
-#define IPO_GHASH_NPATHS 4
+#define IPO_GHASH_PCLMUL_AVX 2
+#define IPO_GHASH_VPCLMUL256 3
+#define IPO_GHASH_VPCLMUL512 4
+#define IPO_GHASH_NPATHS 5
 
 /* Powers H^1..H^16 of the hash key, one key for every path. Plain bytes: the struct has
  * alignment 1, no pointers, and may be copied with memcpy anywhere (e.g. into a numpy
@@ -254,12 +258,22 @@ static void ipo__crypt_portable(int open, const ipo_ghash_key* k, const uint8_t*
 #include <immintrin.h>
 
 #define IPO__TGT_PCL __attribute__((target("pclmul,sse2,ssse3,sse4.1")))
+#define IPO__TGT_PCLAVX __attribute__((target("avx,pclmul,sse2,ssse3,sse4.1")))
 #define IPO__H128 __attribute__((target("pclmul,sse2,ssse3"), always_inline))
 
 /* Keeps the accumulators in registers, in program order: without it GCC re-associates the
  * XOR chains of a 16-block chunk into a tree with more live values than there are YMM
  * registers, and spills. */
 #define IPO__PIN3(a, b, c) __asm__("" : "+x"(a), "+x"(b), "+x"(c))
+
+/* Unrolls the loop that follows by 4 (GCC 8, clang; else no hint). */
+#if defined(__clang__)
+#define IPO__UNROLL4 _Pragma("unroll 4")
+#elif __GNUC__ >= 8
+#define IPO__UNROLL4 _Pragma("GCC unroll 4")
+#else
+#define IPO__UNROLL4
+#endif
 
 /* Blocks left over by the wide loops (AAD remainder, text tail, partial and length blocks)
  * are gathered as a list of block pointers and absorbed in one aggregated pass. */
@@ -307,6 +321,7 @@ static inline IPO__H128 __m128i ipo__list128(__m128i x, const ipo_ghash_key* k,
         __m128i lo = _mm_setzero_si128(), mm = lo, hi = lo, b;
         g = ((m - i - 1) & 15) + 1;
         /* the block carrying the state goes last: it is on the critical path */
+        IPO__UNROLL4
         for (j = 17 - g; j < 16; j++) {
             b = _mm_shuffle_epi8(ipo__ldx(bp[i + j - (16 - g)]), bs);
             ipo__kmul128(b, ipo__ldx(k->pow[j]), ipo__ldx(k->mid[j]), &lo, &mm, &hi);
@@ -449,32 +464,46 @@ static inline IPO__H128 void ipo__tail_open(uint8_t* text, const uint8_t* ks, si
 
 /* ---- x86: PCLMULQDQ, 8 blocks per reduction ------------------------------------------------ */
 
-/* mode 0: hash in; 1: out = in ^ ks, hash out (seal); 2: hash in, out = in ^ ks (open). */
+/* One block of ipo__chunk_pcl: block j of the chunk, xz added to it (the state or zero).
+ * mode 0: hash in; 1: out = in ^ ks, hash out (seal); 2: hash in, out = in ^ ks (open). */
+static inline IPO__H128 void ipo__step128(const ipo_ghash_key* k, const uint8_t* in,
+                                          uint8_t* out, const uint8_t* ks, int mode, int j,
+                                          __m128i xz, __m128i* lo, __m128i* mm, __m128i* hi) {
+    __m128i c = ipo__ldx(in + 16 * j), d = c;
+    if (mode) {
+        __m128i o = _mm_xor_si128(c, ipo__ldx(ks + 16 * j));
+        ipo__stx(out + 16 * j, o);
+        if (mode == 1) d = o;
+    }
+    d = _mm_xor_si128(_mm_shuffle_epi8(d, ipo__bswap_mask128()), xz);
+    ipo__kmul128(d, ipo__ldx(k->pow[8 + j]), ipo__ldx(k->mid[8 + j]), lo, mm, hi);
+    IPO__PIN3(*lo, *mm, *hi);
+}
+
+/* 8 blocks, one reduction, unrolled (a rolled loop costs a counter, index arithmetic and a
+ * branch per block); the accumulators pinned as in ipo__step256, else GCC re-associates the
+ * XOR chains and spills. Block 0, carrying the state, goes last. */
 static inline IPO__H128 __m128i ipo__chunk_pcl(__m128i x, const ipo_ghash_key* k,
                                                const uint8_t* in, uint8_t* out,
                                                const uint8_t* ks, int mode) {
-    const __m128i bs = ipo__bswap_mask128();
-    __m128i lo = _mm_setzero_si128(), mm = lo, hi = lo;
-    int i, j;
-    for (i = 1; i <= 8; i++) {
-        j = i & 7; /* block 0, carrying the state, last */
-        __m128i c = ipo__ldx(in + 16 * j), d = c;
-        if (mode) {
-            __m128i o = _mm_xor_si128(c, ipo__ldx(ks + 16 * j));
-            ipo__stx(out + 16 * j, o);
-            if (mode == 1) d = o;
-        }
-        d = _mm_shuffle_epi8(d, bs);
-        if (j == 0) d = _mm_xor_si128(d, x);
-        ipo__kmul128(d, ipo__ldx(k->pow[8 + j]), ipo__ldx(k->mid[8 + j]), &lo, &mm, &hi);
-    }
+    __m128i lo = _mm_setzero_si128(), mm = lo, hi = lo, z = lo;
+    ipo__step128(k, in, out, ks, mode, 1, z, &lo, &mm, &hi);
+    ipo__step128(k, in, out, ks, mode, 2, z, &lo, &mm, &hi);
+    ipo__step128(k, in, out, ks, mode, 3, z, &lo, &mm, &hi);
+    ipo__step128(k, in, out, ks, mode, 4, z, &lo, &mm, &hi);
+    ipo__step128(k, in, out, ks, mode, 5, z, &lo, &mm, &hi);
+    ipo__step128(k, in, out, ks, mode, 6, z, &lo, &mm, &hi);
+    ipo__step128(k, in, out, ks, mode, 7, z, &lo, &mm, &hi);
+    ipo__step128(k, in, out, ks, mode, 0, x, &lo, &mm, &hi);
     return ipo__reduce128(lo, mm, hi);
 }
 
-IPO__TGT_PCL static void ipo__crypt_pcl(int open, const ipo_ghash_key* k, const uint8_t* aad,
-                                        size_t aad_len, uint8_t* text, size_t len,
-                                        const uint8_t* ks, const uint8_t ekj0[16],
-                                        uint8_t tag[16]) {
+/* The bodies of the two 128-bit paths: inlined into a function per path, compiled under that
+ * function's target (SSE encoding for IPO_GHASH_PCLMUL, VEX for IPO_GHASH_PCLMUL_AVX). */
+static inline IPO__H128 void ipo__crypt128(int open, const ipo_ghash_key* k, const uint8_t* aad,
+                                           size_t aad_len, uint8_t* text, size_t len,
+                                           const uint8_t* ks, const uint8_t ekj0[16],
+                                           uint8_t tag[16]) {
     const uint8_t* bp[IPO__LIST_MAX];
     uint8_t apad[16], ext[32];
     size_t m, done, a = aad_len & ~(size_t)127;
@@ -502,8 +531,8 @@ IPO__TGT_PCL static void ipo__crypt_pcl(int open, const ipo_ghash_key* k, const 
     ipo__stx(tag, _mm_xor_si128(_mm_shuffle_epi8(x, ipo__bswap_mask128()), ipo__ldx(ekj0)));
 }
 
-IPO__TGT_PCL static void ipo__update_pcl(const ipo_ghash_key* k, uint8_t X[16],
-                                         const uint8_t* data, size_t len) {
+static inline IPO__H128 void ipo__update128(const ipo_ghash_key* k, uint8_t X[16],
+                                            const uint8_t* data, size_t len) {
     const __m128i bs = ipo__bswap_mask128();
     const uint8_t* bp[IPO__LIST_MAX];
     uint8_t pad[16];
@@ -512,6 +541,30 @@ IPO__TGT_PCL static void ipo__update_pcl(const ipo_ghash_key* k, uint8_t X[16],
     for (done = 0; done < a; done += 128) x = ipo__chunk_pcl(x, k, data + done, NULL, NULL, 0);
     x = ipo__list128(x, k, bp, ipo__list_add(bp, 0, data + a, len - a, pad));
     ipo__stx(X, _mm_shuffle_epi8(x, bs));
+}
+
+IPO__TGT_PCL static void ipo__crypt_pcl(int open, const ipo_ghash_key* k, const uint8_t* aad,
+                                        size_t aad_len, uint8_t* text, size_t len,
+                                        const uint8_t* ks, const uint8_t ekj0[16],
+                                        uint8_t tag[16]) {
+    ipo__crypt128(open, k, aad, aad_len, text, len, ks, ekj0, tag);
+}
+
+IPO__TGT_PCL static void ipo__update_pcl(const ipo_ghash_key* k, uint8_t X[16],
+                                         const uint8_t* data, size_t len) {
+    ipo__update128(k, X, data, len);
+}
+
+IPO__TGT_PCLAVX static void ipo__crypt_pclavx(int open, const ipo_ghash_key* k,
+                                              const uint8_t* aad, size_t aad_len,
+                                              uint8_t* text, size_t len, const uint8_t* ks,
+                                              const uint8_t ekj0[16], uint8_t tag[16]) {
+    ipo__crypt128(open, k, aad, aad_len, text, len, ks, ekj0, tag);
+}
+
+IPO__TGT_PCLAVX static void ipo__update_pclavx(const ipo_ghash_key* k, uint8_t X[16],
+                                               const uint8_t* data, size_t len) {
+    ipo__update128(k, X, data, len);
 }
 
 /* ---- x86: VPCLMULQDQ on YMM, 16 blocks per reduction ----------------------------------------- */
@@ -832,19 +885,21 @@ IPO__API int ipo_ghash_cpu_paths(void) {
     /* leaf 1 ECX: 1 PCLMULQDQ, 9 SSSE3, 19 SSE4.1, 27 OSXSAVE, 28 AVX */
     if (!((c >> 1) & 1) || !((c >> 9) & 1) || !((c >> 19) & 1)) return paths;
     paths |= 1 << IPO_GHASH_PCLMUL;
-#if IPO_GHASH_X86_WIDE
-    if (!((c >> 27) & 1) || !((c >> 28) & 1) || maxleaf < 7) return paths;
+    /* XCR0: 1 SSE, 2 AVX (YMM upper halves), 5-7 opmask, ZMM upper halves, ZMM16-31 */
+    if (!((c >> 27) & 1) || !((c >> 28) & 1)) return paths;
     xcr0 = ipo__xgetbv0();
+    if ((xcr0 & 0x6) != 0x6) return paths;
+    paths |= 1 << IPO_GHASH_PCLMUL_AVX;
+#if IPO_GHASH_X86_WIDE
+    if (maxleaf < 7) return paths;
     __cpuid_count(7, 0, a, b, c, d);
     /* leaf 7 EBX: 5 AVX2, 16 AVX512F, 30 AVX512BW, 31 AVX512VL; ECX: 10 VPCLMULQDQ */
     if (!((b >> 5) & 1) || !((c >> 10) & 1)) return paths;
-    /* XCR0: 1 SSE, 2 AVX (YMM upper halves), 5-7 opmask, ZMM upper halves, ZMM16-31 */
-    if ((xcr0 & 0x6) == 0x6) paths |= 1 << IPO_GHASH_VPCLMUL256;
+    paths |= 1 << IPO_GHASH_VPCLMUL256;
     if ((xcr0 & 0xE6) == 0xE6 && ((b >> 16) & 1) && ((b >> 30) & 1) && ((b >> 31) & 1))
         paths |= 1 << IPO_GHASH_VPCLMUL512;
 #else
     (void)maxleaf;
-    (void)xcr0;
 #endif
 #endif
     return paths;
@@ -861,6 +916,9 @@ IPO__API void ipo_ghash_update(int path, const ipo_ghash_key* k, uint8_t X[16],
 #if IPO_GHASH_X86
     case IPO_GHASH_PCLMUL:
         ipo__update_pcl(k, X, data, len);
+        return;
+    case IPO_GHASH_PCLMUL_AVX:
+        ipo__update_pclavx(k, X, data, len);
         return;
 #if IPO_GHASH_X86_WIDE
     case IPO_GHASH_VPCLMUL256:
@@ -894,6 +952,9 @@ static void ipo__crypt(int open, int path, const ipo_ghash_key* k, const uint8_t
 #if IPO_GHASH_X86
     case IPO_GHASH_PCLMUL:
         ipo__crypt_pcl(open, k, aad, aad_len, text, len, ks, ekj0, tag);
+        return;
+    case IPO_GHASH_PCLMUL_AVX:
+        ipo__crypt_pclavx(open, k, aad, aad_len, text, len, ks, ekj0, tag);
         return;
 #if IPO_GHASH_X86_WIDE
     case IPO_GHASH_VPCLMUL256:

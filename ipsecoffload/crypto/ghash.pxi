@@ -13,6 +13,7 @@ cdef extern from "crypto/ghash.h" nogil:
     enum:
         IPO_GHASH_PORTABLE
         IPO_GHASH_PCLMUL
+        IPO_GHASH_PCLMUL_AVX
         IPO_GHASH_VPCLMUL256
         IPO_GHASH_VPCLMUL512
         IPO_GHASH_NPATHS
@@ -33,7 +34,12 @@ cdef extern from "crypto/ghash.h" nogil:
 
 import os as _ghash_os
 
-GHASH_PATHS = ("portable", "pclmul", "vpclmul256", "vpclmul512")
+# Index == IPO_GHASH_* code, and the order of preference, slowest first: the default is the
+# usable path that comes last here.
+GHASH_PATHS = ("portable", "pclmul", "pclmul-avx", "vpclmul256", "vpclmul512")
+if (IPO_GHASH_PORTABLE, IPO_GHASH_PCLMUL, IPO_GHASH_PCLMUL_AVX, IPO_GHASH_VPCLMUL256,
+        IPO_GHASH_VPCLMUL512, IPO_GHASH_NPATHS) != tuple(range(len(GHASH_PATHS) + 1)):
+    raise ImportError("crypto/ghash.h path codes do not match GHASH_PATHS")
 GHASH_KEY_BYTES = IPO_GHASH_KEY_BYTES
 GHASH_ENV = "IPSECOFFLOAD_GHASH"
 
@@ -51,7 +57,8 @@ cdef int _ghash_code(str name) except -1:
 
 
 def ghash_cpu_paths():
-    """Names of the GHASH paths this CPU and OS can run (CPUID/XGETBV); "portable" always."""
+    """Names of the GHASH paths this CPU and OS can run (CPUID/XGETBV); "portable" always.
+    In GHASH_PATHS order (slowest first)."""
     cdef int mask = ipo_ghash_cpu_paths()
     return tuple(name for i, name in enumerate(GHASH_PATHS) if (mask >> i) & 1)
 
@@ -66,7 +73,8 @@ def ghash_selftest(name):
 
 
 def ghash_usable_paths():
-    """The CPU's paths whose self test passes, slowest first (computed once)."""
+    """The CPU's paths whose self test passes, in GHASH_PATHS order: slowest first (computed
+    once)."""
     global _ghash_usable
     if _ghash_usable is None:
         _ghash_usable = tuple(name for name in ghash_cpu_paths() if ghash_selftest(name))
@@ -74,8 +82,9 @@ def ghash_usable_paths():
 
 
 def ghash_default_path():
-    """The path the kernels use: the fastest usable one, or the one IPSECOFFLOAD_GHASH names
-    (ValueError if that one is not usable here). Chosen once; see _ghash_reset_default()."""
+    """The path the kernels use: the fastest usable one (the last of GHASH_PATHS, the order of
+    preference, that passes its self test), or the one IPSECOFFLOAD_GHASH names (ValueError if
+    that one is not usable here). Chosen once; see _ghash_reset_default()."""
     global _ghash_path
     if _ghash_path >= 0:
         return GHASH_PATHS[_ghash_path]
@@ -87,7 +96,7 @@ def ghash_default_path():
                              f"usable: {', '.join(usable)}")
         chosen = want
     else:
-        chosen = usable[len(usable) - 1]
+        chosen = max(usable, key=GHASH_PATHS.index)
     _ghash_path = _ghash_code(chosen)
     return chosen
 

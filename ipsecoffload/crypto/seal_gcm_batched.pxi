@@ -87,19 +87,48 @@ cdef int gcm_ops_one_call(uint8_t* base, CryptoOp* op0, const int32_t* idx, int6
 cdef extern from *:
     """
     #include <string.h>
-    /* J0, inc32(J0), ...: n counter blocks from counter 1, two 8-byte stores each. */
+    /* J0, inc32(J0), ...: n counter blocks from counter 1 (SP 800-38D 7.1 steps 2-3). */
     #if defined(__SSE2__) || defined(_M_X64)
     #include <emmintrin.h>
+    /* The block with counter c: nonce || be32(c). */
+    static inline __m128i ipo__gcm_ctr_block(__m128i nonce, uint32_t c) {
+        uint32_t be = (c >> 24) | ((c >> 8) & 0xFF00u) | ((c << 8) & 0xFF0000u) | (c << 24);
+        return _mm_or_si128(nonce, _mm_slli_si128(_mm_cvtsi32_si128((int)be), 12));
+    }
+    /* Counters that differ only in their last byte (a run up to the next multiple of 256)
+     * are made by byte-wise adds to the run's first block, 4 blocks per step: about 2
+     * instructions per block instead of 7. Short ops (< 8 blocks) skip the set-up. */
     static inline void ipo_gcm_counter_blocks(uint8_t* dst, const uint8_t* nonce, int64_t n) {
         uint32_t w[3];
-        int64_t b;
+        int64_t b = 0, end;
+        __m128i* p = (__m128i*)(void*)dst;
+        __m128i base, one, two, three, four;
         memcpy(w, nonce, 12);
-        __m128i base = _mm_set_epi32(0, (int)w[2], (int)w[1], (int)w[0]);
-        for (b = 0; b < n; b++) {
+        base = _mm_set_epi32(0, (int)w[2], (int)w[1], (int)w[0]);
+        if (n < 8) {
+            for (; b < n; b++) _mm_storeu_si128(p + b, ipo__gcm_ctr_block(base, (uint32_t)(b + 1)));
+            return;
+        }
+        one = _mm_set_epi32(0x01000000, 0, 0, 0); /* 1 in byte 15 */
+        two = _mm_add_epi8(one, one);
+        three = _mm_add_epi8(two, one);
+        four = _mm_add_epi8(two, two);
+        while (b < n) {
             uint32_t c = (uint32_t)(b + 1);
-            uint32_t be = (c >> 24) | ((c >> 8) & 0xFF00u) | ((c << 8) & 0xFF0000u) | (c << 24);
-            __m128i ctr = _mm_slli_si128(_mm_cvtsi32_si128((int)be), 12);
-            _mm_storeu_si128((__m128i*)(dst + 16 * b), _mm_or_si128(base, ctr));
+            __m128i v = ipo__gcm_ctr_block(base, c);
+            end = b + 256 - (int64_t)(c & 255); /* the run ends at the counter ending in 0xFF */
+            if (end > n) end = n;
+            for (; b + 4 <= end; b += 4) {
+                _mm_storeu_si128(p + b, v);
+                _mm_storeu_si128(p + b + 1, _mm_add_epi8(v, one));
+                _mm_storeu_si128(p + b + 2, _mm_add_epi8(v, two));
+                _mm_storeu_si128(p + b + 3, _mm_add_epi8(v, three));
+                v = _mm_add_epi8(v, four);
+            }
+            for (; b < end; b++) {
+                _mm_storeu_si128(p + b, v);
+                v = _mm_add_epi8(v, one);
+            }
         }
     }
     #else
