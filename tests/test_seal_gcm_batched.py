@@ -179,3 +179,20 @@ def test_idx_out_of_range_is_refused(idx):
     with pytest.raises(ValueError):
         _fastpath.GcmBatchedBackend().seal(arena, ops.view(np.uint8),
                                            np.asarray(idx, np.int32), keys)
+
+
+def test_one_call_crossover_follows_the_cpu(monkeypatch):
+    """OpenSSL's own GCM takes the large ops only where it is the faster one (AVX-512 with
+    VPCLMULQDQ: its stitched VAES code); elsewhere every op is batched."""
+    monkeypatch.delenv("IPSECOFFLOAD_GCM_ONE_CALL_MIN", raising=False)
+    _fastpath.gcm_one_call_reset()
+    try:
+        expected = (_fastpath.GCM_ONE_CALL_DEFAULT if "vpclmul512" in PATHS
+                    else _fastpath.GCM_ONE_CALL_NEVER)
+        assert _fastpath.gcm_one_call_min() == expected
+        monkeypatch.setenv("IPSECOFFLOAD_GCM_ONE_CALL_MIN", "4096")
+        _fastpath.gcm_one_call_reset()
+        assert _fastpath.gcm_one_call_min() == 4096
+    finally:
+        monkeypatch.delenv("IPSECOFFLOAD_GCM_ONE_CALL_MIN", raising=False)
+        _fastpath.gcm_one_call_reset()

@@ -14,23 +14,34 @@ cdef enum:
     GCM_CHUNK_BYTES = 65536
 
 # Above this many text bytes an AES-GCM op with a 16-byte tag goes to OpenSSL's own GCM, one
-# AESGCM.encrypt_into / decrypt_into call per op from this loop: its stitched AES + GHASH beats
-# ECB keystream + our GHASH once the ~0.5 us call is paid for (measured with `ipsecoffload
-# bench`; docs/benchmarks.md). IPSECOFFLOAD_GCM_ONE_CALL_MIN overrides it (0: every such op;
+# AESGCM.encrypt_into / decrypt_into call per op from this loop, on CPUs where that wins:
+# with AVX-512 and VPCLMULQDQ OpenSSL runs a stitched VAES AES + GHASH far faster than its
+# ECB (which the batched path uses) and pays the ~0.5 us call back from 8 KB (measured with
+# `ipsecoffload bench`, docs/benchmarks.md). Without them (AES-NI and 128-bit PCLMULQDQ only,
+# as on an AMD Zen 3 VM) batched ECB keystream + our GHASH is as fast per byte and saves the
+# call: the batched path wins at every size measured (9000 B: 0.41 -> 0.54 of the raw
+# cipher), so no op goes alone. IPSECOFFLOAD_GCM_ONE_CALL_MIN overrides it (0: every such op;
 # a huge value: none), which the tests use to run both paths.
 GCM_ONE_CALL_ENV = "IPSECOFFLOAD_GCM_ONE_CALL_MIN"
 GCM_ONE_CALL_DEFAULT = 8192
+GCM_ONE_CALL_NEVER = 0x7FFFFFFFFFFFFFFF
 cdef int64_t _gcm_one_call_min = -1
 
 
 def gcm_one_call_min():
-    """The text length from which an AES-GCM op (16-byte tag) is one OpenSSL call."""
+    """The text length from which an AES-GCM op (16-byte tag) is one OpenSSL call: the
+    environment's, else GCM_ONE_CALL_DEFAULT where the 512-bit GHASH path is usable (the CPUs
+    where OpenSSL's own GCM is the faster one for large ops), else never."""
     global _gcm_one_call_min
     if _gcm_one_call_min < 0:
         import os
         text = os.environ.get(GCM_ONE_CALL_ENV, "")
         try:
-            value = int(text) if text else GCM_ONE_CALL_DEFAULT
+            if text:
+                value = int(text)
+            else:
+                value = GCM_ONE_CALL_DEFAULT if "vpclmul512" in ghash_usable_paths() \
+                    else GCM_ONE_CALL_NEVER
         except ValueError:
             raise ValueError(f"{GCM_ONE_CALL_ENV} must be a number of bytes, got "
                              f"{text[:20]!r}") from None
