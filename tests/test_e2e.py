@@ -638,3 +638,44 @@ def test_host_stack_send_takes_scapy_packets(compiled):
     frames = result.wire.frames()
     assert len(frames) == 2 and ESP in IP(frames[0])
     assert frames[0][8:] != frames[1][8:] and len(frames[0]) == len(frames[1])
+
+
+def test_background_writer_keeps_order_and_raises_the_threads_error(tmp_path):
+    """BulkWriter(background=True): the same bytes as writing inline, buffers from
+    emit_buffer reused only once their write is done, and an error of the writer thread
+    raised by the next write or by close."""
+    from ipsecoffload.io.bulk import BulkWriter
+    plain = write_plain(tmp_path / "plain.pcap", mixed_frames()[:20])
+    chunks = [bytes([i]) * (1000 + 37 * i) for i in range(30)]
+    outputs = []
+    for background in (False, True):
+        path = tmp_path / f"out{int(background)}.bin"
+        with BulkReader(plain) as reader, open(path, "wb") as f:
+            writer = BulkWriter(f, "pcap", reader, background=background)
+            for chunk in chunks:
+                buf = writer.emit_buffer(len(chunk))
+                buf[:len(chunk)] = np.frombuffer(chunk, np.uint8)
+                writer.write(buf.data[:len(chunk)])
+            writer.close()
+        outputs.append(path.read_bytes())
+    assert outputs[0] == outputs[1]
+    assert outputs[1][24:] == b"".join(chunks)
+
+    class Failing:
+        def __init__(self):
+            self.calls = 0
+
+        def write(self, data):
+            self.calls += 1
+            if self.calls == 3:
+                raise OSError(28, "No space left on device")
+            return len(data)
+
+    with BulkReader(plain) as reader:
+        writer = BulkWriter(Failing(), "pcap", reader, background=True)
+        with pytest.raises(OSError, match="No space"):
+            for chunk in chunks:
+                writer.write(chunk)
+            writer.close()
+        writer.abandon()  # the error path: nothing left running
+        assert writer._pool is None

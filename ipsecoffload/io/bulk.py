@@ -285,7 +285,9 @@ class BulkWriter:
     returns at once; writes keep their order, at most one is in flight, and the caller must
     not change a buffer until the write after it has been handed over (``capture_emit``
     output alternates between two buffers: ``emit_buffer``). ``close()`` waits for the last
-    write; an error in the thread is raised by the next ``write`` or by ``close``."""
+    write; an error in the thread is raised by the next ``write`` or by ``close``. Only for
+    regular files: a write to a pipe or terminal may block as long as its reader does, and an
+    interrupt must not then wait for it."""
 
     def __init__(self, file: BinaryIO, fmt: str, reader: BulkReader, *,
                  background: bool = False):

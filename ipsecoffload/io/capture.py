@@ -529,7 +529,7 @@ def encrypt_capture(input_path, output_path, policies: Sequence[SaPolicy], *,
         encryptor = BatchEncryptor(policies, summary, miniport, workers=workers)
         with out, contextlib.closing(encryptor):
             assert out.file is not None
-            writer = BulkWriter(out.file, fmt, reader, background=True)
+            writer = BulkWriter(out.file, fmt, reader, background=not out.streamed)
             try:
                 for batch in reader.batches(batch_size):
                     writer.interfaces(reader)

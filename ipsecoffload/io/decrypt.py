@@ -427,7 +427,7 @@ def _decrypt_bulk(input_path, output_path, policies, *, replay_window, keep_fail
             try:
                 for batch in reader.batches(batch_size):
                     if writer is None:
-                        writer = BulkWriter(out.file, fmt, reader, background=True)
+                        writer = BulkWriter(out.file, fmt, reader, background=not out.streamed)
                     writer.interfaces(reader)
                     writer.write(decryptor.emit_bulk(batch, writer))
                     if progress is not None:
