@@ -20,9 +20,10 @@ import numpy as np
 from .. import ndis
 from ..control.miniport import Miniport
 from ..datapath.batch import PacketBatch
-from ..datapath.layout import Delivery
+from ..datapath.layout import WIRE_FRAME_DTYPE, Delivery
 from ..host.receive import DEFAULT_REPLAY_WINDOW
 from ..host.stack import HostStack
+from ..host.tx_frame import HOST_PKT_DTYPE, PKT_CLEAR, PKT_DROP, PKT_NOT_IP, kernels
 from .pcap import (DEFAULT_SNAPLEN, LINKTYPE_ETHERNET, PcapError, PcapReader, PcapWriter,
                    keep_truncation_warnings)
 from .safile import SaPolicy
@@ -282,8 +283,6 @@ class CaptureDecryptor:
         not IP, passes in clear or (``keep_failed``) failed as read, a decapsulated packet
         with the record's timestamp, a dropped one not at all. Link headers are found in
         numpy: Ethernet (802.1Q / 802.1ad tags understood) or raw IP, per record."""
-        from ..datapath.layout import WIRE_FRAME_DTYPE
-        from ..host.tx_frame import HOST_PKT_DTYPE, PKT_CLEAR, PKT_DROP, PKT_NOT_IP, kernels
         arena, pkts = batch.arena, batch.pkts
         n = len(pkts)
         summary = self.summary
@@ -386,7 +385,6 @@ def decrypt_capture(input_path, output_path, policies: Sequence[SaPolicy], *,
     (CaptureDecryptor). Raises ``PcapError`` for an unusable capture and ``OSError`` for file
     problems.
     """
-    from ..host.tx_frame import kernels
     if output_format not in (None, "pcap", "pcapng"):
         raise ValueError(f"output_format must be 'pcap' or 'pcapng', got {output_format!r}")
     if kernels() is not None and (miniport is None or hasattr(miniport.kernels, "rx_run")):
