@@ -679,3 +679,31 @@ def test_background_writer_keeps_order_and_raises_the_threads_error(tmp_path):
             writer.close()
         writer.abandon()  # the error path: nothing left running
         assert writer._pool is None
+
+
+def test_ah_alone_far_in_the_ipv6_headers_is_framed_as_the_python_framer_does():
+    """An AH alone only needs AhHeaderOffset to fit (4-byte units, 8 bits): AH at 1016 bytes
+    into the IPv6 headers is framed, though ESP could not start past it."""
+    from scapy.layers.inet6 import PadN
+    pads = [PadN(optdata=b"\0" * 253)] * 3 + [PadN(optdata=b"\0" * 207)]
+    hbh = IPv6ExtHdrHopByHop(options=pads)  # 976 bytes: UDP at 1016
+    packet = bytes(IPv6(src="2001:db8::1", dst="2001:db8::2") / hbh / UDP() / (b"x" * 8))
+    stacks = [HostStack(Miniport(), link="raw") for _ in range(2)]
+    stacks[1].compiled_framing = False
+    config = dict(protocol="ah", integrity="hmac-sha256-128", auth_key=bytes(32))
+    sas = [s.add_sa(SaConfig(spi=0x77, **config)) for s in stacks]
+    calls = []
+    original = tx_frame.stack_send
+
+    def spy(*args, **kwargs):
+        result = original(*args, **kwargs)
+        calls.append(result is not None)
+        return result
+    tx_frame.stack_send = spy
+    try:
+        fast, slow = (s.build([packet], sa) for s, sa in zip(stacks, sas))
+    finally:
+        tx_frame.stack_send = original
+    assert calls == [True]
+    assert fast.frames() == slow.frames() and fast.oob.tobytes() == slow.oob.tobytes()
+    assert int(fast.oob["ah_off4"][0]) * 4 == 1016

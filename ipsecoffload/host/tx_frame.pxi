@@ -6,8 +6,8 @@
 # host_classify: link header (Ethernet with 802.1Q / 802.1ad tags, or raw IP), IPv4/IPv6
 #   parse, first-match SA selectors, fragment and LSO decisions, one pass.
 # host_frame: per packet the frame the miniport takes (RFC 4303 §2 ESP header, padding and
-#   trailer, RFC 4302 §2 AH header with its ICV field zero, RFC 3948 §2.1 UDP header, tunnel outer header with RFC 6040 normal-mode ECN copy,
-#   LSO super-packet layout) and its NBL out-of-band info; sequence numbers per SA, checked
+#   trailer, RFC 4302 §2 AH header with its ICV field zero, RFC 3948 §2.1 UDP header,
+#   tunnel outer header with RFC 6040 normal-mode ECN copy, LSO super-packet layout) and its NBL out-of-band info; sequence numbers per SA, checked
 #   against the SA's last number (RFC 4303 §3.3.3: never cycled).
 
 # -- structs (mirrored by numpy dtypes in host/tx_frame.py; a test asserts the layout) -------
@@ -69,8 +69,7 @@ ctypedef struct HostSa:
     uint8_t used              # out: bundles used by this call (bits as ``versions``)
     uint8_t ah                # 0: ESP alone; 1: AH alone; 2: AH then ESP (RFC 4302 §3.1)
     uint8_t ah_body           # AH header bytes before padding: 12 + IV + ICV (RFC 4302 §2)
-    uint8_t ah_iv_len         # AES-GMAC's 8-byte IV in the AH (RFC 4543 §3), else 0
-    uint8_t reserved
+    uint8_t reserved[2]
     uint32_t ah_spi
     uint8_t tun_src[16]
     uint8_t tun_dst[16]
@@ -518,7 +517,8 @@ def host_frame(const uint8_t[::1] arena, pkts, int64_t start, int64_t end, sas, 
                 nxt = q.proto
                 payload = q.ip_len - q.l4_off
             esp_off = hl + udp + ahl
-            if esp_off % 4 or esp_off > 1020 or (ahl and (hl % 4 or hl > 1020)):
+            # EspHeaderOffset and AhHeaderOffset hold 4-byte units in 8 bits
+            if (esph and (esp_off % 4 or esp_off > 1020)) or (ahl and (hl % 4 or hl > 1020)):
                 q.kind, q.fault = PKT_DROP, FAULT_ESP_OFFSET
                 i += 1
                 continue

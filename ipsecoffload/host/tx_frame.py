@@ -41,8 +41,8 @@ HOST_SA_DTYPE = np.dtype([
     ("udp_sport", np.uint16), ("udp_dport", np.uint16), ("tunnel", np.uint8),
     ("outer_ipv6", np.uint8), ("udp_encap", np.uint8), ("iv_len", np.uint8),
     ("icv_len", np.uint8), ("align", np.uint8), ("esn", np.uint8), ("versions", np.uint8),
-    ("used", np.uint8), ("ah", np.uint8), ("ah_body", np.uint8), ("ah_iv_len", np.uint8),
-    ("reserved", np.uint8), ("ah_spi", np.uint32), ("tun_src", np.uint8, (16,)),
+    ("used", np.uint8), ("ah", np.uint8), ("ah_body", np.uint8), ("reserved", np.uint8, (2,)),
+    ("ah_spi", np.uint32), ("tun_src", np.uint8, (16,)),
     ("tun_dst", np.uint8, (16,)),
 ], align=True)
 
@@ -126,7 +126,6 @@ def sa_table(sas: Sequence) -> np.ndarray:
         if protocol != "esp":
             row["ah"] = 1 if protocol == "ah" else 2
             row["ah_spi"] = config.ah_layer[0]
-            row["ah_iv_len"] = config.ah_iv_len
             row["ah_body"] = 12 + config.ah_iv_len + config.ah_icv
         row["iv_len"], row["icv_len"], row["align"] = config.iv_len, config.icv, config.align
         row["esn"] = config.esn

@@ -324,12 +324,12 @@ class CaptureDecryptor:
             if not self.keep_failed:
                 rows["kind"][picked[~decap & (delivery != Delivery.CLEAR)]] = PKT_DROP
             mine = picked[decap]
+            number = np.arange(len(mine), dtype=np.int32)
             rows["kind"][mine] = PKT_CLEAR
-            rows["nbl"][mine] = np.arange(len(mine), dtype=np.int32)
+            rows["nbl"][mine] = number
             wire, frame_off, frame_len = got.frames_of(decap)
             table = np.zeros(len(mine), WIRE_FRAME_DTYPE)
-            table["off"], table["len"] = frame_off, frame_len
-            table["nbl"] = np.arange(len(mine), dtype=np.int32)
+            table["off"], table["len"], table["nbl"] = frame_off, frame_len, number
         need = int(cap.sum()) + (int(table["len"].sum()) if len(table) else 0) + 36 * n
         out = writer.emit_buffer(need)
         counts = (np.empty(n, np.int64), np.empty(n, np.int64))
