@@ -280,6 +280,27 @@ def test_capture_compiled_equals_the_python_twin(tmp_path, sa_file, mss, batch, 
     assert a["sas"]["esn"]["status"] == {"SUCCESS": 40}
 
 
+def test_capture_summary_counts_failed_sends_as_the_twin_does(tmp_path, sa_file):
+    """A NIC that fails some sends (an output cap under some frames: NDIS_STATUS_RESOURCES,
+    docs/send-path.md "Limits"): the compiled summary (capture_account, then its numpy count
+    of the rare rows) names every status, refusal and malformed packet as the
+    record-by-record twin does."""
+    plain = write_plain(tmp_path / "plain.pcap", mixed_frames())
+    policies = load_sa_file(sa_file)
+    dicts = []
+    for run, name in ((encrypt_capture, "fast"), (encrypt_capture_python, "slow")):
+        miniport = Miniport()
+        miniport.max_send_output = 200
+        summary = run(plain, tmp_path / f"{name}.pcap", policies, miniport=miniport)
+        d = summary.as_dict()
+        d.pop("seconds"), d.pop("packets_per_second"), d.pop("output")
+        dicts.append(d)
+    assert dicts[0] == dicts[1]
+    statuses = {k for sa in dicts[0]["sas"].values() for k in sa["status"]}
+    assert "RESOURCES" in statuses and "SUCCESS" in statuses, statuses
+    assert dicts[0]["malformed"]["total"] > 0
+
+
 def test_bulk_reader_equals_the_record_reader(tmp_path):
     rng = random.Random(5)
     frames = [bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 2000)))

@@ -107,3 +107,33 @@ def run_op_groups(arena, ops, keys, backends, str direction):
             getattr(backends[op0[start].suite], direction)(arena, ops, order[start:i],
                                                            keys[op0[start].key_row])
             start = i
+
+
+def output_bounds(batch):
+    """Per NBL an upper bound of the bytes a send makes of it (host/stack.py output_bound,
+    its twin): an LSO NBL its segments' headers (TCP header up to 60 bytes) plus ESP
+    padding, trailer and ICV (at most 16 + 2 + 32 + 8 bytes) each, and its payload; another
+    its frames plus 64 bytes per NET_BUFFER (one at least). Returns (int64 bounds, total)."""
+    cdef BatchView b = BatchView(batch)
+    bounds_arr = np.zeros(b.n_nbl, np.int64)
+    cdef int64_t* bound = <int64_t*>array_data(bounds_arr) if b.n_nbl else NULL
+    cdef int64_t i, total = 0, payload, mss, tcp_off, segs
+    cdef uint64_t lso
+    for i in range(b.n_nb):
+        if not 0 <= b.c_nb_nbl[i] < b.n_nbl:
+            raise ValueError(f"NET_BUFFER {i} names NBL {b.c_nb_nbl[i]}")
+    with nogil:
+        for i in range(b.n_nb):
+            bound[b.c_nb_nbl[i]] += b.c_nb_len[i]
+        for i in range(b.n_nbl):
+            lso = b.c_oob[i].lso_info
+            mss = <int64_t>(lso & 0xFFFFF)
+            tcp_off = <int64_t>((lso >> 20) & 0x3FF)
+            if lso != 0 and mss > 0:
+                payload = bound[i] - tcp_off if bound[i] > tcp_off else 0
+                segs = (payload + mss - 1) // mss if payload else 1
+                bound[i] = segs * (tcp_off + 60 + 16 + 2 + 32 + 8) + payload
+            else:
+                bound[i] += 64 * (b.c_oob[i].nb_count if b.c_oob[i].nb_count > 1 else 1)
+            total += bound[i]
+    return bounds_arr, total

@@ -1031,7 +1031,8 @@ _TCP_FIN, _TCP_PSH, _TCP_CWR = 0x01, 0x08, 0x80
 def output_bound(batch: PacketBatch) -> np.ndarray:
     """Per NBL an upper bound of the bytes the miniport's send produces for it: an LSO NBL
     n segments of its headers (TCP header up to 60 bytes) plus ESP padding, trailer and
-    ICV (at most 16 + 2 + 32 + 8 bytes), a non-LSO one its frames plus an ICV."""
+    ICV (at most 16 + 2 + 32 + 8 bytes), a non-LSO one its frames plus an ICV. The twin of
+    the compiled ``output_bounds``, which split_by_output uses where it is built."""
     oob = batch.oob
     n_nbl = len(oob)
     sizes = np.zeros(n_nbl, np.int64)
@@ -1054,13 +1055,25 @@ def output_bound(batch: PacketBatch) -> np.ndarray:
 def split_by_output(batch: PacketBatch, cap: int) -> list[np.ndarray]:
     """NBL index runs of ``batch`` whose output bound stays within ``cap`` bytes (a single
     NBL over it stands alone): the miniport never has to refuse one for its output cap."""
-    bound = output_bound(batch)
+    from .tx_frame import kernels
+    fast = kernels()
+    if fast is not None:
+        bound, total = fast.output_bounds(batch)
+    else:
+        bound = output_bound(batch)
+        total = int(bound.sum())
+    return split_bounds(bound, cap, total)
+
+
+def split_bounds(bound: np.ndarray, cap: int, total: Optional[int] = None) -> list[np.ndarray]:
+    """Index runs of ``bound`` (int64) whose sums stay within ``cap`` (a single item over it
+    stands alone), cut greedily; ``total``: bound's sum, if known."""
     n = len(bound)
     if not n:
         return []
-    cum = np.cumsum(bound)
-    if int(cum[-1]) <= cap:
+    if (int(bound.sum()) if total is None else total) <= cap:
         return [np.arange(n)]
+    cum = np.cumsum(bound)
     runs, start = [], 0
     while start < n:  # one step per run, not per NBL
         before = int(cum[start - 1]) if start else 0

@@ -394,6 +394,26 @@ cdef int64_t _link(uint8_t* o, const uint8_t* rec, const HostPkt* k, int l2_mode
     return l2
 
 
+def host_missing_bundles(pkts, int64_t n, sas, int64_t nsa):
+    """The (SA index, bundle) pairs (bundle 0: IPv4, 1: IPv6; a tunnel's from its outer
+    version) that protected packets of the n classified HostPkt rows need and whose SA may
+    carry but has no handle for yet, as a sorted list of SA index * 2 + bundle."""
+    cdef HostPkt* k = <HostPkt*>_host_buf(pkts, sizeof(HostPkt), n, "pkts")
+    cdef HostSa* t = <HostSa*>_host_buf(sas, sizeof(HostSa), nsa, "sas")
+    cdef int64_t i, s, b
+    missing = set()
+    for i in range(n):
+        if k[i].kind < PKT_ESP:
+            continue
+        s = k[i].sa
+        if not 0 <= s < nsa:
+            raise ValueError(f"packet {i} names SA {s} of {nsa}")
+        b = t[s].outer_ipv6 if t[s].tunnel == 1 else (1 if k[i].version == 6 else 0)
+        if (t[s].versions >> b) & 1 and t[s].handle[b] == 0:
+            missing.add(2 * s + b)
+    return sorted(missing)
+
+
 def host_frame(const uint8_t[::1] arena, pkts, int64_t start, int64_t end, sas, int64_t nsa,
                int l2_mode, const uint8_t[::1] macs, int ttl, int df_policy, int ipv4_id,
                int64_t mss, out, nb_off, nb_len, oob):

@@ -163,21 +163,10 @@ class FramedPart(NamedTuple):
 def _ensure_bundles(stack, sas, table: np.ndarray, pkts: np.ndarray) -> None:
     """ADD_SA for every (SA, IP version) the batch's protected packets need (the stack's
     _ensure_bundle, once per pair)."""
-    allowed = table["versions"].astype(np.int64)
-    have = (table["handle"][:, 0] != 0) | ((allowed & 1) == 0)
-    have &= (table["handle"][:, 1] != 0) | ((allowed & 2) == 0)
-    if have.all():
-        return  # every bundle an SA may use is offloaded already
-    ipsec = pkts["kind"] >= PKT_ESP
-    if not ipsec.any():
-        return
-    idx = pkts["sa"][ipsec].astype(np.int64)
-    v6 = (pkts["version"][ipsec] == 6).astype(np.int64)
-    bundle = np.where(table["tunnel"][idx] == 1, table["outer_ipv6"][idx].astype(np.int64), v6)
-    for key in np.unique(idx * 2 + bundle).tolist():
+    for key in kernels().host_missing_bundles(pkts.view(np.uint8), len(pkts),
+                                               table.view(np.uint8), len(sas)):
         s, b = divmod(key, 2)
-        if (int(table["versions"][s]) >> b) & 1:
-            table["handle"][s, b] = stack._ensure_bundle(sas[s], bool(b))
+        table["handle"][s, b] = stack._ensure_bundle(sas[s], bool(b))
 
 
 def _load_seq(sas, table: np.ndarray) -> None:

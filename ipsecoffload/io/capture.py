@@ -369,45 +369,54 @@ class BatchEncryptor:
         self._account(pkts, frames, nbytes, status)
 
     def _account(self, pkts, frames, nbytes, status) -> None:
-        """The summary from the batch's arrays: a few numpy passes, a loop per SA."""
+        """The summary from the batch's arrays: one compiled pass (capture_account) gives each
+        owner's sums; the rare rows it cannot name (malformed, refused, a status other than
+        success) are counted by value with numpy."""
         summary, tf = self.summary, self.tx_frame
-        kind, fault, sa = pkts["kind"], pkts["fault"], pkts["sa"]
-        cap = pkts["cap_len"].astype(np.int64)
-        summary.packets_in += len(pkts)
-        summary.bytes_in += int(cap.sum())
-        summary.frames_out += int(frames.sum())
-        summary.bytes_out += int(nbytes.sum())
-        summary.not_ip += int(np.count_nonzero(kind == tf.PKT_NOT_IP))
-        dropped = kind == tf.PKT_DROP
-        malformed = dropped & (fault < tf.FAULT_REFUSED_FIRST)
-        if malformed.any():
-            codes, counts = np.unique(fault[malformed], return_counts=True)
+        n, n_sa = len(pkts), len(self._stats)
+        sums = np.zeros((n_sa + 1, 8), np.int64)
+        bytes_in, frames_out, bytes_out, not_ip, malformed = self.fp.capture_account(
+            pkts.view(np.uint8), n, frames, nbytes, status, n_sa, sums.reshape(-1))
+        summary.packets_in += n
+        summary.bytes_in += bytes_in
+        summary.frames_out += frames_out
+        summary.bytes_out += bytes_out
+        summary.not_ip += not_ip
+        kind, fault = pkts["kind"], pkts["fault"]
+        if malformed:
+            bad = (kind == tf.PKT_DROP) & (fault < tf.FAULT_REFUSED_FIRST)
+            codes, counts = np.unique(fault[bad], return_counts=True)
             for code, count in zip(codes.tolist(), counts.tolist()):
                 summary.malformed[tf.summary_reason(code)] += count
-        counted = ~malformed & (kind != tf.PKT_NOT_IP)
-        owner = np.where(kind == tf.PKT_CLEAR, -1, sa)[counted]
-        sent = pkts["nbl"][counted] >= 0
-        lso = kind[counted] == tf.PKT_LSO
-        refused_codes = fault[counted]
-        cols = (cap[counted], frames[counted], nbytes[counted], status[counted])
-        for index in np.unique(owner).tolist():
-            stats = summary.clear if index < 0 else self._stats[index]
-            mine = owner == index
-            stats.packets += int(mine.sum())
-            stats.bytes_in += int(cols[0][mine].sum())
-            stats.frames_out += int(cols[1][mine].sum())
-            stats.bytes_out += int(cols[2][mine].sum())
-            mine_lso = mine & lso & sent
-            stats.lso_packets += int(mine_lso.sum())
-            stats.lso_segments += int(cols[1][mine_lso].sum())
-            values, counts = np.unique(cols[3][mine & sent], return_counts=True)
+        rare = []
+        for index, row in enumerate(sums.tolist()):
+            if not row[0]:
+                continue
+            stats = summary.clear if index == n_sa else self._stats[index]
+            stats.packets += row[0]
+            stats.bytes_in += row[1]
+            stats.frames_out += row[2]
+            stats.bytes_out += row[3]
+            stats.lso_packets += row[4]
+            stats.lso_segments += row[5]
+            if row[6]:
+                stats.status[self._status_name(0)] += row[6]
+            if row[7]:
+                rare.append((index, stats))
+        if not rare:
+            return
+        counted = (kind != tf.PKT_NOT_IP) & ~((kind == tf.PKT_DROP)
+                                              & (fault < tf.FAULT_REFUSED_FIRST))
+        owner = np.where(kind == tf.PKT_CLEAR, n_sa, pkts["sa"])
+        sent = pkts["nbl"] >= 0
+        for index, stats in rare:
+            mine = counted & (owner == index)
+            values, counts = np.unique(status[mine & sent & (status != 0)], return_counts=True)
             for value, count in zip(values.tolist(), counts.tolist()):
                 stats.status[self._status_name(value)] += count
-            refused = mine & ~sent
-            if refused.any():
-                codes, counts = np.unique(refused_codes[refused], return_counts=True)
-                for code, count in zip(codes.tolist(), counts.tolist()):
-                    stats.dropped[tf.summary_reason(code)] += count
+            codes, counts = np.unique(fault[mine & ~sent], return_counts=True)
+            for code, count in zip(codes.tolist(), counts.tolist()):
+                stats.dropped[tf.summary_reason(code)] += count
 
     def _status_name(self, value: int) -> str:
         name = self._status_names.get(value)

@@ -249,3 +249,61 @@ def capture_emit(int fmt, out, pkts, int64_t start, int64_t end, const uint8_t[:
                     bcount[i] += wf[f].len
                     f += 1
     return pos
+
+
+# -- the encrypt summary of a batch (io/capture.py BatchEncryptor._account) ---------------------
+
+cdef enum:
+    ACCOUNT_FIELDS = 8  # per owner: packets, bytes in, frames, bytes out, LSO packets,
+                        # LSO segments, sent with status 0, sent with another status or refused
+
+
+def capture_account(pkts, int64_t n, frames_per_pkt, bytes_per_pkt, status_per_pkt,
+                    int64_t n_sa, sums):
+    """One pass over a batch's n HostPkt rows and capture_emit's per-packet counts: adds to
+    ``sums`` (int64, (n_sa + 1) rows of ACCOUNT_FIELDS; row n_sa: the packets passed in clear)
+    what each owner's summary needs, and returns (bytes in, frames out, bytes out, not IP,
+    malformed). A packet dropped with a fault below FAULT_WRONG_VERSION (the first refusal)
+    is malformed and has no owner; a not-IP record neither."""
+    cdef HostPkt* k = <HostPkt*>_host_buf(pkts, sizeof(HostPkt), n, "pkts")
+    cdef int64_t* fcount = <int64_t*>_host_buf(frames_per_pkt, 8, n, "frames_per_pkt")
+    cdef int64_t* bcount = <int64_t*>_host_buf(bytes_per_pkt, 8, n, "bytes_per_pkt")
+    cdef int64_t* st = <int64_t*>_host_buf(status_per_pkt, 8, n, "status_per_pkt")
+    if n_sa < 0:
+        raise ValueError("n_sa must not be negative")
+    cdef int64_t* acc = <int64_t*>_host_buf(sums, 8, (n_sa + 1) * ACCOUNT_FIELDS, "sums")
+    cdef int64_t i, owner, bytes_in = 0, frames = 0, bytes_out = 0, not_ip = 0, malformed = 0
+    cdef int64_t* row
+    for i in range(n):
+        if k[i].kind != PKT_NOT_IP and k[i].kind != PKT_CLEAR and not (
+                k[i].kind == PKT_DROP and k[i].fault < FAULT_WRONG_VERSION) \
+                and not 0 <= k[i].sa < n_sa:
+            raise ValueError(f"packet {i} names SA {k[i].sa} of {n_sa}")
+    with nogil:
+        for i in range(n):
+            bytes_in += k[i].cap_len
+            frames += fcount[i]
+            bytes_out += bcount[i]
+            if k[i].kind == PKT_NOT_IP:
+                not_ip += 1
+                continue
+            if k[i].kind == PKT_DROP and k[i].fault < FAULT_WRONG_VERSION:
+                malformed += 1
+                continue
+            owner = n_sa if k[i].kind == PKT_CLEAR else k[i].sa
+            row = acc + owner * ACCOUNT_FIELDS
+            row[0] += 1
+            row[1] += k[i].cap_len
+            row[2] += fcount[i]
+            row[3] += bcount[i]
+            if k[i].nbl >= 0:
+                if k[i].kind == PKT_LSO:
+                    row[4] += 1
+                    row[5] += fcount[i]
+                if st[i] == 0:
+                    row[6] += 1
+                else:
+                    row[7] += 1
+            else:
+                row[7] += 1
+    return bytes_in, frames, bytes_out, not_ip, malformed
