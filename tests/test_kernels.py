@@ -12,6 +12,7 @@ are strict xfails whose reason names the bug: a fix turns them into failures.
 """
 from __future__ import annotations
 
+import random
 import struct
 import warnings
 from types import SimpleNamespace
@@ -1940,3 +1941,29 @@ def test_a_record_with_alignment_0_fails_its_frames_in_both_kernels():
                           iv_source=IvSource.NIC, kernels=module,
                           backends=_backends(RecordingBackend()), random_source=random_bytes)
         assert result.reasons.tolist() == [Reason.BAD_ALIGNMENT]
+
+
+def _rfc1071_sum(data: bytes, seed: int = 0) -> int:
+    s = seed + sum(int.from_bytes(data[i:i + 2].ljust(2, b"\0"), "big")
+                   for i in range(0, len(data), 2))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def test_internet_checksum_equals_rfc1071():
+    """csum_add (its wide 32-bytes-a-step loop from 64 bytes on, the 8-byte and 2-byte tails)
+    against a plain RFC 1071 sum: every length to 300 at every offset mod 16, random longer
+    ones, all-0xFF data past one lane block (16384 steps) and the seed."""
+    rng = random.Random(7)
+    buf = bytes(rng.getrandbits(8) for _ in range(1 << 16))
+    for n in range(300):
+        off = n % 16
+        assert _fastpath.internet_checksum_sum(buf[off:off + n]) == _rfc1071_sum(buf[off:off + n])
+    for _ in range(200):
+        n, off, seed = rng.randrange(60000), rng.randrange(17), rng.randrange(1 << 20)
+        data = buf[off:off + n]
+        assert _fastpath.internet_checksum_sum(data, seed) == _rfc1071_sum(data, seed)
+    ones = b"\xff" * (32 * 16384 * 2 + 77)
+    assert _fastpath.internet_checksum_sum(ones) == _rfc1071_sum(ones)
+    assert _fastpath.internet_checksum_sum(b"\x80\x00" * 40000) == _rfc1071_sum(b"\x80\x00" * 40000)

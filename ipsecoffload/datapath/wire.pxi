@@ -167,3 +167,13 @@ cdef class BatchView:
                                  "consecutive)")
             if off[i] < 0 or ln[i] < 0 or off[i] > size - ln[i]:
                 raise ValueError("a NET_BUFFER lies outside the arena")
+
+
+def internet_checksum_sum(const uint8_t[::1] data, uint64_t seed=0):
+    """The folded RFC 1071 one's-complement sum of ``data`` (big-endian 16-bit words, an odd
+    tail byte zero-padded) plus ``seed``: the kernels' csum_add, for the tests."""
+    cdef int64_t n = data.shape[0]
+    cdef uint64_t s
+    with nogil:
+        s = csum_add(seed, &data[0] if n else NULL, n)
+    return csum_fold(s)
