@@ -158,8 +158,8 @@ class Miniport:
         self.offload = OffloadState()
         self.sas = SaTable(max(1, self.capabilities.sa_offload_capacity))
         self._oid_counts: Counter = Counter()
-        self._send_counts = np.zeros(COUNTERS, np.int64)  # tx_plan's counters, summed
-        self._frames_out = self._bytes_out = 0
+        # tx_plan's counters, then frames and bytes out, summed by tx_run (totals)
+        self._send_counts = np.zeros(COUNTERS + 2, np.int64)
         self._recv_counts = np.zeros(RX_REASON_COUNT, np.int64)  # rx reasons, summed
         self._counter_lock = threading.Lock()
 
@@ -326,13 +326,13 @@ class Miniport:
                           icv_space=self.icv_space, iv_source=self.iv_source,
                           kernels=self.kernels, backends=self.backends,
                           random_source=self.random_source, marks=self.sas.tx_marks,
-                          mark_lock=self.sas.tx_lock, limits=self.send_limits())
+                          mark_lock=self.sas.tx_lock, limits=self.send_limits(),
+                          totals=self._send_counts)
         if not isinstance(nbls, PacketBatch):
             for nbl, status, lso_done in zip(nbls, result.status, result.lso_complete):
                 nbl.status = int(status)
                 if nbl.get_info(ndis.NblInfo.TCP_LARGE_SEND):
                     nbl.info[ndis.NblInfo.TCP_LARGE_SEND] = int(lso_done)
-        self._account(result)
         return result
 
     # -- receive -------------------------------------------------------------------------
@@ -392,19 +392,13 @@ class Miniport:
             np.add(self._recv_counts, result.counters, out=self._recv_counts)
         return result
 
-    def _account(self, result: SendResult) -> None:
-        with self._counter_lock:
-            np.add(self._send_counts, result.counters, out=self._send_counts)
-            self._frames_out += result.wire.num_buffers
-            self._bytes_out += len(result.wire.arena)
-
     @property
     def counters(self) -> Counter:
         """Counts per NET_BUFFER reason (``nb.NAME``), NBL status (``nbl.NAME``), frames and
         bytes out, and OID outcomes (a snapshot); ``sa_added_duplicate_spi`` counts outbound
         SAs added while another with the same SPI and endpoints was live (G28)."""
         with self._counter_lock:
-            counts = self._send_counts.tolist() + [self._frames_out, self._bytes_out]
+            counts = self._send_counts.tolist()
             out = Counter(self._oid_counts)
         for i in range(REASON_COUNT):
             if counts[i]:

@@ -55,6 +55,13 @@ def gcm_one_call_reset():
     _gcm_one_call_min = -1
 
 
+cdef inline int64_t gcm_one_call_limit() except -1:
+    """gcm_one_call_min() without a Python call once it is known."""
+    if _gcm_one_call_min >= 0:
+        return _gcm_one_call_min
+    return gcm_one_call_min()
+
+
 cdef inline bint gcm_one_call(const CryptoOp* op, int64_t limit) noexcept nogil:
     return (op.suite == SUITE_AES_GCM and op.icv_len == 16 and op.text_len >= limit
             and op.icv_off == op.text_off + op.text_len)
@@ -321,8 +328,8 @@ cdef class GcmBatchedBackend:
         if n == 0:
             return
         gcm_check_ops(size, op0, ops_size // sizeof(CryptoOp), ix, n, seal)
-        cdef int64_t limit = gcm_one_call_min(), i, big = 0
-        aead = getattr(keys, "aead", None)
+        cdef int64_t limit = gcm_one_call_limit(), i, big = 0
+        aead = getattr(keys, "aead", None) if limit != GCM_ONE_CALL_NEVER else None
         if aead is not None:
             for i in range(n):
                 if gcm_one_call(op0 + ix[i], limit):

@@ -110,13 +110,15 @@ class SendResult:
 def run_send(batch: PacketBatch, table, *, config: int, icv_space: int, iv_source: int,
              kernels: ModuleType, backends: Mapping[int, object],
              random_source: Callable[[int], bytes], marks: Optional[np.ndarray] = None,
-             mark_lock=None, limits: Optional[np.ndarray] = None) -> SendResult:
+             mark_lock=None, limits: Optional[np.ndarray] = None,
+             totals: Optional[np.ndarray] = None) -> SendResult:
     """The send stages over ``batch``; with ``limits`` the LSO limits and the output cap
     apply (docs/send-path.md, "Limits"); with ``marks`` (and its lock) AEAD seals are checked
-    against the table's sealed high-water marks (docs/send-path.md, "Nonce safety")."""
+    against the table's sealed high-water marks (docs/send-path.md, "Nonce safety");
+    ``totals`` (int64: the counters, then frames and bytes out) gets this send's added."""
     out, frames, ops, plans, status, lso_done, counters = kernels.tx_run(
         batch, table, int(config), int(icv_space), int(iv_source), backends, random_source,
-        marks, mark_lock, limits)
+        marks, mark_lock, limits, totals)
     wire = WireFrames(out, table_bytes=frames, oob_bytes=batch.oob_bytes.copy(), status=status)
     return SendResult(wire, status, lso_done, counters, plan_bytes=plans)
 

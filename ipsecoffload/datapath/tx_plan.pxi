@@ -365,9 +365,9 @@ cdef int64_t tx_limit_run(BatchView b, NbPlan* plan0, int64_t n_nb,
 
 
 cdef int tx_limit_check(BatchView b, const NbPlan* plan0, int64_t n_nb,
-                        const int64_t[::1] limits) except -1:
+                        const int64_t* limits, int64_t n_limits) except -1:
     cdef int64_t i
-    if limits.shape[0] != N_LIMITS:
+    if n_limits != N_LIMITS:
         raise ValueError(f"limits needs {N_LIMITS} entries")
     for i in range(N_LIMITS):
         if limits[i] < 0:
@@ -387,7 +387,7 @@ def tx_limit(batch, uint8_t[::1] plans not None, const int64_t[::1] limits not N
     if plans.shape[0] != b.n_nb * <int64_t>sizeof(NbPlan):
         raise ValueError("plans buffer size does not match the struct layout")
     cdef NbPlan* plan0 = <NbPlan*>&plans[0] if n_nb else NULL
-    tx_limit_check(b, plan0, n_nb, limits)
+    tx_limit_check(b, plan0, n_nb, &limits[0] if limits.shape[0] else NULL, limits.shape[0])
     cdef int64_t failed
     with nogil:
         failed = tx_limit_run(b, plan0, n_nb, &limits[0])

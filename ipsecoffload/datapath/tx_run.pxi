@@ -3,18 +3,34 @@
 # that no per-batch bookkeeping runs in Python between the stages. Included by _fastpath.pyx.
 
 def tx_run(batch, table, int config, int icv_space, int iv_source, backends, random_source,
-           marks=None, mark_lock=None, limits=None):
+           marks=None, mark_lock=None, limits=None, totals=None):
     """Send ``batch`` through the stages with the SA table snapshot ``table`` (records_bytes,
     keys). With ``limits`` (int64: the LSO limits and the output cap) tx_limit runs after
     classify; with ``marks`` (uint64 (handle, mark) per key row) tx_mark runs next, under
-    ``mark_lock``. Returns (out, frames, ops, plans, nbl_status, lso_done,
+    ``mark_lock``; ``totals`` (int64: N_COUNTERS, then frames and bytes out) gets this send's
+    added, with the GIL held (no thread sees half a sum). Returns (out, frames, ops, plans, nbl_status, lso_done,
     counters) as numpy arrays (frames, ops and plans as struct bytes)."""
     cdef BatchView b = BatchView(batch)
-    cdef const uint8_t[::1] records = table.records_bytes
-    cdef int64_t nrec = records.shape[0] // sizeof(SaRecord)
-    if records.shape[0] % sizeof(SaRecord):
+    records_obj = table.records_bytes
+    cdef const uint8_t[::1] records
+    cdef int64_t rec_size
+    cdef const SaRecord* recs
+    if plain_array(records_obj, cnp.NPY_UINT8, False):
+        recs, rec_size = <const SaRecord*>array_data(records_obj), array_len(records_obj)
+    else:
+        records = records_obj
+        rec_size = records.shape[0]
+        recs = <const SaRecord*>&records[0] if rec_size else NULL
+    cdef int64_t nrec = rec_size // sizeof(SaRecord)
+    if rec_size % sizeof(SaRecord):
         raise ValueError("records buffer size does not match the SaRecord layout")
-    cdef const SaRecord* recs = <const SaRecord*>&records[0] if nrec else NULL
+    if nrec == 0:
+        recs = NULL
+    cdef int64_t* total_of = NULL
+    if totals is not None:
+        if not plain_array(totals, cnp.NPY_INT64, True) or array_len(totals) != N_COUNTERS + 2:
+            raise ValueError(f"totals must be a writable int64 array of {N_COUNTERS + 2}")
+        total_of = <int64_t*>array_data(totals)
     plans_arr = np.empty(b.n_nb * sizeof(NbPlan), np.uint8)
     status_arr = np.empty(b.n_nbl, np.uint32)
     lso_arr = np.empty(b.n_nbl, np.uint64)
@@ -27,21 +43,29 @@ def tx_run(batch, table, int config, int icv_space, int iv_source, backends, ran
     cdef TxTotals t
     cdef uint64_t[::1] mark_view
     cdef uint64_t* mark0 = NULL
-    cdef int64_t n_rows = 0
+    cdef int64_t n_rows = 0, n_marks
     if marks is not None:
-        mark_view = marks
-        if mark_view.shape[0] % 2:
+        if plain_array(marks, cnp.NPY_UINT64, True):
+            mark0, n_marks = <uint64_t*>array_data(marks), array_len(marks)
+        else:
+            mark_view = marks
+            n_marks = mark_view.shape[0]
+            mark0 = &mark_view[0] if n_marks else NULL
+        if n_marks % 2:
             raise ValueError("marks holds (handle, mark) pairs")
-        n_rows = mark_view.shape[0] // 2
-        mark0 = &mark_view[0] if n_rows else NULL
-    cdef const int64_t[::1] limit_view
+        n_rows = n_marks // 2
+        if n_rows == 0:
+            mark0 = NULL
+    cdef const int64_t* limit0
     with nogil:
         tx_classify_run(b, recs, nrec, config, icv_space, iv_source, plan0)
     if limits is not None:
-        limit_view = limits
-        tx_limit_check(b, plan0, b.n_nb, limit_view)
+        if not plain_array(limits, cnp.NPY_INT64, False):
+            limits = np.ascontiguousarray(limits, np.int64)
+        limit0 = <const int64_t*>array_data(limits)
+        tx_limit_check(b, plan0, b.n_nb, limit0, array_len(limits))
         with nogil:
-            tx_limit_run(b, plan0, b.n_nb, &limit_view[0])
+            tx_limit_run(b, plan0, b.n_nb, limit0)
     if marks is not None:
         tx_mark_check(b, recs, plan0, b.n_nb, nrec)
         with mark_lock:
@@ -55,29 +79,49 @@ def tx_run(batch, table, int config, int icv_space, int iv_source, backends, ran
     frames_arr = np.empty(t.frames * sizeof(WireFrame), np.uint8)
     ops_arr = np.empty(t.ops * sizeof(CryptoOp), np.uint8)
     cdef const uint8_t[::1] rand
+    cdef const uint8_t* rand0 = NULL
+    cdef int64_t rand_len = 0
     if t.rand_bytes:
         rand_bytes = random_source(t.rand_bytes)
         if len(rand_bytes) != t.rand_bytes:
             raise ValueError(f"random_source returned {len(rand_bytes)} bytes, "
                              f"{t.rand_bytes} were asked for")
         rand = rand_bytes
-    else:
-        rand = b""
+        rand0, rand_len = &rand[0], rand.shape[0]
     cdef int64_t arena_size = t.out_bytes + t.scratch_bytes
     cdef uint8_t* out = <uint8_t*>array_data(arena_arr) if arena_size else NULL
     cdef WireFrame* frames = <WireFrame*>array_data(frames_arr) if t.frames else NULL
     cdef CryptoOp* op0 = <CryptoOp*>array_data(ops_arr) if t.ops else NULL
-    cdef int64_t scratch0 = tx_emit_check(b, recs, nrec, plan0, rand.shape[0], arena_size,
+    cdef int64_t scratch0 = tx_emit_check(b, recs, nrec, plan0, rand_len, arena_size,
                                           t.frames, t.ops)
     with nogil:
-        tx_emit_run(b, recs, plan0, &rand[0] if rand.shape[0] else NULL, rand.shape[0],
-                    out, arena_size, scratch0, frames, op0)
+        tx_emit_run(b, recs, plan0, rand0, rand_len, out, arena_size, scratch0, frames, op0)
     if t.ops:
         run_op_groups(arena_arr, ops_arr, table.keys, backends, "seal")
         tx_fixup_check(op0, t.ops, t.out_bytes)
         with nogil:
             tx_fixup_run(out, op0, t.ops)
+    cdef int64_t i
+    if total_of != NULL:
+        for i in range(N_COUNTERS):
+            total_of[i] += counters[i]
+        total_of[N_COUNTERS] += t.frames
+        total_of[N_COUNTERS + 1] += t.out_bytes
     return out_arr, frames_arr, ops_arr, plans_arr, status_arr, lso_arr, counters_arr
+
+
+cdef object _op_orders = np.arange(4096, dtype=np.int32)
+
+
+cdef object _op_order(int64_t n):
+    """0 .. n - 1 as int32: a slice of one array kept between sends (read-only, so that no
+    backend can change it for the next)."""
+    global _op_orders
+    if n > array_len(_op_orders):
+        _op_orders = np.arange(max(n, 2 * array_len(_op_orders)), dtype=np.int32)
+    if _op_orders.flags.writeable:
+        _op_orders.flags.writeable = False
+    return _op_orders[:n]
 
 
 def run_op_groups(arena, ops, keys, backends, str direction):
@@ -101,7 +145,7 @@ def run_op_groups(arena, ops, keys, backends, str direction):
         for start_, end, _pass, _kind, suite, key_row in groups.tolist():
             getattr(backends[suite], direction)(arena, ops, order[start_:end], keys[key_row])
         return
-    order = np.arange(n, dtype=np.int32)
+    order = _op_order(n)
     for i in range(1, n + 1):
         if i == n or op_group_key(op0 + i) != op_group_key(op0 + start):
             getattr(backends[op0[start].suite], direction)(arena, ops, order[start:i],

@@ -12,7 +12,7 @@ from .tx_plan import tx_limit, tx_mark, tx_plan
 
 
 def tx_run(batch, table, config, icv_space, iv_source, backends, random_source, marks=None,
-           mark_lock=None, limits=None):
+           mark_lock=None, limits=None, totals=None):
     records = table.records_bytes
     plans = np.empty(len(batch.nb_off) * NB_PLAN_DTYPE.itemsize, np.uint8)
     tx_classify(batch, records, config, icv_space, iv_source, plans)
@@ -43,6 +43,10 @@ def tx_run(batch, table, config, icv_space, iv_source, backends, random_source, 
     plan = plans.view(NB_PLAN_DTYPE)
     frames_bytes = int(plan["out_len"].sum()) if len(plan) else 0
     out = arena[:frames_bytes] if frames_bytes != len(arena) else arena
+    if totals is not None:  # the counters, then frames and bytes out
+        totals[:COUNTERS] += counters
+        totals[COUNTERS] += n_frames
+        totals[COUNTERS + 1] += frames_bytes
     return out, frames, ops, plans, status, lso_done, counters
 
 
