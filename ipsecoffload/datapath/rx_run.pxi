@@ -168,6 +168,35 @@ cdef int rx_ports(object nat_t_ports, uint16_t* ports) except -1:
     return n
 
 
+cdef const uint8_t* bytes_of(object a, int64_t* size, bint writable) except? NULL:
+    """The bytes of a plain uint8 array by pointer; anything else through a typed
+    memoryview (kept alive by ``a``, which must then support the buffer protocol itself)."""
+    cdef const uint8_t[::1] view
+    if plain_array(a, cnp.NPY_UINT8, writable):
+        size[0] = array_len(a)
+        return <const uint8_t*>array_data(a) if size[0] else NULL
+    view = a
+    size[0] = view.shape[0]
+    return &view[0] if size[0] else NULL
+
+
+cdef uint8_t* rx_state_bytes(object rx_state, int64_t* size) except? NULL:
+    """The RX_STATE_DTYPE array's bytes, writable: by pointer when it is a plain array of
+    RxState rows, else through a uint8 view of it."""
+    cdef cnp.ndarray arr
+    cdef uint8_t[::1] view
+    if type(rx_state) is cnp.ndarray:
+        arr = <cnp.ndarray>rx_state
+        if (cnp.PyArray_NDIM(arr) == 1 and cnp.PyArray_ITEMSIZE(arr) == sizeof(RxState)
+                and cnp.PyArray_IS_C_CONTIGUOUS(arr) and cnp.PyArray_ISWRITEABLE(arr)
+                and cnp.PyArray_ISALIGNED(arr)):
+            size[0] = cnp.PyArray_DIM(arr, 0) * <int64_t>sizeof(RxState)
+            return <uint8_t*>cnp.PyArray_DATA(arr) if size[0] else NULL
+    view = rx_state.view(np.uint8)
+    size[0] = view.shape[0]
+    return &view[0] if size[0] else NULL
+
+
 def rx_run(batch, table, rx_state, int config, backends, lock, uint32_t delete_after=0,
            nat_t_ports=(NAT_T_PORT,)):
     """Receive ``batch`` (one frame per NET_BUFFER) with the SA table snapshot ``table``
@@ -180,20 +209,21 @@ def rx_run(batch, table, rx_state, int config, backends, lock, uint32_t delete_a
     cdef uint16_t ports[NAT_T_MAX_PORTS]
     cdef int nports = rx_ports(nat_t_ports, ports)
     cdef BatchView b = BatchView(batch)
-    cdef const uint8_t[::1] records = table.records_bytes
-    cdef const uint8_t[::1] key_bytes = table.rx_keys
-    cdef uint8_t[::1] state_bytes = rx_state.view(np.uint8)
-    cdef int64_t nrec = records.shape[0] // sizeof(SaRecord)
-    cdef int64_t nkeys = key_bytes.shape[0] // sizeof(RxSaKey)
-    if records.shape[0] % sizeof(SaRecord) or key_bytes.shape[0] % sizeof(RxSaKey) \
-            or state_bytes.shape[0] % sizeof(RxState):
+    cdef int64_t rec_size, key_size, state_size
+    cdef const uint8_t* rec_p = bytes_of(table.records_bytes, &rec_size, False)
+    cdef const uint8_t* key_p = bytes_of(table.rx_keys, &key_size, False)
+    cdef uint8_t* state_p = rx_state_bytes(rx_state, &state_size)
+    cdef int64_t nrec = rec_size // sizeof(SaRecord)
+    cdef int64_t nkeys = key_size // sizeof(RxSaKey)
+    if rec_size % sizeof(SaRecord) or key_size % sizeof(RxSaKey) \
+            or state_size % sizeof(RxState):
         raise ValueError("records, rx_keys or rx_state size does not match its layout")
-    cdef int64_t nrows = state_bytes.shape[0] // sizeof(RxState)
+    cdef int64_t nrows = state_size // sizeof(RxState)
     if nrows < 2 * nrec:
         raise ValueError("rx_state holds fewer rows than the table's key rows")
-    cdef const SaRecord* recs = <const SaRecord*>&records[0] if nrec else NULL
-    cdef const RxSaKey* keys = <const RxSaKey*>&key_bytes[0] if nkeys else NULL
-    cdef RxState* states = <RxState*>&state_bytes[0] if nrows else NULL
+    cdef const SaRecord* recs = <const SaRecord*>rec_p if nrec else NULL
+    cdef const RxSaKey* keys = <const RxSaKey*>key_p if nkeys else NULL
+    cdef RxState* states = <RxState*>state_p if nrows else NULL
     cdef int64_t n = b.n_nb, i, nops = 0, nah = 0, nretry = 0, l2, copy_len = 0, hdr
     cdef int needs
     plans_arr = np.empty(n * sizeof(RxPlan), np.uint8)
