@@ -276,3 +276,55 @@ def test_workers_must_be_positive(tmp_path, capsys):
     code, _, err = run(capsys, "decrypt", "-i", tmp_path / "x.pcap", "-o", tmp_path / "y.pcap",
                        "--sa", tmp_path / "sa.json", "--workers", "0")
     assert code == 2 and "workers" in err
+
+
+def _link_length_reference(frame: bytes, ethernet: bool) -> int:
+    """The link header before IP, as decrypt defines it: raw IP 0; Ethernet 14 plus 4 per
+    802.1Q / 802.1ad / 0x9100 tag (three at most), -1 when not IP."""
+    if not ethernet:
+        return 0
+    if len(frame) < 14:
+        return -1
+    l2 = 14
+    for _ in range(3):
+        kind = int.from_bytes(frame[l2 - 2:l2], "big")
+        if kind in (0x8100, 0x88A8, 0x9100) and len(frame) >= l2 + 4:
+            l2 += 4
+        else:
+            break
+    kind = int.from_bytes(frame[l2 - 2:l2], "big")
+    return l2 if kind in (0x0800, 0x86DD) else -1
+
+
+def test_capture_link_parse_equals_its_reference():
+    """The compiled link-header pass of decrypt's bulk path on random records: tags 0 to 4
+    (the fourth is not stripped), truncated ones, other EtherTypes, raw IP records."""
+    import random
+
+    import numpy as np
+
+    from ipsecoffload import _fastpath
+    from ipsecoffload.host.tx_frame import HOST_PKT_DTYPE
+    rng = random.Random(3)
+    types = (0x0800, 0x86DD, 0x8100, 0x88A8, 0x9100, 0x0806, 0x1234)
+    records = []
+    for _ in range(3000):
+        head = bytes(12)
+        for _ in range(rng.randrange(5)):
+            head += rng.choice(types[2:5]).to_bytes(2, "big") + bytes(2)
+        head += rng.choice(types).to_bytes(2, "big")
+        frame = head + bytes(rng.randrange(30))
+        records.append((frame[:rng.randrange(len(frame) + 1)] if rng.random() < 0.3 else frame,
+                        rng.random() < 0.85))
+    arena = np.frombuffer(b"".join(f for f, _ in records), np.uint8).copy()
+    pkts = np.zeros(len(records), HOST_PKT_DTYPE)
+    pkts["cap_len"] = [len(f) for f, _ in records]
+    pkts["off"] = np.concatenate([[0], np.cumsum(pkts["cap_len"])[:-1]])
+    pkts["link"] = [1 if eth else 0 for _, eth in records]
+    n_ip = _fastpath.capture_link_parse(arena, pkts.view(np.uint8), len(pkts),
+                                        np.asarray((0x8100, 0x88A8, 0x9100), np.int64),
+                                        0x0800, 0x86DD)
+    want = [_link_length_reference(f, eth) for f, eth in records]
+    assert pkts["l2_len"].tolist() == want
+    assert n_ip == sum(w >= 0 for w in want)
+    assert set(pkts["kind"].tolist()) == {1} and set(pkts["nbl"].tolist()) == {-1}

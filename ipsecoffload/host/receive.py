@@ -268,6 +268,9 @@ class ReceiveMixin:
         on, UPDATE_SA gives it to the others (docs/receive-path.md), as the stack does on send.
         Returns the handles updated."""
         updated: set = set()
+        if not any(sa is not None and sa.config.esn and len(sa.handles) >= 2
+                   for sa in self._rx_sas):
+            return updated  # no SA has two bundles to keep in step
         plans = nic.plans
         verified = (plans["crypto_done"] == 1) & (plans["crypto_status"] == 0) & (
             plans["slot"] >= 0)
@@ -282,7 +285,7 @@ class ReceiveMixin:
             mine = verified.copy()
             mine[verified] = owners == k
             hi = int(plans["seq64"][mine].max()) >> 32
-            carried = set(plans["handle"][mine].tolist())
+            carried = set(np.unique(plans["handle"][mine]).tolist())
             for ipv6, handle in sa.handles.items():
                 if handle in carried:
                     # its own state infers the high word (App. A); UPDATE_SA would reset it

@@ -307,3 +307,48 @@ def capture_account(pkts, int64_t n, frames_per_pkt, bytes_per_pkt, status_per_p
             else:
                 row[7] += 1
     return bytes_in, frames, bytes_out, not_ip, malformed
+
+
+# -- the link headers of a decrypt batch (io/decrypt.py CaptureDecryptor.emit_bulk) ------------
+
+def capture_link_parse(const uint8_t[::1] arena, pkts, int64_t n, const int64_t[::1] vlan_types,
+                       int64_t ipv4_type, int64_t ipv6_type):
+    """For each of n records (HostPkt rows with off, cap_len and link set): l2_len the link
+    header before IP — 0 on a raw IP link; on Ethernet 14 plus 4 per VLAN tag (an EtherType
+    in ``vlan_types``, at most three) — or -1 when the record is not IP (too short, or
+    another EtherType); kind PKT_NOT_IP and nbl -1 (written as read unless the caller says
+    otherwise). Returns how many are IP."""
+    cdef HostPkt* k = <HostPkt*>_host_buf(pkts, sizeof(HostPkt), n, "pkts")
+    cdef int64_t i, t, j, size = arena.shape[0], nv = vlan_types.shape[0], ip = 0, l2, cap
+    cdef uint32_t kind
+    cdef bint tagged
+    for i in range(n):
+        if k[i].off < 0 or k[i].cap_len < 0 or k[i].off + k[i].cap_len > size:
+            raise ValueError(f"packet {i} lies outside the arena")
+    with nogil:
+        for i in range(n):
+            k[i].kind = PKT_NOT_IP
+            k[i].nbl = -1
+            cap = k[i].cap_len
+            if k[i].link != 1:
+                k[i].l2_len = 0
+                ip += 1
+                continue
+            k[i].l2_len = -1
+            if cap < 14:
+                continue
+            l2 = 14
+            for t in range(4):  # up to three tags, then the EtherType
+                kind = (<uint32_t>arena[k[i].off + l2 - 2] << 8) | arena[k[i].off + l2 - 1]
+                tagged = False
+                if t < 3 and cap >= l2 + 4:
+                    for j in range(nv):
+                        if kind == vlan_types[j]:
+                            tagged = True
+                if not tagged:
+                    break
+                l2 += 4
+            if kind == ipv4_type or kind == ipv6_type:
+                k[i].l2_len = <int32_t>l2
+                ip += 1
+    return ip

@@ -30,6 +30,7 @@ from .safile import SaPolicy
 
 DEFAULT_BATCH = 4096  # as encrypt's (io/capture.py): the per-batch cost is paid once per 4096
 _ETH_IPV4, _ETH_IPV6, _ETH_VLAN = 0x0800, 0x86DD, (0x8100, 0x88A8, 0x9100)
+_ETH_VLAN_TYPES = np.asarray(_ETH_VLAN, np.int64)
 _CRYPTO_NAMES = {int(s): s.name for s in ndis.CryptoStatus}
 _ATTRIBUTED = np.array([d not in (Delivery.CLEAR, Delivery.MALFORMED, Delivery.NO_SA,
                                   Delivery.SELECTOR) for d in Delivery], bool)
@@ -282,36 +283,21 @@ class CaptureDecryptor:
         order, laid out by one ``capture_emit`` pass (io/capture_scan.pxi): a record that is
         not IP, passes in clear or (``keep_failed``) failed as read, a decapsulated packet
         with the record's timestamp, a dropped one not at all. Link headers are found in
-        numpy: Ethernet (802.1Q / 802.1ad tags understood) or raw IP, per record."""
+        one compiled pass (capture_link_parse): Ethernet (802.1Q / 802.1ad tags understood) or
+        raw IP, per record."""
         arena, pkts = batch.arena, batch.pkts
         n = len(pkts)
         summary = self.summary
         summary.packets_in += n
-        off = pkts["off"].astype(np.int64)
-        cap = pkts["cap_len"].astype(np.int64)
-        ether = pkts["link"] == 1
-        l2 = np.where(ether, 14, 0).astype(np.int64)
-        is_ip = ~ether | (cap >= 14)
-        for _ in range(3):  # up to two tags, then the EtherType
-            at = np.where(ether & (cap >= l2), off + l2 - 2, 0)
-            kind = (arena[at].astype(np.int64) << 8) | arena[np.minimum(at + 1,
-                                                                        len(arena) - 1)]
-            tagged = ether & (cap >= l2 + 4) & np.isin(kind, _ETH_VLAN)
-            if not tagged.any():
-                break
-            l2 = np.where(tagged, l2 + 4, l2)
-        at = np.where(ether & (cap >= l2), off + l2 - 2, 0)
-        kind = (arena[at].astype(np.int64) << 8) | arena[np.minimum(at + 1, len(arena) - 1)]
-        is_ip &= ~ether | ((cap >= l2) & np.isin(kind, (_ETH_IPV4, _ETH_IPV6)))
-        picked = np.flatnonzero(is_ip)
-        summary.clear += n - len(picked)
-        # the records as capture_emit reads them: PKT_NOT_IP = as read, nbl >= 0 = the
-        # decapsulated frame of that number, PKT_DROP = nothing
-        rows = np.zeros(n, HOST_PKT_DTYPE)
-        for name in ("off", "cap_len", "ts_ns", "iface"):
-            rows[name] = pkts[name]
-        rows["kind"] = PKT_NOT_IP
-        rows["nbl"] = -1
+        # the records as capture_emit reads them, in the reader's own rows: PKT_NOT_IP = as
+        # read, nbl >= 0 = the decapsulated frame of that number, PKT_DROP = nothing
+        rows = pkts
+        n_ip = kernels().capture_link_parse(arena, rows.view(np.uint8), n, _ETH_VLAN_TYPES,
+                                            _ETH_IPV4, _ETH_IPV6)
+        summary.clear += n - n_ip
+        l2 = rows["l2_len"]
+        picked = np.flatnonzero(l2 >= 0) if n_ip < n else np.arange(n)
+        off, cap = rows["off"], rows["cap_len"].astype(np.int64)
         wire, table = np.zeros(0, np.uint8), np.zeros(0, WIRE_FRAME_DTYPE)
         if len(picked):
             frames = PacketBatch(arena, off[picked], cap[picked],
