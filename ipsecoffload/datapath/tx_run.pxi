@@ -8,8 +8,9 @@ def tx_run(batch, table, int config, int icv_space, int iv_source, backends, ran
     keys). With ``limits`` (int64: the LSO limits and the output cap) tx_limit runs after
     classify; with ``marks`` (uint64 (handle, mark) per key row) tx_mark runs next, under
     ``mark_lock``; ``totals`` (int64: N_COUNTERS, then frames and bytes out) gets this send's
-    added, with the GIL held (no thread sees half a sum). Returns (out, frames, ops, plans, nbl_status, lso_done,
-    counters) as numpy arrays (frames, ops and plans as struct bytes)."""
+    added, with the GIL held (no thread sees half a sum). Returns (out, frames, ops, plans,
+    nbl_status, lso_done, counters) as numpy arrays (frames, ops and plans as struct
+    bytes)."""
     cdef BatchView b = BatchView(batch)
     records_obj = table.records_bytes
     cdef const uint8_t[::1] records

@@ -408,7 +408,10 @@ def host_missing_bundles(pkts, int64_t n, sas, int64_t nsa):
         s = k[i].sa
         if not 0 <= s < nsa:
             raise ValueError(f"packet {i} names SA {s} of {nsa}")
-        b = t[s].outer_ipv6 if t[s].tunnel == 1 else (1 if k[i].version == 6 else 0)
+        if t[s].tunnel == 1:
+            b = 1 if t[s].outer_ipv6 else 0
+        else:
+            b = 1 if k[i].version == 6 else 0
         if (t[s].versions >> b) & 1 and t[s].handle[b] == 0:
             missing.add(2 * s + b)
     return sorted(missing)
