@@ -111,7 +111,13 @@ def tx_run(batch, table, int config, int icv_space, int iv_source, backends, ran
     return out_arr, frames_arr, ops_arr, plans_arr, status_arr, lso_arr, counters_arr
 
 
-cdef object _op_orders = np.arange(4096, dtype=np.int32)
+cdef object _read_only_arange(int64_t n):
+    a = np.arange(n, dtype=np.int32)
+    a.flags.writeable = False
+    return a
+
+
+cdef object _op_orders = _read_only_arange(4096)
 
 
 cdef object _op_order(int64_t n):
@@ -119,9 +125,7 @@ cdef object _op_order(int64_t n):
     backend can change it for the next)."""
     global _op_orders
     if n > array_len(_op_orders):
-        _op_orders = np.arange(max(n, 2 * array_len(_op_orders)), dtype=np.int32)
-    if _op_orders.flags.writeable:
-        _op_orders.flags.writeable = False
+        _op_orders = _read_only_arange(max(n, 2 * array_len(_op_orders)))
     return _op_orders[:n]
 
 
