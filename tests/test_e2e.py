@@ -2,6 +2,7 @@
 twin) byte for byte, the list API's per-packet faults, the bulk pcap/pcapng reader and writer
 (cross-checked with scapy and, where installed, tshark/editcap), standard input and output,
 output that is never lost, VLAN-tagged traffic."""
+import contextlib
 import json
 import os
 import random
@@ -118,6 +119,24 @@ CONFIGS = {
 }
 
 
+@contextlib.contextmanager
+def compiled_framing_calls():
+    """A list that gets, per tx_frame.stack_send call made inside, whether the compiled
+    framer framed the packets (True) or handed them back to the Python framer (False)."""
+    calls: list = []
+    original = tx_frame.stack_send
+
+    def spy(*args, **kwargs):
+        result = original(*args, **kwargs)
+        calls.append(result is not None)
+        return result
+    tx_frame.stack_send = spy
+    try:
+        yield calls
+    finally:
+        tx_frame.stack_send = original
+
+
 @pytest.mark.parametrize("link", ["ethernet", "raw"])
 @pytest.mark.parametrize("version", [4, 6])
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -129,15 +148,7 @@ def test_compiled_framer_equals_the_python_framer(name, version, link, tunnel_df
               for _ in range(2)]
     stacks[1].compiled_framing = False
     sas = [s.add_sa(SaConfig(spi=0x1234, **CONFIGS[name])) for s in stacks]
-    calls = []
-    original = tx_frame.stack_send
-
-    def spy(*args, **kwargs):
-        result = original(*args, **kwargs)
-        calls.append(result is not None)
-        return result
-    tx_frame.stack_send = spy
-    try:
+    with compiled_framing_calls() as calls:
         for _ in range(2):  # two batches: the SNs and IDs carry on
             fast, slow = (s.build(packets, sa) for s, sa in zip(stacks, sas))
             assert fast.frames() == slow.frames()
@@ -145,8 +156,6 @@ def test_compiled_framer_equals_the_python_framer(name, version, link, tunnel_df
             assert sas[0].next_seq == sas[1].next_seq
             assert stacks[0].next_ipv4_id == stacks[1].next_ipv4_id
         fast, slow = (s.send(packets, sa) for s, sa in zip(stacks, sas))
-    finally:
-        tx_frame.stack_send = original
     assert calls and all(calls)  # the compiled framer did frame them
     assert list(fast.status) == list(slow.status)
     if "cbc" not in name:
@@ -713,18 +722,8 @@ def test_ah_alone_far_in_the_ipv6_headers_is_framed_as_the_python_framer_does():
     stacks[1].compiled_framing = False
     config = dict(protocol="ah", integrity="hmac-sha256-128", auth_key=bytes(32))
     sas = [s.add_sa(SaConfig(spi=0x77, **config)) for s in stacks]
-    calls = []
-    original = tx_frame.stack_send
-
-    def spy(*args, **kwargs):
-        result = original(*args, **kwargs)
-        calls.append(result is not None)
-        return result
-    tx_frame.stack_send = spy
-    try:
+    with compiled_framing_calls() as calls:
         fast, slow = (s.build([packet], sa) for s, sa in zip(stacks, sas))
-    finally:
-        tx_frame.stack_send = original
     assert calls == [True]
     assert fast.frames() == slow.frames() and fast.oob.tobytes() == slow.oob.tobytes()
     assert int(fast.oob["ah_off4"][0]) * 4 == 1016

@@ -23,7 +23,7 @@ from ..datapath.batch import PacketBatch
 from ..datapath.layout import WIRE_FRAME_DTYPE, Delivery
 from ..host.receive import DEFAULT_REPLAY_WINDOW
 from ..host.stack import HostStack
-from ..host.tx_frame import HOST_PKT_DTYPE, PKT_CLEAR, PKT_DROP, PKT_NOT_IP, kernels
+from ..host.tx_frame import PKT_CLEAR, PKT_DROP, kernels
 from .pcap import (DEFAULT_SNAPLEN, LINKTYPE_ETHERNET, PcapError, PcapReader, PcapWriter,
                    keep_truncation_warnings)
 from .safile import SaPolicy
@@ -289,15 +289,14 @@ class CaptureDecryptor:
         n = len(pkts)
         summary = self.summary
         summary.packets_in += n
-        # the records as capture_emit reads them, in the reader's own rows: PKT_NOT_IP = as
+        # the reader's rows become the records as capture_emit reads them: PKT_NOT_IP = as
         # read, nbl >= 0 = the decapsulated frame of that number, PKT_DROP = nothing
-        rows = pkts
-        n_ip = kernels().capture_link_parse(arena, rows.view(np.uint8), n, _ETH_VLAN_TYPES,
+        n_ip = kernels().capture_link_parse(arena, pkts.view(np.uint8), n, _ETH_VLAN_TYPES,
                                             _ETH_IPV4, _ETH_IPV6)
         summary.clear += n - n_ip
-        l2 = rows["l2_len"]
+        l2 = pkts["l2_len"]
         picked = np.flatnonzero(l2 >= 0) if n_ip < n else np.arange(n)
-        off, cap = rows["off"], rows["cap_len"].astype(np.int64)
+        off, cap = pkts["off"], pkts["cap_len"].astype(np.int64)
         wire, table = np.zeros(0, np.uint8), np.zeros(0, WIRE_FRAME_DTYPE)
         if len(picked):
             frames = PacketBatch(arena, off[picked], cap[picked],
@@ -308,22 +307,22 @@ class CaptureDecryptor:
             delivery = got.delivery
             decap = delivery == Delivery.DECAP
             if not self.keep_failed:
-                rows["kind"][picked[~decap & (delivery != Delivery.CLEAR)]] = PKT_DROP
+                pkts["kind"][picked[~decap & (delivery != Delivery.CLEAR)]] = PKT_DROP
             mine = picked[decap]
             number = np.arange(len(mine), dtype=np.int32)
-            rows["kind"][mine] = PKT_CLEAR
-            rows["nbl"][mine] = number
+            pkts["kind"][mine] = PKT_CLEAR
+            pkts["nbl"][mine] = number
             wire, frame_off, frame_len = got.frames_of(decap)
             table = np.zeros(len(mine), WIRE_FRAME_DTYPE)
             table["off"], table["len"], table["nbl"] = frame_off, frame_len, number
         need = int(cap.sum()) + (int(table["len"].sum()) if len(table) else 0) + 36 * n
         out = writer.emit_buffer(need)
         counts = (np.empty(n, np.int64), np.empty(n, np.int64))
-        used = kernels().capture_emit(writer.code, out, rows.view(np.uint8), 0, n, arena,
+        used = kernels().capture_emit(writer.code, out, pkts.view(np.uint8), 0, n, arena,
                                       np.ascontiguousarray(wire, np.uint8),
                                       table.view(np.uint8), len(table), writer.snaplen,
                                       writer.unit_ns, counts[0], counts[1])
-        summary.packets_out += int(np.count_nonzero(counts[0][:n]))
+        summary.packets_out += int(np.count_nonzero(counts[0]))
         return out.data[:used]
 
     def _count(self, got) -> None:
