@@ -145,6 +145,31 @@ def test_unaligned_inputs(path):
             assert F.gcm_seal_raw(path, h, mv[off + n:], pt, mv[off:off + n], ekj0) == want
 
 
+def test_seal_from_source_equals_in_place(path):
+    """Out of place (ipo_gcm_seal_xor_ghash_from): the plaintext's bytes [at, at + n) read from
+    a separate source, the text's own bytes there never read (they hold garbage here). Bit for
+    bit the in-place seal of the assembled plaintext and OpenSSL's AES-GCM, every split: source
+    at the start, in the middle, to the end, straddling chunk and head/tail boundaries."""
+    rnd = random.Random(9)
+    cases = [(n, at, k) for n in (0, 1, 16, 100, 127, 128, 129, 255, 256, 257, 300, 1400, 4000)
+             for at, k in ((0, n), (0, n // 2), (n // 3, n - n // 3), (n // 4, n // 2),
+                           (min(n, 20), max(0, n - 23)), (n, 0))]
+    cases += [(rnd.randrange(3000), None, None) for _ in range(60)]
+    for n, at, k in cases:
+        if at is None:
+            at = rnd.randrange(n + 1)
+            k = rnd.randrange(n - at + 1)
+        key, nonce = rnd.randbytes(16), rnd.randbytes(12)
+        pt, aad = rnd.randbytes(n), rnd.randbytes(rnd.choice(AAD_SIZES + LONG_AAD_SIZES))
+        h, ekj0, ks = _gcm_inputs(key, nonce, n)
+        garbage = pt[:at] + rnd.randbytes(k) + pt[at + k:]
+        got = F.gcm_seal_from_raw(path, h, aad, garbage, pt[at:at + k], at, ks, ekj0)
+        assert got == F.gcm_seal_raw(path, h, aad, pt, ks, ekj0), (n, at, k)
+        assert got[0] + got[1] == AESGCM(key).encrypt(nonce, pt, aad), (n, at, k)
+    with pytest.raises(ValueError):
+        F.gcm_seal_from_raw(path, h, b"", b"abc", b"xy", 2, b"abc", ekj0)
+
+
 def _wycheproof(name: str) -> list[dict]:
     data = json.loads((VECTORS / name).read_text())
     return [case for group in data["testGroups"] if group["ivSize"] == 96

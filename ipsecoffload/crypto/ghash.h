@@ -130,6 +130,13 @@ IPO__INLINE void ipo__len_block(uint8_t out[16], size_t aad_len, size_t len) {
     ipo__st64be(out + 8, (uint64_t)len << 3);
 }
 
+/* The bytes of [from, to) that stand in src (text positions [at, at + n)) copied into text. */
+IPO__INLINE void ipo__gather(uint8_t* text, const uint8_t* src, size_t at, size_t n, size_t from,
+                             size_t to) {
+    size_t lo = from > at ? from : at, hi = to < at + n ? to : at + n;
+    if (lo < hi) memcpy(text + lo, src + (lo - at), hi - lo);
+}
+
 /* ---- portable path ----------------------------------------------------------------------- */
 
 typedef struct {
@@ -500,8 +507,13 @@ static inline IPO__H128 __m128i ipo__chunk_pcl(__m128i x, const ipo_ghash_key* k
 
 /* The bodies of the two 128-bit paths: inlined into a function per path, compiled under that
  * function's target (SSE encoding for IPO_GHASH_PCLMUL, VEX for IPO_GHASH_PCLMUL_AVX). */
+/* src != NULL (sealing only): the text's bytes [at, at + sn) are read from src, the rest from
+ * text (ipo_gcm_seal_xor_ghash_from). Whole 128-byte chunks inside that range are XORed
+ * straight from src; the head, the tail and a chunk that straddles an end are gathered into
+ * text first. src == NULL is folded away where the in-place paths inline this. */
 static inline IPO__H128 void ipo__crypt128(int open, const ipo_ghash_key* k, const uint8_t* aad,
                                            size_t aad_len, uint8_t* text, size_t len,
+                                           const uint8_t* src, size_t at, size_t sn,
                                            const uint8_t* ks, const uint8_t ekj0[16],
                                            uint8_t tag[16]) {
     const uint8_t* bp[IPO__LIST_MAX];
@@ -510,6 +522,7 @@ static inline IPO__H128 void ipo__crypt128(int open, const ipo_ghash_key* k, con
     __m128i x = _mm_setzero_si128();
     for (done = 0; done < a; done += 128) x = ipo__chunk_pcl(x, k, aad + done, NULL, NULL, 0);
     m = ipo__list_add(bp, 0, aad + a, aad_len - a, apad);
+    if (src) ipo__gather(text, src, at, sn, 0, 256); /* ipo__head takes at most 16 blocks */
     done = ipo__head(open, bp, m, text, ks, len);
     if (done) {
         x = ipo__list128(x, k, bp, done);
@@ -521,10 +534,20 @@ static inline IPO__H128 void ipo__crypt128(int open, const ipo_ghash_key* k, con
         if (open)
             for (; done + 128 <= len; done += 128)
                 x = ipo__chunk_pcl(x, k, text + done, text + done, ks + done, 2);
-        else
+        else if (!src)
             for (; done + 128 <= len; done += 128)
                 x = ipo__chunk_pcl(x, k, text + done, text + done, ks + done, 1);
+        else
+            for (; done + 128 <= len; done += 128) {
+                const uint8_t* in = text + done;
+                if (done >= at && done + 128 <= at + sn)
+                    in = src + (done - at);
+                else
+                    ipo__gather(text, src, at, sn, done, done + 128);
+                x = ipo__chunk_pcl(x, k, in, text + done, ks + done, 1);
+            }
     }
+    if (src) ipo__gather(text, src, at, sn, done, len);
     m = ipo__tail_list(open, bp, m, text, ks, len, aad_len, done, ext);
     x = ipo__list128(x, k, bp, m);
     if (open) ipo__tail_open(text, ks, len, done, ext);
@@ -547,7 +570,15 @@ IPO__TGT_PCL static void ipo__crypt_pcl(int open, const ipo_ghash_key* k, const 
                                         size_t aad_len, uint8_t* text, size_t len,
                                         const uint8_t* ks, const uint8_t ekj0[16],
                                         uint8_t tag[16]) {
-    ipo__crypt128(open, k, aad, aad_len, text, len, ks, ekj0, tag);
+    ipo__crypt128(open, k, aad, aad_len, text, len, NULL, 0, 0, ks, ekj0, tag);
+}
+
+IPO__TGT_PCL static void ipo__crypt_from_pcl(const ipo_ghash_key* k, const uint8_t* aad,
+                                             size_t aad_len, uint8_t* text, size_t len,
+                                             const uint8_t* src, size_t at, size_t n,
+                                             const uint8_t* ks, const uint8_t ekj0[16],
+                                             uint8_t tag[16]) {
+    ipo__crypt128(0, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
 }
 
 IPO__TGT_PCL static void ipo__update_pcl(const ipo_ghash_key* k, uint8_t X[16],
@@ -559,7 +590,15 @@ IPO__TGT_PCLAVX static void ipo__crypt_pclavx(int open, const ipo_ghash_key* k,
                                               const uint8_t* aad, size_t aad_len,
                                               uint8_t* text, size_t len, const uint8_t* ks,
                                               const uint8_t ekj0[16], uint8_t tag[16]) {
-    ipo__crypt128(open, k, aad, aad_len, text, len, ks, ekj0, tag);
+    ipo__crypt128(open, k, aad, aad_len, text, len, NULL, 0, 0, ks, ekj0, tag);
+}
+
+IPO__TGT_PCLAVX static void ipo__crypt_from_pclavx(const ipo_ghash_key* k, const uint8_t* aad,
+                                                   size_t aad_len, uint8_t* text, size_t len,
+                                                   const uint8_t* src, size_t at, size_t n,
+                                                   const uint8_t* ks, const uint8_t ekj0[16],
+                                                   uint8_t tag[16]) {
+    ipo__crypt128(0, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
 }
 
 IPO__TGT_PCLAVX static void ipo__update_pclavx(const ipo_ghash_key* k, uint8_t X[16],
@@ -979,6 +1018,36 @@ IPO__API void ipo_gcm_seal_xor_ghash(int path, const ipo_ghash_key* k, const uin
                                      const uint8_t* ks, const uint8_t ekj0[16],
                                      uint8_t tag[16]) {
     ipo__crypt(0, path, k, aad, aad_len, text, len, ks, ekj0, tag);
+}
+
+/* Send side, out of place: as ipo_gcm_seal_xor_ghash, with the plaintext's bytes
+ * [at, at + n) of the text read from src instead of text (the rest is in text already); the
+ * ciphertext goes to text. The 128-bit paths XOR straight from src; the others gather first. */
+IPO__API void ipo_gcm_seal_xor_ghash_from(int path, const ipo_ghash_key* k, const uint8_t* aad,
+                                          size_t aad_len, uint8_t* text, size_t len,
+                                          const uint8_t* src, size_t at, size_t n,
+                                          const uint8_t* ks, const uint8_t ekj0[16],
+                                          uint8_t tag[16]) {
+    uint8_t none[16];
+    if (!n || !len || at >= len) {
+        ipo__crypt(0, path, k, aad, aad_len, text, len, ks, ekj0, tag);
+        return;
+    }
+    if (n > len - at) n = len - at;
+    if (!aad_len) aad = none;
+    switch (path) {
+#if IPO_GHASH_X86
+    case IPO_GHASH_PCLMUL:
+        ipo__crypt_from_pcl(k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
+        return;
+    case IPO_GHASH_PCLMUL_AVX:
+        ipo__crypt_from_pclavx(k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
+        return;
+#endif
+    default:
+        ipo__gather(text, src, at, n, 0, len);
+        ipo__crypt(0, path, k, aad, aad_len, text, len, ks, ekj0, tag);
+    }
 }
 
 /* Receive side, in place: tag from the ciphertext as given, then text ^= ks. The caller

@@ -3,7 +3,8 @@
 #
 # C level, for the batched GCM code of the including module:
 #   ipo_ghash_key (IPO_GHASH_KEY_BYTES bytes, alignment 1, memcpy-able), ipo_ghash_key_init,
-#   ipo_gcm_seal_xor_ghash, ipo_gcm_open_ghash_xor, ipo_ghash_update (all nogil);
+#   ipo_gcm_seal_xor_ghash, ipo_gcm_seal_xor_ghash_from (out of place), ipo_gcm_open_ghash_xor,
+#   ipo_ghash_update (all nogil);
 #   ghash_active_path() -> the path code to pass them (resolves ghash_default_path() once,
 #   needs the GIL the first time); afterwards _ghash_path holds it and nogil code may read it.
 from libc.stdint cimport uint8_t
@@ -31,6 +32,10 @@ cdef extern from "crypto/ghash.h" nogil:
     void ipo_gcm_open_ghash_xor(int path, const ipo_ghash_key* k, const uint8_t* aad,
                                 size_t aad_len, uint8_t* text, size_t len, const uint8_t* ks,
                                 const uint8_t* ekj0, uint8_t* tag)
+    void ipo_gcm_seal_xor_ghash_from(int path, const ipo_ghash_key* k, const uint8_t* aad,
+                                     size_t aad_len, uint8_t* text, size_t len,
+                                     const uint8_t* src, size_t at, size_t n,
+                                     const uint8_t* ks, const uint8_t* ekj0, uint8_t* tag)
 
 import os as _ghash_os
 
@@ -200,3 +205,33 @@ def gcm_open_raw(str path, h, aad, text, ks, ekj0):
     """(plaintext, 16-byte tag): tag = GHASH_H(aad, text) ^ ekj0 over the ciphertext given,
     plaintext = text ^ ks. The caller compares the tag."""
     return _gcm_raw(1, path, h, aad, text, ks, ekj0)
+
+
+def gcm_seal_from_raw(str path, const uint8_t[::1] h, const uint8_t[::1] aad,
+                      const uint8_t[::1] text, const uint8_t[::1] src, size_t at,
+                      const uint8_t[::1] ks, const uint8_t[::1] ekj0):
+    """gcm_seal_raw out of place: the plaintext is ``text`` with ``src`` in place of its bytes
+    from ``at`` on (as many as src holds, up to the end); ``text`` itself keeps whatever it has
+    there, which the kernel must not read."""
+    cdef int code = _ghash_checked_code(path)
+    cdef uint8_t key[IPO_GHASH_KEY_BYTES]
+    cdef uint8_t tag[16]
+    cdef size_t n = text.shape[0], sn = src.shape[0]
+    _ghash_check16(h, "h")
+    _ghash_check16(ekj0, "ekj0")
+    if <size_t>ks.shape[0] < n:
+        raise ValueError(f"ks has {ks.shape[0]} bytes, text {n}")
+    if at > n or sn > n - at:
+        raise ValueError(f"src ({sn} bytes at {at}) does not fit the text ({n} bytes)")
+    out = bytearray(text)
+    cdef uint8_t[::1] o = out
+    cdef uint8_t* op = &o[0] if n else _ghash_empty
+    cdef const uint8_t* ap = _ghash_ptr(aad)
+    cdef const uint8_t* kp = _ghash_ptr(ks)
+    cdef const uint8_t* sp = _ghash_ptr(src)
+    cdef size_t alen = aad.shape[0]
+    with nogil:
+        ipo_ghash_key_init(<ipo_ghash_key*>key, &h[0])
+        ipo_gcm_seal_xor_ghash_from(code, <ipo_ghash_key*>key, ap, alen, op, n, sp, at, sn, kp,
+                                    &ekj0[0], tag)
+    return bytes(out), (<char*>tag)[:16]
