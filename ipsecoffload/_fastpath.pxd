@@ -279,6 +279,12 @@ ctypedef struct CryptoOp:
     uint8_t status            # OP_PENDING -> OP_DONE (or OP_AUTH_FAILED on receive)
     uint8_t reserved[3]
     uint8_t nonce[12]         # GCM / GMAC: salt || IV (RFC 4106 §4, RFC 4543 §3.1)
+    # Out of place (src_len > 0, send only): text bytes [src_at, src_at + src_len) are still
+    # in the source arena (the batch's frames) at src_off; the seal reads them from there and
+    # writes the ciphertext into the arena (docs/send-path.md, "Out-of-place seal").
+    int32_t src_at
+    int64_t src_off
+    int32_t src_len
     uint8_t reserved2[4]
 
 

@@ -792,6 +792,80 @@ def test_twins_agree_on_good_batches(batch, iv_source):
     assert np.all(result.lso_complete[~lso] == 0)
 
 
+def _send(kernels, batch, backends):
+    return run_send(batch, TABLE.mp.sas.snapshot(), config=ALL_CONFIG, icv_space=IcvSpace.AUTO,
+                    iv_source=IvSource.NIC, kernels=kernels, backends=backends,
+                    random_source=random_bytes)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=batches())
+def test_out_of_place_seal_equals_the_in_place_twin(batch):
+    """tx_run seals AES-GCM ESP out of place (docs/send-path.md, "Out-of-place seal"): the
+    batched backend reads the payloads from the batch's arena on its default GHASH path, the
+    reference backend gets them copied in first (ops_gather). Both send exactly what the twin
+    sends, which copies every payload and seals in place, LSO segments included."""
+    want = _send(twin, batch, backends_for(twin, ReferenceBackend()))
+    for backends in (backends_for(_fastpath), backends_for(_fastpath, ReferenceBackend())):
+        got = _send(_fastpath, batch, backends)
+        _same_arrays(got.status, want.status)
+        _same_arrays(got.lso_complete, want.lso_complete)
+        assert got.wire.table.tobytes() == want.wire.table.tobytes()
+        _same_arrays(got.wire.arena, want.wire.arena)
+
+
+def test_tx_emit_out_of_place_leaves_gcm_payloads_in_the_batch():
+    """tx_emit(out_of_place=True) names each AES-GCM ESP op's payload in the source and does
+    not write it; ops_gather then makes the op table and arena tx_emit writes in place."""
+    batch = _good_batch()
+    snap = TABLE.mp.sas.snapshot()
+    records = snap.records_bytes
+    plans = np.empty(batch.num_buffers * NB_PLAN_DTYPE.itemsize, np.uint8)
+    _fastpath.tx_classify(batch, records, ALL_CONFIG, int(IcvSpace.AUTO), int(IvSource.NIC),
+                          plans)
+    n_nbl = len(batch.oob_bytes) // NBL_OOB_DTYPE.itemsize
+    status, lso_done = np.empty(n_nbl, np.uint32), np.empty(n_nbl, np.uint64)
+    counters = np.empty(COUNTERS, np.int64)
+    out_bytes, n_frames, n_ops, rand_bytes = _fastpath.tx_plan(batch, records, plans, status,
+                                                               lso_done, counters)
+    rand = np.frombuffer(random_bytes(rand_bytes), np.uint8)
+    emitted = []
+    for out_of_place in (False, True):
+        out = np.full(out_bytes, POISON, np.uint8)
+        frames = np.empty(n_frames * WIRE_FRAME_DTYPE.itemsize, np.uint8)
+        ops = np.empty(n_ops * CRYPTO_OP_DTYPE.itemsize, np.uint8)
+        _fastpath.tx_emit(batch, records, plans, rand, out, frames, ops, out_of_place)
+        emitted.append((out, ops))
+    (out_in, ops_in), (out_oop, ops_oop) = emitted
+    table = ops_oop.view(CRYPTO_OP_DTYPE)
+    gcm = table["suite"] == Suite.AES_GCM
+    assert gcm.any() and np.all(table["src_len"][gcm] > 0) and not table["src_len"][~gcm].any()
+    assert not ops_in.view(CRYPTO_OP_DTYPE)["src_len"].any()
+    for op in table[gcm]:  # the text's source part is left unwritten
+        start = int(op["text_off"]) + int(op["src_at"])
+        assert np.all(out_oop[start:start + int(op["src_len"])] == POISON)
+        assert batch.arena[int(op["src_off"]):int(op["src_off"]) + int(op["src_len"])].tobytes() \
+            == out_in[start:start + int(op["src_len"])].tobytes()
+    _fastpath.ops_gather(out_oop, ops_oop, np.arange(n_ops, dtype=np.int32), batch.arena)
+    assert ops_oop.tobytes() == ops_in.tobytes()
+    _same_arrays(out_oop, out_in)
+
+
+def test_out_of_place_ops_are_checked_before_any_copy():
+    arena, src = np.zeros(64, np.uint8), np.arange(32, dtype=np.uint8)
+    ops = np.zeros(1, CRYPTO_OP_DTYPE)
+    ops["text_off"], ops["text_len"], ops["suite"] = 16, 32, Suite.AES_GCM
+    for field, value in (("src_len", 33), ("src_at", 1), ("src_off", 1), ("src_len", -1)):
+        bad = ops.copy()
+        bad["src_len"] = 32
+        bad[field] = value
+        with pytest.raises(ValueError, match="source range"):
+            _fastpath.ops_gather(arena, bad.view(np.uint8), np.zeros(1, np.int32), src)
+        assert not arena.any()
+    with pytest.raises(ValueError, match="names no op"):
+        _fastpath.ops_gather(arena, ops.view(np.uint8), np.ones(1, np.int32), src)
+
+
 # -- the stages one by one -------------------------------------------------------------------
 
 POISON = 0x5A

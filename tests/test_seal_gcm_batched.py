@@ -196,3 +196,79 @@ def test_one_call_crossover_follows_the_cpu(monkeypatch):
     finally:
         monkeypatch.delenv("IPSECOFFLOAD_GCM_ONE_CALL_MIN", raising=False)
         _fastpath.gcm_one_call_reset()
+
+
+def _out_of_place(rng, arena, ops):
+    """The same group with each op's plaintext bytes [src_at, src_at + src_len) moved to a
+    separate source arena (at random offsets) and replaced by garbage in the arena."""
+    moved, table = arena.copy(), ops.copy()
+    parts, pos = [], 0
+    for op in table:
+        n = int(op["text_len"])
+        if n == 0 or rng.integers(0, 5) == 0:
+            continue  # some ops stay in place
+        at = int(rng.integers(0, n))
+        k = int(rng.integers(1, n - at + 1))
+        start = int(op["text_off"]) + at
+        gap = int(rng.integers(0, 9))
+        parts.append(rng.bytes(gap) + moved[start:start + k].tobytes())
+        op["src_at"], op["src_off"], op["src_len"] = at, pos + gap, k
+        pos += gap + k
+        moved[start:start + k] = np.frombuffer(rng.bytes(k), np.uint8)
+    return moved, table, np.frombuffer(b"".join(parts) + rng.bytes(8), np.uint8)
+
+
+@pytest.mark.parametrize("icv_len", [8, 16])
+def test_out_of_place_seal_matches_the_reference_on_every_path(ghash_path, icv_len,
+                                                               one_call_min):
+    """Ops whose plaintext is partly in a source arena (tx_run's out-of-place seal): on every
+    GHASH path, batched and one-call, the arena equals the reference's in-place seal and the
+    ops end in place (src fields 0). The reference gets the same ops through ops_gather."""
+    rng = np.random.default_rng([icv_len, 21, PATHS.index(ghash_path)])
+    keys = _keys(rng, Suite.AES_GCM, 16, icv_len, False)
+    lengths = [1, 15, 16, 17, 127, 128, 129, 255, 256, 257, 1400, 9000] + [
+        int(n) for n in rng.integers(1, 9001, 20)]
+    arena, ops = _group(rng, keys, lengths)
+    idx = rng.permutation(len(lengths)).astype(np.int32)
+    ref_arena, ref_ops = arena.copy(), ops.copy()
+    ReferenceBackend().seal(ref_arena, ref_ops.view(np.uint8), idx, keys)
+    moved, table, src = _out_of_place(rng, arena, ops)
+    assert table["src_len"].any()
+    got_arena, got_ops = moved.copy(), table.copy()
+    backend = _fastpath.GcmBatchedBackend()
+    assert backend.reads_source
+    backend.seal(got_arena, got_ops.view(np.uint8), idx, keys, src)
+    assert got_arena.tobytes() == ref_arena.tobytes()
+    assert got_ops.tobytes() == ref_ops.tobytes()
+    via_arena, via_ops = moved.copy(), table.copy()
+    _fastpath.run_op_groups(via_arena, via_ops.view(np.uint8), (keys,),
+                            {int(Suite.AES_GCM): ReferenceBackend()}, "seal", src)
+    assert via_arena.tobytes() == ref_arena.tobytes()
+    assert via_ops.tobytes() == ref_ops.tobytes()
+
+
+def test_out_of_place_ops_are_refused_when_they_cannot_be_read():
+    rng = np.random.default_rng(22)
+    keys = _keys(rng, Suite.AES_GCM, 16, 16, False)
+    arena, ops = _group(rng, keys, [100, 200])
+    moved, table, src = _out_of_place(np.random.default_rng(0), arena, ops)
+    table["src_len"][0], table["src_at"][0], table["src_off"][0] = 10, 0, 0
+    idx = np.arange(2, dtype=np.int32)
+    backend = _fastpath.GcmBatchedBackend()
+    cases = [("no source", dict(), None), ("past the source", dict(src_off=len(src)), src),
+             ("past the text", dict(src_at=95), src), ("negative", dict(src_len=-1), src)]
+    for what, fields, source in cases:
+        bad = table.copy()
+        for name, value in fields.items():
+            bad[name][0] = value
+        before = moved.copy()
+        with pytest.raises(ValueError):
+            backend.seal(before, bad.view(np.uint8), idx, keys, source)
+        assert before.tobytes() == moved.tobytes(), what
+    with pytest.raises(ValueError, match="out of place"):
+        backend.open(moved.copy(), table.copy().view(np.uint8), idx, keys)
+    gmac = _keys(rng, Suite.AES_GMAC, 16, 16, False)
+    g_arena, g_ops = _group(rng, gmac, [100])
+    g_ops["src_len"] = 10
+    with pytest.raises(ValueError, match="out of place"):
+        backend.seal(g_arena, g_ops.view(np.uint8), np.zeros(1, np.int32), gmac, src)

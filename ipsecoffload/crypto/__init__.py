@@ -4,7 +4,10 @@ tx_emit writes the op table (``layout.CRYPTO_OP_DTYPE``): one row per protected 
 naming its kind, pass, suite, key context and where its header, text and ICV sit in the
 output arena. The pipeline groups the ops by (pass, kind, suite, key context) and hands each
 group to one backend call: ``backend.seal(arena, op_bytes, idx, keys)`` (``open`` on
-receive), which processes the rows ``idx`` in place and sets their status.
+receive), which processes the rows ``idx`` in place and sets their status. A backend whose
+``reads_source`` is true also takes the source arena of out-of-place seals as a fifth
+argument; any other gets those ops made in place first (docs/send-path.md, "Out-of-place
+seal").
 """
 from __future__ import annotations
 

@@ -175,9 +175,10 @@ cdef inline int64_t gcm_blocks_of(const CryptoOp* op) noexcept nogil:
 
 
 cdef int gcm_check_ops(int64_t size, const CryptoOp* op0, int64_t n_ops, const int32_t* idx,
-                       int64_t n, bint seal) except -1:
+                       int64_t n, bint seal, int64_t src_size) except -1:
     """Every op of the group lies inside the arena and is a GCM/GMAC ESP op, or an AH
-    AES-GMAC sign (seal) or verify (open) op."""
+    AES-GMAC sign (seal) or verify (open) op; an out-of-place op (src_len > 0: AES-GCM seals
+    only) reads inside the source (``src_size`` bytes; -1: none was given)."""
     cdef int64_t i, j
     cdef const CryptoOp* op
     for i in range(n):
@@ -185,6 +186,12 @@ cdef int gcm_check_ops(int64_t size, const CryptoOp* op0, int64_t n_ops, const i
         if j < 0 or j >= n_ops:
             raise ValueError(f"idx[{i}] = {j} names no op")
         op = op0 + j
+        if op.src_len:
+            if not seal or op.suite != SUITE_AES_GCM:
+                raise ValueError(f"op {j} is out of place but not an AES-GCM seal")
+            if src_size < 0:
+                raise ValueError(f"op {j} is out of place and no source arena was given")
+            check_op_source(op, j, size, src_size)
         if op.suite == SUITE_AH_GMAC:  # AH: header copy, rest of packet, IV || ICV
             if op.kind != (OP_AH_SIGN if seal else OP_AH_VERIFY) or op.iv_len != 8 \
                     or op.icv_len != 16:
@@ -226,9 +233,11 @@ cdef inline void gcm_aad_header(uint8_t* aad, int64_t* aad_len, const uint8_t* e
 
 
 cdef void gcm_finish_op(uint8_t* arena, CryptoOp* op, const uint8_t* ks, int path,
-                        const ipo_ghash_key* key, uint8_t* scratch, bint seal) noexcept nogil:
+                        const ipo_ghash_key* key, uint8_t* scratch, bint seal,
+                        const uint8_t* src) noexcept nogil:
     """XOR + GHASH of one op with its keystream ``ks`` (J0's block first); the tag goes to the
-    ICV (seal) or is compared with it in constant time (open)."""
+    ICV (seal) or is compared with it in constant time (open). An out-of-place op's plaintext
+    bytes are read from ``src`` (the source arena)."""
     cdef uint8_t aad[12]
     cdef uint8_t tag[16]
     cdef int64_t aad_len, k
@@ -258,6 +267,10 @@ cdef void gcm_finish_op(uint8_t* arena, CryptoOp* op, const uint8_t* ks, int pat
                                    tag)
         else:
             ipo_gcm_seal_xor_ghash(path, key, esp, 16 + op.text_len, NULL, 0, NULL, ks, tag)
+    elif seal and op.src_len:
+        ipo_gcm_seal_xor_ghash_from(path, key, aad, aad_len, arena + op.text_off, op.text_len,
+                                    src + op.src_off, op.src_at, op.src_len, ks + 16, ks, tag)
+        op_in_place(op)
     elif seal:
         ipo_gcm_seal_xor_ghash(path, key, aad, aad_len, arena + op.text_off, op.text_len,
                                ks + 16, ks, tag)
@@ -277,26 +290,30 @@ cdef class GcmBatchedBackend:
     cdef readonly str name
     # One keystream buffer reused call after call (fresh pages cost more than the AES):
     # taken under the GIL by one call at a time; a concurrent call allocates its own.
+    # seal takes the source arena of out-of-place ops (run_op_groups)
+    cdef readonly bint reads_source
     cdef object _ks_cache
     cdef bint _ks_busy
 
     def __init__(self):
         self.name = "gcm-batched"
+        self.reads_source = True
         self._ks_cache = None
         self._ks_busy = False
 
     def __repr__(self):
         return f"GcmBatchedBackend(ghash={ghash_default_path()})"
 
-    def seal(self, arena, ops, idx, keys):
-        """Seal the ops ``idx`` (int32) of ``ops`` (CryptoOp bytes) in ``arena`` (uint8)."""
-        self._run(arena, ops, idx, keys, True)
+    def seal(self, arena, ops, idx, keys, src=None):
+        """Seal the ops ``idx`` (int32) of ``ops`` (CryptoOp bytes) in ``arena`` (uint8);
+        out-of-place ops read their plaintext from ``src`` (and are in place afterwards)."""
+        self._run(arena, ops, idx, keys, True, src)
 
     def open(self, arena, ops, idx, keys):
         """Verify and decrypt the ops ``idx``; each gets OP_DONE or OP_AUTH_FAILED."""
-        self._run(arena, ops, idx, keys, False)
+        self._run(arena, ops, idx, keys, False, None)
 
-    cdef _run(self, arena, ops, idx, object keys, bint seal):
+    cdef _run(self, arena, ops, idx, object keys, bint seal, src):
         # numpy arrays as tx_run makes them: their pointers as is; else typed memoryviews
         cdef uint8_t[::1] arena_mv
         cdef uint8_t[::1] ops_mv
@@ -305,6 +322,13 @@ cdef class GcmBatchedBackend:
         cdef int64_t size, ops_size, n
         cdef const int32_t* ix
         cdef CryptoOp* op0
+        cdef const uint8_t[::1] src_mv
+        cdef const uint8_t* sbase = NULL
+        cdef int64_t src_size = -1
+        if src is not None:
+            src_mv = src
+            src_size = src_mv.shape[0]
+            sbase = &src_mv[0] if src_size else NULL
         if plain_array(arena, cnp.NPY_UINT8, True):
             base, size = <uint8_t*>array_data(arena), array_len(arena)
         else:
@@ -327,7 +351,7 @@ cdef class GcmBatchedBackend:
             raise ValueError("ops buffer size does not match the CryptoOp layout")
         if n == 0:
             return
-        gcm_check_ops(size, op0, ops_size // sizeof(CryptoOp), ix, n, seal)
+        gcm_check_ops(size, op0, ops_size // sizeof(CryptoOp), ix, n, seal, src_size)
         cdef int64_t limit = gcm_one_call_limit(), i, big = 0
         aead = getattr(keys, "aead", None) if limit != GCM_ONE_CALL_NEVER else None
         if aead is not None:
@@ -335,7 +359,7 @@ cdef class GcmBatchedBackend:
                 if gcm_one_call(op0 + ix[i], limit):
                     big += 1
         if big == 0:
-            self._group(base, op0, ix, n, keys, seal)
+            self._group(base, op0, ix, n, keys, seal, sbase)
             return
         # the large AES-GCM ops one OpenSSL call each, the rest batched
         split = np.empty(n, np.int32)
@@ -345,15 +369,19 @@ cdef class GcmBatchedBackend:
             if gcm_one_call(op0 + ix[i], limit):
                 sp[lo] = ix[i]
                 lo += 1
+                if op0[ix[i]].src_len:  # OpenSSL seals in place: the plaintext goes there first
+                    memcpy(base + op0[ix[i]].text_off + op0[ix[i]].src_at,
+                           sbase + op0[ix[i]].src_off, op0[ix[i]].src_len)
+                    op_in_place(op0 + ix[i])
             else:
                 sp[hi] = ix[i]
                 hi += 1
         gcm_ops_one_call(base, op0, &sp[0], big, aead, seal)
         if big < n:
-            self._group(base, op0, &sp[big], n - big, keys, seal)
+            self._group(base, op0, &sp[big], n - big, keys, seal, sbase)
 
     cdef _group(self, uint8_t* base, CryptoOp* op0, const int32_t* idx, int64_t n,
-                object keys, bint seal):
+                object keys, bint seal, const uint8_t* sbase):
         key_arr = keys.ghash_key
         if not plain_array(key_arr, cnp.NPY_UINT8, False) \
                 or array_len(key_arr) < <int64_t>sizeof(ipo_ghash_key):
@@ -391,14 +419,15 @@ cdef class GcmBatchedBackend:
         if cached:
             self._ks_busy = True
         try:
-            self._chunks(base, op0, idx, n, key, path, encryptor, ks_arr, chunk_blocks, seal)
+            self._chunks(base, op0, idx, n, key, path, encryptor, ks_arr, chunk_blocks, seal,
+                         sbase)
         finally:
             if cached:
                 self._ks_busy = False
 
     cdef _chunks(self, uint8_t* base, CryptoOp* op0, const int32_t* idx, int64_t n,
                  const ipo_ghash_key* key, int path, object encryptor, object ks_arr,
-                 int64_t chunk_blocks, bint seal):
+                 int64_t chunk_blocks, bint seal, const uint8_t* sbase):
         cdef int64_t blocks, i
         cdef uint8_t* ks = <uint8_t*>array_data(ks_arr)
         cdef uint8_t* scratch = ks + chunk_blocks * 16 + 16
@@ -419,7 +448,8 @@ cdef class GcmBatchedBackend:
             used = 0
             with nogil:
                 for i in range(start, end):
-                    gcm_finish_op(base, op0 + idx[i], ks + used * 16, path, key, scratch, seal)
+                    gcm_finish_op(base, op0 + idx[i], ks + used * 16, path, key, scratch, seal,
+                                  sbase)
                     used += gcm_blocks_of(op0 + idx[i])
             start = end
 

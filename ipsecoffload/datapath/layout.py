@@ -56,7 +56,8 @@ CRYPTO_OP_DTYPE = np.dtype([
     ("seq_hi", np.uint32), ("kind", np.uint8), ("pass_no", np.uint8), ("suite", np.uint8),
     ("integ", np.uint8), ("iv_len", np.uint8), ("icv_len", np.uint8), ("esn", np.uint8),
     ("fixup", np.uint8), ("status", np.uint8), ("reserved", np.uint8, (3,)),
-    ("nonce", np.uint8, (12,)), ("reserved2", np.uint8, (4,)),
+    ("nonce", np.uint8, (12,)), ("src_at", np.int32), ("src_off", np.int64),
+    ("src_len", np.int32), ("reserved2", np.uint8, (4,)),
 ], align=True)
 
 RX_SA_KEY_DTYPE = np.dtype([

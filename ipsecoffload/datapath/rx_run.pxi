@@ -226,8 +226,8 @@ def rx_run(batch, table, rx_state, int config, backends, lock, uint32_t delete_a
     cdef RxState* states = <RxState*>state_p if nrows else NULL
     cdef int64_t n = b.n_nb, i, nops = 0, nah = 0, nretry = 0, l2, copy_len = 0, hdr
     cdef int needs
-    plans_arr = np.empty(n * sizeof(RxPlan), np.uint8)
-    ops_arr = np.empty(2 * n * sizeof(CryptoOp), np.uint8)
+    plans_arr = new_array(n * sizeof(RxPlan), cnp.NPY_UINT8)
+    ops_arr = new_array(2 * n * sizeof(CryptoOp), cnp.NPY_UINT8)
     counters_arr = np.zeros(RX_REASON_COUNT, np.int64)
     cdef RxPlan* plan0 = <RxPlan*>array_data(plans_arr) if n else NULL
     cdef CryptoOp* op0 = <CryptoOp*>array_data(ops_arr) if n else NULL
@@ -287,7 +287,7 @@ def rx_run(batch, table, rx_state, int config, backends, lock, uint32_t delete_a
                 nops += 1
     # the frames, then each AH frame's ICV input: its header region with the mutable fields
     # and the ICV zeroed (RFC 4302 §3.3.3.1), the real fields untouched
-    out_arr = np.empty(asize + copy_len, np.uint8)
+    out_arr = new_array(asize + copy_len, cnp.NPY_UINT8)
     cdef uint8_t* out = <uint8_t*>array_data(out_arr) if asize + copy_len else NULL
     with nogil:
         if asize:

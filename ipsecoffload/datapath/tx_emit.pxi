@@ -23,8 +23,10 @@ cdef int64_t ipv6_final_dst(const uint8_t* ip, int64_t ext_end) noexcept nogil:
 
 
 cdef int patch_segment(uint8_t* o, int64_t seg_len, const NbPlan* p, const Transform* rec,
-                       int64_t i, int64_t chunk, int64_t osize) except -1 nogil:
-    """Header patches of one output segment (docs/send-path.md); o is its first byte."""
+                       int64_t i, int64_t chunk, int64_t osize,
+                       const uint8_t* body) except -1 nogil:
+    """Header patches of one output segment (docs/send-path.md); o is its first byte. An LSO
+    segment's payload is at ``body`` when it is not in the segment yet (out-of-place seal)."""
     cdef uint8_t* ip = o + p.ip_off
     cdef uint8_t* tcp
     cdef int64_t thl, tcp_len, ext_end
@@ -74,7 +76,11 @@ cdef int patch_segment(uint8_t* o, int64_t seg_len, const NbPlan* p, const Trans
                  + (<uint64_t>tcp_len >> 16) + (tcp_len & 0xFFFF) + 6)
         else:
             s = csum_add(0, ip + 12, 8) + 6 + <uint64_t>tcp_len
-        st16(tcp + 16, ~csum_fold(csum_add(s, tcp, tcp_len)) & 0xFFFF)
+        if body != NULL:  # the TCP header's length is a multiple of 4: the sums add up
+            s = csum_add(csum_add(s, tcp, thl), body, chunk)
+        else:
+            s = csum_add(s, tcp, tcp_len)
+        st16(tcp + 16, ~csum_fold(s) & 0xFFFF)
     return 0
 
 
@@ -145,17 +151,22 @@ cdef int emit_ah_op(uint8_t* out, int64_t osize, int64_t pos, int64_t seg_len,
     return 0
 
 
-cdef int emit_nb(const uint8_t* frame, int64_t flen, int32_t nb, const NbPlan* p,
-                 const SaRecord* sa, const SaRecord* sa_in, const uint8_t* rand, int64_t rand_size, uint8_t* out,
-                 int64_t osize, int64_t scratch0, WireFrame* frames,
-                 CryptoOp* ops) except -1 nogil:
+cdef int emit_nb(const uint8_t* frame, int64_t flen, int64_t frame_off, int32_t nb,
+                 const NbPlan* p, const SaRecord* sa, const SaRecord* sa_in, const uint8_t* rand,
+                 int64_t rand_size, uint8_t* out, int64_t osize, int64_t scratch0,
+                 WireFrame* frames, CryptoOp* ops, bint out_of_place) except -1 nogil:
+    """The segments of one NET_BUFFER (``frame``, at ``frame_off`` in the batch's arena).
+    ``out_of_place``: an AES-GCM ESP op of a plain (not nested) layer leaves its payload in
+    the source arena for the seal to read (CryptoOp.src_*; docs/send-path.md, "Out-of-place
+    seal"), and only headers and trailer are written here."""
     cdef int64_t i, chunk, pad, seg_len, ptl, body_done, k, icv, pos = p.out_pos
-    cdef int64_t fi = p.frame0, oi = p.op0, base, scratch
+    cdef int64_t fi = p.frame0, oi = p.op0, base, scratch, text_at = 0
     cdef uint8_t* o
     cdef uint64_t sn
     cdef CryptoOp* op
     cdef const Transform* xf = NULL
     cdef const Transform* ah = NULL
+    cdef bint from_src = False
     if p.slot < 0 and not p.lso:  # passthrough: the frame leaves unchanged
         check(pos, flen, osize)
         memcpy(out + pos, frame, flen)
@@ -174,10 +185,14 @@ cdef int emit_nb(const uint8_t* frame, int64_t flen, int32_t nb, const NbPlan* p
             if sa.n_xf == 2:
                 ah = &sa.xf[1]
     icv = xf.icv_len if xf != NULL else 0
+    if xf != NULL:
+        text_at = <int64_t>p.esp_off + 8 + xf.iv_len
+        from_src = out_of_place and xf.suite == SUITE_AES_GCM and not p.nested
     # the protected header bytes every ESP segment repeats: destination options, TCP header
-    ptl = <int64_t>p.hdr_len - (<int64_t>p.esp_off + 8 + xf.iv_len) if xf != NULL else 0
+    ptl = <int64_t>p.hdr_len - text_at if xf != NULL else 0
     for i in range(p.nsegs):
         o = out + pos
+        body_done = 0
         if p.lso:
             body_done = i * p.mss
             chunk = p.body_len - body_done
@@ -189,7 +204,8 @@ cdef int emit_nb(const uint8_t* frame, int64_t flen, int32_t nb, const NbPlan* p
             check(0, p.hdr_len, flen)
             check(p.body_off + body_done, chunk, flen)
             memcpy(o, frame, p.hdr_len)
-            memcpy(o + p.hdr_len, frame + p.body_off + body_done, chunk)
+            if not from_src:
+                memcpy(o + p.hdr_len, frame + p.body_off + body_done, chunk)
             if xf != NULL:
                 for k in range(pad):  # RFC 4303 §2.4: pad bytes 1, 2, 3, ...
                     o[p.hdr_len + chunk + k] = <uint8_t>(k + 1)
@@ -200,8 +216,13 @@ cdef int emit_nb(const uint8_t* frame, int64_t flen, int32_t nb, const NbPlan* p
             seg_len = p.hdr_len + chunk + icv
             check(pos, seg_len, osize)
             check(0, p.hdr_len + chunk, flen)
-            memcpy(o, frame, p.hdr_len + chunk)
-        patch_segment(o, seg_len, p, xf, i, chunk, osize - pos)
+            if from_src:  # headers and IV room; the text (trailer included) stays in the frame
+                check(0, text_at, p.hdr_len + chunk)
+                memcpy(o, frame, text_at)
+            else:
+                memcpy(o, frame, p.hdr_len + chunk)
+        patch_segment(o, seg_len, p, xf, i, chunk, osize - pos,
+                      frame + p.body_off + body_done if from_src and p.lso else NULL)
         frames[fi].off = pos
         frames[fi].len = seg_len
         frames[fi].nbl = p.nbl
@@ -213,6 +234,16 @@ cdef int emit_nb(const uint8_t* frame, int64_t flen, int32_t nb, const NbPlan* p
             write_esp_fields(o, p, xf, sn, rand, rand_size, p.rand_off + i * xf.iv_len,
                              osize - pos)
             emit_esp_op(o, pos, seg_len, p, xf, sn, fi - 1, 2 if p.nested else 0, ops + oi)
+            op = ops + oi
+            if from_src and (chunk if p.lso else op.text_len) > 0:
+                if p.lso:  # the segment's payload, after its TCP header, before its trailer
+                    op.src_at = <int32_t>ptl
+                    op.src_off = frame_off + p.body_off + body_done
+                    op.src_len = <int32_t>chunk
+                else:  # the whole text, built with its trailer by the host stack
+                    op.src_at = 0
+                    op.src_off = frame_off + text_at
+                    op.src_len = <int32_t>op.text_len
             oi += 1
         if ah != NULL:  # AH over the result, in the pass after ESP (RFC 4301 §5.1.1)
             scratch = scratch0 + p.scratch_pos + i * (<int64_t>p.ah_off + p.ah_len - p.ip_off)
@@ -300,7 +331,7 @@ cdef int emit_inner(uint8_t* out, int64_t osize, int64_t pos, const NbPlan* p,
         if sa.n_xf == 2:
             ah = &sa.xf[1]
     inner_plan(p, sa, &q)
-    patch_segment(o, p.in_end, &q, xf, 0, 0, osize - pos)
+    patch_segment(o, p.in_end, &q, xf, 0, 0, osize - pos, NULL)
     if xf != NULL:
         zero_icv(o + p.in_end - xf.icv_len, xf.icv_len)
         write_esp_fields(o, &q, xf, q.sn64, rand, rand_size, rand_pos, osize - pos)
@@ -470,26 +501,29 @@ cdef int64_t tx_emit_check(BatchView b, const SaRecord* recs, int64_t nrec,
 
 cdef int tx_emit_run(BatchView b, const SaRecord* recs, const NbPlan* plan0,
                      const uint8_t* rand, int64_t rand_size, uint8_t* out, int64_t out_size,
-                     int64_t scratch0, WireFrame* frames, CryptoOp* ops) except -1 nogil:
+                     int64_t scratch0, WireFrame* frames, CryptoOp* ops,
+                     bint out_of_place) except -1 nogil:
     cdef int64_t i
     cdef const NbPlan* p
     for i in range(b.n_nb):
         p = plan0 + i
         if p.nsegs == 0:
             continue
-        emit_nb(b.c_arena + b.c_nb_off[i], b.c_nb_len[i], <int32_t>i, p,
+        emit_nb(b.c_arena + b.c_nb_off[i], b.c_nb_len[i], b.c_nb_off[i], <int32_t>i, p,
                 recs + p.slot if p.slot >= 0 else NULL,
-                recs + p.in_slot if p.slot >= 0 and p.nested else NULL, rand, rand_size, out, out_size,
-                scratch0, frames, ops)
+                recs + p.in_slot if p.slot >= 0 and p.nested else NULL, rand, rand_size, out,
+                out_size, scratch0, frames, ops, out_of_place)
     return 0
 
 
 def tx_emit(batch, const uint8_t[::1] records not None, const uint8_t[::1] plans not None,
             const uint8_t[::1] rand not None, uint8_t[::1] out not None,
-            uint8_t[::1] frames not None, uint8_t[::1] ops not None):
+            uint8_t[::1] frames not None, uint8_t[::1] ops not None, bint out_of_place=False):
     """Write every planned segment into ``out``, one WireFrame per output frame into
     ``frames`` and one CryptoOp per protected segment and layer into ``ops`` (both as struct
-    bytes). The AH ICV-input copies go after the frames in ``out`` (docs/send-path.md)."""
+    bytes). The AH ICV-input copies go after the frames in ``out`` (docs/send-path.md).
+    ``out_of_place``: AES-GCM ESP payloads are left in ``batch.arena`` for the seal, which must
+    then be given it as its source (run_op_groups' ``src``)."""
     cdef BatchView b = BatchView(batch)
     cdef int64_t nrec = records.shape[0] // sizeof(SaRecord)
     cdef int64_t n_frames = frames.shape[0] // sizeof(WireFrame)
@@ -508,4 +542,4 @@ def tx_emit(batch, const uint8_t[::1] records not None, const uint8_t[::1] plans
     cdef CryptoOp* obase_ops = <CryptoOp*>&ops[0] if n_ops else NULL
     with nogil:
         tx_emit_run(b, recs, plan0, rbase, rand.shape[0], obase, out.shape[0], scratch0, fbase,
-                    obase_ops)
+                    obase_ops, out_of_place)

@@ -32,10 +32,10 @@ def tx_run(batch, table, int config, int icv_space, int iv_source, backends, ran
         if not plain_array(totals, cnp.NPY_INT64, True) or array_len(totals) != N_COUNTERS + 2:
             raise ValueError(f"totals must be a writable int64 array of {N_COUNTERS + 2}")
         total_of = <int64_t*>array_data(totals)
-    plans_arr = np.empty(b.n_nb * sizeof(NbPlan), np.uint8)
-    status_arr = np.empty(b.n_nbl, np.uint32)
-    lso_arr = np.empty(b.n_nbl, np.uint64)
-    counters_arr = np.empty(N_COUNTERS, np.int64)
+    plans_arr = new_array(b.n_nb * sizeof(NbPlan), cnp.NPY_UINT8)
+    status_arr = new_array(b.n_nbl, cnp.NPY_UINT32)
+    lso_arr = new_array(b.n_nbl, cnp.NPY_UINT64)
+    counters_arr = new_array(N_COUNTERS, cnp.NPY_INT64)
     # arrays made here: their data pointers are taken as is (docs/architecture.md)
     cdef NbPlan* plan0 = <NbPlan*>array_data(plans_arr) if b.n_nb else NULL
     cdef uint32_t* status = <uint32_t*>array_data(status_arr) if b.n_nbl else NULL
@@ -75,10 +75,10 @@ def tx_run(batch, table, int config, int icv_space, int iv_source, backends, ran
     with nogil:
         t = tx_plan_run(b, recs, plan0, b.n_nb, status, lso_done, counters)
     # the frames, then the AH scratch (docs/send-path.md); the wire sees the frames only
-    arena_arr = np.empty(t.out_bytes + t.scratch_bytes, np.uint8)
+    arena_arr = new_array(t.out_bytes + t.scratch_bytes, cnp.NPY_UINT8)
     out_arr = arena_arr[:t.out_bytes] if t.scratch_bytes else arena_arr
-    frames_arr = np.empty(t.frames * sizeof(WireFrame), np.uint8)
-    ops_arr = np.empty(t.ops * sizeof(CryptoOp), np.uint8)
+    frames_arr = new_array(t.frames * sizeof(WireFrame), cnp.NPY_UINT8)
+    ops_arr = new_array(t.ops * sizeof(CryptoOp), cnp.NPY_UINT8)
     cdef const uint8_t[::1] rand
     cdef const uint8_t* rand0 = NULL
     cdef int64_t rand_len = 0
@@ -96,9 +96,10 @@ def tx_run(batch, table, int config, int icv_space, int iv_source, backends, ran
     cdef int64_t scratch0 = tx_emit_check(b, recs, nrec, plan0, rand_len, arena_size,
                                           t.frames, t.ops)
     with nogil:
-        tx_emit_run(b, recs, plan0, rand0, rand_len, out, arena_size, scratch0, frames, op0)
+        tx_emit_run(b, recs, plan0, rand0, rand_len, out, arena_size, scratch0, frames, op0,
+                    True)
     if t.ops:
-        run_op_groups(arena_arr, ops_arr, table.keys, backends, "seal")
+        run_op_groups(arena_arr, ops_arr, table.keys, backends, "seal", b.keep[0])
         tx_fixup_check(op0, t.ops, t.out_bytes)
         with nogil:
             tx_fixup_run(out, op0, t.ops)
@@ -129,9 +130,22 @@ cdef object _op_order(int64_t n):
     return _op_orders[:n]
 
 
-def run_op_groups(arena, ops, keys, backends, str direction):
+cdef _run_group(backend, str direction, arena, ops, order, keys, src):
+    """One group through its backend. Out-of-place ops (CryptoOp.src_len > 0) go to a
+    backend that reads the source itself (``reads_source``) with ``src``; for any other the
+    source bytes are first copied into the arena (ops_gather), which makes them in place."""
+    if src is not None:
+        if getattr(backend, "reads_source", False):
+            getattr(backend, direction)(arena, ops, order, keys, src)
+            return
+        ops_gather(arena, ops, order, src)
+    getattr(backend, direction)(arena, ops, order, keys)
+
+
+def run_op_groups(arena, ops, keys, backends, str direction, src=None):
     """Each op group (pass, kind, suite, key context) through its backend, passes in order.
-    The common case, ops already in group order (one SA, or SAs in runs), needs no sort."""
+    The common case, ops already in group order (one SA, or SAs in runs), needs no sort.
+    ``src``: the source arena of out-of-place ops (tx_emit's batch arena), else None."""
     cdef const uint8_t[::1] op_bytes = ops
     cdef int64_t n = op_bytes.shape[0] // sizeof(CryptoOp), i, start = 0
     if op_bytes.shape[0] % sizeof(CryptoOp):
@@ -148,14 +162,55 @@ def run_op_groups(arena, ops, keys, backends, str direction):
     if not in_order:
         order, groups = op_groups(ops)
         for start_, end, _pass, _kind, suite, key_row in groups.tolist():
-            getattr(backends[suite], direction)(arena, ops, order[start_:end], keys[key_row])
+            _run_group(backends[suite], direction, arena, ops, order[start_:end], keys[key_row],
+                       src)
         return
     order = _op_order(n)
     for i in range(1, n + 1):
         if i == n or op_group_key(op0 + i) != op_group_key(op0 + start):
-            getattr(backends[op0[start].suite], direction)(arena, ops, order[start:i],
-                                                           keys[op0[start].key_row])
+            _run_group(backends[op0[start].suite], direction, arena, ops, order[start:i],
+                       keys[op0[start].key_row], src)
             start = i
+
+
+cdef inline void op_in_place(CryptoOp* op) noexcept nogil:
+    """The op, its source bytes now in its text: as tx_emit writes it in place."""
+    op.src_off = 0
+    op.src_at = 0
+    op.src_len = 0
+
+
+cdef int check_op_source(const CryptoOp* op, int64_t j, int64_t size,
+                         int64_t src_size) except -1:
+    """An out-of-place op's source range lies inside the source arena and its text."""
+    if op.src_len < 0 or op.src_at < 0 or op.src_at > op.text_len - op.src_len \
+            or op.src_off < 0 or op.src_off > src_size - op.src_len \
+            or op.text_off < 0 or op.text_off > size - op.text_len:
+        raise ValueError(f"op {j}'s source range reaches outside its text or the source")
+    return 0
+
+
+def ops_gather(uint8_t[::1] arena not None, uint8_t[::1] ops not None,
+               const int32_t[::1] idx not None, const uint8_t[::1] src not None):
+    """The source bytes of the out-of-place ops ``idx`` copied into their text in ``arena``;
+    each is in place afterwards (its src fields 0)."""
+    cdef int64_t n_ops = ops.shape[0] // sizeof(CryptoOp), i, j, size = arena.shape[0]
+    if ops.shape[0] % sizeof(CryptoOp):
+        raise ValueError("ops buffer size does not match the CryptoOp layout")
+    cdef CryptoOp* op0 = <CryptoOp*>&ops[0] if n_ops else NULL
+    cdef CryptoOp* op
+    for i in range(idx.shape[0]):
+        j = idx[i]
+        if j < 0 or j >= n_ops:
+            raise ValueError(f"idx[{i}] = {j} names no op")
+        if op0[j].src_len:
+            check_op_source(op0 + j, j, size, src.shape[0])
+    with nogil:
+        for i in range(idx.shape[0]):
+            op = op0 + idx[i]
+            if op.src_len:
+                memcpy(&arena[op.text_off + op.src_at], &src[op.src_off], op.src_len)
+                op_in_place(op)
 
 
 def output_bounds(batch):

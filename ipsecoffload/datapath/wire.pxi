@@ -94,6 +94,13 @@ cdef inline int64_t array_len(object a) noexcept:
     return cnp.PyArray_DIM(<cnp.ndarray>a, 0)
 
 
+cdef inline object new_array(int64_t n, int typenum):
+    """np.empty(n, dtype) through numpy's C API: a Python-level np.empty call costs about
+    0.4 us more, and a send makes seven arrays."""
+    cdef cnp.npy_intp dim = <cnp.npy_intp>n
+    return cnp.PyArray_EMPTY(1, &dim, typenum, 0)
+
+
 cdef class BatchView:
     """A validated C view of a batch (arena, nb_off, nb_len, nb_nbl, oob_bytes): the arrays
     (or the memoryviews of other buffers) stay alive with it; the stages read the raw
