@@ -12,11 +12,12 @@ import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
 from ..control.miniport import Miniport
+from ..datapath.layout import WIRE_FRAME_DTYPE
 from ..host.packetinfo import TCP, MalformedPacket, parse_packet
 from ..io.pcap import (DEFAULT_SNAPLEN, LINKTYPE_ETHERNET, PcapError, PcapReader,
                    PcapWriter, keep_truncation_warnings, l2_length)
@@ -129,32 +130,47 @@ def add_policy_sas(stack: HostStack, policies: Sequence[SaPolicy]) -> list:
 
 
 class CaptureEncryptor:
-    """Holds the stack, the miniport and the running summary for one capture."""
+    """Holds the stack, the miniport and the running summary for one capture. ``link``
+    ("raw"): the stack frames plain IP and ``process`` puts each record's own link header
+    back (ViaBulkEncryptor); by default the stack's link is the capture's."""
 
     def __init__(self, policies: Sequence[SaPolicy], summary: EncryptSummary,
-                 miniport: Optional[Miniport] = None):
+                 miniport: Optional[Miniport] = None, link: Optional[str] = None):
         self.policies = list(policies)
         self.summary = summary
-        self.l2 = l2_length(summary.linktype)
-        self.stack = HostStack(miniport or Miniport(),
-                               link="ethernet" if summary.linktype == LINKTYPE_ETHERNET else "raw")
+        self.l2 = 0  # with ``link`` given, frames_of is told each record's
+        if link is None:
+            self.l2 = l2_length(summary.linktype)
+            link = "ethernet" if summary.linktype == LINKTYPE_ETHERNET else "raw"
+        self.stack_l2 = 14 if link == "ethernet" else 0
+        self.stack = HostStack(miniport or Miniport(), link=link)
         self.sas = add_policy_sas(self.stack, self.policies)
         summary.sas = {p.name: SaStats() for p in self.policies}
 
     def process(self, records) -> list:
         """The output frames of one batch of records, as (frame, ts_ns) in input order."""
-        summary, l2 = self.summary, self.l2
+        return [(frame, records[index].ts_ns) for frame, index in self.frames_of(records)]
+
+    def frames_of(self, records, l2s: Optional[Sequence[int]] = None) -> list:
+        """The output frames of one batch of records, as (frame, record index) in input
+        order. ``l2s``: each record's link header length (VLAN tags included), else the
+        capture's."""
+        summary = self.summary
+        if l2s is None and self.l2:  # Ethernet: VLAN tags too, as host_classify reads them
+            l2s = [_link_header_len(record.data) for record in records]
         outputs: list[list[bytes]] = [[] for _ in records]
+        owners: list[Optional[SaStats]] = [None] * len(records)
         groups: dict[int, list[_Job]] = {}
         for index, record in enumerate(records):
             frame = record.data
+            l2 = self.l2 if l2s is None else l2s[index]
             summary.packets_in += 1
             summary.bytes_in += len(frame)
             if l2:
                 if len(frame) < l2:
                     summary.malformed["truncated link header"] += 1
                     continue
-                if frame[12:14] not in _IP_ETHERTYPES:
+                if frame[l2 - 2:l2] not in _IP_ETHERTYPES:
                     summary.not_ip += 1
                     outputs[index].append(frame)
                     continue
@@ -168,7 +184,7 @@ class CaptureEncryptor:
             if policy_index >= 0 and info.fragment:
                 summary.malformed["IP fragment (IPsec is not offloaded for fragments)"] += 1
                 continue
-            stats = self._stats(policy_index)
+            stats = owners[index] = self._stats(policy_index)
             stats.packets += 1
             stats.bytes_in += len(frame)
             lso = (policy_index >= 0 and summary.mss is not None and info.proto == TCP
@@ -181,12 +197,19 @@ class CaptureEncryptor:
         for policy_index, jobs in groups.items():
             self._send(policy_index, jobs, outputs)
         frames = []
-        for record, out in zip(records, outputs):
+        for index, (record, out) in enumerate(zip(records, outputs)):
+            l2 = self.l2 if l2s is None else l2s[index]
             for frame in out:
                 if l2 and frame is not record.data:
-                    # keep the capture's MAC addresses; the stack wrote the EtherType
-                    frame = record.data[:12] + frame[12:]
-                frames.append((frame, record.ts_ns))
+                    # keep the capture's link header (MACs, VLAN tags); the EtherType is the
+                    # outer IP version's: the stack wrote it, or it is put here; the SA's
+                    # bytes out count the link header the frame leaves with
+                    owner = owners[index]
+                    if owner is not None:
+                        owner.bytes_out += l2 - self.stack_l2
+                    frame = record.data[:l2 - 2] + (frame[12:] if self.stack_l2 else (
+                        b"\x86\xdd" if frame[0] >> 4 == 6 else b"\x08\x00") + frame)
+                frames.append((frame, index))
                 summary.frames_out += 1
                 summary.bytes_out += len(frame)
         return frames
@@ -429,6 +452,70 @@ class BatchEncryptor:
         return name
 
 
+class _Record(NamedTuple):
+    data: bytes
+    ts_ns: int
+
+
+_VLAN_ETHERTYPES = (b"\x81\x00", b"\x88\xa8", b"\x91\x00")  # IEEE 802.1Q / 802.1ad tags
+
+
+def _link_header_len(data: bytes) -> int:
+    """An Ethernet record's link header with its VLAN tags (as host_classify reads it); past
+    the record's end when a tag is cut short."""
+    l2 = 14
+    while len(data) >= l2 and data[l2 - 2:l2] in _VLAN_ETHERTYPES:
+        l2 += 4
+    return l2
+
+
+class ViaBulkEncryptor:
+    """A capture whose SA file holds a ``via`` SA (transport over tunnel) through the bulk
+    reader and writer, so pcapng, standard input and output work as on the compiled path:
+    each batch's records are framed by CaptureEncryptor (host/stack.py frames ``via`` SAs;
+    the compiled framer does not, docs/send-path.md) on a raw-IP stack, each record keeping
+    its own link header, VLAN tags included; then ``capture_emit`` lays the records out."""
+
+    def __init__(self, policies: Sequence[SaPolicy], summary: EncryptSummary,
+                 miniport: Optional[Miniport] = None):
+        from ..host.tx_frame import PKT_CLEAR, kernels
+        self.fp = kernels()
+        self.kind = PKT_CLEAR
+        self.encryptor = CaptureEncryptor(policies, summary, miniport, link="raw")
+        self.policies, self.sas = self.encryptor.policies, self.encryptor.sas
+
+    def close(self) -> None:
+        pass
+
+    def process(self, batch, writer) -> None:
+        pkts = batch.pkts.copy()
+        n = len(pkts)
+        links = pkts["link"].tolist()
+        records, l2s = [], []
+        for i in range(n):
+            data = batch.record(i)
+            records.append(_Record(data, int(pkts["ts_ns"][i])))
+            l2s.append(_link_header_len(data) if links[i] else 0)
+        outputs = self.encryptor.frames_of(records, l2s)
+        # every record's frames (a record passed unchanged too) as the frames of "NBL" i
+        owner = np.fromiter((index for _, index in outputs), np.int32, len(outputs))
+        wire = np.frombuffer(b"".join(frame for frame, _ in outputs), np.uint8)
+        table = np.zeros(len(outputs), WIRE_FRAME_DTYPE)
+        lengths = np.fromiter((len(frame) for frame, _ in outputs), np.int64, len(outputs))
+        table["len"] = lengths
+        table["off"] = np.cumsum(lengths) - lengths
+        table["nbl"] = owner
+        pkts["kind"] = self.kind
+        pkts["nbl"] = np.arange(n, dtype=np.int32)
+        frames, nbytes = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        size = len(wire) + 36 * len(outputs) + 64
+        out = writer.emit_buffer(size)
+        used = self.fp.capture_emit(writer.code, out, pkts.view(np.uint8), 0, n, batch.arena,
+                                    wire, table.view(np.uint8), len(outputs), writer.snaplen,
+                                    writer.unit_ns, frames, nbytes)
+        writer.write(out.data[:used])
+
+
 class ShardedSender:
     """``--workers N``: the NBLs of a framed batch sent in N shards at once, threads on the one
     miniport (its stages and backends release the GIL). A shard is a set of SAs (SA index mod
@@ -500,7 +587,8 @@ def encrypt_capture(input_path, output_path, policies: Sequence[SaPolicy], *,
     for an unusable capture and ``OSError`` for file problems. A truncated last record is
     dropped with a warning in ``summary.warnings``. ``progress(packets, fraction)`` is called
     after each batch (fraction None when the input size is unknown). ``workers``: the sends of
-    each batch spread over that many threads, sharded by SA (``ShardedSender``).
+    each batch spread over that many threads, sharded by SA (``ShardedSender``); a file with
+    a ``via`` SA runs on one (its packets are framed in Python: ``ViaBulkEncryptor``).
     """
     from ..host.tx_frame import kernels
     from .atomic import SafeOutput
@@ -510,14 +598,12 @@ def encrypt_capture(input_path, output_path, policies: Sequence[SaPolicy], *,
     if output_format not in (None, "pcap", "pcapng"):
         raise ValueError(f"output_format must be 'pcap' or 'pcapng', got {output_format!r}")
     # via SAs (transport over tunnel) are framed by the host stack's Python framer
-    # (host/stack.py): a file that holds one goes the per-SA capture path
+    # (host/stack.py): a file that holds one goes through ViaBulkEncryptor
     via_sas = any(getattr(p, "via", None) for p in policies)
-    if via_sas or kernels() is None or (miniport is not None and not hasattr(miniport.kernels,
-                                                                            "host_frame")):
+    if kernels() is None or (miniport is not None and not hasattr(miniport.kernels,
+                                                                  "host_frame")):
         if output_format == "pcapng" or input_path == "-" or output_path == "-":
             raise PcapError("pcapng, standard input and standard output need the compiled "
-                            "kernels and no via SA" if via_sas else
-                            "pcapng, standard input and standard output need the compiled "
                             "kernels")
         return encrypt_capture_python(input_path, output_path, policies, mss=mss,
                                       batch_size=min(batch_size, 256), progress=progress,
@@ -535,7 +621,11 @@ def encrypt_capture(input_path, output_path, policies: Sequence[SaPolicy], *,
             summary.linktype = 101
         if not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
-        encryptor = BatchEncryptor(policies, summary, miniport, workers=workers)
+        encryptor: "BatchEncryptor | ViaBulkEncryptor"
+        if via_sas:  # one worker: the Python framer holds the GIL
+            encryptor = ViaBulkEncryptor(policies, summary, miniport)
+        else:
+            encryptor = BatchEncryptor(policies, summary, miniport, workers=workers)
         with out, contextlib.closing(encryptor):
             assert out.file is not None
             writer = BulkWriter(out.file, fmt, reader, background=not out.streamed)
