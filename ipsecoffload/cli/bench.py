@@ -141,7 +141,8 @@ def resend(miniport: Miniport, frames):
     if cached is None or cached[0] is not frames:  # the handles the frames name, once
         handles = np.unique(np.concatenate([frames.oob["offload_handle"],
                                             frames.oob["tunnel_handle"]])).tolist()
-        _RESEND_HANDLES.clear()  # one timing loop at a time
+        if len(_RESEND_HANDLES) >= 8:  # a few timing loops at a time (threads: one each)
+            _RESEND_HANDLES.clear()
         cached = _RESEND_HANDLES[id(miniport)] = (frames, [h for h in handles if h])
     miniport.sas.reset_tx_marks(cached[1])
     return miniport.send(frames)
