@@ -864,6 +864,11 @@ def test_out_of_place_ops_are_checked_before_any_copy():
         assert not arena.any()
     with pytest.raises(ValueError, match="names no op"):
         _fastpath.ops_gather(arena, ops.view(np.uint8), np.ones(1, np.int32), src)
+    ops["src_len"] = 32  # out of place, but no source given: refused, not sealed as garbage
+    with pytest.raises(ValueError, match="no source"):
+        _fastpath.run_op_groups(arena, ops.view(np.uint8), (None,),
+                                {int(Suite.AES_GCM): ReferenceBackend()}, "seal")
+    assert not arena.any()
 
 
 # -- the stages one by one -------------------------------------------------------------------

@@ -153,12 +153,16 @@ def run_op_groups(arena, ops, keys, backends, str direction, src=None):
     if n == 0:
         return
     cdef const CryptoOp* op0 = <const CryptoOp*>&op_bytes[0]
-    cdef bint in_order = True
+    cdef bint in_order = True, out_of_place = False
     with nogil:
-        for i in range(1, n):
-            if op_group_key(op0 + i) < op_group_key(op0 + i - 1):
+        for i in range(n):
+            if op0[i].src_len:
+                out_of_place = True
+            if i and op_group_key(op0 + i) < op_group_key(op0 + i - 1):
                 in_order = False
-                break
+    if out_of_place and src is None:
+        raise ValueError("the op table has out-of-place ops (src_len > 0) and no source "
+                         "arena was given (src)")
     if not in_order:
         order, groups = op_groups(ops)
         for start_, end, _pass, _kind, suite, key_row in groups.tolist():
