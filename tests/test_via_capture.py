@@ -134,3 +134,19 @@ def test_pcapng_in_pcapng_out_and_decrypt(capture):
     assert main(["decrypt", "-q", "-i", str(tmp / "esp.pcapng"), "-o", str(tmp / "back.pcapng"),
                  "--sa", str(tmp / "sa.json")]) == 0
     assert [bytes(p) for p in rdpcap(str(tmp / "back.pcapng"))] == frames
+
+
+@pytest.mark.skipif(shutil.which("editcap") is None, reason="editcap (tshark) not installed")
+@pytest.mark.parametrize("via", [True, False], ids=["via", "compiled"])
+def test_pcapng_in_pcap_out(capture, via):
+    """--format pcap from a pcapng input (editcap's: the interface block follows the section
+    header): the same file as from the pcap input, on the via path and the compiled one."""
+    tmp, frames, plain = capture
+    if not via:
+        (tmp / "sa.json").write_text(json.dumps([dict(SAS[1])]))
+    subprocess.run(["editcap", "-F", "pcapng", str(tmp / "plain.pcap"), str(tmp / "plain.pcapng")],
+                   check=True, capture_output=True, timeout=60)
+    for name in ("plain.pcap", "plain.pcapng"):
+        assert main(["encrypt", "-q", "-i", str(tmp / name), "-o", str(tmp / (name + ".out")),
+                     "--sa", str(tmp / "sa.json"), "--format", "pcap"]) == 0
+    assert (tmp / "plain.pcapng.out").read_bytes() == (tmp / "plain.pcap.out").read_bytes()

@@ -628,17 +628,23 @@ def encrypt_capture(input_path, output_path, policies: Sequence[SaPolicy], *,
             encryptor = BatchEncryptor(policies, summary, miniport, workers=workers)
         with out, contextlib.closing(encryptor):
             assert out.file is not None
-            writer = BulkWriter(out.file, fmt, reader, background=not out.streamed)
+            writer = None  # made at the first batch: a pcapng's interfaces come with its blocks
             try:
                 for batch in reader.batches(batch_size):
+                    if writer is None:
+                        writer = BulkWriter(out.file, fmt, reader, background=not out.streamed)
                     writer.interfaces(reader)
                     encryptor.process(batch, writer)
                     if progress is not None:
                         fraction = reader.bytes_consumed / reader.size if reader.size else None
                         progress(summary.packets_in, fraction)
-                writer.close()
+                if writer is None:
+                    BulkWriter(out.file, fmt, reader)  # an empty capture: the header alone
+                else:
+                    writer.close()
             finally:
-                writer.abandon()
+                if writer is not None:
+                    writer.abandon()
         summary.warnings.extend(reader.warnings)
     summary.next_seq = {p.name: sa.next_seq for p, sa in zip(encryptor.policies, encryptor.sas)}
     summary.seconds = time.perf_counter() - start
