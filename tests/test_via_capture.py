@@ -150,3 +150,21 @@ def test_pcapng_in_pcap_out(capture, via):
         assert main(["encrypt", "-q", "-i", str(tmp / name), "-o", str(tmp / (name + ".out")),
                      "--sa", str(tmp / "sa.json"), "--format", "pcap"]) == 0
     assert (tmp / "plain.pcapng.out").read_bytes() == (tmp / "plain.pcap.out").read_bytes()
+
+
+@pytest.mark.skipif(shutil.which("editcap") is None, reason="editcap (tshark) not installed")
+def test_summaries_name_a_pcapng_link_type(capture, capsys):
+    """The summaries of a pcapng name its first interface's link type (known once its block
+    is read), as those of a pcap do."""
+    tmp, _, _ = capture
+    subprocess.run(["editcap", "-F", "pcapng", str(tmp / "plain.pcap"), str(tmp / "plain.pcapng")],
+                   check=True, capture_output=True, timeout=60)
+    sa = ["--sa", str(tmp / "sa.json")]
+    capsys.readouterr()
+    assert main(["encrypt", "-i", str(tmp / "plain.pcapng"), "-o", str(tmp / "esp.pcapng"),
+                 *sa, "--json", "-q"]) == 0
+    assert json.loads(capsys.readouterr().out)["linktype"] == LINKTYPE_ETHERNET
+    for verb, src, dst in (("encrypt", "plain.pcapng", "esp.pcapng"),
+                           ("decrypt", "esp.pcapng", "back.pcapng")):
+        assert main([verb, "-i", str(tmp / src), "-o", str(tmp / dst), *sa]) == 0
+        assert "(Ethernet)" in capsys.readouterr().out.splitlines()[0]

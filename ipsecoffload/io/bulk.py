@@ -275,6 +275,15 @@ class BulkReader:
         self.close()
 
 
+def summary_linktype(reader: "BulkReader") -> int:
+    """The link type a summary names: the first interface's (LINKTYPE_IPV4 / IPV6 as
+    LINKTYPE_RAW), 0 while a pcapng has shown none."""
+    if not reader.interfaces:
+        return 0
+    linktype = reader.interfaces[0].linktype & 0xFFFF
+    return 101 if linktype in (228, 229) else linktype
+
+
 class BulkWriter:
     """Writes the records ``capture_emit`` lays out, after the file header: pcap
     (little-endian; nanoseconds when the input has them) or pcapng (one IDB per input

@@ -592,7 +592,7 @@ def encrypt_capture(input_path, output_path, policies: Sequence[SaPolicy], *,
     """
     from ..host.tx_frame import kernels
     from .atomic import SafeOutput
-    from .bulk import BulkReader, BulkWriter
+    from .bulk import BulkReader, BulkWriter, summary_linktype
     if mss is not None and mss < 1:
         raise ValueError(f"mss must be at least 1, got {mss}")
     if output_format not in (None, "pcap", "pcapng"):
@@ -615,10 +615,7 @@ def encrypt_capture(input_path, output_path, policies: Sequence[SaPolicy], *,
         fmt = output_format or reader.format
         summary = EncryptSummary(
             input="-" if input_path == "-" else os.fspath(input_path), output=output_path,
-            linktype=(reader.interfaces[0].linktype & 0xFFFF) if reader.interfaces else 0,
-            mss=mss, format=fmt)
-        if summary.linktype in (228, 229):
-            summary.linktype = 101
+            linktype=summary_linktype(reader), mss=mss, format=fmt)
         if not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
         encryptor: "BatchEncryptor | ViaBulkEncryptor"
@@ -633,6 +630,7 @@ def encrypt_capture(input_path, output_path, policies: Sequence[SaPolicy], *,
                 for batch in reader.batches(batch_size):
                     if writer is None:
                         writer = BulkWriter(out.file, fmt, reader, background=not out.streamed)
+                        summary.linktype = summary_linktype(reader)  # a pcapng's, known now
                     writer.interfaces(reader)
                     encryptor.process(batch, writer)
                     if progress is not None:

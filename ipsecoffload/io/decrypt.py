@@ -388,7 +388,7 @@ def _decrypt_bulk(input_path, output_path, policies, *, replay_window, keep_fail
                   count, progress, miniport, output_format, protect,
                   workers: int = 1) -> DecryptSummary:
     from .atomic import SafeOutput
-    from .bulk import BulkReader, BulkWriter
+    from .bulk import BulkReader, BulkWriter, summary_linktype
     start = time.perf_counter()
     output_path = output_path if output_path == "-" else os.fspath(output_path)
     with warnings.catch_warnings(record=True) as caught, \
@@ -398,9 +398,7 @@ def _decrypt_bulk(input_path, output_path, policies, *, replay_window, keep_fail
         fmt = output_format or reader.format
         summary = DecryptSummary(
             input="-" if input_path == "-" else os.fspath(input_path), output=output_path,
-            linktype=(reader.interfaces[0].linktype & 0xFFFF) if reader.interfaces else 0)
-        if summary.linktype in (228, 229):
-            summary.linktype = 101
+            linktype=summary_linktype(reader))
         decryptor = CaptureDecryptor(policies, summary, replay_window=replay_window,
                                      keep_failed=keep_failed, miniport=miniport,
                                      workers=workers)
@@ -411,6 +409,7 @@ def _decrypt_bulk(input_path, output_path, policies, *, replay_window, keep_fail
                 for batch in reader.batches(batch_size):
                     if writer is None:
                         writer = BulkWriter(out.file, fmt, reader, background=not out.streamed)
+                        summary.linktype = summary_linktype(reader)  # a pcapng's, known now
                     writer.interfaces(reader)
                     writer.write(decryptor.emit_bulk(batch, writer))
                     if progress is not None:
