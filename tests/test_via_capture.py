@@ -57,6 +57,16 @@ def capture(tmp_path):
     return tmp_path, frames, plain
 
 
+needs_editcap = pytest.mark.skipif(shutil.which("editcap") is None,
+                                   reason="editcap (tshark) not installed")
+
+
+def _to_pcapng(tmp) -> None:
+    """plain.pcapng beside plain.pcap, written by editcap (not by this project)."""
+    subprocess.run(["editcap", "-F", "pcapng", str(tmp / "plain.pcap"), str(tmp / "plain.pcapng")],
+                   check=True, capture_output=True, timeout=60)
+
+
 def _open_both(frame: bytes, sas) -> bytes:
     """scapy: the tunnel layer, then the transport layer inside it."""
     inner, site = sas
@@ -121,11 +131,10 @@ def test_standard_input_and_output(capture):
     assert done.stdout == (tmp / "esp.pcap").read_bytes()
 
 
-@pytest.mark.skipif(shutil.which("editcap") is None, reason="editcap (tshark) not installed")
+@needs_editcap
 def test_pcapng_in_pcapng_out_and_decrypt(capture):
     tmp, frames, plain = capture
-    subprocess.run(["editcap", "-F", "pcapng", str(tmp / "plain.pcap"), str(tmp / "plain.pcapng")],
-                   check=True, capture_output=True, timeout=60)
+    _to_pcapng(tmp)
     sas = [p.config for p in load_sa_file(tmp / "sa.json")]
     assert main(["encrypt", "-q", "-i", str(tmp / "plain.pcapng"), "-o",
                  str(tmp / "esp.pcapng"), "--sa", str(tmp / "sa.json")]) == 0
@@ -136,7 +145,7 @@ def test_pcapng_in_pcapng_out_and_decrypt(capture):
     assert [bytes(p) for p in rdpcap(str(tmp / "back.pcapng"))] == frames
 
 
-@pytest.mark.skipif(shutil.which("editcap") is None, reason="editcap (tshark) not installed")
+@needs_editcap
 @pytest.mark.parametrize("via", [True, False], ids=["via", "compiled"])
 def test_pcapng_in_pcap_out(capture, via):
     """--format pcap from a pcapng input (editcap's: the interface block follows the section
@@ -144,21 +153,19 @@ def test_pcapng_in_pcap_out(capture, via):
     tmp, frames, plain = capture
     if not via:
         (tmp / "sa.json").write_text(json.dumps([dict(SAS[1])]))
-    subprocess.run(["editcap", "-F", "pcapng", str(tmp / "plain.pcap"), str(tmp / "plain.pcapng")],
-                   check=True, capture_output=True, timeout=60)
+    _to_pcapng(tmp)
     for name in ("plain.pcap", "plain.pcapng"):
         assert main(["encrypt", "-q", "-i", str(tmp / name), "-o", str(tmp / (name + ".out")),
                      "--sa", str(tmp / "sa.json"), "--format", "pcap"]) == 0
     assert (tmp / "plain.pcapng.out").read_bytes() == (tmp / "plain.pcap.out").read_bytes()
 
 
-@pytest.mark.skipif(shutil.which("editcap") is None, reason="editcap (tshark) not installed")
+@needs_editcap
 def test_summaries_name_a_pcapng_link_type(capture, capsys):
     """The summaries of a pcapng name its first interface's link type (known once its block
     is read), as those of a pcap do."""
     tmp, _, _ = capture
-    subprocess.run(["editcap", "-F", "pcapng", str(tmp / "plain.pcap"), str(tmp / "plain.pcapng")],
-                   check=True, capture_output=True, timeout=60)
+    _to_pcapng(tmp)
     sa = ["--sa", str(tmp / "sa.json")]
     capsys.readouterr()
     assert main(["encrypt", "-i", str(tmp / "plain.pcapng"), "-o", str(tmp / "esp.pcapng"),

@@ -370,9 +370,7 @@ cdef class GcmBatchedBackend:
                 sp[lo] = ix[i]
                 lo += 1
                 if op0[ix[i]].src_len:  # OpenSSL seals in place: the plaintext goes there first
-                    memcpy(base + op0[ix[i]].text_off + op0[ix[i]].src_at,
-                           sbase + op0[ix[i]].src_off, op0[ix[i]].src_len)
-                    op_in_place(op0 + ix[i])
+                    op_gather_one(base, sbase, op0 + ix[i])
             else:
                 sp[hi] = ix[i]
                 hi += 1

@@ -184,6 +184,12 @@ cdef inline void op_in_place(CryptoOp* op) noexcept nogil:
     op.src_len = 0
 
 
+cdef inline void op_gather_one(uint8_t* arena, const uint8_t* src, CryptoOp* op) noexcept nogil:
+    """An out-of-place op's source bytes copied into its text (ranges checked before)."""
+    memcpy(arena + op.text_off + op.src_at, src + op.src_off, op.src_len)
+    op_in_place(op)
+
+
 cdef int check_op_source(const CryptoOp* op, int64_t j, int64_t size,
                          int64_t src_size) except -1:
     """An out-of-place op's source range lies inside the source arena and its text."""
@@ -202,7 +208,6 @@ def ops_gather(uint8_t[::1] arena not None, uint8_t[::1] ops not None,
     if ops.shape[0] % sizeof(CryptoOp):
         raise ValueError("ops buffer size does not match the CryptoOp layout")
     cdef CryptoOp* op0 = <CryptoOp*>&ops[0] if n_ops else NULL
-    cdef CryptoOp* op
     for i in range(idx.shape[0]):
         j = idx[i]
         if j < 0 or j >= n_ops:
@@ -211,10 +216,8 @@ def ops_gather(uint8_t[::1] arena not None, uint8_t[::1] ops not None,
             check_op_source(op0 + j, j, size, src.shape[0])
     with nogil:
         for i in range(idx.shape[0]):
-            op = op0 + idx[i]
-            if op.src_len:
-                memcpy(&arena[op.text_off + op.src_at], &src[op.src_off], op.src_len)
-                op_in_place(op)
+            if op0[idx[i]].src_len:
+                op_gather_one(&arena[0], &src[0], op0 + idx[i])
 
 
 def output_bounds(batch):
