@@ -170,6 +170,33 @@ def test_seal_from_source_equals_in_place(path):
         F.gcm_seal_from_raw(path, h, b"", b"abc", b"xy", 2, b"abc", ekj0)
 
 
+def test_open_from_source_equals_in_place(path):
+    """Out-of-place open (ipo_gcm_open_ghash_xor_from): the ciphertext's bytes [at, at + n)
+    read from a separate source, the text's own bytes there never read. Bit for bit the
+    in-place open and OpenSSL's AES-GCM (the tag over the ciphertext, the plaintext), every
+    split; a forged ciphertext gives the tag of what was read, not of the garbage."""
+    rnd = random.Random(10)
+    cases = [(n, at, k) for n in (0, 1, 16, 100, 127, 128, 129, 255, 256, 257, 300, 1400, 4000)
+             for at, k in ((0, n), (0, n // 2), (n // 3, n - n // 3), (n // 4, n // 2),
+                           (min(n, 20), max(0, n - 23)), (n, 0))]
+    cases += [(rnd.randrange(3000), None, None) for _ in range(60)]
+    for n, at, k in cases:
+        if at is None:
+            at = rnd.randrange(n + 1)
+            k = rnd.randrange(n - at + 1)
+        key, nonce = rnd.randbytes(16), rnd.randbytes(12)
+        pt, aad = rnd.randbytes(n), rnd.randbytes(rnd.choice(AAD_SIZES + LONG_AAD_SIZES))
+        h, ekj0, ks = _gcm_inputs(key, nonce, n)
+        sealed = AESGCM(key).encrypt(nonce, pt, aad)
+        ct, tag = sealed[:n], sealed[n:]
+        garbage = ct[:at] + rnd.randbytes(k) + ct[at + k:]
+        got = F.gcm_open_from_raw(path, h, aad, garbage, ct[at:at + k], at, ks, ekj0)
+        assert got == F.gcm_open_raw(path, h, aad, ct, ks, ekj0), (n, at, k)
+        assert got == (pt, tag), (n, at, k)
+    with pytest.raises(ValueError):
+        F.gcm_open_from_raw(path, h, b"", b"abc", b"xy", 2, b"abc", ekj0)
+
+
 def _wycheproof(name: str) -> list[dict]:
     data = json.loads((VECTORS / name).read_text())
     return [case for group in data["testGroups"] if group["ivSize"] == 96

@@ -543,8 +543,8 @@ def test_round_trip_with_ipv4_options_and_ipv6_extension_headers(suite_name: str
                                         "aes-cbc-128-hmac-sha256-128",
                                         "null-hmac-sha1-96"))
 def test_round_trip_large_mixed_batch(suite_name: str):
-    """One batch of 400 frames of 0..9000-byte payloads (several 64 KiB chunks of the batched
-    backends), of two SAs of the suite interleaved with clear packets and with frames of an
+    """One batch of 400 frames of 0..9000-byte payloads (more than one keystream chunk of the
+    batched backends), of two SAs of the suite interleaved with clear packets and with frames of an
     SA the receiver lacks: each frame comes back as itself."""
     suite = SUITES[suite_name]
     rng = _rng("mixed", suite_name)

@@ -258,6 +258,86 @@ def test_esn_across_batches_and_retry_of_a_misleading_frame():
     assert plans["seq64"].tolist() == [2**32, 2**32 + 1, 2**32 + 2]
 
 
+def long_udp(ipv6: bool, n: int, size: int) -> bytes:
+    """A UDP packet of ``size`` payload bytes (udp_packet's are short)."""
+    packet = udp_packet(ipv6, n)
+    payload = bytes((n * 7 + i) & 0xFF for i in range(size))
+    head = 40 if ipv6 else 20
+    udp = struct.pack("!HHHH", 1000 + n, 53, 8 + size, 0) + payload
+    if ipv6:
+        return packet[:4] + struct.pack("!H", len(udp)) + packet[6:head] + udp
+    ip = bytearray(packet[:head])
+    struct.pack_into("!HH", ip, 2, head + len(udp), 0)
+    struct.pack_into("!H", ip, 10, 0)
+    struct.pack_into("!H", ip, 10, ~ones_complement_sum(bytes(ip)) & 0xFFFF)
+    return bytes(ip) + udp
+
+
+@pytest.mark.parametrize("backends", ["batched", "reference"])
+def test_out_of_place_open_of_long_texts(backends):
+    """rx_run opens AES-GCM texts of RX_OPEN_FROM_MIN bytes and more out of place (the
+    ciphertext read from the received arena, docs/receive-path.md): with the batched backend
+    reading the source and with the reference backend through ops_gather, the output arena,
+    plans, op table (src fields 0) and state equal the twin's in-place open, forged frames
+    come back as received, an ESN frame opened twice (retry) included, and frames out of
+    arena order take the whole copy."""
+    suite = SUITE_BY_NAME["gcm128-icv16"]
+    configs = [SaConfig(spi=0x5000, **suite, name="transport"),
+               SaConfig(spi=0x5001, **suite, mode="tunnel", tunnel_src="192.0.2.1",
+                        tunnel_dst="192.0.2.2", name="tunnel4"),
+               SaConfig(spi=0x5002, **suite, esn=True, seq=1, name="esn")]
+    pair = Pair(configs)
+    sizes = [100, 470, 490, 496, 600, 1400, 9000, 3000, 511, 2000]
+    frames = []
+    for name in ("transport", "tunnel4"):
+        frames += pair.send(name, [long_udp(k % 2 == 1, k, n) for k, n in enumerate(sizes)])
+    esn = pair.send("esn", [long_udp(False, k, n) for k, n in enumerate(sizes[:6])])
+    forged = [bytearray(f) for f in frames]
+    for i in (4, 5, 16):  # a bit of the ciphertext, deep in the text
+        forged[i][len(forged[i]) // 2] ^= 0x10
+    misleading = bytearray(esn[2])  # a low word that would move the inferred high word
+    struct.pack_into("!I", misleading, 14 + 20 + 4, 0x90000000)
+    batch_frames = [bytes(f) for f in forged] + [esn[0], esn[1], bytes(misleading)] + esn[3:]
+    mp = pair.rx.miniport
+    compiled = mp.backends if backends == "batched" else BACKENDS
+    for order in ("arena", "reversed"):
+        batch = pair.batch(batch_frames)
+        if order == "reversed":  # the same frames, the arena laid out backwards
+            ends = np.cumsum(batch.nb_len[::-1])
+            off = (ends - batch.nb_len[::-1])[::-1].copy()
+            arena = np.zeros(len(batch.arena), np.uint8)
+            for i in range(len(off)):
+                arena[off[i]:off[i] + batch.nb_len[i]] = \
+                    batch.arena[batch.nb_off[i]:batch.nb_off[i] + batch.nb_len[i]]
+            batch = PacketBatch(arena, off.astype(np.int64), batch.nb_len.copy(),
+                                batch.nb_nbl.copy(), oob=batch.oob.copy())
+        snap = mp.sas.snapshot()
+        got = []
+        for kernels, used in ((_fastpath, compiled), (twin, BACKENDS)):
+            state = mp.sas.rx_state.copy()
+            out, plans, ops, counters = kernels.rx_run(batch, snap, state, ALL_RX, used,
+                                                       threading.Lock())
+            got.append((out.tobytes(), plans.tobytes(), ops.tobytes(), counters.tolist(),
+                        state.tobytes()))
+        assert got[0][1] == got[1][1], plan_diff(np.frombuffer(got[0][1], np.uint8),
+                                                 np.frombuffer(got[1][1], np.uint8))
+        assert got[0][2] == got[1][2], op_diff(np.frombuffer(got[0][2], np.uint8),
+                                               np.frombuffer(got[1][2], np.uint8))
+        assert got[0] == got[1], order
+        plans = np.frombuffer(got[0][1], np.uint8).view(RX_PLAN_DTYPE)
+        ops = np.frombuffer(got[0][2], np.uint8).view(CRYPTO_OP_DTYPE)
+        want = [RxReason.OK] * len(batch_frames)
+        for i in (4, 5, 16, 22):
+            want[i] = RxReason.AUTH_FAILED
+        assert plans["reason"].tolist() == want, order
+        assert not ops["src_len"].any() and not ops["src_off"].any()
+        assert ops["reserved"][:, 0].tolist()[-3:] == [1, 1, 1]  # opened again (retry)
+        out = np.frombuffer(got[0][0], np.uint8)
+        for i in (4, 5, 16, 22):  # as received
+            start, n = int(batch.nb_off[i]), int(batch.nb_len[i])
+            assert out[start:start + n].tobytes() == batch_frames[i], (order, i)
+
+
 # -- (b) mutated frames ---------------------------------------------------------------------
 
 _PAIR = None

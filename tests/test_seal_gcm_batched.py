@@ -108,9 +108,10 @@ def test_a_group_larger_than_one_keystream_chunk_and_rows_left_alone():
     """More keystream than one ECB call takes; rows outside idx keep every byte."""
     rng = np.random.default_rng(11)
     keys = _keys(rng, Suite.AES_GCM, 16, 16, False)
-    lengths = [int(n) for n in rng.integers(1000, 9001, 40)]
+    lengths = [int(n) for n in rng.integers(1000, 9001, 300)]
     arena, ops = _group(rng, keys, lengths)
     idx = np.arange(0, len(lengths), 2, dtype=np.int32)
+    assert sum(lengths[::2]) > 2 * _fastpath.GCM_KEYSTREAM_CHUNK
     (ref_arena, _), (got_arena, got_ops) = _seal_both(arena, ops, idx, keys)
     assert got_arena.tobytes() == ref_arena.tobytes()
     assert np.all(got_ops["status"][1::2] == OpStatus.PENDING)
@@ -245,6 +246,52 @@ def test_out_of_place_seal_matches_the_reference_on_every_path(ghash_path, icv_l
                             {int(Suite.AES_GCM): ReferenceBackend()}, "seal", src)
     assert via_arena.tobytes() == ref_arena.tobytes()
     assert via_ops.tobytes() == ref_ops.tobytes()
+
+
+@pytest.mark.parametrize("icv_len", [8, 16])
+def test_out_of_place_open_matches_the_reference_on_every_path(ghash_path, icv_len,
+                                                               one_call_min):
+    """Ops whose ciphertext is partly in a source arena (rx_run's out-of-place open): on
+    every GHASH path, batched and one-call, the statuses equal the reference's in-place open,
+    the verified texts are the plaintext, and the ops end in place. Forged bytes in the
+    source fail their op, as forged bytes in the arena would."""
+    rng = np.random.default_rng([icv_len, 23, PATHS.index(ghash_path)])
+    keys = _keys(rng, Suite.AES_GCM, 16, icv_len, False)
+    lengths = [1, 15, 16, 17, 127, 128, 129, 255, 256, 257, 1400, 9000] + [
+        int(n) for n in rng.integers(1, 9001, 20)]
+    plain, ops = _group(rng, keys, lengths)
+    idx = rng.permutation(len(lengths)).astype(np.int32)
+    sealed = plain.copy()
+    ReferenceBackend().seal(sealed, ops.view(np.uint8), idx, keys)
+    ops["kind"], ops["status"] = OpKind.ESP_OPEN, OpStatus.PENDING
+    moved, table, src = _out_of_place(rng, sealed, ops)
+    assert table["src_len"].any()
+    src = src.copy()
+    forged = [i for i in range(len(lengths)) if table["src_len"][i]][::3]
+    for i in forged:  # one bit of the source's ciphertext
+        src[int(table["src_off"][i]) + int(table["src_len"][i]) // 2] ^= 0x08
+    ref_arena, ref_ops = sealed.copy(), ops.copy()
+    for i in forged:
+        ref_arena[int(ops["text_off"][i]) + int(table["src_at"][i])
+                  + int(table["src_len"][i]) // 2] ^= 0x08
+    ReferenceBackend().open(ref_arena, ref_ops.view(np.uint8), idx, keys)
+    want = [OpStatus.AUTH_FAILED if i in forged else OpStatus.DONE for i in range(len(lengths))]
+    assert ref_ops["status"].tolist() == want
+    for open_with in ("batched", "reference via gather"):
+        got_arena, got_ops = moved.copy(), table.copy()
+        if open_with == "batched":
+            backend = _fastpath.GcmBatchedBackend()
+            backend.open(got_arena, got_ops.view(np.uint8), idx, keys, src)
+        else:
+            _fastpath.run_op_groups(got_arena, got_ops.view(np.uint8), (keys,),
+                                    {int(Suite.AES_GCM): ReferenceBackend()}, "open", src)
+        assert got_ops["status"].tolist() == want, open_with
+        assert not got_ops["src_len"].any() and not got_ops["src_off"].any()
+        for i in range(len(lengths)):
+            if i in forged:
+                continue
+            start, end = int(ops[i]["text_off"]), int(ops[i]["icv_off"])
+            assert got_arena[start:end].tobytes() == plain[start:end].tobytes(), (open_with, i)
 
 
 def test_out_of_place_ops_are_refused_when_they_cannot_be_read():

@@ -505,10 +505,19 @@ static inline IPO__H128 __m128i ipo__chunk_pcl(__m128i x, const ipo_ghash_key* k
     return ipo__reduce128(lo, mm, hi);
 }
 
+/* Where the 128-byte chunk at text offset done is read from: src when the chunk lies inside
+ * the source range [at, at + sn), else text, after the source bytes it holds are gathered. */
+static inline IPO__H128 const uint8_t* ipo__chunk_src(uint8_t* text, const uint8_t* src,
+                                                      size_t at, size_t sn, size_t done) {
+    if (done >= at && done + 128 <= at + sn) return src + (done - at);
+    ipo__gather(text, src, at, sn, done, done + 128);
+    return text + done;
+}
+
 /* The bodies of the two 128-bit paths: inlined into a function per path, compiled under that
  * function's target (SSE encoding for IPO_GHASH_PCLMUL, VEX for IPO_GHASH_PCLMUL_AVX). */
-/* src != NULL (sealing only): the text's bytes [at, at + sn) are read from src, the rest from
- * text (ipo_gcm_seal_xor_ghash_from). Whole 128-byte chunks inside that range are XORed
+/* src != NULL: the text's bytes [at, at + sn) are read from src, the rest from text
+ * (ipo_gcm_seal_xor_ghash_from, ipo_gcm_open_ghash_xor_from). Whole 128-byte chunks inside that range are XORed
  * straight from src; the head, the tail and a chunk that straddles an end are gathered into
  * text first. src == NULL is folded away where the in-place paths inline this. */
 static inline IPO__H128 void ipo__crypt128(int open, const ipo_ghash_key* k, const uint8_t* aad,
@@ -531,21 +540,20 @@ static inline IPO__H128 void ipo__crypt128(int open, const ipo_ghash_key* k, con
         m = 0;
     }
     if (!m) { /* else it all fits the tail's group, AAD blocks first */
-        if (open)
+        if (open && !src)
             for (; done + 128 <= len; done += 128)
                 x = ipo__chunk_pcl(x, k, text + done, text + done, ks + done, 2);
         else if (!src)
             for (; done + 128 <= len; done += 128)
                 x = ipo__chunk_pcl(x, k, text + done, text + done, ks + done, 1);
+        else if (open)
+            for (; done + 128 <= len; done += 128)
+                x = ipo__chunk_pcl(x, k, ipo__chunk_src(text, src, at, sn, done), text + done,
+                                   ks + done, 2);
         else
-            for (; done + 128 <= len; done += 128) {
-                const uint8_t* in = text + done;
-                if (done >= at && done + 128 <= at + sn)
-                    in = src + (done - at);
-                else
-                    ipo__gather(text, src, at, sn, done, done + 128);
-                x = ipo__chunk_pcl(x, k, in, text + done, ks + done, 1);
-            }
+            for (; done + 128 <= len; done += 128)
+                x = ipo__chunk_pcl(x, k, ipo__chunk_src(text, src, at, sn, done), text + done,
+                                   ks + done, 1);
     }
     if (src) ipo__gather(text, src, at, sn, done, len);
     m = ipo__tail_list(open, bp, m, text, ks, len, aad_len, done, ext);
@@ -573,12 +581,12 @@ IPO__TGT_PCL static void ipo__crypt_pcl(int open, const ipo_ghash_key* k, const 
     ipo__crypt128(open, k, aad, aad_len, text, len, NULL, 0, 0, ks, ekj0, tag);
 }
 
-IPO__TGT_PCL static void ipo__crypt_from_pcl(const ipo_ghash_key* k, const uint8_t* aad,
+IPO__TGT_PCL static void ipo__crypt_from_pcl(int open, const ipo_ghash_key* k, const uint8_t* aad,
                                              size_t aad_len, uint8_t* text, size_t len,
                                              const uint8_t* src, size_t at, size_t n,
                                              const uint8_t* ks, const uint8_t ekj0[16],
                                              uint8_t tag[16]) {
-    ipo__crypt128(0, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
+    ipo__crypt128(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
 }
 
 IPO__TGT_PCL static void ipo__update_pcl(const ipo_ghash_key* k, uint8_t X[16],
@@ -593,12 +601,12 @@ IPO__TGT_PCLAVX static void ipo__crypt_pclavx(int open, const ipo_ghash_key* k,
     ipo__crypt128(open, k, aad, aad_len, text, len, NULL, 0, 0, ks, ekj0, tag);
 }
 
-IPO__TGT_PCLAVX static void ipo__crypt_from_pclavx(const ipo_ghash_key* k, const uint8_t* aad,
+IPO__TGT_PCLAVX static void ipo__crypt_from_pclavx(int open, const ipo_ghash_key* k, const uint8_t* aad,
                                                    size_t aad_len, uint8_t* text, size_t len,
                                                    const uint8_t* src, size_t at, size_t n,
                                                    const uint8_t* ks, const uint8_t ekj0[16],
                                                    uint8_t tag[16]) {
-    ipo__crypt128(0, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
+    ipo__crypt128(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
 }
 
 IPO__TGT_PCLAVX static void ipo__update_pclavx(const ipo_ghash_key* k, uint8_t X[16],
@@ -1020,17 +1028,16 @@ IPO__API void ipo_gcm_seal_xor_ghash(int path, const ipo_ghash_key* k, const uin
     ipo__crypt(0, path, k, aad, aad_len, text, len, ks, ekj0, tag);
 }
 
-/* Send side, out of place: as ipo_gcm_seal_xor_ghash, with the plaintext's bytes
- * [at, at + n) of the text read from src instead of text (the rest is in text already); the
- * ciphertext goes to text. The 128-bit paths XOR straight from src; the others gather first. */
-IPO__API void ipo_gcm_seal_xor_ghash_from(int path, const ipo_ghash_key* k, const uint8_t* aad,
-                                          size_t aad_len, uint8_t* text, size_t len,
-                                          const uint8_t* src, size_t at, size_t n,
-                                          const uint8_t* ks, const uint8_t ekj0[16],
-                                          uint8_t tag[16]) {
+/* Out of place, either direction: the text's bytes [at, at + n) are read from src instead of
+ * text (the rest is in text already); the result goes to text. The 128-bit paths XOR (and,
+ * opening, hash) straight from src; the others gather first. */
+static void ipo__crypt_from(int open, int path, const ipo_ghash_key* k, const uint8_t* aad,
+                            size_t aad_len, uint8_t* text, size_t len, const uint8_t* src,
+                            size_t at, size_t n, const uint8_t* ks, const uint8_t ekj0[16],
+                            uint8_t tag[16]) {
     uint8_t none[16];
     if (!n || !len || at >= len) {
-        ipo__crypt(0, path, k, aad, aad_len, text, len, ks, ekj0, tag);
+        ipo__crypt(open, path, k, aad, aad_len, text, len, ks, ekj0, tag);
         return;
     }
     if (n > len - at) n = len - at;
@@ -1038,16 +1045,38 @@ IPO__API void ipo_gcm_seal_xor_ghash_from(int path, const ipo_ghash_key* k, cons
     switch (path) {
 #if IPO_GHASH_X86
     case IPO_GHASH_PCLMUL:
-        ipo__crypt_from_pcl(k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
+        ipo__crypt_from_pcl(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
         return;
     case IPO_GHASH_PCLMUL_AVX:
-        ipo__crypt_from_pclavx(k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
+        ipo__crypt_from_pclavx(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
         return;
 #endif
     default:
         ipo__gather(text, src, at, n, 0, len);
-        ipo__crypt(0, path, k, aad, aad_len, text, len, ks, ekj0, tag);
+        ipo__crypt(open, path, k, aad, aad_len, text, len, ks, ekj0, tag);
     }
+}
+
+/* Send side, out of place: as ipo_gcm_seal_xor_ghash, with the plaintext's bytes
+ * [at, at + n) of the text read from src instead of text (the rest is in text already); the
+ * ciphertext goes to text. */
+IPO__API void ipo_gcm_seal_xor_ghash_from(int path, const ipo_ghash_key* k, const uint8_t* aad,
+                                          size_t aad_len, uint8_t* text, size_t len,
+                                          const uint8_t* src, size_t at, size_t n,
+                                          const uint8_t* ks, const uint8_t ekj0[16],
+                                          uint8_t tag[16]) {
+    ipo__crypt_from(0, path, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
+}
+
+/* Receive side, out of place: as ipo_gcm_open_ghash_xor, with the ciphertext's bytes
+ * [at, at + n) read from src instead of text; the tag is over the ciphertext so read, and
+ * the plaintext goes to text (whatever the tag: the caller restores a frame that fails). */
+IPO__API void ipo_gcm_open_ghash_xor_from(int path, const ipo_ghash_key* k, const uint8_t* aad,
+                                          size_t aad_len, uint8_t* text, size_t len,
+                                          const uint8_t* src, size_t at, size_t n,
+                                          const uint8_t* ks, const uint8_t ekj0[16],
+                                          uint8_t tag[16]) {
+    ipo__crypt_from(1, path, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
 }
 
 /* Receive side, in place: tag from the ciphertext as given, then text ^= ks. The caller

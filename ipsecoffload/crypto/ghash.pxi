@@ -4,6 +4,7 @@
 # C level, for the batched GCM code of the including module:
 #   ipo_ghash_key (IPO_GHASH_KEY_BYTES bytes, alignment 1, memcpy-able), ipo_ghash_key_init,
 #   ipo_gcm_seal_xor_ghash, ipo_gcm_seal_xor_ghash_from (out of place), ipo_gcm_open_ghash_xor,
+#   ipo_gcm_open_ghash_xor_from (out of place),
 #   ipo_ghash_update (all nogil);
 #   ghash_active_path() -> the path code to pass them (resolves ghash_default_path() once,
 #   needs the GIL the first time); afterwards _ghash_path holds it and nogil code may read it.
@@ -33,6 +34,10 @@ cdef extern from "crypto/ghash.h" nogil:
                                 size_t aad_len, uint8_t* text, size_t len, const uint8_t* ks,
                                 const uint8_t* ekj0, uint8_t* tag)
     void ipo_gcm_seal_xor_ghash_from(int path, const ipo_ghash_key* k, const uint8_t* aad,
+                                     size_t aad_len, uint8_t* text, size_t len,
+                                     const uint8_t* src, size_t at, size_t n,
+                                     const uint8_t* ks, const uint8_t* ekj0, uint8_t* tag)
+    void ipo_gcm_open_ghash_xor_from(int path, const ipo_ghash_key* k, const uint8_t* aad,
                                      size_t aad_len, uint8_t* text, size_t len,
                                      const uint8_t* src, size_t at, size_t n,
                                      const uint8_t* ks, const uint8_t* ekj0, uint8_t* tag)
@@ -207,12 +212,22 @@ def gcm_open_raw(str path, h, aad, text, ks, ekj0):
     return _gcm_raw(1, path, h, aad, text, ks, ekj0)
 
 
-def gcm_seal_from_raw(str path, const uint8_t[::1] h, const uint8_t[::1] aad,
-                      const uint8_t[::1] text, const uint8_t[::1] src, size_t at,
-                      const uint8_t[::1] ks, const uint8_t[::1] ekj0):
+def gcm_seal_from_raw(str path, h, aad, text, src, size_t at, ks, ekj0):
     """gcm_seal_raw out of place: the plaintext is ``text`` with ``src`` in place of its bytes
     from ``at`` on (as many as src holds, up to the end); ``text`` itself keeps whatever it has
     there, which the kernel must not read."""
+    return _gcm_from_raw(0, path, h, aad, text, src, at, ks, ekj0)
+
+
+def gcm_open_from_raw(str path, h, aad, text, src, size_t at, ks, ekj0):
+    """gcm_open_raw out of place: the ciphertext is ``text`` with ``src`` in place of its bytes
+    from ``at`` on; returns (plaintext, tag over that ciphertext)."""
+    return _gcm_from_raw(1, path, h, aad, text, src, at, ks, ekj0)
+
+
+cdef _gcm_from_raw(int open_, str path, const uint8_t[::1] h, const uint8_t[::1] aad,
+                   const uint8_t[::1] text, const uint8_t[::1] src, size_t at,
+                   const uint8_t[::1] ks, const uint8_t[::1] ekj0):
     cdef int code = _ghash_checked_code(path)
     cdef uint8_t key[IPO_GHASH_KEY_BYTES]
     cdef uint8_t tag[16]
@@ -232,6 +247,10 @@ def gcm_seal_from_raw(str path, const uint8_t[::1] h, const uint8_t[::1] aad,
     cdef size_t alen = aad.shape[0]
     with nogil:
         ipo_ghash_key_init(<ipo_ghash_key*>key, &h[0])
-        ipo_gcm_seal_xor_ghash_from(code, <ipo_ghash_key*>key, ap, alen, op, n, sp, at, sn, kp,
-                                    &ekj0[0], tag)
+        if open_:
+            ipo_gcm_open_ghash_xor_from(code, <ipo_ghash_key*>key, ap, alen, op, n, sp, at, sn,
+                                        kp, &ekj0[0], tag)
+        else:
+            ipo_gcm_seal_xor_ghash_from(code, <ipo_ghash_key*>key, ap, alen, op, n, sp, at, sn,
+                                        kp, &ekj0[0], tag)
     return bytes(out), (<char*>tag)[:16]

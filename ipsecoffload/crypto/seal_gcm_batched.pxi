@@ -8,10 +8,13 @@ from cpython.buffer cimport PyBUF_READ, PyBUF_WRITE
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.memoryview cimport PyMemoryView_FromMemory
 
-# Keystream bytes per ECB call: large enough that the call cost vanishes, small enough to
-# stay in L2 between the AES pass and the XOR + GHASH pass.
+# Keystream bytes per ECB call: large enough that the call cost (about 2 us through
+# cryptography) vanishes, small enough to stay in L2 between the AES pass and the XOR + GHASH
+# pass. 256 KiB measured faster than 64 KiB and 128 KiB at 1400 and 9000 B on a Zen 3 VM
+# (512 KiB L2), send and receive alike (docs/benchmarks.md).
 cdef enum:
-    GCM_CHUNK_BYTES = 65536
+    GCM_CHUNK_BYTES = 262144
+GCM_KEYSTREAM_CHUNK = GCM_CHUNK_BYTES
 
 # Above this many text bytes an AES-GCM op with a 16-byte tag goes to OpenSSL's own GCM, one
 # AESGCM.encrypt_into / decrypt_into call per op from this loop, on CPUs where that wins:
@@ -177,8 +180,8 @@ cdef inline int64_t gcm_blocks_of(const CryptoOp* op) noexcept nogil:
 cdef int gcm_check_ops(int64_t size, const CryptoOp* op0, int64_t n_ops, const int32_t* idx,
                        int64_t n, bint seal, int64_t src_size) except -1:
     """Every op of the group lies inside the arena and is a GCM/GMAC ESP op, or an AH
-    AES-GMAC sign (seal) or verify (open) op; an out-of-place op (src_len > 0: AES-GCM seals
-    only) reads inside the source (``src_size`` bytes; -1: none was given)."""
+    AES-GMAC sign (seal) or verify (open) op; an out-of-place op (src_len > 0: AES-GCM only)
+    reads inside the source (``src_size`` bytes; -1: none was given)."""
     cdef int64_t i, j
     cdef const CryptoOp* op
     for i in range(n):
@@ -187,8 +190,8 @@ cdef int gcm_check_ops(int64_t size, const CryptoOp* op0, int64_t n_ops, const i
             raise ValueError(f"idx[{i}] = {j} names no op")
         op = op0 + j
         if op.src_len:
-            if not seal or op.suite != SUITE_AES_GCM:
-                raise ValueError(f"op {j} is out of place but not an AES-GCM seal")
+            if op.suite != SUITE_AES_GCM:
+                raise ValueError(f"op {j} is out of place but not an AES-GCM op")
             if src_size < 0:
                 raise ValueError(f"op {j} is out of place and no source arena was given")
             check_op_source(op, j, size, src_size)
@@ -274,6 +277,10 @@ cdef void gcm_finish_op(uint8_t* arena, CryptoOp* op, const uint8_t* ks, int pat
     elif seal:
         ipo_gcm_seal_xor_ghash(path, key, aad, aad_len, arena + op.text_off, op.text_len,
                                ks + 16, ks, tag)
+    elif op.src_len:
+        ipo_gcm_open_ghash_xor_from(path, key, aad, aad_len, arena + op.text_off, op.text_len,
+                                    src + op.src_off, op.src_at, op.src_len, ks + 16, ks, tag)
+        op_in_place(op)
     else:
         ipo_gcm_open_ghash_xor(path, key, aad, aad_len, arena + op.text_off, op.text_len,
                                ks + 16, ks, tag)
@@ -290,7 +297,7 @@ cdef class GcmBatchedBackend:
     cdef readonly str name
     # One keystream buffer reused call after call (fresh pages cost more than the AES):
     # taken under the GIL by one call at a time; a concurrent call allocates its own.
-    # seal takes the source arena of out-of-place ops (run_op_groups)
+    # seal and open take the source arena of out-of-place ops (run_op_groups)
     cdef readonly bint reads_source
     cdef object _ks_cache
     cdef bint _ks_busy
@@ -309,9 +316,11 @@ cdef class GcmBatchedBackend:
         out-of-place ops read their plaintext from ``src`` (and are in place afterwards)."""
         self._run(arena, ops, idx, keys, True, src)
 
-    def open(self, arena, ops, idx, keys):
-        """Verify and decrypt the ops ``idx``; each gets OP_DONE or OP_AUTH_FAILED."""
-        self._run(arena, ops, idx, keys, False, None)
+    def open(self, arena, ops, idx, keys, src=None):
+        """Verify and decrypt the ops ``idx``; each gets OP_DONE or OP_AUTH_FAILED.
+        Out-of-place ops read their ciphertext from ``src``; the plaintext goes to the arena
+        whatever the tag (a failed frame is restored by its caller)."""
+        self._run(arena, ops, idx, keys, False, src)
 
     cdef _run(self, arena, ops, idx, object keys, bint seal, src):
         # numpy arrays as tx_run makes them: their pointers as is; else typed memoryviews

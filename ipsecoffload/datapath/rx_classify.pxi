@@ -41,6 +41,9 @@ cdef inline uint32_t esn_infer_hi(const RxState* st, uint32_t seq_hi, uint32_t l
 
 cdef enum:
     RX_PROV_SLOTS = 256  # direct-mapped by key row; a collision falls back to the committed state
+    # AES-GCM texts from this long are opened out of place (rx_run); a shorter one's copy
+    # costs less than the extra memcpy call its gap in the arena copy would
+    RX_OPEN_FROM_MIN = 512
 
 
 cdef inline RxState* rx_provisional(RxState* states, RxState* prov, int32_t* prov_rows,

@@ -53,8 +53,9 @@ cdef int64_t rx_mark_misled(RxPlan* p, CryptoOp* op, const RxState* st, uint32_t
     return 1
 
 
-cdef rx_open_pending(out_arr, ops_arr, keys, backends):
-    """Open the ops still OP_PENDING (a bundle's ESP whose AH failed is not), as one op table."""
+cdef rx_open_pending(out_arr, ops_arr, keys, backends, src):
+    """Open the ops still OP_PENDING (a bundle's ESP whose AH failed is not), as one op table;
+    ``src``: the received arena, which out-of-place ops read (else None)."""
     cdef uint8_t[::1] ops_mv = ops_arr
     cdef int64_t n = ops_mv.shape[0] // sizeof(CryptoOp), i, k = 0
     if n == 0:
@@ -64,7 +65,7 @@ cdef rx_open_pending(out_arr, ops_arr, keys, backends):
         if op0[i].status == OP_PENDING:
             k += 1
     if k == n:
-        run_op_groups(out_arr, ops_arr, keys, backends, "open")
+        run_op_groups(out_arr, ops_arr, keys, backends, "open", src)
         return
     if k == 0:
         return
@@ -75,7 +76,7 @@ cdef rx_open_pending(out_arr, ops_arr, keys, backends):
         if op0[i].status == OP_PENDING:
             s0[k] = op0[i]
             k += 1
-    run_op_groups(out_arr, sub_arr, keys, backends, "open")
+    run_op_groups(out_arr, sub_arr, keys, backends, "open", src)
     k = 0
     for i in range(n):
         if op0[i].status == OP_PENDING:
@@ -246,10 +247,15 @@ def rx_run(batch, table, rx_state, int config, backends, lock, uint32_t delete_a
     cdef CryptoOp* aop
     cdef RxState* st
     cdef uint8_t* c
+    cdef bint ordered = True  # frames in arena order, none overlapping: out-of-place opens
+    cdef int64_t frames_end = 0, cursor = 0, n_from = 0
     with nogil:
         for i in range(RX_PROV_SLOTS):
             prov_rows[i] = -1
         for i in range(n):
+            if nb_off[i] < frames_end:
+                ordered = False
+            frames_end = nb_off[i] + nb_len[i]
             l2 = oob[nb_nbl[i]].l2_len
             p = plan0 + i
             needs = rx_classify_one(arena + nb_off[i], nb_len[i], l2, config, recs, nrec, keys,
@@ -290,8 +296,26 @@ def rx_run(batch, table, rx_state, int config, backends, lock, uint32_t delete_a
     out_arr = new_array(asize + copy_len, cnp.NPY_UINT8)
     cdef uint8_t* out = <uint8_t*>array_data(out_arr) if asize + copy_len else NULL
     with nogil:
-        if asize:
-            memcpy(out, arena, asize)
+        # The arena is copied but for the texts of the long AES-GCM opens of frames without
+        # AH (whose ICV covers the ESP text in the copy): those read their ciphertext from
+        # the arena and write the plaintext here (docs/receive-path.md, "Out-of-place open")
+        for i in range(n):
+            p = plan0 + i
+            if not ordered or p.op < 0 or p.ah_op >= 0:
+                continue
+            op = op0 + p.op
+            if op.suite != SUITE_AES_GCM or op.text_len < RX_OPEN_FROM_MIN \
+                    or op.status != OP_PENDING or op.text_off < cursor \
+                    or op.text_off > asize - op.text_len:
+                continue
+            op.src_off = op.text_off
+            op.src_at = 0
+            op.src_len = <int32_t>op.text_len
+            memcpy(out + cursor, arena + cursor, op.text_off - cursor)
+            cursor = op.text_off + op.text_len
+            n_from += 1
+        if asize > cursor:
+            memcpy(out + cursor, arena + cursor, asize - cursor)
         for i in range(n):
             p = plan0 + i
             if p.ah_op < 0:
@@ -337,7 +361,11 @@ def rx_run(batch, table, rx_state, int config, backends, lock, uint32_t delete_a
                         op0[p.op].status = OP_AUTH_FAILED  # never opened: its AH failed
     esp_arr = ops_arr[:nops * sizeof(CryptoOp)]
     if nops:
-        rx_open_pending(out_arr, esp_arr, table.keys, backends)
+        rx_open_pending(out_arr, esp_arr, table.keys, backends, b.keep[0] if n_from else None)
+        if n_from:
+            with nogil:
+                for i in range(nops):  # every text is in out now (a sub-table's copies too)
+                    op_in_place(op0 + i)
     with lock:
         with nogil:
             for i in range(n):
