@@ -6,7 +6,7 @@
  * Header-only, C99, every function static. Paths:
  *   IPO_GHASH_PORTABLE    plain C, constant time: carry-less multiply built from integer
  *                         multiplies with bit holes (no table indexed by secret data).
- *   IPO_GHASH_PCLMUL      128-bit PCLMULQDQ + SSSE3, 8 blocks per reduction.
+ *   IPO_GHASH_PCLMUL      128-bit PCLMULQDQ + SSSE3, 16 blocks per reduction.
  *   IPO_GHASH_PCLMUL_AVX  the same source compiled with AVX (VEX encoding: three-operand
  *                         forms, no register copies), for CPUs with AVX but no VPCLMULQDQ.
  *   IPO_GHASH_VPCLMUL256  VPCLMULQDQ on YMM + AVX2, 16 blocks (8 registers) per reduction.
@@ -469,13 +469,14 @@ static inline IPO__H128 void ipo__tail_open(uint8_t* text, const uint8_t* ks, si
                         part);
 }
 
-/* ---- x86: PCLMULQDQ, 8 blocks per reduction ------------------------------------------------ */
+/* ---- x86: PCLMULQDQ, 16 blocks per reduction ----------------------------------------------- */
 
 /* One block of ipo__chunk_pcl: block j of the chunk, xz added to it (the state or zero).
  * mode 0: hash in; 1: out = in ^ ks, hash out (seal); 2: hash in, out = in ^ ks (open). */
-static inline IPO__H128 void ipo__step128(const ipo_ghash_key* k, const uint8_t* in,
-                                          uint8_t* out, const uint8_t* ks, int mode, int j,
-                                          __m128i xz, __m128i* lo, __m128i* mm, __m128i* hi) {
+static inline IPO__H128 void ipo__step128p(const ipo_ghash_key* k, const uint8_t* in,
+                                           uint8_t* out, const uint8_t* ks, int mode, int j,
+                                           int p, __m128i xz, __m128i* lo, __m128i* mm,
+                                           __m128i* hi) {
     __m128i c = ipo__ldx(in + 16 * j), d = c;
     if (mode) {
         __m128i o = _mm_xor_si128(c, ipo__ldx(ks + 16 * j));
@@ -483,8 +484,15 @@ static inline IPO__H128 void ipo__step128(const ipo_ghash_key* k, const uint8_t*
         if (mode == 1) d = o;
     }
     d = _mm_xor_si128(_mm_shuffle_epi8(d, ipo__bswap_mask128()), xz);
-    ipo__kmul128(d, ipo__ldx(k->pow[8 + j]), ipo__ldx(k->mid[8 + j]), lo, mm, hi);
+    ipo__kmul128(d, ipo__ldx(k->pow[p]), ipo__ldx(k->mid[p]), lo, mm, hi);
     IPO__PIN3(*lo, *mm, *hi);
+}
+
+/* Block j of an 8-block chunk: times H^(8-j). */
+static inline IPO__H128 void ipo__step128(const ipo_ghash_key* k, const uint8_t* in,
+                                          uint8_t* out, const uint8_t* ks, int mode, int j,
+                                          __m128i xz, __m128i* lo, __m128i* mm, __m128i* hi) {
+    ipo__step128p(k, in, out, ks, mode, j, 8 + j, xz, lo, mm, hi);
 }
 
 /* 8 blocks, one reduction, unrolled (a rolled loop costs a counter, index arithmetic and a
@@ -505,19 +513,65 @@ static inline IPO__H128 __m128i ipo__chunk_pcl(__m128i x, const ipo_ghash_key* k
     return ipo__reduce128(lo, mm, hi);
 }
 
-/* Where the 128-byte chunk at text offset done is read from: src when the chunk lies inside
- * the source range [at, at + sn), else text, after the source bytes it holds are gathered. */
+/* 16 blocks (256 bytes), one reduction: block j times H^(16-j); half the reductions of two
+ * 8-block chunks, the PCLMULQDQ port being what bounds this loop. */
+static inline IPO__H128 __m128i ipo__chunk16_pcl(__m128i x, const ipo_ghash_key* k,
+                                                 const uint8_t* in, uint8_t* out,
+                                                 const uint8_t* ks, int mode) {
+    __m128i lo = _mm_setzero_si128(), mm = lo, hi = lo, z = lo;
+    ipo__step128p(k, in, out, ks, mode, 1, 1, z, &lo, &mm, &hi);
+    ipo__step128p(k, in, out, ks, mode, 2, 2, z, &lo, &mm, &hi);
+    ipo__step128p(k, in, out, ks, mode, 3, 3, z, &lo, &mm, &hi);
+    ipo__step128p(k, in, out, ks, mode, 4, 4, z, &lo, &mm, &hi);
+    ipo__step128p(k, in, out, ks, mode, 5, 5, z, &lo, &mm, &hi);
+    ipo__step128p(k, in, out, ks, mode, 6, 6, z, &lo, &mm, &hi);
+    ipo__step128p(k, in, out, ks, mode, 7, 7, z, &lo, &mm, &hi);
+    ipo__step128p(k, in, out, ks, mode, 8, 8, z, &lo, &mm, &hi);
+    ipo__step128p(k, in, out, ks, mode, 9, 9, z, &lo, &mm, &hi);
+    ipo__step128p(k, in, out, ks, mode, 10, 10, z, &lo, &mm, &hi);
+    ipo__step128p(k, in, out, ks, mode, 11, 11, z, &lo, &mm, &hi);
+    ipo__step128p(k, in, out, ks, mode, 12, 12, z, &lo, &mm, &hi);
+    ipo__step128p(k, in, out, ks, mode, 13, 13, z, &lo, &mm, &hi);
+    ipo__step128p(k, in, out, ks, mode, 14, 14, z, &lo, &mm, &hi);
+    ipo__step128p(k, in, out, ks, mode, 15, 15, z, &lo, &mm, &hi);
+    ipo__step128p(k, in, out, ks, mode, 0, 0, x, &lo, &mm, &hi);
+    return ipo__reduce128(lo, mm, hi);
+}
+
+/* Where the chunk of `size` bytes at text offset done is read from: src when the chunk lies
+ * inside the source range [at, at + sn), else text, after the source bytes it holds are
+ * gathered. */
 static inline IPO__H128 const uint8_t* ipo__chunk_src(uint8_t* text, const uint8_t* src,
-                                                      size_t at, size_t sn, size_t done) {
-    if (done >= at && done + 128 <= at + sn) return src + (done - at);
-    ipo__gather(text, src, at, sn, done, done + 128);
+                                                      size_t at, size_t sn, size_t done,
+                                                      size_t size) {
+    if (done >= at && done + size <= at + sn) return src + (done - at);
+    ipo__gather(text, src, at, sn, done, done + size);
     return text + done;
+}
+
+/* The whole 128-byte chunks of the text from *done on, 256 bytes a step while they last;
+ * mode as in ipo__step128, a constant at each call (the loops specialize). */
+static inline IPO__H128 __m128i ipo__chunks_pcl(__m128i x, const ipo_ghash_key* k,
+                                                uint8_t* text, size_t len, size_t* done,
+                                                const uint8_t* src, size_t at, size_t sn,
+                                                const uint8_t* ks, int mode) {
+    size_t d = *done;
+    for (; d + 256 <= len; d += 256)
+        x = ipo__chunk16_pcl(x, k, src ? ipo__chunk_src(text, src, at, sn, d, 256) : text + d,
+                             text + d, ks + d, mode);
+    if (d + 128 <= len) {
+        x = ipo__chunk_pcl(x, k, src ? ipo__chunk_src(text, src, at, sn, d, 128) : text + d,
+                           text + d, ks + d, mode);
+        d += 128;
+    }
+    *done = d;
+    return x;
 }
 
 /* The bodies of the two 128-bit paths: inlined into a function per path, compiled under that
  * function's target (SSE encoding for IPO_GHASH_PCLMUL, VEX for IPO_GHASH_PCLMUL_AVX). */
 /* src != NULL: the text's bytes [at, at + sn) are read from src, the rest from text
- * (ipo_gcm_seal_xor_ghash_from, ipo_gcm_open_ghash_xor_from). Whole 128-byte chunks inside that range are XORed
+ * (ipo_gcm_seal_xor_ghash_from, ipo_gcm_open_ghash_xor_from). Whole chunks inside that range are XORed
  * straight from src; the head, the tail and a chunk that straddles an end are gathered into
  * text first. src == NULL is folded away where the in-place paths inline this. */
 static inline IPO__H128 void ipo__crypt128(int open, const ipo_ghash_key* k, const uint8_t* aad,
@@ -541,19 +595,13 @@ static inline IPO__H128 void ipo__crypt128(int open, const ipo_ghash_key* k, con
     }
     if (!m) { /* else it all fits the tail's group, AAD blocks first */
         if (open && !src)
-            for (; done + 128 <= len; done += 128)
-                x = ipo__chunk_pcl(x, k, text + done, text + done, ks + done, 2);
+            x = ipo__chunks_pcl(x, k, text, len, &done, NULL, 0, 0, ks, 2);
         else if (!src)
-            for (; done + 128 <= len; done += 128)
-                x = ipo__chunk_pcl(x, k, text + done, text + done, ks + done, 1);
+            x = ipo__chunks_pcl(x, k, text, len, &done, NULL, 0, 0, ks, 1);
         else if (open)
-            for (; done + 128 <= len; done += 128)
-                x = ipo__chunk_pcl(x, k, ipo__chunk_src(text, src, at, sn, done), text + done,
-                                   ks + done, 2);
+            x = ipo__chunks_pcl(x, k, text, len, &done, src, at, sn, ks, 2);
         else
-            for (; done + 128 <= len; done += 128)
-                x = ipo__chunk_pcl(x, k, ipo__chunk_src(text, src, at, sn, done), text + done,
-                                   ks + done, 1);
+            x = ipo__chunks_pcl(x, k, text, len, &done, src, at, sn, ks, 1);
     }
     if (src) ipo__gather(text, src, at, sn, done, len);
     m = ipo__tail_list(open, bp, m, text, ks, len, aad_len, done, ext);
