@@ -335,9 +335,14 @@ cdef class GcmBatchedBackend:
         cdef const uint8_t* sbase = NULL
         cdef int64_t src_size = -1
         if src is not None:
-            src_mv = src
-            src_size = src_mv.shape[0]
-            sbase = &src_mv[0] if src_size else NULL
+            if plain_array(src, cnp.NPY_UINT8, False):
+                sbase, src_size = <const uint8_t*>array_data(src), array_len(src)
+            else:
+                src_mv = src
+                src_size = src_mv.shape[0]
+                sbase = &src_mv[0] if src_size else NULL
+            if src_size == 0:
+                sbase = NULL
         if plain_array(arena, cnp.NPY_UINT8, True):
             base, size = <uint8_t*>array_data(arena), array_len(arena)
         else:

@@ -146,13 +146,20 @@ def run_op_groups(arena, ops, keys, backends, str direction, src=None):
     """Each op group (pass, kind, suite, key context) through its backend, passes in order.
     The common case, ops already in group order (one SA, or SAs in runs), needs no sort.
     ``src``: the source arena of out-of-place ops (tx_emit's batch arena), else None."""
-    cdef const uint8_t[::1] op_bytes = ops
-    cdef int64_t n = op_bytes.shape[0] // sizeof(CryptoOp), i, start = 0
-    if op_bytes.shape[0] % sizeof(CryptoOp):
+    cdef const uint8_t[::1] op_bytes
+    cdef int64_t size, n, i, start = 0
+    cdef const CryptoOp* op0
+    if plain_array(ops, cnp.NPY_UINT8, False):  # tx_run's and rx_run's: no view to acquire
+        op0, size = <const CryptoOp*>array_data(ops), array_len(ops)
+    else:
+        op_bytes = ops
+        size = op_bytes.shape[0]
+        op0 = <const CryptoOp*>&op_bytes[0] if size else NULL
+    n = size // sizeof(CryptoOp)
+    if size % sizeof(CryptoOp):
         raise ValueError("ops buffer size does not match the CryptoOp layout")
     if n == 0:
         return
-    cdef const CryptoOp* op0 = <const CryptoOp*>&op_bytes[0]
     cdef bint in_order = True, out_of_place = False
     with nogil:
         for i in range(n):
