@@ -56,11 +56,11 @@ cdef int64_t rx_mark_misled(RxPlan* p, CryptoOp* op, const RxState* st, uint32_t
 cdef rx_open_pending(out_arr, ops_arr, keys, backends, src):
     """Open the ops still OP_PENDING (a bundle's ESP whose AH failed is not), as one op table;
     ``src``: the received arena, which out-of-place ops read (else None)."""
-    cdef uint8_t[::1] ops_mv = ops_arr
-    cdef int64_t n = ops_mv.shape[0] // sizeof(CryptoOp), i, k = 0
+    cdef int64_t size
+    cdef CryptoOp* op0 = <CryptoOp*>bytes_of(ops_arr, &size, True)
+    cdef int64_t n = size // sizeof(CryptoOp), i, k = 0
     if n == 0:
         return
-    cdef CryptoOp* op0 = <CryptoOp*>&ops_mv[0]
     for i in range(n):
         if op0[i].status == OP_PENDING:
             k += 1
@@ -405,13 +405,15 @@ def rx_run(batch, table, rx_state, int config, backends, lock, uint32_t delete_a
     return out_arr[:asize], plans_arr, ops_out, counters_arr
 
 
-def rx_nested_candidates(const uint8_t[::1] plans not None, int64_t n):
+def rx_nested_candidates(plans not None, int64_t n):
     """How many of the first ``n`` plans are verified tunnel layers whose inner packet may
     carry a second layer (datapath/rx.py runs those again); a compiled count so that batches
     with none cost nothing more."""
-    if plans.shape[0] < n * <int64_t>sizeof(RxPlan) or n < 0:
+    cdef int64_t size
+    cdef const uint8_t* data = bytes_of(plans, &size, False)
+    if size < n * <int64_t>sizeof(RxPlan) or n < 0:
         raise ValueError("plans holds fewer than n RxPlan rows")
-    cdef const RxPlan* p0 = <const RxPlan*>&plans[0] if n else NULL
+    cdef const RxPlan* p0 = <const RxPlan*>data if n else NULL
     cdef const RxPlan* p
     cdef int64_t i, count = 0
     cdef int nh
