@@ -383,6 +383,7 @@ def capture_link_parse(arena: _U8, pkts: _U8, n: int, vlan_types: npt.NDArray[np
 def capture_account(pkts: _U8, n: int, frames_per_pkt: npt.NDArray[np.int64],
                     bytes_per_pkt: npt.NDArray[np.int64], status_per_pkt: npt.NDArray[np.int64],
                     n_sa: int, sums: npt.NDArray[np.int64]) -> tuple[int, int, int, int, int]: ...
+def reserve_blocks(fd: int, offset: int, length: int) -> int: ...
 
 class PktKind(enum.IntEnum):
     PKT_DROP = 0

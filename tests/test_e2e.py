@@ -711,6 +711,46 @@ def test_background_writer_keeps_order_and_raises_the_threads_error(tmp_path):
         assert writer._pool is None
 
 
+def test_reserved_blocks_are_released_at_commit_and_never_change_the_bytes(tmp_path):
+    """SafeOutput.reserve allocates the temporary file's blocks ahead of the writes
+    (io/atomic.py); the committed file holds exactly what was written, the reserve past its
+    end released; an aborted output leaves the destination as it was; a pipe refuses."""
+    from ipsecoffload.io.atomic import SafeOutput
+    from ipsecoffload.io.bulk import BulkWriter
+    fp = tx_frame.kernels()
+    if fp is None:
+        pytest.skip("needs the compiled kernels")
+    plain = write_plain(tmp_path / "plain.pcap", mixed_frames()[:20])
+    dest = tmp_path / "out.pcap"
+    dest.write_bytes(b"previous run")
+    chunks = [bytes([i]) * (200_000 + 37 * i) for i in range(12)]
+    with BulkReader(plain) as reader, SafeOutput(dest) as out:
+        writer = BulkWriter(out.file, "pcap", reader, background=True, reserve=out.reserve)
+        for chunk in chunks:
+            writer.write(chunk)
+        writer.close()
+        # -1: a filesystem without fallocate(2), where nothing is reserved
+        assert out._reserved >= writer.bytes_written or out._reserved == -1
+    data = dest.read_bytes()
+    assert data[24:] == b"".join(chunks) and len(data) == 24 + writer.bytes_written
+    # st_blocks counts 512-byte units: at most a little over the file's own size is left
+    assert os.stat(dest).st_blocks * 512 < len(data) + (1 << 20)
+    with pytest.raises(RuntimeError):
+        with SafeOutput(dest) as out:
+            out.reserve(64 << 20)
+            out.file.write(b"half")
+            raise RuntimeError("interrupted")
+    assert dest.read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.pcap", "plain.pcap"]
+    read_fd, write_fd = os.pipe()
+    try:
+        with open(write_fd, "wb", closefd=False) as pipe_file:
+            assert fp.reserve_blocks(pipe_file.fileno(), 0, 4096) != 0
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
 def test_ah_alone_far_in_the_ipv6_headers_is_framed_as_the_python_framer_does():
     """An AH alone only needs AhHeaderOffset to fit (4-byte units, 8 bits): AH at 1016 bytes
     into the IPv6 headers is framed, though ESP could not start past it."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Any, BinaryIO, Iterator, List, NamedTuple, Optional
+from typing import Any, BinaryIO, Callable, Iterator, List, NamedTuple, Optional
 
 import numpy as np
 
@@ -299,10 +299,12 @@ class BulkWriter:
     interrupt must not then wait for it."""
 
     def __init__(self, file: BinaryIO, fmt: str, reader: BulkReader, *,
-                 background: bool = False):
+                 background: bool = False, reserve: Optional[Callable[[int], None]] = None):
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
         self.file, self.format = file, fmt
+        self._reserve = reserve  # SafeOutput.reserve: blocks ahead of the writes
+        self.bytes_written = 0
         self._pool: Optional[Any] = None
         self._pending: Optional[Any] = None  # the Future of the write in flight
         self._buffers: list = [np.zeros(0, np.uint8), np.zeros(0, np.uint8)]
@@ -360,6 +362,9 @@ class BulkWriter:
         return self._buffers[self._turn]
 
     def write(self, data) -> None:
+        self.bytes_written += len(data)
+        if self._reserve is not None:
+            self._reserve(self.bytes_written)
         if self._pool is None:
             self.file.write(data)
             return

@@ -629,7 +629,8 @@ def encrypt_capture(input_path, output_path, policies: Sequence[SaPolicy], *,
             try:
                 for batch in reader.batches(batch_size):
                     if writer is None:
-                        writer = BulkWriter(out.file, fmt, reader, background=not out.streamed)
+                        writer = BulkWriter(out.file, fmt, reader, background=not out.streamed,
+                                            reserve=out.reserve)
                         summary.linktype = summary_linktype(reader)  # a pcapng's, known now
                     writer.interfaces(reader)
                     encryptor.process(batch, writer)

@@ -352,3 +352,31 @@ def capture_link_parse(const uint8_t[::1] arena, pkts, int64_t n, const int64_t[
                 k[i].l2_len = <int32_t>l2
                 ip += 1
     return ip
+
+
+cdef extern from *:
+    """
+    #include <errno.h>
+    #if defined(__linux__)
+    #include <fcntl.h>
+    static int ipo_reserve_blocks(int fd, int64_t offset, int64_t length) {
+        /* fallocate(2) with FALLOC_FL_KEEP_SIZE: blocks reserved, the file's size unchanged;
+           never glibc's posix_fallocate, which writes zeros where the filesystem cannot */
+        return fallocate(fd, FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)length) == 0 ? 0 : errno;
+    }
+    #else
+    static int ipo_reserve_blocks(int fd, int64_t offset, int64_t length) { return ENOSYS; }
+    #endif
+    """
+    int ipo_reserve_blocks(int fd, int64_t offset, int64_t length) nogil
+
+
+def reserve_blocks(int fd, int64_t offset, int64_t length):
+    """Allocate the file's blocks for [offset, offset + length) without changing its size
+    (Linux fallocate(2), FALLOC_FL_KEEP_SIZE); 0 or the errno (io/atomic.py)."""
+    if offset < 0 or length <= 0:
+        raise ValueError("reserve_blocks: offset must be >= 0 and length > 0")
+    cdef int err
+    with nogil:
+        err = ipo_reserve_blocks(fd, offset, length)
+    return err

@@ -408,7 +408,8 @@ def _decrypt_bulk(input_path, output_path, policies, *, replay_window, keep_fail
             try:
                 for batch in reader.batches(batch_size):
                     if writer is None:
-                        writer = BulkWriter(out.file, fmt, reader, background=not out.streamed)
+                        writer = BulkWriter(out.file, fmt, reader, background=not out.streamed,
+                                            reserve=out.reserve)
                         summary.linktype = summary_linktype(reader)  # a pcapng's, known now
                     writer.interfaces(reader)
                     writer.write(decryptor.emit_bulk(batch, writer))
