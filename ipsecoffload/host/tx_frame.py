@@ -170,8 +170,21 @@ def _ensure_bundles(stack, sas, table: np.ndarray, pkts: np.ndarray) -> None:
 
 
 def _load_seq(sas, table: np.ndarray) -> None:
-    for row, sa in enumerate(sas):
-        table["next_seq"][row] = sa.next_seq if sa.next_seq < 2**64 else 0
+    table["next_seq"] = [sa.next_seq if sa.next_seq < 2**64 else 0 for sa in sas]
+
+
+def _sync_seq_his(stack, sas: Sequence, rows: np.ndarray, table: np.ndarray, field: str) -> None:
+    """UPDATE_SA where an ESN SA's bundle the batch used (``rows``) holds another high word than
+    the SA number in ``field`` (first_sn / last_sn) has: the stack's _sync_seq_hi, called only
+    for the SAs whose high word moves (a capture over many SAs pays a compare per SA)."""
+    used = table["used"][rows].tolist()
+    his = (table[field][rows] >> np.uint64(32)).tolist()
+    for s, bits, hi in zip(rows.tolist(), used, his):
+        sa = sas[s]
+        known = sa._nic_seq_hi
+        if (not bits & 1 or known.get(False) == hi) and (not bits & 2 or known.get(True) == hi):
+            continue
+        stack._sync_seq_hi(sa, [b for b in (False, True) if (bits >> int(b)) & 1], hi)
 
 
 def frame_and_send(stack, arena: np.ndarray, pkts: np.ndarray, sas: Sequence,
@@ -207,17 +220,15 @@ def frame_and_send(stack, arena: np.ndarray, pkts: np.ndarray, sas: Sequence,
             arena, pkt_bytes, start, n, table_bytes, len(sas), l2_mode, macs, stack.ttl, df,
             stack.next_ipv4_id, mss, out, nb_off, nb_len, oob_bytes)
         stack.next_ipv4_id = ipv4_id
-        touched = np.flatnonzero(table["used"]).tolist()
-        for s in touched:
-            nxt = int(table["next_seq"][s])
+        touched = np.flatnonzero(table["used"])
+        for s, nxt in zip(touched.tolist(), table["next_seq"][touched].tolist()):
             sas[s].next_seq = nxt if nxt else 2**64
         batch = _batch(out[:used], nb_off[:nbls], nb_len[:nbls], oob[:nbls])
         if not send:
             parts.append(FramedPart(start, stop, batch))
         else:
-            esn = [s for s in touched if table["esn"][s]]
-            for s in esn:
-                stack._sync_seq_hi(sas[s], _bundles(table, s), int(table["first_sn"][s]) >> 32)
+            esn = touched[table["esn"][touched] != 0]
+            _sync_seq_his(stack, sas, esn, table, "first_sn")
             if hasattr(stack, "fill_fresh_ivs"):
                 stack.fill_fresh_ivs(batch)  # Miniport(iv_source="packet"): fresh IVs
             for part in _send_by_output(stack, batch, pkts, start, stop, sender):
@@ -225,9 +236,8 @@ def frame_and_send(stack, arena: np.ndarray, pkts: np.ndarray, sas: Sequence,
                     on_part(part)
                 else:
                     parts.append(part)
-            for s in esn:
-                # an LSO super-packet may end in the next high word (docs/send-path.md)
-                stack._sync_seq_hi(sas[s], _bundles(table, s), int(table["last_sn"][s]) >> 32)
+            # an LSO super-packet may end in the next high word (docs/send-path.md)
+            _sync_seq_his(stack, sas, esn, table, "last_sn")
         if stop >= n:
             return parts
         start = stop

@@ -349,14 +349,36 @@ class BatchEncryptor:
         self.table = tx_frame.sa_table(self.sas)
         summary.sas = {p.name: SaStats() for p in self.policies}
         self._stats = list(summary.sas.values())
+        # capture_account's sums per owner (the SAs, then the clear packets), added up batch
+        # after batch and put into the SaStats by _flush (close, or before a rare row)
+        self._totals = np.zeros((len(self._stats) + 1, 8), np.int64)
         self._status_names: dict = {}
         self._scratch: dict = {}
         self.workers = workers
         self._sender = ShardedSender(self.stack.miniport, workers) if workers > 1 else None
 
     def close(self) -> None:
+        self._flush(np.flatnonzero(self._totals[:, 0]).tolist())
         if self._sender is not None:
             self._sender.close()
+
+    def _owner_stats(self, index: int) -> SaStats:
+        return self.summary.clear if index == len(self._stats) else self._stats[index]
+
+    def _flush(self, owners) -> None:
+        """The summed rows of ``owners`` into their SaStats, and those rows zeroed."""
+        for index in owners:
+            row = self._totals[index].tolist()
+            stats = self._owner_stats(index)
+            stats.packets += row[0]
+            stats.bytes_in += row[1]
+            stats.frames_out += row[2]
+            stats.bytes_out += row[3]
+            stats.lso_packets += row[4]
+            stats.lso_segments += row[5]
+            if row[6]:
+                stats.status[self._status_name(0)] += row[6]
+            self._totals[index] = 0
 
     def process(self, batch, writer) -> None:
         tf, fp, summary = self.tx_frame, self.fp, self.summary
@@ -411,23 +433,14 @@ class BatchEncryptor:
             codes, counts = np.unique(fault[bad], return_counts=True)
             for code, count in zip(codes.tolist(), counts.tolist()):
                 summary.malformed[tf.summary_reason(code)] += count
-        rare = []
-        for index, row in enumerate(sums.tolist()):
-            if not row[0]:
-                continue
-            stats = summary.clear if index == n_sa else self._stats[index]
-            stats.packets += row[0]
-            stats.bytes_in += row[1]
-            stats.frames_out += row[2]
-            stats.bytes_out += row[3]
-            stats.lso_packets += row[4]
-            stats.lso_segments += row[5]
-            if row[6]:
-                stats.status[self._status_name(0)] += row[6]
-            if row[7]:
-                rare.append((index, stats))
-        if not rare:
+        self._totals += sums
+        rare_rows = np.flatnonzero(sums[:, 7])
+        if not len(rare_rows):
             return
+        # a rare row's counts go in now, after what its owner summed before (the status
+        # names keep the order they were first met in)
+        self._flush(rare_rows.tolist())
+        rare = [(index, self._owner_stats(index)) for index in rare_rows.tolist()]
         counted = (kind != tf.PKT_NOT_IP) & ~((kind == tf.PKT_DROP)
                                               & (fault < tf.FAULT_REFUSED_FIRST))
         owner = np.where(kind == tf.PKT_CLEAR, n_sa, pkts["sa"])
