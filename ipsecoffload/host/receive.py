@@ -192,7 +192,10 @@ class ReceiveMixin:
                 raise
             if nat_t_ports != self.miniport.nat_t_ports:
                 self.miniport.nat_t_ports = nat_t_ports
-            windows = np.concatenate([self._rx_windows, row])
+            # joined as bytes: numpy joins a nested structured dtype field by field, which made
+            # adding the n-th SA cost O(n) slow steps (1000 SAs: most of a second)
+            windows = np.concatenate([self._rx_windows.view(np.uint8),
+                                      row.view(np.uint8)]).view(RX_WINDOW_DTYPE)
             slot_sa, slot_handle = self._rx_slot_sa.copy(), self._rx_slot_handle.copy()
             for handle in sa.handles.values():
                 slot_sa[handle & HANDLE_SLOT_MASK] = sa.index

@@ -335,23 +335,28 @@ class CaptureDecryptor:
         attributed = _ATTRIBUTED[delivery] & (got.sa >= 0)
         if not attributed.any():
             return
-        sas, codes = got.sa[attributed], delivery[attributed]
-        status = got.nic.crypto_status[attributed]
-        for k in np.unique(sas).tolist():
-            mine = sas == k
-            stats = summary.sas[self._names[k]]
-            stats.packets += int(np.count_nonzero(mine))
-            values, n = np.unique(status[mine], return_counts=True)
-            for v, c in zip(values.tolist(), n.tolist()):
-                stats.crypto_status[_CRYPTO_NAMES.get(v, str(v))] += c
-            kinds, n = np.unique(codes[mine], return_counts=True)
-            for v, c in zip(kinds.tolist(), n.tolist()):
-                if v == Delivery.REPLAY:
-                    stats.replayed += c
-                elif v == Delivery.DECAP:
-                    stats.decapsulated += c
-                elif v != Delivery.CRYPTO:
-                    stats.dropped[Delivery(v).name.lower()] += c
+        # one np.unique per count over (SA, value) keys: a Python step per pair the batch
+        # holds, not a pass over the batch per SA; each SA meets its values in ascending order
+        sas = got.sa[attributed].astype(np.int64)
+        codes = delivery[attributed].astype(np.int64)
+        status = got.nic.crypto_status[attributed].astype(np.int64)
+        stats_of = [summary.sas[name] for name in self._names]
+        ks, n = np.unique(sas, return_counts=True)
+        for k, c in zip(ks.tolist(), n.tolist()):
+            stats_of[k].packets += c
+        keys, n = np.unique((sas << 32) | status, return_counts=True)
+        for key, c in zip(keys.tolist(), n.tolist()):
+            v = key & 0xFFFFFFFF
+            stats_of[key >> 32].crypto_status[_CRYPTO_NAMES.get(v, str(v))] += c
+        keys, n = np.unique((sas << 32) | codes, return_counts=True)
+        for key, c in zip(keys.tolist(), n.tolist()):
+            stats, v = stats_of[key >> 32], key & 0xFFFFFFFF
+            if v == Delivery.REPLAY:
+                stats.replayed += c
+            elif v == Delivery.DECAP:
+                stats.decapsulated += c
+            elif v != Delivery.CRYPTO:
+                stats.dropped[Delivery(v).name.lower()] += c
 
 
 def decrypt_capture(input_path, output_path, policies: Sequence[SaPolicy], *,
