@@ -20,6 +20,8 @@ import threading
 from typing import (TYPE_CHECKING, Any, Iterable, Iterator, List, Mapping, Optional, Sequence,
                     Tuple, Union, overload)
 
+import numpy as np
+
 from .control.miniport import Miniport
 from .datapath.layout import Reason
 from .host.packetinfo import TCP, MalformedPacket, parse_packet
@@ -241,6 +243,10 @@ class Encryptor:
         errors: List[Optional[str]] = [None] * n
         jobs: List[Tuple[int, bytes, bool]] = []  # (input index, packet, LSO)
         lso_allowed = mss is not None and self.config.mode == "transport"
+        if not lso_allowed and all(type(item) is bytes for item in items):
+            with self._lock:  # the usual call: bytes, no LSO, one send
+                self._send_all(items, segments, status, errors)
+            return PacketResults(segments, status, errors)
         for i, item in enumerate(items):
             data, error = _as_bytes(item)
             if data is None:
@@ -259,14 +265,32 @@ class Encryptor:
             self._send_run(run, segments, status, errors)
         return PacketResults(segments, status, errors)
 
-    def _send_run(self, run: List[Tuple[int, bytes]], segments: list, status: list,
+    def _send_all(self, items: List[bytes], segments: list, status: list,
                   errors: list) -> None:
+        """_send_run of every packet in sends of at most _SEND_CHUNK packets (a long list
+        does not hold its whole arena, framed copy and output at once), without making
+        (index, packet) pairs unless the stack refuses a send."""
+        for lo in range(0, len(items), _SEND_CHUNK):
+            chunk = items[lo:lo + _SEND_CHUNK]
+            try:
+                result = self.stack.send(chunk, self.sa)
+            except (SequenceNumberExhausted, ValueError) as error:
+                self._send_run(list(enumerate(chunk, lo)), segments, status, errors,
+                               refused=error)
+                continue
+            self._collect(result, range(lo, lo + len(chunk)), segments, status, errors)
+
+    def _send_run(self, run: List[Tuple[int, bytes]], segments: list, status: list,
+                  errors: list, refused: Optional[Exception] = None) -> None:
         """One send for the run; if the stack refuses it (one bad packet refuses the whole
         send, before any sequence number is taken), halves until each bad packet is alone:
-        k bad packets cost O(k log n) sends, good batches one."""
+        k bad packets cost O(k log n) sends, good batches one. ``refused``: the error a
+        send of the whole run already raised."""
         if not run:
             return
         try:
+            if refused is not None:
+                raise refused
             result = self.stack.send([data for _, data in run], self.sa)
         except (SequenceNumberExhausted, ValueError) as error:
             if len(run) == 1:
@@ -294,9 +318,21 @@ class Encryptor:
         self._collect(result, [index], segments, status, errors)
 
     @staticmethod
-    def _collect(result: Any, indexes: List[int], segments: list, status: list,
+    def _collect(result: Any, indexes: Sequence[int], segments: list, status: list,
                  errors: list) -> None:
         frames = result.wire.frames()
+        if len(frames) == len(indexes) and not result.status.any() and (
+                not frames or (result.wire.nb_nbl == np.arange(len(frames))).all()):
+            # every packet sent, one frame each, in order: no per-packet bookkeeping
+            lo = indexes[0] if indexes else 0
+            if indexes and indexes[-1] - lo + 1 == len(indexes):  # a contiguous run
+                segments[lo:lo + len(frames)] = [(frame,) for frame in frames]
+                status[lo:lo + len(frames)] = [SUCCESS] * len(frames)
+            else:
+                for index, frame in zip(indexes, frames):
+                    segments[index] = (frame,)
+                    status[index] = SUCCESS
+            return
         per_nbl: List[List[bytes]] = [[] for _ in indexes]
         for frame, nbl in zip(frames, result.wire.nb_nbl.tolist()):
             per_nbl[nbl].append(frame)
@@ -325,11 +361,20 @@ def _wants_lso(data: bytes, mss: Optional[int]) -> bool:
             and info.tcp_payload is not None and mss is not None and info.tcp_payload > mss)
 
 
+_STATUS_NAMES: dict = {}
+_SEND_CHUNK = 4096  # packets per send of Encryptor._send_all
+
+
 def _status_name(code: int) -> str:
-    try:
-        return NdisStatus(code).name
-    except ValueError:
-        return f"{code:#010x}"
+    name = _STATUS_NAMES.get(code)
+    if name is None:
+        try:
+            name = NdisStatus(code).name
+        except ValueError:
+            name = f"{code:#010x}"
+        if len(_STATUS_NAMES) < 4096:
+            _STATUS_NAMES[code] = name
+    return name
 
 
 def _reason_name(code: int) -> str:

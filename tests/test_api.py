@@ -159,6 +159,22 @@ def test_bad_packets_in_a_list_get_a_status_and_take_no_sequence_number():
     assert len(result.flat()) == len(good)
 
 
+def test_a_long_list_of_bytes_goes_in_sends_of_a_chunk_with_the_same_results(monkeypatch):
+    """Encryptor._send_all: a list of bytes sends _SEND_CHUNK packets at a time; a refused
+    packet in a later chunk is refused alone, and the sequence numbers run on across the
+    chunks as in one send."""
+    import ipsecoffload.api as api
+    monkeypatch.setattr(api, "_SEND_CHUNK", 3)
+    config = SaConfig(spi=0x300A, encryption="aes-gcm-128", key=GCM_KEY)
+    packets = [tcp4(bytes([i])) for i in range(8)]
+    packets[5] = b"\x00junk"
+    result = Encryptor(config).encrypt(packets)
+    assert result.status == tuple(REFUSED if i == 5 else SUCCESS for i in range(8))
+    assert [opened(result[i], config)[1] for i in range(8) if i != 5] == list(range(1, 8))
+    assert [bytes(opened(result[i], config)[0]) for i in range(8) if i != 5] == \
+        [bytes(p) for i, p in enumerate(packets) if i != 5]
+
+
 def test_only_bad_packets_and_no_packets():
     assert list(encrypt([], CONFIGS["gcm-transport"])) == []
     result = encrypt([b"", b"\x60"], CONFIGS["gcm-transport"])

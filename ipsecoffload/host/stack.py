@@ -705,8 +705,10 @@ class HostStack(ReceiveMixin):
         result, or None: this Python framer runs)."""
         if isinstance(packets, (bytes, bytearray, memoryview)):
             return packets, None
-        packets = [p if isinstance(p, (bytes, bytearray, memoryview))
-                   or not hasattr(type(p), "__bytes__") else bytes(p) for p in packets]
+        packets = list(packets)
+        if not all(type(p) is bytes for p in packets):
+            packets = [p if isinstance(p, (bytes, bytearray, memoryview))
+                       or not hasattr(type(p), "__bytes__") else bytes(p) for p in packets]
         if ivs is not None or not self.compiled_framing or (send and self._needs_fresh_ivs()):
             return packets, None
         from . import tx_frame

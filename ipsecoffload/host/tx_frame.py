@@ -303,13 +303,14 @@ def _bundles(table: np.ndarray, s: int) -> list:
 # -- HostStack.send / build dispatch -----------------------------------------------------------
 def _pack(packets) -> Optional[tuple]:
     """One arena and HostPkt rows for a list of bytes-like packets; None if one is not."""
-    chunks = []
-    for packet in packets:
-        if not isinstance(packet, (bytes, bytearray, memoryview)):
+    chunks = packets if isinstance(packets, list) else list(packets)
+    if all(type(packet) is bytes for packet in chunks):  # the usual case: len is the size
+        lengths = np.fromiter(map(len, chunks), np.int64, len(chunks))
+    else:
+        if not all(isinstance(packet, (bytes, bytearray, memoryview)) for packet in chunks):
             return None
-        chunks.append(packet)
+        lengths = np.fromiter((memoryview(c).nbytes for c in chunks), np.int64, len(chunks))
     pkts = np.zeros(len(chunks), HOST_PKT_DTYPE)
-    lengths = np.fromiter((memoryview(c).nbytes for c in chunks), np.int64, len(chunks))
     if len(chunks):
         pkts["cap_len"] = lengths
         np.cumsum(lengths[:-1], out=pkts["off"][1:])
