@@ -1,7 +1,7 @@
 """Type stubs of the compiled stages and backends (ipsecoffload/_fastpath.pyx); the package
 ipsecoffload/datapath/twin/ is the pure-Python twin of every stage."""
 import enum
-from typing import Any, Callable, Iterable, Mapping, Optional, Protocol
+from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -374,7 +374,8 @@ def pcap_scan(buf: _U8, start: int, end: int, big: int, frac_ns: int, max_incl: 
 def pcapng_scan(buf: _U8, start: int, end: int, big: int, iface_link: npt.NDArray[np.int64],
                 iface_resol: npt.NDArray[np.int64], iface_snap: npt.NDArray[np.int64],
                 max_incl: int, pkts: _U8, max_n: int) -> tuple[int, int, int, int]: ...
-def capture_emit(fmt: int, out: _U8, pkts: _U8, start: int, end: int, arena: _U8, wire: _U8,
+def capture_emit(fmt: int, out: _U8, pkts: _U8, start: int, end: int, arena: _U8,
+                 wire: _U8 | Sequence[_U8],
                  wire_table: _U8, nframes: int, snaplen: int, unit_ns: npt.NDArray[np.int64],
                  frames_per_pkt: npt.NDArray[np.int64],
                  bytes_per_pkt: npt.NDArray[np.int64]) -> int: ...

@@ -636,10 +636,24 @@ def test_bench_paths_and_suites(capsys, args, path, suite, size):
                                   ("--encryption", "aes-ctr-128"),
                                   ("--encryption", "aes-cbc-128"),
                                   ("--encryption", "none"), ("--ah", "hmac-sha3"),
-                                  ("--path", "lso", "--mss", "0")])
+                                  ("--path", "lso", "--mss", "0"),
+                                  ("--sas", "8"), ("--workers", "2"),
+                                  ("--path", "e2e", "--sas", "5000"),
+                                  ("--path", "e2e", "--workers", "0")])
 def test_bench_refuses_runaway_or_unknown_arguments(capsys, args):
     code, out, err = run_cli(capsys, "bench", "--sizes", "64", *args)
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+
+
+def test_bench_e2e_over_several_sas_and_workers(capsys):
+    """bench --path e2e --sas N --workers M: the capture spread over N SAs, encrypted with
+    M workers; the rows name both (the keys of a default row stay the design's)."""
+    code, out, err = run_cli(capsys, "bench", "--json", "--path", "e2e", "--sizes", "200",
+                             "--sas", "3", "--workers", "2", "--min-time", "0.01")
+    assert (code, err) == (0, "")
+    [row] = json.loads(out)
+    assert set(row) == BENCH_KEYS | {"sas", "workers"}
+    assert (row["path"], row["sas"], row["workers"]) == ("e2e", 3, 2) and row["pps"] > 0
 
 
 def test_bench_table(capsys):

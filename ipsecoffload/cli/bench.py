@@ -45,6 +45,8 @@ MAX_MIN_TIME = 60.0
 PATHS = ("send", "lso", "e2e", "receive")
 DEFAULT_E2E_SIZES = (64, 1400, 64000)
 E2E_BYTES = 32 << 20  # plain IP bytes of the generated capture (e2e path)
+MAX_E2E_SAS = 4096
+MAX_E2E_WORKERS = 64
 E2E_MAX_PACKETS = 100_000
 _HASHLIB = {"hmac-md5-96": "md5", "hmac-sha1-96": "sha1", "hmac-sha256-128": "sha256"}
 
@@ -295,10 +297,12 @@ def limit_bytes_per_second(min_time: float = 0.3, suite: Suite = Suite()) -> flo
     return _rate(lambda: call(1, data, out), min_time) * size
 
 
-def prepared_e2e(size: int, mss: int, suite: Suite):
+def prepared_e2e(size: int, mss: int, suite: Suite, *, sas: int = 1, workers: int = 1):
     """A generated raw-IP pcap of TCP packets in a temporary directory, its SA file, and a
-    callable that encrypts it end to end (in process: net of interpreter start-up). Returns
-    (work, units, ip_bytes, naive_size, cleanup)."""
+    callable that encrypts it end to end (in process: net of interpreter start-up) with
+    ``workers`` workers. ``sas`` > 1: the packets go round-robin to that many destinations,
+    each the selector of its own SA (a gateway's capture). Returns (work, units, ip_bytes,
+    naive_size, cleanup)."""
     import json
     import shutil
     import tempfile
@@ -312,8 +316,12 @@ def prepared_e2e(size: int, mss: int, suite: Suite):
     directory = tempfile.mkdtemp(prefix="ipsecoffload-e2e-")
     plain = os.path.join(directory, "plain.pcap")
     out = os.path.join(directory, "out.pcap")
+    base = tcp_packet(ip_size)
+    # destination 10.1.x.y of SA k: x, y = divmod(k + 2, 256)
+    variants = [base[:16] + bytes([10, 1, (k + 2) >> 8, (k + 2) & 0xFF]) + base[20:]
+                for k in range(sas)] if sas > 1 else [base]
     try:
-        write_pcap(plain, LINKTYPE_RAW, [tcp_packet(ip_size)] * count,
+        write_pcap(plain, LINKTYPE_RAW, [variants[i % len(variants)] for i in range(count)],
                    [1_700_000_000 * 10**9 + i * 1000 for i in range(count)])
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
@@ -323,7 +331,10 @@ def prepared_e2e(size: int, mss: int, suite: Suite):
              "key": config.key.hex(), "esn": True, "seq": 1}
     if config.integrity:
         entry.update(integrity=config.integrity, auth_key=config.auth_key.hex())
-    policies = parse_sa_list(json.loads(json.dumps([entry])))
+    entries = [entry] if sas == 1 else [
+        dict(entry, name=f"e2e{k}", spi=config.spi + k,
+             selector={"dst": f"10.1.{(k + 2) >> 8}.{(k + 2) & 0xFF}/32"}) for k in range(sas)]
+    policies = parse_sa_list(json.loads(json.dumps(entries)))
     segments = -(-size // mss) if lso else 1
 
     runs = [0]
@@ -336,7 +347,7 @@ def prepared_e2e(size: int, mss: int, suite: Suite):
         if runs[0] > 1:
             os.unlink(f"{out}.{runs[0] - 1}")
         summary = encrypt_capture(plain, f"{out}.{runs[0]}", policies,
-                                  mss=mss if lso else None)
+                                  mss=mss if lso else None, workers=workers)
         if summary.frames_out != count * segments:
             raise RuntimeError(f"e2e bench: {summary.frames_out} frames out, "
                                f"{count * segments} expected")
@@ -369,9 +380,15 @@ class BenchRow:
     naive_pps: float
     ratio_limit: float  # ours / limit (Gbit/s)
     ratio_naive: float  # ours / naive (packets/s)
+    sas: int = 1  # e2e: SAs the capture is spread over
+    workers: int = 1  # e2e: encrypt --workers
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The design's row keys; ``sas`` and ``workers`` only in a run that set them."""
+        row = asdict(self)
+        if (self.sas, self.workers) == (1, 1):
+            del row["sas"], row["workers"]
+        return row
 
 
 def check_arguments(sizes: Sequence[int], batch: int, min_time: float, path: str,
@@ -398,7 +415,7 @@ ROUNDS = 3
 def run(sizes: Optional[Sequence[int]] = None, batch: int = DEFAULT_BATCH,
         min_time: float = 0.3, *, path: str = "send", encryption: Optional[str] = "aes-gcm-128",
         integrity: Optional[str] = None, mss: int = DEFAULT_MSS,
-        ah: Optional[str] = None) -> list[BenchRow]:
+        ah: Optional[str] = None, sas: int = 1, workers: int = 1) -> list[BenchRow]:
     """One row per size; every figure comes from this one run. The limit, ours and the
     naive loop are timed in turn, ROUNDS times (``min_time`` split between the rounds), and
     each keeps its best round: on a shared machine a slow round is interference, and turns
@@ -411,6 +428,11 @@ def run(sizes: Optional[Sequence[int]] = None, batch: int = DEFAULT_BATCH,
         raise ValueError(f"path {path} has no AH rows yet (the receive path verifies ESP only; "
                          f"e2e times ESP SAs)")
     check_arguments(sizes, batch, min_time, path, mss)
+    if (sas != 1 or workers != 1) and path != "e2e":
+        raise ValueError("sas and workers are options of path e2e")
+    if not 1 <= sas <= MAX_E2E_SAS or not 1 <= workers <= MAX_E2E_WORKERS:
+        raise ValueError(f"sas must be 1..{MAX_E2E_SAS} and workers 1..{MAX_E2E_WORKERS}, "
+                         f"got {sas} and {workers}")
     share = min_time / ROUNDS
     rows = []
     for size in sizes:
@@ -429,7 +451,8 @@ def run(sizes: Optional[Sequence[int]] = None, batch: int = DEFAULT_BATCH,
             units, ip_bytes, naive_size = batch, batch * size, size
             work = lambda: receiver.receive(received)  # noqa: E731
         else:
-            work, units, ip_bytes, naive_size, cleanup = prepared_e2e(size, mss, suite)
+            work, units, ip_bytes, naive_size, cleanup = prepared_e2e(
+                size, mss, suite, sas=sas, workers=workers)
         limit = ours = naive = 0.0
         try:
             for _ in range(ROUNDS):
@@ -445,7 +468,8 @@ def run(sizes: Optional[Sequence[int]] = None, batch: int = DEFAULT_BATCH,
         pps, gbps = ours * units, ours * ip_bytes * 8 / 1e9
         rows.append(BenchRow(size=size, path=path, suite=suite.name, pps=pps, gbps=gbps,
                              limit_gbps=limit_gbps, naive_pps=naive,
-                             ratio_limit=gbps / limit_gbps, ratio_naive=pps / naive))
+                             ratio_limit=gbps / limit_gbps, ratio_naive=pps / naive,
+                             sas=sas, workers=workers))
     return rows
 
 
@@ -453,7 +477,9 @@ def format_table(rows: Sequence[BenchRow]) -> str:
     lines = [f"{'path':>5} {'suite':<28} {'size':>6} {'Mpps':>8} {'Gbit/s':>8} {'limit':>8} "
              f"{'naive Mpps':>11} {'ours/limit':>11} {'ours/naive':>11}"]
     for r in rows:
-        lines.append(f"{r.path:>5} {r.suite:<28} {r.size:>6} {r.pps / 1e6:>8.3f} {r.gbps:>8.2f} "
+        suite = r.suite if (r.sas, r.workers) == (1, 1) else \
+            f"{r.suite} {r.sas} SAs {r.workers}w"
+        lines.append(f"{r.path:>5} {suite:<28} {r.size:>6} {r.pps / 1e6:>8.3f} {r.gbps:>8.2f} "
                      f"{r.limit_gbps:>8.2f} {r.naive_pps / 1e6:>11.3f} {r.ratio_limit:>11.3f} "
                      f"{r.ratio_naive:>11.3f}")
     return "\n".join(lines)

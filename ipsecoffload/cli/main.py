@@ -352,7 +352,7 @@ def cmd_bench(args) -> int:
         encryption = None if args.encryption in ("none", "") else args.encryption
         rows = bench.run(args.sizes, args.batch, min_time=args.min_time, path=args.path,
                          encryption=encryption, integrity=args.integrity, mss=args.mss,
-                         ah=args.ah)
+                         ah=args.ah, sas=args.sas, workers=args.workers)
     except ValueError as error:
         raise UsageError(str(error)) from None
     if args.json:
@@ -578,6 +578,12 @@ def build_parser() -> argparse.ArgumentParser:
     benchmark.add_argument("--ah", metavar="INTEGRITY", default=None,
                            help="add AH with this SA-file integrity name: an AH+ESP bundle, "
                                 "or AH alone with --encryption none")
+    benchmark.add_argument("--sas", metavar="N", type=_positive, default=1,
+                           help=f"e2e: spread the capture over N SAs, one destination each "
+                                f"(at most {bench.MAX_E2E_SAS}; default: 1)")
+    benchmark.add_argument("--workers", metavar="N", type=_positive, default=1,
+                           help=f"e2e: encrypt with --workers N (at most "
+                                f"{bench.MAX_E2E_WORKERS}; default: 1)")
     benchmark.add_argument("--min-time", metavar="SECONDS", type=_min_time, default=0.3,
                            help="time each measurement for at least this long (default: 0.3)")
     benchmark.add_argument("--plot", metavar="FILE.png",

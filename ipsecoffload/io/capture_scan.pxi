@@ -198,11 +198,13 @@ cdef inline int64_t _emit_record(uint8_t* o, int fmt, const uint8_t* data, int64
 
 
 def capture_emit(int fmt, out, pkts, int64_t start, int64_t end, const uint8_t[::1] arena,
-                 const uint8_t[::1] wire, wire_table, int64_t nframes, int64_t snaplen,
+                 wire, wire_table, int64_t nframes, int64_t snaplen,
                  const int64_t[::1] unit_ns, frames_per_pkt, bytes_per_pkt):
     """Output records of packets [start, end) in input order: a not-IP record as read, the
     frames the miniport sent for a packet's NBL (wire_table: WireFrame rows), each with the
-    packet's timestamp. Counts frames and bytes per packet. Returns the bytes written."""
+    packet's timestamp. Counts frames and bytes per packet. Returns the bytes written.
+    ``wire``: the wire arena, or a list of arenas the frame offsets address as if joined
+    end to end (the sends of --workers shards, not copied into one)."""
     cdef HostPkt* k = <HostPkt*>_host_buf(pkts, sizeof(HostPkt), end, "pkts")
     cdef const WireFrame* wf = <const WireFrame*>_host_buf(wire_table, sizeof(WireFrame), nframes,
                                                            "wire_table")
@@ -210,7 +212,20 @@ def capture_emit(int fmt, out, pkts, int64_t start, int64_t end, const uint8_t[:
     cdef int64_t* bcount = <int64_t*>_host_buf(bytes_per_pkt, 8, end, "bytes_per_pkt")
     cdef int64_t cap = out.shape[0], i, f = 0, pos = 0, need = 0, nif = unit_ns.shape[0]
     cdef uint8_t* o = _host_buf(out, 1, cap, "out") if cap else NULL
-    cdef int64_t size = arena.shape[0], wsize = wire.shape[0], overhead = 16 if fmt < 2 else 35
+    cdef int64_t size = arena.shape[0], wsize = 0, overhead = 16 if fmt < 2 else 35
+    cdef const uint8_t[::1] part
+    cdef int64_t p, n_parts
+    parts = list(wire) if isinstance(wire, (list, tuple)) else [wire]
+    n_parts = len(parts)
+    # each part's first offset and address, as integers: the frames find their part below
+    cdef int64_t[::1] part_lo = np.zeros(n_parts + 1, np.int64)
+    cdef uint64_t[::1] part_at = np.zeros(n_parts + 1, np.uint64)
+    for p in range(n_parts):
+        part = parts[p]
+        part_at[p] = <uint64_t><size_t>&part[0] if part.shape[0] else 0
+        part_lo[p + 1] = part_lo[p] + part.shape[0]
+    wsize = part_lo[n_parts]
+    cdef uint64_t[::1] frame_at = np.zeros(max(nframes, 1), np.uint64)
     if snaplen < 1:
         raise ValueError("snaplen must be positive")
     for i in range(start, end):  # sizes and ranges first: the loop below cannot overflow
@@ -222,9 +237,17 @@ def capture_emit(int fmt, out, pkts, int64_t start, int64_t end, const uint8_t[:
             need += overhead + k[i].cap_len
         elif k[i].nbl >= 0 and fmt == 2 and not 0 <= k[i].iface < nif:
             raise ValueError(f"packet {i} names interface {k[i].iface}")
+    p = 0
     for f in range(nframes):
         if wf[f].off < 0 or wf[f].len < 0 or wf[f].off + wf[f].len > wsize:
             raise ValueError(f"wire frame {f} lies outside the wire arena")
+        if not part_lo[p] <= wf[f].off < part_lo[p + 1]:  # frames of one part run together
+            p = 0
+            while p < n_parts - 1 and wf[f].off >= part_lo[p + 1]:
+                p += 1
+        if wf[f].len and wf[f].off + wf[f].len > part_lo[p + 1]:
+            raise ValueError(f"wire frame {f} crosses from one wire arena into the next")
+        frame_at[f] = part_at[p] + <uint64_t>(wf[f].off - part_lo[p]) if wf[f].len else 0
         need += overhead + wf[f].len
     if need > cap:
         raise ValueError(f"output buffer of {cap} bytes, {need} needed")
@@ -242,7 +265,7 @@ def capture_emit(int fmt, out, pkts, int64_t start, int64_t end, const uint8_t[:
                 while f < nframes and wf[f].nbl < k[i].nbl:
                     f += 1
                 while f < nframes and wf[f].nbl == k[i].nbl:
-                    pos += _emit_record(o + pos, fmt, &wire[wf[f].off] if wf[f].len else NULL,
+                    pos += _emit_record(o + pos, fmt, <const uint8_t*><size_t>frame_at[f],
                                         wf[f].len, k[i].ts_ns, k[i].iface, snaplen,
                                         &unit_ns[0] if nif else NULL)
                     fcount[i] += 1
