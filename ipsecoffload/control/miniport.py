@@ -322,18 +322,23 @@ class Miniport:
         """
         batch = nbls if isinstance(nbls, PacketBatch) else PacketBatch.from_nbls(
             _nbl_list(nbls, "send"))
-        result = run_send(batch, self.sas.snapshot(), config=self.config_bits(),
-                          icv_space=self.icv_space, iv_source=self.iv_source,
-                          kernels=self.kernels, backends=self.backends,
-                          random_source=self.random_source, marks=self.sas.tx_marks,
-                          mark_lock=self.sas.tx_lock, limits=self.send_limits(),
-                          totals=self._send_counts)
+        result = self._send_batch(batch, self.backends)
         if not isinstance(nbls, PacketBatch):
             for nbl, status, lso_done in zip(nbls, result.status, result.lso_complete):
                 nbl.status = int(status)
                 if nbl.get_info(ndis.NblInfo.TCP_LARGE_SEND):
                     nbl.info[ndis.NblInfo.TCP_LARGE_SEND] = int(lso_done)
         return result
+
+    def _send_batch(self, batch: PacketBatch, backends) -> SendResult:
+        """send() of a PacketBatch through ``backends`` (a thread of io/capture.py's
+        ShardedSender has its own: a backend's keystream buffer serves one send at a time)."""
+        return run_send(batch, self.sas.snapshot(), config=self.config_bits(),
+                        icv_space=self.icv_space, iv_source=self.iv_source,
+                        kernels=self.kernels, backends=backends,
+                        random_source=self.random_source, marks=self.sas.tx_marks,
+                        mark_lock=self.sas.tx_lock, limits=self.send_limits(),
+                        totals=self._send_counts)
 
     # -- receive -------------------------------------------------------------------------
     def receive_config_bits(self) -> int:

@@ -542,6 +542,15 @@ class ShardedSender:
         self.miniport = miniport
         self.workers = workers
         self.join = join  # False: results carry a ShardedWire (BatchEncryptor's writes)
+        # a backend's keystream buffer serves one send at a time: each thread its own
+        # backends, where the miniport has the default ones (a shard's SAs, and so its key
+        # contexts, are sealed by one thread only)
+        from ..crypto import backends_for
+        fresh = [backends_for(miniport.kernels) for _ in range(workers - 1)]
+        same = all({k: type(v) for k, v in b.items()} ==
+                   {k: type(v) for k, v in miniport.backends.items()} for b in fresh)
+        self.backends = [miniport.backends] + (fresh if same else
+                                                [miniport.backends] * (workers - 1))
         self.pool = ThreadPoolExecutor(max_workers=workers - 1,
                                        thread_name_prefix="ipsecoffload-send")
 
@@ -566,8 +575,10 @@ class ShardedSender:
         oob_rows = batch.oob_bytes.reshape(n_nbl, -1)
         subs = [_batch(batch.arena, batch.nb_off[j], batch.nb_len[j],
                        oob_rows[j].reshape(-1).view(batch.oob.dtype)) for j in shards]
-        futures = [self.pool.submit(self.miniport.send, sub) for sub in subs[1:]]
-        results = [self.miniport.send(subs[0])] + [f.result() for f in futures]
+        send = self.miniport._send_batch
+        futures = [self.pool.submit(send, sub, self.backends[w])
+                   for w, sub in enumerate(subs) if w]
+        results = [send(subs[0], self.backends[0])] + [f.result() for f in futures]
         # one WireFrames in NBL order: frames renumbered to the batch's NBLs, arenas joined
         tables, arenas, base = [], [], 0
         status = np.zeros(n_nbl, np.uint32)
