@@ -145,20 +145,27 @@ def test_unaligned_inputs(path):
             assert F.gcm_seal_raw(path, h, mv[off + n:], pt, mv[off:off + n], ekj0) == want
 
 
+def _source_splits(rnd):
+    """(text length, source offset, source length) cases of the out-of-place tests: source
+    at the start, in the middle, to the end, straddling chunk and head/tail boundaries, then
+    random ones."""
+    for n in (0, 1, 16, 100, 127, 128, 129, 255, 256, 257, 300, 1400, 4000):
+        for at, k in ((0, n), (0, n // 2), (n // 3, n - n // 3), (n // 4, n // 2),
+                      (min(n, 20), max(0, n - 23)), (n, 0)):
+            yield n, at, k
+    for _ in range(60):
+        n = rnd.randrange(3000)
+        at = rnd.randrange(n + 1)
+        yield n, at, rnd.randrange(n - at + 1)
+
+
 def test_seal_from_source_equals_in_place(path):
     """Out of place (ipo_gcm_seal_xor_ghash_from): the plaintext's bytes [at, at + n) read from
     a separate source, the text's own bytes there never read (they hold garbage here). Bit for
     bit the in-place seal of the assembled plaintext and OpenSSL's AES-GCM, every split: source
     at the start, in the middle, to the end, straddling chunk and head/tail boundaries."""
     rnd = random.Random(9)
-    cases = [(n, at, k) for n in (0, 1, 16, 100, 127, 128, 129, 255, 256, 257, 300, 1400, 4000)
-             for at, k in ((0, n), (0, n // 2), (n // 3, n - n // 3), (n // 4, n // 2),
-                           (min(n, 20), max(0, n - 23)), (n, 0))]
-    cases += [(rnd.randrange(3000), None, None) for _ in range(60)]
-    for n, at, k in cases:
-        if at is None:
-            at = rnd.randrange(n + 1)
-            k = rnd.randrange(n - at + 1)
+    for n, at, k in _source_splits(rnd):
         key, nonce = rnd.randbytes(16), rnd.randbytes(12)
         pt, aad = rnd.randbytes(n), rnd.randbytes(rnd.choice(AAD_SIZES + LONG_AAD_SIZES))
         h, ekj0, ks = _gcm_inputs(key, nonce, n)
@@ -176,14 +183,7 @@ def test_open_from_source_equals_in_place(path):
     in-place open and OpenSSL's AES-GCM (the tag over the ciphertext, the plaintext), every
     split; a forged ciphertext gives the tag of what was read, not of the garbage."""
     rnd = random.Random(10)
-    cases = [(n, at, k) for n in (0, 1, 16, 100, 127, 128, 129, 255, 256, 257, 300, 1400, 4000)
-             for at, k in ((0, n), (0, n // 2), (n // 3, n - n // 3), (n // 4, n // 2),
-                           (min(n, 20), max(0, n - 23)), (n, 0))]
-    cases += [(rnd.randrange(3000), None, None) for _ in range(60)]
-    for n, at, k in cases:
-        if at is None:
-            at = rnd.randrange(n + 1)
-            k = rnd.randrange(n - at + 1)
+    for n, at, k in _source_splits(rnd):
         key, nonce = rnd.randbytes(16), rnd.randbytes(12)
         pt, aad = rnd.randbytes(n), rnd.randbytes(rnd.choice(AAD_SIZES + LONG_AAD_SIZES))
         h, ekj0, ks = _gcm_inputs(key, nonce, n)
