@@ -12,7 +12,7 @@ import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence, cast
 
 import numpy as np
 
@@ -597,7 +597,9 @@ class ShardedSender:
         table = table.view(np.uint8).reshape(len(table), -1)[order].reshape(-1).view(table.dtype)
         counters = np.sum([r.counters for r in results], axis=0)
         if not self.join:  # capture_emit reads the arenas as if joined: no copy
-            return SendResult(ShardedWire(arenas, table), status, lso, counters)
+            # a ShardedWire has what BatchEncryptor's write reads of a WireFrames
+            return SendResult(cast(WireFrames, ShardedWire(arenas, table)), status, lso,
+                              counters)
         wire = WireFrames(np.concatenate(arenas), table_bytes=table.view(np.uint8),
                           oob_bytes=batch.oob_bytes.copy(), status=status)
         return SendResult(wire, status, lso, counters)
