@@ -209,6 +209,87 @@ def test_send_batch_lso_super_packets_in_one_send():
     assert len(result.result.wire) == 12 and sa.next_seq == 13  # 4 segments each
 
 
+def _lso_candidates(rng, count=160):
+    """TCP packets fit and unfit for LSO (flags, urgent pointer, sizes, IPv6 destination
+    options before and after a routing header, a TCP header cut short), UDP and garbage."""
+    packets = []
+    for i in range(count):
+        payload = b"x" * rng.choice([0, 1, 99, 100, 101, 1448, 1449, 2999, 3000, 3001, 9000,
+                                     60000])
+        flags = rng.choice(["A", "PA", "S", "R", "U", "SA", "F"])
+        tcp = TCP(sport=1000 + i, dport=80, flags=flags,
+                  urgptr=rng.choice([0, 0, 0, 5]), dataofs=rng.choice([None, None, 8]))
+        if rng.random() < 0.5:
+            ip = IP(src="10.0.0.1", dst="10.0.0.2")
+            packet = bytes(ip / tcp / payload) if len(payload) < 65000 else bytes(ip / tcp)
+        else:
+            ext = rng.choice([None, IPv6ExtHdrDestOpt(),
+                              IPv6ExtHdrRouting(addresses=["2001:db8::9"]) / IPv6ExtHdrDestOpt(),
+                              IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt()])
+            ip = IPv6(src="2001:db8::1", dst="2001:db8::2")
+            packet = bytes(ip / ext / tcp / payload) if ext is not None else bytes(
+                ip / tcp / payload)
+        kind = rng.random()
+        if kind < 0.1:
+            packet = bytes(IP(src="10.0.0.1", dst="10.0.0.2") / UDP() / payload[:3000])
+        elif kind < 0.15:
+            packet = packet[:rng.randrange(len(packet) + 1)]  # cut anywhere
+        elif kind < 0.2:
+            packet = bytes(rng.getrandbits(8) for _ in range(rng.randrange(60)))
+        packets.append(packet)
+    return packets
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_compiled_lso_decision_equals_the_python_twin(seed):
+    """send_batch's LSO decision (host_mark_lso) against host/tx_frame.py _mark_lso, row for
+    row, over transport, tunnel and no SA, several MSS values and LSOv2 limits."""
+    rng = random.Random(seed)
+    stack = HostStack(Miniport(), link="raw")
+    transport = stack.add_sa(SaConfig(spi=11, encryption="aes-gcm-128", key=GCM))
+    tunnel = stack.add_sa(SaConfig(spi=12, encryption="aes-gcm-128", key=GCM, mode="tunnel",
+                                   tunnel_src="192.0.2.1", tunnel_dst="192.0.2.2"))
+    packets = _lso_candidates(rng)
+    per_packet = [rng.choice([transport, transport, tunnel, None]) for _ in packets]
+    distinct = [transport, tunnel]
+    index = {id(transport): 0, id(tunnel): 1}
+    limits = [(65535, 2), (3000, 3), (10000, 2), (65535, 40), (65535, 2), (9000, 2)][seed]
+    lso_limits = lambda version, v6: limits  # noqa: E731
+    mss = [1448, 100, 536, 1, 9000, 1448][seed]
+    arena, pkts = tx_frame._pack(packets)
+    fp.host_parse_for_stack(arena, pkts.view(np.uint8), len(packets))
+    pkts["sa"] = [index[id(s)] if s is not None else -1 for s in per_packet]
+    pkts["kind"][(pkts["sa"] < 0) & (pkts["kind"] == tx_frame.PKT_ESP)] = tx_frame.PKT_CLEAR
+    twin = pkts.copy()
+    tx_frame._mark_lso(twin, arena, mss, distinct, per_packet, index, lso_limits)
+    fp.host_mark_lso(arena, pkts.view(np.uint8), len(packets), mss,
+                     tx_frame.sa_table(distinct).view(np.uint8), len(distinct),
+                     tx_frame.lso_limit_array(lso_limits))
+    assert pkts.tobytes() == twin.tobytes()
+    assert (twin["kind"] == tx_frame.PKT_LSO).any()  # the case is exercised
+
+
+def test_compiled_lso_decision_refuses_bad_rows():
+    stack = HostStack(Miniport(), link="raw")
+    sa = stack.add_sa(SaConfig(spi=11, encryption="aes-gcm-128", key=GCM))
+    arena, pkts = tx_frame._pack([bytes(IP() / TCP(flags="A") / (b"x" * 3000))])
+    fp.host_parse_for_stack(arena, pkts.view(np.uint8), 1)
+    table = tx_frame.sa_table([sa]).view(np.uint8)
+    limits = tx_frame.lso_limit_array()
+    for field, value, match in (("sa", 1, "names SA"), ("sa", -1, "names SA"),
+                                ("ip_len", 99999, "outside"), ("off", 5, "outside")):
+        bad = pkts.copy()
+        bad[field] = value
+        with pytest.raises(ValueError, match=match):
+            fp.host_mark_lso(arena, bad.view(np.uint8), 1, 1000, table, 1, limits)
+    with pytest.raises(ValueError, match="mss"):
+        fp.host_mark_lso(arena, pkts.view(np.uint8), 1, 0, table, 1, limits)
+    with pytest.raises(ValueError, match="limits"):
+        fp.host_mark_lso(arena, pkts.view(np.uint8), 1, 1000, table, 1, limits[:2])
+    fp.host_mark_lso(arena, pkts.view(np.uint8), 1, 1000, table, 1, limits)
+    assert pkts["kind"][0] == tx_frame.PKT_LSO and pkts["nsn"][0] == 3
+
+
 # -- captures ------------------------------------------------------------------------------
 SAS = [
     {"name": "gcm4", "selector": {"src": "10.0.0.0/8", "proto": "tcp"}, "spi": "0x2001",

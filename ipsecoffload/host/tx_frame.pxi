@@ -364,6 +364,59 @@ def host_parse_for_stack(const uint8_t[::1] arena, pkts, int64_t n):
                 k[i].kind = PKT_ESP
 
 
+cdef void _mark_lso_one(const uint8_t* base, HostPkt* k, int64_t mss,
+                        const int64_t* limits) noexcept nogil:
+    """host_mark_lso for one PKT_ESP row of a transport SA."""
+    cdef int64_t l4 = k.off + k.l4_off, end = k.off + k.ip_len, tcp_len, payload
+    cdef int64_t max_size = limits[2 if k.version == 6 else 0]
+    cdef int64_t min_segments = limits[3 if k.version == 6 else 1]
+    cdef int proto = k.proto
+    # IPv6 destination options after a routing header stay after ESP: TCP past them
+    # (RFC 8200 §4.1; docs/send-path.md, "Where TCP starts")
+    while proto == 60 and k.version == 6 and l4 + 8 <= end:
+        proto, l4 = base[l4], l4 + (base[l4 + 1] + 1) * 8
+    if proto != 6 or l4 + 20 > end:
+        return
+    tcp_len = (base[l4 + 12] >> 4) * 4
+    if tcp_len < 20 or l4 + tcp_len > end or base[l4 + 13] & 0x26 or base[l4 + 18] \
+            or base[l4 + 19]:
+        return  # docs/send-path.md: no SYN, RST, URG, urgent pointer 0
+    payload = end - l4 - tcp_len
+    if payload > mss and payload <= max_size and (payload + mss - 1) // mss >= min_segments:
+        k.kind = PKT_LSO
+        k.tcp_len = <int32_t>tcp_len
+        k.nsn = <int32_t>((payload + mss - 1) // mss)
+
+
+def host_mark_lso(const uint8_t[::1] arena, pkts, int64_t n, int64_t mss, sas, int64_t nsa,
+                  const int64_t[::1] limits not None):
+    """HostStack.send_batch's LSO decision (host/tx_frame.py _mark_lso is the twin): each
+    PKT_ESP row of n (host_parse_for_stack's, ``sa`` set) whose SA (a HostSa row of ``sas``)
+    is transport mode, TCP with more than ``mss`` payload bytes within the LSOv2 limits
+    (``limits``: MaxOffLoadSize, MinSegmentCount for IPv4, then for IPv6), becomes PKT_LSO with
+    its tcp_len and nsn."""
+    cdef HostPkt* k = <HostPkt*>_host_buf(pkts, sizeof(HostPkt), n, "pkts")
+    cdef const HostSa* sa = <const HostSa*>_host_buf(sas, sizeof(HostSa), nsa, "sas")
+    cdef int64_t i, size = arena.shape[0]
+    cdef const uint8_t* base = &arena[0] if size else NULL
+    if mss < 1:
+        raise ValueError(f"mss must be at least 1, got {mss}")
+    if limits.shape[0] != 4:
+        raise ValueError("limits holds MaxOffLoadSize and MinSegmentCount for IPv4 and IPv6")
+    for i in range(n):
+        if k[i].kind != PKT_ESP:
+            continue
+        if k[i].sa < 0 or k[i].sa >= nsa:
+            raise ValueError(f"packet {i} names SA {k[i].sa}, the table has {nsa}")
+        if k[i].off < 0 or k[i].l4_off < 0 or k[i].ip_len < k[i].l4_off \
+                or k[i].ip_len > k[i].cap_len or k[i].off + k[i].cap_len > size:
+            raise ValueError(f"packet {i} lies outside the arena")
+    with nogil:
+        for i in range(n):
+            if k[i].kind == PKT_ESP and not sa[k[i].sa].tunnel:
+                _mark_lso_one(base, &k[i], mss, &limits[0])
+
+
 # -- frame ------------------------------------------------------------------------------------
 
 cdef inline void _ip_length(uint8_t* d, int64_t length, int64_t ihl) noexcept nogil:

@@ -428,9 +428,6 @@ def send_batch(stack, packets, sas, *, mss: Optional[int] = None) -> BatchSend:
         raise TypeError("every packet must be bytes-like or a scapy packet")
     with stack._lock:
         fp.host_parse_for_stack(arena, pkts.view(np.uint8), n)
-        if mss is not None:
-            _mark_lso(pkts, arena, mss, distinct, per_packet, index,
-                      getattr(stack, "lso_limits", None))
         sa_idx = np.fromiter((index[id(s)] if s is not None else -1 for s in per_packet),
                              np.int32, n)
         clear = sa_idx < 0
@@ -445,6 +442,9 @@ def send_batch(stack, packets, sas, *, mss: Optional[int] = None) -> BatchSend:
         pkts["ip_len"][ok_clear] = pkts["cap_len"][ok_clear]
         pkts["sa"] = sa_idx
         table = sa_table(distinct)
+        if mss is not None:
+            fp.host_mark_lso(arena, pkts.view(np.uint8), n, mss, table.view(np.uint8),
+                             len(distinct), lso_limit_array(getattr(stack, "lso_limits", None)))
         parts = frame_and_send(stack, arena, pkts, distinct, table,
                                l2_mode=1 if stack.link == "ethernet" else 0,
                                mss=mss or 0)
@@ -536,8 +536,16 @@ def _as_bytes(packet) -> bytes:
                         f"{type(packet).__name__}") from None
 
 
+def lso_limit_array(lso_limits=None) -> np.ndarray:
+    """host_mark_lso's limits: (MaxOffLoadSize, MinSegmentCount) of LSOv2 for IPv4, then
+    IPv6, from ``lso_limits(2, ipv6)`` (HostStack.lso_limits), else the NDIS defaults."""
+    pairs = [lso_limits(2, v6) if lso_limits else (65535, 2) for v6 in (False, True)]
+    return np.array([value for pair in pairs for value in pair], np.int64)
+
+
 def _mark_lso(pkts, arena, mss, distinct, per_packet, index, lso_limits=None) -> None:
-    """TCP packets with more than mss payload bytes under transport SAs: LSO super-packets
+    """The twin of the compiled host_mark_lso (the tests compare the two): TCP packets with
+    more than mss payload bytes under transport SAs: LSO super-packets
     (docs/send-path.md: no SYN, RST, URG, urgent pointer 0), within the miniport's LSOv2
     limits (``lso_limits(2, ipv6)`` -> (MaxOffLoadSize, MinSegmentCount)): a packet outside
     them goes as one ESP packet, as a packet of at most mss payload does."""
