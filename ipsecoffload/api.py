@@ -25,6 +25,7 @@ import numpy as np
 from .control.miniport import Miniport
 from .datapath.layout import Reason
 from .host.packetinfo import TCP, MalformedPacket, parse_packet
+from .host import tx_frame
 from .host.saconfig import SaConfig
 from .host.stack import MAX_LSO_MSS, HostStack, SequenceNumberExhausted, StackSa
 from .io.capture import DEFAULT_BATCH, MAX_BATCH, EncryptSummary, encrypt_capture
@@ -247,6 +248,13 @@ class Encryptor:
             with self._lock:  # the usual call: bytes, no LSO, one send
                 self._send_all(items, segments, status, errors)
             return PacketResults(segments, status, errors)
+        if lso_allowed and self._lso_in_batches():
+            assert mss is not None
+            with self._lock:  # super-packets framed and sent with the rest, a batch at once
+                for lo in range(0, n, _SEND_CHUNK):
+                    self._send_batch(items[lo:lo + _SEND_CHUNK], lo, mss, segments, status,
+                                     errors)
+            return PacketResults(segments, status, errors)
         for i, item in enumerate(items):
             data, error = _as_bytes(item)
             if data is None:
@@ -264,6 +272,59 @@ class Encryptor:
                     run.append((index, data))
             self._send_run(run, segments, status, errors)
         return PacketResults(segments, status, errors)
+
+    def _lso_in_batches(self) -> bool:
+        """Whether ``encrypt(mss=)`` can go through HostStack.send_batch (the compiled framer,
+        LSO super-packets batched like any packet): the kernels are built, the framer frames
+        this SA, and the LSOv2 limits admit every IP packet (MaxOffLoadSize 65535 or more,
+        MinSegmentCount 2 or less), so that no super-packet is cut into pieces the way
+        ``send_lso`` cuts one that is outside them (docs/send-path.md, "Limits")."""
+        if tx_frame.kernels() is None or not tx_frame.supported(self.sa):
+            return False
+        return all(size >= 65535 and count <= 2
+                   for size, count in (self.stack.lso_limits(2, v6) for v6 in (False, True)))
+
+    def _send_batch(self, items: list, lo: int, mss: int, segments: list, status: list,
+                    errors: list) -> None:
+        """items[i] is input lo + i: one HostStack.send_batch for those that are packets, its
+        faults and completions spread back to the inputs."""
+        datas: List[bytes] = []
+        index: List[int] = []
+        for i, item in enumerate(items, lo):
+            data, error = (item, None) if type(item) is bytes else _as_bytes(item)
+            if data is None:
+                errors[i] = error
+                continue
+            datas.append(data)
+            index.append(i)
+        if not datas:
+            return
+        sent = self.stack.send_batch(datas, self.sa, mss=mss)
+        exhausted = tx_frame.fault_text(tx_frame.FAULT_EXHAUSTED)
+        for j, reason in sent.faults:
+            status[index[j]] = SEQUENCE_EXHAUSTED if reason == exhausted else REFUSED
+            errors[index[j]] = f"the host stack refused the packet: {reason}"
+        result = sent.result
+        nbls = sent.nbl
+        went = np.flatnonzero(nbls >= 0)
+        if not len(went):
+            return
+        frames = result.wire.frames()
+        frame_nbl = np.asarray(result.wire.nb_nbl, np.int64)
+        starts = np.searchsorted(frame_nbl, nbls[went], "left").tolist()
+        ends = np.searchsorted(frame_nbl, nbls[went], "right").tolist()
+        codes = result.status[nbls[went]].tolist()
+        reasons = result.reasons[nbls[went]].tolist() if any(codes) else []
+        for k, (j, start, end, code) in enumerate(zip(went.tolist(), starts, ends, codes)):
+            i = index[j]
+            if code == 0:
+                status[i] = SUCCESS
+                segments[i] = tuple(frames[start:end])
+                continue
+            name = _status_name(code)
+            status[i] = name
+            errors[i] = f"the miniport completed the packet with NDIS_STATUS_{name} " \
+                        f"({_reason_name(reasons[k])})"
 
     def _send_all(self, items: List[bytes], segments: list, status: list,
                   errors: list) -> None:
@@ -314,6 +375,18 @@ class Encryptor:
             status[index] = (SEQUENCE_EXHAUSTED if isinstance(error, SequenceNumberExhausted)
                              else REFUSED)
             errors[index] = str(error)
+            return
+        if len(result.status) > 1:  # outside the LSO limits: the stack cut it into pieces
+            codes = result.status.tolist()
+            failed = [nbl for nbl, code in enumerate(codes) if code]
+            if not failed:
+                status[index] = SUCCESS
+                segments[index] = tuple(result.wire.frames())
+                return
+            name = _status_name(codes[failed[0]])
+            status[index] = name
+            errors[index] = f"the miniport completed a piece of the packet with " \
+                            f"NDIS_STATUS_{name} ({_reason_name(result.reasons[failed[0]])})"
             return
         self._collect(result, [index], segments, status, errors)
 

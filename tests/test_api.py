@@ -262,6 +262,74 @@ def test_mss_cuts_big_tcp_packets_into_segments_scapy_opens():
     assert bytes(opened(result[2], config)[0]) == bytes(syn)
 
 
+LSO_MIX_CONFIGS = {
+    "gcm": SaConfig(spi=0x3011, encryption="aes-gcm-128", key=GCM_KEY),
+    "cbc-esn-near-2^32": SaConfig(spi=0x3012, encryption="aes-cbc-128", key=CBC_KEY[:16],
+                                  integrity="hmac-sha256-128", auth_key=SHA256_KEY, esn=True,
+                                  seq=2**32 - 7),
+    "gcm-natt": SaConfig(spi=0x3013, encryption="aes-gcm-256", key=b"\x77" * 36,
+                         udp_encap=(4500, 4500)),
+    "gcm-exhausted-soon": SaConfig(spi=0x3014, encryption="aes-gcm-128", key=GCM_KEY,
+                                   seq=2**32 - 12),
+    "ah-sha256": SaConfig(spi=0x3015, protocol="ah", integrity="hmac-sha256-128",
+                          auth_key=SHA256_KEY),
+    "ah+esp-gcm": SaConfig(spi=0x3016, protocol="ah+esp", encryption="aes-gcm-128",
+                           key=GCM_KEY, ah_spi=0x4016, ah_integrity="hmac-sha256-128",
+                           ah_auth_key=SHA256_KEY),
+}
+
+
+def _lso_mix():
+    from scapy.layers.inet6 import IPv6ExtHdrDestOpt, IPv6ExtHdrRouting
+    big6 = IPv6(src="2001:db8::1", dst="2001:db8::2") / IPv6ExtHdrRouting(
+        addresses=["2001:db8::9"]) / IPv6ExtHdrDestOpt() / TCP(flags="A") / (b"6" * 4000)
+    return [tcp4(b"a" * 3000), tcp4(b"b" * 100), bytes(tcp4(b"c" * 2500, flags="PA")),
+            tcp4(b"s" * 3000, flags="S"), b"\x45junk", "not a packet", udp6(b"u" * 3000),
+            bytearray(bytes(tcp4(b"d" * 1001))), big6, tcp4(b"e" * 20000, id=9),
+            bytes(tcp4(b"f" * 5000))[:900], tcp4(b"g" * 1000), memoryview(bytes(tcp4(b"h" * 4000)))]
+
+
+@pytest.mark.parametrize("name", sorted(LSO_MIX_CONFIGS))
+def test_mss_in_batches_equals_the_packet_by_packet_path(name, monkeypatch):
+    """encrypt(mss=) through HostStack.send_batch (super-packets batched with the rest)
+    leaves the same bytes, statuses and sequence numbers as the send_lso path it replaced;
+    a refused or unconvertible packet fails alone in both."""
+    from ipsecoffload.control.miniport import Miniport
+
+    def zero_ivs() -> Miniport:  # CBC IVs the same in both runs, so the bytes compare
+        miniport = Miniport()
+        miniport.random_source = bytes
+        return miniport
+    config = LSO_MIX_CONFIGS[name]
+    packets = _lso_mix()
+    batched_enc = Encryptor(config, miniport=zero_ivs())
+    assert batched_enc._lso_in_batches()
+    batched = [batched_enc.encrypt(packets, mss=1000), batched_enc.encrypt(packets, mss=1)]
+    monkeypatch.setattr(Encryptor, "_lso_in_batches", lambda self: False)
+    single_enc = Encryptor(config, miniport=zero_ivs())
+    single = [single_enc.encrypt(packets, mss=1000), single_enc.encrypt(packets, mss=1)]
+    for a, b in zip(batched, single):
+        assert a.status == b.status
+        assert a.segments == b.segments
+        assert [e is None for e in a.errors] == [e is None for e in b.errors]
+    assert batched_enc.next_seq == single_enc.next_seq
+    assert batched[0].status[:4] != [REFUSED] * 4 and batched[0].status[5] == REFUSED
+    if name == "gcm-exhausted-soon":
+        assert SEQUENCE_EXHAUSTED in batched[1].status
+
+
+def test_mss_outside_default_lso_limits_goes_packet_by_packet():
+    """A miniport with smaller LSOv2 limits: send_lso cuts a super-packet into pieces there,
+    which the batched path would not, so encrypt(mss=) keeps the packet-by-packet path."""
+    from ipsecoffload.control.miniport import Miniport
+    miniport = Miniport()
+    miniport.lso_v2.ipv4_max_offload_size = 3000
+    enc = Encryptor(LSO_MIX_CONFIGS["gcm"], miniport=miniport)
+    assert not enc._lso_in_batches()
+    result = enc.encrypt([tcp4(b"a" * 8000)], mss=1000)
+    assert result.ok and len(result.segments[0]) == 8
+
+
 def test_mss_with_a_tunnel_sa_keeps_packets_whole():
     config = CONFIGS["cbc-sha256-tunnel4"]
     big = tcp4(b"t" * 4000)
