@@ -831,6 +831,157 @@ def test_background_writer_keeps_order_and_raises_the_threads_error(tmp_path):
         assert writer._pool is None
 
 
+def _pieces_bytes(pieces, n):
+    import ctypes
+    return b"".join(ctypes.string_at(int(pieces[2 * i]), int(pieces[2 * i + 1]))
+                    for i in range(n))
+
+
+@pytest.mark.parametrize("fmt", [0, 1, 2])
+@pytest.mark.parametrize("sharded", [False, True])
+def test_capture_pieces_equal_capture_emit(fmt, sharded):
+    """capture_pieces (headers apart, frames where they lie) lays out the bytes capture_emit
+    copies: pcap in micro- and nanoseconds, pcapng EPBs with their padding on two
+    interfaces, empty frames, frames over the snap length, packets with several frames, none,
+    or one; wire arenas joined or a list of shards; the same per-packet counts."""
+    from ipsecoffload.datapath.layout import WIRE_FRAME_DTYPE
+    rng = random.Random(fmt * 2 + sharded)
+    n = 60
+    pkts = np.zeros(n, tx_frame.HOST_PKT_DTYPE)
+    pkts["kind"] = tx_frame.PKT_ESP
+    pkts["ts_ns"] = [T0 + rng.randrange(10**12) for _ in range(n)]
+    pkts["iface"] = [rng.randrange(2) for _ in range(n)]
+    rows, nbl = [], 0
+    for i in range(n):
+        frames = rng.choice([0, 1, 1, 1, 3])
+        pkts["nbl"][i] = nbl if frames else -1
+        for _ in range(frames):
+            rows.append((nbl, rng.choice([0, 1, 5, 63, 64, 65, 1400, 1500, 3000])))
+        nbl += 1 if frames else 0
+    table = np.zeros(len(rows), WIRE_FRAME_DTYPE)
+    table["nbl"] = [r[0] for r in rows]
+    table["len"] = [r[1] for r in rows]
+    table["off"] = np.concatenate([[0], np.cumsum(table["len"])[:-1]])
+    total = int(table["len"].sum())
+    joined = np.frombuffer(bytes(rng.getrandbits(8) for _ in range(total)), np.uint8).copy()
+    cut = int(table["off"][len(rows) // 2])
+    wire = [joined[:cut].copy(), joined[cut:].copy()] if sharded else joined
+    unit_ns = np.array([1000, 1], np.int64)
+    snaplen = 1450
+    out = np.zeros(total + 36 * (len(rows) + n) + 64, np.uint8)
+    f1, b1 = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    used = fp.capture_emit(fmt, out, pkts.view(np.uint8), 0, n, np.zeros(1, np.uint8), wire,
+                           table.view(np.uint8), len(rows), snaplen, unit_ns, f1, b1)
+    heads = np.zeros(35 * len(rows) + 4, np.uint8)
+    pieces = np.zeros(2 * (2 * len(rows) + 1), np.uint64)
+    f2, b2 = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    count, nbytes = fp.capture_pieces(fmt, heads, pieces, pkts.view(np.uint8), 0, n, wire,
+                                      table.view(np.uint8), len(rows), snaplen, unit_ns, f2,
+                                      b2)
+    assert nbytes == used and _pieces_bytes(pieces, count) == out[:used].tobytes()
+    assert (f1 == f2).all() and (b1 == b2).all()
+    assert all(pieces[2 * i + 1] for i in range(count))  # no empty piece
+
+
+def test_capture_pieces_and_write_pieces_refuse_bad_input(tmp_path):
+    from ipsecoffload.datapath.layout import WIRE_FRAME_DTYPE
+    pkts = np.zeros(2, tx_frame.HOST_PKT_DTYPE)
+    pkts["kind"], pkts["nbl"] = tx_frame.PKT_ESP, [0, 1]
+    table = np.zeros(2, WIRE_FRAME_DTYPE)
+    table["nbl"], table["len"], table["off"] = [0, 1], [10, 10], [0, 10]
+    wire = np.zeros(20, np.uint8)
+    counts = np.zeros(2, np.int64), np.zeros(2, np.int64)
+    units = np.array([1000], np.int64)
+
+    def pieces_of(p=pkts, t=table, w=wire, heads=74, pairs=5, dtype=np.uint64):
+        return fp.capture_pieces(0, np.zeros(heads, np.uint8), np.zeros(2 * pairs, dtype),
+                                 p.view(np.uint8), 0, 2, w, t.view(np.uint8), 2, 1500, units,
+                                 *counts)
+    assert pieces_of()[1] == 2 * 16 + 20
+    with pytest.raises(ValueError, match="too small"):
+        pieces_of(heads=40)
+    with pytest.raises(ValueError, match="too small"):
+        pieces_of(pairs=4)
+    with pytest.raises(TypeError, match="uint64"):
+        pieces_of(dtype=np.int64)
+    with pytest.raises(ValueError, match="outside the wire arena"):
+        pieces_of(w=wire[:15])
+    not_ip = pkts.copy()
+    not_ip["kind"][1] = tx_frame.PKT_NOT_IP  # a record of the input arena: never referenced
+    with pytest.raises(ValueError, match="input arena"):
+        pieces_of(p=not_ip)
+    read_fd, write_fd = os.pipe()
+    try:
+        good = np.array([wire.ctypes.data, 4], np.uint64)
+        with pytest.raises(ValueError, match="pieces asked"):
+            fp.write_pieces(write_fd, good, 2)
+        with pytest.raises(ValueError, match="empty"):
+            fp.write_pieces(write_fd, np.array([wire.ctypes.data, 0], np.uint64), 1)
+        with pytest.raises(TypeError, match="uint64"):
+            fp.write_pieces(write_fd, good.astype(np.int64), 1)
+        assert fp.write_pieces(write_fd, good, 0) == 0
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+    assert fp.write_pieces(write_fd, good, 1) != 0  # EBADF, as an errno, not a crash
+
+
+def test_write_pieces_writes_every_piece_in_order_through_a_pipe():
+    """More pieces than one writev takes, and more bytes than a pipe holds: a reader thread
+    drains the pipe while write_pieces blocks; the bytes arrive whole and in order."""
+    import threading
+    rng = random.Random(5)
+    blobs = [np.frombuffer(bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 700))),
+                           np.uint8).copy() for _ in range(700)]
+    pieces = np.array([v for b in blobs for v in (b.ctypes.data, len(b))], np.uint64)
+    read_fd, write_fd = os.pipe()
+    got = []
+    reader = threading.Thread(target=lambda: got.extend(iter(lambda: os.read(read_fd, 5000),
+                                                               b"")))
+    reader.start()
+    try:
+        assert fp.write_pieces(write_fd, pieces, len(blobs)) == 0
+    finally:
+        os.close(write_fd)
+        reader.join()
+        os.close(read_fd)
+    assert b"".join(got) == b"".join(b.tobytes() for b in blobs)
+
+
+@pytest.mark.parametrize("out_format", ["pcap", "pcapng"])
+@pytest.mark.parametrize("mss", [None, 1000])
+def test_frames_written_in_place_equal_the_copied_output(tmp_path, sa_file, monkeypatch,
+                                                         out_format, mss):
+    """encrypt's output written from the wire arenas (write_pieces) is byte for byte the
+    output copied into emit buffers first (capture_emit), nanosecond input and Ethernet
+    included; a batch with a not-IP record keeps the copy."""
+    from ipsecoffload.io import capture
+    from ipsecoffload.io.bulk import BulkWriter
+    calls = []
+    real = BulkWriter.write_pieces
+    monkeypatch.setattr(BulkWriter, "write_pieces",
+                        lambda self, *a: (calls.append(a[1]), real(self, *a))[1])
+    frames = [bytes(Ether() / IP(src="10.0.0.1", dst="10.9.9.9") / TCP(flags="A", seq=i)
+                    / (bytes([i]) * (300 + 61 * i))) for i in range(90)]
+    frames.insert(50, bytes(Ether(type=0x0806) / (b"arp" * 20)))  # not IP: copied as read
+    plain = write_plain(tmp_path / "plain.pcap", frames, nanosecond=True)
+    policies = load_sa_file(sa_file)
+    outputs = []
+    for minimum in (0, 10**9):
+        monkeypatch.setattr(capture, "PIECES_MIN_FRAME", minimum)
+        out = tmp_path / f"out{minimum}.{out_format}"
+        summary = encrypt_capture(plain, out, policies, mss=mss, batch_size=32,
+                                  output_format=out_format)
+        outputs.append((out.read_bytes(), summary.frames_out, summary.bytes_out))
+        if minimum:
+            assert not calls
+        else:  # every batch but the one with the ARP record
+            assert len(calls) >= 2
+            calls.clear()
+    assert outputs[0] == outputs[1]
+    assert len(rdpcap(str(tmp_path / f"out0.{out_format}"))) == outputs[0][1]
+
+
 def test_reserved_blocks_are_released_at_commit_and_never_change_the_bytes(tmp_path):
     """SafeOutput.reserve allocates the temporary file's blocks ahead of the writes
     (io/atomic.py); the committed file holds exactly what was written, the reserve past its

@@ -361,6 +361,35 @@ class BulkWriter:
             self._buffers[self._turn] = np.empty(size + (size >> 2), np.uint8)
         return self._buffers[self._turn]
 
+    @property
+    def can_write_pieces(self) -> bool:
+        """Whether write_pieces is available: a background writer (a regular file) and
+        writev(2)."""
+        return self._pool is not None and bool(getattr(kernels(), "HAVE_WRITE_PIECES", False))
+
+    def write_pieces(self, pieces: np.ndarray, count: int, nbytes: int, keep: Any) -> None:
+        """Writes the ``count`` pieces ``capture_pieces`` laid out (``nbytes`` in all) from
+        where they lie, on the writer thread, in order with every other write; ``keep`` holds
+        the memory they address (the headers, the wire arenas) until then. Saves the copy
+        into an emit buffer that ``write`` of capture_emit's output makes."""
+        if self._pool is None or not self.can_write_pieces:
+            raise RuntimeError("write_pieces needs a background writer and writev")
+        self.bytes_written += nbytes
+        if self._reserve is not None:
+            self._reserve(self.bytes_written)
+        self._wait()
+        self._pending = self._pool.submit(self._write_pieces, pieces, count, keep)
+
+    def _write_pieces(self, pieces: np.ndarray, count: int, keep: Any) -> None:
+        file = self.file
+        file.flush()  # what file.write buffered goes first
+        fd = file.fileno()
+        err = kernels().write_pieces(fd, pieces, count)
+        # the file object's position (tell(), SafeOutput.commit) follows the descriptor's
+        file.seek(os.lseek(fd, 0, os.SEEK_CUR))
+        if err:
+            raise OSError(err, os.strerror(err))
+
     def write(self, data) -> None:
         self.bytes_written += len(data)
         if self._reserve is not None:

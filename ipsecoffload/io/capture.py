@@ -29,6 +29,10 @@ DEFAULT_BATCH = 4096
 # The most packets per batch encrypt, decrypt and their API take: a batch's arrays are
 # allocated whole, so an absurd size must be refused, not tried
 MAX_BATCH = 1 << 20
+# Frames of at least this many bytes on average are written from the wire arenas (writev)
+# rather than copied into one buffer first; below it the copy costs less than the kernel's
+# walk over two pieces per record (docs/architecture.md, "Capture I/O")
+PIECES_MIN_FRAME = 512
 _PCAP_NS_RANGE = (1 << 32) * 10**9  # a pcap record's seconds field is 32 bits
 _IP_ETHERTYPES = (b"\x08\x00", b"\x86\xdd")
 CLEAR = "(clear)"  # the summary's name for packets that no selector matched
@@ -398,13 +402,24 @@ class BatchEncryptor:
             wire = part.result.wire
             table = wire._table_bytes if wire._table is None else wire._table.view(np.uint8)
             count = wire.num_buffers
-            size = int(pkts["cap_len"][part.start:part.stop].sum()) + \
-                int(wire.nb_len.sum() if count else 0) + 36 * (part.stop - part.start + count)
-            out = writer.emit_buffer(size)
-            used = fp.capture_emit(writer.code, out, pkt_bytes, part.start, part.stop, arena,
-                                   wire.arena, table, count, writer.snaplen, writer.unit_ns,
-                                   frames, nbytes)
-            writer.write(out.data[:used])
+            frame_bytes = int(wire.nb_len.sum() if count else 0)
+            if count and frame_bytes >= PIECES_MIN_FRAME * count and writer.can_write_pieces \
+                    and not (pkts["kind"][part.start:part.stop] == tf.PKT_NOT_IP).any():
+                # the frames written from the wire arenas, not copied (BulkWriter.write_pieces)
+                heads = np.empty(35 * count + 4, np.uint8)
+                pieces = np.empty(2 * (2 * count + 1), np.uint64)
+                used, total = fp.capture_pieces(writer.code, heads, pieces, pkt_bytes,
+                                                part.start, part.stop, wire.arena, table, count,
+                                                writer.snaplen, writer.unit_ns, frames, nbytes)
+                writer.write_pieces(pieces, used, total, (heads, wire.arena))
+            else:
+                size = int(pkts["cap_len"][part.start:part.stop].sum()) + frame_bytes + \
+                    36 * (part.stop - part.start + count)
+                out = writer.emit_buffer(size)
+                used = fp.capture_emit(writer.code, out, pkt_bytes, part.start, part.stop,
+                                       arena, wire.arena, table, count, writer.snaplen,
+                                       writer.unit_ns, frames, nbytes)
+                writer.write(out.data[:used])
             sent = pkts["nbl"][part.start:part.stop]
             mask = sent >= 0
             status[part.start:part.stop][mask] = part.result.status[sent[mask]]

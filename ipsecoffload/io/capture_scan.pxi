@@ -197,6 +197,57 @@ cdef inline int64_t _emit_record(uint8_t* o, int fmt, const uint8_t* data, int64
     return 32 + padded
 
 
+cdef object _frame_addresses(wire, const WireFrame* wf, int64_t nframes):
+    """Each wire frame's address (uint64; 0 for an empty frame), its range checked against
+    ``wire``: one arena, or a list of arenas the frame offsets address as if joined end to
+    end."""
+    cdef const uint8_t[::1] part
+    cdef int64_t p, f, n_parts, wsize
+    parts = list(wire) if isinstance(wire, (list, tuple)) else [wire]
+    n_parts = len(parts)
+    # each part's first offset and address, as integers: the frames find their part below
+    cdef int64_t[::1] part_lo = np.zeros(n_parts + 1, np.int64)
+    cdef uint64_t[::1] part_at = np.zeros(n_parts + 1, np.uint64)
+    for p in range(n_parts):
+        part = parts[p]
+        part_at[p] = <uint64_t><size_t>&part[0] if part.shape[0] else 0
+        part_lo[p + 1] = part_lo[p] + part.shape[0]
+    wsize = part_lo[n_parts]
+    frame_at_arr = np.zeros(max(nframes, 1), np.uint64)
+    cdef uint64_t[::1] frame_at = frame_at_arr
+    p = 0
+    for f in range(nframes):
+        if wf[f].off < 0 or wf[f].len < 0 or wf[f].off + wf[f].len > wsize:
+            raise ValueError(f"wire frame {f} lies outside the wire arena")
+        if not part_lo[p] <= wf[f].off < part_lo[p + 1]:  # frames of one part run together
+            p = 0
+            while p < n_parts - 1 and wf[f].off >= part_lo[p + 1]:
+                p += 1
+        if wf[f].len and wf[f].off + wf[f].len > part_lo[p + 1]:
+            raise ValueError(f"wire frame {f} crosses from one wire arena into the next")
+        frame_at[f] = part_at[p] + <uint64_t>(wf[f].off - part_lo[p]) if wf[f].len else 0
+    return frame_at_arr
+
+
+cdef int64_t _check_emit_rows(int fmt, const HostPkt* k, int64_t start, int64_t end,
+                              int64_t size, int64_t nif, bint arena_ok) except -1:
+    """capture_emit's checks of the rows; returns the bytes their not-IP records need."""
+    cdef int64_t i, need = 0, overhead = 16 if fmt < 2 else 35
+    for i in range(start, end):
+        if k[i].kind == PKT_NOT_IP:
+            if not arena_ok:
+                raise ValueError(f"packet {i} is a record of the input arena, which "
+                                 f"capture_pieces does not read")
+            if k[i].off < 0 or k[i].cap_len < 0 or k[i].off + k[i].cap_len > size:
+                raise ValueError(f"packet {i} lies outside the arena")
+            if fmt == 2 and not 0 <= k[i].iface < nif:
+                raise ValueError(f"packet {i} names interface {k[i].iface}")
+            need += overhead + k[i].cap_len
+        elif k[i].nbl >= 0 and fmt == 2 and not 0 <= k[i].iface < nif:
+            raise ValueError(f"packet {i} names interface {k[i].iface}")
+    return need
+
+
 def capture_emit(int fmt, out, pkts, int64_t start, int64_t end, const uint8_t[::1] arena,
                  wire, wire_table, int64_t nframes, int64_t snaplen,
                  const int64_t[::1] unit_ns, frames_per_pkt, bytes_per_pkt):
@@ -212,42 +263,12 @@ def capture_emit(int fmt, out, pkts, int64_t start, int64_t end, const uint8_t[:
     cdef int64_t* bcount = <int64_t*>_host_buf(bytes_per_pkt, 8, end, "bytes_per_pkt")
     cdef int64_t cap = out.shape[0], i, f = 0, pos = 0, need = 0, nif = unit_ns.shape[0]
     cdef uint8_t* o = _host_buf(out, 1, cap, "out") if cap else NULL
-    cdef int64_t size = arena.shape[0], wsize = 0, overhead = 16 if fmt < 2 else 35
-    cdef const uint8_t[::1] part
-    cdef int64_t p, n_parts
-    parts = list(wire) if isinstance(wire, (list, tuple)) else [wire]
-    n_parts = len(parts)
-    # each part's first offset and address, as integers: the frames find their part below
-    cdef int64_t[::1] part_lo = np.zeros(n_parts + 1, np.int64)
-    cdef uint64_t[::1] part_at = np.zeros(n_parts + 1, np.uint64)
-    for p in range(n_parts):
-        part = parts[p]
-        part_at[p] = <uint64_t><size_t>&part[0] if part.shape[0] else 0
-        part_lo[p + 1] = part_lo[p] + part.shape[0]
-    wsize = part_lo[n_parts]
-    cdef uint64_t[::1] frame_at = np.zeros(max(nframes, 1), np.uint64)
+    cdef int64_t size = arena.shape[0], overhead = 16 if fmt < 2 else 35
     if snaplen < 1:
         raise ValueError("snaplen must be positive")
-    for i in range(start, end):  # sizes and ranges first: the loop below cannot overflow
-        if k[i].kind == PKT_NOT_IP:
-            if k[i].off < 0 or k[i].cap_len < 0 or k[i].off + k[i].cap_len > size:
-                raise ValueError(f"packet {i} lies outside the arena")
-            if fmt == 2 and not 0 <= k[i].iface < nif:
-                raise ValueError(f"packet {i} names interface {k[i].iface}")
-            need += overhead + k[i].cap_len
-        elif k[i].nbl >= 0 and fmt == 2 and not 0 <= k[i].iface < nif:
-            raise ValueError(f"packet {i} names interface {k[i].iface}")
-    p = 0
+    need = _check_emit_rows(fmt, k, start, end, size, nif, True)
+    cdef uint64_t[::1] frame_at = _frame_addresses(wire, wf, nframes)
     for f in range(nframes):
-        if wf[f].off < 0 or wf[f].len < 0 or wf[f].off + wf[f].len > wsize:
-            raise ValueError(f"wire frame {f} lies outside the wire arena")
-        if not part_lo[p] <= wf[f].off < part_lo[p + 1]:  # frames of one part run together
-            p = 0
-            while p < n_parts - 1 and wf[f].off >= part_lo[p + 1]:
-                p += 1
-        if wf[f].len and wf[f].off + wf[f].len > part_lo[p + 1]:
-            raise ValueError(f"wire frame {f} crosses from one wire arena into the next")
-        frame_at[f] = part_at[p] + <uint64_t>(wf[f].off - part_lo[p]) if wf[f].len else 0
         need += overhead + wf[f].len
     if need > cap:
         raise ValueError(f"output buffer of {cap} bytes, {need} needed")
@@ -272,6 +293,168 @@ def capture_emit(int fmt, out, pkts, int64_t start, int64_t end, const uint8_t[:
                     bcount[i] += wf[f].len
                     f += 1
     return pos
+
+
+cdef int _check_pieces(pieces) except -1:
+    if not isinstance(pieces, np.ndarray) or pieces.dtype != np.uint64:
+        raise TypeError("pieces must be a uint64 array of (address, length) pairs")
+    return 0
+
+
+cdef inline int64_t _add_piece(uint64_t* pieces, int64_t n, uint64_t at,
+                               uint64_t length) noexcept nogil:
+    """Appends the piece (at, length) to the n so far, or lengthens the last one if it ends
+    where this one starts; an empty piece adds nothing. Returns the new count."""
+    if length == 0:
+        return n
+    if n and pieces[2 * n - 2] + pieces[2 * n - 1] == at:
+        pieces[2 * n - 1] += length
+        return n
+    pieces[2 * n] = at
+    pieces[2 * n + 1] = length
+    return n + 1
+
+
+def capture_pieces(int fmt, heads, pieces, pkts, int64_t start, int64_t end, wire, wire_table,
+                   int64_t nframes, int64_t snaplen, const int64_t[::1] unit_ns,
+                   frames_per_pkt, bytes_per_pkt):
+    """capture_emit's records without copying the frames: each record's header (pcapng:
+    and the padding and trailer of the record before it) laid out in ``heads``, and
+    ``pieces`` (uint64 (address, length) pairs) the output in order, headers from ``heads``,
+    frame bytes where they lie in the wire arenas, for write_pieces. Only for packets that
+    are all IP: a not-IP record lives in the input arena, which may change before the pieces
+    are written. Counts frames and bytes per packet as capture_emit does. ``heads`` needs 35
+    bytes per frame (plus 4), ``pieces`` 2 pairs per frame (plus 1). Returns (pieces used,
+    bytes of output)."""
+    cdef HostPkt* k = <HostPkt*>_host_buf(pkts, sizeof(HostPkt), end, "pkts")
+    cdef const WireFrame* wf = <const WireFrame*>_host_buf(wire_table, sizeof(WireFrame), nframes,
+                                                           "wire_table")
+    cdef int64_t* fcount = <int64_t*>_host_buf(frames_per_pkt, 8, end, "frames_per_pkt")
+    cdef int64_t* bcount = <int64_t*>_host_buf(bytes_per_pkt, 8, end, "bytes_per_pkt")
+    _check_pieces(pieces)
+    cdef int64_t hcap = heads.shape[0], pcap = pieces.shape[0] // 2, nif = unit_ns.shape[0]
+    if snaplen < 1:
+        raise ValueError("snaplen must be positive")
+    if hcap < 35 * nframes + 4 or pcap < 2 * nframes + 1:
+        raise ValueError(f"heads ({hcap} bytes) or pieces ({pcap} pairs) too small for "
+                         f"{nframes} frames")
+    cdef uint8_t* h = _host_buf(heads, 1, hcap, "heads")
+    cdef uint64_t* pc = <uint64_t*>_host_buf(pieces, 16, pcap, "pieces")
+    _check_emit_rows(fmt, k, start, end, 0, nif, False)
+    cdef uint64_t[::1] frame_at = _frame_addresses(wire, wf, nframes)
+    cdef int64_t i, f = 0, hp = 0, n = 0, total = 0, incl, padded, units, unit, sec, frac
+    cdef uint64_t head0 = <uint64_t><size_t>h
+    with nogil:
+        for i in range(start, end):
+            fcount[i] = 0
+            bcount[i] = 0
+            if k[i].nbl < 0:
+                continue
+            while f < nframes and wf[f].nbl < k[i].nbl:
+                f += 1
+            while f < nframes and wf[f].nbl == k[i].nbl:
+                incl = wf[f].len if wf[f].len <= snaplen else snaplen
+                if fmt < 2:  # the same header as _emit_record's
+                    unit = 1000 if fmt == 0 else 1
+                    units = (k[i].ts_ns + unit // 2) // unit
+                    sec = units // (1000000 if fmt == 0 else 1000000000)
+                    frac = units - sec * (1000000 if fmt == 0 else 1000000000)
+                    _st32le(h + hp, <uint32_t>sec)
+                    _st32le(h + hp + 4, <uint32_t>frac)
+                    _st32le(h + hp + 8, <uint32_t>incl)
+                    _st32le(h + hp + 12, <uint32_t>wf[f].len)
+                    n = _add_piece(pc, n, head0 + <uint64_t>hp, 16)
+                    n = _add_piece(pc, n, frame_at[f], <uint64_t>incl)
+                    hp += 16
+                    total += 16 + incl
+                else:
+                    unit = unit_ns[k[i].iface]
+                    units = (k[i].ts_ns + unit // 2) // unit
+                    padded = (incl + 3) & ~3
+                    _st32le(h + hp, 6)
+                    _st32le(h + hp + 4, <uint32_t>(32 + padded))
+                    _st32le(h + hp + 8, <uint32_t>k[i].iface)
+                    _st32le(h + hp + 12, <uint32_t>(<uint64_t>units >> 32))
+                    _st32le(h + hp + 16, <uint32_t>units)
+                    _st32le(h + hp + 20, <uint32_t>incl)
+                    _st32le(h + hp + 24, <uint32_t>wf[f].len)
+                    n = _add_piece(pc, n, head0 + <uint64_t>hp, 28)
+                    n = _add_piece(pc, n, frame_at[f], <uint64_t>incl)
+                    hp += 28
+                    memset(h + hp, 0, padded - incl)  # the padding, then the trailing length
+                    _st32le(h + hp + padded - incl, <uint32_t>(32 + padded))
+                    n = _add_piece(pc, n, head0 + <uint64_t>hp, <uint64_t>(padded - incl + 4))
+                    hp += padded - incl + 4
+                    total += 32 + padded
+                fcount[i] += 1
+                bcount[i] += wf[f].len
+                f += 1
+    return n, total
+
+
+cdef extern from *:
+    """
+    #include <errno.h>
+    #include <stdint.h>
+    #if defined(__unix__) || defined(__APPLE__)
+    #include <sys/uio.h>
+    #define IPO_HAVE_WRITEV 1
+    /* pieces: n (address, length) pairs, none empty. writev(2) 256 at a time (under any
+       IOV_MAX); a short write resumes where it stopped, EINTR retries. 0 or the errno. */
+    static int ipo_write_pieces(int fd, const uint64_t* pieces, int64_t n) {
+        struct iovec v[256];
+        int64_t i = 0, j;
+        uint64_t done = 0, left;  /* done: bytes of piece i already written */
+        while (i < n) {
+            int m = 0;
+            for (j = i; j < n && m < 256; j++, m++) {
+                uint64_t skip = j == i ? done : 0;
+                v[m].iov_base = (void*)(uintptr_t)(pieces[2 * j] + skip);
+                v[m].iov_len = (size_t)(pieces[2 * j + 1] - skip);
+            }
+            ssize_t r = writev(fd, v, m);
+            if (r < 0) {
+                if (errno == EINTR) continue;
+                return errno;
+            }
+            if (r == 0) return EIO;
+            left = (uint64_t)r;
+            while (left && i < n) {
+                uint64_t rest = pieces[2 * i + 1] - done;
+                if (left >= rest) { left -= rest; i++; done = 0; }
+                else { done += left; left = 0; }
+            }
+        }
+        return 0;
+    }
+    #else
+    #define IPO_HAVE_WRITEV 0
+    static int ipo_write_pieces(int fd, const uint64_t* pieces, int64_t n) { return ENOSYS; }
+    #endif
+    """
+    int ipo_write_pieces(int fd, const uint64_t* pieces, int64_t n) nogil
+    int IPO_HAVE_WRITEV
+
+
+HAVE_WRITE_PIECES = bool(IPO_HAVE_WRITEV)
+
+
+def write_pieces(int fd, pieces, int64_t n):
+    """Write the n pieces capture_pieces laid out to the file descriptor, in order, whole
+    (writev(2)); 0 or the errno (ENOSYS where there is no writev). The memory the pieces
+    address must stay as it is until this returns."""
+    _check_pieces(pieces)
+    cdef int64_t cap = pieces.shape[0] // 2, i
+    if n < 0 or n > cap:
+        raise ValueError(f"{n} pieces asked for, {cap} given")
+    cdef const uint64_t* pc = <const uint64_t*>_host_buf(pieces, 16, n, "pieces")
+    for i in range(n):
+        if pc[2 * i + 1] == 0 or pc[2 * i] == 0:
+            raise ValueError(f"piece {i} is empty")
+    cdef int err
+    with nogil:
+        err = ipo_write_pieces(fd, pc, n)
+    return err
 
 
 # -- the encrypt summary of a batch (io/capture.py BatchEncryptor._account) ---------------------
