@@ -304,27 +304,10 @@ class Encryptor:
         for j, reason in sent.faults:
             status[index[j]] = SEQUENCE_EXHAUSTED if reason == exhausted else REFUSED
             errors[index[j]] = f"the host stack refused the packet: {reason}"
-        result = sent.result
-        nbls = sent.nbl
-        went = np.flatnonzero(nbls >= 0)
-        if not len(went):
-            return
-        frames = result.wire.frames()
-        frame_nbl = np.asarray(result.wire.nb_nbl, np.int64)
-        starts = np.searchsorted(frame_nbl, nbls[went], "left").tolist()
-        ends = np.searchsorted(frame_nbl, nbls[went], "right").tolist()
-        codes = result.status[nbls[went]].tolist()
-        reasons = result.reasons[nbls[went]].tolist() if any(codes) else []
-        for k, (j, start, end, code) in enumerate(zip(went.tolist(), starts, ends, codes)):
-            i = index[j]
-            if code == 0:
-                status[i] = SUCCESS
-                segments[i] = tuple(frames[start:end])
-                continue
-            name = _status_name(code)
-            status[i] = name
-            errors[i] = f"the miniport completed the packet with NDIS_STATUS_{name} " \
-                        f"({_reason_name(reasons[k])})"
+        went = np.flatnonzero(sent.nbl >= 0)
+        # one NBL per packet that went, numbered in input order: what _collect reads
+        assert (sent.nbl[went] == np.arange(len(went))).all()
+        self._collect(sent.result, [index[j] for j in went.tolist()], segments, status, errors)
 
     def _send_all(self, items: List[bytes], segments: list, status: list,
                   errors: list) -> None:

@@ -164,12 +164,13 @@ def pcapng_scan(const uint8_t[::1] buf, int64_t start, int64_t end, int big,
     return n, pos, status, detail
 
 
-cdef inline int64_t _emit_record(uint8_t* o, int fmt, const uint8_t* data, int64_t length,
-                                 int64_t ts_ns, int32_t iface, int64_t snaplen,
+cdef inline int64_t _record_head(uint8_t* o, int fmt, int64_t length, int64_t incl,
+                                 int64_t ts_ns, int32_t iface,
                                  const int64_t* unit_ns) noexcept nogil:
-    """One output record: pcap (fmt 0 microseconds, 1 nanoseconds; little-endian) or a pcapng
-    EPB (fmt 2, in the interface's units). Returns the bytes written."""
-    cdef int64_t incl = length if length <= snaplen else snaplen, units, unit, sec, frac, padded
+    """The header before a record's ``incl`` captured bytes: pcap (fmt 0 microseconds, 1
+    nanoseconds; little-endian), 16 bytes, or a pcapng EPB (fmt 2, in the interface's
+    units), 28 bytes. Returns its size."""
+    cdef int64_t units, unit, sec, frac, padded
     if fmt < 2:
         unit = 1000 if fmt == 0 else 1
         units = (ts_ns + unit // 2) // unit
@@ -179,8 +180,7 @@ cdef inline int64_t _emit_record(uint8_t* o, int fmt, const uint8_t* data, int64
         _st32le(o + 4, <uint32_t>frac)
         _st32le(o + 8, <uint32_t>incl)
         _st32le(o + 12, <uint32_t>length)
-        memcpy(o + 16, data, incl)
-        return 16 + incl
+        return 16
     unit = unit_ns[iface]
     units = (ts_ns + unit // 2) // unit
     padded = (incl + 3) & ~3
@@ -191,10 +191,28 @@ cdef inline int64_t _emit_record(uint8_t* o, int fmt, const uint8_t* data, int64
     _st32le(o + 16, <uint32_t>units)
     _st32le(o + 20, <uint32_t>incl)
     _st32le(o + 24, <uint32_t>length)
-    memcpy(o + 28, data, incl)
-    memset(o + 28 + incl, 0, padded - incl)
-    _st32le(o + 28 + padded, <uint32_t>(32 + padded))
-    return 32 + padded
+    return 28
+
+
+cdef inline int64_t _record_tail(uint8_t* o, int fmt, int64_t incl) noexcept nogil:
+    """What follows a record's captured bytes: nothing for pcap; for a pcapng EPB the
+    padding to 4 bytes and the block's trailing length. Returns its size."""
+    cdef int64_t padded = (incl + 3) & ~3
+    if fmt < 2:
+        return 0
+    memset(o, 0, padded - incl)
+    _st32le(o + padded - incl, <uint32_t>(32 + padded))
+    return padded - incl + 4
+
+
+cdef inline int64_t _emit_record(uint8_t* o, int fmt, const uint8_t* data, int64_t length,
+                                 int64_t ts_ns, int32_t iface, int64_t snaplen,
+                                 const int64_t* unit_ns) noexcept nogil:
+    """One output record: header, captured bytes, tail. Returns the bytes written."""
+    cdef int64_t incl = length if length <= snaplen else snaplen
+    cdef int64_t head = _record_head(o, fmt, length, incl, ts_ns, iface, unit_ns)
+    memcpy(o + head, data, incl)
+    return head + incl + _record_tail(o + head + incl, fmt, incl)
 
 
 cdef object _frame_addresses(wire, const WireFrame* wf, int64_t nframes):
@@ -342,7 +360,7 @@ def capture_pieces(int fmt, heads, pieces, pkts, int64_t start, int64_t end, wir
     cdef uint64_t* pc = <uint64_t*>_host_buf(pieces, 16, pcap, "pieces")
     _check_emit_rows(fmt, k, start, end, 0, nif, False)
     cdef uint64_t[::1] frame_at = _frame_addresses(wire, wf, nframes)
-    cdef int64_t i, f = 0, hp = 0, n = 0, total = 0, incl, padded, units, unit, sec, frac
+    cdef int64_t i, f = 0, hp = 0, hp0 = 0, n = 0, total = 0, incl, size
     cdef uint64_t head0 = <uint64_t><size_t>h
     with nogil:
         for i in range(start, end):
@@ -354,38 +372,16 @@ def capture_pieces(int fmt, heads, pieces, pkts, int64_t start, int64_t end, wir
                 f += 1
             while f < nframes and wf[f].nbl == k[i].nbl:
                 incl = wf[f].len if wf[f].len <= snaplen else snaplen
-                if fmt < 2:  # the same header as _emit_record's
-                    unit = 1000 if fmt == 0 else 1
-                    units = (k[i].ts_ns + unit // 2) // unit
-                    sec = units // (1000000 if fmt == 0 else 1000000000)
-                    frac = units - sec * (1000000 if fmt == 0 else 1000000000)
-                    _st32le(h + hp, <uint32_t>sec)
-                    _st32le(h + hp + 4, <uint32_t>frac)
-                    _st32le(h + hp + 8, <uint32_t>incl)
-                    _st32le(h + hp + 12, <uint32_t>wf[f].len)
-                    n = _add_piece(pc, n, head0 + <uint64_t>hp, 16)
-                    n = _add_piece(pc, n, frame_at[f], <uint64_t>incl)
-                    hp += 16
-                    total += 16 + incl
-                else:
-                    unit = unit_ns[k[i].iface]
-                    units = (k[i].ts_ns + unit // 2) // unit
-                    padded = (incl + 3) & ~3
-                    _st32le(h + hp, 6)
-                    _st32le(h + hp + 4, <uint32_t>(32 + padded))
-                    _st32le(h + hp + 8, <uint32_t>k[i].iface)
-                    _st32le(h + hp + 12, <uint32_t>(<uint64_t>units >> 32))
-                    _st32le(h + hp + 16, <uint32_t>units)
-                    _st32le(h + hp + 20, <uint32_t>incl)
-                    _st32le(h + hp + 24, <uint32_t>wf[f].len)
-                    n = _add_piece(pc, n, head0 + <uint64_t>hp, 28)
-                    n = _add_piece(pc, n, frame_at[f], <uint64_t>incl)
-                    hp += 28
-                    memset(h + hp, 0, padded - incl)  # the padding, then the trailing length
-                    _st32le(h + hp + padded - incl, <uint32_t>(32 + padded))
-                    n = _add_piece(pc, n, head0 + <uint64_t>hp, <uint64_t>(padded - incl + 4))
-                    hp += padded - incl + 4
-                    total += 32 + padded
+                size = _record_head(h + hp, fmt, wf[f].len, incl, k[i].ts_ns, k[i].iface,
+                                    &unit_ns[0] if nif else NULL)
+                n = _add_piece(pc, n, head0 + <uint64_t>hp, <uint64_t>size)
+                n = _add_piece(pc, n, frame_at[f], <uint64_t>incl)
+                hp += size
+                size = _record_tail(h + hp, fmt, incl)  # pcapng: next to the next header
+                n = _add_piece(pc, n, head0 + <uint64_t>hp, <uint64_t>size)
+                hp += size
+                total += hp - hp0 + incl
+                hp0 = hp
                 fcount[i] += 1
                 bcount[i] += wf[f].len
                 f += 1
