@@ -781,16 +781,21 @@ static inline IPO__H256 __m128i ipo__chunk256(__m128i x, const ipo_ghash_key* k,
     return ipo__reduce256(lo, mm, hi);
 }
 
-IPO__TGT_256 static void ipo__crypt_256(int open, const ipo_ghash_key* k, const uint8_t* aad,
-                                        size_t aad_len, uint8_t* text, size_t len,
-                                        const uint8_t* ks, const uint8_t ekj0[16],
-                                        uint8_t tag[16]) {
+/* The body of the YMM path, as ipo__crypt128 (src != NULL: the text's bytes [at, at + sn) are
+ * read from src; whole chunks inside that range are XORed straight from src, the head, the
+ * tail and a chunk that straddles an end gathered into text first). */
+static inline IPO__H256 void ipo__crypt256(int open, const ipo_ghash_key* k, const uint8_t* aad,
+                                           size_t aad_len, uint8_t* text, size_t len,
+                                           const uint8_t* src, size_t at, size_t sn,
+                                           const uint8_t* ks, const uint8_t ekj0[16],
+                                           uint8_t tag[16]) {
     const uint8_t* bp[IPO__LIST_MAX];
     uint8_t apad[16], ext[32];
     size_t m, done, a = aad_len & ~(size_t)255;
     __m128i x = _mm_setzero_si128();
     for (done = 0; done < a; done += 256) x = ipo__chunk256(x, k, aad + done, NULL, NULL, 0);
     m = ipo__list_add(bp, 0, aad + a, aad_len - a, apad);
+    if (src) ipo__gather(text, src, at, sn, 0, 256); /* ipo__head takes at most 16 blocks */
     done = ipo__head(open, bp, m, text, ks, len);
     if (done) {
         x = ipo__list256(x, k, bp, done);
@@ -801,15 +806,33 @@ IPO__TGT_256 static void ipo__crypt_256(int open, const ipo_ghash_key* k, const 
     if (!m) { /* else it all fits the tail's group, AAD blocks first */
         if (open)
             for (; done + 256 <= len; done += 256)
-                x = ipo__chunk256(x, k, text + done, text + done, ks + done, 2);
+                x = ipo__chunk256(x, k, src ? ipo__chunk_src(text, src, at, sn, done, 256)
+                                            : text + done, text + done, ks + done, 2);
         else
             for (; done + 256 <= len; done += 256)
-                x = ipo__chunk256(x, k, text + done, text + done, ks + done, 1);
+                x = ipo__chunk256(x, k, src ? ipo__chunk_src(text, src, at, sn, done, 256)
+                                            : text + done, text + done, ks + done, 1);
     }
+    if (src) ipo__gather(text, src, at, sn, done, len);
     m = ipo__tail_list(open, bp, m, text, ks, len, aad_len, done, ext);
     x = ipo__list256(x, k, bp, m);
     if (open) ipo__tail_open(text, ks, len, done, ext);
     ipo__stx(tag, _mm_xor_si128(_mm_shuffle_epi8(x, ipo__bswap_mask128()), ipo__ldx(ekj0)));
+}
+
+IPO__TGT_256 static void ipo__crypt_256(int open, const ipo_ghash_key* k, const uint8_t* aad,
+                                        size_t aad_len, uint8_t* text, size_t len,
+                                        const uint8_t* ks, const uint8_t ekj0[16],
+                                        uint8_t tag[16]) {
+    ipo__crypt256(open, k, aad, aad_len, text, len, NULL, 0, 0, ks, ekj0, tag);
+}
+
+IPO__TGT_256 static void ipo__crypt_from_256(int open, const ipo_ghash_key* k,
+                                             const uint8_t* aad, size_t aad_len, uint8_t* text,
+                                             size_t len, const uint8_t* src, size_t at,
+                                             size_t n, const uint8_t* ks,
+                                             const uint8_t ekj0[16], uint8_t tag[16]) {
+    ipo__crypt256(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
 }
 
 IPO__TGT_256 static void ipo__update_256(const ipo_ghash_key* k, uint8_t X[16],
@@ -889,16 +912,20 @@ static inline IPO__H512 __m128i ipo__chunk512(__m128i x, const ipo_ghash_key* k,
     return ipo__reduce512(lo, mm, hi);
 }
 
-IPO__TGT_512 static void ipo__crypt_512(int open, const ipo_ghash_key* k, const uint8_t* aad,
-                                        size_t aad_len, uint8_t* text, size_t len,
-                                        const uint8_t* ks, const uint8_t ekj0[16],
-                                        uint8_t tag[16]) {
+/* The body of the ZMM path: ipo__crypt256 with four blocks per register (the tails through
+ * ipo__list256), src as there. */
+static inline IPO__H512 void ipo__crypt512(int open, const ipo_ghash_key* k, const uint8_t* aad,
+                                           size_t aad_len, uint8_t* text, size_t len,
+                                           const uint8_t* src, size_t at, size_t sn,
+                                           const uint8_t* ks, const uint8_t ekj0[16],
+                                           uint8_t tag[16]) {
     const uint8_t* bp[IPO__LIST_MAX];
     uint8_t apad[16], ext[32];
     size_t m, done, a = aad_len & ~(size_t)255;
     __m128i x = _mm_setzero_si128();
     for (done = 0; done < a; done += 256) x = ipo__chunk512(x, k, aad + done, NULL, NULL, 0);
     m = ipo__list_add(bp, 0, aad + a, aad_len - a, apad);
+    if (src) ipo__gather(text, src, at, sn, 0, 256); /* ipo__head takes at most 16 blocks */
     done = ipo__head(open, bp, m, text, ks, len);
     if (done) {
         x = ipo__list256(x, k, bp, done);
@@ -909,15 +936,33 @@ IPO__TGT_512 static void ipo__crypt_512(int open, const ipo_ghash_key* k, const 
     if (!m) { /* else it all fits the tail's group, AAD blocks first */
         if (open)
             for (; done + 256 <= len; done += 256)
-                x = ipo__chunk512(x, k, text + done, text + done, ks + done, 2);
+                x = ipo__chunk512(x, k, src ? ipo__chunk_src(text, src, at, sn, done, 256)
+                                            : text + done, text + done, ks + done, 2);
         else
             for (; done + 256 <= len; done += 256)
-                x = ipo__chunk512(x, k, text + done, text + done, ks + done, 1);
+                x = ipo__chunk512(x, k, src ? ipo__chunk_src(text, src, at, sn, done, 256)
+                                            : text + done, text + done, ks + done, 1);
     }
+    if (src) ipo__gather(text, src, at, sn, done, len);
     m = ipo__tail_list(open, bp, m, text, ks, len, aad_len, done, ext);
     x = ipo__list256(x, k, bp, m);
     if (open) ipo__tail_open(text, ks, len, done, ext);
     ipo__stx(tag, _mm_xor_si128(_mm_shuffle_epi8(x, ipo__bswap_mask128()), ipo__ldx(ekj0)));
+}
+
+IPO__TGT_512 static void ipo__crypt_512(int open, const ipo_ghash_key* k, const uint8_t* aad,
+                                        size_t aad_len, uint8_t* text, size_t len,
+                                        const uint8_t* ks, const uint8_t ekj0[16],
+                                        uint8_t tag[16]) {
+    ipo__crypt512(open, k, aad, aad_len, text, len, NULL, 0, 0, ks, ekj0, tag);
+}
+
+IPO__TGT_512 static void ipo__crypt_from_512(int open, const ipo_ghash_key* k,
+                                             const uint8_t* aad, size_t aad_len, uint8_t* text,
+                                             size_t len, const uint8_t* src, size_t at,
+                                             size_t n, const uint8_t* ks,
+                                             const uint8_t ekj0[16], uint8_t tag[16]) {
+    ipo__crypt512(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
 }
 
 IPO__TGT_512 static void ipo__update_512(const ipo_ghash_key* k, uint8_t X[16],
@@ -1077,8 +1122,8 @@ IPO__API void ipo_gcm_seal_xor_ghash(int path, const ipo_ghash_key* k, const uin
 }
 
 /* Out of place, either direction: the text's bytes [at, at + n) are read from src instead of
- * text (the rest is in text already); the result goes to text. The 128-bit paths XOR (and,
- * opening, hash) straight from src; the others gather first. */
+ * text (the rest is in text already); the result goes to text. The x86 paths XOR (and,
+ * opening, hash) straight from src; the portable one gathers first. */
 static void ipo__crypt_from(int open, int path, const ipo_ghash_key* k, const uint8_t* aad,
                             size_t aad_len, uint8_t* text, size_t len, const uint8_t* src,
                             size_t at, size_t n, const uint8_t* ks, const uint8_t ekj0[16],
@@ -1098,6 +1143,14 @@ static void ipo__crypt_from(int open, int path, const ipo_ghash_key* k, const ui
     case IPO_GHASH_PCLMUL_AVX:
         ipo__crypt_from_pclavx(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
         return;
+#if IPO_GHASH_X86_WIDE
+    case IPO_GHASH_VPCLMUL256:
+        ipo__crypt_from_256(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
+        return;
+    case IPO_GHASH_VPCLMUL512:
+        ipo__crypt_from_512(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
+        return;
+#endif
 #endif
     default:
         ipo__gather(text, src, at, n, 0, len);
