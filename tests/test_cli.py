@@ -656,6 +656,34 @@ def test_bench_e2e_over_several_sas_and_workers(capsys):
     assert (row["path"], row["sas"], row["workers"]) == ("e2e", 3, 2) and row["pps"] > 0
 
 
+def test_bench_e2e_output_is_removed_outside_the_timing(monkeypatch):
+    """The e2e harness: each call encrypts to a new output in its own temporary directory;
+    tidy() removes that output (and only it), and _rate runs tidy after every call without
+    counting it in the rate."""
+    from ipsecoffload.cli import bench
+    work, units, _, _, cleanup = bench.prepared_e2e(200, 1448, bench.Suite())
+    try:
+        directory = os.path.dirname(work.plain)
+        work.tidy()  # before any call: nothing to remove
+        assert sorted(os.listdir(directory)) == ["plain.pcap"]
+        work()
+        assert sorted(os.listdir(directory)) == ["out.pcap.1", "plain.pcap"]
+        work()  # a call removes the output before it, so outputs never pile up
+        assert sorted(os.listdir(directory)) == ["out.pcap.2", "plain.pcap"]
+        work.tidy()
+        work.tidy()
+        assert sorted(os.listdir(directory)) == ["plain.pcap"]
+        clock = iter(range(0, 10**6, 5))
+        monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
+        calls: list = []
+        rate = bench._rate(lambda: calls.append("run"),
+                           min_time=20, tidy=lambda: (calls.append("tidy"), next(clock)))
+        # each timed call spans one clock step (5); each tidy's own step is not counted
+        assert calls == ["run", "tidy"] * 5 and rate == 4 / 20
+    finally:
+        cleanup()
+
+
 def test_bench_table(capsys):
     code, out, _ = run_cli(capsys, "bench", "--sizes", "64,128", "--batch", "4",
                            "--min-time", "0.01")
