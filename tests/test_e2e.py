@@ -982,6 +982,54 @@ def test_frames_written_in_place_equal_the_copied_output(tmp_path, sa_file, monk
     assert len(rdpcap(str(tmp_path / f"out0.{out_format}"))) == outputs[0][1]
 
 
+@pytest.mark.parametrize("out_format", ["pcap", "pcapng"])
+@pytest.mark.parametrize("keep_failed", [False, True])
+def test_decrypted_frames_written_in_place_equal_the_copied_output(tmp_path, sa_file,
+                                                                   monkeypatch, out_format,
+                                                                   keep_failed):
+    """decrypt's output written from the delivered arena (write_pieces) is byte for byte the
+    output copied into emit buffers first (capture_emit), pcap and pcapng, nanosecond input,
+    and the same summary; a batch with a record written as read (not IP, clear, or a failure
+    under --keep-failed) keeps the copy; the decrypted packets are the plaintext."""
+    from ipsecoffload.io import decrypt
+    from ipsecoffload.io.bulk import BulkWriter
+    calls = []
+    real = BulkWriter.write_pieces
+    monkeypatch.setattr(BulkWriter, "write_pieces",
+                        lambda self, *a: (calls.append(a[1]), real(self, *a))[1])
+    frames = [bytes(Ether() / IP(src="10.0.0.1", dst="10.9.9.9") / TCP(flags="A", seq=i)
+                    / (bytes([i]) * (300 + 61 * i))) for i in range(90)]
+    plain = write_plain(tmp_path / "plain.pcap", frames, nanosecond=True)
+    policies = load_sa_file(sa_file)
+    esp = tmp_path / "esp.pcap"
+    encrypt_capture(plain, esp, policies)
+    records = [record.data for record in read_pcap(esp)[1]]
+    # a record that is not IP, and one whose ICV fails, among the ESP records
+    records.insert(40, bytes(Ether(type=0x0806) / (b"arp" * 20)))
+    bad = bytearray(records[70])
+    bad[-1] ^= 1
+    records[70] = bytes(bad)
+    mixed = write_plain(tmp_path / "mixed.pcap", records, nanosecond=True)
+    outputs = []
+    for minimum in (0, 10**9):
+        monkeypatch.setattr(decrypt, "PIECES_MIN_FRAME", minimum)
+        out = tmp_path / f"out{minimum}.{out_format}"
+        summary = decrypt.decrypt_capture(mixed, out, policies, batch_size=16,
+                                          keep_failed=keep_failed, output_format=out_format)
+        outputs.append((out.read_bytes(), summary.packets_out, summary.as_dict()))
+        if minimum:
+            assert not calls
+        else:  # the batches without the ARP record (and, kept, the failed one)
+            assert len(calls) >= 3
+            calls.clear()
+    assert outputs[0] == outputs[1]
+    got = [bytes(p) for p in rdpcap(str(tmp_path / f"out0.{out_format}"))]
+    # the ARP record as read; the failed one as read under keep_failed, else dropped
+    want = frames[:40] + [records[40]] + frames[40:69] + \
+        ([records[70]] if keep_failed else []) + frames[70:]
+    assert got == want and outputs[0][1] == len(want)
+
+
 def test_reserved_blocks_are_released_at_commit_and_never_change_the_bytes(tmp_path):
     """SafeOutput.reserve allocates the temporary file's blocks ahead of the writes
     (io/atomic.py); the committed file holds exactly what was written, the reserve past its

@@ -24,6 +24,10 @@ from .pcap import (_GLOBAL_LE, _READ_LINKTYPES, DEFAULT_SNAPLEN, LINKTYPE_ETHERN
 CHUNK = 4 << 20
 # A record longer than its snap length, or than this when the file sets none, is corruption.
 MAX_RECORD = 256 * 1024
+# Frames of at least this many bytes on average are written from where they lie (writev,
+# BulkWriter.write_pieces) rather than copied into one buffer first; below it the copy costs
+# less than the kernel's walk over two pieces per record (docs/architecture.md, "Capture I/O")
+PIECES_MIN_FRAME = 512
 FORMATS = ("pcap", "pcapng")
 SCAN_MORE, SCAN_FULL, SCAN_CORRUPT, SCAN_BLOCK, SCAN_OVERSIZE = range(5)
 
@@ -424,4 +428,5 @@ class BulkWriter:
             pass
 
 
-__all__ = ["BulkReader", "BulkWriter", "CHUNK", "FORMATS", "MAX_RECORD", "RecordBatch"]
+__all__ = ["BulkReader", "BulkWriter", "CHUNK", "FORMATS", "MAX_RECORD", "PIECES_MIN_FRAME",
+           "RecordBatch"]

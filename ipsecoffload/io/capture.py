@@ -21,6 +21,7 @@ from ..datapath.layout import WIRE_FRAME_DTYPE
 from ..host.packetinfo import TCP, MalformedPacket, parse_packet
 from ..io.pcap import (DEFAULT_SNAPLEN, LINKTYPE_ETHERNET, PcapError, PcapReader,
                    PcapWriter, keep_truncation_warnings, l2_length)
+from ..io.bulk import PIECES_MIN_FRAME
 from ..io.safile import SaFileError, SaPolicy
 from ..host.stack import HostStack, SequenceNumberExhausted
 from ..ndis import NdisStatus
@@ -29,10 +30,6 @@ DEFAULT_BATCH = 4096
 # The most packets per batch encrypt, decrypt and their API take: a batch's arrays are
 # allocated whole, so an absurd size must be refused, not tried
 MAX_BATCH = 1 << 20
-# Frames of at least this many bytes on average are written from the wire arenas (writev)
-# rather than copied into one buffer first; below it the copy costs less than the kernel's
-# walk over two pieces per record (docs/architecture.md, "Capture I/O")
-PIECES_MIN_FRAME = 512
 _PCAP_NS_RANGE = (1 << 32) * 10**9  # a pcap record's seconds field is 32 bits
 _IP_ETHERTYPES = (b"\x08\x00", b"\x86\xdd")
 CLEAR = "(clear)"  # the summary's name for packets that no selector matched

@@ -23,7 +23,8 @@ from ..datapath.batch import PacketBatch
 from ..datapath.layout import WIRE_FRAME_DTYPE, Delivery
 from ..host.receive import DEFAULT_REPLAY_WINDOW
 from ..host.stack import HostStack
-from ..host.tx_frame import PKT_CLEAR, PKT_DROP, kernels
+from ..host.tx_frame import PKT_CLEAR, PKT_DROP, PKT_NOT_IP, kernels
+from .bulk import PIECES_MIN_FRAME
 from .pcap import (DEFAULT_SNAPLEN, LINKTYPE_ETHERNET, PcapError, PcapReader, PcapWriter,
                    keep_truncation_warnings)
 from .safile import SaPolicy
@@ -278,13 +279,16 @@ class CaptureDecryptor:
         summary.packets_out += len(out)
         return out
 
-    def emit_bulk(self, batch, writer) -> memoryview:
+    def emit_bulk(self, batch, writer) -> None:
         """One RecordBatch of the bulk reader (io/bulk.py) to the output records, in input
-        order, laid out by one ``capture_emit`` pass (io/capture_scan.pxi): a record that is
-        not IP, passes in clear or (``keep_failed``) failed as read, a decapsulated packet
-        with the record's timestamp, a dropped one not at all. Link headers are found in
-        one compiled pass (capture_link_parse): Ethernet (802.1Q / 802.1ad tags understood) or
-        raw IP, per record."""
+        order, laid out by one ``capture_emit`` pass (io/capture_scan.pxi) and handed to
+        ``writer``: a record that is not IP, passes in clear or (``keep_failed``) failed as
+        read, a decapsulated packet with the record's timestamp, a dropped one not at all.
+        Link headers are found in one compiled pass (capture_link_parse): Ethernet (802.1Q /
+        802.1ad tags understood) or raw IP, per record. A batch whose records are all
+        decapsulated or dropped, 512 B or more a frame, is written from the delivered arena
+        with writev (``capture_pieces``, as ``encrypt`` does; docs/architecture.md, "Capture
+        I/O"): records as read live in the reader's buffer, which the next batch reuses."""
         arena, pkts = batch.arena, batch.pkts
         n = len(pkts)
         summary = self.summary
@@ -315,15 +319,26 @@ class CaptureDecryptor:
             wire, frame_off, frame_len = got.frames_of(decap)
             table = np.zeros(len(mine), WIRE_FRAME_DTYPE)
             table["off"], table["len"], table["nbl"] = frame_off, frame_len, number
-        need = int(cap.sum()) + (int(table["len"].sum()) if len(table) else 0) + 36 * n
-        out = writer.emit_buffer(need)
+        count = len(table)
+        frame_bytes = int(table["len"].sum()) if count else 0
         counts = (np.empty(n, np.int64), np.empty(n, np.int64))
-        used = kernels().capture_emit(writer.code, out, pkts.view(np.uint8), 0, n, arena,
-                                      np.ascontiguousarray(wire, np.uint8),
-                                      table.view(np.uint8), len(table), writer.snaplen,
-                                      writer.unit_ns, counts[0], counts[1])
+        wire = np.ascontiguousarray(wire, np.uint8)
+        if count and frame_bytes >= PIECES_MIN_FRAME * count and writer.can_write_pieces \
+                and not (pkts["kind"] == PKT_NOT_IP).any():
+            heads = np.empty(35 * count + 4, np.uint8)
+            pieces = np.empty(2 * (2 * count + 1), np.uint64)
+            used, total = kernels().capture_pieces(
+                writer.code, heads, pieces, pkts.view(np.uint8), 0, n, wire,
+                table.view(np.uint8), count, writer.snaplen, writer.unit_ns, counts[0],
+                counts[1])
+            writer.write_pieces(pieces, used, total, (heads, wire))
+        else:
+            out = writer.emit_buffer(int(cap.sum()) + frame_bytes + 36 * n)
+            used = kernels().capture_emit(writer.code, out, pkts.view(np.uint8), 0, n, arena,
+                                          wire, table.view(np.uint8), count, writer.snaplen,
+                                          writer.unit_ns, counts[0], counts[1])
+            writer.write(out.data[:used])
         summary.packets_out += int(np.count_nonzero(counts[0]))
-        return out.data[:used]
 
     def _count(self, got) -> None:
         summary = self.summary
@@ -417,7 +432,7 @@ def _decrypt_bulk(input_path, output_path, policies, *, replay_window, keep_fail
                                             reserve=out.reserve)
                         summary.linktype = summary_linktype(reader)  # a pcapng's, known now
                     writer.interfaces(reader)
-                    writer.write(decryptor.emit_bulk(batch, writer))
+                    decryptor.emit_bulk(batch, writer)
                     if progress is not None:
                         progress(summary.packets_in)
                 if writer is None:
