@@ -338,6 +338,12 @@ def stress(seconds: float, seed: int) -> list:
     findings: list[str] = []
     stop = time.perf_counter() + seconds
     deleted: set = set()
+    # G27 (docs/spec-gaps.md): a handle comes back after MAX_SERIAL more ADDs, for another SA.
+    # ``reissued`` counts the times each handle was issued; a stale handle is judged only if
+    # no ADD could have issued it again meanwhile: still in ``deleted`` after the send, issued
+    # as often as before it, and no ADD under way.
+    reissued: dict = {}
+    adding = [0]
     lock = threading.Lock()
 
     def churn(k: int) -> None:
@@ -345,30 +351,49 @@ def stress(seconds: float, seed: int) -> list:
         while time.perf_counter() < stop:
             config = configs[rng.randrange(len(configs))]
             entry = config.add_sa_entry(":" in (config.src or ""))
-            if nic.add_sa(entry) != ndis.NdisStatus.SUCCESS:
-                continue
+            with lock:
+                adding[0] += 1
+            added = nic.add_sa(entry) == ndis.NdisStatus.SUCCESS
             handle = entry.offload_handle
+            with lock:
+                adding[0] -= 1
+                if added:  # live (again: G27), for this SA
+                    deleted.discard(handle)
+                    issues = reissued[handle] = reissued.get(handle, 0) + 1
+            if not added:
+                continue
             if config.esn:
                 nic.update_sa(ndis.IpsecOffloadV2UpdateSa(
                     offload_handle=handle, operation=ndis.IpsecOperation.ESP,
                     spi=config.spi, sequence_number_high_order=rng.randrange(4)))
             nic.delete_sa(ndis.IpsecOffloadV2DeleteSa(offload_handle=handle))
             with lock:
-                deleted.add(handle)  # only now: a handle in this set is gone for good
+                if reissued[handle] == issues:  # not issued again since: gone until it is
+                    deleted.add(handle)
+
+    # the senders' SAs before any churn: added during it, one could get a handle that is in
+    # ``deleted`` (G27), live for the whole run
+    sender_sas = [stack.add_sa(configs[0]) for _ in range(2)]
 
     def send(k: int) -> None:
         rng = random.Random(seed + 100 + k)
-        sa = stack.add_sa(configs[0])
+        sa = sender_sas[k]
         sends = 0
         while time.perf_counter() < stop:
             frames = stack.build([_plain_packet(rng, configs[0], False) for _ in range(16)], sa)
             with lock:
                 stale = list(deleted)[:8]
+                issued = [reissued.get(h, 0) for h in stale]
             for j, h in enumerate(stale[:len(frames)]):
                 frames.oob["offload_handle"][j] = h
             result = nic.send(frames)
             sends += 1
+            with lock:  # a stale handle issued again meanwhile names a live SA: any outcome
+                raced = {j for j, h in enumerate(stale)
+                         if adding[0] or h not in deleted or reissued.get(h, 0) != issued[j]}
             for j, status in enumerate(result.status.tolist()):
+                if j in raced:
+                    continue
                 expect_fail = j < len(stale)
                 if expect_fail and result.reasons[j] != Reason.UNKNOWN_HANDLE:
                     findings.append(f"a deleted handle was used ({Reason(int(result.reasons[j])).name})")

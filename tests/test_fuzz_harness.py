@@ -25,3 +25,13 @@ def test_it_reports_a_broken_send(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "compiled send != twin" in out or "do not verify" in out
     assert np.__name__  # numpy stays importable (the harness's only dependency besides ours)
+
+
+def test_the_stress_does_not_mistake_a_handle_issued_again_for_a_stale_one(monkeypatch):
+    """G27 (docs/spec-gaps.md): a handle comes back after MAX_SERIAL more ADDs. With the serial
+    made tiny, the churn threads issue deleted handles again within the second: a send that
+    names such a handle reaches a live SA, which the stress must not count as a stale handle
+    used (it did, rarely, in long runs); a handle that stays deleted must still fail."""
+    from ipsecoffload.control import satable
+    monkeypatch.setattr(satable, "MAX_SERIAL", 3)
+    assert fuzz.stress(1.0, 5) == []
