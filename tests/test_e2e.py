@@ -948,19 +948,25 @@ def test_write_pieces_writes_every_piece_in_order_through_a_pipe():
     assert b"".join(got) == b"".join(b.tobytes() for b in blobs)
 
 
+@pytest.fixture
+def write_pieces_calls(monkeypatch):
+    """The piece count of every BulkWriter.write_pieces call made in the test, in order."""
+    from ipsecoffload.io.bulk import BulkWriter
+    calls: list = []
+    real = BulkWriter.write_pieces
+    monkeypatch.setattr(BulkWriter, "write_pieces",
+                        lambda self, *a: (calls.append(a[1]), real(self, *a))[1])
+    return calls
+
+
 @pytest.mark.parametrize("out_format", ["pcap", "pcapng"])
 @pytest.mark.parametrize("mss", [None, 1000])
 def test_frames_written_in_place_equal_the_copied_output(tmp_path, sa_file, monkeypatch,
-                                                         out_format, mss):
+                                                         write_pieces_calls, out_format, mss):
     """encrypt's output written from the wire arenas (write_pieces) is byte for byte the
     output copied into emit buffers first (capture_emit), nanosecond input and Ethernet
     included; a batch with a not-IP record keeps the copy."""
     from ipsecoffload.io import capture
-    from ipsecoffload.io.bulk import BulkWriter
-    calls = []
-    real = BulkWriter.write_pieces
-    monkeypatch.setattr(BulkWriter, "write_pieces",
-                        lambda self, *a: (calls.append(a[1]), real(self, *a))[1])
     frames = [bytes(Ether() / IP(src="10.0.0.1", dst="10.9.9.9") / TCP(flags="A", seq=i)
                     / (bytes([i]) * (300 + 61 * i))) for i in range(90)]
     frames.insert(50, bytes(Ether(type=0x0806) / (b"arp" * 20)))  # not IP: copied as read
@@ -974,10 +980,10 @@ def test_frames_written_in_place_equal_the_copied_output(tmp_path, sa_file, monk
                                   output_format=out_format)
         outputs.append((out.read_bytes(), summary.frames_out, summary.bytes_out))
         if minimum:
-            assert not calls
+            assert not write_pieces_calls
         else:  # every batch but the one with the ARP record
-            assert len(calls) >= 2
-            calls.clear()
+            assert len(write_pieces_calls) >= 2
+            write_pieces_calls.clear()
     assert outputs[0] == outputs[1]
     assert len(rdpcap(str(tmp_path / f"out0.{out_format}"))) == outputs[0][1]
 
@@ -985,18 +991,14 @@ def test_frames_written_in_place_equal_the_copied_output(tmp_path, sa_file, monk
 @pytest.mark.parametrize("out_format", ["pcap", "pcapng"])
 @pytest.mark.parametrize("keep_failed", [False, True])
 def test_decrypted_frames_written_in_place_equal_the_copied_output(tmp_path, sa_file,
-                                                                   monkeypatch, out_format,
-                                                                   keep_failed):
+                                                                   monkeypatch,
+                                                                   write_pieces_calls,
+                                                                   out_format, keep_failed):
     """decrypt's output written from the delivered arena (write_pieces) is byte for byte the
     output copied into emit buffers first (capture_emit), pcap and pcapng, nanosecond input,
     and the same summary; a batch with a record written as read (not IP, clear, or a failure
     under --keep-failed) keeps the copy; the decrypted packets are the plaintext."""
     from ipsecoffload.io import decrypt
-    from ipsecoffload.io.bulk import BulkWriter
-    calls = []
-    real = BulkWriter.write_pieces
-    monkeypatch.setattr(BulkWriter, "write_pieces",
-                        lambda self, *a: (calls.append(a[1]), real(self, *a))[1])
     frames = [bytes(Ether() / IP(src="10.0.0.1", dst="10.9.9.9") / TCP(flags="A", seq=i)
                     / (bytes([i]) * (300 + 61 * i))) for i in range(90)]
     plain = write_plain(tmp_path / "plain.pcap", frames, nanosecond=True)
@@ -1018,10 +1020,10 @@ def test_decrypted_frames_written_in_place_equal_the_copied_output(tmp_path, sa_
                                           keep_failed=keep_failed, output_format=out_format)
         outputs.append((out.read_bytes(), summary.packets_out, summary.as_dict()))
         if minimum:
-            assert not calls
+            assert not write_pieces_calls
         else:  # the batches without the ARP record (and, kept, the failed one)
-            assert len(calls) >= 3
-            calls.clear()
+            assert len(write_pieces_calls) >= 3
+            write_pieces_calls.clear()
     assert outputs[0] == outputs[1]
     got = [bytes(p) for p in rdpcap(str(tmp_path / f"out0.{out_format}"))]
     # the ARP record as read; the failed one as read under keep_failed, else dropped

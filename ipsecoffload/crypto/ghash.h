@@ -781,43 +781,49 @@ static inline IPO__H256 __m128i ipo__chunk256(__m128i x, const ipo_ghash_key* k,
     return ipo__reduce256(lo, mm, hi);
 }
 
-/* The body of the YMM path, as ipo__crypt128 (src != NULL: the text's bytes [at, at + sn) are
- * read from src; whole chunks inside that range are XORed straight from src, the head, the
- * tail and a chunk that straddles an end gathered into text first). */
+/* The body of both wide paths' crypt, as ipo__crypt128 (src != NULL: the text's bytes
+ * [at, at + sn) are read from src; whole chunks inside that range are XORed straight from src,
+ * the head, the tail and a chunk that straddles an end gathered into text first). CHUNK is the
+ * path's 16-block step (ipo__chunk256, ipo__chunk512); the AAD tail, the head and the text
+ * tail go through ipo__list256 on both. One body, expanded in each path's own function, so
+ * that each is compiled under its own target. */
+#define IPO__CRYPT_WIDE_BODY(CHUNK)                                                             \
+    const uint8_t* bp[IPO__LIST_MAX];                                                           \
+    uint8_t apad[16], ext[32];                                                                  \
+    size_t m, done, a = aad_len & ~(size_t)255;                                                 \
+    __m128i x = _mm_setzero_si128();                                                            \
+    for (done = 0; done < a; done += 256) x = CHUNK(x, k, aad + done, NULL, NULL, 0);           \
+    m = ipo__list_add(bp, 0, aad + a, aad_len - a, apad);                                       \
+    if (src) ipo__gather(text, src, at, sn, 0, 256); /* ipo__head takes at most 16 blocks */    \
+    done = ipo__head(open, bp, m, text, ks, len);                                               \
+    if (done) {                                                                                 \
+        x = ipo__list256(x, k, bp, done);                                                       \
+        done = 16 * (done - m);                                                                 \
+        if (open) ipo__xor_blocks(text, ks, done >> 4);                                         \
+        m = 0;                                                                                  \
+    }                                                                                           \
+    if (!m) { /* else it all fits the tail's group, AAD blocks first */                         \
+        if (open)                                                                               \
+            for (; done + 256 <= len; done += 256)                                              \
+                x = CHUNK(x, k, src ? ipo__chunk_src(text, src, at, sn, done, 256)              \
+                                    : text + done, text + done, ks + done, 2);                  \
+        else                                                                                    \
+            for (; done + 256 <= len; done += 256)                                              \
+                x = CHUNK(x, k, src ? ipo__chunk_src(text, src, at, sn, done, 256)              \
+                                    : text + done, text + done, ks + done, 1);                  \
+    }                                                                                           \
+    if (src) ipo__gather(text, src, at, sn, done, len);                                         \
+    m = ipo__tail_list(open, bp, m, text, ks, len, aad_len, done, ext);                         \
+    x = ipo__list256(x, k, bp, m);                                                              \
+    if (open) ipo__tail_open(text, ks, len, done, ext);                                         \
+    ipo__stx(tag, _mm_xor_si128(_mm_shuffle_epi8(x, ipo__bswap_mask128()), ipo__ldx(ekj0)));
+
 static inline IPO__H256 void ipo__crypt256(int open, const ipo_ghash_key* k, const uint8_t* aad,
                                            size_t aad_len, uint8_t* text, size_t len,
                                            const uint8_t* src, size_t at, size_t sn,
                                            const uint8_t* ks, const uint8_t ekj0[16],
                                            uint8_t tag[16]) {
-    const uint8_t* bp[IPO__LIST_MAX];
-    uint8_t apad[16], ext[32];
-    size_t m, done, a = aad_len & ~(size_t)255;
-    __m128i x = _mm_setzero_si128();
-    for (done = 0; done < a; done += 256) x = ipo__chunk256(x, k, aad + done, NULL, NULL, 0);
-    m = ipo__list_add(bp, 0, aad + a, aad_len - a, apad);
-    if (src) ipo__gather(text, src, at, sn, 0, 256); /* ipo__head takes at most 16 blocks */
-    done = ipo__head(open, bp, m, text, ks, len);
-    if (done) {
-        x = ipo__list256(x, k, bp, done);
-        done = 16 * (done - m);
-        if (open) ipo__xor_blocks(text, ks, done >> 4);
-        m = 0;
-    }
-    if (!m) { /* else it all fits the tail's group, AAD blocks first */
-        if (open)
-            for (; done + 256 <= len; done += 256)
-                x = ipo__chunk256(x, k, src ? ipo__chunk_src(text, src, at, sn, done, 256)
-                                            : text + done, text + done, ks + done, 2);
-        else
-            for (; done + 256 <= len; done += 256)
-                x = ipo__chunk256(x, k, src ? ipo__chunk_src(text, src, at, sn, done, 256)
-                                            : text + done, text + done, ks + done, 1);
-    }
-    if (src) ipo__gather(text, src, at, sn, done, len);
-    m = ipo__tail_list(open, bp, m, text, ks, len, aad_len, done, ext);
-    x = ipo__list256(x, k, bp, m);
-    if (open) ipo__tail_open(text, ks, len, done, ext);
-    ipo__stx(tag, _mm_xor_si128(_mm_shuffle_epi8(x, ipo__bswap_mask128()), ipo__ldx(ekj0)));
+    IPO__CRYPT_WIDE_BODY(ipo__chunk256);
 }
 
 IPO__TGT_256 static void ipo__crypt_256(int open, const ipo_ghash_key* k, const uint8_t* aad,
@@ -912,42 +918,13 @@ static inline IPO__H512 __m128i ipo__chunk512(__m128i x, const ipo_ghash_key* k,
     return ipo__reduce512(lo, mm, hi);
 }
 
-/* The body of the ZMM path: ipo__crypt256 with four blocks per register (the tails through
- * ipo__list256), src as there. */
+/* The body of the ZMM path: IPO__CRYPT_WIDE_BODY with four blocks per register. */
 static inline IPO__H512 void ipo__crypt512(int open, const ipo_ghash_key* k, const uint8_t* aad,
                                            size_t aad_len, uint8_t* text, size_t len,
                                            const uint8_t* src, size_t at, size_t sn,
                                            const uint8_t* ks, const uint8_t ekj0[16],
                                            uint8_t tag[16]) {
-    const uint8_t* bp[IPO__LIST_MAX];
-    uint8_t apad[16], ext[32];
-    size_t m, done, a = aad_len & ~(size_t)255;
-    __m128i x = _mm_setzero_si128();
-    for (done = 0; done < a; done += 256) x = ipo__chunk512(x, k, aad + done, NULL, NULL, 0);
-    m = ipo__list_add(bp, 0, aad + a, aad_len - a, apad);
-    if (src) ipo__gather(text, src, at, sn, 0, 256); /* ipo__head takes at most 16 blocks */
-    done = ipo__head(open, bp, m, text, ks, len);
-    if (done) {
-        x = ipo__list256(x, k, bp, done);
-        done = 16 * (done - m);
-        if (open) ipo__xor_blocks(text, ks, done >> 4);
-        m = 0;
-    }
-    if (!m) { /* else it all fits the tail's group, AAD blocks first */
-        if (open)
-            for (; done + 256 <= len; done += 256)
-                x = ipo__chunk512(x, k, src ? ipo__chunk_src(text, src, at, sn, done, 256)
-                                            : text + done, text + done, ks + done, 2);
-        else
-            for (; done + 256 <= len; done += 256)
-                x = ipo__chunk512(x, k, src ? ipo__chunk_src(text, src, at, sn, done, 256)
-                                            : text + done, text + done, ks + done, 1);
-    }
-    if (src) ipo__gather(text, src, at, sn, done, len);
-    m = ipo__tail_list(open, bp, m, text, ks, len, aad_len, done, ext);
-    x = ipo__list256(x, k, bp, m);
-    if (open) ipo__tail_open(text, ks, len, done, ext);
-    ipo__stx(tag, _mm_xor_si128(_mm_shuffle_epi8(x, ipo__bswap_mask128()), ipo__ldx(ekj0)));
+    IPO__CRYPT_WIDE_BODY(ipo__chunk512);
 }
 
 IPO__TGT_512 static void ipo__crypt_512(int open, const ipo_ghash_key* k, const uint8_t* aad,
