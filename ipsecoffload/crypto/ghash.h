@@ -942,6 +942,61 @@ IPO__TGT_512 static void ipo__crypt_from_512(int open, const ipo_ghash_key* k,
     ipo__crypt512(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
 }
 
+/* Short messages (an AAD of at most one block, at most IPO__SHORT_TEXT text bytes: with the
+ * length block at most 16 blocks, one reduction) in one pass, without the block lists of the
+ * general body: each 64-byte chunk of the text is loaded under a byte mask (its bytes
+ * [at, at + sn) from src), XORed with the keystream, stored under the same mask and multiplied
+ * by the four consecutive powers of H that its blocks' positions need. The message's T blocks
+ * take H^T .. H^1, that is pow[16 - T] .. pow[15]; the zero lanes of a last, partial chunk
+ * read powers past pow[15] (still inside the key) and add nothing. Masked-off bytes are
+ * neither read nor written: AVX-512 masked loads and stores do not fault on them. */
+#define IPO__SHORT_TEXT 224
+
+static inline IPO__H512 uint64_t ipo__mask_below(size_t n) {
+    return n >= 64 ? ~0ULL : (1ULL << n) - 1;
+}
+
+IPO__TGT_512 static void ipo__crypt_short_512(int open, const ipo_ghash_key* k,
+                                              const uint8_t* aad, size_t aad_len,
+                                              uint8_t* text, size_t len, const uint8_t* src,
+                                              size_t at, size_t sn, const uint8_t* ks,
+                                              const uint8_t ekj0[16], uint8_t tag[16]) {
+    const __m512i bs4 = _mm512_broadcast_i32x4(ipo__bswap_mask128());
+    const __m128i bs = ipo__bswap_mask128();
+    size_t a = aad_len ? 1 : 0, first = 16 - (a + ((len + 15) >> 4) + 1) + a, o, c;
+    __m512i lo = _mm512_setzero_si512(), mm = lo, hi = lo;
+    __m256i l2, m2, h2;
+    __m128i l1 = _mm_setzero_si128(), m1 = l1, h1 = l1, b;
+    for (c = 0, o = 0; o < len; c++, o += 64) {
+        __mmask64 mv = ipo__mask_below(len - o), ms = 0;
+        __m512i in, out;
+        if (src) {
+            size_t from = at > o ? at - o : 0, to = at + sn > o ? at + sn - o : 0;
+            ms = mv & ipo__mask_below(to) & ~ipo__mask_below(from);
+        }
+        in = _mm512_maskz_loadu_epi8(mv & ~ms, text + o);
+        if (ms) in = _mm512_mask_loadu_epi8(in, ms, (const void*)((uintptr_t)src + o - at));
+        out = _mm512_xor_si512(in, _mm512_maskz_loadu_epi8(mv, ks + o));
+        _mm512_mask_storeu_epi8(text + o, mv, out);
+        ipo__kmul512(_mm512_shuffle_epi8(open ? in : out, bs4), ipo__ldz(k->pow[first + 4 * c]),
+                     ipo__ldz(k->mid[first + 4 * c]), &lo, &mm, &hi);
+    }
+    if (a) {
+        b = _mm_shuffle_epi8(aad_len == 16 ? ipo__ldx(aad) : ipo__ld_partial(aad, aad_len), bs);
+        ipo__kmul128(b, ipo__ldx(k->pow[first - 1]), ipo__ldx(k->mid[first - 1]), &l1, &m1, &h1);
+    }
+    b = _mm_shuffle_epi8(ipo__len_block128(aad_len, len), bs);
+    ipo__kmul128(b, ipo__ldx(k->pow[15]), ipo__ldx(k->mid[15]), &l1, &m1, &h1);
+    l2 = _mm256_xor_si256(_mm512_castsi512_si256(lo), _mm512_extracti64x4_epi64(lo, 1));
+    m2 = _mm256_xor_si256(_mm512_castsi512_si256(mm), _mm512_extracti64x4_epi64(mm, 1));
+    h2 = _mm256_xor_si256(_mm512_castsi512_si256(hi), _mm512_extracti64x4_epi64(hi, 1));
+    l1 = _mm_xor_si128(l1, _mm_xor_si128(_mm256_castsi256_si128(l2), _mm256_extracti128_si256(l2, 1)));
+    m1 = _mm_xor_si128(m1, _mm_xor_si128(_mm256_castsi256_si128(m2), _mm256_extracti128_si256(m2, 1)));
+    h1 = _mm_xor_si128(h1, _mm_xor_si128(_mm256_castsi256_si128(h2), _mm256_extracti128_si256(h2, 1)));
+    b = ipo__reduce128(l1, m1, h1);
+    ipo__stx(tag, _mm_xor_si128(_mm_shuffle_epi8(b, bs), ipo__ldx(ekj0)));
+}
+
 IPO__TGT_512 static void ipo__update_512(const ipo_ghash_key* k, uint8_t X[16],
                                          const uint8_t* data, size_t len) {
     const __m128i bs = ipo__bswap_mask128();
@@ -1078,7 +1133,10 @@ static void ipo__crypt(int open, int path, const ipo_ghash_key* k, const uint8_t
         ipo__crypt_256(open, k, aad, aad_len, text, len, ks, ekj0, tag);
         return;
     case IPO_GHASH_VPCLMUL512:
-        ipo__crypt_512(open, k, aad, aad_len, text, len, ks, ekj0, tag);
+        if (aad_len <= 16 && len <= IPO__SHORT_TEXT)
+            ipo__crypt_short_512(open, k, aad, aad_len, text, len, NULL, 0, 0, ks, ekj0, tag);
+        else
+            ipo__crypt_512(open, k, aad, aad_len, text, len, ks, ekj0, tag);
         return;
 #endif
 #endif
@@ -1125,7 +1183,10 @@ static void ipo__crypt_from(int open, int path, const ipo_ghash_key* k, const ui
         ipo__crypt_from_256(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
         return;
     case IPO_GHASH_VPCLMUL512:
-        ipo__crypt_from_512(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
+        if (aad_len <= 16 && len <= IPO__SHORT_TEXT)
+            ipo__crypt_short_512(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
+        else
+            ipo__crypt_from_512(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
         return;
 #endif
 #endif
