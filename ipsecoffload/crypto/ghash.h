@@ -622,6 +622,64 @@ static inline IPO__H128 void ipo__update128(const ipo_ghash_key* k, uint8_t X[16
     ipo__stx(X, _mm_shuffle_epi8(x, bs));
 }
 
+/* Short messages (ipo__crypt_short_512's limits: an AAD of at most one block, at most
+ * IPO__SHORT_TEXT text bytes, so at most 16 blocks and one reduction) in one pass over the
+ * blocks, without the block lists of the general body: the source bytes gathered into the
+ * text, then each block XORed, stored and multiplied by the power its position needs
+ * (H^T .. H^1 for the message's T blocks: pow[16 - T] .. pow[15]). */
+#define IPO__SHORT_TEXT 224
+
+static inline IPO__H128 void ipo__crypt_short128(int open, const ipo_ghash_key* k,
+                                                 const uint8_t* aad, size_t aad_len,
+                                                 uint8_t* text, size_t len, const uint8_t* src,
+                                                 size_t at, size_t sn, const uint8_t* ks,
+                                                 const uint8_t ekj0[16], uint8_t tag[16]) {
+    const __m128i bs = ipo__bswap_mask128();
+    size_t a = aad_len ? 1 : 0, n = len >> 4, part = len & 15, j;
+    size_t first = 16 - (a + ((len + 15) >> 4) + 1) + a;
+    __m128i lo = _mm_setzero_si128(), mm = lo, hi = lo, c, o;
+    if (src) ipo__gather(text, src, at, sn, 0, len);
+    for (j = 0; j < n; j++) {
+        c = ipo__ldx(text + 16 * j);
+        o = _mm_xor_si128(c, ipo__ldx(ks + 16 * j));
+        ipo__stx(text + 16 * j, o);
+        ipo__kmul128(_mm_shuffle_epi8(open ? c : o, bs), ipo__ldx(k->pow[first + j]),
+                     ipo__ldx(k->mid[first + j]), &lo, &mm, &hi);
+    }
+    if (part) {
+        c = ipo__ld_partial(text + 16 * n, part);
+        o = _mm_xor_si128(c, ipo__ld_partial(ks + 16 * n, part));
+        ipo__st_partial(text + 16 * n, o, part);
+        ipo__kmul128(_mm_shuffle_epi8(open ? c : o, bs), ipo__ldx(k->pow[first + n]),
+                     ipo__ldx(k->mid[first + n]), &lo, &mm, &hi);
+    }
+    if (a) {
+        c = _mm_shuffle_epi8(aad_len == 16 ? ipo__ldx(aad) : ipo__ld_partial(aad, aad_len), bs);
+        ipo__kmul128(c, ipo__ldx(k->pow[first - 1]), ipo__ldx(k->mid[first - 1]), &lo, &mm, &hi);
+    }
+    c = _mm_shuffle_epi8(ipo__len_block128(aad_len, len), bs);
+    ipo__kmul128(c, ipo__ldx(k->pow[15]), ipo__ldx(k->mid[15]), &lo, &mm, &hi);
+    c = ipo__reduce128(lo, mm, hi);
+    ipo__stx(tag, _mm_xor_si128(_mm_shuffle_epi8(c, bs), ipo__ldx(ekj0)));
+}
+
+IPO__TGT_PCL static void ipo__crypt_short_pcl(int open, const ipo_ghash_key* k,
+                                              const uint8_t* aad, size_t aad_len,
+                                              uint8_t* text, size_t len, const uint8_t* src,
+                                              size_t at, size_t n, const uint8_t* ks,
+                                              const uint8_t ekj0[16], uint8_t tag[16]) {
+    ipo__crypt_short128(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
+}
+
+IPO__TGT_PCLAVX static void ipo__crypt_short_pclavx(int open, const ipo_ghash_key* k,
+                                                    const uint8_t* aad, size_t aad_len,
+                                                    uint8_t* text, size_t len,
+                                                    const uint8_t* src, size_t at, size_t n,
+                                                    const uint8_t* ks, const uint8_t ekj0[16],
+                                                    uint8_t tag[16]) {
+    ipo__crypt_short128(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
+}
+
 IPO__TGT_PCL static void ipo__crypt_pcl(int open, const ipo_ghash_key* k, const uint8_t* aad,
                                         size_t aad_len, uint8_t* text, size_t len,
                                         const uint8_t* ks, const uint8_t ekj0[16],
@@ -942,16 +1000,13 @@ IPO__TGT_512 static void ipo__crypt_from_512(int open, const ipo_ghash_key* k,
     ipo__crypt512(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
 }
 
-/* Short messages (an AAD of at most one block, at most IPO__SHORT_TEXT text bytes: with the
- * length block at most 16 blocks, one reduction) in one pass, without the block lists of the
- * general body: each 64-byte chunk of the text is loaded under a byte mask (its bytes
- * [at, at + sn) from src), XORed with the keystream, stored under the same mask and multiplied
- * by the four consecutive powers of H that its blocks' positions need. The message's T blocks
+/* Short messages (the limits of ipo__crypt_short128) in one pass: each 64-byte chunk of the
+ * text is loaded under a byte mask (its bytes [at, at + sn) from src), XORed with the
+ * keystream, stored under the same mask and multiplied by the four consecutive powers of H
+ * that its blocks' positions need. The message's T blocks
  * take H^T .. H^1, that is pow[16 - T] .. pow[15]; the zero lanes of a last, partial chunk
  * read powers past pow[15] (still inside the key) and add nothing. Masked-off bytes are
  * neither read nor written: AVX-512 masked loads and stores do not fault on them. */
-#define IPO__SHORT_TEXT 224
-
 static inline IPO__H512 uint64_t ipo__mask_below(size_t n) {
     return n >= 64 ? ~0ULL : (1ULL << n) - 1;
 }
@@ -1123,14 +1178,23 @@ static void ipo__crypt(int open, int path, const ipo_ghash_key* k, const uint8_t
     switch (path) {
 #if IPO_GHASH_X86
     case IPO_GHASH_PCLMUL:
-        ipo__crypt_pcl(open, k, aad, aad_len, text, len, ks, ekj0, tag);
+        if (aad_len <= 16 && len <= IPO__SHORT_TEXT)
+            ipo__crypt_short_pcl(open, k, aad, aad_len, text, len, NULL, 0, 0, ks, ekj0, tag);
+        else
+            ipo__crypt_pcl(open, k, aad, aad_len, text, len, ks, ekj0, tag);
         return;
     case IPO_GHASH_PCLMUL_AVX:
-        ipo__crypt_pclavx(open, k, aad, aad_len, text, len, ks, ekj0, tag);
+        if (aad_len <= 16 && len <= IPO__SHORT_TEXT)
+            ipo__crypt_short_pclavx(open, k, aad, aad_len, text, len, NULL, 0, 0, ks, ekj0, tag);
+        else
+            ipo__crypt_pclavx(open, k, aad, aad_len, text, len, ks, ekj0, tag);
         return;
 #if IPO_GHASH_X86_WIDE
     case IPO_GHASH_VPCLMUL256:
-        ipo__crypt_256(open, k, aad, aad_len, text, len, ks, ekj0, tag);
+        if (aad_len <= 16 && len <= IPO__SHORT_TEXT)
+            ipo__crypt_short_pclavx(open, k, aad, aad_len, text, len, NULL, 0, 0, ks, ekj0, tag);
+        else
+            ipo__crypt_256(open, k, aad, aad_len, text, len, ks, ekj0, tag);
         return;
     case IPO_GHASH_VPCLMUL512:
         if (aad_len <= 16 && len <= IPO__SHORT_TEXT)
@@ -1173,14 +1237,23 @@ static void ipo__crypt_from(int open, int path, const ipo_ghash_key* k, const ui
     switch (path) {
 #if IPO_GHASH_X86
     case IPO_GHASH_PCLMUL:
-        ipo__crypt_from_pcl(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
+        if (aad_len <= 16 && len <= IPO__SHORT_TEXT)
+            ipo__crypt_short_pcl(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
+        else
+            ipo__crypt_from_pcl(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
         return;
     case IPO_GHASH_PCLMUL_AVX:
-        ipo__crypt_from_pclavx(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
+        if (aad_len <= 16 && len <= IPO__SHORT_TEXT)
+            ipo__crypt_short_pclavx(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
+        else
+            ipo__crypt_from_pclavx(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
         return;
 #if IPO_GHASH_X86_WIDE
     case IPO_GHASH_VPCLMUL256:
-        ipo__crypt_from_256(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
+        if (aad_len <= 16 && len <= IPO__SHORT_TEXT)
+            ipo__crypt_short_pclavx(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
+        else
+            ipo__crypt_from_256(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
         return;
     case IPO_GHASH_VPCLMUL512:
         if (aad_len <= 16 && len <= IPO__SHORT_TEXT)
