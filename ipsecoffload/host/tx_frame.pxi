@@ -1,7 +1,8 @@
 # Host stack framing in compiled code (docs/send-path.md, "Host framing"): what
 # host/stack.py's Python framer does per packet, done for a whole batch. Included by
 # _fastpath.pyx. host/stack.py stays the twin (the tests compare the two byte for byte) and the
-# general path for what this one does not frame (caller IVs, transport over tunnel).
+# general path for what this one does not frame (caller IVs; transport over tunnel with IVs
+# the stack draws).
 #
 # host_classify: link header (Ethernet with 802.1Q / 802.1ad tags, or raw IP), IPv4/IPv6
 #   parse, first-match SA selectors, fragment and LSO decisions, one pass.
@@ -25,7 +26,7 @@ ctypedef struct HostSelector:
     uint8_t protos[2]
     uint8_t has_sport
     uint8_t has_dport
-    uint8_t tunnel            # the SA is tunnel mode: never LSO (docs/send-path.md)
+    uint8_t tunnel            # its packets leave in a tunnel (tunnel mode, or via): never LSO
     uint8_t reserved[4]
 
 ctypedef struct HostPkt:
@@ -73,6 +74,8 @@ ctypedef struct HostSa:
     uint32_t ah_spi
     uint8_t tun_src[16]
     uint8_t tun_dst[16]
+    int32_t via               # transport over tunnel: the row of the tunnel SA; -1: none
+    uint8_t reserved2[4]
 
 cpdef enum PktKind:
     PKT_DROP = 0
@@ -120,7 +123,8 @@ def host_struct_offsets():
                    "last_sn": <char*>&a.last_sn - <char*>&a, "spi": <char*>&a.spi - <char*>&a,
                    "tunnel": <char*>&a.tunnel - <char*>&a, "used": <char*>&a.used - <char*>&a,
                    "ah": <char*>&a.ah - <char*>&a, "ah_spi": <char*>&a.ah_spi - <char*>&a,
-                   "tun_src": <char*>&a.tun_src - <char*>&a, "tun_dst": <char*>&a.tun_dst - <char*>&a},
+                   "tun_src": <char*>&a.tun_src - <char*>&a, "tun_dst": <char*>&a.tun_dst - <char*>&a,
+                   "via": <char*>&a.via - <char*>&a},
     }
 
 
@@ -467,7 +471,192 @@ def host_missing_bundles(pkts, int64_t n, sas, int64_t nsa):
             b = 1 if k[i].version == 6 else 0
         if (t[s].versions >> b) & 1 and t[s].handle[b] == 0:
             missing.add(2 * s + b)
+        if t[s].via >= 0:  # transport over tunnel: the tunnel SA's bundle too
+            if t[s].via >= nsa:
+                raise ValueError(f"SA {s} names tunnel SA {t[s].via} of {nsa}")
+            b = 1 if t[t[s].via].outer_ipv6 else 0
+            if (t[t[s].via].versions >> b) & 1 and t[t[s].via].handle[b] == 0:
+                missing.add(2 * t[s].via + b)
     return sorted(missing)
+
+
+cdef inline int64_t _ah_len(const HostSa* s, bint v6) noexcept nogil:
+    """AH header bytes with padding (RFC 4302 §2.2: a multiple of 8 over IPv6, of 4 over IPv4)."""
+    return (s.ah_body + 7) & ~7 if v6 else (s.ah_body + 3) & ~3
+
+
+cdef inline void _ah_header(uint8_t* e, uint8_t nxt, int64_t ahl, uint32_t spi,
+                            uint64_t sn) noexcept nogil:
+    """Next Header, Payload Length, Reserved, SPI, SN; IV, ICV and padding zero (RFC 4302 §2)."""
+    e[0] = nxt
+    e[1] = <uint8_t>(ahl // 4 - 2)
+    e[2], e[3] = 0, 0
+    st32(e + 4, spi)
+    st32(e + 8, <uint32_t>sn)
+    memset(e + 12, 0, ahl - 12)
+
+
+cdef inline void _esp_trailer(uint8_t* e, int64_t pad, uint8_t nxt, int64_t icv) noexcept nogil:
+    """Padding 1, 2, 3, ..., Pad Length, Next Header (RFC 4303 §2.4-2.6), ICV room zero."""
+    cdef int64_t m
+    for m in range(pad):
+        e[m] = <uint8_t>(m + 1)
+    e[pad] = <uint8_t>pad
+    e[pad + 1] = nxt
+    zero_icv(e + pad + 2, icv)
+
+
+cdef inline bint _too_long(int64_t total, bint v6) noexcept nogil:
+    return (not v6 and total > 0xFFFF) or (v6 and total - 40 > 0xFFFF)
+
+
+cdef int64_t _frame_via(uint8_t* o, int64_t room, const uint8_t* rec, const uint8_t* ip,
+                        HostPkt* q, HostSa* s, HostSa* u, int l2_mode, const uint8_t* macs,
+                        int ttl, int df_policy, int* ipv4_id, NblOob* ob) noexcept nogil:
+    """Transport over tunnel, as host/stack.py _prepare_via frames it: the transport SA s's
+    frame of the packet (slot 12 from its IP header, its ICV room reserved), then the tunnel
+    SA u's frame around that datagram (its ICV room reserved too); OffloadHandle is s's
+    bundle, TunnelHandle u's, and each SA takes one sequence number (docs/send-path.md,
+    "Transport over tunnel"). Writes at most ``room`` bytes at o. Returns the frame's length;
+    -1 with q.kind and q.fault set when the stack refuses the packet (nothing taken); -2 when
+    the first ESN number either SA would use here has another high word than the first one
+    it used in this call (the caller sends, updates the SA and calls again)."""
+    cdef int tb = q.version == 6, ub = u.outer_ipv6, df
+    cdef int64_t udp_t, ahl_t, esph_t, hl_t, esp_off_t, payload_t, pad_t, total_t
+    cdef int64_t udp_u, ahl_u, esph_u, hl_u, esp_off_u, pad_u, total_u, l2, l2o
+    cdef uint8_t nxt_t, nxt_u, proto_t, proto_u, tos
+    cdef uint32_t flow
+    cdef uint64_t sn_t, sn_u
+    cdef uint8_t* d
+    cdef uint8_t* t
+    if not (s.versions >> tb) & 1 or not (u.versions >> ub) & 1 or (s.udp_encap and tb):
+        # a UDP-encapsulated transport SA over a tunnel carries IPv4 only (docs/send-path.md)
+        q.kind, q.fault = PKT_DROP, FAULT_WRONG_VERSION
+        return -1
+    if not s.handle[tb] or not u.handle[ub]:
+        q.kind, q.fault = PKT_DROP, FAULT_NO_BUNDLE
+        return -1
+    if s.next_seq == 0 or s.next_seq > s.limit or u.next_seq == 0 or u.next_seq > u.limit:
+        q.kind, q.fault = PKT_DROP, FAULT_EXHAUSTED
+        return -1
+    sn_t, sn_u = s.next_seq, u.next_seq
+    if (s.esn and s.first_sn and (sn_t >> 32) != (s.first_sn >> 32)) or (
+            u.esn and u.first_sn and (sn_u >> 32) != (u.first_sn >> 32)):
+        return -2
+    # the transport layer: the datagram the tunnel carries
+    udp_t = 8 if s.udp_encap else 0
+    ahl_t = _ah_len(s, tb) if s.ah else 0
+    esph_t = 0 if s.ah == 1 else 8 + s.iv_len
+    proto_t = 51 if s.ah else (17 if udp_t else 50)
+    hl_t = q.l4_off
+    nxt_t = q.proto
+    payload_t = q.ip_len - q.l4_off
+    esp_off_t = hl_t + udp_t + ahl_t
+    if (esph_t and (esp_off_t % 4 or esp_off_t > 1020)) or (ahl_t and (hl_t % 4 or hl_t > 1020)):
+        q.kind, q.fault = PKT_DROP, FAULT_ESP_OFFSET
+        return -1
+    if s.ah == 1:
+        pad_t = 0
+        total_t = hl_t + ahl_t + payload_t
+    else:
+        pad_t = esp_pad(payload_t + 2, s.align)
+        total_t = esp_off_t + esph_t + payload_t + pad_t + 2 + s.icv_len
+    # the tunnel layer around it
+    udp_u = 8 if u.udp_encap else 0
+    ahl_u = _ah_len(u, ub) if u.ah else 0
+    esph_u = 0 if u.ah == 1 else 8 + u.iv_len
+    proto_u = 51 if u.ah else (17 if udp_u else 50)
+    hl_u = 40 if ub else 20
+    nxt_u = 41 if tb else 4
+    esp_off_u = hl_u + udp_u + ahl_u
+    if u.ah == 1:
+        pad_u = 0
+        total_u = hl_u + ahl_u + total_t
+    else:
+        pad_u = esp_pad(total_t + 2, u.align)
+        total_u = esp_off_u + esph_u + total_t + pad_u + 2 + u.icv_len
+    if _too_long(total_t, tb) or _too_long(total_u, ub):
+        q.kind, q.fault = PKT_DROP, FAULT_TOO_LONG
+        return -1
+    l2o = 0 if l2_mode == 0 or (l2_mode == 2 and not q.link) else (14 if l2_mode == 1 else q.l2_len)
+    if l2o + total_u > room:
+        q.kind, q.fault = PKT_DROP, FAULT_ARENA
+        return -1
+    # commit: one sequence number of each SA, then the bytes
+    s.next_seq = sn_t + 1  # 0 once 2**64 - 1 is used
+    u.next_seq = sn_u + 1
+    if not s.first_sn:
+        s.first_sn = sn_t
+    if not u.first_sn:
+        u.first_sn = sn_u
+    s.last_sn, u.last_sn = sn_t, sn_u
+    s.used |= 1 << tb
+    u.used |= 1 << ub
+    q.sn = sn_t
+    l2 = _link(o, rec, q, l2_mode, macs, ub)
+    d = o + l2
+    t = d + esp_off_u + esph_u
+    copy_ip_header(t, ip, hl_t)
+    t[q.nh_at] = proto_t
+    memcpy(t + esp_off_t + esph_t, ip + hl_t, payload_t)
+    if ahl_t:
+        _ah_header(t + hl_t, nxt_t if s.ah == 1 else 50, ahl_t, s.ah_spi, sn_t)
+        ob.ah_off4 = <uint8_t>(hl_t // 4)
+    if esph_t:
+        st32(t + esp_off_t, s.spi)
+        st32(t + esp_off_t + 4, <uint32_t>sn_t)
+        zero_icv(t + esp_off_t + 8, s.iv_len)
+        _esp_trailer(t + esp_off_t + esph_t + payload_t, pad_t, nxt_t, s.icv_len)
+        ob.next_header = nxt_t
+        ob.pad_length = <uint8_t>pad_t
+        ob.esp_off4 = <uint8_t>(esp_off_t // 4)
+    if udp_t:
+        st16(t + hl_t, s.udp_sport)
+        st16(t + hl_t + 2, s.udp_dport)
+        st16(t + hl_t + 4, <uint32_t>(total_t - hl_t))
+        t[hl_t + 6], t[hl_t + 7] = 0, 0
+    _ip_length(t, total_t, hl_t)
+    # the outer header: ECN and DSCP copied (RFC 6040 normal mode), DF by the stack's policy
+    if not tb:
+        tos = ip[1]
+        flow = 0
+    else:
+        tos = ((ip[0] & 0x0F) << 4) | (ip[1] >> 4)
+        flow = ((ip[1] & 0x0F) << 16) | (ip[2] << 8) | ip[3]
+    if not ub:
+        if df_policy == 0:
+            df = not tb and (ip[6] & 0x40) != 0
+        else:
+            df = df_policy == 1
+        d[0], d[1] = 0x45, tos
+        st16(d + 4, <uint32_t>ipv4_id[0])
+        ipv4_id[0] = (ipv4_id[0] + 1) & 0xFFFF
+        st16(d + 6, 0x4000 if df else 0)
+        d[8], d[9] = <uint8_t>ttl, proto_u
+        memcpy(d + 12, u.tun_src, 4)
+        memcpy(d + 16, u.tun_dst, 4)
+    else:
+        st32(d, (6u << 28) | (<uint32_t>tos << 20) | flow)
+        d[6], d[7] = proto_u, <uint8_t>ttl
+        memcpy(d + 8, u.tun_src, 16)
+        memcpy(d + 24, u.tun_dst, 16)
+    if ahl_u:
+        _ah_header(d + hl_u, nxt_u if u.ah == 1 else 50, ahl_u, u.ah_spi, sn_u)
+    if esph_u:
+        st32(d + esp_off_u, u.spi)
+        st32(d + esp_off_u + 4, <uint32_t>sn_u)
+        zero_icv(d + esp_off_u + 8, u.iv_len)
+        _esp_trailer(t + total_t, pad_u, nxt_u, u.icv_len)
+    if udp_u:
+        st16(d + hl_u, u.udp_sport)
+        st16(d + hl_u + 2, u.udp_dport)
+        st16(d + hl_u + 4, <uint32_t>(total_u - hl_u))
+        d[hl_u + 6], d[hl_u + 7] = 0, 0
+    _ip_length(d, total_u, hl_u)
+    ob.offload_handle = s.handle[tb]
+    ob.tunnel_handle = u.handle[ub]
+    ob.l2_len = <uint16_t>l2
+    return l2 + total_u
 
 
 def host_frame(const uint8_t[::1] arena, pkts, int64_t start, int64_t end, sas, int64_t nsa,
@@ -500,7 +689,7 @@ def host_frame(const uint8_t[::1] arena, pkts, int64_t start, int64_t end, sas, 
     cdef uint8_t nxt, tos, nh_ext, proto_out
     cdef uint32_t flow
     cdef uint64_t sn, last, seed
-    cdef int64_t m, l2o
+    cdef int64_t m, l2o, v
     if macs.shape[0] < 12 and l2_mode == 1:
         raise ValueError("macs must hold 12 bytes")
     if start < 0:
@@ -521,6 +710,10 @@ def host_frame(const uint8_t[::1] arena, pkts, int64_t start, int64_t end, sas, 
                     or not (0 <= q.nh_at < q.l4_off <= q.ip_len) or q.l4_off < 20 or q.nsn < 1 \
                     or (q.kind == PKT_LSO and (q.tcp_len < 20 or q.l4_off + q.tcp_len > q.ip_len)):
                 raise ValueError(f"packet {i} has inconsistent header fields")
+            v = sa_tab[q.sa].via
+            if v >= 0 and (v >= nsa or v == q.sa or not sa_tab[v].tunnel or sa_tab[q.sa].tunnel
+                           or sa_tab[v].via >= 0 or q.kind == PKT_LSO):
+                raise ValueError(f"packet {i}: SA {q.sa} names no tunnel SA to go over")
     for i in range(nsa):
         sa_tab[i].first_sn = 0
         sa_tab[i].last_sn = 0
@@ -555,6 +748,19 @@ def host_frame(const uint8_t[::1] arena, pkts, int64_t start, int64_t end, sas, 
                 i += 1
                 continue
             s = &sa_tab[q.sa]
+            if s.via >= 0:
+                need = _frame_via(o + pos, cap_out - pos, rec, ip, q, s, &sa_tab[s.via], l2_mode,
+                                  &macs[0] if macs.shape[0] else NULL, ttl, df_policy,
+                                  &ipv4_id, &ob[j])
+                if need == -2:
+                    break  # the caller sends, updates the SA's high word, and calls again
+                if need >= 0:
+                    offs[j], lens[j] = pos, need
+                    pos += need
+                    q.nbl = <int32_t>j
+                    j += 1
+                i += 1
+                continue
             bundle = s.outer_ipv6 if s.tunnel else q.version == 6
             if not (s.versions >> bundle) & 1:
                 q.kind, q.fault = PKT_DROP, FAULT_WRONG_VERSION
@@ -579,9 +785,7 @@ def host_frame(const uint8_t[::1] arena, pkts, int64_t start, int64_t end, sas, 
             v6out = s.outer_ipv6 if s.tunnel else q.version == 6
             # AH (RFC 4302 §2.2: its length a multiple of 8 bytes over IPv6, of 4 over IPv4)
             # before ESP; an AH alone has no ESP header, trailer or ICV room
-            ahl = 0
-            if s.ah:
-                ahl = (s.ah_body + 7) & ~7 if v6out else (s.ah_body + 3) & ~3
+            ahl = _ah_len(s, v6out) if s.ah else 0
             esph = 0 if s.ah == 1 else 8 + ivl
             proto_out = 51 if s.ah else (17 if udp else 50)
             if s.tunnel:
@@ -619,14 +823,14 @@ def host_frame(const uint8_t[::1] arena, pkts, int64_t start, int64_t end, sas, 
             elif s.ah == 1:
                 pad = 0
                 total = hl + ahl + payload
-                if (not v6out and total > 0xFFFF) or (v6out and total - 40 > 0xFFFF):
+                if _too_long(total, v6out):
                     q.kind, q.fault = PKT_DROP, FAULT_TOO_LONG
                     i += 1
                     continue
             else:
                 pad = esp_pad(payload + 2, s.align)
                 total = hl + udp + ahl + 8 + ivl + payload + pad + 2 + icv
-                if (not v6out and total > 0xFFFF) or (v6out and total - 40 > 0xFFFF):
+                if _too_long(total, v6out):
                     q.kind, q.fault = PKT_DROP, FAULT_TOO_LONG
                     i += 1
                     continue
@@ -673,14 +877,8 @@ def host_frame(const uint8_t[::1] arena, pkts, int64_t start, int64_t end, sas, 
                 copy_ip_header(d, ip, hl)
                 d[q.nh_at] = proto_out
                 memcpy(d + esp_off + esph, ip + hl, payload)
-            if ahl:  # Next Header, Payload Length, Reserved, SPI, SN, IV + ICV + pad zero
-                e = d + hl
-                e[0] = nxt if s.ah == 1 else 50
-                e[1] = <uint8_t>(ahl // 4 - 2)
-                e[2], e[3] = 0, 0
-                st32(e + 4, s.ah_spi)
-                st32(e + 8, <uint32_t>sn)
-                memset(e + 12, 0, ahl - 12)
+            if ahl:
+                _ah_header(d + hl, nxt if s.ah == 1 else 50, ahl, s.ah_spi, sn)
                 ob[j].ah_off4 = <uint8_t>(hl // 4)
             e = d + esp_off
             if esph:
@@ -708,12 +906,7 @@ def host_frame(const uint8_t[::1] arena, pkts, int64_t start, int64_t end, sas, 
                 ob[j].lso_info = (<uint64_t>mss | (<uint64_t>tcp_off << 20) | (<uint64_t>1 << 30)
                                   | (<uint64_t>(q.version == 6) << 31))
             elif esph:
-                e = d + esp_off + esph + payload
-                for m in range(pad):
-                    e[m] = <uint8_t>(m + 1)
-                e[pad] = <uint8_t>pad
-                e[pad + 1] = nxt
-                zero_icv(e + pad + 2, icv)
+                _esp_trailer(d + esp_off + esph + payload, pad, nxt, icv)
                 if udp:
                     st16(d + hl + 4, <uint32_t>(total - hl))
                 _ip_length(d, total, hl)

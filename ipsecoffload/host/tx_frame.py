@@ -43,7 +43,7 @@ HOST_SA_DTYPE = np.dtype([
     ("icv_len", np.uint8), ("align", np.uint8), ("esn", np.uint8), ("versions", np.uint8),
     ("used", np.uint8), ("ah", np.uint8), ("ah_body", np.uint8), ("reserved", np.uint8, (2,)),
     ("ah_spi", np.uint32), ("tun_src", np.uint8, (16,)),
-    ("tun_dst", np.uint8, (16,)),
+    ("tun_dst", np.uint8, (16,)), ("via", np.int32), ("reserved2", np.uint8, (4,)),
 ], align=True)
 
 PKT_DROP, PKT_NOT_IP, PKT_CLEAR, PKT_ESP, PKT_LSO = range(5)
@@ -112,15 +112,23 @@ def selector_table(policies) -> np.ndarray:
             if getattr(sel, side) is not None:
                 row[f"has_{side}"] = 1
                 row[side] = getattr(sel, side)
-        row["tunnel"] = policy.config.mode == "tunnel"
+        # never LSO: a tunnel SA's packets, and a transport SA's over a tunnel (``via``)
+        row["tunnel"] = policy.config.mode == "tunnel" or getattr(policy, "via", None) is not None
     return table
 
 
 def sa_table(sas: Sequence) -> np.ndarray:
-    """HostSa templates of StackSa objects (chosen once per SA: outer header, UDP, AH, ESP)."""
+    """HostSa templates of StackSa objects (chosen once per SA: outer header, UDP, AH, ESP).
+    A transport SA over a tunnel (``via``) names the tunnel SA's row, which must be in
+    ``sas`` too."""
     table = np.zeros(len(sas), HOST_SA_DTYPE)
+    rows = {id(sa): k for k, sa in enumerate(sas)}
     for row, sa in zip(table, sas):
         config = sa.config
+        via = getattr(sa, "via", None)
+        if via is not None and id(via) not in rows:
+            raise ValueError("a via SA's tunnel SA must be in the table too")
+        row["via"] = rows[id(via)] if via is not None else -1
         row["spi"] = config.spi
         protocol = getattr(config, "protocol", "esp")
         if protocol != "esp":
@@ -144,8 +152,9 @@ def sa_table(sas: Sequence) -> np.ndarray:
 
 
 def supported(sa) -> bool:
-    """Whether the compiled framer frames this SA: ESP, AH or AH + ESP (transport over a
-    tunnel SA, ``via``, is framed by host/stack.py)."""
+    """Whether HostStack.send / send_batch frame this SA in compiled code: ESP, AH or AH +
+    ESP (a transport SA over a tunnel SA, ``via``, is framed there by host/stack.py; the
+    capture path frames it in compiled code, with its tunnel SA's row in the same table)."""
     config = sa.config
     return (getattr(config, "protocol", "esp") in ("esp", "ah", "ah+esp")
             and getattr(config, "via", None) is None and getattr(sa, "via", None) is None)
@@ -206,7 +215,9 @@ def frame_and_send(stack, arena: np.ndarray, pkts: np.ndarray, sas: Sequence,
     ip_bytes = int(pkts["cap_len"].sum()) if n else 0
     # per packet at most: Ethernet 14, outer IPv6 40, UDP 8, AH 56 (12 + 8-byte IV + 32-byte
     # ICV, padded to 8), ESP header 8 + IV 16, padding 15, trailer 2, ICV room 32: 191
-    out, nb_off, nb_len, oob = _buffers(scratch, ip_bytes + 192 * n + 64, n)
+    # (twice that over a tunnel: ``via``)
+    per_packet = 384 if (table["via"] >= 0).any() else 192
+    out, nb_off, nb_len, oob = _buffers(scratch, ip_bytes + per_packet * n + 64, n)
     oob_bytes = oob.view(np.uint8)
     macs = stack.dst_mac + stack.src_mac
     df = {"copy": 0, "set": 1, "clear": 2}[stack.tunnel_df]

@@ -161,7 +161,10 @@ class CaptureEncryptor:
             l2s = [_link_header_len(record.data) for record in records]
         outputs: list[list[bytes]] = [[] for _ in records]
         owners: list[Optional[SaStats]] = [None] * len(records)
-        groups: dict[int, list[_Job]] = {}
+        # runs of consecutive packets of one SA, sent in input order: each SA's sequence
+        # numbers, and the tunnels' IPv4 IDs, are drawn in the order the packets arrive (a
+        # tunnel SA's own packets and those of a transport SA over it share its numbers)
+        runs: list[tuple[int, list[_Job]]] = []
         for index, record in enumerate(records):
             frame = record.data
             l2 = self.l2 if l2s is None else l2s[index]
@@ -194,8 +197,10 @@ class CaptureEncryptor:
                    and self.policies[policy_index].config.mode == "transport"
                    and getattr(self.policies[policy_index], "via", None) is None)
             packet = frame[l2:l2 + info.length]
-            groups.setdefault(policy_index, []).append(_Job(index, packet, lso))
-        for policy_index, jobs in groups.items():
+            if not runs or runs[-1][0] != policy_index:
+                runs.append((policy_index, []))
+            runs[-1][1].append(_Job(index, packet, lso))
+        for policy_index, jobs in runs:
             self._send(policy_index, jobs, outputs)
         frames = []
         for index, (record, out) in enumerate(zip(records, outputs)):
@@ -345,7 +350,7 @@ class BatchEncryptor:
         self.policies = list(policies)
         self.summary = summary
         self.stack = HostStack(miniport or Miniport())
-        self.sas = [self.stack.add_sa(p.config) for p in self.policies]
+        self.sas = add_policy_sas(self.stack, self.policies)
         self.selectors = tx_frame.selector_table(self.policies)
         self.table = tx_frame.sa_table(self.sas)
         summary.sas = {p.name: SaStats() for p in self.policies}
@@ -496,8 +501,10 @@ def _link_header_len(data: bytes) -> int:
 
 
 class ViaBulkEncryptor:
-    """A capture whose SA file holds a ``via`` SA (transport over tunnel) through the bulk
-    reader and writer, so pcapng, standard input and output work as on the compiled path:
+    """A capture whose SA file holds a ``via`` SA (transport over tunnel), on a miniport whose
+    IVs the stack draws (``iv_source="packet"``: the compiled framer leaves those to the
+    Python one), through the bulk reader and writer, so pcapng, standard input and output
+    work as on the compiled path:
     each batch's records are framed by CaptureEncryptor (host/stack.py frames ``via`` SAs;
     the compiled framer does not, docs/send-path.md) on a raw-IP stack, each record keeping
     its own link header, VLAN tags included; then ``capture_emit`` lays the records out."""
@@ -652,7 +659,7 @@ def encrypt_capture(input_path, output_path, policies: Sequence[SaPolicy], *,
     dropped with a warning in ``summary.warnings``. ``progress(packets, fraction)`` is called
     after each batch (fraction None when the input size is unknown). ``workers``: the sends of
     each batch spread over that many threads, sharded by SA (``ShardedSender``); a file with
-    a ``via`` SA runs on one (its packets are framed in Python: ``ViaBulkEncryptor``).
+    a ``via`` SA runs on one (a tunnel SA's numbers are shared with the packets it carries).
     """
     from ..host.tx_frame import kernels
     from .atomic import SafeOutput
@@ -661,8 +668,6 @@ def encrypt_capture(input_path, output_path, policies: Sequence[SaPolicy], *,
         raise ValueError(f"mss must be at least 1, got {mss}")
     if output_format not in (None, "pcap", "pcapng"):
         raise ValueError(f"output_format must be 'pcap' or 'pcapng', got {output_format!r}")
-    # via SAs (transport over tunnel) are framed by the host stack's Python framer
-    # (host/stack.py): a file that holds one goes through ViaBulkEncryptor
     via_sas = any(getattr(p, "via", None) for p in policies)
     if kernels() is None or (miniport is not None and not hasattr(miniport.kernels,
                                                                   "host_frame")):
@@ -683,10 +688,11 @@ def encrypt_capture(input_path, output_path, policies: Sequence[SaPolicy], *,
         if not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
         encryptor: "BatchEncryptor | ViaBulkEncryptor"
-        if via_sas:  # one worker: the Python framer holds the GIL
+        if via_sas and getattr(miniport, "iv_source", 0) == 1:  # IVs the stack draws (PACKET)
             encryptor = ViaBulkEncryptor(policies, summary, miniport)
-        else:
-            encryptor = BatchEncryptor(policies, summary, miniport, workers=workers)
+        else:  # a via SA shares its tunnel SA's numbers with that SA's own packets: one shard
+            encryptor = BatchEncryptor(policies, summary, miniport,
+                                       workers=1 if via_sas else workers)
         with out, contextlib.closing(encryptor):
             assert out.file is not None
             writer = None  # made at the first batch: a pcapng's interfaces come with its blocks
