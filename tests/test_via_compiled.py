@@ -188,3 +188,47 @@ def test_via_packets_are_not_cut_with_mss(tmp_path):
     big = bytes(IP(src="10.8.0.1", dst="10.9.1.5") / TCP(sport=5, dport=80) / bytes(3000))
     _, summary = _run(tmp_path, _sas("gcm", "gcm"), [big, big], mss=1000)
     assert summary.sas["inner"].lso_packets == 0 and summary.sas["inner"].frames_out == 2
+
+
+@pytest.mark.parametrize("inner,outer,udp", FORMS)
+@pytest.mark.parametrize("link", ["raw", "ethernet"])
+def test_host_stack_send_of_a_via_sa_equals_the_python_framer(inner, outer, udp, link):
+    """HostStack.build / send of a via SA in compiled code (tx_frame.stack_send with both
+    rows) equals the Python framer (compiled_framing = False): frames, out-of-band info,
+    both SAs' numbers and the IPv4 IDs, batch after batch; the tunnel SA's own packets take
+    its numbers between."""
+    from ipsecoffload import HostStack
+    from ipsecoffload.host import tx_frame
+    policies = parse_sa_list(json.loads(json.dumps(_sas(inner, outer, udp=udp))))
+    stacks = [HostStack(Miniport(random_source=random.Random(3).randbytes), link=link,
+                        ipv4_id=0xFFFE) for _ in range(2)]
+    stacks[1].compiled_framing = False
+    pairs = []
+    for stack in stacks:
+        u = stack.add_sa(policies[2].config)
+        pairs.append((stack.add_sa(policies[0].config, via=u), u))
+    packets = [p for p in _packets(24) if p[0] >> 4 == 4]
+    framed = []
+    original = tx_frame.stack_send
+
+    def spy(*args, **kwargs):
+        result = original(*args, **kwargs)
+        framed.append(result is not None)
+        return result
+    tx_frame.stack_send = spy
+    try:
+        for _ in range(2):
+            fast, slow = (s.build(packets, t) for s, (t, _) in zip(stacks, pairs))
+            assert fast.frames() == slow.frames()
+            assert fast.oob.tobytes() == slow.oob.tobytes()
+            fast, slow = (s.send(packets[:3], u) for s, (_, u) in zip(stacks, pairs))
+            assert fast.wire.frames() == slow.wire.frames()
+            fast, slow = (s.send(packets, t) for s, (t, _) in zip(stacks, pairs))
+            assert list(fast.status) == list(slow.status) == [0] * len(packets)
+            assert fast.wire.frames() == slow.wire.frames()
+            assert [(t.next_seq, u.next_seq) for t, u in pairs[:1]] == \
+                [(t.next_seq, u.next_seq) for t, u in pairs[1:]]
+            assert stacks[0].next_ipv4_id == stacks[1].next_ipv4_id
+    finally:
+        tx_frame.stack_send = original
+    assert framed and all(framed)  # the compiled framer framed every call of stacks[0]

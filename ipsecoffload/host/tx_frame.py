@@ -151,10 +151,15 @@ def sa_table(sas: Sequence) -> np.ndarray:
     return table
 
 
+def _layers_supported(sa) -> bool:
+    return getattr(sa.config, "protocol", "esp") in ("esp", "ah", "ah+esp")
+
+
 def supported(sa) -> bool:
-    """Whether HostStack.send / send_batch frame this SA in compiled code: ESP, AH or AH +
-    ESP (a transport SA over a tunnel SA, ``via``, is framed there by host/stack.py; the
-    capture path frames it in compiled code, with its tunnel SA's row in the same table)."""
+    """Whether the compiled framer frames this SA alone: ESP, AH or AH + ESP. A transport SA
+    over a tunnel SA (``via``) is framed with its tunnel SA's row in the same table
+    (``stack_send``, the capture path); ``send_batch`` sends it run by run through
+    host/stack.py."""
     config = sa.config
     return (getattr(config, "protocol", "esp") in ("esp", "ah", "ah+esp")
             and getattr(config, "via", None) is None and getattr(sa, "via", None) is None)
@@ -330,13 +335,17 @@ def _pack(packets) -> Optional[tuple]:
 
 
 def stack_send(stack, packets, sa, *, send: bool = True):
-    """HostStack.send / build of one ESP SA in compiled code, or None when the Python framer
+    """HostStack.send / build of one SA in compiled code (a ``via`` SA with its tunnel SA), or
+    None when the Python framer
     must run instead (it then raises what it raises today): a packet it refuses, too few
     sequence numbers, an ESN high-word crossing, pure-Python kernels. Same frames, OOB info,
     sequence numbers, IPv4 IDs and OIDs as the Python framer."""
     fp = kernels()
+    tunnel = getattr(sa, "via", None)
     if fp is None or not getattr(stack, "compiled_framing", True) or sa is None \
-            or not supported(sa) or not getattr(stack.miniport, "kernels", None) is fp:
+            or not (supported(sa) or (tunnel is not None and _layers_supported(sa)
+                                      and supported(tunnel))) \
+            or not getattr(stack.miniport, "kernels", None) is fp:
         return None
     assert fp is not None
     if isinstance(packets, (bytes, bytearray, memoryview)):
@@ -345,43 +354,56 @@ def stack_send(stack, packets, sa, *, send: bool = True):
     if not packets:
         return None
     stack._check_sa(sa)
+    if tunnel is not None:
+        stack._check_sa(tunnel)
+    # a transport SA over a tunnel SA (``via``): both rows, each taking one number a packet
+    sas = [sa] if tunnel is None else [sa, tunnel]
     packed = _pack(packets)
     if packed is None:
         return None
     arena, pkts = packed
     n = len(pkts)
-    first = sa.next_seq
-    limit = 2**64 - 1 if sa.config.esn else 2**32 - 1
-    if first + n - 1 > limit or (sa.config.esn and (first >> 32) != ((first + n - 1) >> 32)):
-        return None
+    firsts = [s.next_seq for s in sas]
+    for s, first in zip(sas, firsts):
+        limit = 2**64 - 1 if s.config.esn else 2**32 - 1
+        if first + n - 1 > limit or (s.config.esn and (first >> 32) != ((first + n - 1) >> 32)):
+            return None
     fp.host_parse_for_stack(arena, pkts.view(np.uint8), n)
     if (pkts["kind"] != PKT_ESP).any():
         return None
-    table = sa_table([sa])
-    versions = int(table["versions"][0])
-    bundles = {int(table["outer_ipv6"][0])} if sa.config.mode == "tunnel" \
-        else set((pkts["version"] == 6).astype(int).tolist())
-    if any(not (versions >> b) & 1 for b in bundles):
-        return None  # the Python framer names the packet it cannot carry
-    # dry run: anything refused leaves the SA, the IDs and the miniport untouched
-    saved_seq, saved_id = sa.next_seq, stack.next_ipv4_id
-    for b in sorted(bundles):
-        stack._ensure_bundle(sa, bool(b))
-    table["handle"][0] = [sa.handles.get(False, 0), sa.handles.get(True, 0)]
+    table = sa_table(sas)
+    bundle_sets = []
+    for row, s in enumerate(sas):
+        versions = int(table["versions"][row])
+        bundles = {int(table["outer_ipv6"][row])} if s.config.mode == "tunnel" \
+            else set((pkts["version"] == 6).astype(int).tolist())
+        if any(not (versions >> b) & 1 for b in bundles):
+            return None  # the Python framer names the packet it cannot carry
+        bundle_sets.append(bundles)
+    # dry run: anything refused leaves the SAs, the IDs and the miniport untouched
+    saved_seq, saved_id = [s.next_seq for s in sas], stack.next_ipv4_id
+    for row, (s, bundles) in enumerate(zip(sas, bundle_sets)):
+        for b in sorted(bundles):
+            stack._ensure_bundle(s, bool(b))
+        table["handle"][row] = [s.handles.get(False, 0), s.handles.get(True, 0)]
     l2_mode = 1 if stack.link == "ethernet" else 0
-    parts = frame_and_send(stack, arena, pkts, [sa], table, l2_mode=l2_mode, send=False)
+    parts = frame_and_send(stack, arena, pkts, sas, table, l2_mode=l2_mode, send=False)
     if len(parts) != 1 or (pkts["kind"] == PKT_DROP).any():
-        sa.next_seq, stack.next_ipv4_id = saved_seq, saved_id
+        for s, seq in zip(sas, saved_seq):
+            s.next_seq = seq
+        stack.next_ipv4_id = saved_id
         return None
     batch = parts[0].result
     if not send:
         return batch
-    if sa.config.esn:
-        stack._sync_seq_hi(sa, _bundles(table, 0), first >> 32)
+    for row, (s, first) in enumerate(zip(sas, firsts)):
+        if s.config.esn:
+            stack._sync_seq_hi(s, _bundles(table, row), first >> 32)
     from .stack import send_within_cap
     result = send_within_cap(stack.miniport, batch)
-    if sa.config.esn:
-        stack._sync_seq_hi(sa, _bundles(table, 0), (sa.next_seq - 1) >> 32)
+    for row, s in enumerate(sas):
+        if s.config.esn:
+            stack._sync_seq_hi(s, _bundles(table, row), (s.next_seq - 1) >> 32)
     return result
 
 
