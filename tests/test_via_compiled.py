@@ -232,3 +232,37 @@ def test_host_stack_send_of_a_via_sa_equals_the_python_framer(inner, outer, udp,
     finally:
         tx_frame.stack_send = original
     assert framed and all(framed)  # the compiled framer framed every call of stacks[0]
+
+
+@pytest.mark.parametrize("inner,outer,udp", [f for f in FORMS if f[2] != "transport"][::3])
+def test_send_batch_with_via_sas_equals_the_python_framer_run_by_run(inner, outer, udp):
+    """HostStack.send_batch frames via SAs in the compiled framer now, with the tunnel SA's
+    row in the table: its frames equal those of the Python framer sending the same runs of
+    consecutive packets one SA at a time; big TCP packets under the via SA are not cut (mss),
+    a malformed packet is a fault and the rest go."""
+    from ipsecoffload import HostStack
+    policies = parse_sa_list(json.loads(json.dumps(_sas(inner, outer, udp=udp))))
+    stacks = [HostStack(Miniport(random_source=random.Random(5).randbytes)) for _ in range(2)]
+    stacks[1].compiled_framing = False
+    pairs = []
+    for stack in stacks:
+        u = stack.add_sa(policies[2].config)
+        pairs.append((stack.add_sa(policies[0].config, via=u), u))
+    big = bytes(IP(src="10.8.0.1", dst="10.9.1.5") / TCP(sport=5, dport=80) / bytes(3000))
+    packets = [p for p in _packets(20) if p[0] >> 4 == 4] + [big, b"\x45junk", big]
+    which = [i % 3 for i in range(len(packets))]  # 0: the via SA, 1: the tunnel SA, 2: none
+    sent = stacks[0].send_batch(packets, [(pairs[0] + (None,))[w] for w in which], mss=500)
+    assert [i for i, _ in sent.faults] == [len(packets) - 2]
+    frames = []
+    t, u = pairs[1]
+    run: list = []
+    for k, (packet, w) in enumerate(zip(packets, which)):
+        if k == len(packets) - 2:
+            continue
+        if run and run[0][1] != w:
+            frames += stacks[1].send([p for p, _ in run], (t, u, None)[run[0][1]]).wire.frames()
+            run = []
+        run.append((packet, w))
+    frames += stacks[1].send([p for p, _ in run], (t, u, None)[run[0][1]]).wire.frames()
+    assert sent.result.wire.frames() == frames
+    assert (pairs[0][0].next_seq, pairs[0][1].next_seq) == (t.next_seq, u.next_seq)

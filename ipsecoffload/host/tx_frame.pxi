@@ -396,7 +396,7 @@ def host_mark_lso(const uint8_t[::1] arena, pkts, int64_t n, int64_t mss, sas, i
                   const int64_t[::1] limits not None):
     """HostStack.send_batch's LSO decision (host/tx_frame.py _mark_lso is the twin): each
     PKT_ESP row of n (host_parse_for_stack's, ``sa`` set) whose SA (a HostSa row of ``sas``)
-    is transport mode, TCP with more than ``mss`` payload bytes within the LSOv2 limits
+    is transport mode and not over a tunnel, TCP with more than ``mss`` payload bytes within the LSOv2 limits
     (``limits``: MaxOffLoadSize, MinSegmentCount for IPv4, then for IPv6), becomes PKT_LSO with
     its tcp_len and nsn."""
     cdef HostPkt* k = <HostPkt*>_host_buf(pkts, sizeof(HostPkt), n, "pkts")
@@ -417,7 +417,7 @@ def host_mark_lso(const uint8_t[::1] arena, pkts, int64_t n, int64_t mss, sas, i
             raise ValueError(f"packet {i} lies outside the arena")
     with nogil:
         for i in range(n):
-            if k[i].kind == PKT_ESP and not sa[k[i].sa].tunnel:
+            if k[i].kind == PKT_ESP and not sa[k[i].sa].tunnel and sa[k[i].sa].via < 0:
                 _mark_lso_one(base, &k[i], mss, &limits[0])
 
 

@@ -447,15 +447,20 @@ def send_batch(stack, packets, sas, *, mss: Optional[int] = None) -> BatchSend:
     for sa in per_packet:
         if sa is not None and id(sa) not in index:
             stack._check_sa(sa)
-            if getattr(sa, "via", None) is not None and getattr(
-                    sa.config, "protocol", "esp") == "esp":
-                nested = True  # transport over tunnel: the Python framer, run by run
+            if getattr(sa, "via", None) is not None and _layers_supported(sa):
+                nested = True  # transport over tunnel
             elif not supported(sa):
                 raise ValueError("send_batch frames ESP SAs; use send() for this SA")
             index[id(sa)] = len(distinct)
             distinct.append(sa)
-    if nested:
-        return _send_runs(stack, packets, per_packet, mss)
+    if nested and stack._needs_fresh_ivs():
+        return _send_runs(stack, packets, per_packet, mss)  # the Python framer draws the IVs
+    for sa in list(distinct):  # a via SA's tunnel SA: a row of the table too
+        tunnel = getattr(sa, "via", None)
+        if tunnel is not None and id(tunnel) not in index:
+            stack._check_sa(tunnel)
+            index[id(tunnel)] = len(distinct)
+            distinct.append(tunnel)
     arena, pkts = _pack([p if p is not None else b"" for p in packets]) or (None, None)
     if arena is None:
         raise TypeError("every packet must be bytes-like or a scapy packet")
@@ -496,8 +501,8 @@ def send_batch(stack, packets, sas, *, mss: Optional[int] = None) -> BatchSend:
 
 
 def _send_runs(stack, packets: list, per_packet: list, mss: Optional[int]) -> BatchSend:
-    """send_batch for a list that holds a ``via`` SA (transport over tunnel, framed by
-    host/stack.py): runs of consecutive packets of one SA through ``stack.send`` (TCP
+    """send_batch for a list that holds a ``via`` SA (transport over tunnel) on a miniport
+    whose IVs the stack draws (host/stack.py frames those with fresh IVs in both layers): runs of consecutive packets of one SA through ``stack.send`` (TCP
     packets over ``mss`` under a transport SA without ``via`` through ``send_lso``); a run
     the stack refuses is sent packet by packet, so only the refused packets are faults."""
     from .stack import SequenceNumberExhausted, parse_ip_packet
@@ -586,7 +591,8 @@ def _mark_lso(pkts, arena, mss, distinct, per_packet, index, lso_limits=None) ->
     for i in np.flatnonzero(pkts["kind"] == PKT_ESP).tolist():
         sa = per_packet[i]
         proto = int(pkts["proto"][i])
-        if sa is None or sa.config.mode != "transport" or proto not in (6, 60):
+        if sa is None or sa.config.mode != "transport" or proto not in (6, 60) \
+                or getattr(sa, "via", None) is not None:  # never LSO in a tunnel
             continue
         l4 = int(pkts["off"][i]) + int(pkts["l4_off"][i])
         end = int(pkts["off"][i]) + int(pkts["ip_len"][i])
