@@ -232,6 +232,20 @@ cdef int64_t tx_mark_run(BatchView b, const SaRecord* recs, NbPlan* plan0, int64
             p = plan0 + k
             if p.slot < 0 or p.nsegs <= 0:
                 continue
+            rec = recs + p.slot
+            if not p.nested and rec.n_xf == 1:  # one layer (the usual case): row 2 * slot
+                if not aead_suite(rec.xf[0].suite):
+                    continue
+                row = 2 * <int64_t>p.slot
+                if row >= n_rows or marks[2 * row] != rec.handle:
+                    fail(p, STATUS_FAILURE, REASON_UNKNOWN_HANDLE)
+                    failed += 1
+                elif p.sn64 <= marks[2 * row + 1]:
+                    fail(p, STATUS_FAILURE, REASON_SEQ_REUSED)
+                    failed += 1
+                else:
+                    marks[2 * row + 1] = p.sn64 + <uint64_t>(p.nsegs - 1)
+                continue
             bad = False
             # the layers: (slot, layer) of the plan's SA, then of the transport SA inside it
             for e in range(4):
