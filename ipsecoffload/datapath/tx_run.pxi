@@ -161,15 +161,25 @@ def run_op_groups(arena, ops, keys, backends, str direction, src=None):
     if n == 0:
         return
     cdef bint in_order = True, out_of_place = False
+    cdef uint64_t key, last = op_group_key(op0)
+    cdef int64_t changes = 0
     with nogil:
         for i in range(n):
             if op0[i].src_len:
                 out_of_place = True
-            if i and op_group_key(op0 + i) < op_group_key(op0 + i - 1):
+            key = op_group_key(op0 + i)
+            if key < last:
                 in_order = False
+            elif key != last:
+                changes += 1
+            last = key
     if out_of_place and src is None:
         raise ValueError("the op table has out-of-place ops (src_len > 0) and no source "
                          "arena was given (src)")
+    if in_order and changes == 0:  # one group (one SA, one pass): the usual case
+        _run_group(backends[op0[0].suite], direction, arena, ops, _op_order(n),
+                   keys[op0[0].key_row], src)
+        return
     if not in_order:
         order, groups = op_groups(ops)
         for start_, end, _pass, _kind, suite, key_row in groups.tolist():
