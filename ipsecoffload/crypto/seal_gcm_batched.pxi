@@ -177,18 +177,21 @@ cdef inline int64_t gcm_blocks_of(const CryptoOp* op) noexcept nogil:
     return 1 + (op.text_len + 15) // 16
 
 
-cdef int gcm_check_ops(int64_t size, const CryptoOp* op0, int64_t n_ops, const int32_t* idx,
-                       int64_t n, bint seal, int64_t src_size) except -1:
+cdef int64_t gcm_check_ops(int64_t size, const CryptoOp* op0, int64_t n_ops, const int32_t* idx,
+                           int64_t n, bint seal, int64_t src_size, int64_t limit) except -1:
     """Every op of the group lies inside the arena and is a GCM/GMAC ESP op, or an AH
     AES-GMAC sign (seal) or verify (open) op; an out-of-place op (src_len > 0: AES-GCM only)
-    reads inside the source (``src_size`` bytes; -1: none was given)."""
-    cdef int64_t i, j
+    reads inside the source (``src_size`` bytes; -1: none was given). Returns how many go
+    to OpenSSL one call each (gcm_one_call with ``limit``)."""
+    cdef int64_t i, j, big = 0
     cdef const CryptoOp* op
     for i in range(n):
         j = idx[i]
         if j < 0 or j >= n_ops:
             raise ValueError(f"idx[{i}] = {j} names no op")
         op = op0 + j
+        if gcm_one_call(op, limit):
+            big += 1
         if op.src_len:
             if op.suite != SUITE_AES_GCM:
                 raise ValueError(f"op {j} is out of place but not an AES-GCM op")
@@ -216,7 +219,7 @@ cdef int gcm_check_ops(int64_t size, const CryptoOp* op0, int64_t n_ops, const i
                 or op.text_off != op.auth_off + 16 or op.text_off > size - op.text_len
                 or op.icv_off < 0 or op.icv_off > size - op.icv_len):
             raise ValueError(f"op {j} reaches outside the arena")
-    return 0
+    return big
 
 
 cdef inline void gcm_aad_header(uint8_t* aad, int64_t* aad_len, const uint8_t* esp,
@@ -365,13 +368,12 @@ cdef class GcmBatchedBackend:
             raise ValueError("ops buffer size does not match the CryptoOp layout")
         if n == 0:
             return
-        gcm_check_ops(size, op0, ops_size // sizeof(CryptoOp), ix, n, seal, src_size)
-        cdef int64_t limit = gcm_one_call_limit(), i, big = 0
-        aead = getattr(keys, "aead", None) if limit != GCM_ONE_CALL_NEVER else None
-        if aead is not None:
-            for i in range(n):
-                if gcm_one_call(op0 + ix[i], limit):
-                    big += 1
+        cdef int64_t limit = gcm_one_call_limit(), i
+        cdef int64_t big = gcm_check_ops(size, op0, ops_size // sizeof(CryptoOp), ix, n, seal,
+                                         src_size, limit)
+        aead = getattr(keys, "aead", None) if big else None
+        if aead is None:
+            big = 0
         if big == 0:
             self._group(base, op0, ix, n, keys, seal, sbase)
             return
