@@ -17,7 +17,7 @@ from typing import Callable, NamedTuple, Optional, Sequence, cast
 import numpy as np
 
 from ..control.miniport import Miniport
-from ..datapath.layout import WIRE_FRAME_DTYPE
+from ..datapath.layout import WIRE_FRAME_DTYPE, IvSource
 from ..host.packetinfo import TCP, MalformedPacket, parse_packet
 from ..io.pcap import (DEFAULT_SNAPLEN, LINKTYPE_ETHERNET, PcapError, PcapReader,
                    PcapWriter, keep_truncation_warnings, l2_length)
@@ -504,10 +504,10 @@ class ViaBulkEncryptor:
     """A capture whose SA file holds a ``via`` SA (transport over tunnel), on a miniport whose
     IVs the stack draws (``iv_source="packet"``: the compiled framer leaves those to the
     Python one), through the bulk reader and writer, so pcapng, standard input and output
-    work as on the compiled path:
-    each batch's records are framed by CaptureEncryptor (host/stack.py frames ``via`` SAs;
-    the compiled framer does not, docs/send-path.md) on a raw-IP stack, each record keeping
-    its own link header, VLAN tags included; then ``capture_emit`` lays the records out."""
+    work as on the compiled path: each batch's records are framed by CaptureEncryptor
+    (host/stack.py, which draws fresh IVs for both layers) on a raw-IP stack, each record
+    keeping its own link header, VLAN tags included; then ``capture_emit`` lays the records
+    out."""
 
     def __init__(self, policies: Sequence[SaPolicy], summary: EncryptSummary,
                  miniport: Optional[Miniport] = None):
@@ -688,7 +688,7 @@ def encrypt_capture(input_path, output_path, policies: Sequence[SaPolicy], *,
         if not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
         encryptor: "BatchEncryptor | ViaBulkEncryptor"
-        if via_sas and getattr(miniport, "iv_source", 0) == 1:  # IVs the stack draws (PACKET)
+        if via_sas and getattr(miniport, "iv_source", None) == IvSource.PACKET:
             encryptor = ViaBulkEncryptor(policies, summary, miniport)
         else:  # a via SA shares its tunnel SA's numbers with that SA's own packets: one shard
             encryptor = BatchEncryptor(policies, summary, miniport,
