@@ -23,6 +23,8 @@ from ipsecoffload.io.decrypt import decrypt_capture
 from ipsecoffload.io.pcap import LINKTYPE_ETHERNET, LINKTYPE_RAW, read_pcap, write_pcap
 from ipsecoffload.io.safile import parse_sa_list
 
+from test_e2e import compiled_framing_calls  # the spy on tx_frame.stack_send
+
 T0 = 1_700_000_000 * 10**9
 
 LAYERS = {
@@ -205,7 +207,6 @@ def test_host_stack_send_of_a_via_sa_equals_the_python_framer(inner, outer, udp,
     both SAs' numbers and the IPv4 IDs, batch after batch; the tunnel SA's own packets take
     its numbers between."""
     from ipsecoffload import HostStack
-    from ipsecoffload.host import tx_frame
     policies = parse_sa_list(json.loads(json.dumps(_sas(inner, outer, udp=udp))))
     stacks = [HostStack(Miniport(random_source=random.Random(3).randbytes), link=link,
                         ipv4_id=0xFFFE) for _ in range(2)]
@@ -215,15 +216,7 @@ def test_host_stack_send_of_a_via_sa_equals_the_python_framer(inner, outer, udp,
         u = stack.add_sa(policies[2].config)
         pairs.append((stack.add_sa(policies[0].config, via=u), u))
     packets = [p for p in _packets(24) if p[0] >> 4 == 4]
-    framed = []
-    original = tx_frame.stack_send
-
-    def spy(*args, **kwargs):
-        result = original(*args, **kwargs)
-        framed.append(result is not None)
-        return result
-    tx_frame.stack_send = spy
-    try:
+    with compiled_framing_calls() as framed:
         for _ in range(2):
             fast, slow = (s.build(packets, t) for s, (t, _) in zip(stacks, pairs))
             assert fast.frames() == slow.frames()
@@ -236,8 +229,6 @@ def test_host_stack_send_of_a_via_sa_equals_the_python_framer(inner, outer, udp,
             assert [(t.next_seq, u.next_seq) for t, u in pairs[:1]] == \
                 [(t.next_seq, u.next_seq) for t, u in pairs[1:]]
             assert stacks[0].next_ipv4_id == stacks[1].next_ipv4_id
-    finally:
-        tx_frame.stack_send = original
     assert framed and all(framed)  # the compiled framer framed every call of stacks[0]
 
 

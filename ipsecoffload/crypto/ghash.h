@@ -1166,6 +1166,36 @@ IPO__API void ipo_ghash_update(int path, const ipo_ghash_key* k, uint8_t X[16],
     ipo__st64be(X + 8, x.lo);
 }
 
+/* A short message (an AAD of at most 16 bytes, at most IPO__SHORT_TEXT text bytes) on an
+ * x86 path: its one-pass code (src as ipo__crypt_from's, or NULL). Returns 0 when the
+ * message is longer or the path has none (portable), and does nothing then. */
+static int ipo__crypt_short(int open, int path, const ipo_ghash_key* k, const uint8_t* aad,
+                            size_t aad_len, uint8_t* text, size_t len, const uint8_t* src,
+                            size_t at, size_t n, const uint8_t* ks, const uint8_t ekj0[16],
+                            uint8_t tag[16]) {
+    if (aad_len > 16 || len > IPO__SHORT_TEXT) return 0;
+    switch (path) {
+#if IPO_GHASH_X86
+    case IPO_GHASH_PCLMUL:
+        ipo__crypt_short_pcl(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
+        return 1;
+    case IPO_GHASH_PCLMUL_AVX:
+#if IPO_GHASH_X86_WIDE
+    case IPO_GHASH_VPCLMUL256: /* the 128-bit code, VEX-encoded (AVX2 CPUs have AVX) */
+#endif
+        ipo__crypt_short_pclavx(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
+        return 1;
+#if IPO_GHASH_X86_WIDE
+    case IPO_GHASH_VPCLMUL512:
+        ipo__crypt_short_512(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
+        return 1;
+#endif
+#endif
+    default:
+        return 0;
+    }
+}
+
 static void ipo__crypt(int open, int path, const ipo_ghash_key* k, const uint8_t* aad,
                        size_t aad_len, uint8_t* text, size_t len, const uint8_t* ks,
                        const uint8_t ekj0[16], uint8_t tag[16]) {
@@ -1175,32 +1205,22 @@ static void ipo__crypt(int open, int path, const ipo_ghash_key* k, const uint8_t
         text = none;
         ks = none;
     }
+    if (ipo__crypt_short(open, path, k, aad, aad_len, text, len, NULL, 0, 0, ks, ekj0, tag))
+        return;
     switch (path) {
 #if IPO_GHASH_X86
     case IPO_GHASH_PCLMUL:
-        if (aad_len <= 16 && len <= IPO__SHORT_TEXT)
-            ipo__crypt_short_pcl(open, k, aad, aad_len, text, len, NULL, 0, 0, ks, ekj0, tag);
-        else
-            ipo__crypt_pcl(open, k, aad, aad_len, text, len, ks, ekj0, tag);
+        ipo__crypt_pcl(open, k, aad, aad_len, text, len, ks, ekj0, tag);
         return;
     case IPO_GHASH_PCLMUL_AVX:
-        if (aad_len <= 16 && len <= IPO__SHORT_TEXT)
-            ipo__crypt_short_pclavx(open, k, aad, aad_len, text, len, NULL, 0, 0, ks, ekj0, tag);
-        else
-            ipo__crypt_pclavx(open, k, aad, aad_len, text, len, ks, ekj0, tag);
+        ipo__crypt_pclavx(open, k, aad, aad_len, text, len, ks, ekj0, tag);
         return;
 #if IPO_GHASH_X86_WIDE
     case IPO_GHASH_VPCLMUL256:
-        if (aad_len <= 16 && len <= IPO__SHORT_TEXT)
-            ipo__crypt_short_pclavx(open, k, aad, aad_len, text, len, NULL, 0, 0, ks, ekj0, tag);
-        else
-            ipo__crypt_256(open, k, aad, aad_len, text, len, ks, ekj0, tag);
+        ipo__crypt_256(open, k, aad, aad_len, text, len, ks, ekj0, tag);
         return;
     case IPO_GHASH_VPCLMUL512:
-        if (aad_len <= 16 && len <= IPO__SHORT_TEXT)
-            ipo__crypt_short_512(open, k, aad, aad_len, text, len, NULL, 0, 0, ks, ekj0, tag);
-        else
-            ipo__crypt_512(open, k, aad, aad_len, text, len, ks, ekj0, tag);
+        ipo__crypt_512(open, k, aad, aad_len, text, len, ks, ekj0, tag);
         return;
 #endif
 #endif
@@ -1234,32 +1254,22 @@ static void ipo__crypt_from(int open, int path, const ipo_ghash_key* k, const ui
     }
     if (n > len - at) n = len - at;
     if (!aad_len) aad = none;
+    if (ipo__crypt_short(open, path, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag))
+        return;
     switch (path) {
 #if IPO_GHASH_X86
     case IPO_GHASH_PCLMUL:
-        if (aad_len <= 16 && len <= IPO__SHORT_TEXT)
-            ipo__crypt_short_pcl(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
-        else
-            ipo__crypt_from_pcl(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
+        ipo__crypt_from_pcl(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
         return;
     case IPO_GHASH_PCLMUL_AVX:
-        if (aad_len <= 16 && len <= IPO__SHORT_TEXT)
-            ipo__crypt_short_pclavx(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
-        else
-            ipo__crypt_from_pclavx(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
+        ipo__crypt_from_pclavx(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
         return;
 #if IPO_GHASH_X86_WIDE
     case IPO_GHASH_VPCLMUL256:
-        if (aad_len <= 16 && len <= IPO__SHORT_TEXT)
-            ipo__crypt_short_pclavx(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
-        else
-            ipo__crypt_from_256(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
+        ipo__crypt_from_256(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
         return;
     case IPO_GHASH_VPCLMUL512:
-        if (aad_len <= 16 && len <= IPO__SHORT_TEXT)
-            ipo__crypt_short_512(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
-        else
-            ipo__crypt_from_512(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
+        ipo__crypt_from_512(open, k, aad, aad_len, text, len, src, at, n, ks, ekj0, tag);
         return;
 #endif
 #endif

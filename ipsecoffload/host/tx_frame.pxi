@@ -510,6 +510,38 @@ cdef inline bint _too_long(int64_t total, bint v6) noexcept nogil:
     return (not v6 and total > 0xFFFF) or (v6 and total - 40 > 0xFFFF)
 
 
+cdef inline void _outer_header(uint8_t* d, const uint8_t* ip, bint inner_v6, const HostSa* u,
+                               uint8_t proto, int ttl, int df_policy,
+                               int* ipv4_id) noexcept nogil:
+    """A tunnel SA's outer header over the inner packet ``ip``, but for its lengths and
+    checksum (_ip_length): DSCP and ECN copied (RFC 6040 normal mode), the flow label from an
+    IPv6 inner packet, the stack's TTL, IPv4 Identification and DF policy (0 copy, 1 set,
+    2 clear)."""
+    cdef uint8_t tos
+    cdef uint32_t flow
+    cdef bint df
+    if not inner_v6:
+        tos = ip[1]
+        flow = 0
+    else:
+        tos = ((ip[0] & 0x0F) << 4) | (ip[1] >> 4)
+        flow = ((ip[1] & 0x0F) << 16) | (ip[2] << 8) | ip[3]
+    if not u.outer_ipv6:
+        df = (not inner_v6 and (ip[6] & 0x40) != 0) if df_policy == 0 else df_policy == 1
+        d[0], d[1] = 0x45, tos
+        st16(d + 4, <uint32_t>ipv4_id[0])
+        ipv4_id[0] = (ipv4_id[0] + 1) & 0xFFFF
+        st16(d + 6, 0x4000 if df else 0)
+        d[8], d[9] = <uint8_t>ttl, proto
+        memcpy(d + 12, u.tun_src, 4)
+        memcpy(d + 16, u.tun_dst, 4)
+    else:
+        st32(d, (6u << 28) | (<uint32_t>tos << 20) | flow)
+        d[6], d[7] = proto, <uint8_t>ttl
+        memcpy(d + 8, u.tun_src, 16)
+        memcpy(d + 24, u.tun_dst, 16)
+
+
 cdef int64_t _frame_via(uint8_t* o, int64_t room, const uint8_t* rec, const uint8_t* ip,
                         HostPkt* q, HostSa* s, HostSa* u, int l2_mode, const uint8_t* macs,
                         int ttl, int df_policy, int* ipv4_id, NblOob* ob) noexcept nogil:
@@ -521,11 +553,10 @@ cdef int64_t _frame_via(uint8_t* o, int64_t room, const uint8_t* rec, const uint
     -1 with q.kind and q.fault set when the stack refuses the packet (nothing taken); -2 when
     the first ESN number either SA would use here has another high word than the first one
     it used in this call (the caller sends, updates the SA and calls again)."""
-    cdef int tb = q.version == 6, ub = u.outer_ipv6, df
+    cdef int tb = q.version == 6, ub = u.outer_ipv6
     cdef int64_t udp_t, ahl_t, esph_t, hl_t, esp_off_t, payload_t, pad_t, total_t
     cdef int64_t udp_u, ahl_u, esph_u, hl_u, esp_off_u, pad_u, total_u, l2, l2o
-    cdef uint8_t nxt_t, nxt_u, proto_t, proto_u, tos
-    cdef uint32_t flow
+    cdef uint8_t nxt_t, nxt_u, proto_t, proto_u
     cdef uint64_t sn_t, sn_u
     cdef uint8_t* d
     cdef uint8_t* t
@@ -616,30 +647,7 @@ cdef int64_t _frame_via(uint8_t* o, int64_t room, const uint8_t* rec, const uint
         st16(t + hl_t + 4, <uint32_t>(total_t - hl_t))
         t[hl_t + 6], t[hl_t + 7] = 0, 0
     _ip_length(t, total_t, hl_t)
-    # the outer header: ECN and DSCP copied (RFC 6040 normal mode), DF by the stack's policy
-    if not tb:
-        tos = ip[1]
-        flow = 0
-    else:
-        tos = ((ip[0] & 0x0F) << 4) | (ip[1] >> 4)
-        flow = ((ip[1] & 0x0F) << 16) | (ip[2] << 8) | ip[3]
-    if not ub:
-        if df_policy == 0:
-            df = not tb and (ip[6] & 0x40) != 0
-        else:
-            df = df_policy == 1
-        d[0], d[1] = 0x45, tos
-        st16(d + 4, <uint32_t>ipv4_id[0])
-        ipv4_id[0] = (ipv4_id[0] + 1) & 0xFFFF
-        st16(d + 6, 0x4000 if df else 0)
-        d[8], d[9] = <uint8_t>ttl, proto_u
-        memcpy(d + 12, u.tun_src, 4)
-        memcpy(d + 16, u.tun_dst, 4)
-    else:
-        st32(d, (6u << 28) | (<uint32_t>tos << 20) | flow)
-        d[6], d[7] = proto_u, <uint8_t>ttl
-        memcpy(d + 8, u.tun_src, 16)
-        memcpy(d + 24, u.tun_dst, 16)
+    _outer_header(d, ip, tb, u, proto_u, ttl, df_policy, ipv4_id)
     if ahl_u:
         _ah_header(d + hl_u, nxt_u if u.ah == 1 else 50, ahl_u, u.ah_spi, sn_u)
     if esph_u:
@@ -685,11 +693,10 @@ def host_frame(const uint8_t[::1] arena, pkts, int64_t start, int64_t end, sas, 
     cdef uint8_t* e
     cdef HostPkt* q
     cdef HostSa* s
-    cdef int bundle, v6out, df, stop = 0
-    cdef uint8_t nxt, tos, nh_ext, proto_out
-    cdef uint32_t flow
+    cdef int bundle, v6out
+    cdef uint8_t nxt, nh_ext, proto_out
     cdef uint64_t sn, last, seed
-    cdef int64_t m, l2o, v
+    cdef int64_t l2o, v
     if macs.shape[0] < 12 and l2_mode == 1:
         raise ValueError("macs must hold 12 bytes")
     if start < 0:
@@ -849,29 +856,7 @@ def host_frame(const uint8_t[::1] arena, pkts, int64_t start, int64_t end, sas, 
             l2 = _link(o + pos, rec, q, l2_mode, &macs[0] if macs.shape[0] else NULL, v6out)
             d = o + pos + l2
             if s.tunnel:
-                if q.version == 4:
-                    tos = ip[1]
-                    flow = 0
-                else:
-                    tos = ((ip[0] & 0x0F) << 4) | (ip[1] >> 4)
-                    flow = ((ip[1] & 0x0F) << 16) | (ip[2] << 8) | ip[3]
-                if not s.outer_ipv6:
-                    if df_policy == 0:
-                        df = q.version == 4 and (ip[6] & 0x40) != 0
-                    else:
-                        df = df_policy == 1
-                    d[0], d[1] = 0x45, tos
-                    st16(d + 4, <uint32_t>ipv4_id)
-                    ipv4_id = (ipv4_id + 1) & 0xFFFF
-                    st16(d + 6, 0x4000 if df else 0)
-                    d[8], d[9] = <uint8_t>ttl, proto_out
-                    memcpy(d + 12, s.tun_src, 4)
-                    memcpy(d + 16, s.tun_dst, 4)
-                else:
-                    st32(d, (6u << 28) | (<uint32_t>tos << 20) | flow)
-                    d[6], d[7] = proto_out, <uint8_t>ttl
-                    memcpy(d + 8, s.tun_src, 16)
-                    memcpy(d + 24, s.tun_dst, 16)
+                _outer_header(d, ip, q.version == 6, s, proto_out, ttl, df_policy, &ipv4_id)
                 memcpy(d + esp_off + esph, ip, q.ip_len)
             else:
                 copy_ip_header(d, ip, hl)

@@ -160,9 +160,8 @@ def supported(sa) -> bool:
     over a tunnel SA (``via``) is framed with its tunnel SA's row in the same table
     (``stack_send``, the capture path); ``send_batch`` sends it run by run through
     host/stack.py."""
-    config = sa.config
-    return (getattr(config, "protocol", "esp") in ("esp", "ah", "ah+esp")
-            and getattr(config, "via", None) is None and getattr(sa, "via", None) is None)
+    return (_layers_supported(sa) and getattr(sa.config, "via", None) is None
+            and getattr(sa, "via", None) is None)
 
 
 # -- one framed send --------------------------------------------------------------------------
