@@ -4,8 +4,9 @@ the compiled scan (io/capture_scan.pxi), and output records written from whole a
 
 ``BulkReader.batches(n)`` yields ``RecordBatch``es: one arena (a view of the read buffer, valid
 until the next batch is asked for) and HostPkt rows (host/tx_frame.py) with each record's
-offset, captured length, timestamp in ns, interface and link (Ethernet or raw IP). Memory is
-the chunk plus the batch, whatever the capture's size. ``BulkWriter`` writes pcap or pcapng
+offset, captured length, timestamp in ns, interface and link (Ethernet or raw IP). From a
+regular file the next chunk is read ahead on a thread. Memory is two chunks plus the batch,
+whatever the capture's size. ``BulkWriter`` writes pcap or pcapng
 records that ``capture_emit`` laid out. io/pcap.py's record-by-record reader is the twin.
 """
 from __future__ import annotations
@@ -22,6 +23,10 @@ from .pcap import (_GLOBAL_LE, _READ_LINKTYPES, DEFAULT_SNAPLEN, LINKTYPE_ETHERN
                    MAGIC_US, PcapError, _unsupported_linktype)
 
 CHUNK = 4 << 20
+# Room before a chunk read ahead (BulkReader): the start of a record or block cut by the end
+# of the chunk before is moved there, ahead of the new bytes. A pcapng block is at most 1 MiB
+# (and a pcap record at most MAX_RECORD), so a longer start is rare and joined by a copy.
+READ_AHEAD_HEAD = 1 << 20
 # A record longer than its snap length, or than this when the file sets none, is corruption.
 MAX_RECORD = 256 * 1024
 # Frames of at least this many bytes on average are written from where they lie (writev,
@@ -55,7 +60,8 @@ class BulkReader:
     input) or a binary file object. ``interfaces`` grows as pcapng IDBs are met (every
     section's interfaces, numbered in file order); a pcap file has one."""
 
-    def __init__(self, source, *, chunk: int = CHUNK, limit: Optional[int] = None):
+    def __init__(self, source, *, chunk: int = CHUNK, limit: Optional[int] = None,
+                 background: Optional[bool] = None):
         self.name = "<stdin>" if source == "-" else (
             os.fsdecode(source) if isinstance(source, (str, bytes, os.PathLike))
             else str(getattr(source, "name", repr(source))))
@@ -76,9 +82,23 @@ class BulkReader:
                 self.size = st.st_size
         except (OSError, AttributeError, ValueError):
             pass
-        self._buf = np.empty(chunk, np.uint8)
+        self._chunk = chunk
+        self._head = min(chunk, READ_AHEAD_HEAD)
+        self._buf = np.empty(self._head + chunk, np.uint8)
         self._pos = self._end = 0
         self._eof = False
+        # read-ahead (a regular file unless told): the next chunk is read into the spare
+        # buffer on a thread while the current one is scanned and encrypted (the read
+        # releases the GIL, so the kernel's copy runs on another core)
+        self._pool: Optional[Any] = None
+        self._pending: Optional[Any] = None  # the Future of the read in flight
+        self._spare = self._buf
+        if background is None:
+            background = self.size is not None
+        if background and hasattr(self._file, "readinto"):
+            from concurrent.futures import ThreadPoolExecutor
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ipsecoffload-read")
+            self._spare = np.empty_like(self._buf)
         self.bytes_read = 0
         self.records_read = 0
         self.limit = limit
@@ -95,25 +115,60 @@ class BulkReader:
     def _fill(self, need: int) -> bool:
         """At least ``need`` bytes from _pos in the buffer, unless the file ends first."""
         while self._end - self._pos < need and not self._eof:
+            if self._pending is not None:
+                self._take_read_ahead()
+            else:
+                self._read(need)
+            if self._pool is not None and self._pending is None and not self._eof:
+                view = self._spare.data[self._head:self._head + self._chunk]
+                self._pending = self._pool.submit(getattr(self._file, "readinto"), view)
+        return self._end - self._pos >= need
+
+    def _read(self, need: int) -> None:
+        """One read into the buffer after its bytes from _pos (moved to the front)."""
+        if self._pos:
+            left = self._end - self._pos
+            self._buf[:left] = self._buf[self._pos:self._end]
+            self._pos, self._end = 0, left
+        if need > len(self._buf):
+            grown = np.empty(max(need, 2 * len(self._buf)), np.uint8)
+            grown[:self._end] = self._buf[:self._end]
+            self._buf = grown
+        view = self._buf.data[self._end:]
+        got = self._file.readinto(view) if hasattr(self._file, "readinto") else None
+        if got is None:
+            data = self._file.read(len(view))
+            got = len(data)
+            view[:got] = data
+        self._got(got)
+
+    def _take_read_ahead(self) -> None:
+        """The chunk read ahead into the spare buffer becomes the buffer, after the bytes
+        from _pos (a record or block the chunk before cut short)."""
+        pending, self._pending = self._pending, None
+        assert pending is not None
+        got = pending.result() or 0
+        head, left = self._head, self._end - self._pos
+        if left <= head:
+            self._spare[head - left:head] = self._buf[self._pos:self._end]
+            self._buf, self._spare = self._spare, self._buf
+            self._pos, self._end = head - left, head
+        else:  # a long start: joined in the buffer, the spare's bytes copied after it
             if self._pos:
-                left = self._end - self._pos
                 self._buf[:left] = self._buf[self._pos:self._end]
                 self._pos, self._end = 0, left
-            if need > len(self._buf):
-                grown = np.empty(max(need, 2 * len(self._buf)), np.uint8)
-                grown[:self._end] = self._buf[:self._end]
+            if left + got > len(self._buf):
+                grown = np.empty(max(left + got, 2 * len(self._buf)), np.uint8)
+                grown[:left] = self._buf[:left]
                 self._buf = grown
-            view = self._buf.data[self._end:]
-            got = self._file.readinto(view) if hasattr(self._file, "readinto") else None
-            if got is None:
-                data = self._file.read(len(view))
-                got = len(data)
-                view[:got] = data
-            if not got:
-                self._eof = True
-            self._end += got
-            self.bytes_read += got
-        return self._end - self._pos >= need
+            self._buf[left:left + got] = self._spare[head:head + got]
+        self._got(got)
+
+    def _got(self, got: int) -> None:
+        if not got:
+            self._eof = True
+        self._end += got
+        self.bytes_read += got
 
     def _take(self, n: int) -> bytes:
         data = self._buf[self._pos:self._pos + n].tobytes()
@@ -269,8 +324,21 @@ class BulkReader:
             f"truncated ({left} bytes at the end of the file) and was dropped.")
 
     def close(self) -> None:
-        if self._owns:
-            self._file.close()
+        """Waits for the read in flight (its outcome no longer matters) and closes the file
+        if the reader opened it."""
+        pending, self._pending = self._pending, None
+        try:
+            if pending is not None:
+                try:
+                    pending.result()
+                except Exception:
+                    pass
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+        finally:
+            if self._owns:
+                self._file.close()
 
     def __enter__(self) -> "BulkReader":
         return self
