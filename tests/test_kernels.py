@@ -1908,6 +1908,20 @@ def test_op_groups_many_key_rows(n, n_keys):
     assert order.tolist() == list(range(n))  # a sorted table keeps its order
 
 
+@pytest.mark.parametrize("distinct", [1, 2, 8, 63, 64, 65, 200])
+@pytest.mark.parametrize("n", [256, 1000])
+def test_op_groups_interleaved_sas(n, distinct):
+    """Ops of ``distinct`` keys in turn (a gateway's SAs round robin), the keys in a shuffled
+    order: one group per key, the ops of each in table order, as the twin groups them."""
+    rng = np.random.default_rng(n + distinct)
+    keys = [(int(rng.integers(0, 2)), int(OpKind.ESP_SEAL), int(rng.integers(1, 5)),
+             int(k) * 3 - 90) for k in rng.permutation(distinct)]
+    keys = list(dict.fromkeys(keys))
+    rows = [keys[i % len(keys)] for i in range(n)]
+    order, groups = _groups_both(_op_table(rows))
+    assert len(groups) == len(keys)
+
+
 def test_op_groups_of_an_empty_table(kernels):
     order, groups = kernels.op_groups(np.zeros(0, np.uint8))
     assert order.shape == (0,) and order.dtype == np.int32
