@@ -706,7 +706,7 @@ class HostStack(ReceiveMixin):
         if isinstance(packets, (bytes, bytearray, memoryview)):
             return packets, None
         packets = list(packets)
-        if not all(type(p) is bytes for p in packets):
+        if not set(map(type, packets)) <= {bytes}:  # map and set: no Python per packet
             packets = [p if isinstance(p, (bytes, bytearray, memoryview))
                        or not hasattr(type(p), "__bytes__") else bytes(p) for p in packets]
         if ivs is not None or not self.compiled_framing or (send and self._needs_fresh_ivs()):

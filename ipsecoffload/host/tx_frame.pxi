@@ -309,6 +309,23 @@ def host_classify(const uint8_t[::1] arena, pkts, int64_t n, selectors, int64_t 
                 k[i].kind = PKT_DROP
 
 
+def host_pack(list packets, uint8_t[::1] out, pkts):
+    """The bytes objects of ``packets`` copied into ``out`` where HostPkt rows ``pkts`` (one
+    per packet, off and cap_len set) place them: b"".join's work into a buffer the caller
+    keeps (host/tx_frame.py _pack)."""
+    cdef int64_t n = len(packets), i, size = out.shape[0]
+    cdef HostPkt* k = <HostPkt*>_host_buf(pkts, sizeof(HostPkt), n, "pkts")
+    cdef object p
+    for i in range(n):
+        p = packets[i]
+        if not PyBytes_CheckExact(p) or PyBytes_GET_SIZE(p) != k[i].cap_len:
+            raise ValueError(f"packet {i} is not bytes of its row's length")
+        if k[i].off < 0 or k[i].off + k[i].cap_len > size:
+            raise ValueError(f"packet {i} lies outside the arena")
+        if k[i].cap_len:
+            memcpy(&out[k[i].off], PyBytes_AS_STRING(p), k[i].cap_len)
+
+
 def host_parse_for_stack(const uint8_t[::1] arena, pkts, int64_t n):
     """HostStack.send's parse (host/stack.py parse_ip_packet) of n raw IP packets: IP fields,
     kind PKT_ESP with sa 0, or PKT_DROP with the fault (the Python framer then says why). A

@@ -282,6 +282,10 @@ def _send_by_output(stack, batch, pkts: np.ndarray, start: int, stop: int, sende
         yield FramedPart(lo, hi, result)
 
 
+# HostStack.send keeps its framing buffers for the next send up to this size
+SCRATCH_KEEP_MAX = 8 << 20
+
+
 def _buffers(scratch: Optional[dict], size: int, n: int) -> tuple:
     """The framing buffers: fresh, or the caller's kept ones when they are big enough (large
     fresh buffers cost a page fault per page, batch after batch)."""
@@ -316,21 +320,31 @@ def _bundles(table: np.ndarray, s: int) -> list:
 
 
 # -- HostStack.send / build dispatch -----------------------------------------------------------
-def _pack(packets) -> Optional[tuple]:
-    """One arena and HostPkt rows for a list of bytes-like packets; None if one is not."""
+def _pack(packets, scratch: Optional[dict] = None) -> Optional[tuple]:
+    """One arena and HostPkt rows for a list of bytes-like packets; None if one is not.
+    ``scratch`` (a dict the caller keeps): bytes packets are copied into its buffer, kept for
+    the next call up to SCRATCH_KEEP_MAX, instead of a new one."""
     chunks = packets if isinstance(packets, list) else list(packets)
-    if all(type(packet) is bytes for packet in chunks):  # the usual case: len is the size
+    all_bytes = set(map(type, chunks)) <= {bytes}
+    if all_bytes:  # the usual case: len is the size
         lengths = np.fromiter(map(len, chunks), np.int64, len(chunks))
     else:
         if not all(isinstance(packet, (bytes, bytearray, memoryview)) for packet in chunks):
             return None
         lengths = np.fromiter((memoryview(c).nbytes for c in chunks), np.int64, len(chunks))
     pkts = np.zeros(len(chunks), HOST_PKT_DTYPE)
-    if len(chunks):
-        pkts["cap_len"] = lengths
-        np.cumsum(lengths[:-1], out=pkts["off"][1:])
-    arena = np.frombuffer(b"".join(chunks), np.uint8) if chunks else np.zeros(0, np.uint8)
-    return arena, pkts
+    if not chunks:
+        return np.zeros(0, np.uint8), pkts
+    pkts["cap_len"] = lengths
+    np.cumsum(lengths[:-1], out=pkts["off"][1:])
+    total = int(pkts["off"][-1]) + int(lengths[-1])
+    if scratch is None or not all_bytes or total > SCRATCH_KEEP_MAX:
+        return np.frombuffer(b"".join(chunks), np.uint8), pkts
+    buf = scratch.get("packets")
+    if buf is None or len(buf) < total:
+        buf = scratch["packets"] = np.empty(max(total, 1 << 16), np.uint8)
+    kernels().host_pack(chunks, buf, pkts.view(np.uint8))
+    return buf[:total], pkts
 
 
 def stack_send(stack, packets, sa, *, send: bool = True):
@@ -357,7 +371,10 @@ def stack_send(stack, packets, sa, *, send: bool = True):
         stack._check_sa(tunnel)
     # a transport SA over a tunnel SA (``via``): both rows, each taking one number a packet
     sas = [sa] if tunnel is None else [sa, tunnel]
-    packed = _pack(packets)
+    # a send's buffers do not outlive it: kept on the stack for the next send (fresh ones
+    # fault in page by page, send after send: docs/send-path.md, "Host framing")
+    scratch = stack.__dict__.setdefault("_send_scratch", {}) if send else None
+    packed = _pack(packets, scratch)
     if packed is None:
         return None
     arena, pkts = packed
@@ -386,7 +403,10 @@ def stack_send(stack, packets, sa, *, send: bool = True):
             stack._ensure_bundle(s, bool(b))
         table["handle"][row] = [s.handles.get(False, 0), s.handles.get(True, 0)]
     l2_mode = 1 if stack.link == "ethernet" else 0
-    parts = frame_and_send(stack, arena, pkts, sas, table, l2_mode=l2_mode, send=False)
+    if arena.nbytes + 384 * n > SCRATCH_KEEP_MAX:
+        scratch = None
+    parts = frame_and_send(stack, arena, pkts, sas, table, l2_mode=l2_mode, send=False,
+                           scratch=scratch)
     if len(parts) != 1 or (pkts["kind"] == PKT_DROP).any():
         for s, seq in zip(sas, saved_seq):
             s.next_seq = seq

@@ -1,0 +1,108 @@
+"""HostStack.send keeps its input and framing buffers for the next send (host/tx_frame.py
+_pack and stack_send, docs/send-path.md "Host framing"): nothing a send returns may lie in
+them, so results, built batches and later sends stay intact; host_pack refuses rows that do
+not match its packets."""
+import random
+
+import numpy as np
+import pytest
+from scapy.layers.inet import IP, UDP
+
+from ipsecoffload.control.miniport import Miniport
+from ipsecoffload.host import tx_frame
+from ipsecoffload.host.saconfig import SaConfig
+from ipsecoffload.host.stack import HostStack
+from ipsecoffload.host.tx_frame import HOST_PKT_DTYPE, SCRATCH_KEEP_MAX, kernels
+
+from test_e2e import compiled_framing_calls
+
+pytestmark = pytest.mark.skipif(kernels() is None, reason="the compiled kernels are not built")
+
+
+def packets(seed: int, n: int, size_max: int = 1500) -> list:
+    rng = random.Random(seed)
+    return [bytes(IP(src="10.0.0.1", dst=f"10.0.{rng.randrange(1, 250)}.9", id=k)
+                  / UDP(sport=rng.randrange(1024, 65535), dport=4000)
+                  / rng.randbytes(rng.randrange(0, size_max)))
+            for k in range(n)]
+
+
+def stack_and_sa(seed: int = 1):
+    stack = HostStack(Miniport())
+    config = SaConfig(spi=0x1234 + seed, encryption="aes-gcm-128", key=bytes(range(20)))
+    return stack, stack.add_sa(config)
+
+
+def frames_of(result) -> list:
+    return [bytes(f) for f in result.wire.frames()]
+
+
+def test_results_survive_later_sends():
+    stack, sa = stack_and_sa()
+    twin_stack, twin_sa = stack_and_sa()
+    twin_stack.compiled_framing = False  # the Python framer: its own buffers every time
+    results, copies = [], []
+    with compiled_framing_calls() as calls:
+        for k, size in enumerate((1500, 64, 1500, 9000, 200)):
+            batch = packets(k, 64 + 32 * k, size)
+            result = stack.send(batch, sa)
+            results.append(result)
+            copies.append(frames_of(result))
+            assert copies[-1] == frames_of(twin_stack.send(batch, twin_sa))
+    assert calls == [True] * 5
+    # every earlier result still holds its own frames after the sends that followed
+    assert [frames_of(r) for r in results] == copies
+
+
+def test_a_built_batch_survives_later_sends():
+    stack, sa = stack_and_sa()
+    batch = stack.build(packets(7, 50), sa)
+    arena = np.array(batch.arena, copy=True)
+    for k in range(4):  # sends that fit in buffers of the build's size
+        stack.send(packets(8 + k, 10 + 10 * k), sa)
+    assert np.array_equal(batch.arena, arena)
+
+
+def test_scratch_is_kept_and_bounded():
+    stack, sa = stack_and_sa()
+    stack.send(packets(1, 100), sa)
+    scratch = stack._send_scratch
+    kept = scratch["packets"]
+    stack.send(packets(2, 50), sa)
+    assert scratch["packets"] is kept  # reused, not made again
+    # a send larger than the bound neither grows nor replaces the kept buffers
+    big = [bytes(IP(src="10.0.0.1", dst="10.0.0.2") / UDP() / bytes(1400))] * \
+        (SCRATCH_KEEP_MAX // 1400 + 10)
+    result = stack.send(big, sa)
+    assert len(result.status) == len(big) and not result.status.any()
+    assert scratch["packets"] is kept and scratch["size"] <= SCRATCH_KEEP_MAX
+
+
+def test_bytes_likes_and_scapy_packets():
+    stack, sa = stack_and_sa()
+    twin_stack, twin_sa = stack_and_sa()
+    batch = packets(4, 40)
+    mixed = [bytearray(p) if k % 3 == 0 else memoryview(p) if k % 3 == 1 else IP(p)
+             for k, p in enumerate(batch)]
+    assert frames_of(stack.send(mixed, sa)) == frames_of(twin_stack.send(batch, twin_sa))
+
+
+def test_host_pack_refuses_rows_that_do_not_fit():
+    fp = kernels()
+    chunks = [b"abc", b"", b"defgh"]
+    pkts = np.zeros(3, HOST_PKT_DTYPE)
+    pkts["cap_len"] = [3, 0, 5]
+    pkts["off"] = [0, 3, 3]
+    out = np.zeros(8, np.uint8)
+    fp.host_pack(chunks, out, pkts.view(np.uint8))
+    assert out.tobytes() == b"abcdefgh"
+    pkts["off"][2] = 4  # past the end
+    with pytest.raises(ValueError, match="outside"):
+        fp.host_pack(chunks, out, pkts.view(np.uint8))
+    pkts["off"][2], pkts["cap_len"][2] = 3, 4  # a row shorter than its packet
+    with pytest.raises(ValueError, match="length"):
+        fp.host_pack(chunks, out, pkts.view(np.uint8))
+    with pytest.raises(ValueError, match="not bytes"):
+        fp.host_pack([b"abc", bytearray(), b"defgh"], out, pkts.view(np.uint8))
+    with pytest.raises(ValueError):
+        fp.host_pack(chunks[:2], out, pkts.view(np.uint8)[:10])  # rows cut short
