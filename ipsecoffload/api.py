@@ -193,7 +193,7 @@ def sa_config(sa: SaLike) -> SaConfig:
     if isinstance(sa, SaPolicy):
         return sa.config
     if isinstance(sa, Mapping):
-        return parse_sa_list([dict(sa)], "sa")[0].config
+        return _parsed_state(sa)[0]
     raise TypeError(f"sa must be an SaConfig, an SaPolicy or a dict in the SA-file format, "
                     f"got {type(sa).__name__}")
 
@@ -244,7 +244,7 @@ class Encryptor:
         errors: List[Optional[str]] = [None] * n
         jobs: List[Tuple[int, bytes, bool]] = []  # (input index, packet, LSO)
         lso_allowed = mss is not None and self.config.mode == "transport"
-        if not lso_allowed and all(type(item) is bytes for item in items):
+        if not lso_allowed and set(map(type, items)) <= {bytes}:
             with self._lock:  # the usual call: bytes, no LSO, one send
                 self._send_all(items, segments, status, errors)
             return PacketResults(segments, status, errors)
@@ -382,7 +382,7 @@ class Encryptor:
             # every packet sent, one frame each, in order: no per-packet bookkeeping
             lo = indexes[0] if indexes else 0
             if indexes and indexes[-1] - lo + 1 == len(indexes):  # a contiguous run
-                segments[lo:lo + len(frames)] = [(frame,) for frame in frames]
+                segments[lo:lo + len(frames)] = list(zip(frames))  # (frame,) each
                 status[lo:lo + len(frames)] = [SUCCESS] * len(frames)
             else:
                 for index, frame in zip(indexes, frames):
@@ -449,11 +449,58 @@ def _state_key(config: SaConfig) -> SaConfig:
     return dataclasses.replace(config, name="") if config.name else config
 
 
+# SA objects of the SA-file format met lately: their content (as _frozen makes it) -> their
+# SaConfig and its _state_key, so that a call with an SA dict does not parse it again (a
+# parse measured about 11 us, 45 ns a packet of a 256-packet call)
+_PARSED_MAX = 64
+_parsed: dict = {}
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable image of an SA object's content (types kept: True is not 1); TypeError
+    for content that has none."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return (kind.__name__, value)
+    if kind is dict or isinstance(value, Mapping):
+        return ("{", tuple(sorted(((type(k).__name__, k), _frozen(v))
+                                  for k, v in value.items())))
+    if isinstance(value, (list, tuple)):
+        return ("[", tuple(_frozen(v) for v in value))
+    hash(value)
+    return (type(value).__name__, value)
+
+
+def _parsed_state(sa: Mapping) -> Tuple[SaConfig, SaConfig]:
+    """(SaConfig, its _state_key) of an SA object, parsed once while it is among the last
+    _PARSED_MAX met; raises SaFileError for a bad one (never kept)."""
+    try:
+        image = _frozen(sa)
+    except TypeError:
+        image = None
+    found = _parsed.get(image) if image is not None else None
+    if found is None:
+        config = parse_sa_list([dict(sa)], "sa")[0].config
+        found = (config, _state_key(config))
+        if image is not None:
+            if len(_parsed) >= _PARSED_MAX:
+                _parsed.clear()
+            _parsed[image] = found
+    return found
+
+
+def _state_of(sa: SaLike) -> SaConfig:
+    return _parsed_state(sa)[1] if isinstance(sa, Mapping) else _state_key(sa_config(sa))
+
+
 def encryptor(sa: SaLike) -> Encryptor:
     """The ``Encryptor`` that ``encrypt`` uses for this SA (made on first use): an equal SA
     (``name`` aside) gets the same one, so its sequence numbers continue."""
-    config = sa_config(sa)
-    key = _state_key(config)
+    if isinstance(sa, Mapping):
+        config, key = _parsed_state(sa)
+    else:
+        config = sa_config(sa)
+        key = _state_key(config)
     with _encryptors_lock:
         found = _encryptors.get(key)
         if found is None:
@@ -533,7 +580,7 @@ class Decryptor:
         errors: List[Optional[str]] = [None] * n
         good: Sequence[int]
         datas: List[bytes]
-        if all(type(item) is bytes for item in items):
+        if set(map(type, items)) <= {bytes}:
             good, datas = range(n), items
         else:
             good, datas = [], []
@@ -549,7 +596,7 @@ class Decryptor:
                 got = self.stack.receive(datas)
             if isinstance(good, range) and bool((got.delivery == Delivery.DECAP).all()):
                 # every packet opened: the results by slices, no step per packet
-                segments[:] = [(packet,) for packet in got.packets()]
+                segments[:] = list(zip(got.packets()))  # (packet,) each
                 status[:] = [_DELIVERY_STATUS[Delivery.DECAP]] * n
                 return PacketResults(segments, status, errors)
             deliveries = got.delivery.tolist()
@@ -581,7 +628,7 @@ def decryptor(sa_or_sas: Union[SaLike, Sequence[SaLike]], *,
         else sa_or_sas
     if not isinstance(items, Sequence) or not items:
         raise TypeError("sa_or_sas must be an SA or a non-empty list of SAs")
-    key = (tuple(_state_key(sa_config(sa)) for sa in items), replay_window)
+    key = (tuple(_state_of(sa) for sa in items), replay_window)
     with _encryptors_lock:
         found = _decryptors.get(key)
         if found is None:

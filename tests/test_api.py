@@ -466,3 +466,57 @@ def test_version_is_in_one_place():
     assert 'dynamic = ["version"]' in pyproject
     assert 'attr = "ipsecoffload._version.__version__"' in pyproject
     assert not re.search(r'(?m)^version\s*=\s*"', pyproject)  # no static version
+
+
+# -- SA objects parsed once while among the last met (api._parsed) -------------------------------
+from ipsecoffload.io.safile import SaFileError  # noqa: E402
+
+
+def _parse(sa):
+    from ipsecoffload.io.safile import parse_sa_list
+    return parse_sa_list([dict(sa)], "sa")[0].config
+
+
+def test_an_sa_dict_changed_between_calls_is_parsed_again():
+    from ipsecoffload.api import sa_config
+    sa = dict(GCM_DICT, selector={"dst": "192.0.2.0/24"})
+    assert sa_config(sa) == _parse(sa)
+    sa["spi"] = "0x00003002"  # the same dict object, another content
+    assert sa_config(sa).spi == 0x3002
+    sa["selector"]["dst"] = "198.51.100.0/24"  # a nested change
+    assert sa_config(sa) == _parse(sa)
+    sa["key"] = "00"  # a bad key: the error, as the parser gives it, every time
+    for _ in range(2):
+        with pytest.raises(SaFileError, match="key"):
+            sa_config(sa)
+
+
+@pytest.mark.parametrize("field,values", [("esn", [True, 1, "true", None]),
+                                          ("seq", [1, True, 1.0, "1"]),
+                                          ("spi", ["0x00003001", 0x3001, 12289.0])])
+def test_equal_but_differently_typed_values_are_not_confused(field, values):
+    """True == 1 == 1.0: the cache keeps types apart, so each value gets what the parser
+    alone says of it (a config or an error)."""
+    from ipsecoffload.api import sa_config
+    for value in values + values[::-1]:
+        sa = dict(GCM_DICT, **{field: value})
+        try:
+            want = _parse(sa)
+        except SaFileError as error:
+            with pytest.raises(SaFileError) as got:
+                sa_config(sa)
+            assert str(got.value) == str(error)
+        else:
+            assert sa_config(sa) == want
+
+
+def test_the_parse_cache_is_bounded_and_unhashable_content_is_parsed():
+    from ipsecoffload import api
+    for k in range(3 * api._PARSED_MAX):
+        sa = dict(GCM_DICT, spi=0x4000 + k)
+        assert api.sa_config(sa).spi == 0x4000 + k
+        assert len(api._parsed) <= api._PARSED_MAX
+    odd = dict(GCM_DICT, selector={"dst": "192.0.2.0/24"}, extra={1, 2})  # a set: no image
+    with pytest.raises(SaFileError):
+        api.sa_config(odd)
+    assert api.encryptor(GCM_DICT) is api.encryptor(dict(GCM_DICT))
