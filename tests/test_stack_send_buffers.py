@@ -106,3 +106,31 @@ def test_host_pack_refuses_rows_that_do_not_fit():
         fp.host_pack([b"abc", bytearray(), b"defgh"], out, pkts.view(np.uint8))
     with pytest.raises(ValueError):
         fp.host_pack(chunks[:2], out, pkts.view(np.uint8)[:10])  # rows cut short
+
+
+def test_from_frames_fast_path_equals_the_builder():
+    """PacketBatch.from_frames over bytes (one bytearray join, only the given OOB fields set)
+    against its builder path (the same frames as bytearrays), field by field."""
+    from ipsecoffload.datapath.batch import NBL_FIELDS, PacketBatch
+    frames = packets(11, 30)
+    kwargs = {"offload_handle": 7, "next_header": [k % 256 for k in range(30)], "l2_len": 0}
+    for given in ({}, kwargs, {"pad_length": None, "tunnel_handle": 3}):
+        fast = PacketBatch.from_frames(frames, **given)
+        slow = PacketBatch.from_frames([bytearray(f) for f in frames], **given)
+        assert fast.arena.flags.writeable and fast.arena.tobytes() == b"".join(frames)
+        assert np.array_equal(fast.nb_off, slow.nb_off) and np.array_equal(fast.nb_len,
+                                                                           slow.nb_len)
+        for name in NBL_FIELDS:
+            assert np.array_equal(getattr(fast, name), getattr(slow, name)), name
+        assert fast.oob_bytes.tobytes() == slow.oob_bytes.tobytes()
+
+
+def test_receive_takes_bytes_likes():
+    stack, sa = stack_and_sa()
+    wire = [bytes(f) for f in stack.send(packets(12, 20), sa).wire.frames()]
+    rx = HostStack(Miniport())
+    rx.add_inbound_sa(sa.config, replay_window=0)
+    want = rx.receive(wire).packets()
+    mixed = [bytearray(f) if k % 2 else memoryview(f) for k, f in enumerate(wire)]
+    assert rx.receive(mixed).packets() == want
+    assert [p[14:] for p in want] == packets(12, 20)  # Ethernet in front (the stack's link)

@@ -143,15 +143,16 @@ class PacketBatch:
     def from_frames(cls, frames: Sequence[bytes], **nbl_fields) -> "PacketBatch":
         """One NBL of one NET_BUFFER per frame; OOB fields as scalars or per-frame arrays."""
         frames = frames if isinstance(frames, list) else list(frames)
-        if frames and all(type(frame) is bytes for frame in frames):
+        if frames and set(map(type, frames)) == {bytes}:
             # the usual call: the builder's checks per frame and per field, done for all at once
             n = len(frames)
             lengths = np.fromiter(map(len, frames), np.int64, n)
             offsets = np.zeros(n, np.int64)
             np.cumsum(lengths[:-1], out=offsets[1:])
-            arena = np.frombuffer(b"".join(frames), np.uint8).copy()
-            fields = {name: np.full(n, 14 if name == "l2_len" else 0, dtype)
-                      for name, dtype in NBL_FIELDS.items()}
+            # bytearray's join: one copy, writable (bytes' join and a copy made two)
+            arena = np.frombuffer(bytearray().join(frames), np.uint8)
+            # the OOB rows start zeroed: only the fields given, and l2_len's 14, are set
+            fields: dict = {"l2_len": 14}
             fields.update({k: v for k, v in nbl_fields.items() if v is not None})
             return cls(arena, offsets, lengths, np.arange(n, dtype=np.int32), n_nbl=n, **fields)
         builder = PacketBatchBuilder()

@@ -258,7 +258,10 @@ class ReceiveMixin:
         transport: the original IP packet; tunnel: the inner packet (RFC 6040 ECN)."""
         self._rx_init()
         if not isinstance(frames, PacketBatch):
-            frames = PacketBatch.from_frames([bytes(f) for f in frames], l2_len=self.l2_length)
+            frames = list(frames)
+            if not set(map(type, frames)) <= {bytes}:
+                frames = [bytes(f) for f in frames]
+            frames = PacketBatch.from_frames(frames, l2_len=self.l2_length)
         nic = self.miniport.receive(frames)
         with self._rx_lock:
             updated = self._sync_bundle_high_words(nic)
