@@ -134,3 +134,39 @@ def test_receive_takes_bytes_likes():
     mixed = [bytearray(f) if k % 2 else memoryview(f) for k, f in enumerate(wire)]
     assert rx.receive(mixed).packets() == want
     assert [p[14:] for p in want] == packets(12, 20)  # Ethernet in front (the stack's link)
+
+
+def test_host_pack_rows():
+    fp = kernels()
+    chunks = [b"abc", b"", b"defgh"]
+    pkts = np.zeros(3, HOST_PKT_DTYPE)
+    assert fp.host_pack_rows(chunks, pkts.view(np.uint8)) == 8
+    assert pkts["off"].tolist() == [0, 3, 3] and pkts["cap_len"].tolist() == [3, 0, 5]
+    assert fp.host_pack_rows([b"abc", bytearray(b"x")], np.zeros(2, HOST_PKT_DTYPE).view(
+        np.uint8)) == -1  # not bytes: the caller's general path
+    assert fp.host_pack_rows([], np.zeros(0, HOST_PKT_DTYPE).view(np.uint8)) == 0
+    with pytest.raises(ValueError):
+        fp.host_pack_rows(chunks, np.zeros(2, HOST_PKT_DTYPE).view(np.uint8))  # too few rows
+
+
+def test_sa_rows_are_made_once_and_placed_per_table():
+    stack = HostStack(Miniport())
+    tunnel = stack.add_sa(SaConfig(spi=0x77, encryption="aes-gcm-128", key=bytes(20),
+                                   mode="tunnel", tunnel_src="192.0.2.1",
+                                   tunnel_dst="192.0.2.2"))
+    inner = stack.add_sa(SaConfig(spi=0x78, encryption="aes-gcm-128", key=bytes(20)),
+                         via=tunnel)
+    first = tx_frame.sa_table([inner, tunnel])
+    assert first["via"].tolist() == [1, -1]
+    kept = inner._host_sa_row
+    assert not kept.flags.writeable
+    second = tx_frame.sa_table([tunnel, inner])  # the same rows, another order
+    assert second["via"].tolist() == [-1, 0]
+    assert inner._host_sa_row is kept
+    for table, order in ((first, [inner, tunnel]), (second, [tunnel, inner])):
+        for k, sa in enumerate(order):
+            want = tx_frame._sa_row(sa)
+            for name in tx_frame.HOST_SA_DTYPE.names:
+                if name != "via":
+                    assert np.array_equal(table[name][k], want[name]), name
+    assert second["tun_dst"][0][:4].tolist() == [192, 0, 2, 2] and second["tunnel"][0] == 1

@@ -309,6 +309,26 @@ def host_classify(const uint8_t[::1] arena, pkts, int64_t n, selectors, int64_t 
                 k[i].kind = PKT_DROP
 
 
+def host_pack_rows(list packets, pkts):
+    """HostPkt rows (off and cap_len; the caller zeroed the rest) for bytes packets laid end
+    to end; returns their total length, or -1 at the first packet that is not bytes (or
+    longer than a row can say): the caller then takes its general path."""
+    cdef int64_t n = len(packets), i, off = 0, m
+    cdef HostPkt* k = <HostPkt*>_host_buf(pkts, sizeof(HostPkt), n, "pkts")
+    cdef object p
+    for i in range(n):
+        p = packets[i]
+        if not PyBytes_CheckExact(p):
+            return -1
+        m = PyBytes_GET_SIZE(p)
+        if m > 0x7FFFFFFF:
+            return -1
+        k[i].off = off
+        k[i].cap_len = <int32_t>m
+        off += m
+    return off
+
+
 def host_pack(list packets, uint8_t[::1] out, pkts):
     """The bytes objects of ``packets`` copied into ``out`` where HostPkt rows ``pkts`` (one
     per packet, off and cap_len set) place them: b"".join's work into a buffer the caller

@@ -123,32 +123,48 @@ def sa_table(sas: Sequence) -> np.ndarray:
     ``sas`` too."""
     table = np.zeros(len(sas), HOST_SA_DTYPE)
     rows = {id(sa): k for k, sa in enumerate(sas)}
-    for row, sa in zip(table, sas):
-        config = sa.config
+    for k, sa in enumerate(sas):
         via = getattr(sa, "via", None)
         if via is not None and id(via) not in rows:
             raise ValueError("a via SA's tunnel SA must be in the table too")
-        row["via"] = rows[id(via)] if via is not None else -1
-        row["spi"] = config.spi
-        protocol = getattr(config, "protocol", "esp")
-        if protocol != "esp":
-            row["ah"] = 1 if protocol == "ah" else 2
-            row["ah_spi"] = config.ah_layer[0]
-            row["ah_body"] = 12 + config.ah_iv_len + config.ah_icv
-        row["iv_len"], row["icv_len"], row["align"] = config.iv_len, config.icv, config.align
-        row["esn"] = config.esn
-        row["limit"] = 2**64 - 1 if config.esn else 2**32 - 1
-        row["versions"] = sum(1 << int(v6) for v6 in sa.bundle_versions)
-        if config.udp_encap:
-            row["udp_encap"] = 1
-            row["udp_sport"], row["udp_dport"] = config.udp_encap
-        if config.mode == "tunnel":
-            row["tunnel"] = 1
-            src, dst = sa._tunnel_endpoints
-            row["outer_ipv6"] = len(src) == 16
-            row["tun_src"][:len(src)] = np.frombuffer(src, np.uint8)
-            row["tun_dst"][:len(dst)] = np.frombuffer(dst, np.uint8)
+        # an SA's row depends on its config and endpoints alone: made once, kept on the SA
+        template = getattr(sa, "_host_sa_row", None)
+        if template is None:
+            template = _sa_row(sa)
+            try:
+                sa._host_sa_row = template
+            except AttributeError:
+                pass
+        table[k] = template
+        table["via"][k] = rows[id(via)] if via is not None else -1
     return table
+
+
+def _sa_row(sa) -> np.ndarray:
+    """One HostSa row of an SA (its ``via`` left to sa_table)."""
+    row = np.zeros((), HOST_SA_DTYPE)
+    config = sa.config
+    row["spi"] = config.spi
+    protocol = getattr(config, "protocol", "esp")
+    if protocol != "esp":
+        row["ah"] = 1 if protocol == "ah" else 2
+        row["ah_spi"] = config.ah_layer[0]
+        row["ah_body"] = 12 + config.ah_iv_len + config.ah_icv
+    row["iv_len"], row["icv_len"], row["align"] = config.iv_len, config.icv, config.align
+    row["esn"] = config.esn
+    row["limit"] = 2**64 - 1 if config.esn else 2**32 - 1
+    row["versions"] = sum(1 << int(v6) for v6 in sa.bundle_versions)
+    if config.udp_encap:
+        row["udp_encap"] = 1
+        row["udp_sport"], row["udp_dport"] = config.udp_encap
+    if config.mode == "tunnel":
+        row["tunnel"] = 1
+        src, dst = sa._tunnel_endpoints
+        row["outer_ipv6"] = len(src) == 16
+        row["tun_src"][:len(src)] = np.frombuffer(src, np.uint8)
+        row["tun_dst"][:len(dst)] = np.frombuffer(dst, np.uint8)
+    row.flags.writeable = False
+    return row
 
 
 def _layers_supported(sa) -> bool:
@@ -325,8 +341,19 @@ def _pack(packets, scratch: Optional[dict] = None) -> Optional[tuple]:
     ``scratch`` (a dict the caller keeps): bytes packets are copied into its buffer, kept for
     the next call up to SCRATCH_KEEP_MAX, instead of a new one."""
     chunks = packets if isinstance(packets, list) else list(packets)
-    all_bytes = set(map(type, chunks)) <= {bytes}
-    if all_bytes:  # the usual case: len is the size
+    fp = kernels()
+    if fp is not None and chunks:  # bytes packets: the rows (and the copy) in compiled code
+        pkts = np.zeros(len(chunks), HOST_PKT_DTYPE)
+        total = fp.host_pack_rows(chunks, pkts.view(np.uint8))
+        if total >= 0:
+            if scratch is None or total > SCRATCH_KEEP_MAX:
+                return np.frombuffer(b"".join(chunks), np.uint8), pkts
+            buf = scratch.get("packets")
+            if buf is None or len(buf) < total:
+                buf = scratch["packets"] = np.empty(max(total, 1 << 16), np.uint8)
+            fp.host_pack(chunks, buf, pkts.view(np.uint8))
+            return buf[:total], pkts
+    if set(map(type, chunks)) <= {bytes}:  # len is the size
         lengths = np.fromiter(map(len, chunks), np.int64, len(chunks))
     else:
         if not all(isinstance(packet, (bytes, bytearray, memoryview)) for packet in chunks):
@@ -337,14 +364,7 @@ def _pack(packets, scratch: Optional[dict] = None) -> Optional[tuple]:
         return np.zeros(0, np.uint8), pkts
     pkts["cap_len"] = lengths
     np.cumsum(lengths[:-1], out=pkts["off"][1:])
-    total = int(pkts["off"][-1]) + int(lengths[-1])
-    if scratch is None or not all_bytes or total > SCRATCH_KEEP_MAX:
-        return np.frombuffer(b"".join(chunks), np.uint8), pkts
-    buf = scratch.get("packets")
-    if buf is None or len(buf) < total:
-        buf = scratch["packets"] = np.empty(max(total, 1 << 16), np.uint8)
-    kernels().host_pack(chunks, buf, pkts.view(np.uint8))
-    return buf[:total], pkts
+    return np.frombuffer(b"".join(chunks), np.uint8), pkts
 
 
 def stack_send(stack, packets, sa, *, send: bool = True):
