@@ -170,3 +170,66 @@ def test_sa_rows_are_made_once_and_placed_per_table():
                 if name != "via":
                     assert np.array_equal(table[name][k], want[name]), name
     assert second["tun_dst"][0][:4].tolist() == [192, 0, 2, 2] and second["tunnel"][0] == 1
+
+
+# -- output arenas offered back (datapath/arenas.py) --------------------------------------------
+def test_arena_recycler_offers_only_what_nothing_holds():
+    from ipsecoffload.datapath.arenas import KEEP_MAX, KEEP_MIN, ArenaRecycler
+    rec = ArenaRecycler()
+    assert rec.offer() is None
+    arena = np.empty(KEEP_MIN, np.uint8)
+    rec.keep(arena[:100])  # a view: its array is kept
+    assert rec.offer() is None  # the name ``arena`` still holds it
+    view = arena[10:]
+    del arena
+    assert rec.offer() is None  # the view holds it
+    exported = memoryview(view)
+    del view
+    assert rec.offer() is None  # an export holds it
+    del exported
+    got = rec.offer()
+    assert got is not None and got.nbytes == KEEP_MIN
+    del got
+    rec.keep(np.empty(KEEP_MIN - 1, np.uint8))  # too small to keep: the kept one stays
+    rec.keep(np.empty(KEEP_MAX + 1, np.uint8))  # too large to keep
+    got = rec.offer()  # (one offer per name: pytest's assert keeps its operands alive)
+    assert got is not None and got.nbytes == KEEP_MIN
+
+
+def test_send_results_held_or_dropped_across_recycled_arenas():
+    stack, sa = stack_and_sa()
+    twin_stack, twin_sa = stack_and_sa()
+    twin_stack.compiled_framing = False
+    held, copies, reused = [], [], 0
+    for k in range(12):
+        batch = packets(20 + k, 80, 1500)
+        result = stack.send(batch, sa)
+        frames = frames_of(result)
+        assert frames == frames_of(twin_stack.send(batch, twin_sa))
+        reused += result.wire.arena.base is not None \
+            and result.wire.arena.base is stack.miniport._tx_arenas._arena and k > 0
+        if k % 3 == 0:  # every third result held to the end, the others dropped
+            held.append(result)
+            copies.append(frames)
+        del result
+    assert reused  # the dropped results' arenas were written again
+    assert [frames_of(r) for r in held] == copies
+
+
+def test_received_held_or_dropped_across_recycled_arenas():
+    stack, sa = stack_and_sa()
+    rx = HostStack(Miniport())
+    rx.add_inbound_sa(sa.config, replay_window=0)
+    held, want = [], []
+    for k in range(10):
+        batch = packets(40 + k, 90, 1500)
+        wire = [bytes(f) for f in stack.send(batch, sa).wire.frames()]
+        got = rx.receive(wire)
+        assert [p[14:] for p in got.packets()] == batch
+        if k % 2:
+            held.append(got)
+            want.append(batch)
+        del got
+    for got, batch in zip(held, want):
+        assert [p[14:] for p in got.packets()] == batch
+        assert len(got.nic.frames()) == len(batch)

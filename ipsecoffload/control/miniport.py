@@ -11,6 +11,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 
 from .. import ndis
+from ..datapath.arenas import ArenaRecycler
 from ..datapath.batch import PacketBatch
 from ..crypto import CryptoBackend, backends_for
 from ..datapath.layout import (COUNTERS, HANDLE_SLOT_MASK, NAT_T_PORT, REASON_COUNT,
@@ -160,6 +161,8 @@ class Miniport:
         self._oid_counts: Counter = Counter()
         # tx_plan's counters, then frames and bytes out, summed by tx_run (totals)
         self._send_counts = np.zeros(COUNTERS + 2, np.int64)
+        # the last send's and receive's output arenas, offered back (datapath/arenas.py)
+        self._tx_arenas, self._rx_arenas = ArenaRecycler(), ArenaRecycler()
         self._recv_counts = np.zeros(RX_REASON_COUNT, np.int64)  # rx reasons, summed
         self._counter_lock = threading.Lock()
 
@@ -338,7 +341,7 @@ class Miniport:
                         kernels=self.kernels, backends=backends,
                         random_source=self.random_source, marks=self.sas.tx_marks,
                         mark_lock=self.sas.tx_lock, limits=self.send_limits(),
-                        totals=self._send_counts)
+                        totals=self._send_counts, arenas=self._tx_arenas)
 
     # -- receive -------------------------------------------------------------------------
     def receive_config_bits(self) -> int:
@@ -381,7 +384,7 @@ class Miniport:
         result = run_receive(batch, self.sas.snapshot(), self.sas.rx_state, self.sas.rx_lock,
                              config=self.receive_config_bits(), kernels=self.kernels,
                              backends=self.backends, delete_after=self.sa_delete_after or 0,
-                             nat_t_ports=self._nat_t_ports)
+                             nat_t_ports=self._nat_t_ports, arenas=self._rx_arenas)
         if nbls is not None:
             info, header = result.ipsec_info.tolist(), result.header_info.tolist()
             first = batch.oob["first_nb"].tolist()

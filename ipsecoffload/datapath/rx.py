@@ -13,6 +13,7 @@ from typing import Mapping, Optional
 import numpy as np
 
 from ..ndis import CryptoStatus
+from .arenas import ArenaRecycler
 from .batch import PacketBatch
 from .layout import NAT_T_PORT, RX_PLAN_DTYPE, RX_REASON_COUNT, RxReason
 
@@ -117,15 +118,20 @@ _TRANSPORT_CODE = {int(CryptoStatus.TUNNEL_AH_AUTH_FAILED): int(CryptoStatus.TRA
 def run_receive(batch: PacketBatch, table, rx_state: np.ndarray, lock, *, config: int,
                 kernels: ModuleType, backends: Mapping[int, object],
                 delete_after: int = 0,
-                nat_t_ports: tuple[int, ...] = (NAT_T_PORT,)) -> ReceiveResult:
+                nat_t_ports: tuple[int, ...] = (NAT_T_PORT,),
+                arenas: Optional[ArenaRecycler] = None) -> ReceiveResult:
     """rx_run over the frames, then once more over the inner packets of the tunnel layers that
     verified (docs/receive-path.md: the outer layer, then the inner one if its SA is offloaded);
-    both passes parse UDP to or from ``nat_t_ports`` as UDP-ESP."""
+    both passes parse UDP to or from ``nat_t_ports`` as UDP-ESP. ``arenas`` offers the last
+    receive's arena back once nothing holds it."""
     ports = tuple(nat_t_ports)
     out, plans, _ops, counters = kernels.rx_run(batch, table, rx_state, int(config), backends,
-                                                lock, int(delete_after), ports)
+                                                lock, int(delete_after), ports,
+                                                arenas.offer() if arenas is not None else None)
     out, plans = _inner_layers(batch, table, rx_state, lock, int(config), kernels, backends,
                                int(delete_after), out, plans, counters, ports)
+    if arenas is not None:
+        arenas.keep(out)
     return ReceiveResult(batch, out, plans, counters)
 
 

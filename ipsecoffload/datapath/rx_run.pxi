@@ -199,14 +199,15 @@ cdef uint8_t* rx_state_bytes(object rx_state, int64_t* size) except? NULL:
 
 
 def rx_run(batch, table, rx_state, int config, backends, lock, uint32_t delete_after=0,
-           nat_t_ports=(NAT_T_PORT,)):
+           nat_t_ports=(NAT_T_PORT,), reuse=None):
     """Receive ``batch`` (one frame per NET_BUFFER) with the SA table snapshot ``table``
     (records_bytes, rx_keys, keys) and the NIC's receive state ``rx_state`` (RX_STATE_DTYPE,
     updated under ``lock``); ``delete_after`` > 0 sets SaDeleteReq on the frames of an SA
     with that many ICV failures; UDP to or from one of ``nat_t_ports`` (at most
     NAT_T_MAX_PORTS) is UDP-ESP (RFC 3948 §2). Returns (out, plans, ops, counters): ``out``
     is a copy of the arena with every verified ESP text decrypted in place; ``ops`` the ESP
-    open ops, then the AH verify ops (RxPlan.op and RxPlan.ah_op index it)."""
+    open ops, then the AH verify ops (RxPlan.op and RxPlan.ah_op index it). ``reuse``: an
+    arena ``out`` may be made in (arena_from)."""
     cdef uint16_t ports[NAT_T_MAX_PORTS]
     cdef int nports = rx_ports(nat_t_ports, ports)
     cdef BatchView b = BatchView(batch)
@@ -293,7 +294,7 @@ def rx_run(batch, table, rx_state, int config, backends, lock, uint32_t delete_a
                 nops += 1
     # the frames, then each AH frame's ICV input: its header region with the mutable fields
     # and the ICV zeroed (RFC 4302 §3.3.3.1), the real fields untouched
-    out_arr = new_array(asize + copy_len, cnp.NPY_UINT8)
+    out_arr = arena_from(reuse, asize + copy_len)
     cdef uint8_t* out = <uint8_t*>array_data(out_arr) if asize + copy_len else NULL
     with nogil:
         # The arena is copied but for the texts of the long AES-GCM opens of frames without

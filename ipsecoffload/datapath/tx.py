@@ -13,6 +13,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import numpy as np
 
 from ..ndis import NdisStatus
+from .arenas import ArenaRecycler
 from .batch import PacketBatch, WireFrames
 from .layout import NB_PLAN_DTYPE, REASON_COUNT, Reason
 
@@ -111,14 +112,18 @@ def run_send(batch: PacketBatch, table, *, config: int, icv_space: int, iv_sourc
              kernels: ModuleType, backends: Mapping[int, object],
              random_source: Callable[[int], bytes], marks: Optional[np.ndarray] = None,
              mark_lock=None, limits: Optional[np.ndarray] = None,
-             totals: Optional[np.ndarray] = None) -> SendResult:
+             totals: Optional[np.ndarray] = None,
+             arenas: Optional[ArenaRecycler] = None) -> SendResult:
     """The send stages over ``batch``; with ``limits`` the LSO limits and the output cap
     apply (docs/send-path.md, "Limits"); with ``marks`` (and its lock) AEAD seals are checked
     against the table's sealed high-water marks (docs/send-path.md, "Nonce safety");
-    ``totals`` (int64: the counters, then frames and bytes out) gets this send's added."""
+    ``totals`` (int64: the counters, then frames and bytes out) gets this send's added;
+    ``arenas`` offers the last send's output arena back once nothing holds it."""
     out, frames, ops, plans, status, lso_done, counters = kernels.tx_run(
         batch, table, int(config), int(icv_space), int(iv_source), backends, random_source,
-        marks, mark_lock, limits, totals)
+        marks, mark_lock, limits, totals, arenas.offer() if arenas is not None else None)
+    if arenas is not None:
+        arenas.keep(out)
     wire = WireFrames(out, table_bytes=frames, oob_bytes=batch.oob_bytes.copy(), status=status)
     return SendResult(wire, status, lso_done, counters, plan_bytes=plans)
 

@@ -3,12 +3,13 @@
 # that no per-batch bookkeeping runs in Python between the stages. Included by _fastpath.pyx.
 
 def tx_run(batch, table, int config, int icv_space, int iv_source, backends, random_source,
-           marks=None, mark_lock=None, limits=None, totals=None):
+           marks=None, mark_lock=None, limits=None, totals=None, reuse=None):
     """Send ``batch`` through the stages with the SA table snapshot ``table`` (records_bytes,
     keys). With ``limits`` (int64: the LSO limits and the output cap) tx_limit runs after
     classify; with ``marks`` (uint64 (handle, mark) per key row) tx_mark runs next, under
     ``mark_lock``; ``totals`` (int64: N_COUNTERS, then frames and bytes out) gets this send's
-    added, with the GIL held (no thread sees half a sum). Returns (out, frames, ops, plans,
+    added, with the GIL held (no thread sees half a sum); ``reuse``, an arena the frames may
+    be written in (arena_from). Returns (out, frames, ops, plans,
     nbl_status, lso_done, counters) as numpy arrays (frames, ops and plans as struct
     bytes)."""
     cdef BatchView b = BatchView(batch)
@@ -75,7 +76,7 @@ def tx_run(batch, table, int config, int icv_space, int iv_source, backends, ran
     with nogil:
         t = tx_plan_run(b, recs, plan0, b.n_nb, status, lso_done, counters)
     # the frames, then the AH scratch (docs/send-path.md); the wire sees the frames only
-    arena_arr = new_array(t.out_bytes + t.scratch_bytes, cnp.NPY_UINT8)
+    arena_arr = arena_from(reuse, t.out_bytes + t.scratch_bytes)
     out_arr = arena_arr[:t.out_bytes] if t.scratch_bytes else arena_arr
     frames_arr = new_array(t.frames * sizeof(WireFrame), cnp.NPY_UINT8)
     ops_arr = new_array(t.ops * sizeof(CryptoOp), cnp.NPY_UINT8)

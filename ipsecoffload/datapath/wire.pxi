@@ -94,6 +94,15 @@ cdef inline int64_t array_len(object a) noexcept:
     return cnp.PyArray_DIM(<cnp.ndarray>a, 0)
 
 
+cdef object arena_from(object reuse, int64_t n):
+    """An n-byte uint8 output arena: the first n bytes of ``reuse`` when it is a writable
+    plain uint8 array that long (a caller's arena that nothing else holds any more:
+    datapath/arenas.py), else a new one. Its bytes are undefined either way."""
+    if reuse is not None and plain_array(reuse, cnp.NPY_UINT8, True) and array_len(reuse) >= n:
+        return reuse[:n]
+    return new_array(n, cnp.NPY_UINT8)
+
+
 cdef inline object new_array(int64_t n, int typenum):
     """np.empty(n, dtype) through numpy's C API: a Python-level np.empty call costs about
     0.4 us more, and a send makes seven arrays."""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 import numpy as np
 
 from .. import ndis
+from ..datapath.arenas import ArenaRecycler
 from ..datapath.batch import PacketBatch
 from ..datapath.layout import (HANDLE_SLOT_MASK, NAT_T_MAX_PORTS, RX_WINDOW_DTYPE, RX_WINDOW_MAX,
                                Delivery, RxReason)
@@ -136,6 +137,7 @@ class ReceiveMixin:
             capacity = self.miniport.sas.capacity
             self._rx_slot_sa = np.full(capacity, -1, np.int32)
             self._rx_slot_handle = np.zeros(capacity, np.uint64)
+            self._rx_delivered = ArenaRecycler()  # the last delivered arena (datapath/arenas.py)
 
     @property
     def inbound_sas(self) -> list[InboundSa]:
@@ -269,7 +271,8 @@ class ReceiveMixin:
                 self._retry_lagging_bundles(frames, nic, updated)
             data, delivery, sa, off, length = self.miniport.kernels.rx_deliver(
                 frames, nic.arena, nic._plan_bytes, self._rx_slot_sa, self._rx_slot_handle,
-                self._rx_windows)
+                self._rx_windows, self._rx_delivered.offer())
+            self._rx_delivered.keep(data)
             sas = list(self._rx_sas)
         deleted = self._honour_delete_requests(nic) if nic.sa_delete_req.any() else []
         return Received(nic, data, delivery, sa, off, length, sas, deleted)

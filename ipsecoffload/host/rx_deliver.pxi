@@ -300,10 +300,11 @@ cdef int64_t rx_strip_transport(const uint8_t* f, const uint8_t* dec, const RxPl
     return hlen + pay_len
 
 
-def rx_deliver(batch, out, plans, slot_sa, slot_handle, windows):
+def rx_deliver(batch, out, plans, slot_sa, slot_handle, windows, reuse=None):
     """Deliver the frames of ``batch`` as the NIC left them (``out``, ``plans`` from rx_run):
     ``slot_sa`` (int32) and ``slot_handle`` (uint64) map an SA slot to the stack's SA index
-    into ``windows`` (RX_WINDOW_DTYPE, updated). Returns (delivered, deliveries, sa_index,
+    into ``windows`` (RX_WINDOW_DTYPE, updated); ``reuse``: an arena the delivered bytes may
+    be written in (arena_from). Returns (delivered, deliveries, sa_index,
     out_off, out_len): the delivered bytes (link header kept), a Delivery code, the SA index
     (-1 for none) and the place of each frame's output."""
     cdef BatchView b = BatchView(batch)
@@ -331,7 +332,7 @@ def rx_deliver(batch, out, plans, slot_sa, slot_handle, windows):
     cdef int64_t total = 0
     for i in range(n):
         total += b.c_nb_len[i]
-    delivered_arr = np.empty(total, np.uint8)
+    delivered_arr = arena_from(reuse, total)
     deliveries_arr = np.empty(n, np.uint8)
     sa_arr = np.empty(n, np.int32)
     off_arr = np.empty(n, np.int64)

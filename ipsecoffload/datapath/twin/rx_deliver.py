@@ -272,7 +272,7 @@ def rx_deliver_one(f: bytes, dec: bytes, l2: int, p, slot_sa, slot_handle,
     return Delivery.DECAP, f[:l2] + rx_strip_transport(f, dec, p, nh, pay_off, pay_len), sa
 
 
-def rx_deliver(batch, out, plans, slot_sa, slot_handle, windows):
+def rx_deliver(batch, out, plans, slot_sa, slot_handle, windows, reuse=None):
     """Deliver the frames of ``batch`` as the NIC left them (``out``, ``plans`` from rx_run):
     ``slot_sa`` (int32) and ``slot_handle`` (uint64) map an SA slot to the stack's SA index
     into ``windows`` (RX_WINDOW_DTYPE, updated). Returns (delivered, deliveries, sa_index,

@@ -134,7 +134,7 @@ def rx_retry(out, ops, nretry: int, keys, backends) -> None:
 
 
 def rx_run(batch, table, rx_state, config, backends, lock, delete_after=0,
-           nat_t_ports=(NAT_T_PORT,)):
+           nat_t_ports=(NAT_T_PORT,), reuse=None):
     """Receive ``batch`` with the SA table snapshot ``table`` (records_bytes, rx_keys, keys)
     and the NIC's receive state ``rx_state`` (RX_STATE_DTYPE, updated under ``lock``); UDP to
     or from one of ``nat_t_ports`` is UDP-ESP.

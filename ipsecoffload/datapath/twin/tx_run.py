@@ -12,7 +12,7 @@ from .tx_plan import tx_limit, tx_mark, tx_plan
 
 
 def tx_run(batch, table, config, icv_space, iv_source, backends, random_source, marks=None,
-           mark_lock=None, limits=None, totals=None):
+           mark_lock=None, limits=None, totals=None, reuse=None):
     records = table.records_bytes
     plans = np.empty(len(batch.nb_off) * NB_PLAN_DTYPE.itemsize, np.uint8)
     tx_classify(batch, records, config, icv_space, iv_source, plans)
