@@ -227,9 +227,11 @@ def test_received_held_or_dropped_across_recycled_arenas():
         got = rx.receive(wire)
         assert [p[14:] for p in got.packets()] == batch
         if k % 2:
-            held.append(got)
+            held.append((got, b"".join(wire)))
             want.append(batch)
         del got
-    for got, batch in zip(held, want):
+    assert rx._rx_frames._arena is not None and rx._rx_delivered._arena is not None
+    for (got, joined), batch in zip(held, want):
         assert [p[14:] for p in got.packets()] == batch
         assert len(got.nic.frames()) == len(batch)
+        assert got.nic.batch.arena.tobytes() == joined  # the frames as received, intact

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 import numpy as np
 
 from .. import ndis
-from ..datapath.arenas import ArenaRecycler
+from ..datapath.arenas import KEEP_MIN, ArenaRecycler
 from ..datapath.batch import PacketBatch
 from ..datapath.layout import (HANDLE_SLOT_MASK, NAT_T_MAX_PORTS, RX_WINDOW_DTYPE, RX_WINDOW_MAX,
                                Delivery, RxReason)
@@ -138,6 +138,7 @@ class ReceiveMixin:
             self._rx_slot_sa = np.full(capacity, -1, np.int32)
             self._rx_slot_handle = np.zeros(capacity, np.uint64)
             self._rx_delivered = ArenaRecycler()  # the last delivered arena (datapath/arenas.py)
+            self._rx_frames = ArenaRecycler()  # the last list of frames, joined
 
     @property
     def inbound_sas(self) -> list[InboundSa]:
@@ -254,6 +255,26 @@ class ReceiveMixin:
         """The highest sequence number the SA's window accepted (or seq - 1 at the start)."""
         return int(self._rx_windows[sa.index]["top"])
 
+    def _frames_batch(self, frames: list) -> PacketBatch:
+        """A PacketBatch of a list of bytes frames, joined in the arena the last list was
+        joined in once nothing holds it (datapath/arenas.py), else as from_frames joins."""
+        from . import tx_frame
+        fp = tx_frame.kernels()
+        n = len(frames)
+        if fp is None or not n:
+            return PacketBatch.from_frames(frames, l2_len=self.l2_length)
+        rows = np.zeros(n, tx_frame.HOST_PKT_DTYPE)
+        total = fp.host_pack_rows(frames, rows.view(np.uint8))
+        if total < 0:
+            return PacketBatch.from_frames(frames, l2_len=self.l2_length)
+        arena = self._rx_frames.offer()
+        if arena is None or len(arena) < total:
+            arena = np.empty(max(total, KEEP_MIN), np.uint8)
+        fp.host_pack(frames, arena, rows.view(np.uint8))
+        self._rx_frames.keep(arena)
+        return PacketBatch(arena[:total], rows["off"], rows["cap_len"].astype(np.int64),
+                           np.arange(n, dtype=np.int32), n_nbl=n, l2_len=self.l2_length)
+
     def receive(self, frames: Union[PacketBatch, Sequence[bytes]]) -> Received:
         """Receive frames (link headers as this stack's ``link``): the NIC verifies and
         decrypts, then the stack checks each SA's selector and window and decapsulates —
@@ -263,7 +284,7 @@ class ReceiveMixin:
             frames = list(frames)
             if not set(map(type, frames)) <= {bytes}:
                 frames = [bytes(f) for f in frames]
-            frames = PacketBatch.from_frames(frames, l2_len=self.l2_length)
+            frames = self._frames_batch(frames)
         nic = self.miniport.receive(frames)
         with self._rx_lock:
             updated = self._sync_bundle_high_words(nic)
