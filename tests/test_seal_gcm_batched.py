@@ -79,7 +79,7 @@ def _seal_both(arena, ops, idx, keys):
 @pytest.mark.parametrize("icv_len", [8, 12, 16])
 @pytest.mark.parametrize("esn", [False, True])
 def test_gcm_matches_the_reference_on_every_path(ghash_path, key_bytes, icv_len, esn,
-                                                 one_call_min):
+                                                 one_call_min, aes_engine_forced):
     rng = np.random.default_rng([key_bytes, icv_len, esn, PATHS.index(ghash_path)])
     keys = _keys(rng, Suite.AES_GCM, key_bytes, icv_len, esn)
     lengths = [0, 1, 15, 16, 17, 63, 64, 65, 255, 256, 1400, 9000] + [
@@ -93,7 +93,8 @@ def test_gcm_matches_the_reference_on_every_path(ghash_path, key_bytes, icv_len,
 
 @pytest.mark.parametrize("key_bytes", [16, 24, 32])
 @pytest.mark.parametrize("esn", [False, True])
-def test_gmac_matches_the_reference_on_every_path(ghash_path, key_bytes, esn):
+def test_gmac_matches_the_reference_on_every_path(ghash_path, key_bytes, esn,
+                                                  aes_engine_forced):
     rng = np.random.default_rng([key_bytes, esn, 7, PATHS.index(ghash_path)])
     keys = _keys(rng, Suite.AES_GMAC, key_bytes, 16, esn)
     lengths = [0, 4, 12, 20, 100, 1400, 9000] + [int(n) for n in rng.integers(0, 9001, 10)]
@@ -104,7 +105,7 @@ def test_gmac_matches_the_reference_on_every_path(ghash_path, key_bytes, esn):
     assert np.all(got_ops["status"] == OpStatus.DONE)
 
 
-def test_a_group_larger_than_one_keystream_chunk_and_rows_left_alone():
+def test_a_group_larger_than_one_keystream_chunk_and_rows_left_alone(aes_engine_forced):
     """More keystream than one ECB call takes; rows outside idx keep every byte."""
     rng = np.random.default_rng(11)
     keys = _keys(rng, Suite.AES_GCM, 16, 16, False)
@@ -184,12 +185,16 @@ def test_idx_out_of_range_is_refused(idx):
 
 def test_one_call_crossover_follows_the_cpu(monkeypatch):
     """OpenSSL's own GCM takes the large ops only where it is the faster one (AVX-512 with
-    VPCLMULQDQ: its stitched VAES code); elsewhere every op is batched."""
+    VPCLMULQDQ: its stitched VAES code), from a length that depends on the AES engine;
+    elsewhere every op is batched."""
     monkeypatch.delenv("IPSECOFFLOAD_GCM_ONE_CALL_MIN", raising=False)
     _fastpath.gcm_one_call_reset()
     try:
-        expected = (_fastpath.GCM_ONE_CALL_DEFAULT if "vpclmul512" in PATHS
-                    else _fastpath.GCM_ONE_CALL_NEVER)
+        from ipsecoffload.crypto.aes_engine import engine
+        expected = _fastpath.GCM_ONE_CALL_NEVER
+        if "vpclmul512" in PATHS:  # the crossover of the engine in use (test_aes_engine.py)
+            expected = (_fastpath.GCM_ONE_CALL_XTS if engine() == "xts"
+                        else _fastpath.GCM_ONE_CALL_DEFAULT)
         assert _fastpath.gcm_one_call_min() == expected
         monkeypatch.setenv("IPSECOFFLOAD_GCM_ONE_CALL_MIN", "4096")
         _fastpath.gcm_one_call_reset()
@@ -221,7 +226,7 @@ def _out_of_place(rng, arena, ops):
 
 @pytest.mark.parametrize("icv_len", [8, 16])
 def test_out_of_place_seal_matches_the_reference_on_every_path(ghash_path, icv_len,
-                                                               one_call_min):
+                                                               one_call_min, aes_engine_forced):
     """Ops whose plaintext is partly in a source arena (tx_run's out-of-place seal): on every
     GHASH path, batched and one-call, the arena equals the reference's in-place seal and the
     ops end in place (src fields 0). The reference gets the same ops through ops_gather."""
@@ -250,7 +255,7 @@ def test_out_of_place_seal_matches_the_reference_on_every_path(ghash_path, icv_l
 
 @pytest.mark.parametrize("icv_len", [8, 16])
 def test_out_of_place_open_matches_the_reference_on_every_path(ghash_path, icv_len,
-                                                               one_call_min):
+                                                               one_call_min, aes_engine_forced):
     """Ops whose ciphertext is partly in a source arena (rx_run's out-of-place open): on
     every GHASH path, batched and one-call, the statuses equal the reference's in-place open,
     the verified texts are the plaintext, and the ops end in place. Forged bytes in the

@@ -376,7 +376,7 @@ class _Version(argparse.Action):
 
 def version_text() -> str:
     """What --version prints: the package, the kernels in use, cryptography and OpenSSL, and
-    the GHASH path of the batched AES-GCM backend on this CPU."""
+    the AES engine and GHASH path of the batched backends on this CPU."""
     import cryptography
     from cryptography.hazmat.backends.openssl import backend as openssl
 
@@ -390,13 +390,19 @@ def version_text() -> str:
     except ImportError:
         compiled, kind = False, "compiled kernels not built"
     ghash = "none (reference backend)"
+    aes = ""
     if compiled and hasattr(kernels, "ghash_default_path"):
         try:
             ghash = kernels.ghash_default_path()
         except ValueError as error:
             ghash = f"unusable: {error}"
+        try:
+            from ..crypto.aes_engine import engine
+            aes = f"; AES engine: {engine()}"
+        except ValueError as error:
+            aes = f"; AES engine: unusable: {error}"
     return (f"ipsecoffload {__version__}; {kind}; cryptography {cryptography.__version__} "
-            f"({openssl.openssl_version_text()}); GHASH path: {ghash}")
+            f"({openssl.openssl_version_text()}){aes}; GHASH path: {ghash}")
 
 
 # -- parser ----------------------------------------------------------------------------------

@@ -1132,6 +1132,19 @@ IPO__API int ipo_ghash_cpu_paths(void) {
     return paths;
 }
 
+/* 1 if the CPU and OS run 512-bit VAES (leaf 7 ECX bit 9) with the AVX-512 state the
+ * 512-bit GHASH path needs: where OpenSSL can have 512-bit VAES AES (crypto/aes_engine.py). */
+IPO__API int ipo_cpu_has_vaes512(void) {
+#if IPO_GHASH_X86 && IPO_GHASH_X86_WIDE
+    unsigned int a, b, c, d;
+    if (!((ipo_ghash_cpu_paths() >> IPO_GHASH_VPCLMUL512) & 1)) return 0;
+    __cpuid_count(7, 0, a, b, c, d);
+    return (int)((c >> 9) & 1);
+#else
+    return 0;
+#endif
+}
+
 /* X (16 bytes, GHASH state as in NIST SP 800-38D) absorbs len bytes; a final partial block is
  * zero-padded. path must have passed ipo_ghash_selftest. */
 IPO__API void ipo_ghash_update(int path, const ipo_ghash_key* k, uint8_t X[16],

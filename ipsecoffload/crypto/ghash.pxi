@@ -24,6 +24,7 @@ cdef extern from "crypto/ghash.h" nogil:
         pass
     void ipo_ghash_key_init(ipo_ghash_key* k, const uint8_t* H)
     int ipo_ghash_cpu_paths()
+    int ipo_cpu_has_vaes512()
     int ipo_ghash_selftest(int path)
     void ipo_ghash_update(int path, const ipo_ghash_key* k, uint8_t* X, const uint8_t* data,
                           size_t len)
@@ -71,6 +72,11 @@ def ghash_cpu_paths():
     In GHASH_PATHS order (slowest first)."""
     cdef int mask = ipo_ghash_cpu_paths()
     return tuple(name for i, name in enumerate(GHASH_PATHS) if (mask >> i) & 1)
+
+
+def cpu_has_vaes512():
+    """True if this CPU and OS run 512-bit VAES with AVX-512 (CPUID/XGETBV)."""
+    return ipo_cpu_has_vaes512() != 0
 
 
 def ghash_selftest(name):

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..datapath.layout import Integrity, Suite
+from .aes_engine import XTS_MAX_BYTES, xts_block_context
 
 _HASHES: Dict[Integrity, Callable[[], hashes.HashAlgorithm]] = {
     Integrity.HMAC_MD5_96: hashes.MD5, Integrity.HMAC_SHA1_96: hashes.SHA1,
@@ -21,6 +22,8 @@ class SaKeys:
 
     ``ecb_encryptor()`` / ``ecb_decryptor()``: AES-ECB contexts (one per thread: a context
     is stateless between calls in ECB but not safe to share between threads);
+    ``aes_encryptor(n)`` / ``aes_decryptor(n)``: the same on the fastest engine for calls of
+    at most n bytes (crypto/aes_engine.py);
     ``ghash_key``: the GHASH key table of GCM/GMAC (built on first use); ``hmac_template``:
     the keyed HMAC contexts of CBC/NULL + HMAC; ``aead`` and ``hmac()`` serve the reference
     backend.
@@ -67,6 +70,27 @@ class SaKeys:
         ctx = getattr(self._local, "dec", None)
         if ctx is None:
             ctx = self._local.dec = Cipher(algorithms.AES(self._enc_key), modes.ECB()).decryptor()
+        return ctx
+
+    def aes_encryptor(self, max_bytes: int):
+        """AES-ECB encryption for calls of 16 to ``max_bytes`` bytes, on the fastest engine
+        (crypto/aes_engine.py); one context per thread, as ecb_encryptor()."""
+        if max_bytes > XTS_MAX_BYTES:
+            return self.ecb_encryptor()
+        ctx = getattr(self._local, "fast_enc", None)
+        if ctx is None:
+            ctx = self._local.fast_enc = (xts_block_context(self._enc_key, True, max_bytes)
+                                          or self.ecb_encryptor())
+        return ctx
+
+    def aes_decryptor(self, max_bytes: int):
+        """AES-ECB decryption, as aes_encryptor()."""
+        if max_bytes > XTS_MAX_BYTES:
+            return self.ecb_decryptor()
+        ctx = getattr(self._local, "fast_dec", None)
+        if ctx is None:
+            ctx = self._local.fast_dec = (xts_block_context(self._enc_key, False, max_bytes)
+                                          or self.ecb_decryptor())
         return ctx
 
     @property

@@ -453,7 +453,7 @@ cdef class CbcHmacBackend:
             if kind == OP_ESP_SEAL:
                 if suite == SUITE_AES_CBC_HMAC:
                     qsort(jobs, n, sizeof(cbc_job), cbc_cmp_blocks_desc)
-                    cbc_encrypt(jobs, n, keys.ecb_encryptor().update_into)
+                    cbc_encrypt(jobs, n, keys.aes_encryptor(n * CBC_BLOCK).update_into)
                 for i in range(n):
                     j = &jobs[i]
                     if esn and (not have_hi or j.seq_hi != last_hi):
@@ -474,7 +474,7 @@ cdef class CbcHmacBackend:
                     if not j.ok:
                         ops_p[j.row * op_size + status_off] = OP_AUTH_FAILED
                 if suite == SUITE_AES_CBC_HMAC:
-                    cbc_decrypt(jobs, n, keys.ecb_decryptor().update_into)
+                    cbc_decrypt(jobs, n, keys.aes_decryptor(CBC_CHUNK_BLOCKS * CBC_BLOCK).update_into)
                 for i in range(n):
                     if jobs[i].ok:
                         ops_p[jobs[i].row * op_size + status_off] = OP_DONE
@@ -597,10 +597,10 @@ def cbc_only_seal(uint8_t[::1] arena, uint8_t[::1] ops, const int32_t[::1] idx, 
         if decrypt:
             for i in range(n):
                 jobs[i].ok = 1
-            cbc_decrypt(jobs, n, keys.ecb_decryptor().update_into)
+            cbc_decrypt(jobs, n, keys.aes_decryptor(CBC_CHUNK_BLOCKS * CBC_BLOCK).update_into)
         else:
             qsort(jobs, n, sizeof(cbc_job), cbc_cmp_blocks_desc)
-            cbc_encrypt(jobs, n, keys.ecb_encryptor().update_into)
+            cbc_encrypt(jobs, n, keys.aes_encryptor(n * CBC_BLOCK).update_into)
         for i in range(n):
             ops_p[jobs[i].row * op_size + status_off] = OP_DONE
     finally:
