@@ -517,7 +517,11 @@ cdef class GcmBatchedBackend:
                         gcm_counter_blocks(ks + used * 16, op0[idx[end]].nonce, blocks)
                     used += blocks
                     end += 1
-            encryptor.update_into(ks_arr[:used * 16], ks_arr)
+            # memoryviews of the buffer: cryptography reads them faster than numpy arrays
+            # (about 0.2 us a call)
+            encryptor.update_into(PyMemoryView_FromMemory(<char*>ks, used * 16, PyBUF_READ),
+                                  PyMemoryView_FromMemory(<char*>ks, array_len(ks_arr),
+                                                          PyBUF_WRITE))
             used = 0
             with nogil:
                 for i in range(start, end):
