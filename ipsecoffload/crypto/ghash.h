@@ -400,11 +400,12 @@ static inline IPO__H128 __m128i ipo__len_block128(size_t aad_len, size_t len) {
                             ipo__bswap_mask128());
 }
 
-/* t ^= s, n blocks. */
-static inline IPO__H128 void ipo__xor_blocks(uint8_t* t, const uint8_t* s, size_t n) {
+/* t = in ^ s, n blocks (in may be t). */
+static inline IPO__H128 void ipo__xor_blocks(uint8_t* t, const uint8_t* in, const uint8_t* s,
+                                             size_t n) {
     size_t i;
     for (i = 0; i < n; i++)
-        ipo__stx(t + 16 * i, _mm_xor_si128(ipo__ldx(t + 16 * i), ipo__ldx(s + 16 * i)));
+        ipo__stx(t + 16 * i, _mm_xor_si128(ipo__ldx(in + 16 * i), ipo__ldx(s + 16 * i)));
 }
 
 /* Appends to bp the blocks of a run of len bytes: the full ones in place, a partial one
@@ -420,18 +421,22 @@ static inline IPO__H128 size_t ipo__list_add(const uint8_t** bp, size_t m, const
     return m;
 }
 
-/* The text tail (< 16 full blocks, from text + done on): sealing XORs it in place first.
- * Appends its blocks, the partial one (ext) and the length block (ext + 16) to bp. */
+/* The text tail (< 16 full blocks, from done on), read from in (the text itself, or the
+ * source of an out-of-place op): sealing XORs it into text first. Appends its blocks (the
+ * ciphertext: text's sealing, in's opening), the partial one (ext) and the length block
+ * (ext + 16) to bp. */
 static inline IPO__H128 size_t ipo__tail_list(int open, const uint8_t** bp, size_t m,
-                                              uint8_t* text, const uint8_t* ks, size_t len,
-                                              size_t aad_len, size_t done, uint8_t ext[32]) {
+                                              const uint8_t* in, uint8_t* text,
+                                              const uint8_t* ks, size_t len, size_t aad_len,
+                                              size_t done, uint8_t ext[32]) {
     size_t i, n = (len - done) >> 4, part = len & 15;
     uint8_t* t = text + done;
+    const uint8_t* r = in + done;
     const uint8_t* s = ks + done;
-    if (!open) ipo__xor_blocks(t, s, n);
-    for (i = 0; i < n; i++) bp[m++] = t + 16 * i;
+    if (!open) ipo__xor_blocks(t, r, s, n);
+    for (i = 0; i < n; i++) bp[m++] = (open ? r : t) + 16 * i;
     if (part) {
-        __m128i c = ipo__ld_partial(t + 16 * n, part);
+        __m128i c = ipo__ld_partial(r + 16 * n, part);
         if (!open) {
             c = _mm_xor_si128(c, ipo__ld_partial(s + 16 * n, part));
             ipo__st_partial(t + 16 * n, c, part);
@@ -445,25 +450,28 @@ static inline IPO__H128 size_t ipo__tail_list(int open, const uint8_t** bp, size
 }
 
 /* Unless the whole message fits one group, the m (<= 16) leftover AAD blocks in bp are
- * hashed with the first 16 - m text blocks, appended to bp (sealing XORs them first, opening
- * must XOR them after the hash). Returns the number of blocks of this head group, 0 if none. */
-static inline IPO__H128 size_t ipo__head(int open, const uint8_t** bp, size_t m, uint8_t* text,
-                                         const uint8_t* ks, size_t len) {
+ * hashed with the first 16 - m text blocks, read from in and appended to bp (sealing XORs
+ * them into text first, opening must XOR them after the hash). Returns the number of blocks
+ * of this head group, 0 if none. */
+static inline IPO__H128 size_t ipo__head(int open, const uint8_t** bp, size_t m,
+                                         const uint8_t* in, uint8_t* text, const uint8_t* ks,
+                                         size_t len) {
     size_t i, n = len >> 4;
     if (!m || m + n + ((len & 15) ? 1 : 0) + 1 <= 16) return 0;
     if (n > 16 - m) n = 16 - m;
-    if (!open) ipo__xor_blocks(text, ks, n);
-    for (i = 0; i < n; i++) bp[m + i] = text + 16 * i;
+    if (!open) ipo__xor_blocks(text, in, ks, n);
+    for (i = 0; i < n; i++) bp[m + i] = (open ? in : text) + 16 * i;
     return m + n;
 }
 
-/* The receiving side's tail: XOR after the tail was hashed. */
-static inline IPO__H128 void ipo__tail_open(uint8_t* text, const uint8_t* ks, size_t len,
-                                            size_t done, uint8_t ext[32]) {
+/* The receiving side's tail: XOR after the tail was hashed (ext: its partial block). */
+static inline IPO__H128 void ipo__tail_open(const uint8_t* in, uint8_t* text,
+                                            const uint8_t* ks, size_t len, size_t done,
+                                            uint8_t ext[32]) {
     size_t n = (len - done) >> 4, part = len & 15;
     uint8_t* t = text + done;
     const uint8_t* s = ks + done;
-    ipo__xor_blocks(t, s, n);
+    ipo__xor_blocks(t, in + done, s, n);
     if (part)
         ipo__st_partial(t + 16 * n, _mm_xor_si128(ipo__ldx(ext), ipo__ld_partial(s + 16 * n, part)),
                         part);
@@ -580,17 +588,22 @@ static inline IPO__H128 void ipo__crypt128(int open, const ipo_ghash_key* k, con
                                            const uint8_t* ks, const uint8_t ekj0[16],
                                            uint8_t tag[16]) {
     const uint8_t* bp[IPO__LIST_MAX];
+    const uint8_t* in;
     uint8_t apad[16], ext[32];
     size_t m, done, a = aad_len & ~(size_t)127;
+    int whole;
     __m128i x = _mm_setzero_si128();
     for (done = 0; done < a; done += 128) x = ipo__chunk_pcl(x, k, aad + done, NULL, NULL, 0);
     m = ipo__list_add(bp, 0, aad + a, aad_len - a, apad);
-    if (src) ipo__gather(text, src, at, sn, 0, 256); /* ipo__head takes at most 16 blocks */
-    done = ipo__head(open, bp, m, text, ks, len);
+    /* the text all in src (an ESP op the stack framed whole): head and tail read it there */
+    whole = src && at == 0 && sn >= len;
+    in = whole ? src : text;
+    if (src && !whole) ipo__gather(text, src, at, sn, 0, 256); /* ipo__head: <= 16 blocks */
+    done = ipo__head(open, bp, m, in, text, ks, len);
     if (done) {
         x = ipo__list128(x, k, bp, done);
         done = 16 * (done - m);
-        if (open) ipo__xor_blocks(text, ks, done >> 4);
+        if (open) ipo__xor_blocks(text, in, ks, done >> 4);
         m = 0;
     }
     if (!m) { /* else it all fits the tail's group, AAD blocks first */
@@ -603,10 +616,10 @@ static inline IPO__H128 void ipo__crypt128(int open, const ipo_ghash_key* k, con
         else
             x = ipo__chunks_pcl(x, k, text, len, &done, src, at, sn, ks, 1);
     }
-    if (src) ipo__gather(text, src, at, sn, done, len);
-    m = ipo__tail_list(open, bp, m, text, ks, len, aad_len, done, ext);
+    if (src && !whole) ipo__gather(text, src, at, sn, done, len);
+    m = ipo__tail_list(open, bp, m, in, text, ks, len, aad_len, done, ext);
     x = ipo__list128(x, k, bp, m);
-    if (open) ipo__tail_open(text, ks, len, done, ext);
+    if (open) ipo__tail_open(in, text, ks, len, done, ext);
     ipo__stx(tag, _mm_xor_si128(_mm_shuffle_epi8(x, ipo__bswap_mask128()), ipo__ldx(ekj0)));
 }
 
@@ -849,15 +862,17 @@ static inline IPO__H256 __m128i ipo__chunk256(__m128i x, const ipo_ghash_key* k,
     const uint8_t* bp[IPO__LIST_MAX];                                                           \
     uint8_t apad[16], ext[32];                                                                  \
     size_t m, done, a = aad_len & ~(size_t)255;                                                 \
+    int whole = src && at == 0 && sn >= len; /* the text all in src: as in ipo__crypt128 */     \
+    const uint8_t* in = whole ? src : text;                                                     \
     __m128i x = _mm_setzero_si128();                                                            \
     for (done = 0; done < a; done += 256) x = CHUNK(x, k, aad + done, NULL, NULL, 0);           \
     m = ipo__list_add(bp, 0, aad + a, aad_len - a, apad);                                       \
-    if (src) ipo__gather(text, src, at, sn, 0, 256); /* ipo__head takes at most 16 blocks */    \
-    done = ipo__head(open, bp, m, text, ks, len);                                               \
+    if (src && !whole) ipo__gather(text, src, at, sn, 0, 256); /* ipo__head: <= 16 blocks */    \
+    done = ipo__head(open, bp, m, in, text, ks, len);                                           \
     if (done) {                                                                                 \
         x = ipo__list256(x, k, bp, done);                                                       \
         done = 16 * (done - m);                                                                 \
-        if (open) ipo__xor_blocks(text, ks, done >> 4);                                         \
+        if (open) ipo__xor_blocks(text, in, ks, done >> 4);                                     \
         m = 0;                                                                                  \
     }                                                                                           \
     if (!m) { /* else it all fits the tail's group, AAD blocks first */                         \
@@ -870,10 +885,10 @@ static inline IPO__H256 __m128i ipo__chunk256(__m128i x, const ipo_ghash_key* k,
                 x = CHUNK(x, k, src ? ipo__chunk_src(text, src, at, sn, done, 256)              \
                                     : text + done, text + done, ks + done, 1);                  \
     }                                                                                           \
-    if (src) ipo__gather(text, src, at, sn, done, len);                                         \
-    m = ipo__tail_list(open, bp, m, text, ks, len, aad_len, done, ext);                         \
+    if (src && !whole) ipo__gather(text, src, at, sn, done, len);                               \
+    m = ipo__tail_list(open, bp, m, in, text, ks, len, aad_len, done, ext);                     \
     x = ipo__list256(x, k, bp, m);                                                              \
-    if (open) ipo__tail_open(text, ks, len, done, ext);                                         \
+    if (open) ipo__tail_open(in, text, ks, len, done, ext);                                     \
     ipo__stx(tag, _mm_xor_si128(_mm_shuffle_epi8(x, ipo__bswap_mask128()), ipo__ldx(ekj0)));
 
 static inline IPO__H256 void ipo__crypt256(int open, const ipo_ghash_key* k, const uint8_t* aad,
