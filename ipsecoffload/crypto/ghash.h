@@ -651,16 +651,20 @@ static inline IPO__H128 void ipo__crypt_short128(int open, const ipo_ghash_key* 
     size_t a = aad_len ? 1 : 0, n = len >> 4, part = len & 15, j;
     size_t first = 16 - (a + ((len + 15) >> 4) + 1) + a;
     __m128i lo = _mm_setzero_si128(), mm = lo, hi = lo, c, o;
-    if (src) ipo__gather(text, src, at, sn, 0, len);
+    const uint8_t* in = text;
+    if (src && at == 0 && sn >= len)
+        in = src; /* the whole text in src: read it there */
+    else if (src)
+        ipo__gather(text, src, at, sn, 0, len);
     for (j = 0; j < n; j++) {
-        c = ipo__ldx(text + 16 * j);
+        c = ipo__ldx(in + 16 * j);
         o = _mm_xor_si128(c, ipo__ldx(ks + 16 * j));
         ipo__stx(text + 16 * j, o);
         ipo__kmul128(_mm_shuffle_epi8(open ? c : o, bs), ipo__ldx(k->pow[first + j]),
                      ipo__ldx(k->mid[first + j]), &lo, &mm, &hi);
     }
     if (part) {
-        c = ipo__ld_partial(text + 16 * n, part);
+        c = ipo__ld_partial(in + 16 * n, part);
         o = _mm_xor_si128(c, ipo__ld_partial(ks + 16 * n, part));
         ipo__st_partial(text + 16 * n, o, part);
         ipo__kmul128(_mm_shuffle_epi8(open ? c : o, bs), ipo__ldx(k->pow[first + n]),
@@ -1037,6 +1041,11 @@ IPO__TGT_512 static void ipo__crypt_short_512(int open, const ipo_ghash_key* k,
     __m512i lo = _mm512_setzero_si512(), mm = lo, hi = lo;
     __m256i l2, m2, h2;
     __m128i l1 = _mm_setzero_si128(), m1 = l1, h1 = l1, b;
+    const uint8_t* base = text;
+    if (src && at == 0 && sn >= len) { /* the whole text in src: plain loads from there */
+        base = src;
+        src = NULL;
+    }
     for (c = 0, o = 0; o < len; c++, o += 64) {
         __mmask64 mv = ipo__mask_below(len - o), ms = 0;
         __m512i in, out;
@@ -1044,7 +1053,7 @@ IPO__TGT_512 static void ipo__crypt_short_512(int open, const ipo_ghash_key* k,
             size_t from = at > o ? at - o : 0, to = at + sn > o ? at + sn - o : 0;
             ms = mv & ipo__mask_below(to) & ~ipo__mask_below(from);
         }
-        in = _mm512_maskz_loadu_epi8(mv & ~ms, text + o);
+        in = _mm512_maskz_loadu_epi8(mv & ~ms, base + o);
         if (ms) in = _mm512_mask_loadu_epi8(in, ms, (const void*)((uintptr_t)src + o - at));
         out = _mm512_xor_si512(in, _mm512_maskz_loadu_epi8(mv, ks + o));
         _mm512_mask_storeu_epi8(text + o, mv, out);
